@@ -1,0 +1,89 @@
+"""Atomic artifact writes and small readers: a reader never sees half a file.
+
+Every file comp writes that a later stage trusts goes through one of these writers:
+the content is written to a temporary file in the same folder, flushed to disk, then
+renamed over the target (rename is atomic on POSIX file systems).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside `target`; rename it over `target` on success.
+
+    `suffix` ends the temporary name, for writers that insist on an extension.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(target: str | Path, text: str) -> None:
+    """Write text atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(target: str | Path, data: Any) -> None:
+    """Write JSON atomically (sorted keys, indented)."""
+    write_text(target, json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def write_yaml(target: str | Path, data: Any) -> None:
+    """Write YAML atomically."""
+    write_text(target, yaml.safe_dump(data, sort_keys=False))
+
+
+def write_csv(target: str | Path, frame: pd.DataFrame) -> None:
+    """Write a DataFrame as CSV atomically, without the index."""
+    with atomic_path(target) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def write_npy(target: str | Path, array: np.ndarray) -> None:
+    """Write a NumPy array atomically."""
+    with atomic_path(target) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array)
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file."""
+    return json.loads(Path(path).read_text())
+
+
+def fingerprint(data: Any, length: int = 8) -> str:
+    """A short, stable hash of any JSON-able value (used in model ids and cache keys)."""
+    text = json.dumps(data, sort_keys=True, default=_json_default)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,176 @@
+"""The config schema (dataclasses) and loading it with Hydra's compose API.
+
+`load_config(overrides)` is the one door: it composes `configs/config.yaml` with the
+user's `key=value` overrides against the typed schema below, so an unknown key or a
+value of the wrong type becomes a `CompError` naming the key.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from comp.errors import CompError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEMO_DIR = Path(__file__).resolve().parent / "demo"
+
+
+@dataclass
+class DataConfig:
+    """Where the competition folder is and how it is split into folds."""
+
+    dir: str = "${comp_demo:}/wbc"
+    folds: int = 5
+    fold_seed: int = 0
+    dedup: bool = True  # group near-duplicates (also flipped/rotated) into one fold
+    dedup_max_distance: int = 6  # max Hamming distance of 64-bit perceptual hashes
+    max_image_pixels: int = 40_000_000  # larger images are refused (decompression bombs)
+
+
+@dataclass
+class ModelConfig:
+    """Settings of one fine-tuned model (backbone + head)."""
+
+    image_size: int | None = None  # None: the backbone's default input size
+    unfreeze: str | None = None  # named point, layer name, index or depth fraction; None: default
+    bn_trainable: bool = True  # BatchNorm of the trainable part learns (frozen BN diverges here)
+    pooling: str = "avg"  # avg | max
+    dense_units: int = 0  # 0: no hidden dense layer in the head
+    dropout: float = 0.3
+
+
+@dataclass
+class TrainConfig:
+    """Optimiser, learning-rate schedule and stopping of one (model, fold) fit."""
+
+    optimizer: str = "sgd"  # sgd (Nesterov momentum) | adam
+    lr: float = 0.001
+    momentum: float = 0.9
+    schedule: str = "step"  # step | cosine | constant
+    lr_drop: float = 0.5  # step decay: multiply by this ...
+    lr_every: int = 10  # ... every this many epochs
+    epochs: int = 40
+    patience: int = 12  # early stopping on validation AUC
+    batch_size: int = 32
+    class_weight: str = "balanced"  # balanced | none
+    label_smoothing: float = 0.0
+    seed: int = 0
+
+
+@dataclass
+class AugmentConfig:
+    """Training views and test-time augmentation."""
+
+    dihedral: bool = True  # train on the 8 flips / 90-degree rotations of each image
+    random_views: int = 0  # extra randomly augmented views per training image
+    rotation: float = 0.5  # free rotation, fraction of a full turn (Keras RandomRotation)
+    zoom: float = 0.1
+    brightness: float = 0.1
+    contrast: float = 0.1
+    tta: str = "dihedral"  # none | flips | dihedral
+
+
+@dataclass
+class SubmitConfig:
+    """How submissions are ranked."""
+
+    metric: str = "accuracy"  # accuracy | auc | macro_f1 | balanced_accuracy | log_loss
+
+
+@dataclass
+class Config:
+    """The whole config; every key a user can set is declared here."""
+
+    stage: str = "all"
+    name: str = "demo"  # experiment name: runs/<name>/, submission file prefix
+    backbones: list[str] = field(default_factory=lambda: ["mobilenet_025"])
+    weights: str = "imagenet"  # imagenet | none | <path to a .h5 weight file>
+    weights_dir: str | None = None  # extra folder searched for ImageNet weight files
+    runs_dir: str = "runs"
+    submissions_dir: str = "submissions"
+    quiet: bool = False
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    submit: SubmitConfig = field(default_factory=SubmitConfig)
+    # per-backbone settings: {backbone: {model: {...}, train: {...}, augment: {...}}}
+    backbone_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+_OVERRIDABLE_SECTIONS = {"model": ModelConfig, "train": TrainConfig, "augment": AugmentConfig}
+
+
+def _register() -> None:
+    ConfigStore.instance().store(name="comp_schema", node=Config)
+    OmegaConf.register_new_resolver("comp_demo", lambda: str(DEMO_DIR), replace=True)
+
+
+def load_config(overrides: list[str], config_dir: Path = CONFIG_DIR) -> DictConfig:
+    """Compose the config from `configs/` and `key=value` overrides; raise CompError."""
+    _register()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=list(overrides))
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        raise CompError(f"config: {_short_message(exc)}") from None
+    from comp.models.registry import get_backbone
+
+    for backbone in list(cfg.backbones) + list(cfg.backbone_overrides):
+        get_backbone(backbone)
+    for backbone in cfg.backbone_overrides:
+        model_settings(cfg, backbone)  # validates the override's keys and types
+    return cfg
+
+
+def model_settings(cfg: DictConfig, backbone: str) -> DictConfig:
+    """The model/train/augment settings for `backbone`: defaults + backbone_overrides."""
+    merged = OmegaConf.create(
+        {name: OmegaConf.to_container(cfg[name]) for name in _OVERRIDABLE_SECTIONS}
+    )
+    extra = cfg.backbone_overrides.get(backbone) or {}
+    for section, values in extra.items():
+        if section not in _OVERRIDABLE_SECTIONS:
+            raise CompError(
+                f"config: backbone_overrides.{backbone}.{section} is not a section; "
+                f"use one of {sorted(_OVERRIDABLE_SECTIONS)}"
+            )
+        schema = OmegaConf.structured(_OVERRIDABLE_SECTIONS[section])
+        OmegaConf.set_struct(schema, True)
+        try:
+            merged[section] = OmegaConf.merge(schema, merged[section], values)
+        except OmegaConfBaseException as exc:
+            raise CompError(
+                f"config: backbone_overrides.{backbone}.{section}: {_short_message(exc)}"
+            ) from None
+    return merged
+
+
+def _short_message(exc: Exception) -> str:
+    """Hydra/OmegaConf errors are multi-line with hints; keep the first useful line."""
+    cause = exc.__cause__ or exc
+    text = str(cause).strip() or str(exc).strip()
+    first = text.splitlines()[0]
+    match = re.search(r"Key '([^']+)' (?:is )?not in", text)
+    if match:
+        key = _full_key(text) or match.group(1)
+        return f"unknown key '{key}'; see `python -m comp.run --help` for the keys"
+    key = _full_key(text)
+    if key and key not in first:
+        first = f"{key}: {first}"
+    return first
+
+
+def _full_key(text: str) -> str | None:
+    match = re.search(r"full_key: (\S+)", text)
+    return match.group(1) if match else None

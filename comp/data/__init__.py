@@ -1,0 +1,1 @@
+"""Competition folders, decoded image caches, folds and augmentation views."""

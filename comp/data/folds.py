@@ -1,0 +1,82 @@
+"""Stratified K folds with near-duplicate images (also flipped/rotated) kept in one fold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.fft import dctn
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from sklearn.model_selection import StratifiedGroupKFold
+
+from comp.data.views import DIHEDRAL, dihedral_view
+from comp.errors import CompError
+
+
+def perceptual_hashes(images: np.ndarray) -> np.ndarray:
+    """64-bit DCT perceptual hashes of each image's 8 dihedral views: (8, N) uint64.
+
+    pHash: grayscale at 32x32, 2-D DCT, the top-left 8x8 low frequencies (without the
+    DC term in the median) thresholded at their median.
+    """
+    gray = _gray32(images)
+    bits = 1 << np.arange(64, dtype=np.uint64)
+    hashes = np.zeros((len(DIHEDRAL), len(images)), dtype=np.uint64)
+    for view in DIHEDRAL:
+        low = dctn(dihedral_view(gray[..., None], view)[..., 0], axes=(1, 2), norm="ortho")
+        low = low[:, :8, :8].reshape(len(images), 64)
+        above = low > np.median(low[:, 1:], axis=1, keepdims=True)
+        hashes[view] = (above.astype(np.uint64) * bits).sum(axis=1, dtype=np.uint64)
+    return hashes
+
+
+def _gray32(images: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    gray = np.empty((len(images), 32, 32), dtype=np.float64)
+    for i, image in enumerate(images):
+        gray[i] = np.asarray(
+            Image.fromarray(image).convert("L").resize((32, 32), Image.Resampling.BOX)
+        )
+    return gray
+
+
+def duplicate_groups(hashes: np.ndarray, max_distance: int, chunk: int = 1024) -> np.ndarray:
+    """Group ids (N,) joining images whose hashes, in any dihedral view, differ in at
+    most `max_distance` bits. Singletons get their own group."""
+    views, n = hashes.shape
+    rows, cols = [], []
+    for start in range(0, n, chunk):
+        block = hashes[0, start : start + chunk]
+        distance = np.full((len(block), n), 65, dtype=np.int64)
+        for view in range(views):
+            xor = np.bitwise_xor(block[:, None], hashes[view][None, :])
+            distance = np.minimum(distance, np.bitwise_count(xor).astype(np.int64))
+        i, j = np.nonzero(distance <= max_distance)
+        keep = (i + start) < j
+        rows.append(i[keep] + start)
+        cols.append(j[keep])
+    rows_all, cols_all = np.concatenate(rows), np.concatenate(cols)
+    graph = coo_matrix((np.ones(len(rows_all)), (rows_all, cols_all)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def make_folds(
+    ids: list[str], labels: list[str], groups: np.ndarray, n_folds: int, seed: int
+) -> pd.DataFrame:
+    """Assign folds with StratifiedGroupKFold: columns id, label, fold, group."""
+    counts = pd.Series(labels).value_counts()
+    rare = counts[counts < n_folds]
+    if len(rare):
+        name, count = rare.index[0], int(rare.iloc[0])
+        raise CompError(
+            f"train labels: class {name!r} has {count} image(s), fewer than "
+            f"data.folds={n_folds}; lower data.folds or add images of that class"
+        )
+    if n_folds < 2:
+        raise CompError(f"config: data.folds={n_folds}; use at least 2 folds")
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    fold = np.zeros(len(ids), dtype=int)
+    for k, (_, val) in enumerate(splitter.split(np.zeros(len(ids)), labels, groups)):
+        fold[val] = k
+    return pd.DataFrame({"id": ids, "label": labels, "fold": fold, "group": groups})

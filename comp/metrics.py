@@ -1,0 +1,42 @@
+"""Scores of class-probability predictions, all from scikit-learn."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    f1_score,
+    log_loss,
+    roc_auc_score,
+)
+
+HIGHER_IS_BETTER = {
+    "accuracy": True, "balanced_accuracy": True, "macro_f1": True, "auc": True, "log_loss": False,
+}
+
+
+def macro_auc(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """Macro one-vs-rest ROC AUC over the classes present in `y_true` (nan if < 2 present)."""
+    present = np.unique(y_true)
+    if len(present) < 2:
+        return float("nan")
+    onehot = np.eye(probs.shape[1])[y_true]
+    return float(np.mean([roc_auc_score(onehot[:, c], probs[:, c]) for c in present]))
+
+
+def scores(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """accuracy, balanced_accuracy, macro_f1, auc (macro one-vs-rest) and log_loss."""
+    y_true = np.asarray(y_true)
+    predicted = probs.argmax(axis=1)
+    labels = np.arange(probs.shape[1])
+    clipped = np.clip(probs, 1e-7, 1)
+    return {
+        "accuracy": float(accuracy_score(y_true, predicted)),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, predicted)),
+        "macro_f1": float(f1_score(y_true, predicted, labels=labels, average="macro",
+                                   zero_division=0)),
+        "auc": macro_auc(y_true, probs),
+        "log_loss": float(log_loss(y_true, clipped / clipped.sum(1, keepdims=True),
+                                   labels=labels)),
+    }

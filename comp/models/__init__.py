@@ -1,0 +1,1 @@
+"""Backbone registry, weight resolution and model construction."""

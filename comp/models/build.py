@@ -1,0 +1,165 @@
+"""Build a backbone, cut it into a frozen prefix and a trainable suffix, add the head.
+
+Training runs on the prefix's outputs (computed once per image and view, see
+comp.training.features) through the suffix + head: the same maths as fine-tuning the
+whole network with the prefix frozen (frozen BatchNorm runs in inference mode), at a
+fraction of the cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from comp.errors import CompError
+from comp.models.registry import Backbone
+from comp.models.weights import ResolvedWeights
+
+
+@dataclass
+class SplitBackbone:
+    """A backbone cut at `cut`: `prefix` (frozen; None = the image) and `body` (trainable;
+    None = nothing trains but the head)."""
+
+    prefix: object | None
+    body: object | None
+    cut: str
+    feature_shape: tuple[int, ...]
+
+
+def build_backbone(backbone: Backbone, size: int, weights: ResolvedWeights, seed: int):
+    """The no-top Keras model of `backbone` at `size`, with `weights` loaded."""
+    import keras
+
+    if size < backbone.min_size:
+        raise CompError(
+            f"config: model.image_size={size} is below {backbone.name}'s minimum "
+            f"{backbone.min_size}"
+        )
+    keras.utils.set_random_seed(seed)
+    try:
+        return backbone.constructor(
+            input_shape=(size, size, 3), weights=str(weights.path) if weights.path else None
+        )
+    except (ValueError, OSError) as exc:
+        reason = str(exc).splitlines()[0][:200]
+        raise CompError(
+            f"{weights.path}: cannot load into {backbone.name} ({reason}); give the no-top "
+            "weight file of this backbone"
+        ) from None
+
+
+def split_backbone(base, backbone: Backbone, unfreeze: str | None) -> SplitBackbone:
+    """Cut `base` where `unfreeze` says (named point, layer, after:layer, index, fraction,
+    all, none; None = the backbone's default)."""
+    import keras
+
+    spec = backbone.default_unfreeze if unfreeze in (None, "", "default") else str(unfreeze)
+    point = backbone.unfreeze_points.get(spec, spec)
+    if point == "all":
+        return SplitBackbone(None, base, "all", tuple(base.input.shape[1:]))
+    if point == "none":
+        return SplitBackbone(base, None, "none", tuple(base.output.shape[1:]))
+    tensor, label = _cut_tensor(base, backbone, spec, point)
+    try:
+        body = keras.Model(tensor, base.output)
+    except ValueError:
+        raise CompError(
+            f"config: model.unfreeze={spec!r} does not cut {backbone.name} cleanly (a "
+            "residual or branch crosses it); use one of "
+            f"{sorted(backbone.unfreeze_points) + ['all', 'none']} or an 'after:<layer>' "
+            "at a block boundary"
+        ) from None
+    prefix = keras.Model(base.input, tensor)
+    return SplitBackbone(prefix, body, label, tuple(tensor.shape[1:]))
+
+
+def _cut_tensor(base, backbone: Backbone, spec: str, point: str):
+    layers = base.layers
+    names = {layer.name: i for i, layer in enumerate(layers)}
+    if point.startswith("after:"):
+        name = point[len("after:"):]
+        if name not in names:
+            raise _unknown_layer(backbone, spec, name)
+        return layers[names[name]].output, point
+    index = _as_index(point, len(layers))
+    if index is None:
+        if point not in names:
+            raise _unknown_layer(backbone, spec, point)
+        index = names[point]
+    if index <= 0:
+        return base.input, "all"
+    if _is_fraction(point):  # walk forward to the nearest clean cut
+        for i in range(index, len(layers)):
+            if _clean(base, layers[i]):
+                return layers[i].input, f"{layers[i].name}@{i}"
+        return base.output, "none"
+    return layers[index].input, f"{layers[index].name}@{index}"
+
+
+def _clean(base, layer) -> bool:
+    import keras
+
+    if isinstance(layer.input, list | tuple):
+        return False
+    try:
+        keras.Model(layer.input, base.output)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_fraction(point: str) -> bool:
+    try:
+        value = float(point)
+    except ValueError:
+        return False
+    return "." in point and 0 < value < 1
+
+
+def _as_index(point: str, depth: int) -> int | None:
+    if _is_fraction(point):
+        return int(round(float(point) * depth))
+    try:
+        index = int(point)
+    except ValueError:
+        return None
+    if not 0 <= index < depth:
+        raise CompError(f"config: model.unfreeze={point} is outside 0..{depth - 1}")
+    return index
+
+
+def _unknown_layer(backbone: Backbone, spec: str, name: str) -> CompError:
+    return CompError(
+        f"config: model.unfreeze={spec!r}: {backbone.name} has no layer {name!r}; use one of "
+        f"{sorted(backbone.unfreeze_points) + ['all', 'none']}, a layer name, an index or a "
+        "fraction of depth like 0.8"
+    )
+
+
+def build_head_model(
+    split: SplitBackbone, n_classes: int, pooling: str, dense_units: int, dropout: float,
+    bn_trainable: bool, seed: int,
+):
+    """The trainable model: prefix features -> body -> pooling -> [dense] -> softmax."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(split.feature_shape, name="features")
+    x = inputs
+    if split.body is not None:
+        for layer in split.body.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.trainable = bn_trainable
+        x = split.body(x)
+    if len(x.shape) == 4:
+        pool = {"avg": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D}
+        if pooling not in pool:
+            raise CompError(f"config: model.pooling={pooling!r}; use avg or max")
+        x = pool[pooling](name="pool")(x)
+    if dense_units > 0:
+        x = layers.Dropout(dropout, name="head_dropout1")(x)
+        x = layers.Dense(dense_units, activation="relu", name="head_dense")(x)
+    x = layers.Dropout(dropout, name="head_dropout")(x)
+    outputs = layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="head")

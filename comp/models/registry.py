@@ -1,0 +1,172 @@
+"""One table of backbones: constructor, preprocessing, size, unfreeze points, weight file.
+
+Adding a backbone is one entry in BACKBONES; nothing else in comp names a backbone.
+Unfreeze points name where the frozen prefix ends, in one of two forms:
+`"<layer>"` (that layer and everything after it train) or `"after:<layer>"` (everything
+after that layer trains). Names are Keras's stable layer names, chosen at block
+boundaries so that the frozen prefix is a clean cut of the graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A registered backbone (see module docstring)."""
+
+    name: str
+    constructor: Callable[..., object]  # (input_shape=, weights=) -> no-top keras.Model
+    preprocess: Callable[[np.ndarray], np.ndarray]  # float32 RGB 0..255 -> model input
+    default_size: int
+    unfreeze_points: dict[str, str] = field(default_factory=dict)
+    default_unfreeze: str = "all"
+    weight_file: Callable[[int], str] | None = None  # image size -> Keras's no-top file name
+    weight_md5: str | None = None  # Keras's published md5 of that file, where it has one
+    min_size: int = 32
+
+
+def _apps():
+    import keras
+
+    return keras.applications
+
+
+def _mobilenet(alpha: float) -> Callable[..., object]:
+    def build(input_shape, weights):
+        return _apps().MobileNet(
+            input_shape=input_shape, alpha=alpha, include_top=False, weights=weights
+        )
+
+    return build
+
+
+def _mobilenet_file(alpha_text: str) -> Callable[[int], str]:
+    def name(size: int) -> str:
+        rows = size if size in (128, 160, 192, 224) else 224
+        return f"mobilenet_{alpha_text}_{rows}_tf_no_top.h5"
+
+    return name
+
+
+def _mobilenet_v2_file(size: int) -> str:
+    rows = size if size in (96, 128, 160, 192, 224) else 224
+    return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5"
+
+
+def _app(ctor_name: str) -> Callable[..., object]:
+    def build(input_shape, weights):
+        return getattr(_apps(), ctor_name)(
+            input_shape=input_shape, include_top=False, weights=weights
+        )
+
+    return build
+
+
+def _preprocess(module: str) -> Callable[[np.ndarray], np.ndarray]:
+    def preprocess(x: np.ndarray) -> np.ndarray:
+        return getattr(_apps(), module).preprocess_input(x)
+
+    return preprocess
+
+
+def _fixed(name: str) -> Callable[[int], str]:
+    return lambda size: name
+
+
+def _identity(x: np.ndarray) -> np.ndarray:
+    return x
+
+
+def small_cnn(input_shape, weights):
+    """A small CNN trained from scratch: three conv blocks (32, 64, 128 filters)."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(input_shape)
+    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    for block, filters in enumerate((32, 64, 128), start=1):
+        for conv in (1, 2):
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=False,
+                              name=f"block{block}_conv{conv}")(x)
+            x = layers.BatchNormalization(name=f"block{block}_bn{conv}")(x)
+            x = layers.Activation("relu", name=f"block{block}_relu{conv}")(x)
+        x = layers.MaxPooling2D(name=f"block{block}_pool")(x)
+    return keras.Model(inputs, x, name="small_cnn")
+
+
+_MOBILENET_POINTS = {
+    "block12": "after:conv_pw_11_relu",
+    "block9": "after:conv_pw_8_relu",
+    "block6": "after:conv_pw_5_relu",
+}
+
+BACKBONES: dict[str, Backbone] = {
+    b.name: b
+    for b in [
+        Backbone("vgg16", _app("VGG16"), _preprocess("vgg16"), 224,
+                 {"block5": "block5_conv1", "block4": "block4_conv1"}, "block5",
+                 _fixed("vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+                 "6d6bbae143d832006294945121d1f1fc"),
+        Backbone("vgg19", _app("VGG19"), _preprocess("vgg19"), 224,
+                 {"block5": "block5_conv1", "block4": "block4_conv1"}, "block5",
+                 _fixed("vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+                 "253f8cb515780f3b799900260a226db6"),
+        Backbone("resnet50", _app("ResNet50"), _preprocess("resnet50"), 224,
+                 {"conv5": "after:conv4_block6_out", "conv4": "after:conv3_block4_out"}, "conv5",
+                 _fixed("resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+                 "4d473c1dd8becc155b73f8504c6f6626"),
+        Backbone("inception_v3", _app("InceptionV3"), _preprocess("inception_v3"), 299,
+                 {"mixed9": "after:mixed8", "mixed8": "after:mixed7"}, "mixed9",
+                 _fixed("inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+                 "bcbd6486424b2319ff4ef7d526e38f63", min_size=75),
+        Backbone("xception", _app("Xception"), _preprocess("xception"), 299,
+                 # block12 starts at layer 106, the block boundary nearest the
+                 # "unfreeze after layer 108" of the classic Keras fine-tuning recipe
+                 {"block12": "block12_sepconv1_act", "block13": "block13_sepconv1_act"},
+                 "block12",
+                 _fixed("xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+                 "b0042744bf5b25fce3cb969f33bebb97", min_size=71),
+        Backbone("inception_resnet_v2", _app("InceptionResNetV2"),
+                 _preprocess("inception_resnet_v2"), 299,
+                 {"block8_10": "after:block8_9_ac", "block8_1": "after:mixed_7a"}, "block8_10",
+                 _fixed("inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+                 "d19885ff4a710c122648d3b5c3b684e4", min_size=75),
+        Backbone("mobilenet_025", _mobilenet(0.25), _preprocess("mobilenet"), 224,
+                 _MOBILENET_POINTS, "block9", _mobilenet_file("2_5")),
+        Backbone("mobilenet_050", _mobilenet(0.5), _preprocess("mobilenet"), 224,
+                 _MOBILENET_POINTS, "block9", _mobilenet_file("5_0")),
+        Backbone("mobilenet_075", _mobilenet(0.75), _preprocess("mobilenet"), 224,
+                 _MOBILENET_POINTS, "block9", _mobilenet_file("7_5")),
+        Backbone("mobilenet_100", _mobilenet(1.0), _preprocess("mobilenet"), 224,
+                 _MOBILENET_POINTS, "block9", _mobilenet_file("1_0")),
+        Backbone("mobilenet_v2", _app("MobileNetV2"), _preprocess("mobilenet_v2"), 224,
+                 {"block_16": "block_16_expand", "block_13": "block_13_expand"}, "block_13",
+                 _mobilenet_v2_file),
+        Backbone("efficientnet_b0", _app("EfficientNetB0"), _identity, 224,
+                 {"block7a": "block7a_expand_conv", "block6a": "block6a_expand_conv"},
+                 "block6a", _fixed("efficientnetb0_notop.h5"),
+                 "50bc09e76180e00e4465e1a485ddc09d"),
+        Backbone("densenet121", _app("DenseNet121"), _preprocess("densenet"), 224,
+                 {"conv5": "after:pool4_pool", "conv4": "after:pool3_pool"}, "conv5",
+                 _fixed("densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+                 "30ee3e1110167f948a6b9946edeeb738"),
+        Backbone("small_cnn", small_cnn, _identity, 64,
+                 {"block3": "block3_conv1", "block2": "block2_conv1"}, "all", None, min_size=16),
+    ]
+}
+
+
+def get_backbone(name: str) -> Backbone:
+    """The registered backbone `name`, or CompError listing the known names."""
+    from comp.errors import CompError
+
+    if name not in BACKBONES:
+        raise CompError(
+            f"config: unknown backbone {name!r}; choose from {', '.join(sorted(BACKBONES))}"
+        )
+    return BACKBONES[name]

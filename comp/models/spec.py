@@ -1,0 +1,63 @@
+"""Model specs: everything that changes a model's weights, and the model id it hashes to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omegaconf import DictConfig, OmegaConf
+
+from comp.artifacts import fingerprint
+from comp.config import model_settings
+from comp.models.registry import get_backbone
+from comp.models.weights import ResolvedWeights, resolve_weights
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model to train on every fold.
+
+    `model_id` = backbone + a hash of backbone, input size, weight file identity, the
+    model/train/augment settings, the folds and the pseudo-label source: two settings
+    never share a folder, and unchanged settings find their finished folds again.
+    """
+
+    backbone: str
+    image_size: int
+    weights: ResolvedWeights
+    model: dict
+    train: dict
+    augment: dict
+    folds_key: str
+    pseudo: dict | None = None
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.backbone}-{fingerprint(self.identity())}"
+
+    def identity(self) -> dict:
+        """The settings hashed into the model id."""
+        return {
+            "backbone": self.backbone, "image_size": self.image_size,
+            "weights": self.weights.identity, "model": self.model, "train": self.train,
+            "augment": self.augment, "folds": self.folds_key, "pseudo": self.pseudo,
+        }
+
+    def describe(self) -> dict:
+        """What spec.json records: the identity plus where the weights came from."""
+        return {"model_id": self.model_id, **self.identity(),
+                "weights_path": str(self.weights.path) if self.weights.path else None}
+
+
+def make_spec(cfg: DictConfig, backbone_name: str, folds_key: str,
+              pseudo: dict | None = None, params: dict | None = None) -> ModelSpec:
+    """The spec of `backbone_name` under `cfg` (+ backbone_overrides, + `params`, a flat
+    {"section.key": value} mapping such as tuned settings)."""
+    backbone = get_backbone(backbone_name)
+    settings = model_settings(cfg, backbone_name)
+    for dotted, value in (params or {}).items():
+        OmegaConf.update(settings, dotted, value, merge=False)
+    plain = OmegaConf.to_container(settings, resolve=True)
+    size = plain["model"]["image_size"] or backbone.default_size
+    weights = resolve_weights(backbone, size, cfg.weights, cfg.weights_dir)
+    return ModelSpec(backbone_name, int(size), weights, plain["model"], plain["train"],
+                     plain["augment"], folds_key, pseudo)

@@ -1,0 +1,91 @@
+"""Find the ImageNet weight file a backbone needs: never a silent random init.
+
+`weights=imagenet` looks for the exact file Keras would download, in `weights_dir`
+and then the Keras cache (`$KERAS_HOME/models`, default `~/.keras/models`); where it is
+in neither, Keras is asked to download it, which works only where the network allows.
+`weights=<path>` takes that file; `weights=none` is a random init.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from comp.errors import CompError
+from comp.models.registry import Backbone
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """Where a backbone's weights come from; `identity` goes into model ids and cache keys."""
+
+    path: Path | None
+    identity: str
+
+
+def keras_cache_dir() -> Path:
+    """The folder Keras downloads application weights into."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return Path(home) / "models"
+
+
+def resolve_weights(
+    backbone: Backbone, size: int, weights: str, weights_dir: str | None
+) -> ResolvedWeights:
+    """Resolve the `weights` setting for `backbone` at input `size` (see module docstring)."""
+    if backbone.weight_file is None or weights.lower() in ("none", "random", "null"):
+        return ResolvedWeights(None, "random-init")
+    if weights != "imagenet":
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise CompError(f"weights={weights}: file not found; give an existing .h5 file")
+        return ResolvedWeights(path, "sha256:" + _sha256(path))
+    names = list(dict.fromkeys([backbone.weight_file(size), backbone.weight_file(224)]))
+    folders = ([Path(weights_dir).expanduser()] if weights_dir else []) + [keras_cache_dir()]
+    for folder in folders:
+        for name in names:
+            path = folder / name
+            if path.is_file():
+                _check_md5(path, backbone.weight_md5)
+                return ResolvedWeights(path, "sha256:" + _sha256(path))
+    path = _download(backbone, names[0])
+    if path is None:
+        where = " or ".join(str(f) for f in folders)
+        raise CompError(
+            f"weights=imagenet: {backbone.name} needs the Keras file {names[0]} and it is not "
+            f"in {where} (no network to download it); copy the file there, set "
+            "weights_dir=<folder>, give weights=<path>, or use weights=none for random init"
+        )
+    return ResolvedWeights(path, "sha256:" + _sha256(path))
+
+
+def _download(backbone: Backbone, name: str) -> Path | None:
+    """Let Keras download the file into its cache where the network allows; None if not."""
+    try:
+        backbone.constructor(input_shape=(backbone.default_size, backbone.default_size, 3),
+                             weights="imagenet")
+    except Exception:  # no network, proxy refusal, ...: reported by the caller as one line
+        return None
+    path = keras_cache_dir() / name
+    return path if path.is_file() else None
+
+
+def _check_md5(path: Path, expected: str | None) -> None:
+    if expected is None:
+        return
+    digest = hashlib.md5(path.read_bytes()).hexdigest()
+    if digest != expected:
+        raise CompError(
+            f"{path}: md5 {digest} differs from Keras's published {expected}; the file is "
+            "damaged or another file under the same name: download it again"
+        )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]

@@ -1,0 +1,75 @@
+"""Prediction sets on disk: the interface between training, ensembling and submitting.
+
+A prediction set is a folder with
+  oof.csv   id, fold, label, p_<class>...   out-of-fold probabilities of the labelled images
+  test.csv  id, p_<class>...                test probabilities (fold-averaged, TTA)
+  cv.json   scores of oof.csv (overall and per fold) and what produced it
+Single models live in preds/<model_id>/, ensembles in ensemble/<name>/.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from comp.artifacts import read_json, write_csv, write_json
+from comp.metrics import scores
+
+
+def prob_columns(classes: list[str]) -> list[str]:
+    """The probability column names, p_<class>."""
+    return [f"p_{c}" for c in classes]
+
+
+def probs_frame(ids: list[str], probs: np.ndarray, classes: list[str], **extra) -> pd.DataFrame:
+    """A frame id, [extra columns], p_<class>... ."""
+    frame = pd.DataFrame({"id": list(ids), **extra})
+    frame[prob_columns(classes)] = probs
+    return frame
+
+
+@dataclass
+class PredictionSet:
+    """OOF and test predictions of one model or ensemble, with its scores and info."""
+
+    oof: pd.DataFrame
+    test: pd.DataFrame
+    classes: list[str]
+    info: dict
+
+    def oof_probs(self) -> np.ndarray:
+        return self.oof[prob_columns(self.classes)].to_numpy(dtype=np.float64)
+
+    def test_probs(self) -> np.ndarray:
+        return self.test[prob_columns(self.classes)].to_numpy(dtype=np.float64)
+
+
+def cv_scores(oof: pd.DataFrame, classes: list[str]) -> dict:
+    """Overall and per-fold scores of an OOF frame (id, fold, label, p_...)."""
+    y = oof["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    probs = oof[prob_columns(classes)].to_numpy(dtype=np.float64)
+    per_fold = {
+        int(k): scores(y[oof["fold"].to_numpy() == k], probs[oof["fold"].to_numpy() == k])
+        for k in sorted(oof["fold"].unique())
+    }
+    return {"cv": scores(y, probs), "folds": per_fold, "n_oof": len(oof)}
+
+
+def write_prediction_set(folder: Path, oof: pd.DataFrame, test: pd.DataFrame,
+                         classes: list[str], info: dict) -> dict:
+    """Write oof.csv and test.csv, then cv.json last (its presence marks the set done)."""
+    write_csv(folder / "oof.csv", oof)
+    write_csv(folder / "test.csv", test)
+    result = {**cv_scores(oof, classes), "classes": classes, **info}
+    write_json(folder / "cv.json", result)
+    return result
+
+
+def read_prediction_set(folder: Path) -> PredictionSet:
+    """Read a finished prediction set."""
+    info = read_json(folder / "cv.json")
+    return PredictionSet(pd.read_csv(folder / "oof.csv"), pd.read_csv(folder / "test.csv"),
+                         info["classes"], info)

@@ -1,0 +1,99 @@
+"""The command line: python -m comp.run stage=<name> [key=value ...]
+
+Errors in the user's input or config print one line (`comp: error: ...`) and exit 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import sys
+import time
+from pathlib import Path
+
+from comp.log import get_logger, quiet_tensorflow
+
+quiet_tensorflow()
+
+from comp.errors import CompError  # noqa: E402
+from comp.stages import STAGES  # noqa: E402
+
+
+def help_text() -> str:
+    """Usage, the stages and every config key with its default."""
+    from comp.config import CONFIG_DIR, Config
+
+    lines = [
+        "usage: python -m comp.run stage=<stage> [key=value ...]",
+        "",
+        "stages:",
+        *[f"  {name:<10} {text}" for name, (_, text) in STAGES.items()],
+        "",
+        "config groups (configs/): "
+        + ", ".join(
+            f"{g.name}=[{'|'.join(sorted(p.stem for p in g.glob('*.yaml')))}]"
+            for g in sorted(CONFIG_DIR.iterdir()) if g.is_dir()
+        ),
+        "",
+        "keys (default):",
+        *_keys(Config()),
+    ]
+    return "\n".join(lines)
+
+
+def _keys(node, prefix: str = "") -> list[str]:
+    out = []
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            out += _keys(value, f"{prefix}{f.name}.")
+        else:
+            out.append(f"  {prefix}{f.name}={value}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one stage; return the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help", "help", "stage=help") for a in argv):
+        print(help_text())
+        return 0
+    log = get_logger()
+    try:
+        from comp.config import load_config
+
+        cfg = load_config(argv)
+        if cfg.stage not in STAGES:
+            raise CompError(f"config: unknown stage {cfg.stage!r}; choose from {', '.join(STAGES)}")
+        log.setLevel("WARNING" if cfg.quiet else "INFO")
+        started = time.time()
+        _save_config(cfg)
+        module = importlib.import_module(STAGES[cfg.stage][0])
+        from comp.workspace import run_dir, run_lock
+
+        with run_lock(run_dir(cfg.runs_dir, cfg.name), cfg.stage):
+            module.run(cfg)
+        log.info("stage=%s done in %.1f s", cfg.stage, time.time() - started)
+        return 0
+    except CompError as exc:
+        print(f"comp: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("comp: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def _save_config(cfg) -> None:
+    from omegaconf import OmegaConf
+
+    from comp.artifacts import write_text
+    from comp.workspace import run_dir
+
+    run = run_dir(cfg.runs_dir, cfg.name)
+    text = OmegaConf.to_yaml(cfg)
+    write_text(run.root / "config.yaml", text)
+    write_text(Path(run.root) / "configs" / f"{cfg.stage}.yaml", text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,9 @@
+"""One thin module per stage, wiring data -> models -> predictions -> submissions."""
+
+# name -> (module, one-line description); `all` runs the chain in this order.
+STAGES: dict[str, tuple[str, str]] = {
+    "prepare": ("comp.stages.prepare", "validate the competition folder, write folds.csv"),
+    "train": ("comp.stages.train", "fine-tune each backbone on every fold; OOF + test preds"),
+    "submit": ("comp.stages.submit", "write ranked submissions and submissions/leaderboard.csv"),
+    "all": ("comp.stages.all", "prepare -> train -> submit, skipping finished work"),
+}

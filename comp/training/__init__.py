@@ -1,0 +1,1 @@
+"""Learning-rate schedules, validation callbacks, feature caches and fitting one fold."""

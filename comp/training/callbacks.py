@@ -1,0 +1,44 @@
+"""Validation scoring each epoch, so Keras's own callbacks can monitor validation AUC."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+import numpy as np
+
+from comp.metrics import scores
+
+
+class ValidationScores(keras.callbacks.Callback):
+    """Adds val_auc, val_accuracy, val_macro_f1, val_balanced_accuracy, val_log_loss, lr
+    and `val_monitor` to the epoch logs, scoring TTA-averaged predictions with sklearn.
+
+    `val_monitor` is the AUC with exact ties broken by the lower log loss (its 1e-6
+    weight cannot outweigh a real AUC difference); EarlyStopping(restore_best_weights)
+    watches it. List this callback before the ones that read these keys.
+    """
+
+    def __init__(self, features: np.ndarray, y_true: np.ndarray, n_views: int,
+                 on_epoch: Callable[[int, dict], None] | None = None):
+        super().__init__()
+        self.features, self.y_true, self.n_views = features, y_true, n_views
+        self.on_epoch = on_epoch
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        probs = predict_views(self.model, self.features, self.n_views)
+        result = scores(self.y_true, probs)
+        logs = logs if logs is not None else {}
+        for key, value in result.items():
+            logs[f"val_{key}"] = value
+        auc = 0.0 if np.isnan(result["auc"]) else result["auc"]
+        logs["val_monitor"] = auc - 1e-6 * result["log_loss"]
+        logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        if self.on_epoch is not None:
+            self.on_epoch(epoch, logs)
+
+
+def predict_views(model, features: np.ndarray, n_views: int, batch_size: int = 256) -> np.ndarray:
+    """Mean class probabilities over views; `features` is (n_views * N, ...) view-major."""
+    probs = model.predict(features, batch_size=batch_size, verbose=0)
+    return probs.reshape(n_views, -1, probs.shape[-1]).mean(axis=0)

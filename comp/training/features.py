@@ -1,0 +1,136 @@
+"""Frozen-prefix features, computed once per image and view and cached on disk.
+
+The frozen prefix of a backbone gives the same output for an image every epoch, every
+fold and every trial, so it is computed once per (backbone, weights, size, cut, view)
+and stored as float16 in `cache/features/<key>/<split>.npy`, shaped (views, images, ...).
+The key covers everything that changes the numbers, so a changed setting gets its own
+cache and a stale one is never read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from comp.artifacts import fingerprint, read_json, write_json, write_npy
+from comp.data.views import DIHEDRAL, TTA_VIEWS, dihedral_view, random_views
+from comp.errors import CompError
+from comp.log import progress
+
+
+@dataclass(frozen=True)
+class ViewPlan:
+    """Which views each split gets: the train split has `train_views` (dihedral ids) plus
+    `n_random` random views; other splits have the TTA views. `tta` are dihedral ids."""
+
+    train_views: tuple[int, ...]
+    tta: tuple[int, ...]
+    n_random: int
+
+    @classmethod
+    def from_augment(cls, augment: dict) -> ViewPlan:
+        """The view plan of an `augment` config section."""
+        if augment["tta"] not in TTA_VIEWS:
+            raise CompError(
+                f"config: augment.tta={augment['tta']!r}; use one of {sorted(TTA_VIEWS)}"
+            )
+        tta = TTA_VIEWS[augment["tta"]]
+        base = DIHEDRAL if augment["dihedral"] else (0,)
+        train = tuple(sorted(set(base) | set(tta)))
+        return cls(train, tta, int(augment["random_views"]))
+
+    def views(self, split: str) -> tuple[int, ...]:
+        """Dihedral view ids stored for `split` (random views follow them for train)."""
+        return self.train_views if split == "train" else self.tta
+
+    def tta_positions(self, split: str) -> list[int]:
+        """Positions of the TTA views on the views axis of `split`'s feature array."""
+        stored = self.views(split)
+        return [stored.index(v) for v in self.tta]
+
+    def train_positions(self, dihedral: bool) -> list[int]:
+        """Positions on the train array's views axis that training samples from."""
+        sampled = DIHEDRAL if dihedral else (0,)
+        fixed = [i for i, v in enumerate(self.train_views) if v in sampled]
+        return fixed + list(range(len(self.train_views), len(self.train_views) + self.n_random))
+
+
+def feature_cache(
+    cache_root: Path, key_parts: dict, split: str, images: np.ndarray, prefix, preprocess,
+    plan: ViewPlan, augment: dict, seed: int,
+) -> np.ndarray:
+    """Features of `images` for `split`: read from the cache, or computed and stored."""
+    key = {**key_parts, "split": split, "views": plan.views(split),
+           "random": _random_spec(plan, augment, seed) if split == "train" else None,
+           "n_images": len(images)}
+    folder = cache_root / fingerprint(key, 12)
+    target = folder / f"{split}.npy"
+    if target.exists() and (folder / f"{split}.key.json").exists():
+        try:
+            if read_json(folder / f"{split}.key.json") == _jsonable(key):
+                return np.load(target)
+        except (OSError, ValueError):
+            pass  # corrupt: rebuilt below
+    features = compute_features(images, prefix, preprocess, plan.views(split),
+                                plan.n_random if split == "train" else 0, augment, seed,
+                                desc=f"features {key_parts.get('backbone', '')} {split}")
+    write_npy(target, features)
+    write_json(folder / f"{split}.key.json", key)
+    return features
+
+
+def compute_features(
+    images: np.ndarray, prefix, preprocess, views: tuple[int, ...], n_random: int,
+    augment: dict, seed: int, batch_size: int = 128, desc: str = "features",
+) -> np.ndarray:
+    """Prefix outputs of each view of `images`: (len(views) + n_random, N, ...).
+
+    With no prefix (everything trains) the preprocessed image is the feature; it stays
+    uint8 where preprocessing is the identity (the model rescales itself).
+    """
+    extra = (
+        random_views(images, n_random, augment["rotation"], augment["zoom"],
+                     augment["brightness"], augment["contrast"], seed)
+        if n_random else []
+    )
+    sources = [("view", v) for v in views] + [("random", i) for i in range(n_random)]
+    outputs = []
+    total = len(sources) * max(1, int(np.ceil(len(images) / batch_size)))
+    with progress(total=total, desc=desc) as bar:
+        for kind, which in sources:
+            view_images = dihedral_view(images, which) if kind == "view" else extra[which]
+            chunks = []
+            for start in range(0, len(images), batch_size):
+                batch = view_images[start : start + batch_size]
+                chunks.append(_prefix_outputs(batch, prefix, preprocess))
+                bar.update(1)
+            outputs.append(np.concatenate(chunks) if chunks else np.zeros((0,)))
+    return np.stack(outputs)
+
+
+def _prefix_outputs(batch: np.ndarray, prefix, preprocess) -> np.ndarray:
+    if prefix is None and _is_identity(preprocess):
+        return batch  # uint8: the model rescales its input itself
+    x = preprocess(batch.astype(np.float32))
+    out = x if prefix is None else prefix.predict_on_batch(x)
+    return np.asarray(out).astype(np.float16)
+
+
+def _is_identity(preprocess) -> bool:
+    probe = np.array([[0.0, 127.0, 255.0]], dtype=np.float32)
+    return bool(np.array_equal(preprocess(probe.copy()), probe))
+
+
+def _random_spec(plan: ViewPlan, augment: dict, seed: int) -> dict | None:
+    if not plan.n_random:
+        return None
+    return {k: augment[k] for k in ("rotation", "zoom", "brightness", "contrast")} | {
+        "count": plan.n_random, "seed": seed}
+
+
+def _jsonable(value):
+    import json
+
+    return json.loads(json.dumps(value, default=str))

@@ -1,0 +1,119 @@
+"""Fit the trainable part of one model on one fold's cached features."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from sklearn.utils.class_weight import compute_class_weight
+
+from comp.errors import CompError
+from comp.training.callbacks import ValidationScores, predict_views
+from comp.training.schedules import make_schedule
+
+
+@dataclass
+class FoldData:
+    """What one fold trains and validates on.
+
+    `pool` (V, R, ...) holds every trainable row's features for each sampled view;
+    `rows`, `targets` (soft or one-hot) and `weights` say which rows train this fold.
+    `val_features` is (T * n_val, ...) view-major over the T TTA views, `val_labels`
+    the validation rows' class indices.
+    """
+
+    pool: np.ndarray
+    rows: np.ndarray
+    targets: np.ndarray
+    weights: np.ndarray
+    val_features: np.ndarray
+    val_labels: np.ndarray
+    n_tta: int
+
+
+def class_weights(labels: np.ndarray, n_classes: int, mode: str) -> np.ndarray:
+    """Per-class loss weights: 'balanced' (sklearn) or 'none' (all ones)."""
+    if mode == "none":
+        return np.ones(n_classes)
+    if mode != "balanced":
+        raise CompError(f"config: train.class_weight={mode!r}; use balanced or none")
+    present = np.unique(labels)
+    weights = np.ones(n_classes)
+    weights[present] = compute_class_weight("balanced", classes=present, y=labels)
+    return weights
+
+
+def make_optimizer(train: dict):
+    """SGD with Nesterov momentum, or Adam."""
+    if train["optimizer"] == "sgd":
+        return keras.optimizers.SGD(train["lr"], momentum=train["momentum"], nesterov=True)
+    if train["optimizer"] == "adam":
+        return keras.optimizers.Adam(train["lr"])
+    raise CompError(f"config: train.optimizer={train['optimizer']!r}; use sgd or adam")
+
+
+def training_dataset(data: FoldData, batch_size: int, seed: int) -> tf.data.Dataset:
+    """Shuffled batches; each epoch every row appears once, in a randomly drawn view."""
+    pool = tf.constant(data.pool)
+    n_views = data.pool.shape[0]
+    items = tf.data.Dataset.from_tensor_slices(
+        (data.rows.astype(np.int64), data.targets.astype(np.float32),
+         data.weights.astype(np.float32))
+    ).shuffle(len(data.rows), seed=seed, reshuffle_each_iteration=True)
+    draws = tf.data.Dataset.random(seed=seed + 1)
+
+    def pick(item, draw):
+        row, target, weight = item
+        view = tf.math.floormod(draw, n_views)
+        features = tf.gather_nd(pool, tf.stack([view, row]))
+        return tf.cast(features, tf.float32), target, weight
+
+    return (
+        tf.data.Dataset.zip((items, draws))
+        .map(pick, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def fit_fold(model, data: FoldData, train: dict, seed: int,
+             on_epoch=None) -> tuple[pd.DataFrame, int]:
+    """Train `model` (compiled here) on `data`; keep the best-validation-AUC epoch's weights.
+
+    Returns the per-epoch history and the best epoch (0-based).
+    """
+    keras.utils.set_random_seed(seed)
+    model.compile(
+        optimizer=make_optimizer(train),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=train["label_smoothing"]),
+    )
+    schedule = make_schedule(train["schedule"], train["lr"], train["lr_drop"],
+                             train["lr_every"], train["epochs"])
+    stopper = keras.callbacks.EarlyStopping(
+        monitor="val_monitor", mode="max", patience=train["patience"], restore_best_weights=True
+    )
+    result = model.fit(
+        training_dataset(data, train["batch_size"], seed),
+        epochs=train["epochs"],
+        shuffle=False,  # the dataset shuffles itself, seeded
+        verbose=0,
+        callbacks=[
+            keras.callbacks.LearningRateScheduler(schedule),
+            ValidationScores(data.val_features, data.val_labels, data.n_tta, on_epoch),
+            stopper,
+        ],
+    )
+    history = pd.DataFrame(result.history)
+    history.insert(0, "epoch", np.arange(len(history)))
+    return history, int(stopper.best_epoch)
+
+
+def predict_tta(model, features: np.ndarray, tta_positions: list[int]) -> np.ndarray:
+    """Mean probabilities over the TTA views of a (V, N, ...) feature array."""
+    if features.shape[1] == 0:
+        return np.zeros((0, model.output_shape[-1]), dtype=np.float32)
+    stacked = features[tta_positions].reshape(-1, *features.shape[2:])
+    return predict_views(model, stacked, len(tta_positions))

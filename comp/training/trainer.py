@@ -1,0 +1,187 @@
+"""Train a model spec on every fold: features once, then one fit per fold, resumable.
+
+Each fold writes into models/<model_id>/fold<k>/: model.weights.h5 (the best-AUC
+epoch), history.csv, val.csv, test.csv, unlabeled.csv and, last, metrics.json, whose
+presence marks the fold done. A fold without it is cleared and trained again.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from comp.artifacts import atomic_path, write_csv, write_json
+from comp.data.images import cached_images
+from comp.log import get_logger, progress
+from comp.metrics import scores
+from comp.models.build import build_backbone, build_head_model, split_backbone
+from comp.models.registry import get_backbone
+from comp.models.spec import ModelSpec
+from comp.predictions import probs_frame, write_prediction_set
+from comp.training.features import ViewPlan, feature_cache
+from comp.training.fit import FoldData, class_weights, fit_fold, predict_tta
+
+SPLITS = ("train", "test", "unlabeled")
+
+
+@dataclass
+class PseudoRows:
+    """Extra training rows for one fold: features (V, M, ...), soft targets, weights."""
+
+    features: np.ndarray
+    targets: np.ndarray
+    weights: np.ndarray
+    ids: list[str] = field(default_factory=list)
+
+
+class FeaturedModel:
+    """A spec's backbone cut into frozen prefix and trainable body, with its features.
+
+    Built once per spec; `new_head(seed)` resets the body to its loaded weights and puts
+    a fresh head on it for one fold.
+    """
+
+    def __init__(self, spec: ModelSpec, prepared, max_pixels: int):
+        backbone = get_backbone(spec.backbone)
+        base = build_backbone(backbone, spec.image_size, spec.weights, spec.train["seed"])
+        self.spec = spec
+        self.split = split_backbone(base, backbone, spec.model["unfreeze"])
+        self.initial_body = self.split.body.get_weights() if self.split.body is not None else []
+        self.plan = ViewPlan.from_augment(spec.augment)
+        key = {"backbone": spec.backbone, "size": spec.image_size,
+               "weights": spec.weights.identity, "cut": self.split.cut}
+        if spec.weights.path is None:
+            key["init_seed"] = spec.train["seed"]  # a random prefix depends on its seed
+        self.features: dict[str, np.ndarray] = {}
+        frames = {"train": prepared.competition.train, "test": prepared.competition.test,
+                  "unlabeled": prepared.competition.unlabeled}
+        for split in SPLITS:
+            images = cached_images(prepared.run.image_cache, split,
+                                   frames[split]["path"].tolist(), spec.image_size, max_pixels)
+            self.features[split] = feature_cache(
+                prepared.run.feature_cache, key, split, images, self.split.prefix,
+                backbone.preprocess, self.plan, spec.augment, spec.train["seed"])
+
+    def new_head(self, n_classes: int, seed: int):
+        """A fresh trainable model for one fold (body weights reset to the loaded ones)."""
+        if self.split.body is not None:
+            self.split.body.set_weights(self.initial_body)
+        m = self.spec.model
+        return build_head_model(self.split, n_classes, m["pooling"], m["dense_units"],
+                                m["dropout"], m["bn_trainable"], seed)
+
+
+def fold_data(featured: FeaturedModel, labels: np.ndarray, folds: np.ndarray, fold: int,
+              n_classes: int, pseudo: PseudoRows | None = None) -> FoldData:
+    """Training rows (+ pseudo rows) and validation features of `fold`."""
+    plan, train = featured.plan, featured.spec.train
+    feats = featured.features["train"]
+    pool = feats[plan.train_positions(featured.spec.augment["dihedral"])]
+    rows = np.nonzero(folds != fold)[0]
+    val = np.nonzero(folds == fold)[0]
+    per_class = class_weights(labels[rows], n_classes, train["class_weight"])
+    targets = np.eye(n_classes)[labels]
+    weights = per_class[labels]
+    if pseudo is not None and len(pseudo.targets):
+        repeat = np.arange(pool.shape[0]) % pseudo.features.shape[0]
+        pool = np.concatenate([pool, pseudo.features[repeat]], axis=1)
+        rows = np.concatenate([rows, len(labels) + np.arange(len(pseudo.targets))])
+        targets = np.concatenate([targets, pseudo.targets])
+        soft_class = pseudo.targets.argmax(1)
+        weights = np.concatenate([weights, pseudo.weights * per_class[soft_class]])
+    val_features = feats[plan.tta_positions("train")][:, val].reshape(-1, *feats.shape[2:])
+    return FoldData(pool, rows, targets[rows], weights[rows], val_features, labels[val],
+                    len(plan.tta))
+
+
+def train_spec(spec: ModelSpec, prepared, max_pixels: int, info: dict,
+               pseudo_for_fold=None, folds_to_run: list[int] | None = None) -> dict | None:
+    """Train `spec` on every unfinished fold and, when all are done, write its
+    prediction set (preds/<model_id>/). Returns its cv.json content, or None when some
+    folds are left (`folds_to_run` limits this call to those folds)."""
+    run, classes = prepared.run, prepared.competition.classes
+    model_dir = run.model_dir(spec.model_id)
+    write_json(model_dir / "spec.json", spec.describe())
+    n_folds = prepared.n_folds
+    wanted = range(n_folds) if folds_to_run is None else folds_to_run
+    todo = [k for k in wanted if not (run.fold_dir(spec.model_id, k) / "metrics.json").exists()]
+    labels = prepared.folds["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    folds = prepared.folds["fold"].to_numpy()
+    if todo:
+        featured = FeaturedModel(spec, prepared, max_pixels)
+        bar = progress(todo, desc=f"train {spec.model_id}")
+        for fold in bar:
+            pseudo = pseudo_for_fold(fold, featured) if pseudo_for_fold else None
+            _train_fold(featured, prepared, labels, folds, fold, pseudo, bar)
+    done = [k for k in range(n_folds) if (run.fold_dir(spec.model_id, k) / "metrics.json").exists()]
+    if len(done) < n_folds:
+        return None
+    result = collect_predictions(spec, prepared, info)
+    cv = result["cv"]
+    get_logger().info(
+        "train: %s  CV accuracy %.4f  macro-F1 %.4f  AUC %.4f  (%d folds)",
+        spec.model_id, cv["accuracy"], cv["macro_f1"], cv["auc"], n_folds)
+    return result
+
+
+def _train_fold(featured: FeaturedModel, prepared, labels, folds, fold, pseudo, bar) -> None:
+    spec, run = featured.spec, prepared.run
+    classes = prepared.competition.classes
+    out = run.fold_dir(spec.model_id, fold)
+    if out.exists():
+        shutil.rmtree(out)  # an interrupted fold restarts cleanly
+    out.mkdir(parents=True)
+    started = time.time()
+    seed = spec.train["seed"] + fold
+    model = featured.new_head(len(classes), seed)
+    data = fold_data(featured, labels, folds, fold, len(classes), pseudo)
+
+    def show(epoch: int, logs: dict) -> None:
+        bar.set_postfix(fold=fold, epoch=epoch, val_auc=f"{logs['val_auc']:.3f}")
+
+    history, best_epoch = fit_fold(model, data, spec.train, seed, show)
+    val_ids = prepared.folds["id"].to_numpy()[folds == fold]
+    val_probs = predict_tta(model, featured.features["train"][:, folds == fold],
+                            featured.plan.tta_positions("train"))
+    fold_scores = scores(labels[folds == fold], val_probs)
+    write_csv(out / "val.csv", probs_frame(val_ids, val_probs, classes))
+    for split, frame in (("test", prepared.competition.test),
+                         ("unlabeled", prepared.competition.unlabeled)):
+        probs = predict_tta(model, featured.features[split], featured.plan.tta_positions(split))
+        write_csv(out / f"{split}.csv", probs_frame(frame["id"].tolist(), probs, classes))
+    with atomic_path(out / "model.weights.h5", suffix=".weights.h5") as tmp:
+        model.save_weights(tmp)
+    write_csv(out / "history.csv", history)
+    write_json(out / "metrics.json", {
+        **fold_scores, "fold": fold, "best_epoch": best_epoch, "epochs_run": len(history),
+        "n_train": int(len(data.rows)), "n_pseudo": 0 if pseudo is None else len(pseudo.targets),
+        "pseudo_ids": [] if pseudo is None else list(pseudo.ids),
+        "seconds": round(time.time() - started, 2),
+    })
+
+
+def collect_predictions(spec: ModelSpec, prepared, info: dict) -> dict:
+    """Join the folds' val/test predictions into the spec's prediction set."""
+    run, classes = prepared.run, prepared.competition.classes
+    cols = [f"p_{c}" for c in classes]
+    oof_parts, test_sum = [], None
+    for fold in range(prepared.n_folds):
+        folder = run.fold_dir(spec.model_id, fold)
+        val = pd.read_csv(folder / "val.csv", dtype={"id": str})
+        val.insert(1, "fold", fold)
+        oof_parts.append(val)
+        test = pd.read_csv(folder / "test.csv", dtype={"id": str})
+        test_sum = test[cols].to_numpy() if test_sum is None else test_sum + test[cols].to_numpy()
+    oof = pd.concat(oof_parts).set_index("id").loc[prepared.folds["id"]].reset_index()
+    oof.insert(2, "label", prepared.folds["label"].to_numpy())
+    test_probs = test_sum / prepared.n_folds
+    test_frame = probs_frame(prepared.competition.test["id"].tolist(), test_probs, classes)
+    return write_prediction_set(
+        run.preds_dir(spec.model_id), oof, test_frame, classes,
+        {"kind": "single", "model_id": spec.model_id, "backbone": spec.backbone,
+         "models": [spec.model_id], **info},
+    )

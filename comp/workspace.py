@@ -1,0 +1,106 @@
+"""The run directory layout (runs/<name>/...), one place that knows every path."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from comp.errors import CompError
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths of one experiment's run directory (see DESIGN.md's layout)."""
+
+    root: Path
+
+    @property
+    def folds_csv(self) -> Path:
+        return self.root / "folds.csv"
+
+    @property
+    def data_json(self) -> Path:
+        return self.root / "data.json"
+
+    @property
+    def image_cache(self) -> Path:
+        return self.root / "cache" / "images"
+
+    @property
+    def feature_cache(self) -> Path:
+        return self.root / "cache" / "features"
+
+    def model_dir(self, model_id: str) -> Path:
+        return self.root / "models" / model_id
+
+    def fold_dir(self, model_id: str, fold: int) -> Path:
+        return self.model_dir(model_id) / f"fold{fold}"
+
+    def preds_dir(self, model_id: str) -> Path:
+        return self.root / "preds" / model_id
+
+    def ensemble_dir(self, name: str) -> Path:
+        return self.root / "ensemble" / name
+
+    def pseudo_csv(self, round_: int, fold: int) -> Path:
+        return self.root / "pseudo" / f"round{round_}" / f"fold{fold}.csv"
+
+    @property
+    def optuna_db(self) -> Path:
+        return self.root / "optuna.db"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    def prediction_sets(self) -> list[Path]:
+        """Finished prediction sets (single models and ensembles) with a cv.json."""
+        found = []
+        for parent in (self.root / "preds", self.root / "ensemble"):
+            if parent.is_dir():
+                found += sorted(p for p in parent.iterdir() if (p / "cv.json").exists())
+        return found
+
+
+def run_dir(runs_dir: str, name: str) -> RunDir:
+    """The run directory of experiment `name`, created and checked writable."""
+    if not name or "/" in name or "\\" in name or name in {".", ".."}:
+        raise CompError(f"config: name={name!r} must be a plain folder name")
+    root = Path(runs_dir) / name
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CompError(f"{root}: cannot create the run directory ({exc.strerror}); "
+                        "set runs_dir=<writable folder>") from None
+    if not os.access(root, os.W_OK):
+        raise CompError(f"{root}: run directory is not writable; set runs_dir=<writable folder>")
+    return RunDir(root)
+
+
+@contextmanager
+def run_lock(run: RunDir, stage: str):
+    """Hold an exclusive lock on the run directory, or fail with 'already running'."""
+    path = run.root / ".lock"
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise CompError(
+                f"{run.root}: already in use by {holder}; wait for it to finish or use "
+                "another name=<experiment>"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} (stage={stage})")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)

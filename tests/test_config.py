@@ -1,0 +1,57 @@
+from pathlib import Path
+
+import pytest
+
+from comp.config import CONFIG_DIR, load_config, model_settings
+from comp.errors import CompError
+from comp.models.registry import BACKBONES
+from comp.run import help_text, main
+
+
+def test_defaults_compose():
+    cfg = load_config([])
+    assert cfg.stage == "all" and cfg.backbones == ["mobilenet_025"]
+    assert Path(cfg.data.dir).name == "wbc" and Path(cfg.data.dir).is_dir()
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("foo=1", "unknown key 'foo'"),
+    ("data.nope=3", "unknown key 'data.nope'"),
+    ("train.epochs=abc", "train.epochs"),
+    ("backbones=[resnet9000]", "unknown backbone 'resnet9000'"),
+    ("backbone_overrides.small_cnn.train.lrr=1", "lrr"),
+])
+def test_config_errors_name_the_key(override, needle):
+    with pytest.raises(CompError) as info:
+        load_config([override])
+    assert needle in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_cli_error_is_one_line_and_exit_2(capsys):
+    assert main(["stage=nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown stage 'nope'" in err[0]
+
+
+def test_help_lists_stages_and_keys(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for stage in ("prepare", "train", "submit", "all"):
+        assert f"  {stage} " in out
+    assert "train.epochs=" in out and "model.unfreeze=" in out
+    assert help_text() in out
+
+
+def test_every_backbone_has_a_config_group_entry():
+    names = {p.stem for p in (CONFIG_DIR / "backbone").glob("*.yaml")}
+    assert names == set(BACKBONES)
+    cfg = load_config(["backbone=vgg16"])
+    assert list(cfg.backbones) == ["vgg16"]
+
+
+def test_backbone_overrides_merge_over_defaults():
+    cfg = load_config(["train.lr=0.5"])
+    small = model_settings(cfg, "small_cnn")
+    assert small.train.optimizer == "adam" and small.model.image_size == 64
+    assert model_settings(cfg, "mobilenet_025").train.lr == 0.5

@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+
+from comp.data.folds import duplicate_groups, make_folds, perceptual_hashes
+from comp.data.views import DIHEDRAL, dihedral_view
+from comp.errors import CompError
+from tests.conftest import synthetic_image
+
+
+def _images(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.stack([np.asarray(synthetic_image(rng, ["alpha", "beta"][i % 2], 48))
+                     for i in range(n)])
+
+
+def test_dihedral_views_are_the_eight_symmetries():
+    image = np.arange(16, dtype=np.uint8).reshape(1, 4, 4, 1)
+    views = {dihedral_view(image, v).tobytes() for v in DIHEDRAL}
+    assert len(views) == 8
+
+
+def test_flipped_and_rotated_copies_are_grouped():
+    images = _images(12)
+    copies = np.stack([dihedral_view(images[:1], 5)[0], dihedral_view(images[1:2], 2)[0]])
+    groups = duplicate_groups(perceptual_hashes(np.concatenate([images, copies])), 6)
+    assert groups[12] == groups[0] and groups[13] == groups[1]
+    assert len(set(groups[:12])) == 12  # distinct images stay apart
+
+
+def test_folds_are_stratified_and_keep_groups_together():
+    labels = ["a"] * 20 + ["b"] * 10
+    groups = np.arange(30)
+    groups[[1, 2, 3]] = 0  # images 0..3 are one duplicate group
+    folds = make_folds([f"{i}.png" for i in range(30)], labels, groups, 5, seed=0)
+    assert folds.loc[[0, 1, 2, 3], "fold"].nunique() == 1
+    per_fold = folds.groupby("fold")["label"].value_counts().unstack()
+    assert (per_fold["b"] >= 1).all() and (per_fold["a"] >= 2).all()
+
+
+def test_class_smaller_than_folds_is_an_error():
+    with pytest.raises(CompError, match="class 'b' has 2 image"):
+        make_folds(["1", "2", "3", "4", "5", "6"], ["a"] * 4 + ["b"] * 2, np.arange(6), 3, 0)

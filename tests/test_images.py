@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from comp.data.images import cached_images, decode_image
+from comp.errors import CompError
+
+LIMIT = 10_000_000
+
+
+def _red(size=(40, 30)):
+    return Image.new("RGB", size, (255, 0, 0))
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "LA", "I;16", "I", "F"])
+def test_modes_decode_to_rgb(tmp_path, mode):
+    image = _red()
+    if mode in ("I;16", "I", "F"):
+        array = np.full((30, 40), 40000 if mode != "F" else 0.5, dtype=np.float32)
+        image = Image.fromarray(array.astype(np.uint16) if mode == "I;16" else array)
+        image = image.convert(mode) if mode != "I;16" else image
+    else:
+        image = image.convert(mode)
+    path = tmp_path / ("x.tif" if mode in ("I;16", "I", "F", "CMYK") else "x.png")
+    image.save(path)
+    out = decode_image(path, 16, LIMIT)
+    assert out.shape == (16, 16, 3) and out.dtype == np.uint8
+
+
+def test_sixteen_bit_is_scaled_not_clipped(tmp_path):
+    array = np.linspace(0, 4095, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(array).save(tmp_path / "x.png")
+    out = decode_image(tmp_path / "x.png", 64, LIMIT)
+    assert out.max() >= 250 and out.min() <= 5  # 12-bit range fills 0..255
+
+
+def test_exif_rotation_applied(tmp_path):
+    image = Image.new("RGB", (40, 20), (0, 0, 0))
+    image.paste((255, 255, 255), (0, 0, 20, 20))  # white left half
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    image.save(tmp_path / "x.jpg", exif=exif, quality=95)
+    out = decode_image(tmp_path / "x.jpg", 20, LIMIT).mean(axis=2)
+    assert out[:10].mean() > 200 and out[10:].mean() < 60  # white half now on top
+
+
+def test_rgba_alpha_composited_on_black(tmp_path):
+    Image.new("RGBA", (8, 8), (255, 255, 255, 0)).save(tmp_path / "x.png")
+    assert decode_image(tmp_path / "x.png", 8, LIMIT).max() == 0
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"", "0 bytes"),
+    (b"this is not an image", "cannot read image"),
+])
+def test_unreadable_files(tmp_path, content, needle):
+    path = tmp_path / "x.png"
+    path.write_bytes(content)
+    with pytest.raises(CompError, match=needle):
+        decode_image(path, 8, LIMIT)
+
+
+def test_truncated_jpeg(tmp_path):
+    _red((64, 64)).save(tmp_path / "full.jpg")
+    data = (tmp_path / "full.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CompError, match="cut.jpg"):
+        decode_image(tmp_path / "cut.jpg", 8, LIMIT)
+
+
+def test_huge_image_refused_before_decoding(tmp_path):
+    Image.new("L", (5000, 4000)).save(tmp_path / "big.png")
+    with pytest.raises(CompError, match="max_image_pixels"):
+        decode_image(tmp_path / "big.png", 8, 1_000_000)
+
+
+def test_cache_is_reused_and_invalidated(tmp_path):
+    path = tmp_path / "a.png"
+    _red().save(path)
+    first = cached_images(tmp_path / "cache", "train", [str(path)], 8, LIMIT)
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
+    Image.new("RGB", (40, 30), (0, 0, 255)).save(path)
+    second = cached_images(tmp_path / "cache", "train", [str(path)], 8, LIMIT)
+    assert first[0, 0, 0, 0] == 255 and second[0, 0, 0, 2] == 255

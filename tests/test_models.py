@@ -1,0 +1,105 @@
+"""Registry, weight resolution and cutting backbones into prefix + trainable body."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from comp.config import DEMO_DIR
+from comp.errors import CompError
+from comp.models.build import build_backbone, build_head_model, split_backbone
+from comp.models.registry import BACKBONES, get_backbone
+from comp.models.weights import ResolvedWeights, resolve_weights
+
+DEMO_WEIGHTS = DEMO_DIR / "weights"
+RANDOM = ResolvedWeights(None, "random-init")
+
+
+def test_registry_has_the_promised_backbones():
+    expected = {"vgg16", "vgg19", "resnet50", "inception_v3", "xception",
+                "inception_resnet_v2", "mobilenet_025", "mobilenet_050", "mobilenet_075",
+                "mobilenet_100", "mobilenet_v2", "efficientnet_b0", "densenet121", "small_cnn"}
+    assert expected <= set(BACKBONES)
+
+
+def test_imagenet_weights_found_in_weights_dir_and_keras_cache(tmp_path, monkeypatch):
+    mobilenet = get_backbone("mobilenet_025")
+    found = resolve_weights(mobilenet, 128, "imagenet", str(DEMO_WEIGHTS))
+    assert found.path.name == "mobilenet_2_5_224_tf_no_top.h5"
+    assert found.identity.startswith("sha256:dbdb03ee2a22fd89")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    (tmp_path / "keras" / "models").mkdir(parents=True)
+    shutil.copy(found.path, tmp_path / "keras" / "models")
+    found = resolve_weights(mobilenet, 224, "imagenet", None)
+    assert found.path.parent == tmp_path / "keras" / "models"
+
+
+def test_missing_imagenet_file_names_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr("comp.models.weights._download", lambda backbone, name: None)
+    with pytest.raises(CompError) as info:
+        resolve_weights(get_backbone("vgg16"), 224, "imagenet", str(tmp_path))
+    assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in str(info.value)
+    assert "weights_dir" in str(info.value)
+
+
+def test_damaged_file_fails_its_md5(tmp_path):
+    (tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5").write_bytes(b"junk")
+    with pytest.raises(CompError, match="md5"):
+        resolve_weights(get_backbone("vgg16"), 224, "imagenet", str(tmp_path))
+
+
+def test_weight_path_and_none(tmp_path):
+    with pytest.raises(CompError, match="file not found"):
+        resolve_weights(get_backbone("mobilenet_025"), 64, str(tmp_path / "x.h5"), None)
+    assert resolve_weights(get_backbone("mobilenet_025"), 64, "none", None).path is None
+    assert resolve_weights(get_backbone("small_cnn"), 64, "imagenet", None).path is None
+
+
+def test_real_weights_load_and_split_matches_the_whole_network():
+    backbone = get_backbone("mobilenet_025")
+    weights = resolve_weights(backbone, 64, "imagenet", str(DEMO_WEIGHTS))
+    base = build_backbone(backbone, 64, weights, seed=0)
+    split = split_backbone(base, backbone, "block12")
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    x = backbone.preprocess(pixels)
+    whole = base.predict(x, verbose=0)
+    parts = split.body.predict(split.prefix.predict(x, verbose=0), verbose=0)
+    assert np.allclose(whole, parts, atol=1e-5)
+    assert not np.allclose(whole, build_backbone(backbone, 64, RANDOM, 0).predict(x, verbose=0))
+
+
+@pytest.mark.parametrize("spec, label", [
+    ("all", "all"), ("none", "none"), ("block9", "after:conv_pw_8_relu"), ("0.9", None),
+    ("conv_dw_13", "conv_dw_13@"), ("80", "@80"),
+])
+def test_unfreeze_forms(spec, label):
+    backbone = get_backbone("mobilenet_025")
+    split = split_backbone(build_backbone(backbone, 32, RANDOM, 0), backbone, spec)
+    if label:
+        assert label in split.cut
+    model = build_head_model(split, 3, "max", 8, 0.2, True, 0)
+    assert model.output_shape == (None, 3)
+
+
+def test_bad_unfreeze_points_are_clear():
+    backbone = get_backbone("resnet50")
+    base = build_backbone(backbone, 32, RANDOM, 0)
+    with pytest.raises(CompError, match="has no layer 'nope'"):
+        split_backbone(base, backbone, "nope")
+    with pytest.raises(CompError, match="does not cut"):
+        split_backbone(base, backbone, "conv5_block1_3_conv")
+    split = split_backbone(base, backbone, "conv5")
+    assert split.cut == "after:conv4_block6_out"
+
+
+@pytest.mark.parametrize("name", sorted(set(BACKBONES) - {"small_cnn"}))
+def test_every_named_unfreeze_point_cuts_cleanly(name):
+    backbone = get_backbone(name)
+    size = max(backbone.min_size, 32)
+    base = build_backbone(backbone, size, RANDOM, 0)
+    for point in backbone.unfreeze_points:
+        split = split_backbone(base, backbone, point)
+        assert split.body is not None and split.prefix is not None, point
+    assert Path(__file__).exists()

@@ -1,0 +1,57 @@
+"""fit_fold keeps the best-validation-AUC epoch; class weights; the tf.data pipeline."""
+
+import keras
+import numpy as np
+
+from comp.metrics import macro_auc
+from comp.training.fit import FoldData, class_weights, fit_fold, training_dataset
+
+
+def _data(seed=0, n=60, views=2, dim=6, noise=2.0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    centers = rng.normal(size=(3, dim))
+    pool = (centers[labels][None] + rng.normal(scale=noise, size=(views, n, dim))).astype("float16")
+    val = rng.integers(0, 3, 30)
+    val_features = (centers[val] + rng.normal(scale=noise, size=(30, dim))).astype("float16")
+    return FoldData(pool, np.arange(n), np.eye(3)[labels], np.ones(n), val_features, val, 1)
+
+
+def _model(dim=6):
+    inputs = keras.Input((dim,))
+    return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs))
+
+
+TRAIN = {"optimizer": "sgd", "lr": 0.5, "momentum": 0.9, "schedule": "step", "lr_drop": 0.5,
+         "lr_every": 3, "epochs": 8, "patience": 8, "batch_size": 16, "label_smoothing": 0.0}
+
+
+def test_checkpoint_keeps_the_best_auc_epoch():
+    data = _data()
+    model = _model()
+    history, best = fit_fold(model, data, TRAIN, seed=0)
+    assert best == int(history["val_monitor"].idxmax())
+    probs = model.predict(data.val_features.astype("float32"), verbose=0)
+    assert macro_auc(data.val_labels, probs) == history["val_auc"][best]
+    assert history["lr"].tolist()[:4] == [0.5, 0.5, 0.5, 0.25]
+
+
+def test_early_stopping_on_auc():
+    train = {**TRAIN, "epochs": 30, "patience": 2, "lr": 0.0}  # nothing learns: AUC flat
+    history, best = fit_fold(_model(), _data(), train, seed=0)
+    assert len(history) == 3 and best == 0
+
+
+def test_training_dataset_draws_each_row_once_per_epoch():
+    data = _data(n=10, views=3)
+    data.pool[:] = np.arange(3, dtype="float16")[:, None, None]  # feature value = view id
+    batches = list(training_dataset(data, batch_size=4, seed=1))
+    x = np.concatenate([b[0].numpy() for b in batches])
+    assert len(x) == 10 and set(np.unique(x[:, 0])) <= {0.0, 1.0, 2.0}
+    assert len(np.unique(x[:, 0])) > 1  # views vary
+
+
+def test_balanced_class_weights():
+    weights = class_weights(np.array([0, 0, 0, 1]), 3, "balanced")
+    assert weights[1] == 3 * weights[0] and weights[2] == 1.0
+    assert (class_weights(np.array([0, 1]), 2, "none") == 1).all()
