@@ -53,7 +53,7 @@ class TrainConfig:
     """Optimiser, learning-rate schedule and stopping of one (model, fold) fit."""
 
     optimizer: str = "sgd"  # sgd (Nesterov momentum) | adam
-    lr: float = 0.001
+    lr: float = 0.003
     momentum: float = 0.9
     schedule: str = "step"  # step | cosine | constant
     lr_drop: float = 0.5  # step decay: multiply by this ...
@@ -80,6 +80,23 @@ class AugmentConfig:
 
 
 @dataclass
+class PseudoConfig:
+    """Pseudo-labels: which round trains, how many rounds stage=all runs, the rules."""
+
+    round: int = 0  # stage=train/pseudo: the round to train / to label for (0: no pseudo)
+    rounds: int = 1  # pseudo-label rounds that stage=all runs after round 0
+    splits: list[str] = field(default_factory=lambda: ["unlabeled"])  # unlabeled, test
+    threshold: float = 0.8  # minimum top probability of the vote
+    top_fraction: float = 1.0  # per class, the most confident fraction of those passing
+    class_cap: float = 0.5  # per class at most this times its labelled count
+    soft: bool = False  # soft targets (the vote, sharpened) instead of hard labels
+    temperature: float = 1.0  # sharpening of soft targets: p ** (1 / T)
+    weight: float = 0.5  # sample weight of a pseudo-labelled image
+    voters: list[str] = field(default_factory=list)  # backbones that vote; empty: all
+    truth: str | None = None  # optional CSV id,label of the unlabeled images, to score
+
+
+@dataclass
 class SubmitConfig:
     """How submissions are ranked."""
 
@@ -102,6 +119,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
     # per-backbone settings: {backbone: {model: {...}, train: {...}, augment: {...}}}
     backbone_overrides: dict[str, Any] = field(default_factory=dict)

@@ -4,6 +4,7 @@
 STAGES: dict[str, tuple[str, str]] = {
     "prepare": ("comp.stages.prepare", "validate the competition folder, write folds.csv"),
     "train": ("comp.stages.train", "fine-tune each backbone on every fold; OOF + test preds"),
+    "pseudo": ("comp.stages.pseudo", "pseudo-label unlabeled/test images per fold for a round"),
     "submit": ("comp.stages.submit", "write ranked submissions and submissions/leaderboard.csv"),
-    "all": ("comp.stages.all", "prepare -> train -> submit, skipping finished work"),
+    "all": ("comp.stages.all", "prepare, train, pseudo + train per round, submit; skips done work"),
 }

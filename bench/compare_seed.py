@@ -1,0 +1,96 @@
+"""comp side by side with the seed notebook recipe: same data, weights, image size, folds.
+
+usage: python bench/compare_seed.py DATA_DIR WEIGHTS_DIR SEED_RECIPE_PY [size] [overrides...]
+
+Runs the seed recipe (its own script, unmodified; its OOF array is captured in memory)
+and `python -m comp.run stage=all` from a cold run directory, each as a child process
+timed with its own peak RSS (os.wait4), and prints one table of CV scores and costs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from comp.metrics import scores
+
+SEED_CHILD = r"""
+import importlib.util, sys, numpy as np
+spec = importlib.util.spec_from_file_location("seed_recipe", sys.argv[1])
+seed = importlib.util.module_from_spec(spec); spec.loader.exec_module(seed)
+made = []
+class _NumPy:
+    def __getattr__(self, name): return getattr(np, name)
+    def zeros(self, *a, **k):
+        out = np.zeros(*a, **k); made.append(out); return out
+seed.np = _NumPy()
+sys.argv = ["seed_recipe.py"] + sys.argv[2:-1]
+seed.main()
+np.save(OUT, [m for m in made if m.ndim == 2][1])  # made in order: test_pred, oof
+"""
+
+
+def run_child(command: list[str], env: dict | None = None) -> tuple[float, float, str]:
+    """Run `command`; return (wall seconds, peak RSS MiB, output)."""
+    started = time.time()
+    with tempfile.TemporaryFile("w+") as log:
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(child.pid, 0)
+        wall = time.time() - started
+        log.seek(0)
+        output = log.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"failed: {' '.join(command)}\n{output[-2000:]}")
+    return wall, usage.ru_maxrss / 1024, output
+
+
+def main() -> None:
+    data, weights_dir, seed_py = sys.argv[1:4]
+    size = int(sys.argv[4]) if len(sys.argv) > 4 else 128
+    extra = sys.argv[5:]
+    work = Path(tempfile.mkdtemp(prefix="compare_seed_"))
+    train = pd.read_csv(Path(data) / "train.csv")
+    classes = sorted(train.label.unique())
+    y = train.label.map({c: i for i, c in enumerate(classes)}).to_numpy()
+    weights = Path(weights_dir) / "mobilenet_2_5_224_tf_no_top.h5"
+
+    oof_path = work / "seed_oof.npy"
+    child = SEED_CHILD.replace("OUT", repr(str(oof_path)))
+    seed_wall, seed_rss, _ = run_child(
+        [sys.executable, "-c", child, seed_py, data, str(weights), str(work / "seed.csv"),
+         str(size), "5", "30", "end"])
+    seed_scores = scores(y, np.load(oof_path))
+
+    comp_cmd = [sys.executable, "-m", "comp.run", "stage=all", "data=folder",
+                f"data.dir={data}", f"weights_dir={weights_dir}", "name=bench",
+                f"runs_dir={work / 'runs'}", f"submissions_dir={work / 'submissions'}",
+                f"model.image_size={size}", "backbones=[mobilenet_025]", *extra]
+    comp_wall, comp_rss, _ = run_child(comp_cmd)
+    (cv_file,) = (work / "runs" / "bench" / "preds").glob("*/cv.json")
+    comp_scores = json.loads(cv_file.read_text())["cv"]
+
+    rows = [("seed recipe", seed_scores, seed_wall, seed_rss),
+            ("comp stage=all", comp_scores, comp_wall, comp_rss)]
+    print(f"data {data}, MobileNet 0.25 ImageNet, {size} px, 5 folds; extra: {extra or '-'}")
+    print("| pipeline | CV accuracy | macro-F1 | balanced acc | macro AUC | log loss "
+          "| wall s | peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, s, wall, rss in rows:
+        print(f"| {name} | {s['accuracy']:.4f} | {s['macro_f1']:.4f} | "
+              f"{s['balanced_accuracy']:.4f} | {s['auc']:.4f} | {s['log_loss']:.4f} | "
+              f"{wall:.1f} | {rss:.0f} |")
+    print(f"| comp / seed | {comp_scores['accuracy'] / seed_scores['accuracy']:.3f}x | "
+          f"{comp_scores['macro_f1'] / seed_scores['macro_f1']:.3f}x | | | | "
+          f"{comp_wall / seed_wall:.2f}x | {comp_rss / seed_rss:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

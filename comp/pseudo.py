@@ -1,0 +1,67 @@
+"""Choose pseudo-labels for unlabeled (and, by option, test) images — per fold.
+
+The pseudo-labels that train fold k of round r come only from the round r-1 models of
+fold k, whose training never saw fold k's validation images; so fold k's validation
+score cannot profit from its own labels. The selection rules are pure functions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from comp.errors import CompError
+
+
+def sharpen(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """p ** (1 / T), renormalised: T < 1 sharpens, T = 1 leaves `probs` as they are."""
+    if temperature <= 0:
+        raise CompError(f"config: pseudo.temperature={temperature}; use a positive number")
+    powered = np.power(np.clip(probs, 1e-12, 1), 1.0 / temperature)
+    return powered / powered.sum(axis=1, keepdims=True)
+
+
+def select_pseudo_labels(
+    probs: np.ndarray, labelled_counts: np.ndarray, threshold: float, top_fraction: float,
+    class_cap: float,
+) -> np.ndarray:
+    """Indices of the rows of `probs` (N, C) to pseudo-label, most confident first.
+
+    A row is kept when its top probability is >= `threshold`; per predicted class, only
+    the `top_fraction` most confident of those, and at most `class_cap` times that
+    class's labelled count (at least one where any passes), so the majority class cannot
+    swamp the rare ones.
+    """
+    if not 0 < top_fraction <= 1:
+        raise CompError(f"config: pseudo.top_fraction={top_fraction}; use a value in (0, 1]")
+    confidence = probs.max(axis=1)
+    predicted = probs.argmax(axis=1)
+    chosen = []
+    for cls in range(probs.shape[1]):
+        rows = np.nonzero((predicted == cls) & (confidence >= threshold))[0]
+        rows = rows[np.argsort(-confidence[rows], kind="stable")]
+        keep = int(np.ceil(len(rows) * top_fraction))
+        cap = max(1, int(np.floor(class_cap * labelled_counts[cls]))) if len(rows) else 0
+        chosen.append(rows[: min(keep, cap)])
+    picked = np.concatenate(chosen) if chosen else np.zeros(0, dtype=int)
+    return picked[np.argsort(-confidence[picked], kind="stable")]
+
+
+def pseudo_table(ids: list[str], splits: list[str], probs: np.ndarray, classes: list[str],
+                 picked: np.ndarray, soft: bool, temperature: float, sources: list[str]
+                 ) -> pd.DataFrame:
+    """The fold's pseudo-label file: id, split, label, p_<class>..., confidence, sources.
+
+    The p_ columns are the training targets: one-hot for hard labels, the (sharpened)
+    vote for soft ones.
+    """
+    chosen = probs[picked]
+    targets = sharpen(chosen, temperature) if soft else np.eye(len(classes))[chosen.argmax(1)]
+    frame = pd.DataFrame({
+        "id": [ids[i] for i in picked], "split": [splits[i] for i in picked],
+        "label": [classes[i] for i in chosen.argmax(1)],
+    })
+    frame[[f"p_{c}" for c in classes]] = targets
+    frame["confidence"] = chosen.max(axis=1) if len(chosen) else []
+    frame["sources"] = " ".join(sources)
+    return frame

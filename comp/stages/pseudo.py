@@ -1,0 +1,113 @@
+"""stage=pseudo: pseudo-label files for round r from the round r-1 models of each fold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig
+
+from comp.artifacts import read_json, write_csv, write_json
+from comp.errors import CompError
+from comp.log import get_logger
+from comp.pseudo import pseudo_table, select_pseudo_labels
+from comp.stages.prepare import Prepared, prepare
+from comp.stages.train import specs_for_round
+
+SPLITS = ("unlabeled", "test")
+
+
+def run(cfg: DictConfig) -> dict:
+    """Write pseudo/round<r>/fold<k>.csv for r = pseudo.round (default 1)."""
+    prepared = prepare(cfg)
+    return make_pseudo_labels(cfg, prepared, max(1, cfg.pseudo.round))
+
+
+def make_pseudo_labels(cfg: DictConfig, prepared: Prepared, round_: int) -> dict:
+    """Vote with fold k's round r-1 models on the pseudo splits; select; write per fold."""
+    rules = cfg.pseudo
+    unknown = sorted(set(rules.splits) - set(SPLITS))
+    if unknown:
+        raise CompError(f"config: pseudo.splits has {unknown}; use unlabeled and/or test")
+    voters = [s for s in specs_for_round(cfg, prepared, round_ - 1)
+              if not rules.voters or s.backbone in rules.voters]
+    if not voters:
+        raise CompError(f"config: pseudo.voters={list(rules.voters)} matches no backbone "
+                        f"in backbones={list(cfg.backbones)}")
+    run, classes = prepared.run, prepared.competition.classes
+    voter_ids = [s.model_id for s in voters]
+    for model_id in voter_ids:
+        for fold in range(prepared.n_folds):
+            if not (run.fold_dir(model_id, fold) / "metrics.json").exists():
+                raise CompError(f"{run.fold_dir(model_id, fold)}: not trained; run stage=train "
+                                f"pseudo.round={round_ - 1} first")
+    settings = {k: rules[k] for k in ("splits", "threshold", "top_fraction", "class_cap",
+                                      "soft", "temperature")}
+    settings = {"voters": voter_ids, **{k: _plain(v) for k, v in settings.items()}}
+    summary_path = run.root / "pseudo" / f"round{round_}" / "summary.json"
+    if summary_path.exists() and read_json(summary_path).get("settings") == settings:
+        return read_json(summary_path)  # same voters and rules: the files stand
+    counts = prepared.folds["label"].value_counts().reindex(classes).fillna(0).to_numpy()
+    truth = _truth(rules.truth)
+    per_fold = {}
+    for fold in range(prepared.n_folds):
+        ids, splits, votes = _vote(run, voter_ids, fold, list(rules.splits), classes)
+        fold_counts = (prepared.folds["fold"] != fold).groupby(prepared.folds["label"]).sum()
+        picked = select_pseudo_labels(votes, fold_counts.reindex(classes).to_numpy(),
+                                      rules.threshold, rules.top_fraction, rules.class_cap)
+        table = pseudo_table(ids, splits, votes, classes, picked, rules.soft,
+                             rules.temperature, voter_ids)
+        write_csv(run.pseudo_csv(round_, fold), table)
+        per_fold[fold] = _fold_summary(table, classes, truth)
+    summary = {"round": round_, "settings": settings, "folds": per_fold,
+               "labelled_counts": dict(zip(classes, counts.tolist(), strict=True))}
+    write_json(summary_path, summary)
+    chosen = pd.DataFrame({k: v["per_class"] for k, v in per_fold.items()}).mean(axis=1)
+    scored = [v["accuracy_vs_truth"] for v in per_fold.values() if "accuracy_vs_truth" in v]
+    get_logger().info(
+        "pseudo: round %d, %d voter model(s); mean chosen per fold: %s; mean confidence %.3f%s",
+        round_, len(voter_ids), ", ".join(f"{c} {n:.1f}" for c, n in chosen.items()),
+        float(np.mean([v["mean_confidence"] for v in per_fold.values()])),
+        f"; accuracy vs truth {np.nanmean(scored):.3f}" if scored else "",
+    )
+    return summary
+
+
+def _vote(run, voter_ids, fold, splits, classes):
+    """Mean probabilities of the voters' fold-`fold` models on the pseudo splits."""
+    columns = [f"p_{c}" for c in classes]
+    ids, names, total = [], [], None
+    for model_id in voter_ids:
+        frames = [pd.read_csv(run.fold_dir(model_id, fold) / f"{s}.csv", dtype={"id": str})
+                  .assign(split=s) for s in splits]
+        frame = pd.concat(frames, ignore_index=True)
+        probs = frame[columns].to_numpy()
+        total = probs if total is None else total + probs
+        ids, names = frame["id"].tolist(), frame["split"].tolist()
+    return ids, names, total / len(voter_ids)
+
+
+def _truth(path: str | None) -> dict | None:
+    if not path:
+        return None
+    frame = pd.read_csv(path, dtype=str)
+    return dict(zip(frame["id"], frame["label"], strict=True))
+
+
+def _fold_summary(table: pd.DataFrame, classes: list[str], truth: dict | None) -> dict:
+    summary = {
+        "n": len(table),
+        "per_class": {c: int((table["label"] == c).sum()) for c in classes},
+        "mean_confidence": float(table["confidence"].mean()) if len(table) else float("nan"),
+    }
+    if truth is not None:
+        known = [(t, truth[i]) for i, t in zip(table["id"], table["label"], strict=True)
+                 if i in truth]
+        summary["accuracy_vs_truth"] = (
+            float(np.mean([a == b for a, b in known])) if known else float("nan"))
+    return summary
+
+
+def _plain(value):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(value) if hasattr(value, "_metadata") else value

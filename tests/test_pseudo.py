@@ -1,0 +1,88 @@
+"""Pseudo-label selection rules, and that no fold's validation images feed its labels."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from comp.errors import CompError
+from comp.pseudo import pseudo_table, select_pseudo_labels, sharpen
+from comp.run import main
+from tests.conftest import CLASSES, tiny_overrides
+
+PROBS = np.array([
+    [0.95, 0.05], [0.90, 0.10], [0.85, 0.15], [0.60, 0.40],  # class 0
+    [0.10, 0.90], [0.30, 0.70],                                # class 1
+])
+
+
+def test_threshold():
+    picked = select_pseudo_labels(PROBS, np.array([100, 100]), 0.8, 1.0, 1.0)
+    assert picked.tolist() == [0, 1, 4, 2]  # most confident first, 0.60 and 0.70 out
+
+
+def test_top_fraction_per_class():
+    picked = select_pseudo_labels(PROBS, np.array([100, 100]), 0.5, 0.5, 1.0)
+    assert sorted(picked.tolist()) == [0, 1, 4]  # top half of class 0 (2 of 4), of class 1 (1)
+
+
+def test_class_cap_relative_to_labelled_counts():
+    picked = select_pseudo_labels(PROBS, np.array([4, 100]), 0.5, 1.0, 0.5)
+    assert sorted(picked.tolist()) == [0, 1, 4, 5]  # class 0 capped at 0.5 * 4 = 2
+
+
+def test_bad_fraction():
+    with pytest.raises(CompError):
+        select_pseudo_labels(PROBS, np.array([1, 1]), 0.5, 0.0, 1.0)
+
+
+def test_sharpen_and_soft_targets():
+    soft = sharpen(np.array([[0.6, 0.4]]), 0.5)
+    assert soft[0, 0] == pytest.approx(0.36 / 0.52)
+    table = pseudo_table(["a", "b"], ["unlabeled", "test"], PROBS[[0, 4]], ["x", "y"],
+                         np.array([0, 1]), soft=True, temperature=1.0, sources=["m1"])
+    assert table[["p_x", "p_y"]].to_numpy() == pytest.approx(PROBS[[0, 4]])
+    hard = pseudo_table(["a"], ["unlabeled"], PROBS[[5]], ["x", "y"], np.array([0]),
+                        soft=False, temperature=1.0, sources=["m1"])
+    assert hard[["p_x", "p_y"]].to_numpy().tolist() == [[0.0, 1.0]]
+    assert hard.label.tolist() == ["y"] and hard.confidence.tolist() == [0.7]
+
+
+def test_round_trip_and_no_fold_sees_its_own_validation_images(tmp_path, competition):
+    overrides = tiny_overrides(tmp_path, competition, **{
+        "pseudo.rounds": "1", "pseudo.threshold": "0.0", "pseudo.class_cap": "10",
+        "pseudo.splits": "[unlabeled,test]"})
+    assert main(["stage=all", *overrides]) == 0
+    run = tmp_path / "runs" / "tiny"
+    folds = pd.read_csv(run / "folds.csv")
+    board = pd.read_csv(tmp_path / "submissions" / "leaderboard.csv")
+    assert sorted(board["round"].tolist()) == [0, 1]  # both rounds side by side
+    round0 = board.loc[board["round"] == 0, "name"].item()
+    round1 = board.loc[board["round"] == 1, "name"].item()
+    spec1 = json.loads((run / "models" / round1 / "spec.json").read_text())
+    assert spec1["pseudo"]["round"] == 1
+    cols = [f"p_{c}" for c in CLASSES]
+    for fold in (0, 1):
+        table = pd.read_csv(run / "pseudo" / "round1" / f"fold{fold}.csv")
+        # only images without labels, voted by this fold's round-0 model alone
+        assert not set(table.id) & set(folds.id)
+        assert set(table.sources) == {round0}
+        fold_dir = run / "models" / round0 / f"fold{fold}"
+        vote = pd.concat([pd.read_csv(fold_dir / "unlabeled.csv"),
+                          pd.read_csv(fold_dir / "test.csv")]).set_index("id")
+        assert np.allclose(vote.loc[table.id, cols].max(axis=1), table.confidence)
+        # the round-1 model of this fold trained on exactly these pseudo-labelled ids
+        metrics = json.loads((run / "models" / round1 / f"fold{fold}" / "metrics.json").read_text())
+        assert sorted(metrics["pseudo_ids"]) == sorted(table.id)
+        assert metrics["n_pseudo"] == len(table) == 10
+        # and validated on labelled images of its own fold only
+        val = pd.read_csv(run / "models" / round1 / f"fold{fold}" / "val.csv")
+        assert sorted(val.id) == sorted(folds.id[folds.fold == fold])
+    summary = json.loads((run / "pseudo" / "round1" / "summary.json").read_text())
+    assert summary["folds"]["0"]["n"] == 10
+
+
+def test_training_a_round_without_its_files_is_a_clear_error(tmp_path, competition, capsys):
+    assert main(["stage=train", "pseudo.round=2", *tiny_overrides(tmp_path, competition)]) == 2
+    assert "run stage=pseudo pseudo.round=2 first" in capsys.readouterr().err
