@@ -97,6 +97,14 @@ class PseudoConfig:
 
 
 @dataclass
+class EnsembleConfig:
+    """Which ensembles stage=ensemble builds, from which finished models."""
+
+    methods: list[str] = field(default_factory=lambda: ["mean", "weighted", "rank", "geometric"])
+    members: list[str] = field(default_factory=list)  # model ids or backbones; empty: all
+
+
+@dataclass
 class SubmitConfig:
     """How submissions are ranked."""
 
@@ -120,6 +128,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
     # per-backbone settings: {backbone: {model: {...}, train: {...}, augment: {...}}}
     backbone_overrides: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,71 @@
+"""Ensemble maths on synthetic OOF, and stage=ensemble on a tiny run."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from comp.ensemble import combine, fit_weights, nested_predictions
+from comp.metrics import scores
+from comp.run import main
+from tests.conftest import tiny_overrides
+
+
+def _synthetic(n=300, c=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, c, n)
+    good = np.eye(c)[y] * 2.0 + rng.normal(size=(n, c))
+    noise = rng.normal(size=(2, n, c)) * 2
+    logits = np.stack([good, *noise])
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    return probs, y
+
+
+def test_weight_search_recovers_the_better_model():
+    members, y = _synthetic()
+    weights = fit_weights(members, y)
+    assert weights.argmax() == 0 and weights[0] > 0.7
+    assert weights.sum() == pytest.approx(1)
+
+
+def test_nested_cv_is_below_in_sample_on_noise():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 200)
+    members = rng.dirichlet(np.ones(3), size=(6, 200))  # six models of pure noise
+    folds = np.arange(200) % 5
+    in_sample = scores(y, combine("weighted", members, fit_weights(members, y)))["log_loss"]
+    nested = scores(y, nested_predictions(members, y, folds))["log_loss"]
+    assert nested > in_sample  # in-sample weights flatter noise; nested does not
+
+
+@pytest.mark.parametrize("method", ["mean", "weighted", "rank", "geometric"])
+def test_combine_gives_distributions(method):
+    members, _ = _synthetic(n=20)
+    out = combine(method, members, np.array([0.5, 0.25, 0.25]))
+    assert out.shape == (20, 3) and np.allclose(out.sum(1), 1) and (out >= 0).all()
+
+
+def test_stage_ensemble_writes_sets_ranked_beside_single_models(tmp_path, competition):
+    overrides = tiny_overrides(tmp_path, competition)
+    assert main(["stage=train", *overrides]) == 0
+    assert main(["stage=train", *overrides, "model.dropout=0.1"]) == 0
+    assert main(["stage=ensemble", *overrides]) == 0
+    assert main(["stage=submit", *overrides]) == 0
+    run = tmp_path / "runs" / "tiny"
+    for method in ("mean", "weighted", "rank", "geometric"):
+        cv = json.loads((run / "ensemble" / method / "cv.json").read_text())
+        assert cv["kind"] == "ensemble" and len(cv["models"]) == 2
+        assert "cv_in_sample" in cv and sum(cv["weights"].values()) == pytest.approx(1)
+        oof = pd.read_csv(run / "ensemble" / method / "oof.csv")
+        assert len(oof) == 24 and {"fold", "label"} <= set(oof.columns)
+    board = pd.read_csv(tmp_path / "submissions" / "leaderboard.csv")
+    assert sorted(board.kind.unique()) == ["ensemble", "single"] and len(board) == 6
+    assert (board.file.map(lambda f: (tmp_path / "submissions" / f).exists())).all()
+
+
+def test_ensemble_of_one_model_is_a_clear_error(tmp_path, competition, capsys):
+    overrides = tiny_overrides(tmp_path, competition)
+    assert main(["stage=train", *overrides]) == 0
+    assert main(["stage=ensemble", *overrides]) == 2
+    assert "at least two finished models" in capsys.readouterr().err
