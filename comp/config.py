@@ -97,6 +97,24 @@ class PseudoConfig:
 
 
 @dataclass
+class TuneConfig:
+    """Optuna studies: one per (backbone, outer fold), so a fold's validation images
+    never choose its own settings; trials validate on an inner holdout."""
+
+    n_trials: int = 8  # finished trials each study should have; a rerun continues
+    storage: str | None = None  # Optuna storage URL; None: sqlite:///runs/<name>/optuna.db
+    epochs: int = 25  # epochs per trial fit
+    inner_holdout: float = 0.25  # share of a fold's training rows that scores a trial
+    metric: str = "auc"  # auc | accuracy | macro_f1 | balanced_accuracy | log_loss
+    pruner: str = "median"  # median | hyperband | none
+    seed: int = 0
+    params: list[str] = field(default_factory=lambda: [
+        "model.dropout", "model.unfreeze", "model.bn_trainable", "model.dense_units",
+        "train.lr", "train.lr_drop", "train.lr_every", "train.class_weight",
+        "train.label_smoothing", "augment.random_views"])
+
+
+@dataclass
 class EnsembleConfig:
     """Which ensembles stage=ensemble builds, from which finished models."""
 
@@ -128,6 +146,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    params: str = "default"  # default | best: train with each fold's best tuned settings
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
     # per-backbone settings: {backbone: {model: {...}, train: {...}, augment: {...}}}

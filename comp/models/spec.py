@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, replace
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -29,6 +30,7 @@ class ModelSpec:
     augment: dict
     folds_key: str
     pseudo: dict | None = None
+    fold_params: dict | None = None  # tuned: {"<fold>": {"section.key": value}}
 
     @property
     def model_id(self) -> str:
@@ -36,16 +38,34 @@ class ModelSpec:
 
     def identity(self) -> dict:
         """The settings hashed into the model id."""
-        return {
+        identity = {
             "backbone": self.backbone, "image_size": self.image_size,
             "weights": self.weights.identity, "model": self.model, "train": self.train,
             "augment": self.augment, "folds": self.folds_key, "pseudo": self.pseudo,
         }
+        if self.fold_params is not None:
+            identity["fold_params"] = self.fold_params
+        return identity
+
+    def for_fold(self, fold: int) -> ModelSpec:
+        """The settings that train `fold`: with that fold's tuned params applied."""
+        if self.fold_params is None:
+            return self
+        return with_params(replace(self, fold_params=None), self.fold_params[str(fold)])
 
     def describe(self) -> dict:
         """What spec.json records: the identity plus where the weights came from."""
         return {"model_id": self.model_id, **self.identity(),
                 "weights_path": str(self.weights.path) if self.weights.path else None}
+
+
+def with_params(spec: ModelSpec, params: dict) -> ModelSpec:
+    """`spec` with flat {"section.key": value} settings (model/train/augment) replaced."""
+    sections = {name: copy.deepcopy(getattr(spec, name)) for name in ("model", "train", "augment")}
+    for dotted, value in params.items():
+        section, key = dotted.split(".", 1)
+        sections[section][key] = value
+    return replace(spec, **sections)
 
 
 def make_spec(cfg: DictConfig, backbone_name: str, folds_key: str,

@@ -5,6 +5,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "prepare": ("comp.stages.prepare", "validate the competition folder, write folds.csv"),
     "train": ("comp.stages.train", "fine-tune each backbone on every fold; OOF + test preds"),
     "pseudo": ("comp.stages.pseudo", "pseudo-label unlabeled/test images per fold for a round"),
+    "tune": ("comp.stages.tune", "Optuna studies per backbone and fold (params=best to use)"),
     "ensemble": ("comp.stages.ensemble", "mean/weighted/rank/geometric ensembles, nested CV"),
     "submit": ("comp.stages.submit", "write ranked submissions and submissions/leaderboard.csv"),
     "all": ("comp.stages.all", "prepare, train, pseudo + train per round, submit; skips done work"),

@@ -4,17 +4,28 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from comp.stages import submit
+from comp.stages import ensemble, submit
 from comp.stages.prepare import prepare
 from comp.stages.pseudo import make_pseudo_labels
 from comp.stages.train import train_round
+from comp.stages.tune import tune_backbone
 
 
 def run(cfg: DictConfig):
-    """prepare -> train round 0 -> (pseudo -> train round r) x pseudo.rounds -> submit."""
+    """prepare -> train (round 0) -> [pseudo -> train (round r)] x pseudo.rounds ->
+    tune -> train with the tuned settings (last round) -> ensemble -> submit."""
     prepared = prepare(cfg)
     train_round(cfg, prepared, 0)
-    for round_ in range(1, cfg.pseudo.rounds + 1):
+    last = cfg.pseudo.rounds
+    for round_ in range(1, last + 1):
         make_pseudo_labels(cfg, prepared, round_)
         train_round(cfg, prepared, round_)
+    if cfg.tune.n_trials > 0:
+        for backbone in cfg.backbones:
+            tune_backbone(cfg, prepared, backbone)
+        tuned = cfg.copy()
+        tuned.params = "best"
+        train_round(tuned, prepared, last)
+    if len(list(prepared.run.root.glob("preds/*/cv.json"))) > 1 and cfg.ensemble.methods:
+        ensemble.run(cfg)
     return submit.run(cfg)

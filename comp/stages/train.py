@@ -21,6 +21,12 @@ from comp.training.trainer import PseudoRows, train_spec
 def specs_for_round(cfg: DictConfig, prepared: Prepared, round_: int) -> list[ModelSpec]:
     """The model specs of every configured backbone for pseudo-label round `round_`."""
     pseudo = None if round_ == 0 else pseudo_identity(cfg, prepared, round_)
+    if cfg.params == "best":
+        from comp.stages.tune import tuned_spec
+
+        return [tuned_spec(cfg, prepared, name, pseudo) for name in cfg.backbones]
+    if cfg.params != "default":
+        raise CompError(f"config: params={cfg.params!r}; use default or best")
     return [make_spec(cfg, name, prepared.folds_key, pseudo) for name in cfg.backbones]
 
 

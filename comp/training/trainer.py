@@ -7,6 +7,7 @@ presence marks the fold done. A fold without it is cleared and trained again.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -48,7 +49,6 @@ class FeaturedModel:
     def __init__(self, spec: ModelSpec, prepared, max_pixels: int):
         backbone = get_backbone(spec.backbone)
         base = build_backbone(backbone, spec.image_size, spec.weights, spec.train["seed"])
-        self.spec = spec
         self.split = split_backbone(base, backbone, spec.model["unfreeze"])
         self.initial_body = self.split.body.get_weights() if self.split.body is not None else []
         self.plan = ViewPlan.from_augment(spec.augment)
@@ -66,23 +66,27 @@ class FeaturedModel:
                 prepared.run.feature_cache, key, split, images, self.split.prefix,
                 backbone.preprocess, self.plan, spec.augment, spec.train["seed"])
 
-    def new_head(self, n_classes: int, seed: int):
+    @staticmethod
+    def key(spec: ModelSpec) -> str:
+        """Specs with equal keys share one FeaturedModel (same cut and training views)."""
+        return json.dumps([spec.model["unfreeze"], spec.augment], sort_keys=True)
+
+    def new_head(self, spec: ModelSpec, n_classes: int, seed: int):
         """A fresh trainable model for one fold (body weights reset to the loaded ones)."""
         if self.split.body is not None:
             self.split.body.set_weights(self.initial_body)
-        m = self.spec.model
+        m = spec.model
         return build_head_model(self.split, n_classes, m["pooling"], m["dense_units"],
                                 m["dropout"], m["bn_trainable"], seed)
 
 
-def fold_data(featured: FeaturedModel, labels: np.ndarray, folds: np.ndarray, fold: int,
-              n_classes: int, pseudo: PseudoRows | None = None) -> FoldData:
-    """Training rows (+ pseudo rows) and validation features of `fold`."""
-    plan, train = featured.plan, featured.spec.train
+def fold_data(featured: FeaturedModel, spec: ModelSpec, labels: np.ndarray,
+              rows: np.ndarray, val: np.ndarray, n_classes: int,
+              pseudo: PseudoRows | None = None) -> FoldData:
+    """Training rows `rows` (+ pseudo rows) and validation rows `val` of the train split."""
+    plan, train = featured.plan, spec.train
     feats = featured.features["train"]
-    pool = feats[plan.train_positions(featured.spec.augment["dihedral"])]
-    rows = np.nonzero(folds != fold)[0]
-    val = np.nonzero(folds == fold)[0]
+    pool = feats[plan.train_positions(spec.augment["dihedral"])]
     per_class = class_weights(labels[rows], n_classes, train["class_weight"])
     targets = np.eye(n_classes)[labels]
     weights = per_class[labels]
@@ -111,12 +115,17 @@ def train_spec(spec: ModelSpec, prepared, max_pixels: int, info: dict,
     todo = [k for k in wanted if not (run.fold_dir(spec.model_id, k) / "metrics.json").exists()]
     labels = prepared.folds["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     folds = prepared.folds["fold"].to_numpy()
-    if todo:
-        featured = FeaturedModel(spec, prepared, max_pixels)
-        bar = progress(todo, desc=f"train {spec.model_id}")
-        for fold in bar:
-            pseudo = pseudo_for_fold(fold, featured) if pseudo_for_fold else None
-            _train_fold(featured, prepared, labels, folds, fold, pseudo, bar)
+    featured_models: dict[str, FeaturedModel] = {}
+    bar = progress(todo, desc=f"train {spec.model_id}")
+    for fold in bar:
+        fold_spec = spec.for_fold(fold)
+        key = FeaturedModel.key(fold_spec)
+        if key not in featured_models:
+            featured_models[key] = FeaturedModel(fold_spec, prepared, max_pixels)
+        featured = featured_models[key]
+        pseudo = pseudo_for_fold(fold, featured) if pseudo_for_fold else None
+        _train_fold(featured, spec.model_id, fold_spec, prepared, labels, folds, fold, pseudo,
+                    bar)
     done = [k for k in range(n_folds) if (run.fold_dir(spec.model_id, k) / "metrics.json").exists()]
     if len(done) < n_folds:
         return None
@@ -128,17 +137,18 @@ def train_spec(spec: ModelSpec, prepared, max_pixels: int, info: dict,
     return result
 
 
-def _train_fold(featured: FeaturedModel, prepared, labels, folds, fold, pseudo, bar) -> None:
-    spec, run = featured.spec, prepared.run
-    classes = prepared.competition.classes
-    out = run.fold_dir(spec.model_id, fold)
+def _train_fold(featured: FeaturedModel, model_id: str, spec: ModelSpec, prepared, labels,
+                folds, fold, pseudo, bar) -> None:
+    run, classes = prepared.run, prepared.competition.classes
+    out = run.fold_dir(model_id, fold)
     if out.exists():
         shutil.rmtree(out)  # an interrupted fold restarts cleanly
     out.mkdir(parents=True)
     started = time.time()
     seed = spec.train["seed"] + fold
-    model = featured.new_head(len(classes), seed)
-    data = fold_data(featured, labels, folds, fold, len(classes), pseudo)
+    model = featured.new_head(spec, len(classes), seed)
+    data = fold_data(featured, spec, labels, np.nonzero(folds != fold)[0],
+                     np.nonzero(folds == fold)[0], len(classes), pseudo)
 
     def show(epoch: int, logs: dict) -> None:
         bar.set_postfix(fold=fold, epoch=epoch, val_auc=f"{logs['val_auc']:.3f}")
@@ -160,7 +170,7 @@ def _train_fold(featured: FeaturedModel, prepared, labels, folds, fold, pseudo, 
         **fold_scores, "fold": fold, "best_epoch": best_epoch, "epochs_run": len(history),
         "n_train": int(len(data.rows)), "n_pseudo": 0 if pseudo is None else len(pseudo.targets),
         "pseudo_ids": [] if pseudo is None else list(pseudo.ids),
-        "seconds": round(time.time() - started, 2),
+        "seconds": round(time.time() - started, 2), "settings": spec.describe(),
     })
 
 
@@ -183,5 +193,6 @@ def collect_predictions(spec: ModelSpec, prepared, info: dict) -> dict:
     return write_prediction_set(
         run.preds_dir(spec.model_id), oof, test_frame, classes,
         {"kind": "single", "model_id": spec.model_id, "backbone": spec.backbone,
+         "tuned": spec.fold_params is not None,
          "models": [spec.model_id], **info},
     )

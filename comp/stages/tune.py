@@ -1,0 +1,150 @@
+"""stage=tune: per-fold Optuna studies over a backbone's settings (resumable).
+
+Prints and saves runs/<name>/tuned/<backbone>.yaml (each fold's best settings);
+`stage=train params=best` then trains each fold with its own best settings.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import numpy as np
+import optuna
+from omegaconf import DictConfig
+
+from comp.artifacts import write_yaml
+from comp.errors import CompError
+from comp.log import get_logger, progress
+from comp.metrics import HIGHER_IS_BETTER
+from comp.models.registry import get_backbone
+from comp.models.spec import ModelSpec, make_spec, with_params
+from comp.stages.prepare import Prepared, prepare
+from comp.training.fit import fit_fold
+from comp.training.trainer import FeaturedModel, fold_data
+from comp.tuning import default_trial, finished_trials, inner_split, open_study, suggest
+
+
+def storage_url(cfg: DictConfig, prepared: Prepared) -> str:
+    """tune.storage, or the run directory's SQLite file."""
+    return cfg.tune.storage or f"sqlite:///{prepared.run.optuna_db.resolve()}"
+
+
+def study_name(cfg: DictConfig, backbone: str, fold: int) -> str:
+    """<experiment>-<backbone>-fold<k>"""
+    return f"{cfg.name}-{backbone}-fold{fold}"
+
+
+def run(cfg: DictConfig) -> dict:
+    """Run (or continue) the studies of every backbone and fold; return best settings."""
+    prepared = prepare(cfg)
+    return {name: tune_backbone(cfg, prepared, name) for name in cfg.backbones}
+
+
+def tune_backbone(cfg: DictConfig, prepared: Prepared, backbone_name: str) -> dict:
+    """Bring each fold's study of `backbone_name` to tune.n_trials finished trials."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    backbone = get_backbone(backbone_name)
+    base = make_spec(cfg, backbone_name, prepared.folds_key)
+    base = with_params(base, {"train.epochs": cfg.tune.epochs})
+    classes = prepared.competition.classes
+    labels = prepared.folds["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    folds = prepared.folds["fold"].to_numpy()
+    names = list(cfg.tune.params)
+    featured_models: dict[str, FeaturedModel] = {}
+    summary = {}
+    started = time.time()
+    for fold in range(prepared.n_folds):
+        study = open_study(study_name(cfg, backbone_name, fold), storage_url(cfg, prepared),
+                           cfg.tune.metric, cfg.tune.pruner, cfg.tune.seed + fold)
+        if not study.get_trials(deepcopy=False):
+            study.enqueue_trial(default_trial(
+                {"model": base.model, "train": base.train, "augment": base.augment},
+                names, backbone))
+        remaining = cfg.tune.n_trials - finished_trials(study)
+        train_rows, holdout = inner_split(np.nonzero(folds != fold)[0], labels,
+                                          cfg.tune.inner_holdout, cfg.tune.seed + fold)
+
+        def objective(trial: optuna.Trial, fold: int = fold, train_rows=train_rows,
+                      holdout=holdout) -> float:
+            spec = with_params(base, suggest(trial, backbone, names))
+            key = FeaturedModel.key(spec)
+            if key not in featured_models:
+                featured_models[key] = FeaturedModel(spec, prepared, cfg.data.max_image_pixels)
+            featured = featured_models[key]
+            data = fold_data(featured, spec, labels, train_rows, holdout, len(classes))
+            model = featured.new_head(spec, len(classes), spec.train["seed"] + fold)
+            metric = cfg.tune.metric
+            best = {"value": None}
+
+            def report(epoch: int, logs: dict) -> None:
+                value = logs[f"val_{metric}"]
+                better = HIGHER_IS_BETTER[metric]
+                if best["value"] is None or (value > best["value"]) == better:
+                    best["value"] = value
+                trial.report(best["value"], epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
+
+            history, best_epoch = fit_fold(model, data, spec.train, spec.train["seed"] + fold,
+                                           report)
+            return float(history[f"val_{metric}"][best_epoch])
+
+        if remaining > 0:
+            with progress(total=remaining, desc=f"tune {backbone_name} fold {fold}") as bar:
+                study.optimize(objective, n_trials=remaining, catch=(Exception,),
+                               callbacks=[lambda s, t: bar.update(1)])
+        summary[str(fold)] = _fold_summary(study)
+    _write_and_report(cfg, prepared, backbone_name, summary, time.time() - started)
+    return summary
+
+
+def _fold_summary(study: optuna.Study) -> dict:
+    states = [t.state.name.lower() for t in study.get_trials(deepcopy=False)]
+    completed = [t for t in study.get_trials(deepcopy=False)
+                 if t.state == optuna.trial.TrialState.COMPLETE]
+    if not completed:
+        return {"study": study.study_name, "trials": {s: states.count(s) for s in set(states)},
+                "best": None}
+    best = study.best_trial
+    default = study.get_trials(deepcopy=False)[0]
+    return {
+        "study": study.study_name,
+        "trials": {s: states.count(s) for s in sorted(set(states))},
+        "best_value": best.value, "best_trial": best.number,
+        "default_value": default.value, "best": best.params,
+    }
+
+
+def _write_and_report(cfg, prepared, backbone_name, summary, seconds) -> None:
+    path = prepared.run.root / "tuned" / f"{backbone_name}.yaml"
+    write_yaml(path, {"backbone": backbone_name, "metric": cfg.tune.metric,
+                      "storage": storage_url(cfg, prepared), "folds": summary})
+    log = get_logger()
+    for fold, item in summary.items():
+        if item["best"] is None:
+            log.info("tune: %s fold %s: no completed trial (%s)", backbone_name, fold,
+                     item["trials"])
+            continue
+        log.info("tune: %s fold %s: best inner %s %.4f (defaults %s) trials %s; %s",
+                 backbone_name, fold, cfg.tune.metric, item["best_value"],
+                 "n/a" if item["default_value"] is None else f"{item['default_value']:.4f}",
+                 item["trials"], item["best"])
+    log.info("tune: %s done in %.0f s -> %s (train with params=best)", backbone_name,
+             seconds, path)
+
+
+def tuned_spec(cfg: DictConfig, prepared: Prepared, backbone_name: str,
+               pseudo: dict | None) -> ModelSpec:
+    """The spec of `backbone_name` with each fold's best tuned settings (params=best)."""
+    base = make_spec(cfg, backbone_name, prepared.folds_key, pseudo)
+    fold_params = {}
+    for fold in range(prepared.n_folds):
+        study = open_study(study_name(cfg, backbone_name, fold), storage_url(cfg, prepared),
+                           cfg.tune.metric, cfg.tune.pruner, cfg.tune.seed + fold)
+        try:
+            fold_params[str(fold)] = study.best_trial.params
+        except ValueError:
+            raise CompError(f"study {study.study_name}: no completed trial; run stage=tune "
+                            "first") from None
+    return replace(base, fold_params=fold_params)
