@@ -9,6 +9,7 @@ timed with its own peak RSS (os.wait4), and prints one table of CV scores and co
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -77,7 +78,7 @@ def main() -> None:
         name = f"bench_{stage}"
         wall, rss, _ = run_child([sys.executable, "-m", "comp.run", f"stage={stage}",
                                   f"name={name}", f"runs_dir={work / 'runs'}", *common])
-        board = _leaderboard(work, name)
+        board = _leaderboard(work, name) if stage == "all" else _preds_board(work, name)
         best = board.iloc[0]
         rows.append((f"{label}: best = {best['name']}",
                      {m: best[f"cv_{m}"] for m in ("accuracy", "macro_f1",
@@ -99,6 +100,14 @@ def main() -> None:
         print(f"| {name.split(':')[0]} / seed | {s['accuracy'] / seed_scores['accuracy']:.3f}x "
               f"| {s['macro_f1'] / seed_scores['macro_f1']:.3f}x | | | | "
               f"{wall / seed_wall:.2f}x | |")
+
+
+def _preds_board(work: Path, name: str) -> pd.DataFrame:
+    rows = []
+    for path in (work / "runs" / name / "preds").glob("*/cv.json"):
+        cv = json.loads(path.read_text())
+        rows.append({"name": cv["model_id"], **{f"cv_{k}": v for k, v in cv["cv"].items()}})
+    return pd.DataFrame(rows)
 
 
 def _leaderboard(work: Path, name: str) -> pd.DataFrame:

@@ -101,9 +101,10 @@ class TuneConfig:
     """Optuna studies: one per (backbone, outer fold), so a fold's validation images
     never choose its own settings; trials validate on an inner holdout."""
 
-    n_trials: int = 8  # finished trials each study should have; a rerun continues
+    backbones: list[str] = field(default_factory=list)  # to tune; empty: the first of backbones
+    n_trials: int = 6  # finished trials each study should have; a rerun continues
     storage: str | None = None  # Optuna storage URL; None: sqlite:///runs/<name>/optuna.db
-    epochs: int = 25  # epochs per trial fit
+    epochs: int = 20  # epochs per trial fit
     inner_holdout: float = 0.25  # share of a fold's training rows that scores a trial
     metric: str = "auc"  # auc | accuracy | macro_f1 | balanced_accuracy | log_loss
     pruner: str = "median"  # median | hyperband | none
@@ -135,7 +136,8 @@ class Config:
 
     stage: str = "all"
     name: str = "demo"  # experiment name: runs/<name>/, submission file prefix
-    backbones: list[str] = field(default_factory=lambda: ["mobilenet_025"])
+    backbones: list[str] = field(
+        default_factory=lambda: ["mobilenet_025", "mobilenet_025-block12"])
     weights: str = "imagenet"  # imagenet | none | <path to a .h5 weight file>
     weights_dir: str | None = None  # extra folder searched for ImageNet weight files
     runs_dir: str = "runs"
@@ -150,7 +152,8 @@ class Config:
     params: str = "default"  # default | best: train with each fold's best tuned settings
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
-    # per-backbone settings: {backbone: {model: {...}, train: {...}, augment: {...}}}
+    # per-backbone settings: {backbone: {model: {...}, train: {...}, augment: {...}}};
+    # a variant `<backbone>-<tag>` in `backbones` gets its base's settings, then its own
     backbone_overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -185,8 +188,10 @@ def model_settings(cfg: DictConfig, backbone: str) -> DictConfig:
     merged = OmegaConf.create(
         {name: OmegaConf.to_container(cfg[name]) for name in _OVERRIDABLE_SECTIONS}
     )
-    extra = cfg.backbone_overrides.get(backbone) or {}
-    for section, values in extra.items():
+    layers = [cfg.backbone_overrides.get(backbone.split("-", 1)[0]) or {}]
+    if "-" in backbone:
+        layers.append(cfg.backbone_overrides.get(backbone) or {})
+    for section, values in [item for layer in layers for item in layer.items()]:
         if section not in _OVERRIDABLE_SECTIONS:
             raise CompError(
                 f"config: backbone_overrides.{backbone}.{section} is not a section; "
@@ -211,6 +216,9 @@ def _short_message(exc: Exception) -> str:
     match = re.search(r"Key '([^']+)' (?:is )?not in", text)
     if match:
         key = _full_key(text) or match.group(1)
+        if key.startswith("backbone_overrides."):
+            return (f"unknown key '{key}'; add per-backbone settings with a leading +, e.g. "
+                    "+backbone_overrides.<backbone>.train.lr=0.01")
         return f"unknown key '{key}'; see `python -m comp.run --help` for the keys"
     key = _full_key(text)
     if key and key not in first:

@@ -52,6 +52,7 @@ def write_submission(folder: Path, experiment: str, competition: Competition,
     return {
         "experiment": experiment, "kind": info.get("kind", "single"), "name": name,
         "models": " ".join(info.get("models", [name])), "round": info.get("round", 0),
+        "tuned": bool(info.get("tuned", False)),
         **{f"cv_{m}": round(cv[m], 5) for m in LEADERBOARD_METRICS},
         "n_oof": predictions.info.get("n_oof"), "file": path.name,
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),

@@ -60,13 +60,14 @@ def competition(tmp_path: Path) -> Path:
 
 
 def tiny_overrides(tmp_path: Path, data_dir: Path, **extra: str) -> list[str]:
-    """Overrides for a fast run: small CNN at 32 px, 2 folds, 2 epochs, random init."""
+    """Overrides for a fast run: small CNN at 32 px, 2 folds, 2 epochs, random init, and
+    stage=all without pseudo-label rounds or tuning unless `extra` asks for them."""
     settings = {
         "data.dir": str(data_dir), "runs_dir": str(tmp_path / "runs"),
         "submissions_dir": str(tmp_path / "submissions"), "name": "tiny",
         "backbones": "[small_cnn]", "weights": "none", "data.folds": "2",
         "train.epochs": "2", "train.patience": "2", "train.batch_size": "8",
-        "augment.tta": "flips", "quiet": "true",
+        "augment.tta": "flips", "quiet": "true", "pseudo.rounds": "0", "tune.n_trials": "0",
         "backbone_overrides.small_cnn.model.image_size": "32",
     }
     settings.update(extra)

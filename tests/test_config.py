@@ -10,7 +10,7 @@ from comp.run import help_text, main
 
 def test_defaults_compose():
     cfg = load_config([])
-    assert cfg.stage == "all" and cfg.backbones == ["mobilenet_025"]
+    assert cfg.stage == "all" and cfg.backbones == ["mobilenet_025", "mobilenet_025-block12"]
     assert Path(cfg.data.dir).name == "wbc" and Path(cfg.data.dir).is_dir()
 
 
@@ -48,6 +48,17 @@ def test_every_backbone_has_a_config_group_entry():
     assert names == set(BACKBONES)
     cfg = load_config(["backbone=vgg16"])
     assert list(cfg.backbones) == ["vgg16"]
+
+
+def test_variants_take_their_base_settings_then_their_own():
+    cfg = load_config(["+backbone_overrides.mobilenet_025-block12.train.lr=0.1",
+                       "+backbone_overrides.mobilenet_025.model.dropout=0.5"])
+    variant = model_settings(cfg, "mobilenet_025-block12")
+    assert variant.model.unfreeze == "block12" and variant.train.lr == 0.1
+    assert variant.model.dropout == 0.5
+    assert model_settings(cfg, "mobilenet_025").model.unfreeze is None
+    with pytest.raises(CompError, match="leading"):
+        load_config(["backbone_overrides.mobilenet_025-block12.train.lr=0.1"])
 
 
 def test_backbone_overrides_merge_over_defaults():

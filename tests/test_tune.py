@@ -18,13 +18,13 @@ def _studies(tmp_path):
 
 def test_studies_resume_and_count_trials_once(tmp_path, competition):
     overrides = tiny_overrides(tmp_path, competition, **FAST)
-    assert main(["stage=tune", "tune.n_trials=2", *overrides]) == 0
+    assert main(["stage=tune", *overrides, "tune.n_trials=2"]) == 0
     summaries, url = _studies(tmp_path)
     assert sorted(summaries) == ["tiny-small_cnn-fold0", "tiny-small_cnn-fold1"]
     assert all(s.n_trials == 2 for s in summaries.values())
-    assert main(["stage=tune", "tune.n_trials=2", *overrides]) == 0  # nothing left to do
+    assert main(["stage=tune", *overrides, "tune.n_trials=2"]) == 0  # nothing left to do
     assert all(s.n_trials == 2 for s in _studies(tmp_path)[0].values())
-    assert main(["stage=tune", "tune.n_trials=3", *overrides]) == 0  # continues the study
+    assert main(["stage=tune", *overrides, "tune.n_trials=3"]) == 0  # continues the study
     study = optuna.load_study(study_name="tiny-small_cnn-fold0", storage=url)
     assert [t.number for t in study.trials] == [0, 1, 2]
     assert study.trials[0].params["model.dropout"] == 0.3  # the defaults go first
@@ -35,7 +35,7 @@ def test_studies_resume_and_count_trials_once(tmp_path, competition):
 
 def test_params_best_trains_each_fold_with_its_own_settings(tmp_path, competition):
     overrides = tiny_overrides(tmp_path, competition, **FAST)
-    assert main(["stage=tune", "tune.n_trials=2", *overrides]) == 0
+    assert main(["stage=tune", *overrides, "tune.n_trials=2"]) == 0
     assert main(["stage=train", "params=best", *overrides]) == 0
     board_models = list((tmp_path / "runs/tiny/preds").iterdir())
     assert len(board_models) == 1
@@ -62,7 +62,7 @@ def test_pruned_trials_and_no_completed_trial_error(tmp_path, competition, monke
 
     monkeypatch.setattr(optuna.pruners, "MedianPruner", AlwaysPrune)
     overrides = tiny_overrides(tmp_path, competition, **FAST)
-    assert main(["stage=tune", "tune.n_trials=2", *overrides]) == 0
+    assert main(["stage=tune", *overrides, "tune.n_trials=2"]) == 0
     study = optuna.load_study(study_name="tiny-small_cnn-fold0", storage=_studies(tmp_path)[1])
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2
     assert main(["stage=train", "params=best", *overrides]) == 2
@@ -81,12 +81,13 @@ def test_inner_holdout_never_touches_the_outer_validation_fold():
 
 def test_all_runs_every_stage_on_a_tiny_competition(tmp_path, competition):
     overrides = tiny_overrides(tmp_path, competition, **FAST, **{
-        "tune.n_trials": "2", "backbones": "[small_cnn,mobilenet_025]",
+        "tune.n_trials": "2", "pseudo.rounds": "1", "backbones": "[small_cnn,mobilenet_025]",
         "model.image_size": "32"})
     assert main(["stage=all", *overrides]) == 0
     board = pd.read_csv(tmp_path / "submissions" / "leaderboard.csv")
-    # 2 backbones x (round 0, round 1, tuned) + 4 ensembles
-    assert len(board) == 10 and set(board.kind) == {"single", "ensemble"}
+    # 2 backbones x (round 0, round 1) + the first one tuned + 4 ensembles
+    assert len(board) == 9 and set(board.kind) == {"single", "ensemble"}
+    assert board.loc[board.kind == "single", "name"].str.startswith("small_cnn").sum() == 3
     assert board["round"].max() == 1
     finished = (tmp_path / "runs/tiny/models").rglob("metrics.json")
     stamps = {p: p.stat().st_mtime_ns for p in finished}

@@ -162,9 +162,14 @@ BACKBONES: dict[str, Backbone] = {
 
 
 def get_backbone(name: str) -> Backbone:
-    """The registered backbone `name`, or CompError listing the known names."""
+    """The registered backbone of `name`, or CompError listing the known names.
+
+    `name` may be a variant `<backbone>-<tag>` (e.g. `mobilenet_025-block12`): the same
+    backbone, with its own settings in `backbone_overrides.<backbone>-<tag>`.
+    """
     from comp.errors import CompError
 
+    name = name.split("-", 1)[0]
     if name not in BACKBONES:
         raise CompError(
             f"config: unknown backbone {name!r}; choose from {', '.join(sorted(BACKBONES))}"

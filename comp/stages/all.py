@@ -8,7 +8,7 @@ from comp.stages import ensemble, submit
 from comp.stages.prepare import prepare
 from comp.stages.pseudo import make_pseudo_labels
 from comp.stages.train import train_round
-from comp.stages.tune import tune_backbone
+from comp.stages.tune import tune_backbone, tuned_backbones
 
 
 def run(cfg: DictConfig):
@@ -21,10 +21,11 @@ def run(cfg: DictConfig):
         make_pseudo_labels(cfg, prepared, round_)
         train_round(cfg, prepared, round_)
     if cfg.tune.n_trials > 0:
-        for backbone in cfg.backbones:
+        chosen = tuned_backbones(cfg)
+        for backbone in chosen:
             tune_backbone(cfg, prepared, backbone)
         tuned = cfg.copy()
-        tuned.params = "best"
+        tuned.params, tuned.backbones = "best", chosen
         train_round(tuned, prepared, last)
     if len(list(prepared.run.root.glob("preds/*/cv.json"))) > 1 and cfg.ensemble.methods:
         ensemble.run(cfg)

@@ -38,7 +38,17 @@ def study_name(cfg: DictConfig, backbone: str, fold: int) -> str:
 def run(cfg: DictConfig) -> dict:
     """Run (or continue) the studies of every backbone and fold; return best settings."""
     prepared = prepare(cfg)
-    return {name: tune_backbone(cfg, prepared, name) for name in cfg.backbones}
+    return {name: tune_backbone(cfg, prepared, name) for name in tuned_backbones(cfg)}
+
+
+def tuned_backbones(cfg: DictConfig) -> list[str]:
+    """tune.backbones, or the first entry of backbones."""
+    chosen = list(cfg.tune.backbones) or list(cfg.backbones)[:1]
+    unknown = [b for b in chosen if b not in cfg.backbones]
+    if unknown:
+        raise CompError(f"config: tune.backbones has {unknown}, not in backbones="
+                        f"{list(cfg.backbones)}")
+    return chosen
 
 
 def tune_backbone(cfg: DictConfig, prepared: Prepared, backbone_name: str) -> dict:
