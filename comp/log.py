@@ -28,6 +28,9 @@ def quiet_tensorflow() -> None:
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")  # e.g. retracing notices
     warnings.filterwarnings("ignore", message=".*input_shape.*is not one of.*")
     warnings.filterwarnings("ignore", message=".*Your `PyDataset` class should call.*")
     warnings.filterwarnings("ignore", category=UserWarning, module="keras")

@@ -6,6 +6,7 @@ Errors in the user's input or config print one line (`comp: error: ...`) and exi
 from __future__ import annotations
 
 import dataclasses
+import errno
 import importlib
 import sys
 import time
@@ -17,6 +18,8 @@ quiet_tensorflow()
 
 from comp.errors import CompError  # noqa: E402
 from comp.stages import STAGES  # noqa: E402
+
+_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM}
 
 
 def help_text() -> str:
@@ -78,6 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     except CompError as exc:
         print(f"comp: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRORS:
+            raise
+        where = exc.filename or "the run directory"
+        print(f"comp: error: {where}: cannot write ({exc.strerror}); free space or fix "
+              "permissions and rerun: finished work is kept", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("comp: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
