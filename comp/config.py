@@ -109,6 +109,7 @@ class TuneConfig:
     metric: str = "auc"  # auc | accuracy | macro_f1 | balanced_accuracy | log_loss
     pruner: str = "median"  # median | hyperband | none
     seed: int = 0
+    heartbeat_grace: int = 60  # seconds without a heartbeat before a trial counts as killed
     params: list[str] = field(default_factory=lambda: [
         "model.dropout", "model.unfreeze", "model.bn_trainable", "model.dense_units",
         "train.lr", "train.lr_drop", "train.lr_every", "train.class_weight",

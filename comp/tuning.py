@@ -59,8 +59,8 @@ def default_trial(defaults: dict, names: list[str], backbone: Backbone) -> dict:
     return params
 
 
-def open_study(name: str, storage_url: str, metric: str, pruner: str, seed: int
-               ) -> optuna.Study:
+def open_study(name: str, storage_url: str, metric: str, pruner: str, seed: int,
+               grace: int = 60) -> optuna.Study:
     """Create or load the study `name` (heartbeat: a killed trial is failed and retried)."""
     if metric not in HIGHER_IS_BETTER:
         raise CompError(f"config: tune.metric={metric!r}; use one of {sorted(HIGHER_IS_BETTER)}")
@@ -79,7 +79,7 @@ def open_study(name: str, storage_url: str, metric: str, pruner: str, seed: int
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # heartbeat is flagged experimental
             storage = optuna.storages.RDBStorage(
-                storage_url, heartbeat_interval=20, grace_period=60,
+                storage_url, heartbeat_interval=max(1, grace // 3), grace_period=grace,
                 engine_kwargs={"connect_args": {"timeout": 30}}
                 if storage_url.startswith("sqlite") else {},
                 **{callback: optuna.storages.RetryFailedTrialCallback(max_retry=1)},

@@ -93,3 +93,23 @@ def test_all_runs_every_stage_on_a_tiny_competition(tmp_path, competition):
     stamps = {p: p.stat().st_mtime_ns for p in finished}
     assert main(["stage=all", *overrides]) == 0  # rerun: nothing trained again
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+
+
+def test_a_killed_trial_is_failed_and_retried(tmp_path, competition):
+    import time
+
+    from comp.tuning import open_study
+
+    overrides = tiny_overrides(tmp_path, competition, **FAST, **{"tune.heartbeat_grace": "2"})
+    assert main(["stage=tune", *overrides, "tune.n_trials=1"]) == 0
+    url = _studies(tmp_path)[1]
+    study = open_study("tiny-small_cnn-fold0", url, "auc", "median", 0, grace=2)
+    trial = study.ask({"model.dropout": optuna.distributions.FloatDistribution(0, 0.6),
+                       "train.lr": optuna.distributions.FloatDistribution(3e-4, 3e-2, log=True)})
+    study._storage.record_heartbeat(trial._trial_id)  # a worker that then died (kill -9)
+    time.sleep(3)
+    assert main(["stage=tune", *overrides, "tune.n_trials=3"]) == 0
+    states = [t.state for t in optuna.load_study(study_name="tiny-small_cnn-fold0",
+                                                 storage=url).trials]
+    assert states[1] == optuna.trial.TrialState.FAIL  # the killed one
+    assert states.count(optuna.trial.TrialState.COMPLETE) >= 2  # its retry ran, study went on

@@ -66,7 +66,8 @@ def tune_backbone(cfg: DictConfig, prepared: Prepared, backbone_name: str) -> di
     started = time.time()
     for fold in range(prepared.n_folds):
         study = open_study(study_name(cfg, backbone_name, fold), storage_url(cfg, prepared),
-                           cfg.tune.metric, cfg.tune.pruner, cfg.tune.seed + fold)
+                           cfg.tune.metric, cfg.tune.pruner, cfg.tune.seed + fold,
+                           cfg.tune.heartbeat_grace)
         if not study.get_trials(deepcopy=False):
             study.enqueue_trial(default_trial(
                 {"model": base.model, "train": base.train, "augment": base.augment},
@@ -151,7 +152,8 @@ def tuned_spec(cfg: DictConfig, prepared: Prepared, backbone_name: str,
     fold_params = {}
     for fold in range(prepared.n_folds):
         study = open_study(study_name(cfg, backbone_name, fold), storage_url(cfg, prepared),
-                           cfg.tune.metric, cfg.tune.pruner, cfg.tune.seed + fold)
+                           cfg.tune.metric, cfg.tune.pruner, cfg.tune.seed + fold,
+                           cfg.tune.heartbeat_grace)
         try:
             fold_params[str(fold)] = study.best_trial.params
         except ValueError:

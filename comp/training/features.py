@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from comp import __version__
 from comp.artifacts import fingerprint, read_json, write_json, write_npy
 from comp.data.views import DIHEDRAL, TTA_VIEWS, dihedral_view, random_views
 from comp.errors import CompError
@@ -62,7 +63,7 @@ def feature_cache(
     plan: ViewPlan, augment: dict, seed: int,
 ) -> np.ndarray:
     """Features of `images` for `split`: read from the cache, or computed and stored."""
-    key = {**key_parts, "split": split, "views": plan.views(split),
+    key = {**key_parts, "comp": __version__, "split": split, "views": plan.views(split),
            "random": _random_spec(plan, augment, seed) if split == "train" else None,
            "n_images": len(images)}
     folder = cache_root / fingerprint(key, 12)
