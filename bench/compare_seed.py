@@ -71,13 +71,14 @@ def main() -> None:
 
     rows = [("seed recipe (train 5 folds)", seed_scores, seed_wall, seed_rss)]
     common = ["data=folder", f"data.dir={data}", f"weights_dir={weights_dir}",
-              f"submissions_dir={work / 'submissions'}", f"model.image_size={size}",
-              "backbones=[mobilenet_025]", *extra]
-    for stage, label in (("train", "comp stage=train (round 0)"),
-                         ("all", "comp stage=all (pseudo, tune, ensemble)")):
+              f"submissions_dir={work / 'submissions'}", f"model.image_size={size}", *extra]
+    for stage, label, only in (
+        ("train", "comp stage=train mobilenet_025 (round 0)", ["backbones=[mobilenet_025]"]),
+        ("all", "comp stage=all defaults (2 backbones, pseudo, tune, ensemble)", []),
+    ):
         name = f"bench_{stage}"
         wall, rss, _ = run_child([sys.executable, "-m", "comp.run", f"stage={stage}",
-                                  f"name={name}", f"runs_dir={work / 'runs'}", *common])
+                                  f"name={name}", f"runs_dir={work / 'runs'}", *common, *only])
         board = _leaderboard(work, name) if stage == "all" else _preds_board(work, name)
         best = board.iloc[0]
         rows.append((f"{label}: best = {best['name']}",
@@ -85,8 +86,8 @@ def main() -> None:
                                                     "balanced_accuracy", "auc", "log_loss")},
                      wall, rss))
         if stage == "all":
-            print(board[["rank", "kind", "name", "round", "cv_accuracy", "cv_macro_f1",
-                         "cv_auc"]].to_string(index=False))
+            print(board[["rank", "kind", "name", "round", "tuned", "cv_accuracy",
+                         "cv_macro_f1", "cv_auc"]].to_string(index=False))
 
     print(f"\ndata {data}, MobileNet 0.25 ImageNet, {size} px, 5 folds; extra: {extra or '-'}")
     print("| pipeline | CV accuracy | macro-F1 | balanced acc | macro AUC | log loss "

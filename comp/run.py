@@ -59,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run one stage; return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help", "help", "stage=help") for a in argv):
-        print(help_text())
+        try:
+            print(help_text())
+        except BrokenPipeError:  # piped into head
+            pass
         return 0
     log = get_logger()
     try:

@@ -66,3 +66,11 @@ def test_backbone_overrides_merge_over_defaults():
     small = model_settings(cfg, "small_cnn")
     assert small.train.optimizer == "adam" and small.model.image_size == 64
     assert model_settings(cfg, "mobilenet_025").train.lr == 0.5
+
+
+def test_experiment_files_are_short_override_lists():
+    quick = load_config(["experiment=quick"])
+    assert quick.name == "quick" and quick.tune.n_trials == 0 and quick.pseudo.rounds == 0
+    thorough = load_config(["experiment=thorough"])
+    assert thorough.model.image_size == 224 and list(thorough.tune.backbones) == list(
+        thorough.backbones)

@@ -8,5 +8,5 @@ STAGES: dict[str, tuple[str, str]] = {
     "tune": ("comp.stages.tune", "Optuna studies per backbone and fold (params=best to use)"),
     "ensemble": ("comp.stages.ensemble", "mean/weighted/rank/geometric ensembles, nested CV"),
     "submit": ("comp.stages.submit", "write ranked submissions and submissions/leaderboard.csv"),
-    "all": ("comp.stages.all", "prepare, train, pseudo + train per round, submit; skips done work"),
+    "all": ("comp.stages.all", "the whole chain, prepare to submit; skips finished work"),
 }
