@@ -89,3 +89,15 @@ def test_pretrained_backbone_with_a_cut_and_other_data_refused(tmp_path, competi
     (competition / "train.csv").write_text(
         (competition / "train.csv").read_text().replace("gamma_007.png,gamma\n", ""))
     assert main(["stage=train", *overrides]) == 2  # run dir holds folds of other data
+
+
+def test_corrupt_or_foreign_fold_results_are_retrained(finished_run):
+    tmp_path, _, overrides = finished_run
+    run = tmp_path / "runs" / "tiny"
+    (model_id,) = [p.name for p in (run / "models").iterdir()]
+    fold0, fold1 = (run / "models" / model_id / f"fold{k}" / "metrics.json" for k in (0, 1))
+    fold0.write_text("{ half a fi")  # corrupt
+    fold1.write_text(json.dumps({**json.loads(fold1.read_text()), "comp": "0.0.1"}))
+    assert main(["stage=train", *overrides]) == 0
+    for path in (fold0, fold1):
+        assert json.loads(path.read_text())["comp"] != "0.0.1"

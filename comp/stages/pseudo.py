@@ -12,6 +12,7 @@ from comp.log import get_logger
 from comp.pseudo import pseudo_table, select_pseudo_labels
 from comp.stages.prepare import Prepared, prepare
 from comp.stages.train import specs_for_round
+from comp.training.trainer import fold_done
 
 SPLITS = ("unlabeled", "test")
 
@@ -37,7 +38,7 @@ def make_pseudo_labels(cfg: DictConfig, prepared: Prepared, round_: int) -> dict
     voter_ids = [s.model_id for s in voters]
     for model_id in voter_ids:
         for fold in range(prepared.n_folds):
-            if not (run.fold_dir(model_id, fold) / "metrics.json").exists():
+            if not fold_done(run.fold_dir(model_id, fold)):
                 raise CompError(f"{run.fold_dir(model_id, fold)}: not trained; run stage=train "
                                 f"pseudo.round={round_ - 1} first")
     settings = {k: rules[k] for k in ("splits", "threshold", "top_fraction", "class_cap",

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from comp.artifacts import atomic_path, write_csv, write_json
+from comp import __version__
+from comp.artifacts import atomic_path, read_json, write_csv, write_json
 from comp.data.images import cached_images
 from comp.log import get_logger, progress
 from comp.metrics import scores
@@ -102,6 +103,15 @@ def fold_data(featured: FeaturedModel, spec: ModelSpec, labels: np.ndarray,
                     len(plan.tta))
 
 
+def fold_done(folder) -> bool:
+    """A fold is done when its metrics.json reads back and was written by this comp
+    version; anything else (interrupted, corrupt, older version) is trained again."""
+    try:
+        return read_json(folder / "metrics.json").get("comp") == __version__
+    except (OSError, ValueError):
+        return False
+
+
 def train_spec(spec: ModelSpec, prepared, max_pixels: int, info: dict,
                pseudo_for_fold=None, folds_to_run: list[int] | None = None) -> dict | None:
     """Train `spec` on every unfinished fold and, when all are done, write its
@@ -112,7 +122,7 @@ def train_spec(spec: ModelSpec, prepared, max_pixels: int, info: dict,
     write_json(model_dir / "spec.json", spec.describe())
     n_folds = prepared.n_folds
     wanted = range(n_folds) if folds_to_run is None else folds_to_run
-    todo = [k for k in wanted if not (run.fold_dir(spec.model_id, k) / "metrics.json").exists()]
+    todo = [k for k in wanted if not fold_done(run.fold_dir(spec.model_id, k))]
     labels = prepared.folds["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     folds = prepared.folds["fold"].to_numpy()
     featured_models: dict[str, FeaturedModel] = {}
@@ -126,7 +136,7 @@ def train_spec(spec: ModelSpec, prepared, max_pixels: int, info: dict,
         pseudo = pseudo_for_fold(fold, featured) if pseudo_for_fold else None
         _train_fold(featured, spec.model_id, fold_spec, prepared, labels, folds, fold, pseudo,
                     bar)
-    done = [k for k in range(n_folds) if (run.fold_dir(spec.model_id, k) / "metrics.json").exists()]
+    done = [k for k in range(n_folds) if fold_done(run.fold_dir(spec.model_id, k))]
     if len(done) < n_folds:
         return None
     result = collect_predictions(spec, prepared, info)
@@ -167,7 +177,8 @@ def _train_fold(featured: FeaturedModel, model_id: str, spec: ModelSpec, prepare
         model.save_weights(tmp)
     write_csv(out / "history.csv", history)
     write_json(out / "metrics.json", {
-        **fold_scores, "fold": fold, "best_epoch": best_epoch, "epochs_run": len(history),
+        **fold_scores, "comp": __version__, "fold": fold, "best_epoch": best_epoch,
+        "epochs_run": len(history),
         "n_train": int(len(data.rows)), "n_pseudo": 0 if pseudo is None else len(pseudo.targets),
         "pseudo_ids": [] if pseudo is None else list(pseudo.ids),
         "seconds": round(time.time() - started, 2), "settings": spec.describe(),
