@@ -125,6 +125,15 @@ class EnsembleConfig:
 
 
 @dataclass
+class PredictConfig:
+    """stage=predict: new images through a finished model or ensemble."""
+
+    input: str | None = None  # an image file or a folder of images
+    using: str | None = None  # model id or ensemble-<method>; None: the best by CV
+    output: str | None = None  # CSV path; None: runs/<name>/predictions/<input>__<using>.csv
+
+
+@dataclass
 class SubmitConfig:
     """How submissions are ranked."""
 
@@ -152,6 +161,7 @@ class Config:
     tune: TuneConfig = field(default_factory=TuneConfig)
     params: str = "default"  # default | best: train with each fold's best tuned settings
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
     # per-backbone settings: {backbone: {model: {...}, train: {...}, augment: {...}}};
     # a variant `<backbone>-<tag>` in `backbones` gets its base's settings, then its own

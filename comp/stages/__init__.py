@@ -7,6 +7,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "pseudo": ("comp.stages.pseudo", "pseudo-label unlabeled/test images per fold for a round"),
     "tune": ("comp.stages.tune", "Optuna studies per backbone and fold (params=best to use)"),
     "ensemble": ("comp.stages.ensemble", "mean/weighted/rank/geometric ensembles, nested CV"),
+    "predict": ("comp.stages.predict", "predict new images with a saved model or ensemble"),
     "submit": ("comp.stages.submit", "write ranked submissions and submissions/leaderboard.csv"),
     "all": ("comp.stages.all", "the whole chain, prepare to submit; skips finished work"),
 }
