@@ -9,5 +9,6 @@ STAGES: dict[str, tuple[str, str]] = {
     "ensemble": ("comp.stages.ensemble", "mean/weighted/rank/geometric ensembles, nested CV"),
     "predict": ("comp.stages.predict", "predict new images with a saved model or ensemble"),
     "submit": ("comp.stages.submit", "write ranked submissions and submissions/leaderboard.csv"),
+    "report": ("comp.stages.report", "HTML report with plots: runs/<name>/report/index.html"),
     "all": ("comp.stages.all", "the whole chain, prepare to submit; skips finished work"),
 }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from comp.stages import ensemble, submit
+from comp.stages import ensemble, report, submit
 from comp.stages.prepare import prepare
 from comp.stages.pseudo import make_pseudo_labels
 from comp.stages.train import train_round
@@ -13,7 +13,7 @@ from comp.stages.tune import tune_backbone, tuned_backbones
 
 def run(cfg: DictConfig):
     """prepare -> train (round 0) -> [pseudo -> train (round r)] x pseudo.rounds ->
-    tune -> train with the tuned settings (last round) -> ensemble -> submit."""
+    tune -> train with the tuned settings (last round) -> ensemble -> submit -> report."""
     prepared = prepare(cfg)
     train_round(cfg, prepared, 0)
     last = cfg.pseudo.rounds
@@ -29,4 +29,6 @@ def run(cfg: DictConfig):
         train_round(tuned, prepared, last)
     if len(list(prepared.run.root.glob("preds/*/cv.json"))) > 1 and cfg.ensemble.methods:
         ensemble.run(cfg)
-    return submit.run(cfg)
+    board = submit.run(cfg)
+    report.run(cfg)
+    return board

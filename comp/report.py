@@ -1,0 +1,177 @@
+"""An HTML report of a run: plots (matplotlib PNG) and tables, readable from disk offline."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from PIL import Image  # noqa: E402
+from sklearn.calibration import calibration_curve  # noqa: E402
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support  # noqa: E402
+
+from comp.artifacts import atomic_path, read_json, write_text  # noqa: E402
+from comp.predictions import prob_columns, read_prediction_set  # noqa: E402
+
+
+def _save(fig, target: Path) -> str:
+    with atomic_path(target, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return target.name
+
+
+def learning_curves(model_dir: Path, out: Path) -> str:
+    """Loss, validation AUC and learning rate per epoch, one line per fold."""
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3))
+    for history_csv in sorted(model_dir.glob("fold*/history.csv")):
+        history = pd.read_csv(history_csv)
+        label = history_csv.parent.name
+        for ax, column in zip(axes, ("loss", "val_auc", "lr"), strict=True):
+            ax.plot(history["epoch"], history[column], label=label)
+            ax.set_title(column)
+            ax.set_xlabel("epoch")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(model_dir.name)
+    return _save(fig, out / f"curves_{model_dir.name}.png")
+
+
+def confusion_and_scores(oof: pd.DataFrame, classes: list[str], name: str, out: Path
+                         ) -> tuple[str, str, str]:
+    """Confusion matrix and reliability plot PNGs, and a per-class P/R/F1 HTML table."""
+    y = oof["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    probs = oof[prob_columns(classes)].to_numpy()
+    predicted = probs.argmax(1)
+    matrix = confusion_matrix(y, predicted, labels=range(len(classes)))
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, str(value), ha="center", va="center")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"OOF confusion: {name}")
+    confusion_png = _save(fig, out / f"confusion_{name}.png")
+    fig, ax = plt.subplots(figsize=(4, 4))
+    correct = (predicted == y).astype(int)
+    frac, mean = calibration_curve(correct, probs.max(1), n_bins=8, strategy="quantile")
+    ax.plot([0, 1], [0, 1], "k--", lw=1)
+    ax.plot(mean, frac, "o-")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability: {name}")
+    reliability_png = _save(fig, out / f"reliability_{name}.png")
+    p, r, f, s = precision_recall_fscore_support(y, predicted, labels=range(len(classes)),
+                                                 zero_division=0)
+    table = pd.DataFrame({"class": classes, "precision": p, "recall": r, "f1": f,
+                          "support": s}).round(3).to_html(index=False)
+    return confusion_png, reliability_png, table
+
+
+def confident_mistakes(oof: pd.DataFrame, classes: list[str], paths: dict[str, str],
+                       out: Path, count: int = 8) -> str:
+    """Thumbnails of the most confidently wrong OOF predictions, as HTML."""
+    probs = oof[prob_columns(classes)].to_numpy()
+    predicted = np.array(classes)[probs.argmax(1)]
+    wrong = oof.assign(predicted=predicted, confidence=probs.max(1))
+    wrong = wrong[wrong["predicted"] != wrong["label"]].nlargest(count, "confidence")
+    cells = []
+    for row in wrong.itertuples():
+        thumb = out / f"thumb_{Path(row.id).stem}.png"
+        with Image.open(paths[row.id]) as img:
+            img.convert("RGB").resize((96, 96)).save(thumb)
+        cells.append(f"<figure><img src='{thumb.name}' width=96><figcaption>"
+                     f"{html.escape(row.id)}<br>true {html.escape(row.label)}<br>"
+                     f"said {html.escape(row.predicted)} {row.confidence:.2f}"
+                     "</figcaption></figure>")
+    return "<div class='thumbs'>" + "".join(cells) + "</div>" if cells else "<p>none</p>"
+
+
+def optuna_plots(storage_url: str, out: Path) -> list[str]:
+    """Optimisation history (and parameter importances where possible) per study."""
+    import warnings
+
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    pngs = []
+    for summary in optuna.get_all_study_summaries(storage_url):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage_url)
+        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if not complete:
+            continue
+        ax = ovm.plot_optimization_history(study)
+        pngs.append(_save(ax.figure, out / f"optuna_history_{summary.study_name}.png"))
+        if len(complete) >= 3:
+            try:
+                ax = ovm.plot_param_importances(study)
+                pngs.append(_save(ax.figure, out / f"optuna_importance_{summary.study_name}.png"))
+            except (ValueError, RuntimeError):  # too few distinct values to rank
+                plt.close("all")
+    return pngs
+
+
+def bar_chart(values: dict, title: str, target: Path) -> str:
+    """A simple bar chart PNG of {label: value}."""
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.bar(list(map(str, values)), list(values.values()))
+    ax.set_title(title)
+    ax.tick_params(axis="x", rotation=30)
+    return _save(fig, target)
+
+
+def build_report(run_root: Path, leaderboard: pd.DataFrame, paths: dict[str, str],
+                 storage_url: str | None) -> Path:
+    """Write run_root/report/index.html with its PNGs; return the page's path."""
+    out = run_root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    sections = ["<h2>Leaderboard</h2>", leaderboard.to_html(index=False)]
+    sets = {p.name: p for p in sorted((run_root / "preds").glob("*")) if (p / "cv.json").exists()}
+    ensembles = {f"ensemble-{p.name}": p for p in sorted((run_root / "ensemble").glob("*"))
+                 if (p / "cv.json").exists()}
+    ranked = [n for n in leaderboard["name"] if n in sets or n in ensembles]
+    best_single = next((n for n in ranked if n in sets), None)
+    best_ensemble = next((n for n in ranked if n in ensembles), None)
+    for name in filter(None, (best_single, best_ensemble)):
+        prediction = read_prediction_set(sets.get(name) or ensembles[name])
+        confusion, reliability, table = confusion_and_scores(prediction.oof,
+                                                             prediction.classes, name, out)
+        sections += [f"<h2>{html.escape(name)}: out-of-fold</h2>",
+                     f"<img src='{confusion}'> <img src='{reliability}'>", table,
+                     "<h3>Most confidently wrong</h3>",
+                     confident_mistakes(prediction.oof, prediction.classes, paths, out)]
+    sections.append("<h2>Learning curves</h2>")
+    for name in sets:
+        sections.append(f"<img src='{learning_curves(run_root / 'models' / name, out)}'>")
+    for round_dir in sorted((run_root / "pseudo").glob("round*")):
+        summary = read_json(round_dir / "summary.json")
+        counts = pd.DataFrame({k: v["per_class"] for k, v in summary["folds"].items()})
+        png = bar_chart(counts.mean(axis=1).to_dict(), f"pseudo-labels {round_dir.name}: "
+                        "mean chosen per fold", out / f"pseudo_{round_dir.name}.png")
+        sections += [f"<h2>Pseudo-labels {round_dir.name}</h2>", f"<img src='{png}'>",
+                     counts.T.to_html()]
+    for name, folder in ensembles.items():
+        weights = json.loads((folder / "cv.json").read_text())["weights"]
+        if name == "ensemble-weighted":
+            png = bar_chart(weights, "weighted ensemble: weights", out / "ensemble_weights.png")
+            sections += ["<h2>Ensemble weights</h2>", f"<img src='{png}'>"]
+    if storage_url:
+        pngs = optuna_plots(storage_url, out)
+        if pngs:
+            sections += ["<h2>Tuning</h2>"] + [f"<img src='{p}'>" for p in pngs]
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>comp report</title>"
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}"
+            ".thumbs figure{display:inline-block;margin:4px;font-size:11px}</style></head>"
+            f"<body><h1>comp report: {html.escape(run_root.name)}</h1>"
+            + "\n".join(sections) + "</body></html>")
+    write_text(out / "index.html", page)
+    return out / "index.html"

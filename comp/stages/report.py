@@ -1,0 +1,30 @@
+"""stage=report: runs/<name>/report/index.html with plots of the run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from comp.errors import CompError
+from comp.log import get_logger
+from comp.report import build_report
+from comp.stages.prepare import prepare
+
+
+def run(cfg: DictConfig) -> Path:
+    """Build the report from the run directory and the leaderboard."""
+    prepared = prepare(cfg)
+    board_path = Path(cfg.submissions_dir) / "leaderboard.csv"
+    if not board_path.exists():
+        raise CompError(f"{board_path}: no leaderboard yet; run stage=submit first")
+    board = pd.read_csv(board_path)
+    board = board[board["experiment"] == cfg.name]
+    paths = dict(zip(prepared.competition.train["id"], prepared.competition.train["path"],
+                     strict=True))
+    db = prepared.run.optuna_db
+    storage = cfg.tune.storage or (f"sqlite:///{db.resolve()}" if db.exists() else None)
+    page = build_report(prepared.run.root, board, paths, storage)
+    get_logger().info("report: %s", page)
+    return page
