@@ -153,6 +153,7 @@ class Config:
     runs_dir: str = "runs"
     submissions_dir: str = "submissions"
     quiet: bool = False
+    tensorboard: bool = False  # TensorBoard event files per fold in models/<id>/fold<k>/logs
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

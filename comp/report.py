@@ -133,7 +133,9 @@ def build_report(run_root: Path, leaderboard: pd.DataFrame, paths: dict[str, str
     """Write run_root/report/index.html with its PNGs; return the page's path."""
     out = run_root / "report"
     out.mkdir(parents=True, exist_ok=True)
-    sections = ["<h2>Leaderboard</h2>", leaderboard.to_html(index=False)]
+    shown = leaderboard.assign(models=leaderboard["models"].str.split().str.len()).rename(
+        columns={"models": "n_models"})
+    sections = ["<h2>Leaderboard</h2>", shown.to_html(index=False)]
     sets = {p.name: p for p in sorted((run_root / "preds").glob("*")) if (p / "cv.json").exists()}
     ensembles = {f"ensemble-{p.name}": p for p in sorted((run_root / "ensemble").glob("*"))
                  if (p / "cv.json").exists()}

@@ -44,6 +44,13 @@ def help_text() -> str:
     return "\n".join(lines)
 
 
+def config_reference() -> str:
+    """The README's config reference: every key and its default, from the schema."""
+    from comp.config import Config
+
+    return "```\n" + "\n".join(line.strip() for line in _keys(Config())) + "\n```"
+
+
 def _keys(node, prefix: str = "") -> list[str]:
     out = []
     for f in dataclasses.fields(node):

@@ -74,3 +74,14 @@ def test_experiment_files_are_short_override_lists():
     thorough = load_config(["experiment=thorough"])
     assert thorough.model.image_size == 224 and list(thorough.tune.backbones) == list(
         thorough.backbones)
+
+
+def test_readme_config_reference_is_in_sync():
+    from comp.run import config_reference
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = readme.index("<!-- config-reference:start -->") + len("<!-- config-reference:start -->")
+    end = readme.index("<!-- config-reference:end -->")
+    assert readme[start:end].strip() == config_reference().strip(), (
+        "README's config reference is stale: paste the output of "
+        "comp.run.config_reference() between the markers")

@@ -101,3 +101,11 @@ def test_corrupt_or_foreign_fold_results_are_retrained(finished_run):
     assert main(["stage=train", *overrides]) == 0
     for path in (fold0, fold1):
         assert json.loads(path.read_text())["comp"] != "0.0.1"
+
+
+def test_tensorboard_event_files(tmp_path, competition):
+    import pytest
+
+    pytest.importorskip("tensorboard", reason="tensorboard not installed")
+    assert main(["stage=train", *tiny_overrides(tmp_path, competition), "tensorboard=true"]) == 0
+    assert list((tmp_path / "runs/tiny/models").glob("*/fold0/logs/train/events.out.tfevents*"))

@@ -1,6 +1,10 @@
 """The report builds on a tiny run, opens from disk, and every image it names exists."""
 
 import re
+import shutil
+import subprocess
+
+import pytest
 
 from comp.run import main
 from tests.conftest import tiny_overrides
@@ -20,3 +24,14 @@ def test_report_page_and_its_images(tmp_path, competition):
                    "Ensemble weights", "Tuning", "confusion_", "reliability_", "curves_"):
         assert needle in text, needle
     assert "http://" not in text and "https://" not in text  # opens offline
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("headless Chromium not installed: no screenshot taken")
+    shot = tmp_path / "report.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                    "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1200,1600",
+                    f"--screenshot={shot}", page.as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    assert shot.stat().st_size > 20_000  # a rendered page, not a blank one

@@ -66,12 +66,18 @@ def pseudo_loader(prepared: Prepared, round_: int, weight: float):
 
 def train_round(cfg: DictConfig, prepared: Prepared, round_: int) -> list[dict]:
     """Train every backbone for `round_`; return the finished models' cv.json."""
+    if cfg.tensorboard:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise CompError("config: tensorboard=true needs the tensorboard package; "
+                            "pip install tensorboard (or comp[tensorboard])") from None
     specs = specs_for_round(cfg, prepared, round_)
     loader = None if round_ == 0 else pseudo_loader(prepared, round_, cfg.pseudo.weight)
     results = []
     for spec in progress(specs, desc=f"models round {round_}", disable=len(specs) < 2 or None):
         result = train_spec(spec, prepared, cfg.data.max_image_pixels, {"round": round_},
-                            loader)
+                            loader, tensorboard=cfg.tensorboard)
         if result is not None:
             results.append(result)
     return results

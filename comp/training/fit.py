@@ -80,10 +80,11 @@ def training_dataset(data: FoldData, batch_size: int, seed: int) -> tf.data.Data
 
 
 def fit_fold(model, data: FoldData, train: dict, seed: int,
-             on_epoch=None) -> tuple[pd.DataFrame, int]:
+             on_epoch=None, log_dir: str | None = None) -> tuple[pd.DataFrame, int]:
     """Train `model` (compiled here) on `data`; keep the best-validation-AUC epoch's weights.
 
-    Returns the per-epoch history and the best epoch (0-based).
+    Returns the per-epoch history and the best epoch (0-based). With `log_dir`, Keras's
+    TensorBoard callback writes event files there.
     """
     keras.utils.set_random_seed(seed)
     model.compile(
@@ -104,6 +105,7 @@ def fit_fold(model, data: FoldData, train: dict, seed: int,
             keras.callbacks.LearningRateScheduler(schedule),
             ValidationScores(data.val_features, data.val_labels, data.n_tta, on_epoch),
             stopper,
+            *([keras.callbacks.TensorBoard(log_dir=log_dir)] if log_dir else []),
         ],
     )
     history = pd.DataFrame(result.history)

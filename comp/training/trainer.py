@@ -113,7 +113,8 @@ def fold_done(folder) -> bool:
 
 
 def train_spec(spec: ModelSpec, prepared, max_pixels: int, info: dict,
-               pseudo_for_fold=None, folds_to_run: list[int] | None = None) -> dict | None:
+               pseudo_for_fold=None, folds_to_run: list[int] | None = None,
+               tensorboard: bool = False) -> dict | None:
     """Train `spec` on every unfinished fold and, when all are done, write its
     prediction set (preds/<model_id>/). Returns its cv.json content, or None when some
     folds are left (`folds_to_run` limits this call to those folds)."""
@@ -135,7 +136,7 @@ def train_spec(spec: ModelSpec, prepared, max_pixels: int, info: dict,
         featured = featured_models[key]
         pseudo = pseudo_for_fold(fold, featured) if pseudo_for_fold else None
         _train_fold(featured, spec.model_id, fold_spec, prepared, labels, folds, fold, pseudo,
-                    bar)
+                    bar, tensorboard)
     done = [k for k in range(n_folds) if fold_done(run.fold_dir(spec.model_id, k))]
     if len(done) < n_folds:
         return None
@@ -148,7 +149,7 @@ def train_spec(spec: ModelSpec, prepared, max_pixels: int, info: dict,
 
 
 def _train_fold(featured: FeaturedModel, model_id: str, spec: ModelSpec, prepared, labels,
-                folds, fold, pseudo, bar) -> None:
+                folds, fold, pseudo, bar, tensorboard: bool = False) -> None:
     run, classes = prepared.run, prepared.competition.classes
     out = run.fold_dir(model_id, fold)
     if out.exists():
@@ -163,7 +164,8 @@ def _train_fold(featured: FeaturedModel, model_id: str, spec: ModelSpec, prepare
     def show(epoch: int, logs: dict) -> None:
         bar.set_postfix(fold=fold, epoch=epoch, val_auc=f"{logs['val_auc']:.3f}")
 
-    history, best_epoch = fit_fold(model, data, spec.train, seed, show)
+    history, best_epoch = fit_fold(model, data, spec.train, seed, show,
+                                   str(out / "logs") if tensorboard else None)
     val_ids = prepared.folds["id"].to_numpy()[folds == fold]
     val_probs = predict_tta(model, featured.features["train"][:, folds == fold],
                             featured.plan.tta_positions("train"))
