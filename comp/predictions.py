@@ -40,12 +40,6 @@ class PredictionSet:
     classes: list[str]
     info: dict
 
-    def oof_probs(self) -> np.ndarray:
-        return self.oof[prob_columns(self.classes)].to_numpy(dtype=np.float64)
-
-    def test_probs(self) -> np.ndarray:
-        return self.test[prob_columns(self.classes)].to_numpy(dtype=np.float64)
-
 
 def cv_scores(oof: pd.DataFrame, classes: list[str]) -> dict:
     """Overall and per-fold scores of an OOF frame (id, fold, label, p_...)."""

@@ -52,10 +52,6 @@ class RunDir:
     def optuna_db(self) -> Path:
         return self.root / "optuna.db"
 
-    @property
-    def report_dir(self) -> Path:
-        return self.root / "report"
-
     def prediction_sets(self) -> list[Path]:
         """Finished prediction sets (single models and ensembles) with a cv.json."""
         found = []
