@@ -134,6 +134,14 @@ class PredictConfig:
 
 
 @dataclass
+class OnlyConfig:
+    """Restrict stage=train to one unit, for job arrays (see stage=plan)."""
+
+    model: str | None = None  # a model id or a backbone entry of backbones
+    fold: int | None = None
+
+
+@dataclass
 class SubmitConfig:
     """How submissions are ranked."""
 
@@ -163,6 +171,7 @@ class Config:
     params: str = "default"  # default | best: train with each fold's best tuned settings
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    only: OnlyConfig = field(default_factory=OnlyConfig)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
     # per-backbone settings: {backbone: {model: {...}, train: {...}, augment: {...}}};
     # a variant `<backbone>-<tag>` in `backbones` gets its base's settings, then its own

@@ -4,6 +4,7 @@
 STAGES: dict[str, tuple[str, str]] = {
     "prepare": ("comp.stages.prepare", "validate the competition folder, write folds.csv"),
     "train": ("comp.stages.train", "fine-tune each backbone on every fold; OOF + test preds"),
+    "plan": ("comp.stages.plan", "list the (model, fold) units left, one job command each"),
     "pseudo": ("comp.stages.pseudo", "pseudo-label unlabeled/test images per fold for a round"),
     "tune": ("comp.stages.tune", "Optuna studies per backbone and fold (params=best to use)"),
     "ensemble": ("comp.stages.ensemble", "mean/weighted/rank/geometric ensembles, nested CV"),

@@ -72,15 +72,32 @@ def train_round(cfg: DictConfig, prepared: Prepared, round_: int) -> list[dict]:
         except ImportError:
             raise CompError("config: tensorboard=true needs the tensorboard package; "
                             "pip install tensorboard (or comp[tensorboard])") from None
-    specs = specs_for_round(cfg, prepared, round_)
+    specs = only_specs(cfg, specs_for_round(cfg, prepared, round_))
+    folds = None
+    if cfg.only.fold is not None:
+        if not 0 <= cfg.only.fold < prepared.n_folds:
+            raise CompError(f"config: only.fold={cfg.only.fold} is outside "
+                            f"0..{prepared.n_folds - 1}")
+        folds = [cfg.only.fold]
     loader = None if round_ == 0 else pseudo_loader(prepared, round_, cfg.pseudo.weight)
     results = []
     for spec in progress(specs, desc=f"models round {round_}", disable=len(specs) < 2 or None):
         result = train_spec(spec, prepared, cfg.data.max_image_pixels, {"round": round_},
-                            loader, tensorboard=cfg.tensorboard)
+                            loader, folds, tensorboard=cfg.tensorboard)
         if result is not None:
             results.append(result)
     return results
+
+
+def only_specs(cfg: DictConfig, specs: list[ModelSpec]) -> list[ModelSpec]:
+    """The specs `only.model` selects (all when it is not set)."""
+    if cfg.only.model is None:
+        return specs
+    chosen = [s for s in specs if cfg.only.model in (s.model_id, s.backbone)]
+    if not chosen:
+        raise CompError(f"config: only.model={cfg.only.model!r} is none of "
+                        f"{[s.model_id for s in specs]} (see stage=plan)")
+    return chosen
 
 
 def run(cfg: DictConfig) -> list[dict]:
