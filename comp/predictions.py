@@ -19,6 +19,11 @@ from comp.artifacts import read_json, write_csv, write_json
 from comp.metrics import scores
 
 
+def class_indices(labels: pd.Series, classes: list[str]) -> np.ndarray:
+    """Labels as indices into `classes`."""
+    return labels.map({c: i for i, c in enumerate(classes)}).to_numpy()
+
+
 def prob_columns(classes: list[str]) -> list[str]:
     """The probability column names, p_<class>."""
     return [f"p_{c}" for c in classes]
@@ -43,7 +48,7 @@ class PredictionSet:
 
 def cv_scores(oof: pd.DataFrame, classes: list[str]) -> dict:
     """Overall and per-fold scores of an OOF frame (id, fold, label, p_...)."""
-    y = oof["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    y = class_indices(oof["label"], classes)
     probs = oof[prob_columns(classes)].to_numpy(dtype=np.float64)
     per_fold = {
         int(k): scores(y[oof["fold"].to_numpy() == k], probs[oof["fold"].to_numpy() == k])

@@ -17,7 +17,7 @@ from sklearn.calibration import calibration_curve  # noqa: E402
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support  # noqa: E402
 
 from comp.artifacts import atomic_path, read_json, write_text  # noqa: E402
-from comp.predictions import prob_columns, read_prediction_set  # noqa: E402
+from comp.predictions import class_indices, prob_columns, read_prediction_set  # noqa: E402
 
 
 def _save(fig, target: Path) -> str:
@@ -45,7 +45,7 @@ def learning_curves(model_dir: Path, out: Path) -> str:
 def confusion_and_scores(oof: pd.DataFrame, classes: list[str], name: str, out: Path
                          ) -> tuple[str, str, str]:
     """Confusion matrix and reliability plot PNGs, and a per-class P/R/F1 HTML table."""
-    y = oof["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    y = class_indices(oof["label"], classes)
     probs = oof[prob_columns(classes)].to_numpy()
     predicted = probs.argmax(1)
     matrix = confusion_matrix(y, predicted, labels=range(len(classes)))

@@ -30,7 +30,7 @@ def run(cfg: DictConfig) -> list[dict]:
                     for s in sets])
     test = np.stack([s.test.set_index("id").loc[test_ids, [f"p_{c}" for c in classes]]
                      .to_numpy() for s in sets])
-    y = prepared.folds["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    y = prepared.labels
     folds = prepared.folds["fold"].to_numpy()
     model_ids = [s.info["model_id"] for s in sets]
     results = []

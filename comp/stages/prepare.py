@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
@@ -13,6 +14,7 @@ from comp.data.folds import duplicate_groups, make_folds, perceptual_hashes
 from comp.data.images import cached_images
 from comp.errors import CompError
 from comp.log import get_logger
+from comp.predictions import class_indices
 from comp.workspace import RunDir, run_dir
 
 HASH_SIZE = 64  # images are hashed at 64 px: enough for a 32x32 perceptual hash
@@ -29,6 +31,11 @@ class Prepared:
     @property
     def n_folds(self) -> int:
         return int(self.folds["fold"].max()) + 1
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Each training image's class index, in folds.csv order."""
+        return class_indices(self.folds["label"], self.competition.classes)
 
     @property
     def folds_key(self) -> str:

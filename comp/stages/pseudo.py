@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from comp.artifacts import read_json, write_csv, write_json
 from comp.errors import CompError
@@ -41,9 +41,9 @@ def make_pseudo_labels(cfg: DictConfig, prepared: Prepared, round_: int) -> dict
             if not fold_done(run.fold_dir(model_id, fold)):
                 raise CompError(f"{run.fold_dir(model_id, fold)}: not trained; run stage=train "
                                 f"pseudo.round={round_ - 1} first")
-    settings = {k: rules[k] for k in ("splits", "threshold", "top_fraction", "class_cap",
-                                      "soft", "temperature")}
-    settings = {"voters": voter_ids, **{k: _plain(v) for k, v in settings.items()}}
+    plain = OmegaConf.to_container(rules)
+    settings = {"voters": voter_ids, **{k: plain[k] for k in (
+        "splits", "threshold", "top_fraction", "class_cap", "soft", "temperature")}}
     summary_path = run.root / "pseudo" / f"round{round_}" / "summary.json"
     if summary_path.exists() and read_json(summary_path).get("settings") == settings:
         return read_json(summary_path)  # same voters and rules: the files stand
@@ -107,8 +107,3 @@ def _fold_summary(table: pd.DataFrame, classes: list[str], truth: dict | None) -
             float(np.mean([a == b for a, b in known])) if known else float("nan"))
     return summary
 
-
-def _plain(value):
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(value) if hasattr(value, "_metadata") else value

@@ -58,7 +58,7 @@ def tune_backbone(cfg: DictConfig, prepared: Prepared, backbone_name: str) -> di
     base = make_spec(cfg, backbone_name, prepared.folds_key)
     base = with_params(base, {"train.epochs": cfg.tune.epochs})
     classes = prepared.competition.classes
-    labels = prepared.folds["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    labels = prepared.labels
     folds = prepared.folds["fold"].to_numpy()
     names = list(cfg.tune.params)
     featured_models: dict[str, FeaturedModel] = {}

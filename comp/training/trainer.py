@@ -118,13 +118,13 @@ def train_spec(spec: ModelSpec, prepared, max_pixels: int, info: dict,
     """Train `spec` on every unfinished fold and, when all are done, write its
     prediction set (preds/<model_id>/). Returns its cv.json content, or None when some
     folds are left (`folds_to_run` limits this call to those folds)."""
-    run, classes = prepared.run, prepared.competition.classes
+    run = prepared.run
     model_dir = run.model_dir(spec.model_id)
     write_json(model_dir / "spec.json", spec.describe())
     n_folds = prepared.n_folds
     wanted = range(n_folds) if folds_to_run is None else folds_to_run
     todo = [k for k in wanted if not fold_done(run.fold_dir(spec.model_id, k))]
-    labels = prepared.folds["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    labels = prepared.labels
     folds = prepared.folds["fold"].to_numpy()
     featured_models: dict[str, FeaturedModel] = {}
     bar = progress(todo, desc=f"train {spec.model_id}")
