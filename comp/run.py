@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(STAGES[cfg.stage][0])
         from comp.workspace import run_dir, run_lock
 
-        with run_lock(run_dir(cfg.runs_dir, cfg.name), cfg.stage):
+        with run_lock(run_dir(cfg.runs_dir, cfg.name), cfg.stage, shared=_is_worker(cfg)):
             module.run(cfg)
         log.info("stage=%s done in %.1f s", cfg.stage, time.time() - started)
         return 0
@@ -101,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("comp: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+
+
+def _is_worker(cfg) -> bool:
+    """Stages that run side by side on one run directory: tuning workers, training units."""
+    return cfg.stage == "tune" or (
+        cfg.stage == "train" and (cfg.only.model is not None or cfg.only.fold is not None))
 
 
 def _save_config(cfg) -> None:

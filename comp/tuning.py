@@ -4,13 +4,24 @@ One study per (experiment, backbone, outer fold k), named `<name>-<backbone>-fol
 A trial trains on fold k's training rows minus an inner holdout and is scored on that
 holdout, so the settings chosen for fold k never saw fold k's validation images and the
 CV of the tuned model stays honest. The defaults are enqueued as trial 0 of each study.
+
+Any number of worker processes may work on one study through a shared storage
+(PostgreSQL across machines, SQLite on one machine). Each worker counts the study's
+trials and claims the next one (Optuna's ask: a queued trial or a new one) under a
+per-study lock, so a study ends with exactly `n_trials` trials, however many workers
+ran. A killed worker's trial is failed by Optuna's heartbeat and retried once by a
+live worker; the retry takes the failed trial's place in the count.
 """
 
 from __future__ import annotations
 
+import fcntl
 import inspect
+import time
 import warnings
+import zlib
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -75,18 +86,24 @@ def open_study(name: str, storage_url: str, metric: str, pruner: str, seed: int,
     names = inspect.signature(optuna.storages.RDBStorage).parameters
     callback = ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in names
                 else "failed_trial_callback")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # heartbeat is flagged experimental
-            storage = optuna.storages.RDBStorage(
-                storage_url, heartbeat_interval=max(1, grace // 3), grace_period=grace,
-                engine_kwargs={"connect_args": {"timeout": 30}}
-                if storage_url.startswith("sqlite") else {},
-                **{callback: optuna.storages.RetryFailedTrialCallback(max_retry=1)},
-            )
-    except Exception as exc:  # bad URL, unreachable server, missing driver
-        raise CompError(f"tune.storage={storage_url}: cannot open ({str(exc).splitlines()[0]})"
-                        ) from None
+    for attempt in range(5):  # workers starting together may race to create the tables
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # heartbeat is flagged experimental
+                storage = optuna.storages.RDBStorage(
+                    storage_url, heartbeat_interval=max(1, grace // 3), grace_period=grace,
+                    engine_kwargs={"connect_args": {"timeout": 30}}
+                    if storage_url.startswith("sqlite") else {},
+                    **{callback: optuna.storages.RetryFailedTrialCallback(max_retry=1)},
+                )
+            break
+        except Exception as exc:  # bad URL, unreachable server, missing driver
+            if attempt == 4 or not _is_creation_race(exc):
+                hint = ("; pip install 'comp[postgres]' for postgresql:// URLs"
+                        if "DB access module" in str(exc) else "")
+                raise CompError(f"tune.storage={storage_url}: cannot open "
+                                f"({_first_line(exc)}){hint}") from None
+            time.sleep(0.5 + attempt)
     return optuna.create_study(
         study_name=name, storage=storage, load_if_exists=True,
         direction="maximize" if HIGHER_IS_BETTER[metric] else "minimize",
@@ -94,11 +111,111 @@ def open_study(name: str, storage_url: str, metric: str, pruner: str, seed: int,
     )
 
 
-def finished_trials(study: optuna.Study) -> int:
-    """Trials that count towards n_trials: complete, pruned or failed (retried ones too)."""
-    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
-            optuna.trial.TrialState.FAIL)
-    return sum(t.state in done for t in study.get_trials(deepcopy=False))
+def _is_creation_race(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return any(word in text for word in ("already exists", "duplicate key", "unique constraint",
+                                         "locked"))
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def counted_trials(trials: list[optuna.trial.FrozenTrial]) -> int:
+    """Trials that take a place of n_trials: every trial except a failed one that was
+    retried (its retry takes its place)."""
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    return sum(t.state != optuna.trial.TrialState.FAIL or t.number not in retried
+               for t in trials)
+
+
+class StudyLock:
+    """A lock shared by every worker of one study: a PostgreSQL advisory lock, or a file
+    lock beside a SQLite database. Other storages get none (a warning says so)."""
+
+    def __init__(self, storage_url: str, study_name: str):
+        self._connection = None
+        self._file = None
+        self._key = zlib.crc32(study_name.encode())
+        if storage_url.startswith("postgresql"):
+            import sqlalchemy
+
+            engine = sqlalchemy.create_engine(storage_url, poolclass=sqlalchemy.pool.NullPool)
+            self._connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        elif storage_url.startswith("sqlite:///"):
+            self._file = open(Path(storage_url[len("sqlite:///"):] + ".lock"), "a+")  # noqa: SIM115
+        else:
+            warnings.warn(f"tune.storage={storage_url.split(':')[0]}: comp holds no lock there, "
+                          "so a study may run up to (workers - 1) trials over tune.n_trials; "
+                          "use PostgreSQL or SQLite for an exact count", stacklevel=2)
+
+    def acquire(self) -> None:
+        if self._connection is not None:
+            import sqlalchemy
+
+            self._connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"),
+                                     {"k": self._key})
+        elif self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self._connection is not None:
+            import sqlalchemy
+
+            self._connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"),
+                                     {"k": self._key})
+        elif self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+        if self._file is not None:
+            self._file.close()
+
+    def __enter__(self) -> StudyLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def work_on(study: optuna.Study, objective: Callable[[optuna.Trial], float], n_trials: int,
+            lock: StudyLock, wait: bool, on_trial: Callable | None = None,
+            poll_seconds: float = 1.0) -> int:
+    """Run trials of `study` in this process until it holds `n_trials` counted trials;
+    with `wait`, also until none is running anywhere (a stale one is failed and retried
+    here). Returns the number of trials this process ran."""
+    state = optuna.trial.TrialState
+    ran = 0
+    while True:
+        lock.acquire()
+        held = True
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # fail_stale_trials is experimental
+                optuna.storages.fail_stale_trials(study)
+            trials = study.get_trials(deepcopy=False)
+            claim = (any(t.state == state.WAITING for t in trials)
+                     or counted_trials(trials) < n_trials)
+            if not claim and not (wait and any(t.state == state.RUNNING for t in trials)):
+                return ran
+            if claim:
+                def claimed(trial: optuna.Trial) -> float:
+                    nonlocal held
+                    lock.release()  # the trial is ours (asked under the lock): let others in
+                    held = False
+                    return objective(trial)
+
+                study.optimize(claimed, n_trials=1, catch=(Exception,),
+                               callbacks=[on_trial] if on_trial else None)
+                ran += 1
+        finally:
+            if held:
+                lock.release()
+        if not claim:
+            time.sleep(poll_seconds)  # other workers' trials are still running
 
 
 def inner_split(rows: np.ndarray, labels: np.ndarray, holdout: float, seed: int

@@ -77,26 +77,49 @@ def run_dir(runs_dir: str, name: str) -> RunDir:
 
 
 @contextmanager
-def run_lock(run: RunDir, stage: str):
-    """Hold an exclusive lock on the run directory, or fail with 'already running'."""
+def run_lock(run: RunDir, stage: str, shared: bool = False):
+    """Lock the run directory, or fail with 'already in use'.
+
+    Worker stages (tuning workers on one study, single training units from stage=plan)
+    share the lock with each other; every other stage holds it alone.
+    """
     path = run.root / ".lock"
     with open(path, "a+") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "another process"
+            holder = handle.read().strip() or "worker processes (stage=tune or train units)"
             raise CompError(
                 f"{run.root}: already in use by {holder}; wait for it to finish or use "
                 "another name=<experiment>"
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} (stage={stage})")
-        handle.flush()
+        if not shared:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} (stage={stage})")
+            handle.flush()
         try:
             yield
         finally:
-            handle.seek(0)
-            handle.truncate()
+            if not shared:
+                handle.seek(0)
+                handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def unit_lock(path: Path):
+    """Try to lock one unit of work (a model's fold); yields False when another process
+    holds it, so concurrent jobs never train, or wipe, the same fold twice."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
             fcntl.flock(handle, fcntl.LOCK_UN)

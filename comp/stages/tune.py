@@ -6,8 +6,11 @@ Prints and saves runs/<name>/tuned/<backbone>.yaml (each fold's best settings);
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 import optuna
@@ -22,7 +25,15 @@ from comp.models.spec import ModelSpec, make_spec, with_params
 from comp.stages.prepare import Prepared, prepare
 from comp.training.fit import fit_fold
 from comp.training.trainer import FeaturedModel, fold_data
-from comp.tuning import default_trial, finished_trials, inner_split, open_study, suggest
+from comp.tuning import (
+    StudyLock,
+    counted_trials,
+    default_trial,
+    inner_split,
+    open_study,
+    suggest,
+    work_on,
+)
 
 
 def storage_url(cfg: DictConfig, prepared: Prepared) -> str:
@@ -64,47 +75,58 @@ def tune_backbone(cfg: DictConfig, prepared: Prepared, backbone_name: str) -> di
     featured_models: dict[str, FeaturedModel] = {}
     summary = {}
     started = time.time()
+    studies = []
     for fold in range(prepared.n_folds):
         study = open_study(study_name(cfg, backbone_name, fold), storage_url(cfg, prepared),
                            cfg.tune.metric, cfg.tune.pruner, cfg.tune.seed + fold,
                            cfg.tune.heartbeat_grace)
-        if not study.get_trials(deepcopy=False):
-            study.enqueue_trial(default_trial(
-                {"model": base.model, "train": base.train, "augment": base.augment},
-                names, backbone))
-        remaining = cfg.tune.n_trials - finished_trials(study)
+        lock = StudyLock(storage_url(cfg, prepared), study.study_name)
+        with lock:  # one default trial however many workers start together
+            if not study.get_trials(deepcopy=False):
+                study.enqueue_trial(default_trial(
+                    {"model": base.model, "train": base.train, "augment": base.augment},
+                    names, backbone))
         train_rows, holdout = inner_split(np.nonzero(folds != fold)[0], labels,
                                           cfg.tune.inner_holdout, cfg.tune.seed + fold)
+        studies.append((fold, study, lock, train_rows, holdout))
 
-        def objective(trial: optuna.Trial, fold: int = fold, train_rows=train_rows,
-                      holdout=holdout) -> float:
-            spec = with_params(base, suggest(trial, backbone, names))
-            key = FeaturedModel.key(spec)
-            if key not in featured_models:
-                featured_models[key] = FeaturedModel(spec, prepared, cfg.data.max_image_pixels)
-            featured = featured_models[key]
-            data = fold_data(featured, spec, labels, train_rows, holdout, len(classes))
-            model = featured.new_head(spec, len(classes), spec.train["seed"] + fold)
-            metric = cfg.tune.metric
-            best = {"value": None}
+    def objective(trial: optuna.Trial, fold: int, train_rows, holdout) -> float:
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        spec = with_params(base, suggest(trial, backbone, names))
+        key = FeaturedModel.key(spec)
+        if key not in featured_models:
+            featured_models[key] = FeaturedModel(spec, prepared, cfg.data.max_image_pixels)
+        featured = featured_models[key]
+        data = fold_data(featured, spec, labels, train_rows, holdout, len(classes))
+        model = featured.new_head(spec, len(classes), spec.train["seed"] + fold)
+        metric = cfg.tune.metric
+        best = {"value": None}
 
-            def report(epoch: int, logs: dict) -> None:
-                value = logs[f"val_{metric}"]
-                better = HIGHER_IS_BETTER[metric]
-                if best["value"] is None or (value > best["value"]) == better:
-                    best["value"] = value
-                trial.report(best["value"], epoch)
-                if trial.should_prune():
-                    raise optuna.TrialPruned()
+        def report(epoch: int, logs: dict) -> None:
+            value = logs[f"val_{metric}"]
+            better = HIGHER_IS_BETTER[metric]
+            if best["value"] is None or (value > best["value"]) == better:
+                best["value"] = value
+            trial.report(best["value"], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
 
-            history, best_epoch = fit_fold(model, data, spec.train, spec.train["seed"] + fold,
-                                           report)
-            return float(history[f"val_{metric}"][best_epoch])
+        history, best_epoch = fit_fold(model, data, spec.train, spec.train["seed"] + fold,
+                                       report)
+        return float(history[f"val_{metric}"][best_epoch])
 
-        if remaining > 0:
-            with progress(total=remaining, desc=f"tune {backbone_name} fold {fold}") as bar:
-                study.optimize(objective, n_trials=remaining, catch=(Exception,),
-                               callbacks=[lambda s, t: bar.update(1)])
+    # first every study's open trials, then wait for other workers' running ones (and
+    # retry any whose worker died), so that every worker ends with the same summary
+    for wait in (False, True):
+        for fold, study, lock, train_rows, holdout in studies:
+            already = counted_trials(study.get_trials(deepcopy=False))
+            with progress(total=cfg.tune.n_trials, initial=min(already, cfg.tune.n_trials),
+                          desc=f"tune {backbone_name} fold {fold}") as bar:
+                work_on(study, partial(objective, fold=fold, train_rows=train_rows,
+                                       holdout=holdout),
+                        cfg.tune.n_trials, lock, wait, on_trial=lambda s, t: bar.update(1))
+    for fold, study, lock, *_ in studies:
+        lock.close()
         summary[str(fold)] = _fold_summary(study)
     _write_and_report(cfg, prepared, backbone_name, summary, time.time() - started)
     return summary

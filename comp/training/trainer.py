@@ -26,6 +26,7 @@ from comp.models.spec import ModelSpec
 from comp.predictions import probs_frame, write_prediction_set
 from comp.training.features import ViewPlan, feature_cache
 from comp.training.fit import FoldData, class_weights, fit_fold, predict_tta
+from comp.workspace import unit_lock
 
 SPLITS = ("train", "test", "unlabeled")
 
@@ -129,14 +130,21 @@ def train_spec(spec: ModelSpec, prepared, max_pixels: int, info: dict,
     featured_models: dict[str, FeaturedModel] = {}
     bar = progress(todo, desc=f"train {spec.model_id}")
     for fold in bar:
-        fold_spec = spec.for_fold(fold)
-        key = FeaturedModel.key(fold_spec)
-        if key not in featured_models:
-            featured_models[key] = FeaturedModel(fold_spec, prepared, max_pixels)
-        featured = featured_models[key]
-        pseudo = pseudo_for_fold(fold, featured) if pseudo_for_fold else None
-        _train_fold(featured, spec.model_id, fold_spec, prepared, labels, folds, fold, pseudo,
-                    bar, tensorboard)
+        with unit_lock(model_dir / f"fold{fold}.lock") as mine:
+            if not mine:
+                get_logger().info("train: %s fold %d is being trained by another process; "
+                                  "skipped", spec.model_id, fold)
+                continue
+            if fold_done(run.fold_dir(spec.model_id, fold)):  # finished meanwhile
+                continue
+            fold_spec = spec.for_fold(fold)
+            key = FeaturedModel.key(fold_spec)
+            if key not in featured_models:
+                featured_models[key] = FeaturedModel(fold_spec, prepared, max_pixels)
+            featured = featured_models[key]
+            pseudo = pseudo_for_fold(fold, featured) if pseudo_for_fold else None
+            _train_fold(featured, spec.model_id, fold_spec, prepared, labels, folds, fold,
+                        pseudo, bar, tensorboard)
     done = [k for k in range(n_folds) if fold_done(run.fold_dir(spec.model_id, k))]
     if len(done) < n_folds:
         return None
