@@ -61,8 +61,8 @@ def main() -> None:
     frozen = featured.split.prefix
     frozen.trainable = False
     full = keras.Model(inputs, head(frozen(inputs, training=False)))
-    raw = FoldData(views, cached.rows, cached.targets, cached.weights,
-                   views[:, val].reshape(-1, *views.shape[2:]), labels[val], 8)
+    raw = FoldData(views, cached.train_views, cached.rows, cached.targets, cached.weights,
+                   val, labels[val], cached.tta_views)
     started = time.time()
     history_raw, best_raw = fit_fold(full, raw, spec.train, 0)
     raw_seconds = time.time() - started

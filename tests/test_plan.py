@@ -73,7 +73,7 @@ def test_a_fold_held_by_another_process_is_skipped_not_wiped(tmp_path, competiti
     (fold0 / "metrics.json").unlink()  # as if its trainer were still at work
     (fold0 / "partial").write_text("work in progress")
     command = [sys.executable, "-m", "comp.run", "stage=train", *overrides, "only.fold=0"]
-    with unit_lock(fold0.parent / "fold0.lock") as mine:
+    with unit_lock(fold0.parent / ".fold0.lock") as mine:
         assert mine
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-2000:]

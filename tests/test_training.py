@@ -13,8 +13,11 @@ def _data(seed=0, n=60, views=2, dim=6, noise=2.0):
     centers = rng.normal(size=(3, dim))
     pool = (centers[labels][None] + rng.normal(scale=noise, size=(views, n, dim))).astype("float16")
     val = rng.integers(0, 3, 30)
-    val_features = (centers[val] + rng.normal(scale=noise, size=(30, dim))).astype("float16")
-    return FoldData(pool, np.arange(n), np.eye(3)[labels], np.ones(n), val_features, val, 1)
+    val_features = (centers[val] + rng.normal(scale=noise, size=(views, 30, dim))).astype(
+        "float16")
+    features = np.concatenate([pool, val_features], axis=1)  # validation rows at the end
+    return FoldData(features, list(range(views)), np.arange(n), np.eye(3)[labels], np.ones(n),
+                    n + np.arange(30), val, [0])
 
 
 def _model(dim=6):
@@ -31,7 +34,7 @@ def test_checkpoint_keeps_the_best_auc_epoch():
     model = _model()
     history, best = fit_fold(model, data, TRAIN, seed=0)
     assert best == int(history["val_monitor"].idxmax())
-    probs = model.predict(data.val_features.astype("float32"), verbose=0)
+    probs = model.predict(data.features[0, data.val_rows].astype("float32"), verbose=0)
     assert macro_auc(data.val_labels, probs) == history["val_auc"][best]
     assert history["lr"].tolist()[:4] == [0.5, 0.5, 0.5, 0.25]
 
@@ -44,7 +47,7 @@ def test_early_stopping_on_auc():
 
 def test_training_dataset_draws_each_row_once_per_epoch():
     data = _data(n=10, views=3)
-    data.pool[:] = np.arange(3, dtype="float16")[:, None, None]  # feature value = view id
+    data.features[:] = np.arange(3, dtype="float16")[:, None, None]  # feature value = view id
     batches = list(training_dataset(data, batch_size=4, seed=1))
     x = np.concatenate([b[0].numpy() for b in batches])
     assert len(x) == 10 and set(np.unique(x[:, 0])) <= {0.0, 1.0, 2.0}
@@ -55,3 +58,14 @@ def test_balanced_class_weights():
     weights = class_weights(np.array([0, 0, 0, 1]), 3, "balanced")
     assert weights[1] == 3 * weights[0] and weights[2] == 1.0
     assert (class_weights(np.array([0, 1]), 2, "none") == 1).all()
+
+
+def test_pseudo_rows_come_from_their_own_features():
+    data = _data(n=10, views=2)
+    data.features[:] = 0
+    pseudo = np.full((1, 4, 6), 7, dtype="float16")
+    n_rows = data.features.shape[1]  # pseudo rows are numbered after every train row
+    data.pseudo, data.rows = pseudo, np.concatenate([np.arange(10), n_rows + np.arange(4)])
+    data.targets, data.weights = np.eye(3)[np.arange(14) % 3], np.ones(14)
+    x = np.concatenate([b[0].numpy() for b in training_dataset(data, batch_size=4, seed=0)])
+    assert len(x) == 14 and (x[:, 0] == 7).sum() == 4 and (x[:, 0] == 0).sum() == 10

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from comp.artifacts import fingerprint, write_npy
+from comp.artifacts import atomic_path, fingerprint
 from comp.errors import CompError
 from comp.log import progress
 
@@ -67,22 +67,29 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_images(paths: list[str], size: int, max_pixels: int, desc: str = "decode") -> np.ndarray:
-    """Decode `paths` to one (N, size, size, 3) uint8 array, two threads, with a progress bar."""
+def load_images(paths: list[str], size: int, max_pixels: int, desc: str = "decode",
+                bar=None) -> np.ndarray:
+    """Decode `paths` to one (N, size, size, 3) uint8 array, two threads, with a progress
+    bar (its own, or `bar` updated per image)."""
     out = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
 
     def work(i: int) -> None:
         out[i] = decode_image(paths[i], size, max_pixels)
 
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        list(progress(pool.map(work, range(len(paths))), total=len(paths), desc=desc))
+        if bar is not None:
+            for _ in pool.map(work, range(len(paths))):
+                bar.update(1)
+        else:
+            list(progress(pool.map(work, range(len(paths))), total=len(paths), desc=desc))
     return out
 
 
 def cached_images(
     cache_dir: Path, split: str, paths: list[str], size: int, max_pixels: int
 ) -> np.ndarray:
-    """Decoded images of `split` at `size`, read from or written to `cache_dir`.
+    """Decoded images of `split` at `size`, read from or written to `cache_dir`; a
+    read-only memory map of the cache file (decoded straight into it, never all in memory).
 
     The cache file name carries a fingerprint of the file list, sizes and modification
     times, so a changed image folder is decoded again instead of read stale.
@@ -94,9 +101,17 @@ def cached_images(
     target = cache_dir / f"{split}_{size}_{key}.npy"
     if target.exists():
         try:
-            return np.load(target)
+            return np.load(target, mmap_mode="r")
         except (OSError, ValueError):
             target.unlink()  # a corrupt cache is rebuilt, never trusted
-    images = load_images(paths, size, max_pixels, desc=f"decode {split} {size}px")
-    write_npy(target, images)
-    return images
+    with atomic_path(target, suffix=".npy") as tmp, open(tmp, "wb") as handle:
+        # decoded a chunk at a time and written in order: a large split never sits whole
+        # in memory, nor mapped into this process
+        np.lib.format.write_array_header_1_0(handle, {
+            "descr": "|u1", "fortran_order": False, "shape": (len(paths), size, size, 3)})
+        chunk = 256
+        with progress(total=len(paths), desc=f"decode {split} {size}px") as bar:
+            for start in range(0, len(paths), chunk):
+                part = paths[start : start + chunk]
+                handle.write(load_images(part, size, max_pixels, desc="", bar=bar).tobytes())
+    return np.load(target, mmap_mode="r")

@@ -91,22 +91,37 @@ def predict_model(cfg: DictConfig, run: RunDir, model_id: str, paths: list[Path]
                   n_classes: int) -> np.ndarray:
     """Fold-averaged TTA probabilities of one trained model on `paths`."""
     spec = load_spec(cfg, run, model_id)
-    backbone = get_backbone(spec.backbone)
     images = load_images([str(p) for p in paths], spec.image_size, cfg.data.max_image_pixels,
                          desc=f"decode {spec.image_size}px")
-    folds = sorted(int(p.name[4:]) for p in run.model_dir(model_id).glob("fold*"))
-    total = np.zeros((len(paths), n_classes))
-    for fold in progress(folds, desc=f"predict {model_id}"):
+    return predict_images(spec, run.model_dir(model_id), images, n_classes)
+
+
+def predict_images(spec: ModelSpec, model_dir: Path, images: np.ndarray,
+                   n_classes: int) -> np.ndarray:
+    """Fold-averaged TTA probabilities of the model in `model_dir` on decoded `images`.
+
+    The frozen prefix runs once per image and view for every fold that shares its cut
+    (all of them, unless tuning gave folds different unfreeze points); each fold's head
+    then runs on those features.
+    """
+    backbone = get_backbone(spec.backbone)
+    folds = sorted(int(p.name[4:]) for p in model_dir.glob("fold*") if p.is_dir())
+    total = np.zeros((len(images), n_classes))
+    shared: dict[str, tuple] = {}
+    for fold in progress(folds, desc=f"predict {model_dir.name}"):
         fold_spec = spec.for_fold(fold)
-        base = build_backbone(backbone, spec.image_size, spec.weights, spec.train["seed"])
-        split = split_backbone(base, backbone, fold_spec.model["unfreeze"])
+        plan = ViewPlan.from_augment(fold_spec.augment)
+        key = f"{fold_spec.model['unfreeze']}|{plan.tta}"
+        if key not in shared:
+            base = build_backbone(backbone, spec.image_size, spec.weights, spec.train["seed"])
+            split = split_backbone(base, backbone, fold_spec.model["unfreeze"])
+            shared[key] = (split, compute_features(images, split.prefix, backbone.preprocess,
+                                                   plan.tta, 0, fold_spec.augment, 0))
+        split, features = shared[key]
         m = fold_spec.model
         head = build_head_model(split, n_classes, m["pooling"], m["dense_units"],
                                 m["dropout"], m["bn_trainable"], 0)
-        head.load_weights(run.fold_dir(model_id, fold) / "model.weights.h5")
-        plan = ViewPlan.from_augment(fold_spec.augment)
-        features = compute_features(images, split.prefix, backbone.preprocess, plan.tta, 0,
-                                    fold_spec.augment, 0)
+        head.load_weights(model_dir / f"fold{fold}" / "model.weights.h5")
         total += predict_tta(head, features, list(range(len(plan.tta))))
     return total / len(folds)
 

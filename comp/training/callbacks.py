@@ -8,6 +8,7 @@ import keras
 import numpy as np
 
 from comp.metrics import scores
+from comp.training.features import unmap
 
 
 class ValidationScores(keras.callbacks.Callback):
@@ -19,14 +20,14 @@ class ValidationScores(keras.callbacks.Callback):
     watches it. List this callback before the ones that read these keys.
     """
 
-    def __init__(self, features: np.ndarray, y_true: np.ndarray, n_views: int,
-                 on_epoch: Callable[[int, dict], None] | None = None):
+    def __init__(self, features: np.ndarray, views: list[int], rows: np.ndarray,
+                 y_true: np.ndarray, on_epoch: Callable[[int, dict], None] | None = None):
         super().__init__()
-        self.features, self.y_true, self.n_views = features, y_true, n_views
+        self.features, self.views, self.rows, self.y_true = features, views, rows, y_true
         self.on_epoch = on_epoch
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        probs = predict_views(self.model, self.features, self.n_views)
+        probs = predict_views(self.model, self.features, self.views, self.rows)
         result = scores(self.y_true, probs)
         logs = logs if logs is not None else {}
         for key, value in result.items():
@@ -38,11 +39,19 @@ class ValidationScores(keras.callbacks.Callback):
             self.on_epoch(epoch, logs)
 
 
-def predict_views(model, features: np.ndarray, n_views: int, batch_size: int = 512) -> np.ndarray:
-    """Mean class probabilities over views; `features` is (n_views * N, ...) view-major."""
-    # predict_on_batch per chunk: no per-call data-adapter set-up, which dominates for the
-    # few hundred rows a fold validates on every epoch
-    chunks = [np.asarray(model.predict_on_batch(features[i : i + batch_size]))
-              for i in range(0, len(features), batch_size)]
-    probs = np.concatenate(chunks)
-    return probs.reshape(n_views, -1, probs.shape[-1]).mean(axis=0)
+def predict_views(model, features: np.ndarray, views: list[int],
+                  rows: np.ndarray | None = None, batch_size: int = 512) -> np.ndarray:
+    """Mean class probabilities over `views` of (V, N, ...) `features` (all rows, or
+    `rows`), read chunk by chunk so a memory-mapped cache is never copied whole."""
+    n = features.shape[1] if rows is None else len(rows)
+    per_view = []
+    for view in views:
+        # predict_on_batch per chunk: no per-call data-adapter set-up, which dominates for
+        # the few hundred rows a fold validates on every epoch
+        chunks = [np.asarray(model.predict_on_batch(
+            features[view, i : i + batch_size] if rows is None
+            else features[view, rows[i : i + batch_size]]))
+            for i in range(0, n, batch_size)]
+        unmap(features)
+        per_view.append(np.concatenate(chunks))
+    return np.stack(per_view).mean(axis=0)

@@ -9,13 +9,15 @@ cache and a stale one is never read.
 
 from __future__ import annotations
 
+import mmap
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from comp import __version__
-from comp.artifacts import fingerprint, read_json, write_json, write_npy
+from comp.artifacts import atomic_path, fingerprint, read_json, write_json
 from comp.data.views import DIHEDRAL, TTA_VIEWS, dihedral_view, random_views
 from comp.errors import CompError
 from comp.log import progress
@@ -71,25 +73,30 @@ def feature_cache(
     if target.exists() and (folder / f"{split}.key.json").exists():
         try:
             if read_json(folder / f"{split}.key.json") == _jsonable(key):
-                return np.load(target)
+                return np.load(target, mmap_mode="r")
         except (OSError, ValueError):
             pass  # corrupt: rebuilt below
-    features = compute_features(images, prefix, preprocess, plan.views(split),
-                                plan.n_random if split == "train" else 0, augment, seed,
-                                desc=f"features {key_parts.get('backbone', '')} {split}")
-    write_npy(target, features)
+    with atomic_path(target, suffix=".npy") as tmp:
+        compute_features(images, prefix, preprocess, plan.views(split),
+                         plan.n_random if split == "train" else 0, augment, seed,
+                         desc=f"features {key_parts.get('backbone', '')} {split}", out=tmp)
     write_json(folder / f"{split}.key.json", key)
-    return features
+    return np.load(target, mmap_mode="r")
 
 
 def compute_features(
     images: np.ndarray, prefix, preprocess, views: tuple[int, ...], n_random: int,
     augment: dict, seed: int, batch_size: int = 128, desc: str = "features",
-) -> np.ndarray:
+    out: Path | None = None,
+) -> np.ndarray | None:
     """Prefix outputs of each view of `images`: (len(views) + n_random, N, ...).
 
     With no prefix (everything trains) the preprocessed image is the feature; it stays
-    uint8 where preprocessing is the identity (the model rescales itself).
+    uint8 where preprocessing is the identity (the model rescales itself). With `out`, the
+    array goes batch by batch into that .npy file (in C order, so the writes are
+    sequential) and None is returned: it never has to fit in memory, and neither the
+    images (read batch by batch from their cache file) nor the features are mapped into
+    this process while they are computed.
     """
     extra = (
         random_views(images, n_random, augment["rotation"], augment["zoom"],
@@ -97,18 +104,56 @@ def compute_features(
         if n_random else []
     )
     sources = [("view", v) for v in views] + [("random", i) for i in range(n_random)]
-    outputs = []
+    result, handle = None, None
     total = len(sources) * max(1, int(np.ceil(len(images) / batch_size)))
-    with progress(total=total, desc=desc) as bar:
-        for kind, which in sources:
-            view_images = dihedral_view(images, which) if kind == "view" else extra[which]
-            chunks = []
+    with progress(total=total, desc=desc) as bar, ExitStack() as stack:
+        for position, (kind, which) in enumerate(sources):
             for start in range(0, len(images), batch_size):
-                batch = view_images[start : start + batch_size]
-                chunks.append(_prefix_outputs(batch, prefix, preprocess))
+                stop = min(start + batch_size, len(images))
+                batch = (dihedral_view(read_rows(images, start, stop), which) if kind == "view"
+                         else extra[which][start:stop])
+                batch = _prefix_outputs(batch, prefix, preprocess)
+                shape = (len(sources), len(images), *batch.shape[1:])
+                if out is not None:
+                    if handle is None:
+                        handle = stack.enter_context(open(out, "wb"))
+                        np.lib.format.write_array_header_1_0(handle, {
+                            "descr": np.lib.format.dtype_to_descr(batch.dtype),
+                            "fortran_order": False, "shape": shape})
+                    handle.write(np.ascontiguousarray(batch).tobytes())
+                else:
+                    if result is None:
+                        result = np.empty(shape, batch.dtype)
+                    result[position, start:stop] = batch
                 bar.update(1)
-            outputs.append(np.concatenate(chunks) if chunks else np.zeros((0,)))
-    return np.stack(outputs)
+    if out is not None:
+        if handle is None:  # no images
+            np.save(out, np.zeros((len(sources), 0), np.float16))
+        return None
+    return result if result is not None else np.zeros((len(sources), 0), np.float16)
+
+
+def unmap(array: np.ndarray) -> None:
+    """Drop the pages of a read-only memory-mapped cache that this process has touched:
+    they stay in the kernel's page cache (the next read is a cheap minor fault) but stop
+    counting as this process's memory, so reading a cache larger than RAM never piles
+    it up in the process."""
+    if isinstance(array, np.memmap) and isinstance(array.base, mmap.mmap):
+        array.base.madvise(mmap.MADV_DONTNEED)
+
+
+def read_rows(images: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """images[start:stop]; from a memory-mapped .npy by a plain file read, so that reading
+    a large cache once does not map all of it into this process."""
+    # a whole-file map (not a slice of one) has the mmap itself as its base
+    if (isinstance(images, np.memmap) and isinstance(images.base, mmap.mmap)
+            and images.flags.c_contiguous and images.filename):
+        row = int(np.prod(images.shape[1:])) * images.dtype.itemsize
+        flat = np.fromfile(images.filename, dtype=images.dtype,
+                           count=(stop - start) * row // images.dtype.itemsize,
+                           offset=images.offset + start * row)
+        return flat.reshape(stop - start, *images.shape[1:])
+    return np.asarray(images[start:stop])
 
 
 def _prefix_outputs(batch: np.ndarray, prefix, preprocess) -> np.ndarray:

@@ -12,26 +12,43 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from comp.errors import CompError
 from comp.training.callbacks import ValidationScores, predict_views
+from comp.training.features import unmap
 from comp.training.schedules import make_schedule
 
 
 @dataclass
 class FoldData:
-    """What one fold trains and validates on.
+    """What one fold trains and validates on, as row indices into the cached features
+    (which may be a memory-mapped file: nothing here copies them).
 
-    `pool` (V, R, ...) holds every trainable row's features for each sampled view;
-    `rows`, `targets` (soft or one-hot) and `weights` say which rows train this fold.
-    `val_features` is (T * n_val, ...) view-major over the T TTA views, `val_labels`
-    the validation rows' class indices.
+    `features` (V, N, ...) is the train split's cached features for every view;
+    training draws each row from `train_views` (positions on V). `rows`, `targets` (soft
+    or one-hot) and `weights` say which rows train this fold; a row >= N is row N - row of
+    `pseudo` (V', P, ...), the pseudo-labelled images' features. Validation is the rows
+    `val_rows`, averaged over the TTA views `tta_views`, scored against `val_labels`.
     """
 
-    pool: np.ndarray
+    features: np.ndarray
+    train_views: list[int]
     rows: np.ndarray
     targets: np.ndarray
     weights: np.ndarray
-    val_features: np.ndarray
+    val_rows: np.ndarray
     val_labels: np.ndarray
-    n_tta: int
+    tta_views: list[int]
+    pseudo: np.ndarray | None = None
+
+    def gather(self, rows: np.ndarray, draws: np.ndarray) -> np.ndarray:
+        """float32 features of `rows`, each in view `draws % len(train_views)`."""
+        n_labelled = self.features.shape[1]
+        view = draws % len(self.train_views)
+        out = np.empty((len(rows), *self.features.shape[2:]), dtype=np.float32)
+        own = rows < n_labelled
+        out[own] = self.features[np.asarray(self.train_views)[view[own]], rows[own]]
+        if not own.all():
+            out[~own] = self.pseudo[view[~own] % self.pseudo.shape[0], rows[~own] - n_labelled]
+        unmap(self.features)
+        return out
 
 
 def class_weights(labels: np.ndarray, n_classes: int, mode: str) -> np.ndarray:
@@ -56,25 +73,28 @@ def make_optimizer(train: dict):
 
 
 def training_dataset(data: FoldData, batch_size: int, seed: int) -> tf.data.Dataset:
-    """Shuffled batches; each epoch every row appears once, in a randomly drawn view."""
-    pool = tf.constant(data.pool)
-    n_views = data.pool.shape[0]
+    """Shuffled batches; each epoch every row appears once, in a randomly drawn view.
+
+    Rows and view draws are shuffled and batched in the graph; one NumPy gather per batch
+    reads their features, so a memory-mapped cache is never copied whole.
+    """
     items = tf.data.Dataset.from_tensor_slices(
         (data.rows.astype(np.int64), data.targets.astype(np.float32),
          data.weights.astype(np.float32))
     ).shuffle(len(data.rows), seed=seed, reshuffle_each_iteration=True)
     draws = tf.data.Dataset.random(seed=seed + 1)
+    shape = (None, *data.features.shape[2:])
 
-    def pick(item, draw):
-        row, target, weight = item
-        view = tf.math.floormod(draw, n_views)
-        features = tf.gather_nd(pool, tf.stack([view, row]))
-        return tf.cast(features, tf.float32), target, weight
+    def read(item, draw):
+        rows, targets, weights = item
+        features = tf.numpy_function(lambda r, d: data.gather(r, d), [rows, draw], tf.float32,
+                                     stateful=False)
+        return tf.ensure_shape(features, shape), targets, weights
 
     return (
         tf.data.Dataset.zip((items, draws))
-        .map(pick, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .batch(batch_size)
+        .map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .prefetch(tf.data.AUTOTUNE)
     )
 
@@ -103,7 +123,8 @@ def fit_fold(model, data: FoldData, train: dict, seed: int,
         verbose=0,
         callbacks=[
             keras.callbacks.LearningRateScheduler(schedule),
-            ValidationScores(data.val_features, data.val_labels, data.n_tta, on_epoch),
+            ValidationScores(data.features, data.tta_views, data.val_rows, data.val_labels,
+                             on_epoch),
             stopper,
             *([keras.callbacks.TensorBoard(log_dir=log_dir)] if log_dir else []),
         ],
@@ -117,5 +138,4 @@ def predict_tta(model, features: np.ndarray, tta_positions: list[int]) -> np.nda
     """Mean probabilities over the TTA views of a (V, N, ...) feature array."""
     if features.shape[1] == 0:
         return np.zeros((0, model.output_shape[-1]), dtype=np.float32)
-    stacked = features[tta_positions].reshape(-1, *features.shape[2:])
-    return predict_views(model, stacked, len(tta_positions))
+    return predict_views(model, features, tta_positions)

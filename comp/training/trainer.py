@@ -24,6 +24,7 @@ from comp.models.build import build_backbone, build_head_model, split_backbone
 from comp.models.registry import get_backbone
 from comp.models.spec import ModelSpec
 from comp.predictions import probs_frame, write_prediction_set
+from comp.training.callbacks import predict_views
 from comp.training.features import ViewPlan, feature_cache
 from comp.training.fit import FoldData, class_weights, fit_fold, predict_tta
 from comp.workspace import unit_lock
@@ -87,21 +88,19 @@ def fold_data(featured: FeaturedModel, spec: ModelSpec, labels: np.ndarray,
               pseudo: PseudoRows | None = None) -> FoldData:
     """Training rows `rows` (+ pseudo rows) and validation rows `val` of the train split."""
     plan, train = featured.plan, spec.train
-    feats = featured.features["train"]
-    pool = feats[plan.train_positions(spec.augment["dihedral"])]
     per_class = class_weights(labels[rows], n_classes, train["class_weight"])
     targets = np.eye(n_classes)[labels]
     weights = per_class[labels]
+    pseudo_features = None
     if pseudo is not None and len(pseudo.targets):
-        repeat = np.arange(pool.shape[0]) % pseudo.features.shape[0]
-        pool = np.concatenate([pool, pseudo.features[repeat]], axis=1)
+        pseudo_features = pseudo.features
         rows = np.concatenate([rows, len(labels) + np.arange(len(pseudo.targets))])
         targets = np.concatenate([targets, pseudo.targets])
         soft_class = pseudo.targets.argmax(1)
         weights = np.concatenate([weights, pseudo.weights * per_class[soft_class]])
-    val_features = feats[plan.tta_positions("train")][:, val].reshape(-1, *feats.shape[2:])
-    return FoldData(pool, rows, targets[rows], weights[rows], val_features, labels[val],
-                    len(plan.tta))
+    return FoldData(featured.features["train"], plan.train_positions(spec.augment["dihedral"]),
+                    rows, targets[rows], weights[rows], val, labels[val],
+                    plan.tta_positions("train"), pseudo_features)
 
 
 def fold_done(folder) -> bool:
@@ -130,7 +129,7 @@ def train_spec(spec: ModelSpec, prepared, max_pixels: int, info: dict,
     featured_models: dict[str, FeaturedModel] = {}
     bar = progress(todo, desc=f"train {spec.model_id}")
     for fold in bar:
-        with unit_lock(model_dir / f"fold{fold}.lock") as mine:
+        with unit_lock(model_dir / f".fold{fold}.lock") as mine:
             if not mine:
                 get_logger().info("train: %s fold %d is being trained by another process; "
                                   "skipped", spec.model_id, fold)
@@ -175,8 +174,8 @@ def _train_fold(featured: FeaturedModel, model_id: str, spec: ModelSpec, prepare
     history, best_epoch = fit_fold(model, data, spec.train, seed, show,
                                    str(out / "logs") if tensorboard else None)
     val_ids = prepared.folds["id"].to_numpy()[folds == fold]
-    val_probs = predict_tta(model, featured.features["train"][:, folds == fold],
-                            featured.plan.tta_positions("train"))
+    val_probs = predict_views(model, featured.features["train"],
+                              featured.plan.tta_positions("train"), np.nonzero(folds == fold)[0])
     fold_scores = scores(labels[folds == fold], val_probs)
     write_csv(out / "val.csv", probs_frame(val_ids, val_probs, classes))
     for split, frame in (("test", prepared.competition.test),
