@@ -1,8 +1,9 @@
 """Cost of one tuning trial (one fold fit) on cached prefix features vs re-running the
 frozen backbone prefix on the images every step, with the same views and settings.
 
-usage: python bench/trial_cost.py DATA_DIR WEIGHTS_DIR [size] [epochs]
-Prints a table: seconds per fit, per epoch, best validation AUC, and the ratio.
+usage: python bench/trial_cost.py DATA_DIR WEIGHTS_DIR [size] [epochs] [cut,cut,...]
+Prints a table per unfreeze point (default block9): seconds per fit, per epoch, best
+validation AUC, and the ratio.
 """
 
 from __future__ import annotations
@@ -27,27 +28,16 @@ def main() -> None:
     data, weights_dir = sys.argv[1:3]
     size = int(sys.argv[3]) if len(sys.argv) > 3 else 128
     epochs = int(sys.argv[4]) if len(sys.argv) > 4 else 25
+    cuts = sys.argv[5].split(",") if len(sys.argv) > 5 else ["block9"]
     cfg = load_config(["data=folder", f"data.dir={data}", f"weights_dir={weights_dir}",
                        f"runs_dir={tempfile.mkdtemp()}", "name=trialcost",
                        f"model.image_size={size}"])
     prepared = prepare(cfg)
-    spec = with_params(make_spec(cfg, "mobilenet_025", prepared.folds_key),
-                       {"train.epochs": epochs, "train.patience": epochs})
-    started = time.time()
-    featured = FeaturedModel(spec, prepared, cfg.data.max_image_pixels)
-    cache_seconds = time.time() - started
     classes = prepared.competition.classes
-    labels = prepared.folds["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    labels = prepared.labels
     folds = prepared.folds["fold"].to_numpy()
     rows, val = np.nonzero(folds != 0)[0], np.nonzero(folds == 0)[0]
-    cached = fold_data(featured, spec, labels, rows, val, len(classes))
 
-    started = time.time()
-    head = featured.new_head(spec, len(classes), 0)
-    history_cached, best_cached = fit_fold(head, cached, spec.train, 0)
-    cached_seconds = time.time() - started
-
-    # the same fit with the frozen prefix inside the model, fed the image views
     from comp.data.images import cached_images
     from comp.models.registry import get_backbone
 
@@ -56,28 +46,45 @@ def main() -> None:
                            cfg.data.max_image_pixels)
     preprocess = get_backbone("mobilenet_025").preprocess
     views = np.stack([preprocess(dihedral_view(images, v).astype("float32")) for v in range(8)])
-    head = featured.new_head(spec, len(classes), 0)
-    inputs = keras.Input(views.shape[2:])
-    frozen = featured.split.prefix
-    frozen.trainable = False
-    full = keras.Model(inputs, head(frozen(inputs, training=False)))
-    raw = FoldData(views, cached.train_views, cached.rows, cached.targets, cached.weights,
-                   val, labels[val], cached.tta_views)
-    started = time.time()
-    history_raw, best_raw = fit_fold(full, raw, spec.train, 0)
-    raw_seconds = time.time() - started
+    results = []
+    for cut in cuts:
+        spec = with_params(make_spec(cfg, "mobilenet_025", prepared.folds_key),
+                           {"train.epochs": epochs, "train.patience": epochs,
+                            "model.unfreeze": cut})
+        started = time.time()
+        featured = FeaturedModel(spec, prepared, cfg.data.max_image_pixels)
+        cache_seconds = time.time() - started
+        cached = fold_data(featured, spec, labels, rows, val, len(classes))
+        started = time.time()
+        head = featured.new_head(spec, len(classes), 0)
+        history_cached, best_cached = fit_fold(head, cached, spec.train, 0)
+        cached_seconds = time.time() - started
 
-    print(f"data {data}, mobilenet_025 {size} px, unfreeze {featured.split.cut}, fold 0, "
-          f"{epochs} epochs, 8 dihedral views, TF {tf.__version__}")
-    print("| trial fit | seconds | s / epoch | best val AUC |")
-    print("|---|---|---|---|")
-    print(f"| re-running the backbone prefix | {raw_seconds:.1f} | "
-          f"{raw_seconds / len(history_raw):.2f} | {history_raw['val_auc'][best_raw]:.4f} |")
-    print(f"| cached prefix features | {cached_seconds:.1f} | "
-          f"{cached_seconds / len(history_cached):.2f} | "
-          f"{history_cached['val_auc'][best_cached]:.4f} |")
-    print(f"| speed-up | {raw_seconds / cached_seconds:.1f}x | | |")
-    print(f"(one-off feature cache for train/test/unlabeled x 8 views: {cache_seconds:.1f} s)")
+        # the same fit with the frozen prefix inside the model, fed the image views
+        head = featured.new_head(spec, len(classes), 0)
+        inputs = keras.Input(views.shape[2:])
+        frozen = featured.split.prefix
+        frozen.trainable = False
+        full = keras.Model(inputs, head(frozen(inputs, training=False)))
+        raw = FoldData(views, cached.train_views, cached.rows, cached.targets, cached.weights,
+                       val, labels[val], cached.tta_views)
+        started = time.time()
+        history_raw, best_raw = fit_fold(full, raw, spec.train, 0)
+        raw_seconds = time.time() - started
+        results.append((cut, featured.split.cut, raw_seconds, len(history_raw),
+                        history_raw["val_auc"][best_raw], cached_seconds, len(history_cached),
+                        history_cached["val_auc"][best_cached], cache_seconds))
+
+    print(f"data {data}, mobilenet_025 {size} px, fold 0, {epochs} epochs, 8 dihedral views, "
+          f"TF {tf.__version__}")
+    print("| unfreeze | trial fit | seconds | s / epoch | best val AUC | speed-up |")
+    print("|---|---|---|---|---|---|")
+    for cut, layer, raw_s, raw_n, raw_auc, cached_s, cached_n, cached_auc, cache_s in results:
+        print(f"| {cut} ({layer}) | re-running the backbone prefix | {raw_s:.1f} | "
+              f"{raw_s / raw_n:.2f} | {raw_auc:.4f} | |")
+        print(f"| {cut} | cached prefix features (cache built once: {cache_s:.1f} s) | "
+              f"{cached_s:.1f} | {cached_s / cached_n:.2f} | {cached_auc:.4f} | "
+              f"{raw_s / cached_s:.1f}x |")
 
 
 if __name__ == "__main__":
