@@ -149,6 +149,15 @@ class SubmitConfig:
 
 
 @dataclass
+class ComputeConfig:
+    """How models run: the same code on CPU and GPU, these options for GPUs."""
+
+    precision: str = "float32"  # float32 | mixed_float16 (GPU) | mixed_bfloat16 (CPU/TPU)
+    jit_compile: str = "auto"  # XLA: auto (Keras decides) | true | false
+    distribute: str = "none"  # none | mirrored (tf.distribute.MirroredStrategy, all GPUs)
+
+
+@dataclass
 class Config:
     """The whole config; every key a user can set is declared here."""
 
@@ -173,6 +182,7 @@ class Config:
     predict: PredictConfig = field(default_factory=PredictConfig)
     only: OnlyConfig = field(default_factory=OnlyConfig)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
     # per-backbone settings: {backbone: {model: {...}, train: {...}, augment: {...}}};
     # a variant `<backbone>-<tag>` in `backbones` gets its base's settings, then its own
     backbone_overrides: dict[str, Any] = field(default_factory=dict)

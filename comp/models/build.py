@@ -161,5 +161,7 @@ def build_head_model(
         x = layers.Dropout(dropout, name="head_dropout1")(x)
         x = layers.Dense(dense_units, activation="relu", name="head_dense")(x)
     x = layers.Dropout(dropout, name="head_dropout")(x)
-    outputs = layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    # float32 probabilities whatever the dtype policy (mixed precision keeps softmax stable)
+    outputs = layers.Dense(n_classes, activation="softmax", name="probabilities",
+                           dtype="float32")(x)
     return keras.Model(inputs, outputs, name="head")

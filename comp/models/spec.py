@@ -11,6 +11,7 @@ from comp.artifacts import fingerprint
 from comp.config import model_settings
 from comp.models.registry import get_backbone
 from comp.models.weights import ResolvedWeights, resolve_weights
+from comp.training.compute import check
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class ModelSpec:
     folds_key: str
     pseudo: dict | None = None
     fold_params: dict | None = None  # tuned: {"<fold>": {"section.key": value}}
+    compute: dict | None = None  # precision, jit_compile, distribute (comp.training.compute)
 
     @property
     def model_id(self) -> str:
@@ -45,7 +47,13 @@ class ModelSpec:
         }
         if self.fold_params is not None:
             identity["fold_params"] = self.fold_params
+        if self.precision != "float32":  # changes the numbers; XLA and replicas do not
+            identity["precision"] = self.precision
         return identity
+
+    @property
+    def precision(self) -> str:
+        return (self.compute or {}).get("precision", "float32")
 
     def for_fold(self, fold: int) -> ModelSpec:
         """The settings that train `fold`: with that fold's tuned params applied."""
@@ -55,7 +63,7 @@ class ModelSpec:
 
     def describe(self) -> dict:
         """What spec.json records: the identity plus where the weights came from."""
-        return {"model_id": self.model_id, **self.identity(),
+        return {"model_id": self.model_id, **self.identity(), "compute": self.compute,
                 "weights_path": str(self.weights.path) if self.weights.path else None}
 
 
@@ -80,4 +88,5 @@ def make_spec(cfg: DictConfig, backbone_name: str, folds_key: str,
     size = plain["model"]["image_size"] or backbone.default_size
     weights = resolve_weights(backbone, size, cfg.weights, cfg.weights_dir)
     return ModelSpec(backbone_name, int(size), weights, plain["model"], plain["train"],
-                     plain["augment"], folds_key, pseudo)
+                     plain["augment"], folds_key, pseudo,
+                     compute=check(OmegaConf.to_container(cfg.compute, resolve=True)))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from comp.artifacts import read_json, write_csv
 from comp.data.folder import IMAGE_SUFFIXES, check_id
@@ -26,6 +26,7 @@ from comp.models.registry import get_backbone
 from comp.models.spec import ModelSpec
 from comp.models.weights import ResolvedWeights, resolve_weights
 from comp.predictions import probs_frame
+from comp.training.compute import model_scope
 from comp.training.features import ViewPlan, compute_features
 from comp.training.fit import predict_tta
 from comp.workspace import RunDir, run_dir
@@ -113,14 +114,17 @@ def predict_images(spec: ModelSpec, model_dir: Path, images: np.ndarray,
         plan = ViewPlan.from_augment(fold_spec.augment)
         key = f"{fold_spec.model['unfreeze']}|{plan.tta}"
         if key not in shared:
-            base = build_backbone(backbone, spec.image_size, spec.weights, spec.train["seed"])
-            split = split_backbone(base, backbone, fold_spec.model["unfreeze"])
+            with model_scope(spec.compute):
+                base = build_backbone(backbone, spec.image_size, spec.weights,
+                                      spec.train["seed"])
+                split = split_backbone(base, backbone, fold_spec.model["unfreeze"])
             shared[key] = (split, compute_features(images, split.prefix, backbone.preprocess,
                                                    plan.tta, 0, fold_spec.augment, 0))
         split, features = shared[key]
         m = fold_spec.model
-        head = build_head_model(split, n_classes, m["pooling"], m["dense_units"],
-                                m["dropout"], m["bn_trainable"], 0)
+        with model_scope(spec.compute):
+            head = build_head_model(split, n_classes, m["pooling"], m["dense_units"],
+                                    m["dropout"], m["bn_trainable"], 0)
         head.load_weights(model_dir / f"fold{fold}" / "model.weights.h5")
         total += predict_tta(head, features, list(range(len(plan.tta))))
     return total / len(folds)
@@ -141,4 +145,6 @@ def load_spec(cfg: DictConfig, run: RunDir, model_id: str) -> ModelSpec:
                 f"({recorded['weights']}); point weights_dir or weights= at that file")
     return ModelSpec(recorded["backbone"], recorded["image_size"], weights,
                      recorded["model"], recorded["train"], recorded["augment"],
-                     recorded["folds"], recorded["pseudo"], recorded.get("fold_params"))
+                     recorded["folds"], recorded["pseudo"], recorded.get("fold_params"),
+                     {**OmegaConf.to_container(cfg.compute, resolve=True),
+                      "precision": recorded.get("precision", "float32")})

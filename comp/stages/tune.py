@@ -112,7 +112,7 @@ def tune_backbone(cfg: DictConfig, prepared: Prepared, backbone_name: str) -> di
                 raise optuna.TrialPruned()
 
         history, best_epoch = fit_fold(model, data, spec.train, spec.train["seed"] + fold,
-                                       report)
+                                       report, compute=spec.compute)
         return float(history[f"val_{metric}"][best_epoch])
 
     # first every study's open trials, then wait for other workers' running ones (and

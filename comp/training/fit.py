@@ -12,6 +12,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from comp.errors import CompError
 from comp.training.callbacks import ValidationScores, predict_views
+from comp.training.compute import jit_compile, model_scope
 from comp.training.features import unmap
 from comp.training.schedules import make_schedule
 
@@ -100,16 +101,24 @@ def training_dataset(data: FoldData, batch_size: int, seed: int) -> tf.data.Data
 
 
 def fit_fold(model, data: FoldData, train: dict, seed: int,
-             on_epoch=None, log_dir: str | None = None) -> tuple[pd.DataFrame, int]:
+             on_epoch=None, log_dir: str | None = None,
+             compute: dict | None = None) -> tuple[pd.DataFrame, int]:
     """Train `model` (compiled here) on `data`; keep the best-validation-AUC epoch's weights.
 
     Returns the per-epoch history and the best epoch (0-based). With `log_dir`, Keras's
-    TensorBoard callback writes event files there.
+    TensorBoard callback writes event files there. `compute` picks the dtype policy, XLA
+    and the distribution strategy (comp.training.compute).
     """
+    with model_scope(compute):
+        return _fit(model, data, train, seed, on_epoch, log_dir, jit_compile(compute))
+
+
+def _fit(model, data, train, seed, on_epoch, log_dir, jit) -> tuple[pd.DataFrame, int]:
     keras.utils.set_random_seed(seed)
     model.compile(
         optimizer=make_optimizer(train),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=train["label_smoothing"]),
+        jit_compile=jit,
     )
     schedule = make_schedule(train["schedule"], train["lr"], train["lr_drop"],
                              train["lr_every"], train["epochs"])

@@ -25,6 +25,7 @@ from comp.models.registry import get_backbone
 from comp.models.spec import ModelSpec
 from comp.predictions import probs_frame, write_prediction_set
 from comp.training.callbacks import predict_views
+from comp.training.compute import model_scope
 from comp.training.features import ViewPlan, feature_cache
 from comp.training.fit import FoldData, class_weights, fit_fold, predict_tta
 from comp.workspace import unit_lock
@@ -51,14 +52,18 @@ class FeaturedModel:
 
     def __init__(self, spec: ModelSpec, prepared, max_pixels: int):
         backbone = get_backbone(spec.backbone)
-        base = build_backbone(backbone, spec.image_size, spec.weights, spec.train["seed"])
-        self.split = split_backbone(base, backbone, spec.model["unfreeze"])
+        self.compute = spec.compute
+        with model_scope(spec.compute):
+            base = build_backbone(backbone, spec.image_size, spec.weights, spec.train["seed"])
+            self.split = split_backbone(base, backbone, spec.model["unfreeze"])
         self.initial_body = self.split.body.get_weights() if self.split.body is not None else []
         self.plan = ViewPlan.from_augment(spec.augment)
         key = {"backbone": spec.backbone, "size": spec.image_size,
                "weights": spec.weights.identity, "cut": self.split.cut}
         if spec.weights.path is None:
             key["init_seed"] = spec.train["seed"]  # a random prefix depends on its seed
+        if spec.precision != "float32":
+            key["precision"] = spec.precision
         self.features: dict[str, np.ndarray] = {}
         frames = {"train": prepared.competition.train, "test": prepared.competition.test,
                   "unlabeled": prepared.competition.unlabeled}
@@ -79,8 +84,9 @@ class FeaturedModel:
         if self.split.body is not None:
             self.split.body.set_weights(self.initial_body)
         m = spec.model
-        return build_head_model(self.split, n_classes, m["pooling"], m["dense_units"],
-                                m["dropout"], m["bn_trainable"], seed)
+        with model_scope(spec.compute):
+            return build_head_model(self.split, n_classes, m["pooling"], m["dense_units"],
+                                    m["dropout"], m["bn_trainable"], seed)
 
 
 def fold_data(featured: FeaturedModel, spec: ModelSpec, labels: np.ndarray,
@@ -172,7 +178,7 @@ def _train_fold(featured: FeaturedModel, model_id: str, spec: ModelSpec, prepare
         bar.set_postfix(fold=fold, epoch=epoch, val_auc=f"{logs['val_auc']:.3f}")
 
     history, best_epoch = fit_fold(model, data, spec.train, seed, show,
-                                   str(out / "logs") if tensorboard else None)
+                                   str(out / "logs") if tensorboard else None, spec.compute)
     val_ids = prepared.folds["id"].to_numpy()[folds == fold]
     val_probs = predict_views(model, featured.features["train"],
                               featured.plan.tta_positions("train"), np.nonzero(folds == fold)[0])

@@ -1,0 +1,40 @@
+"""compute.*: mixed precision, XLA and a MirroredStrategy run the same code path (on this
+CPU: bfloat16, XLA on CPU, one replica)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from comp.run import main
+from tests.conftest import tiny_overrides
+
+
+def test_mixed_precision_xla_and_mirrored_train_and_predict(tmp_path, competition):
+    overrides = tiny_overrides(tmp_path, competition)
+    assert main(["stage=train", *overrides]) == 0
+    fast = ["compute.precision=mixed_bfloat16", "compute.jit_compile=true",
+            "compute.distribute=mirrored"]
+    assert main(["stage=train", *overrides, *fast]) == 0
+    preds = sorted((tmp_path / "runs/tiny/preds").iterdir())
+    assert len(preds) == 2  # bfloat16 is a model of its own (its weights differ)
+    for folder in preds:
+        oof = pd.read_csv(folder / "oof.csv")
+        probs = oof.filter(like="p_").to_numpy()
+        assert np.allclose(probs.sum(1), 1, atol=1e-3) and np.isfinite(probs).all()
+    specs = {p.name: json.loads((tmp_path / "runs/tiny/models" / p.name / "spec.json")
+                                .read_text()) for p in preds}
+    mixed = next(name for name, spec in specs.items() if spec.get("precision"))
+    assert specs[mixed]["precision"] == "mixed_bfloat16"
+    assert main(["stage=predict", *overrides, *fast, f"predict.using={mixed}",
+                 f"predict.input={competition / 'test'}"]) == 0
+    again = pd.read_csv(next((tmp_path / "runs/tiny/predictions").glob("*.csv")))
+    test = pd.read_csv(tmp_path / "runs/tiny/preds" / mixed / "test.csv")
+    assert np.abs(again.filter(like="p_").to_numpy() - test.filter(like="p_").to_numpy()
+                  ).max() < 0.05  # bfloat16 has 8 bits of mantissa
+
+
+def test_a_bad_compute_value_is_one_line(tmp_path, competition, capsys):
+    overrides = tiny_overrides(tmp_path, competition)
+    assert main(["stage=train", *overrides, "compute.precision=half"]) == 2
+    assert "compute.precision='half'" in capsys.readouterr().err
