@@ -82,7 +82,7 @@ def tune_backbone(cfg: DictConfig, prepared: Prepared, backbone_name: str) -> di
                            cfg.tune.heartbeat_grace)
         lock = StudyLock(storage_url(cfg, prepared), study.study_name)
         with lock:  # one default trial however many workers start together
-            if not study.get_trials(deepcopy=False):
+            if cfg.tune.n_trials > 0 and not study.get_trials(deepcopy=False):
                 study.enqueue_trial(default_trial(
                     {"model": base.model, "train": base.train, "augment": base.augment},
                     names, backbone))
