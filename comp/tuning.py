@@ -151,21 +151,20 @@ class StudyLock:
 
     def acquire(self) -> None:
         if self._connection is not None:
-            import sqlalchemy
-
-            self._connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"),
-                                     {"k": self._key})
+            self._advisory("pg_advisory_lock")
         elif self._file is not None:
             fcntl.flock(self._file, fcntl.LOCK_EX)
 
     def release(self) -> None:
         if self._connection is not None:
-            import sqlalchemy
-
-            self._connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"),
-                                     {"k": self._key})
+            self._advisory("pg_advisory_unlock")
         elif self._file is not None:
             fcntl.flock(self._file, fcntl.LOCK_UN)
+
+    def _advisory(self, function: str) -> None:
+        import sqlalchemy
+
+        self._connection.execute(sqlalchemy.text(f"SELECT {function}(:k)"), {"k": self._key})
 
     def close(self) -> None:
         if self._connection is not None:

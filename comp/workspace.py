@@ -39,6 +39,10 @@ class RunDir:
     def fold_dir(self, model_id: str, fold: int) -> Path:
         return self.model_dir(model_id) / f"fold{fold}"
 
+    def fold_lock(self, model_id: str, fold: int) -> Path:
+        """Held while a process trains that fold (hidden: not matched by fold*)."""
+        return self.model_dir(model_id) / f".fold{fold}.lock"
+
     def preds_dir(self, model_id: str) -> Path:
         return self.root / "preds" / model_id
 

@@ -65,7 +65,7 @@ def test_units_run_at_once_and_twice_over_equal_one_training(tmp_path, competiti
 
 
 def test_a_fold_held_by_another_process_is_skipped_not_wiped(tmp_path, competition):
-    from comp.workspace import unit_lock
+    from comp.workspace import RunDir, unit_lock
 
     overrides = tiny_overrides(tmp_path, competition)
     assert main(["stage=train", *overrides]) == 0
@@ -73,7 +73,7 @@ def test_a_fold_held_by_another_process_is_skipped_not_wiped(tmp_path, competiti
     (fold0 / "metrics.json").unlink()  # as if its trainer were still at work
     (fold0 / "partial").write_text("work in progress")
     command = [sys.executable, "-m", "comp.run", "stage=train", *overrides, "only.fold=0"]
-    with unit_lock(fold0.parent / ".fold0.lock") as mine:
+    with unit_lock(RunDir(tmp_path / "runs/tiny").fold_lock(fold0.parent.name, 0)) as mine:
         assert mine
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-2000:]

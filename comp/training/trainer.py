@@ -52,7 +52,6 @@ class FeaturedModel:
 
     def __init__(self, spec: ModelSpec, prepared, max_pixels: int):
         backbone = get_backbone(spec.backbone)
-        self.compute = spec.compute
         with model_scope(spec.compute):
             base = build_backbone(backbone, spec.image_size, spec.weights, spec.train["seed"])
             self.split = split_backbone(base, backbone, spec.model["unfreeze"])
@@ -135,7 +134,7 @@ def train_spec(spec: ModelSpec, prepared, max_pixels: int, info: dict,
     featured_models: dict[str, FeaturedModel] = {}
     bar = progress(todo, desc=f"train {spec.model_id}")
     for fold in bar:
-        with unit_lock(model_dir / f".fold{fold}.lock") as mine:
+        with unit_lock(run.fold_lock(spec.model_id, fold)) as mine:
             if not mine:
                 get_logger().info("train: %s fold %d is being trained by another process; "
                                   "skipped", spec.model_id, fold)
