@@ -64,6 +64,10 @@ class TrainConfig:
     class_weight: str = "balanced"  # balanced | none
     label_smoothing: float = 0.0
     seed: int = 0
+    # which rows choose the kept epoch: inner (a holdout of the training rows: honest),
+    # last (no early stopping), outer (the scored fold itself: optimistic, old behaviour)
+    epoch_choice: str = "inner"
+    stop_fraction: float = 0.2  # epoch_choice=inner: share of training rows held out
 
 
 @dataclass
@@ -77,6 +81,20 @@ class AugmentConfig:
     brightness: float = 0.1
     contrast: float = 0.1
     tta: str = "dihedral"  # none | flips | dihedral
+
+
+@dataclass
+class ClassicConfig:
+    """Classic heads (scikit-learn) on cached embeddings, trained on the same folds."""
+
+    models: list[str] = field(default_factory=lambda: [
+        "pixels+svm_rbf", "mobilenet_025+logreg"])  # <features>+<head>; features: pixels
+    # or a backbone; heads: logreg, svm_rbf, svm_linear, knn, gbm
+    depths: list[str] = field(default_factory=list)  # named depths pooled; empty: all + top
+    image_size: int | None = None  # backbone input size for embeddings; None: its default
+    pixels_size: int = 32  # side of the downsampled image for `pixels`
+    views: str = "dihedral"  # training views and TTA: none | flips | dihedral
+    inner_folds: int = 3  # inner group K-fold choosing the head's regularisation
 
 
 @dataclass
@@ -120,8 +138,11 @@ class TuneConfig:
 class EnsembleConfig:
     """Which ensembles stage=ensemble builds, from which finished models."""
 
-    methods: list[str] = field(default_factory=lambda: ["mean", "weighted", "rank", "geometric"])
+    # mean, geometric, weighted (scipy), optuna (TPE weights), greedy (Caruana), stacked
+    # (logistic regression), rank (AUC only: never turned into labels)
+    methods: list[str] = field(default_factory=lambda: ["mean", "greedy", "stacked"])
     members: list[str] = field(default_factory=list)  # model ids or backbones; empty: all
+    optuna_trials: int = 150  # trials of each ensemble-weight study (method optuna)
 
 
 @dataclass
@@ -175,6 +196,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    classic: ClassicConfig = field(default_factory=ClassicConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     params: str = "default"  # default | best: train with each fold's best tuned settings

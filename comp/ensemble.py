@@ -1,41 +1,73 @@
-"""Ensembles of prediction sets: mean, weighted mean, rank average, geometric mean.
+"""Ensembles of prediction sets: one table of methods, each honest by nesting.
 
-Weighted-mean weights are fitted on OOF predictions (log loss on the simplex, scipy).
-Weights fitted on the OOF they are scored on overfit, so the honest figure is nested:
-for each fold, weights fitted on the other folds' OOF rows predict the held fold.
+A method maps member probabilities (M, N, C) to (N, C). Methods that learn something
+from the OOF predictions (weights, a stacker, a greedy selection) overfit the rows they
+learn on, so their CV figure is nested: for each fold, the method is fitted on the other
+folds' OOF rows and applied to the held fold. Test predictions use the fit on all rows.
+
+- mean, geometric: nothing learned.
+- weighted: simplex weights minimising log loss (scipy).
+- optuna: simplex weights searched by an Optuna TPE study on log loss.
+- greedy: forward selection with replacement (Caruana et al., 2004) on log loss.
+- stacked: a multinomial logistic regression on the members' log-probabilities.
+- rank: per-class rank average; ranks are not probabilities, so it is scored by AUC only
+  and never turned into labels.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import softmax
 from scipy.stats import rankdata
 
-from comp.errors import CompError
+
+@dataclass(frozen=True)
+class Method:
+    """An ensemble method: `fit(members, y, seed)` -> state (None when nothing is learned),
+    `apply(members, state)` -> (N, C); `labels` False: not probabilities (AUC only)."""
+
+    name: str
+    fit: Callable[[np.ndarray, np.ndarray, int], object] | None
+    apply: Callable[[np.ndarray, object], np.ndarray]
+    labels: bool = True
 
 
-def combine(method: str, members: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """Combine member probabilities (M, N, C) into (N, C) rows that sum to 1."""
-    m = members.shape[0]
-    w = np.full(m, 1.0 / m) if weights is None else np.asarray(weights, dtype=float)
-    if method in ("mean", "weighted"):
-        out = np.tensordot(w, members, axes=1)
-    elif method == "geometric":
-        out = np.exp(np.tensordot(w, np.log(np.clip(members, 1e-9, 1)), axes=1))
-    elif method == "rank":
-        ranks = np.stack([np.apply_along_axis(rankdata, 0, p) / len(p) for p in members])
-        out = np.tensordot(w, ranks, axes=1)
-    else:
-        raise CompError(
-            f"config: ensemble method {method!r}; use mean, weighted, rank or geometric"
-        )
+def _normalise(out: np.ndarray) -> np.ndarray:
     return out / out.sum(axis=1, keepdims=True)
 
 
-def fit_weights(members: np.ndarray, y: np.ndarray) -> np.ndarray:
+def _uniform(m: int) -> np.ndarray:
+    return np.full(m, 1.0 / m)
+
+
+def weighted_mean(members: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    """Rows of the weighted mean of (M, N, C) `members` (uniform when None)."""
+    w = _uniform(len(members)) if weights is None else np.asarray(weights, dtype=float)
+    return _normalise(np.tensordot(w, members, axes=1))
+
+
+def geometric_mean(members: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    """Rows of the weighted geometric mean (uniform weights when None)."""
+    w = _uniform(len(members)) if weights is None else np.asarray(weights, dtype=float)
+    return _normalise(np.exp(np.tensordot(w, np.log(np.clip(members, 1e-9, 1)), axes=1)))
+
+
+def rank_average(members: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    """Per-class ranks averaged over members, scaled to rows that sum to 1 (for AUC)."""
+    ranks = np.stack([np.apply_along_axis(rankdata, 0, p) / len(p) for p in members])
+    w = _uniform(len(members)) if weights is None else np.asarray(weights, dtype=float)
+    return _normalise(np.tensordot(w, ranks, axes=1))
+
+
+def _log_loss(probs: np.ndarray, y: np.ndarray) -> float:
+    return float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None))))
+
+
+def fit_weights(members: np.ndarray, y: np.ndarray, seed: int = 0) -> np.ndarray:
     """Simplex weights minimising the log loss of the weighted mean on (members, y)."""
     m = members.shape[0]
     if m == 1:
@@ -51,13 +83,113 @@ def fit_weights(members: np.ndarray, y: np.ndarray) -> np.ndarray:
     return softmax(result.x)
 
 
-def nested_predictions(members: np.ndarray, y: np.ndarray, folds: np.ndarray,
-                       fit: Callable[[np.ndarray, np.ndarray], np.ndarray] = fit_weights
-                       ) -> np.ndarray:
-    """OOF of the weighted mean where each fold's weights never saw that fold's rows."""
+def optuna_weights(members: np.ndarray, y: np.ndarray, seed: int = 0,
+                   n_trials: int = 150, storage: str | None = None,
+                   study_name: str | None = None) -> np.ndarray:
+    """Simplex weights found by an Optuna TPE study minimising log loss.
+
+    With `storage` and `study_name` the study is kept (and continued) there.
+    """
+    import optuna
+
+    m = members.shape[0]
+    if m == 1:
+        return np.ones(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize", storage=storage, study_name=study_name,
+                                load_if_exists=True,
+                                sampler=optuna.samplers.TPESampler(seed=seed))
+    if not study.trials:
+        study.enqueue_trial({f"w{i}": 1.0 for i in range(m)})  # the plain mean first
+
+    def objective(trial: optuna.Trial) -> float:
+        raw = np.array([trial.suggest_float(f"w{i}", 0.0, 1.0) for i in range(m)])
+        if raw.sum() <= 0:
+            return float("inf")
+        return _log_loss(weighted_mean(members, raw / raw.sum()), y)
+
+    done = sum(t.state.is_finished() for t in study.trials)
+    if done < n_trials:
+        study.optimize(objective, n_trials=n_trials - done)
+    raw = np.array([study.best_params[f"w{i}"] for i in range(m)])
+    return raw / raw.sum()
+
+
+def greedy_selection(members: np.ndarray, y: np.ndarray, seed: int = 0,
+                     rounds: int = 25) -> np.ndarray:
+    """Weights from forward selection with replacement (Caruana et al., 2004): start from
+    the best member, then repeatedly add the member (any, again) whose addition lowers the
+    log loss of the running mean most; stop when no addition helps."""
+    m = members.shape[0]
+    counts = np.zeros(m)
+    losses = [_log_loss(members[i], y) for i in range(m)]
+    counts[int(np.argmin(losses))] = 1
+    best = min(losses)
+    for _ in range(rounds):
+        trials = []
+        for i in range(m):
+            trial = counts.copy()
+            trial[i] += 1
+            trials.append(_log_loss(weighted_mean(members, trial / trial.sum()), y))
+        pick = int(np.argmin(trials))
+        if trials[pick] >= best - 1e-9:
+            break
+        counts[pick] += 1
+        best = trials[pick]
+    return counts / counts.sum()
+
+
+def _stack_inputs(members: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.log(np.clip(p, 1e-7, 1)) for p in members], axis=1)
+
+
+def fit_stacker(members: np.ndarray, y: np.ndarray, seed: int = 0):
+    """A multinomial logistic regression on the members' log-probabilities."""
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=0.3, max_iter=2000).fit(_stack_inputs(members), y)
+
+
+def apply_stacker(members: np.ndarray, stacker) -> np.ndarray:
+    """The stacker's probabilities, with columns for classes it never saw."""
+    out = np.full(members.shape[1:], 1e-9)
+    out[:, stacker.classes_] = stacker.predict_proba(_stack_inputs(members))
+    return _normalise(out)
+
+
+METHODS: dict[str, Method] = {m.name: m for m in [
+    Method("mean", None, weighted_mean),
+    Method("geometric", None, geometric_mean),
+    Method("weighted", fit_weights, weighted_mean),
+    Method("optuna", optuna_weights, weighted_mean),
+    Method("greedy", greedy_selection, weighted_mean),
+    Method("stacked", fit_stacker, apply_stacker),
+    Method("rank", None, rank_average, labels=False),
+]}
+
+
+def fit_method(method: Method, members: np.ndarray, y: np.ndarray, seed: int = 0):
+    """The method's state fitted on (members, y); None when it learns nothing."""
+    return None if method.fit is None else method.fit(members, y, seed)
+
+
+def nested_predictions(method: Method, members: np.ndarray, y: np.ndarray,
+                       folds: np.ndarray, seed: int = 0) -> np.ndarray:
+    """OOF of `method` where each fold's state was fitted on the other folds only."""
+    if method.fit is None:
+        return method.apply(members, None)
     out = np.zeros(members.shape[1:])
     for fold in np.unique(folds):
         held = folds == fold
-        weights = fit(members[:, ~held], y[~held])
-        out[held] = combine("weighted", members[:, held], weights)
+        state = method.fit(members[:, ~held], y[~held], seed + int(fold))
+        out[held] = method.apply(members[:, held], state)
     return out
+
+
+def member_weights(method: Method, state, n_members: int) -> np.ndarray | None:
+    """The members' weights where the method has weights (None for a stacker)."""
+    if state is None:
+        return _uniform(n_members)
+    if isinstance(state, np.ndarray):
+        return state
+    return None

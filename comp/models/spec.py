@@ -33,6 +33,7 @@ class ModelSpec:
     pseudo: dict | None = None
     fold_params: dict | None = None  # tuned: {"<fold>": {"section.key": value}}
     compute: dict | None = None  # precision, jit_compile, distribute (comp.training.compute)
+    kind = "finetune"
 
     @property
     def model_id(self) -> str:
@@ -90,3 +91,84 @@ def make_spec(cfg: DictConfig, backbone_name: str, folds_key: str,
     return ModelSpec(backbone_name, int(size), weights, plain["model"], plain["train"],
                      plain["augment"], folds_key, pseudo,
                      compute=check(OmegaConf.to_container(cfg.compute, resolve=True)))
+
+
+@dataclass(frozen=True)
+class ClassicSpec:
+    """A classic head (scikit-learn) on pooled embeddings of `source` (a backbone at
+    `depths`, or `pixels`), trained on every fold like a fine-tuned model.
+
+    `model_id` = `<source>+<head>-<hash>` of everything that changes its predictions.
+    """
+
+    source: str
+    head: str
+    image_size: int
+    depths: tuple[str, ...]
+    weights: ResolvedWeights
+    views: str  # none | flips | dihedral: training views, and TTA at prediction
+    inner_folds: int  # inner group K-fold that picks the head's regularisation
+    folds_key: str
+    pseudo: dict | None = None
+    seed: int = 0
+    fold_params: None = None
+    kind = "classic"
+
+    @property
+    def backbone(self) -> str:
+        return f"{self.source}+{self.head}"
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.backbone}-{fingerprint(self.identity())}"
+
+    def feature_identity(self) -> dict:
+        """What the embeddings depend on (shared by heads on the same features)."""
+        return {"source": self.source, "image_size": self.image_size,
+                "depths": list(self.depths), "weights": self.weights.identity,
+                "views": self.views}
+
+    def identity(self) -> dict:
+        return {**self.feature_identity(), "head": self.head, "inner_folds": self.inner_folds,
+                "folds": self.folds_key, "pseudo": self.pseudo, "seed": self.seed,
+                "kind": "classic"}
+
+    def for_fold(self, fold: int) -> ClassicSpec:
+        return self
+
+    def describe(self) -> dict:
+        return {"model_id": self.model_id, **self.identity(),
+                "weights_path": str(self.weights.path) if self.weights.path else None}
+
+    @classmethod
+    def from_json(cls, recorded: dict, weights: ResolvedWeights) -> ClassicSpec:
+        """The spec recorded by describe(), with its weights found again."""
+        return cls(recorded["source"], recorded["head"], recorded["image_size"],
+                   tuple(recorded["depths"]), weights, recorded["views"],
+                   recorded["inner_folds"], recorded["folds"], recorded["pseudo"],
+                   recorded["seed"])
+
+
+def make_classic_spec(cfg: DictConfig, entry: str, folds_key: str,
+                      pseudo: dict | None = None) -> ClassicSpec:
+    """The spec of a `classic.models` entry `<source>+<head>` under `cfg`."""
+    from comp.errors import CompError
+    from comp.models.classic import get_head
+    from comp.training.embeddings import PIXELS, depth_names
+
+    source, _, head = entry.partition("+")
+    if not head:
+        raise CompError(f"config: classic.models entry {entry!r}; write <features>+<head>, "
+                        "e.g. mobilenet_025+logreg or pixels+svm_rbf")
+    get_head(head)
+    settings = cfg.classic
+    if source == PIXELS:
+        return ClassicSpec(source, head, int(settings.pixels_size), (), ResolvedWeights(
+            None, "none"), settings.views, int(settings.inner_folds), folds_key, pseudo,
+            int(cfg.train.seed))
+    backbone = get_backbone(source)
+    size = int(settings.image_size or backbone.default_size)
+    weights = resolve_weights(backbone, size, cfg.weights, cfg.weights_dir)
+    return ClassicSpec(source, head, size, tuple(depth_names(backbone, settings.depths)),
+                       weights, settings.views, int(settings.inner_folds), folds_key, pseudo,
+                       int(cfg.train.seed))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import joblib
 import numpy as np
 from omegaconf import DictConfig
 
-from comp.ensemble import combine, fit_weights, nested_predictions
+from comp.artifacts import atomic_path, fingerprint
+from comp.ensemble import METHODS, fit_method, member_weights, nested_predictions
 from comp.errors import CompError
 from comp.log import get_logger
 from comp.metrics import scores
@@ -26,37 +28,62 @@ def run(cfg: DictConfig) -> list[dict]:
         raise CompError(f"{folder}: ensembling needs at least two finished models, found "
                         f"{len(sets)}; train more backbones or set ensemble.members")
     ids, test_ids = prepared.folds["id"].tolist(), prepared.competition.test["id"].tolist()
-    oof = np.stack([s.oof.set_index("id").loc[ids, [f"p_{c}" for c in classes]].to_numpy()
-                    for s in sets])
-    test = np.stack([s.test.set_index("id").loc[test_ids, [f"p_{c}" for c in classes]]
-                     .to_numpy() for s in sets])
+    columns = [f"p_{c}" for c in classes]
+    oof = np.stack([s.oof.set_index("id").loc[ids, columns].to_numpy() for s in sets])
+    test = np.stack([s.test.set_index("id").loc[test_ids, columns].to_numpy() for s in sets])
     y = prepared.labels
     folds = prepared.folds["fold"].to_numpy()
     model_ids = [s.info["model_id"] for s in sets]
+    members_key = fingerprint([prepared.folds_key, model_ids])
     results = []
-    for method in cfg.ensemble.methods:
-        weights = fit_weights(oof, y) if method == "weighted" else None
-        in_sample = combine(method, oof, weights)
-        honest = nested_predictions(oof, y, folds) if method == "weighted" else in_sample
-        oof_frame = probs_frame(ids, honest, classes, fold=folds, label=prepared.folds["label"])
+    for name in cfg.ensemble.methods:
+        method = _method(cfg, prepared, name, members_key)
+        state = fit_method(method, oof, y, cfg.tune.seed)
+        honest = nested_predictions(method, oof, y, folds, cfg.tune.seed)
+        weights = member_weights(method, state, len(sets))
         info = {
-            "kind": "ensemble", "name": f"ensemble-{method}", "method": method,
-            "models": model_ids, "round": max(s.info.get("round", 0) for s in sets),
-            "weights": dict(zip(model_ids, (weights if weights is not None else
-                                            np.full(len(sets), 1 / len(sets))).tolist(),
-                                strict=True)),
-            "cv_in_sample": scores(y, in_sample),
+            "kind": "ensemble", "name": f"ensemble-{name}", "method": name,
+            "labels": method.labels, "models": model_ids,
+            "round": max(s.info.get("round", 0) for s in sets),
+            "weights": None if weights is None else dict(zip(model_ids, weights.tolist(),
+                                                             strict=True)),
+            "cv_in_sample": scores(y, method.apply(oof, state)),
         }
-        result = write_prediction_set(run_dir.ensemble_dir(method), oof_frame,
-                                      probs_frame(test_ids, combine(method, test, weights),
-                                                  classes), classes, info)
+        target = run_dir.ensemble_dir(name)
+        with atomic_path(target / "state.joblib", suffix=".joblib") as tmp:
+            joblib.dump(state, tmp)
+        oof_frame = probs_frame(ids, honest, classes, fold=folds, label=prepared.folds["label"])
+        result = write_prediction_set(target, oof_frame,
+                                      probs_frame(test_ids, method.apply(test, state), classes),
+                                      classes, info)
         results.append(result)
+        cv = result["cv"]
         get_logger().info(
-            "ensemble: %-9s CV accuracy %.4f macro-F1 %.4f AUC %.4f%s", method,
-            result["cv"]["accuracy"], result["cv"]["macro_f1"], result["cv"]["auc"],
-            f" (nested; in-sample accuracy {info['cv_in_sample']['accuracy']:.4f})"
-            if method == "weighted" else "")
+            "ensemble: %-9s nested CV accuracy %.4f macro-F1 %.4f AUC %.4f "
+            "(in-sample accuracy %.4f)%s", name, cv["accuracy"], cv["macro_f1"], cv["auc"],
+            info["cv_in_sample"]["accuracy"], "" if method.labels else "; AUC only")
     best_single = max(s.info["cv"]["accuracy"] for s in sets)
     get_logger().info("ensemble: %d models; best single model CV accuracy %.4f",
                       len(sets), best_single)
     return results
+
+
+def _method(cfg: DictConfig, prepared, name: str, members_key: str):
+    if name not in METHODS:
+        raise CompError(f"config: ensemble.methods has {name!r}; use {', '.join(METHODS)}")
+    method = METHODS[name]
+    if name != "optuna":
+        return method
+    # its own studies in the tuning storage: one per outer fold and one on all rows
+    from comp.stages.tune import storage_url
+
+    storage = storage_url(cfg, prepared)
+
+    def fit(members, y, seed):
+        rows = fingerprint([members.shape, y.tolist(), float(members.sum())])
+        study = f"{cfg.name}-ensemble-optuna-{members_key}-{rows}"
+        return method.fit(members, y, seed, n_trials=cfg.ensemble.optuna_trials,
+                          storage=storage, study_name=study)
+
+    return type(method)(method.name, fit, method.apply, method.labels)
+

@@ -16,27 +16,42 @@ class ValidationScores(keras.callbacks.Callback):
     and `val_monitor` to the epoch logs, scoring TTA-averaged predictions with sklearn.
 
     `val_monitor` is the AUC with exact ties broken by the lower log loss (its 1e-6
-    weight cannot outweigh a real AUC difference); EarlyStopping(restore_best_weights)
-    watches it. List this callback before the ones that read these keys.
+    weight cannot outweigh a real AUC difference). `stop_monitor` is the same on the
+    rows that choose the epoch (`stop_rows`; the validation rows when not given);
+    EarlyStopping(restore_best_weights) watches it. List this callback before the ones
+    that read these keys.
     """
 
     def __init__(self, features: np.ndarray, views: list[int], rows: np.ndarray,
-                 y_true: np.ndarray, on_epoch: Callable[[int, dict], None] | None = None):
+                 y_true: np.ndarray, on_epoch: Callable[[int, dict], None] | None = None,
+                 stop_rows: np.ndarray | None = None, stop_labels: np.ndarray | None = None):
         super().__init__()
         self.features, self.views, self.rows, self.y_true = features, views, rows, y_true
         self.on_epoch = on_epoch
+        self.stop_rows, self.stop_labels = stop_rows, stop_labels
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        probs = predict_views(self.model, self.features, self.views, self.rows)
-        result = scores(self.y_true, probs)
         logs = logs if logs is not None else {}
+        result = self._score(self.rows, self.y_true)
         for key, value in result.items():
             logs[f"val_{key}"] = value
-        auc = 0.0 if np.isnan(result["auc"]) else result["auc"]
-        logs["val_monitor"] = auc - 1e-6 * result["log_loss"]
+        logs["val_monitor"] = _monitor(result)
+        if self.stop_rows is None or self.stop_rows is self.rows:
+            logs["stop_monitor"] = logs["val_monitor"]
+        else:
+            logs["stop_monitor"] = _monitor(self._score(self.stop_rows, self.stop_labels))
         logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         if self.on_epoch is not None:
             self.on_epoch(epoch, logs)
+
+
+    def _score(self, rows: np.ndarray, labels: np.ndarray) -> dict:
+        return scores(labels, predict_views(self.model, self.features, self.views, rows))
+
+
+def _monitor(result: dict) -> float:
+    auc = 0.0 if np.isnan(result["auc"]) else result["auc"]
+    return auc - 1e-6 * result["log_loss"]
 
 
 def predict_views(model, features: np.ndarray, views: list[int],

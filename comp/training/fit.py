@@ -27,6 +27,8 @@ class FoldData:
     or one-hot) and `weights` say which rows train this fold; a row >= N is row N - row of
     `pseudo` (V', P, ...), the pseudo-labelled images' features. Validation is the rows
     `val_rows`, averaged over the TTA views `tta_views`, scored against `val_labels`.
+    The epoch is chosen on `stop_rows`/`stop_labels` (an inner holdout of the training
+    rows by default, so the scored fold never picks its own epoch); None: the last epoch.
     """
 
     features: np.ndarray
@@ -38,6 +40,8 @@ class FoldData:
     val_labels: np.ndarray
     tta_views: list[int]
     pseudo: np.ndarray | None = None
+    stop_rows: np.ndarray | None = None
+    stop_labels: np.ndarray | None = None
 
     def gather(self, rows: np.ndarray, draws: np.ndarray) -> np.ndarray:
         """float32 features of `rows`, each in view `draws % len(train_views)`."""
@@ -122,9 +126,11 @@ def _fit(model, data, train, seed, on_epoch, log_dir, jit) -> tuple[pd.DataFrame
     )
     schedule = make_schedule(train["schedule"], train["lr"], train["lr_drop"],
                              train["lr_every"], train["epochs"])
-    stopper = keras.callbacks.EarlyStopping(
-        monitor="val_monitor", mode="max", patience=train["patience"], restore_best_weights=True
-    )
+    stopper = None
+    if data.stop_rows is not None:
+        stopper = keras.callbacks.EarlyStopping(
+            monitor="stop_monitor", mode="max", patience=train["patience"],
+            restore_best_weights=True)
     result = model.fit(
         training_dataset(data, train["batch_size"], seed),
         epochs=train["epochs"],
@@ -133,14 +139,15 @@ def _fit(model, data, train, seed, on_epoch, log_dir, jit) -> tuple[pd.DataFrame
         callbacks=[
             keras.callbacks.LearningRateScheduler(schedule),
             ValidationScores(data.features, data.tta_views, data.val_rows, data.val_labels,
-                             on_epoch),
-            stopper,
+                             on_epoch, data.stop_rows, data.stop_labels),
+            *([stopper] if stopper is not None else []),
             *([keras.callbacks.TensorBoard(log_dir=log_dir)] if log_dir else []),
         ],
     )
     history = pd.DataFrame(result.history)
     history.insert(0, "epoch", np.arange(len(history)))
-    return history, int(stopper.best_epoch)
+    best = len(history) - 1 if stopper is None else int(stopper.best_epoch)
+    return history, best
 
 
 def predict_tta(model, features: np.ndarray, tta_positions: list[int]) -> np.ndarray:

@@ -25,6 +25,7 @@ from comp.models.registry import get_backbone
 from comp.models.spec import ModelSpec
 from comp.predictions import probs_frame, write_prediction_set
 from comp.training.callbacks import predict_views
+from comp.training.classic import ClassicFeatures, train_classic_fold
 from comp.training.compute import model_scope
 from comp.training.features import ViewPlan, feature_cache
 from comp.training.fit import FoldData, class_weights, fit_fold, predict_tta
@@ -88,11 +89,38 @@ class FeaturedModel:
                                     m["dropout"], m["bn_trainable"], seed)
 
 
+def model_key(spec) -> str:
+    """Specs with equal keys share one featured model (same features)."""
+    if spec.kind == "classic":
+        return json.dumps(spec.feature_identity(), sort_keys=True)
+    return FeaturedModel.key(spec)
+
+
+def featured_model(spec, prepared, max_pixels: int):
+    """The features a spec trains on: a cut backbone (fine-tuning) or pooled embeddings."""
+    if spec.kind == "classic":
+        return ClassicFeatures(spec, prepared, max_pixels)
+    return FeaturedModel(spec, prepared, max_pixels)
+
+
 def fold_data(featured: FeaturedModel, spec: ModelSpec, labels: np.ndarray,
               rows: np.ndarray, val: np.ndarray, n_classes: int,
-              pseudo: PseudoRows | None = None) -> FoldData:
-    """Training rows `rows` (+ pseudo rows) and validation rows `val` of the train split."""
+              pseudo: PseudoRows | None = None, groups: np.ndarray | None = None) -> FoldData:
+    """Training rows `rows` (+ pseudo rows) and validation rows `val` of the train split.
+
+    `train.epoch_choice` says which rows choose the epoch: `inner` (default) an inner
+    stratified group holdout of `rows` (`train.stop_fraction` of them, which then do not
+    train), `outer` the validation rows themselves (optimistic: the scored fold picks its
+    own epoch), `last` none (the last epoch is kept).
+    """
     plan, train = featured.plan, spec.train
+    choice = train.get("epoch_choice", "outer")
+    stop = None
+    if choice == "outer":
+        stop = val
+    elif choice == "inner":
+        rows, stop = inner_holdout(rows, labels, groups, train.get("stop_fraction", 0.2),
+                                   train["seed"])
     per_class = class_weights(labels[rows], n_classes, train["class_weight"])
     targets = np.eye(n_classes)[labels]
     weights = per_class[labels]
@@ -105,7 +133,24 @@ def fold_data(featured: FeaturedModel, spec: ModelSpec, labels: np.ndarray,
         weights = np.concatenate([weights, pseudo.weights * per_class[soft_class]])
     return FoldData(featured.features["train"], plan.train_positions(spec.augment["dihedral"]),
                     rows, targets[rows], weights[rows], val, labels[val],
-                    plan.tta_positions("train"), pseudo_features)
+                    plan.tta_positions("train"), pseudo_features, stop,
+                    None if stop is None else labels[stop])
+
+
+def inner_holdout(rows: np.ndarray, labels: np.ndarray, groups: np.ndarray | None,
+                  fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split `rows` into (fit, holdout) by stratified groups: about `fraction` of the rows
+    (whole near-duplicate groups) are held out; every class keeps rows on both sides
+    where it has at least two groups."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    n_splits = max(2, int(round(1 / fraction)))
+    groups = rows if groups is None else groups[rows]
+    counts = np.bincount(labels[rows])
+    n_splits = min(n_splits, max(2, int(counts[counts > 0].min())))
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    fit, held = next(splitter.split(rows, labels[rows], groups))
+    return rows[fit], rows[held]
 
 
 def fold_done(folder) -> bool:
@@ -142,13 +187,18 @@ def train_spec(spec: ModelSpec, prepared, max_pixels: int, info: dict,
             if fold_done(run.fold_dir(spec.model_id, fold)):  # finished meanwhile
                 continue
             fold_spec = spec.for_fold(fold)
-            key = FeaturedModel.key(fold_spec)
+            key = model_key(fold_spec)
             if key not in featured_models:
-                featured_models[key] = FeaturedModel(fold_spec, prepared, max_pixels)
+                featured_models[key] = featured_model(fold_spec, prepared, max_pixels)
             featured = featured_models[key]
             pseudo = pseudo_for_fold(fold, featured) if pseudo_for_fold else None
-            _train_fold(featured, spec.model_id, fold_spec, prepared, labels, folds, fold,
-                        pseudo, bar, tensorboard)
+            if spec.kind == "classic":
+                train_classic_fold(featured, spec, prepared, fold, pseudo,
+                                   _fresh_fold_dir(run.fold_dir(spec.model_id, fold)),
+                                   write_fold_outputs)
+            else:
+                _train_fold(featured, spec.model_id, fold_spec, prepared, labels, folds, fold,
+                            pseudo, bar, tensorboard)
     done = [k for k in range(n_folds) if fold_done(run.fold_dir(spec.model_id, k))]
     if len(done) < n_folds:
         return None
@@ -162,40 +212,66 @@ def train_spec(spec: ModelSpec, prepared, max_pixels: int, info: dict,
 
 def _train_fold(featured: FeaturedModel, model_id: str, spec: ModelSpec, prepared, labels,
                 folds, fold, pseudo, bar, tensorboard: bool = False) -> None:
-    run, classes = prepared.run, prepared.competition.classes
-    out = run.fold_dir(model_id, fold)
-    if out.exists():
-        shutil.rmtree(out)  # an interrupted fold restarts cleanly
-    out.mkdir(parents=True)
+    out = _fresh_fold_dir(prepared.run.fold_dir(model_id, fold))
     started = time.time()
+    classes = prepared.competition.classes
     seed = spec.train["seed"] + fold
     model = featured.new_head(spec, len(classes), seed)
-    data = fold_data(featured, spec, labels, np.nonzero(folds != fold)[0],
-                     np.nonzero(folds == fold)[0], len(classes), pseudo)
+    val = np.nonzero(folds == fold)[0]
+    data = fold_data(featured, spec, labels, np.nonzero(folds != fold)[0], val, len(classes),
+                     pseudo, prepared.folds["group"].to_numpy())
 
     def show(epoch: int, logs: dict) -> None:
         bar.set_postfix(fold=fold, epoch=epoch, val_auc=f"{logs['val_auc']:.3f}")
 
     history, best_epoch = fit_fold(model, data, spec.train, seed, show,
                                    str(out / "logs") if tensorboard else None, spec.compute)
-    val_ids = prepared.folds["id"].to_numpy()[folds == fold]
     val_probs = predict_views(model, featured.features["train"],
-                              featured.plan.tta_positions("train"), np.nonzero(folds == fold)[0])
-    fold_scores = scores(labels[folds == fold], val_probs)
-    write_csv(out / "val.csv", probs_frame(val_ids, val_probs, classes))
-    for split, frame in (("test", prepared.competition.test),
-                         ("unlabeled", prepared.competition.unlabeled)):
-        probs = predict_tta(model, featured.features[split], featured.plan.tta_positions(split))
-        write_csv(out / f"{split}.csv", probs_frame(frame["id"].tolist(), probs, classes))
+                              featured.plan.tta_positions("train"), val)
+    split_probs = {split: predict_tta(model, featured.features[split],
+                                      featured.plan.tta_positions(split))
+                   for split in ("test", "unlabeled")}
     with atomic_path(out / "model.weights.h5", suffix=".weights.h5") as tmp:
         model.save_weights(tmp)
     write_csv(out / "history.csv", history)
+    optimistic = int(history["val_monitor"].idxmax())
+    write_fold_outputs(out, prepared, fold, val_probs, split_probs, {
+        "best_epoch": best_epoch, "epochs_run": len(history),
+        "epoch_choice": spec.train.get("epoch_choice", "outer"),
+        "n_train": int(len(data.rows)),
+        "n_stop": 0 if data.stop_rows is None else int(len(data.stop_rows)),
+        "optimistic": {"epoch": optimistic, **{
+            k: float(history[f"val_{k}"][optimistic])
+            for k in ("accuracy", "macro_f1", "auc", "log_loss")}},
+        "settings": spec.describe(),
+    }, pseudo, started)
+
+
+def _fresh_fold_dir(out):
+    if out.exists():
+        shutil.rmtree(out)  # an interrupted fold restarts cleanly
+    out.mkdir(parents=True)
+    return out
+
+
+def write_fold_outputs(out, prepared, fold: int, val_probs: np.ndarray, split_probs: dict,
+                       extra: dict, pseudo: PseudoRows | None, started: float) -> None:
+    """A finished fold's val/test/unlabeled predictions, then metrics.json (written last:
+    its presence marks the fold done)."""
+    classes = prepared.competition.classes
+    folds = prepared.folds["fold"].to_numpy()
+    val_ids = prepared.folds["id"].to_numpy()[folds == fold]
+    write_csv(out / "val.csv", probs_frame(val_ids, val_probs, classes))
+    for split, frame in (("test", prepared.competition.test),
+                         ("unlabeled", prepared.competition.unlabeled)):
+        write_csv(out / f"{split}.csv",
+                  probs_frame(frame["id"].tolist(), split_probs[split], classes))
     write_json(out / "metrics.json", {
-        **fold_scores, "comp": __version__, "fold": fold, "best_epoch": best_epoch,
-        "epochs_run": len(history),
-        "n_train": int(len(data.rows)), "n_pseudo": 0 if pseudo is None else len(pseudo.targets),
+        **scores(prepared.labels[folds == fold], val_probs), "comp": __version__,
+        "fold": fold, **extra,
+        "n_pseudo": 0 if pseudo is None else len(pseudo.targets),
         "pseudo_ids": [] if pseudo is None else list(pseudo.ids),
-        "seconds": round(time.time() - started, 2), "settings": spec.describe(),
+        "seconds": round(time.time() - started, 2),
     })
 
 
@@ -217,7 +293,7 @@ def collect_predictions(spec: ModelSpec, prepared, info: dict) -> dict:
     test_frame = probs_frame(prepared.competition.test["id"].tolist(), test_probs, classes)
     return write_prediction_set(
         run.preds_dir(spec.model_id), oof, test_frame, classes,
-        {"kind": "single", "model_id": spec.model_id, "backbone": spec.backbone,
-         "tuned": spec.fold_params is not None,
+        {"kind": "single", "model_kind": spec.kind, "model_id": spec.model_id,
+         "backbone": spec.backbone, "tuned": spec.fold_params is not None,
          "models": [spec.model_id], **info},
     )

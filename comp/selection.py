@@ -1,0 +1,91 @@
+"""Choosing the final submission honestly, and the uncertainty of every CV figure.
+
+Picking the best of many entries by their OOF score flatters the winner: its CV is the
+maximum of noisy estimates. The honest figure of "pick the best entry" is nested: for
+each outer fold, the entry that is best on the other folds' OOF rows is scored on the
+held fold; the held folds' predictions together are the selected pipeline's OOF.
+
+Standard errors and paired differences come from a bootstrap over rows (images); the
+paired difference resamples the same rows for both entries, so shared hard images cancel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from comp.metrics import HIGHER_IS_BETTER, scores
+
+FAST_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "log_loss")
+
+
+def metric_value(metric: str, y: np.ndarray, probs: np.ndarray) -> float:
+    """One score of `probs` against `y` (see comp.metrics.scores)."""
+    return _fast(metric, y, probs) if metric in FAST_METRICS else scores(y, probs)[metric]
+
+
+def _fast(metric: str, y: np.ndarray, probs: np.ndarray) -> float:
+    n_classes = probs.shape[1]
+    if metric == "log_loss":
+        clipped = np.clip(probs, 1e-7, 1)
+        clipped = clipped / clipped.sum(1, keepdims=True)
+        return float(-np.mean(np.log(clipped[np.arange(len(y)), y])))
+    predicted = probs.argmax(1)
+    if metric == "accuracy":
+        return float(np.mean(predicted == y))
+    true_count = np.bincount(y, minlength=n_classes)
+    pred_count = np.bincount(predicted, minlength=n_classes)
+    hits = np.bincount(y[predicted == y], minlength=n_classes)
+    if metric == "balanced_accuracy":
+        present = true_count > 0
+        return float(np.mean(hits[present] / true_count[present]))
+    denominator = true_count + pred_count
+    f1 = np.divide(2 * hits, denominator, out=np.zeros(n_classes), where=denominator > 0)
+    return float(f1.mean())
+
+
+def bootstrap_se(metric: str, y: np.ndarray, probs: np.ndarray, n: int = 400,
+                 seed: int = 0) -> float:
+    """Standard error of the metric by a bootstrap over rows."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(y), size=(n if metric in FAST_METRICS else n // 4, len(y)))
+    values = []
+    for rows in draws:
+        try:
+            values.append(metric_value(metric, y[rows], probs[rows]))
+        except ValueError:  # a resample without some class (AUC)
+            continue
+    return float(np.nanstd(values, ddof=1)) if len(values) > 1 else float("nan")
+
+
+def paired_difference(metric: str, y: np.ndarray, probs: np.ndarray, reference: np.ndarray,
+                      n: int = 400, seed: int = 0) -> tuple[float, float]:
+    """(metric(probs) - metric(reference), its bootstrap standard error on shared rows)."""
+    rng = np.random.default_rng(seed)
+    difference = metric_value(metric, y, probs) - metric_value(metric, y, reference)
+    values = []
+    for rows in rng.integers(0, len(y), size=(n if metric in FAST_METRICS else n // 4,
+                                               len(y))):
+        try:
+            values.append(metric_value(metric, y[rows], probs[rows])
+                          - metric_value(metric, y[rows], reference[rows]))
+        except ValueError:
+            continue
+    return float(difference), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def nested_selection(candidates: dict[str, np.ndarray], y: np.ndarray, folds: np.ndarray,
+                     metric: str) -> tuple[np.ndarray, dict[int, str]]:
+    """OOF of the procedure "pick the entry with the best OOF `metric`": each fold's rows
+    come from the entry that is best on the other folds' rows. Returns the OOF and the
+    entry chosen for each fold."""
+    names = list(candidates)
+    sign = 1 if HIGHER_IS_BETTER[metric] else -1
+    out = np.zeros_like(next(iter(candidates.values())))
+    chosen = {}
+    for fold in np.unique(folds):
+        other = folds != fold
+        best = max(names, key=lambda name: sign * metric_value(
+            metric, y[other], candidates[name][other]))
+        out[~other] = candidates[best][~other]
+        chosen[int(fold)] = best
+    return out, chosen

@@ -1,0 +1,153 @@
+"""Classic heads on one fold: embeddings once per image and view, then a scikit-learn fit.
+
+A fold trains on every training view of its training rows (and its pseudo-labelled
+rows), picks the head's regularisation by an inner stratified group K-fold of those
+rows (views of one image, and near-duplicates, never straddle an inner split), and
+predicts as the average over the TTA views. A fold takes seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import joblib
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from comp.artifacts import atomic_path
+from comp.data.images import cached_images
+from comp.data.views import TTA_VIEWS
+from comp.models.classic import fit_weight_param, get_head, head_estimator, view_average_proba
+from comp.training.embeddings import (
+    PIXELS,
+    backbone_encoder,
+    cached_embeddings,
+    pixel_encoder,
+    pooled_model,
+)
+
+SPLITS = ("train", "test", "unlabeled")
+
+
+class ClassicFeatures:
+    """The embeddings of every split for a classic spec: `features[split]` (V, N, D)."""
+
+    def __init__(self, spec, prepared, max_pixels: int):
+        frames = {"train": prepared.competition.train, "test": prepared.competition.test,
+                  "unlabeled": prepared.competition.unlabeled}
+        self.views = TTA_VIEWS[spec.views]
+        key = {**spec.feature_identity(), "comp_embeddings": 1}
+        cache = prepared.run.root / "cache" / "embeddings"
+        self.features = {}
+        make = _encoder_factory(spec)
+        for split in SPLITS:
+            images = cached_images(prepared.run.image_cache, split,
+                                   frames[split]["path"].tolist(), spec.image_size, max_pixels)
+            content = {"n": len(images), "ids": _ids_key(frames[split])}
+            self.features[split] = cached_embeddings(cache, {**key, **content}, split, images,
+                                                     self.views, make)
+
+
+def _ids_key(frame) -> str:
+    from comp.artifacts import fingerprint
+
+    columns = [c for c in ("id", "hash", "path") if c in frame.columns]
+    return fingerprint(frame[columns].astype(str).to_dict("list"))
+
+
+def _encoder_factory(spec):
+    def make():
+        if spec.source == PIXELS:
+            return pixel_encoder()
+        from comp.models.build import build_backbone
+        from comp.models.registry import get_backbone
+
+        backbone = get_backbone(spec.source)
+        base = build_backbone(backbone, spec.image_size, spec.weights, spec.seed)
+        return backbone_encoder(pooled_model(base, backbone, list(spec.depths)),
+                                backbone.preprocess)
+
+    return make
+
+
+def fit_classic(spec, features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+                n_classes: int, weights: np.ndarray | None = None):
+    """Fit the spec's head on every view of (V, N, D) `features`.
+
+    The grid's parameters are chosen first by an inner stratified group K-fold (one group
+    per image or near-duplicate group) on the view-averaged features, which is V times
+    cheaper and shows each image once; the chosen head is then fitted on all views.
+    Returns (estimator, chosen parameters, inner log loss)."""
+    from sklearn.model_selection import ParameterGrid, StratifiedGroupKFold
+
+    head = get_head(spec.head)
+    views, n, dims = features.shape
+    weights = np.ones(n) if weights is None else weights
+    chosen, inner_loss = {}, None
+    counts = np.bincount(labels)
+    inner = min(spec.inner_folds, int(counts[counts > 0].min()))
+    if head.grid and inner >= 2:
+        mean = features.mean(axis=0)
+        splits = list(StratifiedGroupKFold(inner, shuffle=True, random_state=spec.seed)
+                      .split(mean, labels, groups))
+        results = []
+        for params in ParameterGrid(head.grid):
+            losses = []
+            for fit_rows, held in splits:
+                est = head_estimator(head, params, len(fit_rows), dims)
+                est.fit(mean[fit_rows], labels[fit_rows],
+                        **_weights(head, weights[fit_rows]))
+                probs = view_average_proba(est, mean[None, held], n_classes,
+                                           np.asarray(est.classes_))
+                losses.append(-np.mean(np.log(np.clip(
+                    probs[np.arange(len(held)), labels[held]], 1e-7, 1))))
+            results.append((float(np.mean(losses)), params))
+        inner_loss, chosen = min(results, key=lambda item: item[0])
+    x = features.reshape(views * n, dims)
+    y, g = np.tile(labels, views), np.tile(groups, views)
+    calibration = list(StratifiedGroupKFold(3, shuffle=True, random_state=spec.seed)
+                       .split(x, y, g)) if head.calibrate else 3
+    estimator = head_estimator(head, chosen, len(x), dims, calibration)
+    estimator.fit(x, y, **_weights(head, np.tile(weights, views)))
+    return estimator, chosen, inner_loss
+
+
+def _weights(head, weights: np.ndarray) -> dict:
+    name = fit_weight_param(head)
+    return {name: weights} if name else {}
+
+
+def train_classic_fold(featured: ClassicFeatures, spec, prepared, fold: int, pseudo,
+                       out: Path, write_outputs) -> None:
+    """Train and predict one fold of a classic spec; write its outputs into `out`."""
+    started = time.time()
+    classes = prepared.competition.classes
+    folds = prepared.folds["fold"].to_numpy()
+    labels = prepared.labels
+    groups = prepared.folds["group"].to_numpy()
+    rows, val = np.nonzero(folds != fold)[0], np.nonzero(folds == fold)[0]
+    train = featured.features["train"]
+    x, y, g = train[:, rows], labels[rows], groups[rows]
+    w = np.ones(len(rows))
+    if pseudo is not None and len(pseudo.targets):
+        views = train.shape[0]
+        extra = pseudo.features[np.arange(views) % pseudo.features.shape[0]]
+        x = np.concatenate([x, extra], axis=1)
+        y = np.concatenate([y, pseudo.targets.argmax(1)])
+        g = np.concatenate([g, groups.max() + 1 + np.arange(len(pseudo.targets))])
+        w = np.concatenate([w, pseudo.weights])
+    # one BLAS thread: OpenBLAS threads spin-wait against TensorFlow's and each other's on
+    # a small machine (a PCA ran 6x slower with 2 threads than with 1 here)
+    with threadpool_limits(1):
+        estimator, chosen, inner_score = fit_classic(spec, x, y, g, len(classes), w)
+    seen = np.asarray(estimator.classes_)
+    val_probs = view_average_proba(estimator, train[:, val], len(classes), seen)
+    split_probs = {s: view_average_proba(estimator, featured.features[s], len(classes), seen)
+                   for s in ("test", "unlabeled")}
+    with atomic_path(out / "model.joblib", suffix=".joblib") as tmp:
+        joblib.dump(estimator, tmp)
+    write_outputs(out, prepared, fold, val_probs, split_probs, {
+        "best_epoch": None, "n_train": int(len(rows)), "chosen": chosen,
+        "inner_log_loss": inner_score, "settings": spec.describe(),
+    }, pseudo, started)

@@ -1,0 +1,106 @@
+"""Pooled embeddings for classic heads, computed once per image and view and cached.
+
+Two sources:
+- a backbone: the global average of its outputs at one or more named depths (the
+  registry's unfreeze points, plus `top`), concatenated: the bottleneck features of the
+  classic Keras recipes;
+- `pixels`: the image itself, downsampled, scaled to [0, 1] and flattened.
+
+Arrays are (views, images, dims) float32, stored in `cache/embeddings/<key>/<split>.npy`;
+the key covers everything that changes the numbers, including the split's content.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from comp.artifacts import atomic_path, fingerprint, read_json, write_json
+from comp.data.views import dihedral_view
+from comp.errors import CompError
+from comp.log import progress
+
+PIXELS = "pixels"
+
+
+def depth_names(backbone, depths: list[str]) -> list[str]:
+    """`depths`, or the backbone's default depths (every named unfreeze point and top)."""
+    chosen = list(depths) or sorted(backbone.unfreeze_points) + ["top"]
+    unknown = [d for d in chosen if d != "top" and d not in backbone.unfreeze_points]
+    if unknown:
+        raise CompError(f"config: classic.depths has {unknown} for {backbone.name}; use "
+                        f"{sorted(backbone.unfreeze_points) + ['top']}")
+    return chosen
+
+
+def pooled_model(base, backbone, depths: list[str]):
+    """A Keras model: image -> the concatenated global averages at `depths`."""
+    import keras
+
+    outputs = []
+    for depth in depths:
+        if depth == "top":
+            tensor = base.output
+        else:
+            point = backbone.unfreeze_points[depth]
+            if point.startswith("after:"):
+                tensor = base.get_layer(point[len("after:"):]).output
+            else:
+                tensor = base.get_layer(point).input
+        outputs.append(keras.layers.GlobalAveragePooling2D()(tensor))
+    merged = outputs[0] if len(outputs) == 1 else keras.layers.Concatenate()(outputs)
+    return keras.Model(base.input, merged)
+
+
+def embed(images: np.ndarray, views: tuple[int, ...], encode, batch_size: int = 64,
+          desc: str = "embed") -> np.ndarray:
+    """(len(views), N, D) float32 embeddings of uint8 `images` under `encode`."""
+    parts = []
+    steps = len(views) * max(1, -(-len(images) // batch_size))
+    with progress(total=steps, desc=desc) as bar:
+        for view in views:
+            chunks = []
+            for start in range(0, len(images), batch_size):
+                batch = dihedral_view(np.asarray(images[start:start + batch_size]), view)
+                chunks.append(np.asarray(encode(batch), dtype=np.float32))
+                bar.update(1)
+            parts.append(np.concatenate(chunks) if chunks else None)
+    if not len(images):
+        return np.zeros((len(views), 0, 0), np.float32)
+    return np.stack(parts)
+
+
+def pixel_encoder():
+    """uint8 images (already at the pixel size) -> flattened [0, 1] floats."""
+    def encode(batch: np.ndarray) -> np.ndarray:
+        return batch.reshape(len(batch), -1).astype(np.float32) / 255.0
+
+    return encode
+
+
+def backbone_encoder(model, preprocess):
+    """uint8 images -> the pooled model's outputs."""
+    def encode(batch: np.ndarray) -> np.ndarray:
+        return model.predict_on_batch(preprocess(batch.astype(np.float32)))
+
+    return encode
+
+
+def cached_embeddings(cache_root: Path, key: dict, split: str, images: np.ndarray,
+                      views: tuple[int, ...], make_encoder) -> np.ndarray:
+    """Embeddings of `split` from the cache, or computed with `make_encoder()` and stored."""
+    full = {**key, "split": split, "views": list(views)}
+    folder = cache_root / fingerprint(full, 12)
+    target, key_file = folder / f"{split}.npy", folder / f"{split}.key.json"
+    if target.exists() and key_file.exists():
+        try:
+            if read_json(key_file) == full:
+                return np.load(target)
+        except (OSError, ValueError):
+            pass  # corrupt: rebuilt below
+    array = embed(images, views, make_encoder(), desc=f"embed {key['source']} {split}")
+    with atomic_path(target, suffix=".npy") as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array)
+    write_json(key_file, full)
+    return array
