@@ -160,6 +160,16 @@ class PredictConfig:
 
 
 @dataclass
+class ExportConfig:
+    """stage=export: a trained model as plain Keras files (no comp needed to use them)."""
+
+    using: str | None = None  # model id; None: the best single model by CV (submit.metric)
+    tta: bool = False  # average the model's TTA views (flips/rotations) inside the graph
+    tflite: bool = False  # also write model.tflite
+    output: str | None = None  # folder; None: runs/<name>/export/<model_id>[-tta]/
+
+
+@dataclass
 class OnlyConfig:
     """Restrict stage=train to one unit, for job arrays (see stage=plan)."""
 
@@ -207,6 +217,7 @@ class Config:
     params: str = "default"  # default | best: train with each fold's best tuned settings
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     only: OnlyConfig = field(default_factory=OnlyConfig)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)

@@ -44,13 +44,13 @@ def unit_done(kind: str, **fields) -> None:
     """
     if progress_mode() != "lines":
         return
-    parts = [f"{key}={_format(value)}" for key, value in fields.items()]
+    parts = [f"{key}={_format(key, value)}" for key, value in fields.items()]
     get_logger().info("%s done: %s", kind, " ".join(parts))
 
 
-def _format(value) -> str:
+def _format(key: str, value) -> str:
     if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 1000 else f"{value:.1f}"
+        return f"{value:.1f}" if key == "seconds" else f"{value:.4f}"
     return str(value)
 
 
