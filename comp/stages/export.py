@@ -102,27 +102,29 @@ def build_export_model(cfg: DictConfig, run: RunDir, model_id: str, n_classes: i
     x = image if x is None else x(image)
     flip = _FlipW(size)
     round_features = not _is_identity(backbone.preprocess)
-    fold_outputs: dict[int, list] = {}
+    shared: dict[str, list] = {}  # cut -> features per view: the frozen prefix runs once
+    flat = []
     for fold in folds:
         fold_spec = spec.for_fold(fold)
         m = fold_spec.model
         base = build_backbone(backbone, size, spec.weights, spec.train["seed"])
         split = split_backbone(base, backbone, m["unfreeze"])
+        if split.cut not in shared:
+            per_view = []
+            for view in views:
+                features = _dihedral(x, view, flip)
+                if split.prefix is not None:
+                    features = split.prefix(features)
+                if split.prefix is not None or round_features:
+                    # the feature cache stores float16: the heads saw these numbers
+                    features = layers.Identity(dtype="float16")(features)
+                per_view.append(features)
+            shared[split.cut] = per_view
         head = build_head_model(split, n_classes, m["pooling"], m["dense_units"],
                                 m["dropout"], m["bn_trainable"], 0)
         head.load_weights(run.fold_dir(model_id, fold) / "model.weights.h5")
         head = keras.Model(head.input, head.output, name=f"fold{fold}")
-        outputs = []
-        for view in views:
-            features = _dihedral(x, view, flip)
-            if split.prefix is not None:
-                features = split.prefix(features)
-            if split.prefix is not None or round_features:
-                # the feature cache stores float16: the heads saw these numbers
-                features = layers.Identity(dtype="float16")(features)
-            outputs.append(head(features))
-        fold_outputs[fold] = outputs
-    flat = [o for outputs in fold_outputs.values() for o in outputs]
+        flat += [head(features) for features in shared[split.cut]]
     probs = flat[0] if len(flat) == 1 else layers.Average(name="average")(flat)
     probs = layers.Identity(name="probabilities", dtype="float32")(probs)
     return keras.Model(image, probs, name=f"comp_{spec.backbone}"), size, views
@@ -210,7 +212,8 @@ def model_card(run: RunDir, model_id: str, info: dict, size: int, views, out: Pa
     cv = info["cv"]
     folds = _folds(run.model_dir(model_id))
     fold_hashes = "\n".join(
-        f"| fold {k} | `{_sha256(run.fold_dir(model_id, k) / 'model.weights.h5')[:16]}` |"
+        f"| fold{k}/model.weights.h5 | "
+        f"`{_sha256(run.fold_dir(model_id, k) / 'model.weights.h5')[:16]}` |"
         for k in folds)
     classes = info["classes"]
     return f"""# {model_id}
@@ -232,7 +235,7 @@ as one Keras model that averages the {len(folds)} fold models{
 | file | sha256 |
 |---|---|
 | model.keras | `{_sha256(out / 'model.keras')[:16]}` |
-| ImageNet weights | `{spec['weights']}` |
+| backbone start weights | `{spec['weights']}` |
 {fold_hashes}
 
 ## Versions
@@ -245,7 +248,8 @@ import json, numpy as np, keras
 from PIL import Image
 model = keras.saving.load_model("model.keras")
 classes = json.load(open("classes.json"))
-image = np.asarray(Image.open("x.png").convert("RGB").resize(({size}, {size})))
+image = Image.open("x.png").convert("RGB")
+image = np.asarray(image.resize(({size}, {size}), Image.Resampling.BILINEAR))
 probs = model.predict(image[None])[0]
 print(classes[int(probs.argmax())], probs)
 ```
