@@ -46,7 +46,8 @@ def test_export_reproduces_predict_in_plain_keras(tmp_path, competition, tta):
     predicted = pd.read_csv(output)
     export = tmp_path / "export"
     assert main(["stage=export", *overrides, f"export.tta={tta != 'none'}",
-                 f"export.output={export}"]) == 0
+                 f"export.tflite={tta == 'none'}", f"export.output={export}"]) == 0
+    assert (export / "model.tflite").exists() == (tta == "none")
     for name in ("model.keras", "saved_model/saved_model.pb", "MODEL_CARD.md", "classes.json"):
         assert (export / name).exists(), name
     assert json.loads((export / "classes.json").read_text()) == CLASSES
