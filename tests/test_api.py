@@ -1,5 +1,7 @@
 """The Python API: Competition(...).fit / leaderboard / predict / report / export."""
 
+import io
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -46,12 +48,18 @@ def test_a_folder_names_the_experiment_and_bad_input_raises(tmp_path, competitio
 
 
 @pytest.mark.slow
-def test_fit_leaderboard_predict_report(tmp_path, competition, capfd):
+def test_fit_leaderboard_predict_report(tmp_path, competition):
     comp = tiny(tmp_path, competition, progress="lines", quiet=False)
     with pytest.raises(CompError, match="fit"):
         comp.leaderboard()
-    assert comp.fit() is comp
-    assert "fold done: model=small_cnn-" in capfd.readouterr().err
+    log = io.StringIO()
+    handler = logging.StreamHandler(log)
+    logging.getLogger("comp").addHandler(handler)
+    try:
+        assert comp.fit() is comp
+    finally:
+        logging.getLogger("comp").removeHandler(handler)
+    assert "fold done: model=small_cnn-" in log.getvalue()
     board = comp.leaderboard()
     assert isinstance(board, pd.DataFrame) and len(board) == 1
     assert board.loc[0, "rank"] == 1 and board.loc[0, "name"].startswith("small_cnn-")
