@@ -149,9 +149,9 @@ def train_spec(spec: ModelSpec, prepared, max_pixels: int, info: dict,
             pseudo = pseudo_for_fold(fold, featured) if pseudo_for_fold else None
             _train_fold(featured, spec.model_id, fold_spec, prepared, labels, folds, fold,
                         pseudo, bar, tensorboard)
-            done = read_json(run.fold_dir(spec.model_id, fold) / "metrics.json")
-            unit_done("fold", model=spec.model_id, fold=fold, best_epoch=done["best_epoch"],
-                      val_auc=done["auc"], seconds=done["seconds"])
+            metrics = read_json(run.fold_dir(spec.model_id, fold) / "metrics.json")
+            unit_done("fold", model=spec.model_id, fold=fold, best_epoch=metrics["best_epoch"],
+                      val_auc=metrics["auc"], seconds=metrics["seconds"])
     done = [k for k in range(n_folds) if fold_done(run.fold_dir(spec.model_id, k))]
     if len(done) < n_folds:
         return None
