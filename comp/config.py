@@ -1,6 +1,7 @@
 """The config schema (dataclasses) and loading it with Hydra's compose API.
 
-`load_config(overrides)` is the one door: it composes `configs/config.yaml` with the
+`load_config(overrides)` is the one door: it composes `comp/configs/config.yaml` (package
+data, read through importlib.resources, so it works from a wheel) with the
 user's `key=value` overrides against the typed schema below, so an unknown key or a
 value of the wrong type becomes a `CompError` naming the key.
 """
@@ -8,7 +9,11 @@ value of the wrong type becomes a `CompError` naming the key.
 from __future__ import annotations
 
 import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +25,29 @@ from omegaconf.errors import OmegaConfBaseException
 
 from comp.errors import CompError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# package data: a Path for an ordinary install, another Traversable for e.g. a zip import
+CONFIG_DIR = files("comp") / "configs"
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
+
+
+@contextmanager
+def config_dir_path(config_dir=CONFIG_DIR) -> Iterator[Path]:
+    """`config_dir` as a real folder (Hydra needs one): itself, or a temporary copy."""
+    if isinstance(config_dir, Path):
+        yield config_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="comp-configs-") as tmp:
+        _copy_tree(config_dir, Path(tmp))
+        yield Path(tmp)
+
+
+def _copy_tree(source, target: Path) -> None:
+    for item in source.iterdir():
+        if item.is_dir():
+            (target / item.name).mkdir()
+            _copy_tree(item, target / item.name)
+        else:
+            (target / item.name).write_bytes(item.read_bytes())
 
 
 @dataclass
@@ -155,6 +181,16 @@ class PredictConfig:
 
 
 @dataclass
+class ExportConfig:
+    """stage=export: a trained model as plain Keras files (no comp needed to use them)."""
+
+    using: str | None = None  # model id; None: the best single model by CV (submit.metric)
+    tta: bool = False  # average the model's TTA views (flips/rotations) inside the graph
+    tflite: bool = False  # also write model.tflite
+    output: str | None = None  # folder; None: runs/<name>/export/<model_id>[-tta]/
+
+
+@dataclass
 class OnlyConfig:
     """Restrict stage=train to one unit, for job arrays (see stage=plan)."""
 
@@ -191,6 +227,7 @@ class Config:
     runs_dir: str = "runs"
     submissions_dir: str = "submissions"
     quiet: bool = False
+    progress: str = "auto"  # auto (bars on a terminal, else lines) | bar | lines | off
     tensorboard: bool = False  # TensorBoard event files per fold in models/<id>/fold<k>/logs
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -202,6 +239,7 @@ class Config:
     params: str = "default"  # default | best: train with each fold's best tuned settings
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     only: OnlyConfig = field(default_factory=OnlyConfig)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
@@ -218,11 +256,12 @@ def _register() -> None:
     OmegaConf.register_new_resolver("comp_demo", lambda: str(DEMO_DIR), replace=True)
 
 
-def load_config(overrides: list[str], config_dir: Path = CONFIG_DIR) -> DictConfig:
-    """Compose the config from `configs/` and `key=value` overrides; raise CompError."""
+def load_config(overrides: list[str], config_dir=CONFIG_DIR) -> DictConfig:
+    """Compose the config from `comp/configs/` and `key=value` overrides; raise CompError."""
     _register()
     try:
-        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        with config_dir_path(config_dir) as folder, initialize_config_dir(
+                config_dir=str(folder), version_base="1.3"):
             cfg = compose(config_name="config", overrides=list(overrides))
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException, ValueError) as exc:

@@ -1,4 +1,11 @@
-"""Quiet, one-line logging for comp and silencing of TensorFlow's start-up chatter."""
+"""Quiet, one-line logging for comp, progress (bars or lines) and silencing of
+TensorFlow's start-up chatter.
+
+Progress has four modes (`progress=` in the config): `bar` (tqdm bars), `lines` (one log
+line per finished unit: a fold, a tuning trial), `off`, and `auto` (the default: bars
+when stderr is a terminal, lines when it goes to a file or a pipe: Kaggle `!python`,
+Slurm, CI logs).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,45 @@ import logging
 import os
 import sys
 import warnings
+
+PROGRESS_MODES = ("auto", "bar", "lines", "off")
+_progress_mode = "auto"
+
+
+def set_progress(mode: str) -> None:
+    """Choose the progress mode (see module docstring); CompError for an unknown one."""
+    global _progress_mode
+    if mode not in PROGRESS_MODES:
+        from comp.errors import CompError
+
+        raise CompError(f"config: progress={mode!r}; use one of {', '.join(PROGRESS_MODES)}")
+    _progress_mode = mode
+
+
+def progress_mode() -> str:
+    """The effective mode: bar, lines or off (auto resolved against stderr)."""
+    if _progress_mode != "auto":
+        return _progress_mode
+    try:
+        return "bar" if sys.stderr.isatty() else "lines"
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return "lines"
+
+
+def unit_done(kind: str, **fields) -> None:
+    """In `lines` mode, log one line for a finished unit of work, e.g.
+    `comp: fold done: model=small_cnn-1a2b fold=0 best_epoch=3 val_auc=0.9123 seconds=4.2`.
+    """
+    if progress_mode() != "lines":
+        return
+    parts = [f"{key}={_format(key, value)}" for key, value in fields.items()]
+    get_logger().info("%s done: %s", kind, " ".join(parts))
+
+
+def _format(key: str, value) -> str:
+    if isinstance(value, float):
+        return f"{value:.1f}" if key == "seconds" else f"{value:.4f}"
+    return str(value)
 
 
 def quiet_tensorflow() -> None:
@@ -49,10 +95,17 @@ def get_logger() -> logging.Logger:
 
 
 def progress(iterable=None, **kwargs):
-    """A tqdm progress bar that shows on a terminal and stays out of logs and pipes."""
+    """A tqdm progress bar: shown in `bar` mode (and in `auto` on a terminal), never in
+    `lines` or `off` mode, so it stays out of logs and pipes."""
     from tqdm.auto import tqdm
 
     kwargs.setdefault("leave", False)
-    kwargs.setdefault("disable", None)  # None: off when stderr is not a terminal
+    mode = progress_mode()
+    if mode != "bar":
+        kwargs["disable"] = True
+    elif _progress_mode == "auto":
+        kwargs.setdefault("disable", None)  # None: off when stderr is not a terminal
+    else:
+        kwargs["disable"] = kwargs.get("disable") or False
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, **kwargs)

@@ -1,6 +1,9 @@
-"""The command line: python -m comp.run stage=<name> [key=value ...]
+"""The command line: comp stage=<name> [key=value ...] (or python -m comp.run ...).
 
-Errors in the user's input or config print one line (`comp: error: ...`) and exit 2.
+The CLI and the Python API (comp.api.Competition) share one code path, `run_stage`:
+it raises CompError for the user's mistakes, which the CLI prints as one line
+(`comp: error: ...`, exit 2). TensorFlow is imported only when a stage that needs it
+runs, so `comp --help` answers at once.
 """
 
 from __future__ import annotations
@@ -12,31 +15,35 @@ import sys
 import time
 from pathlib import Path
 
-from comp.log import get_logger, quiet_tensorflow
-
-quiet_tensorflow()
-
-from comp.errors import CompError  # noqa: E402
-from comp.stages import STAGES  # noqa: E402
+from comp.errors import CompError
+from comp.log import get_logger, quiet_tensorflow, set_progress
+from comp.stages import STAGES
 
 _WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM}
+# stages that build Keras models: TensorFlow is imported (quietly) just before they run
+TF_STAGES = {"train", "plan", "pseudo", "tune", "predict", "export", "all"}
 
 
 def help_text() -> str:
-    """Usage, the stages and every config key with its default."""
+    """Usage, the stages, the weight search order and every config key with its default."""
     from comp.config import CONFIG_DIR, Config
+    from comp.models.weights import search_order_text
 
+    groups = sorted((g for g in CONFIG_DIR.iterdir() if g.is_dir()), key=lambda g: g.name)
     lines = [
-        "usage: python -m comp.run stage=<stage> [key=value ...]",
+        "usage: comp stage=<stage> [key=value ...]   (or python -m comp.run ...)",
         "",
         "stages:",
         *[f"  {name:<10} {text}" for name, (_, text) in STAGES.items()],
         "",
-        "config groups (configs/): "
+        "config groups (comp/configs/): "
         + ", ".join(
-            f"{g.name}=[{'|'.join(sorted(p.stem for p in g.glob('*.yaml')))}]"
-            for g in sorted(CONFIG_DIR.iterdir()) if g.is_dir()
+            f"{g.name}=[{'|'.join(sorted(p.name[:-5] for p in g.iterdir() if p.name.endswith('.yaml')))}]"  # noqa: E501
+            for g in groups
         ),
+        "",
+        "ImageNet weights (weights=imagenet) are looked for in this order:",
+        *[f"  {line}" for line in search_order_text().splitlines()],
         "",
         "keys (default):",
         *_keys(Config()),
@@ -62,8 +69,42 @@ def _keys(node, prefix: str = "") -> list[str]:
     return out
 
 
+def run_stage(overrides: list[str]):
+    """Compose the config from `overrides`, run its stage and return the stage's result.
+
+    The one code path of the CLI and the Python API. Raises CompError for bad input,
+    a busy run directory or a run directory that cannot be written.
+    """
+    from comp.config import load_config
+
+    log = get_logger()
+    cfg = load_config(list(overrides))
+    if cfg.stage not in STAGES:
+        raise CompError(f"config: unknown stage {cfg.stage!r}; choose from {', '.join(STAGES)}")
+    set_progress(cfg.progress)
+    log.setLevel("WARNING" if cfg.quiet else "INFO")
+    started = time.time()
+    try:
+        _save_config(cfg)
+        if cfg.stage in TF_STAGES:
+            quiet_tensorflow()
+        module = importlib.import_module(STAGES[cfg.stage][0])
+        from comp.workspace import run_dir, run_lock
+
+        with run_lock(run_dir(cfg.runs_dir, cfg.name), cfg.stage, shared=_is_worker(cfg)):
+            result = module.run(cfg)
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRORS:
+            raise
+        where = exc.filename or "the run directory"
+        raise CompError(f"{where}: cannot write ({exc.strerror}); free space or fix "
+                        "permissions and rerun: finished work is kept") from None
+    log.info("stage=%s done in %.1f s", cfg.stage, time.time() - started)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one stage; return the exit code."""
+    """Run one stage from command-line arguments (default sys.argv); return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help", "help", "stage=help") for a in argv):
         try:
@@ -71,33 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         except BrokenPipeError:  # piped into head
             pass
         return 0
-    log = get_logger()
     try:
-        from comp.config import load_config
-
-        cfg = load_config(argv)
-        if cfg.stage not in STAGES:
-            raise CompError(f"config: unknown stage {cfg.stage!r}; choose from {', '.join(STAGES)}")
-        log.setLevel("WARNING" if cfg.quiet else "INFO")
-        started = time.time()
-        _save_config(cfg)
-        module = importlib.import_module(STAGES[cfg.stage][0])
-        from comp.workspace import run_dir, run_lock
-
-        with run_lock(run_dir(cfg.runs_dir, cfg.name), cfg.stage, shared=_is_worker(cfg)):
-            module.run(cfg)
-        log.info("stage=%s done in %.1f s", cfg.stage, time.time() - started)
+        run_stage(argv)
         return 0
     except CompError as exc:
         print(f"comp: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except OSError as exc:
-        if exc.errno not in _WRITE_ERRORS:
-            raise
-        where = exc.filename or "the run directory"
-        print(f"comp: error: {where}: cannot write ({exc.strerror}); free space or fix "
-              "permissions and rerun: finished work is kept", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("comp: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -15,7 +15,6 @@ live worker; the retry takes the failed trial's place in the count.
 
 from __future__ import annotations
 
-import fcntl
 import inspect
 import time
 import warnings
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+import portalocker
 
 from comp.errors import CompError
 from comp.metrics import HIGHER_IS_BETTER
@@ -153,13 +153,13 @@ class StudyLock:
         if self._connection is not None:
             self._advisory("pg_advisory_lock")
         elif self._file is not None:
-            fcntl.flock(self._file, fcntl.LOCK_EX)
+            portalocker.lock(self._file, portalocker.LockFlags.EXCLUSIVE)  # blocks
 
     def release(self) -> None:
         if self._connection is not None:
             self._advisory("pg_advisory_unlock")
         elif self._file is not None:
-            fcntl.flock(self._file, fcntl.LOCK_UN)
+            portalocker.unlock(self._file)
 
     def _advisory(self, function: str) -> None:
         import sqlalchemy

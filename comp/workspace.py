@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import portalocker
+
 from comp.errors import CompError
+
+# portalocker: flock on POSIX, LockFileEx on Windows; shared and exclusive modes
+_EXCLUSIVE = portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
+_SHARED = portalocker.LockFlags.SHARED | portalocker.LockFlags.NON_BLOCKING
 
 
 @dataclass(frozen=True)
@@ -90,10 +95,14 @@ def run_lock(run: RunDir, stage: str, shared: bool = False):
     path = run.root / ".lock"
     with open(path, "a+") as handle:
         try:
-            fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "worker processes (stage=tune or train units)"
+            portalocker.lock(handle, _SHARED if shared else _EXCLUSIVE)
+        except portalocker.AlreadyLocked:
+            try:
+                handle.seek(0)
+                holder = handle.read().strip()
+            except OSError:  # Windows: a locked region cannot be read by other processes
+                holder = ""
+            holder = holder or "worker processes (stage=tune or train units)"
             raise CompError(
                 f"{run.root}: already in use by {holder}; wait for it to finish or use "
                 "another name=<experiment>"
@@ -109,7 +118,7 @@ def run_lock(run: RunDir, stage: str, shared: bool = False):
             if not shared:
                 handle.seek(0)
                 handle.truncate()
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            portalocker.unlock(handle)
 
 
 @contextmanager
@@ -119,11 +128,11 @@ def unit_lock(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            portalocker.lock(handle, _EXCLUSIVE)
+        except portalocker.AlreadyLocked:
             yield False
             return
         try:
             yield True
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            portalocker.unlock(handle)

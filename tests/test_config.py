@@ -71,7 +71,7 @@ def test_backbone_overrides_merge_over_defaults():
 def test_experiment_files_are_short_override_lists():
     quick = load_config(["experiment=quick"])
     assert quick.name == "quick" and quick.tune.n_trials == 0 and quick.pseudo.rounds == 0
-    thorough = load_config(["experiment=thorough"])
+    thorough = load_config(["experiment=best"])
     assert thorough.model.image_size == 224 and list(thorough.tune.backbones) == list(
         thorough.backbones)
 

@@ -1,8 +1,10 @@
 """Find the ImageNet weight file a backbone needs: never a silent random init.
 
-`weights=imagenet` looks for the exact file Keras would download, in `weights_dir`
-and then the Keras cache (`$KERAS_HOME/models`, default `~/.keras/models`); where it is
-in neither, Keras is asked to download it, which works only where the network allows.
+`weights=imagenet` looks for the exact file Keras would download, in `weights_dir`,
+then the Keras cache (`$KERAS_HOME/models`, default `~/.keras/models`), then the weight
+files bundled with comp (`comp/demo/weights`: MobileNet 0.25, so `mobilenet_025` works
+offline for any competition folder); where it is in none, Keras is asked to download it,
+which works only where the network allows.
 `weights=<path>` takes that file; `weights=none` is a random init.
 """
 
@@ -31,6 +33,31 @@ def keras_cache_dir() -> Path:
     return Path(home) / "models"
 
 
+def bundled_weights_dir() -> Path:
+    """The weight files shipped inside the comp package (package data)."""
+    from importlib.resources import files
+
+    return Path(str(files("comp") / "demo" / "weights"))
+
+
+def search_folders(weights_dir: str | None) -> list[Path]:
+    """Where weights=imagenet looks, in order: weights_dir, Keras cache, comp's bundled."""
+    return (([Path(weights_dir).expanduser()] if weights_dir else [])
+            + [keras_cache_dir(), bundled_weights_dir()])
+
+
+def search_order_text() -> str:
+    """The search order, one line each (printed by --help)."""
+    bundled = bundled_weights_dir()
+    files = ", ".join(sorted(p.name for p in bundled.glob("*.h5"))) or "none"
+    return "\n".join([
+        "1. weights_dir=<folder>, where set",
+        f"2. the Keras cache: {keras_cache_dir()} ($KERAS_HOME/models)",
+        f"3. comp's bundled weights: {bundled} ({files})",
+        "4. a Keras download, where the network allows",
+    ])
+
+
 def resolve_weights(
     backbone: Backbone, size: int, weights: str, weights_dir: str | None
 ) -> ResolvedWeights:
@@ -43,7 +70,7 @@ def resolve_weights(
             raise CompError(f"weights={weights}: file not found; give an existing .h5 file")
         return ResolvedWeights(path, "sha256:" + _sha256(path))
     names = list(dict.fromkeys([backbone.weight_file(size), backbone.weight_file(224)]))
-    folders = ([Path(weights_dir).expanduser()] if weights_dir else []) + [keras_cache_dir()]
+    folders = search_folders(weights_dir)
     for folder in folders:
         for name in names:
             path = folder / name
@@ -52,10 +79,11 @@ def resolve_weights(
                 return ResolvedWeights(path, "sha256:" + _sha256(path))
     path = _download(backbone, names[0])
     if path is None:
-        where = " or ".join(str(f) for f in folders)
+        where = ", then ".join(str(f) for f in folders)
         raise CompError(
             f"weights=imagenet: {backbone.name} needs the Keras file {names[0]} and it is not "
-            f"in {where} (no network to download it); copy the file there, set "
+            f"in (searched in order) {where} (no network to download it); copy the file "
+            "into one of them, set "
             "weights_dir=<folder>, give weights=<path>, or use weights=none for random init"
         )
     return ResolvedWeights(path, "sha256:" + _sha256(path))

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from comp.artifacts import write_yaml
 from comp.errors import CompError
-from comp.log import get_logger, progress
+from comp.log import get_logger, progress, unit_done
 from comp.metrics import HIGHER_IS_BETTER
 from comp.models.registry import get_backbone
 from comp.models.spec import ModelSpec, make_spec, with_params
@@ -124,12 +124,20 @@ def tune_backbone(cfg: DictConfig, prepared: Prepared, backbone_name: str) -> di
                           desc=f"tune {backbone_name} fold {fold}") as bar:
                 work_on(study, partial(objective, fold=fold, train_rows=train_rows,
                                        holdout=holdout),
-                        cfg.tune.n_trials, lock, wait, on_trial=lambda s, t: bar.update(1))
+                        cfg.tune.n_trials, lock, wait, on_trial=partial(_trial_done, bar))
     for fold, study, lock, *_ in studies:
         lock.close()
         summary[str(fold)] = _fold_summary(study)
     _write_and_report(cfg, prepared, backbone_name, summary, time.time() - started)
     return summary
+
+
+def _trial_done(bar, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    bar.update(1)
+    seconds = (trial.duration.total_seconds() if trial.duration is not None else float("nan"))
+    unit_done("trial", study=study.study_name, trial=trial.number,
+              value=trial.value if trial.value is not None else trial.state.name.lower(),
+              seconds=round(seconds, 1))
 
 
 def _fold_summary(study: optuna.Study) -> dict:

@@ -18,7 +18,7 @@ import pandas as pd
 from comp import __version__
 from comp.artifacts import atomic_path, read_json, write_csv, write_json
 from comp.data.images import cached_images
-from comp.log import get_logger, progress
+from comp.log import get_logger, progress, unit_done
 from comp.metrics import scores
 from comp.models.build import build_backbone, build_head_model, split_backbone
 from comp.models.registry import get_backbone
@@ -199,6 +199,9 @@ def train_spec(spec: ModelSpec, prepared, max_pixels: int, info: dict,
             else:
                 _train_fold(featured, spec.model_id, fold_spec, prepared, labels, folds, fold,
                             pseudo, bar, tensorboard)
+            metrics = read_json(run.fold_dir(spec.model_id, fold) / "metrics.json")
+            unit_done("fold", model=spec.model_id, fold=fold, best_epoch=metrics["best_epoch"],
+                      val_auc=round(metrics["auc"], 4), seconds=metrics["seconds"])
     done = [k for k in range(n_folds) if fold_done(run.fold_dir(spec.model_id, k))]
     if len(done) < n_folds:
         return None

@@ -1,0 +1,72 @@
+"""The command line: a light --help (no TensorFlow), progress lines, one-line errors."""
+
+import os
+import subprocess
+import sys
+import time
+
+from comp.run import main
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **env})
+
+
+def test_help_imports_no_tensorflow():
+    result = _python(
+        "import sys\n"
+        "from comp.run import help_text\n"
+        "text = help_text()\n"
+        "assert 'keys (default):' in text and 'stage=all' in text, text\n"
+        "heavy = [m for m in ('tensorflow', 'keras') if m in sys.modules]\n"
+        "print('heavy:', heavy)\n")
+    assert result.returncode == 0, result.stderr
+    assert "heavy: []" in result.stdout
+
+
+def test_help_from_the_command_line_is_fast_and_lists_the_weight_search_order():
+    started = time.time()
+    result = subprocess.run([sys.executable, "-m", "comp.run", "--help"], capture_output=True,
+                            text=True, timeout=120)
+    seconds = time.time() - started
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "export" in out and "experiment=[best|medium|quick]" in out
+    order = [out.index(s) for s in ("weights_dir=<folder>", "the Keras cache",
+                                    "comp's bundled weights")]
+    assert order == sorted(order)
+    assert "mobilenet_2_5_224_tf_no_top.h5" in out
+    assert seconds < 15  # ~0.5 s alone; generous for a loaded CI machine
+
+
+def test_import_comp_stays_light():
+    result = _python("import sys, comp\n"
+                     "print(sorted(m for m in ('tensorflow', 'keras', 'hydra', 'comp.api')"
+                     " if m in sys.modules))\n"
+                     "from comp import Competition\n"
+                     "print(Competition.__module__)\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["[]", "comp.api"]
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal():
+    code = ("from comp.log import set_progress, unit_done\n"
+            "set_progress('{mode}')\n"
+            "unit_done('fold', model='m-1', fold=2, best_epoch=5, val_auc=0.91234, "
+            "seconds=3.21)\n")
+    for mode in ("auto", "lines"):  # auto: stderr is a pipe here -> lines
+        result = _python(code.format(mode=mode))
+        assert result.returncode == 0, result.stderr
+        assert ("comp: fold done: model=m-1 fold=2 best_epoch=5 val_auc=0.9123 seconds=3.2"
+                in result.stderr)
+    for mode in ("off", "bar"):
+        result = _python(code.format(mode=mode))
+        assert "fold done" not in result.stderr
+
+
+def test_unknown_progress_mode_is_one_line(tmp_path, capsys):
+    code = main(["stage=plan", "progress=verbose", f"runs_dir={tmp_path}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("comp: error:") and "progress=" in err
+    assert len(err.splitlines()) == 1

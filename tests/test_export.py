@@ -1,0 +1,67 @@
+"""stage=export: a plain Keras model (no comp) reproduces stage=predict's probabilities."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from comp.run import main
+from tests.conftest import CLASSES, tiny_overrides
+
+# run in a fresh interpreter that never imports comp: only Keras, NumPy, Pillow
+LOAD = """
+import json, sys
+import numpy as np, keras
+from PIL import Image
+folder, images, size = sys.argv[1], sys.argv[2:-1], int(sys.argv[-1])
+model = keras.saving.load_model(folder + "/model.keras")
+batch = np.stack([np.asarray(Image.open(p).convert("RGB").resize(
+    (size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)) for p in images])
+probs = model.predict(batch, verbose=0)
+assert not any(m == "comp" or m.startswith("comp.") for m in sys.modules), "comp imported"
+print(json.dumps(probs.tolist()))
+"""
+
+
+def _plain_keras(folder, images, size):
+    result = subprocess.run([sys.executable, "-c", LOAD, str(folder), *map(str, images),
+                             str(size)], capture_output=True, text=True, timeout=300,
+                            cwd=folder)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return np.array(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tta", ["flips", "none"])
+def test_export_reproduces_predict_in_plain_keras(tmp_path, competition, tta):
+    overrides = tiny_overrides(tmp_path, competition, **{
+        "augment.tta": tta, "backbone_overrides.small_cnn.train.epochs": "2"})
+    assert main(["stage=train", *overrides]) == 0
+    output = tmp_path / "pred.csv"
+    assert main(["stage=predict", *overrides, f"predict.input={competition / 'test'}",
+                 f"predict.output={output}"]) == 0
+    predicted = pd.read_csv(output)
+    export = tmp_path / "export"
+    assert main(["stage=export", *overrides, f"export.tta={tta != 'none'}",
+                 f"export.tflite={tta == 'none'}", f"export.output={export}"]) == 0
+    assert (export / "model.tflite").exists() == (tta == "none")
+    for name in ("model.keras", "saved_model/saved_model.pb", "MODEL_CARD.md", "classes.json"):
+        assert (export / name).exists(), name
+    assert json.loads((export / "classes.json").read_text()) == CLASSES
+    card = (export / "MODEL_CARD.md").read_text()
+    assert "keras.saving.load_model" in card and "accuracy" in card and "32" in card
+    probs = _plain_keras(export, [competition / "test" / i for i in predicted.id], 32)
+    expected = predicted[[f"p_{c}" for c in CLASSES]].to_numpy()
+    assert probs.shape == expected.shape
+    assert np.abs(probs - expected).max() < 1e-4
+
+
+def test_export_refuses_an_ensemble_in_one_line(tmp_path, competition, capsys):
+    overrides = tiny_overrides(tmp_path, competition)
+    assert main(["stage=export", *overrides, "export.using=ensemble-mean"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("comp: error: export.using=ensemble-mean: ensembles are not")
+    assert len(err.splitlines()) == 1
