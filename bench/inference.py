@@ -32,10 +32,10 @@ def main() -> None:
     from comp.config import load_config
     from comp.data.images import load_images
     from comp.data.views import dihedral_view
+    from comp.inference import load_spec, predict_images
     from comp.models.build import build_backbone, build_head_model, split_backbone
     from comp.models.registry import get_backbone
     from comp.run import main as comp_main
-    from comp.stages.predict import load_spec, predict_images
 
     runs = Path(tempfile.mkdtemp(prefix="comp-infer-"))
     overrides = [f"runs_dir={runs}", "name=infer", "backbones=[mobilenet_025]",

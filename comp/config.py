@@ -113,9 +113,12 @@ class AugmentConfig:
 class ClassicConfig:
     """Classic heads (scikit-learn) on cached embeddings, trained on the same folds."""
 
+    # <features>+<head>; features: one or more parts joined by commas, each `pixels`,
+    # `color` (colour histograms) or a backbone, optionally `@<size>` (input size);
+    # heads: logreg, svm_rbf, svm_linear, knn, gbm
     models: list[str] = field(default_factory=lambda: [
-        "pixels+svm_rbf", "mobilenet_025+logreg"])  # <features>+<head>; features: pixels
-    # or a backbone; heads: logreg, svm_rbf, svm_linear, knn, gbm
+        "pixels+svm_rbf", "mobilenet_025+logreg", "mobilenet_025@448,color+logreg",
+        "mobilenet_025@448,color+svm_rbf"])
     depths: list[str] = field(default_factory=list)  # named depths pooled; empty: all + top
     image_size: int | None = None  # backbone input size for embeddings; None: its default
     pixels_size: int = 32  # side of the downsampled image for `pixels`
@@ -130,7 +133,12 @@ class PseudoConfig:
     round: int = 0  # stage=train/pseudo: the round to train / to label for (0: no pseudo)
     rounds: int = 1  # pseudo-label rounds that stage=all runs after round 0
     splits: list[str] = field(default_factory=lambda: ["unlabeled"])  # unlabeled, test
-    threshold: float = 0.8  # minimum top probability of the vote
+    # quota: per class the most confident rows, round(fraction x pool x class prior) of
+    # them; threshold: every row whose top probability passes `threshold` (class_cap, ...)
+    rule: str = "quota"
+    fraction: float = 0.5  # rule=quota: share of the pool labelled, split by class prior
+    min_confidence: float = 0.4  # rule=quota: never below this top probability
+    threshold: float = 0.8  # rule=threshold: minimum top probability of the vote
     top_fraction: float = 1.0  # per class, the most confident fraction of those passing
     class_cap: float = 0.5  # per class at most this times its labelled count
     soft: bool = False  # soft targets (the vote, sharpened) instead of hard labels
@@ -146,10 +154,12 @@ class TuneConfig:
     never choose its own settings; trials validate on an inner holdout."""
 
     backbones: list[str] = field(default_factory=list)  # to tune; empty: the first of backbones
-    n_trials: int = 6  # finished trials each study should have; a rerun continues
+    # finished trials each study should have; a rerun continues. 0 by default: on the
+    # benchmarks fine-tune tuning did not beat the defaults (bench/README.md, levers.py)
+    n_trials: int = 0
     storage: str | None = None  # Optuna storage URL; None: sqlite:///runs/<name>/optuna.db
     epochs: int = 20  # epochs per trial fit
-    inner_holdout: float = 0.25  # share of a fold's training rows that scores a trial
+    inner_folds: int = 3  # a trial's score: inner stratified group K-fold of the training rows
     metric: str = "auc"  # auc | accuracy | macro_f1 | balanced_accuracy | log_loss
     pruner: str = "median"  # median | hyperband | none
     seed: int = 0
@@ -220,13 +230,15 @@ class Config:
 
     stage: str = "all"
     name: str = "demo"  # experiment name: runs/<name>/, submission file prefix
-    backbones: list[str] = field(
-        default_factory=lambda: ["mobilenet_025", "mobilenet_025-block12"])
+    backbones: list[str] = field(default_factory=lambda: ["mobilenet_025"])
     weights: str = "imagenet"  # imagenet | none | <path to a .h5 weight file>
     weights_dir: str | None = None  # extra folder searched for ImageNet weight files
     runs_dir: str = "runs"
     submissions_dir: str = "submissions"
     quiet: bool = False
+    # seconds; once spent, no new fold, round or tuning starts, and stage=all still
+    # ensembles and submits what finished. None: no limit
+    time_limit: int | None = None
     progress: str = "auto"  # auto (bars on a terminal, else lines) | bar | lines | off
     tensorboard: bool = False  # TensorBoard event files per fold in models/<id>/fold<k>/logs
     data: DataConfig = field(default_factory=DataConfig)

@@ -147,7 +147,7 @@ def fit_stacker(members: np.ndarray, y: np.ndarray, seed: int = 0):
     """A multinomial logistic regression on the members' log-probabilities."""
     from sklearn.linear_model import LogisticRegression
 
-    return LogisticRegression(C=0.3, max_iter=2000).fit(_stack_inputs(members), y)
+    return LogisticRegression(C=0.05, max_iter=2000).fit(_stack_inputs(members), y)
 
 
 def apply_stacker(members: np.ndarray, stacker) -> np.ndarray:

@@ -109,3 +109,26 @@ def progress(iterable=None, **kwargs):
         kwargs["disable"] = kwargs.get("disable") or False
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, **kwargs)
+
+
+class Deadline:
+    """`time_limit`: once spent, no new training unit or stage starts; what finished
+    still goes into ensembles and submissions."""
+
+    def __init__(self, end: float | None):
+        self.end = end
+
+    @classmethod
+    def start(cls, seconds: float | None) -> Deadline:
+        import time
+
+        return cls(None if not seconds else time.time() + float(seconds))
+
+    def passed(self, what: str) -> bool:
+        """True (and one log line saying what is skipped) once the time is spent."""
+        import time
+
+        if self.end is None or time.time() < self.end:
+            return False
+        get_logger().info("time_limit reached: %s not started", what)
+        return True

@@ -47,6 +47,27 @@ def select_pseudo_labels(
     return picked[np.argsort(-confidence[picked], kind="stable")]
 
 
+def select_by_quota(probs: np.ndarray, prior: np.ndarray, fraction: float,
+                    min_confidence: float) -> np.ndarray:
+    """Indices of rows of `probs` (N, C) to pseudo-label, most confident first: for each
+    class c, the rows predicted as c with the highest p_c, at most
+    round(fraction * N * prior[c]) of them and only those with p_c >= `min_confidence`.
+
+    Quotas follow the labelled class prior, so a rare class the models are rarely sure
+    about still gets its share, and the majority class cannot swamp the others.
+    """
+    confidence = probs.max(axis=1)
+    predicted = probs.argmax(axis=1)
+    chosen = []
+    for cls in range(probs.shape[1]):
+        quota = int(round(fraction * len(probs) * prior[cls]))
+        rows = np.nonzero((predicted == cls) & (confidence >= min_confidence))[0]
+        rows = rows[np.argsort(-confidence[rows], kind="stable")]
+        chosen.append(rows[:max(quota, 1 if len(rows) and prior[cls] > 0 else 0)])
+    picked = np.concatenate(chosen) if chosen else np.zeros(0, dtype=int)
+    return picked[np.argsort(-confidence[picked], kind="stable")]
+
+
 def pseudo_table(ids: list[str], splits: list[str], probs: np.ndarray, classes: list[str],
                  picked: np.ndarray, soft: bool, temperature: float, sources: list[str]
                  ) -> pd.DataFrame:

@@ -152,7 +152,8 @@ def build_report(run_root: Path, leaderboard: pd.DataFrame, paths: dict[str, str
                      confident_mistakes(prediction.oof, prediction.classes, paths, out)]
     sections.append("<h2>Learning curves</h2>")
     for name in sets:
-        sections.append(f"<img src='{learning_curves(run_root / 'models' / name, out)}'>")
+        if any((run_root / "models" / name).glob("fold*/history.csv")):  # fine-tuned only
+            sections.append(f"<img src='{learning_curves(run_root / 'models' / name, out)}'>")
     for round_dir in sorted((run_root / "pseudo").glob("round*")):
         summary = read_json(round_dir / "summary.json")
         counts = pd.DataFrame({k: v["per_class"] for k, v in summary["folds"].items()})

@@ -217,13 +217,14 @@ def work_on(study: optuna.Study, objective: Callable[[optuna.Trial], float], n_t
             time.sleep(poll_seconds)  # other workers' trials are still running
 
 
-def inner_split(rows: np.ndarray, labels: np.ndarray, holdout: float, seed: int
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified (train, holdout) split of `rows` (falls back to unstratified)."""
-    from sklearn.model_selection import train_test_split
+def inner_splits(rows: np.ndarray, labels: np.ndarray, groups: np.ndarray, n_splits: int,
+                 seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified group K-fold (fit rows, scored rows) splits of `rows`: near-duplicate
+    groups never straddle a split; fewer splits where a class has too few groups."""
+    from sklearn.model_selection import StratifiedGroupKFold
 
-    try:
-        return train_test_split(rows, test_size=holdout, random_state=seed,
-                                stratify=labels[rows])
-    except ValueError:
-        return train_test_split(rows, test_size=holdout, random_state=seed)
+    counts = np.bincount(labels[rows])
+    n_splits = max(2, min(n_splits, int(counts[counts > 0].min())))
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    return [(rows[fit], rows[held])
+            for fit, held in splitter.split(rows, labels[rows], groups[rows])]

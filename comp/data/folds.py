@@ -43,22 +43,47 @@ def _gray32(images: np.ndarray) -> np.ndarray:
 
 def duplicate_groups(hashes: np.ndarray, max_distance: int, chunk: int = 1024) -> np.ndarray:
     """Group ids (N,) joining images whose hashes, in any dihedral view, differ in at
-    most `max_distance` bits. Singletons get their own group."""
-    views, n = hashes.shape
-    rows, cols = [], []
-    for start in range(0, n, chunk):
-        block = hashes[0, start : start + chunk]
-        distance = np.full((len(block), n), 65, dtype=np.int64)
-        for view in range(views):
-            xor = np.bitwise_xor(block[:, None], hashes[view][None, :])
-            distance = np.minimum(distance, np.bitwise_count(xor).astype(np.int64))
-        i, j = np.nonzero(distance <= max_distance)
-        keep = (i + start) < j
-        rows.append(i[keep] + start)
-        cols.append(j[keep])
-    rows_all, cols_all = np.concatenate(rows), np.concatenate(cols)
-    graph = coo_matrix((np.ones(len(rows_all)), (rows_all, cols_all)), shape=(n, n))
+    most `max_distance` bits (compared both ways). Singletons get their own group."""
+    n = hashes.shape[1]
+    i, j = hamming_within(hashes, hashes, max_distance, chunk)
+    keep = i != j
+    graph = coo_matrix((np.ones(int(keep.sum())), (i[keep], j[keep])), shape=(n, n))
     return connected_components(graph, directed=False)[1]
+
+
+def hamming_within(a: np.ndarray, b: np.ndarray, max_distance: int,
+                   chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (i, j) of images whose (8, N) dihedral hashes `a` and (8, M) `b` differ in
+    at most `max_distance` bits in some view, compared both ways (view 0 of each image
+    against every view of the other), so the relation is symmetric."""
+    rows, cols = [], []
+    for start in range(0, a.shape[1], chunk):
+        distance = np.full((min(chunk, a.shape[1] - start), b.shape[1]), 65, dtype=np.int64)
+        for view in range(a.shape[0]):
+            for left, right in ((a[0, start:start + chunk], b[view]),
+                                (a[view, start:start + chunk], b[0])):
+                xor = np.bitwise_xor(left[:, None], right[None, :])
+                distance = np.minimum(distance, _popcount(xor))
+        i, j = np.nonzero(distance <= max_distance)
+        rows.append(i + start)
+        cols.append(j)
+    if not rows:
+        return np.zeros(0, int), np.zeros(0, int)
+    return np.concatenate(rows), np.concatenate(cols)
+
+
+def _popcount(values: np.ndarray) -> np.ndarray:
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(values).astype(np.int64)
+    as_bytes = values.view(np.uint8).reshape(*values.shape, 8)
+    return np.unpackbits(as_bytes, axis=-1).sum(axis=(-1, -2)).astype(np.int64)
+
+
+def cross_duplicates(pool: np.ndarray, train: np.ndarray,
+                     max_distance: int) -> list[tuple[int, int]]:
+    """(pool row, train row) pairs that are near-duplicates (see hamming_within)."""
+    i, j = hamming_within(pool, train, max_distance)
+    return list(zip(i.tolist(), j.tolist(), strict=True))
 
 
 def make_folds(

@@ -67,6 +67,16 @@ class ModelSpec:
         return {"model_id": self.model_id, **self.identity(), "compute": self.compute,
                 "weights_path": str(self.weights.path) if self.weights.path else None}
 
+    @classmethod
+    def from_json(cls, recorded: dict, weights: ResolvedWeights,
+                  compute: dict | None = None) -> ModelSpec:
+        """The spec that describe() recorded, with `weights` found again and this
+        machine's compute options (the recorded precision kept: it changes the numbers)."""
+        return cls(recorded["backbone"], recorded["image_size"], weights, recorded["model"],
+                   recorded["train"], recorded["augment"], recorded["folds"],
+                   recorded["pseudo"], recorded.get("fold_params"),
+                   {**(compute or {}), "precision": recorded.get("precision", "float32")})
+
 
 def with_params(spec: ModelSpec, params: dict) -> ModelSpec:
     """`spec` with flat {"section.key": value} settings (model/train/augment) replaced."""
@@ -95,15 +105,17 @@ def make_spec(cfg: DictConfig, backbone_name: str, folds_key: str,
 
 @dataclass(frozen=True)
 class ClassicSpec:
-    """A classic head (scikit-learn) on pooled embeddings of `source` (a backbone at
-    `depths`, or `pixels`), trained on every fold like a fine-tuned model.
+    """A classic head (scikit-learn) on cached embeddings, trained on every fold like a
+    fine-tuned model. `source` names the embeddings, one or more parts joined by commas,
+    each `<name>@<size>`: `pixels`, `color` (colour histograms) or a backbone (pooled at
+    `depths`, with `weights`); the parts' embeddings are concatenated.
 
     `model_id` = `<source>+<head>-<hash>` of everything that changes its predictions.
     """
 
     source: str
     head: str
-    image_size: int
+    image_size: int  # the first part's size
     depths: tuple[str, ...]
     weights: ResolvedWeights
     views: str  # none | flips | dihedral: training views, and TTA at prediction
@@ -113,6 +125,12 @@ class ClassicSpec:
     seed: int = 0
     fold_params: None = None
     kind = "classic"
+
+    @property
+    def parts(self) -> list[tuple[str, int]]:
+        """(name, size) of each embedding part."""
+        return [(name, int(size)) for name, _, size in
+                (part.partition("@") for part in self.source.split(","))]
 
     @property
     def backbone(self) -> str:
@@ -151,24 +169,37 @@ class ClassicSpec:
 
 def make_classic_spec(cfg: DictConfig, entry: str, folds_key: str,
                       pseudo: dict | None = None) -> ClassicSpec:
-    """The spec of a `classic.models` entry `<source>+<head>` under `cfg`."""
+    """The spec of a `classic.models` entry `<part>[,<part>...]+<head>` under `cfg`."""
     from comp.errors import CompError
     from comp.models.classic import get_head
-    from comp.training.embeddings import PIXELS, depth_names
+    from comp.training.embeddings import COLOR, COLOR_SIZE, PIXELS, depth_names
 
-    source, _, head = entry.partition("+")
-    if not head:
+    features, _, head = entry.partition("+")
+    if not head or not features:
         raise CompError(f"config: classic.models entry {entry!r}; write <features>+<head>, "
-                        "e.g. mobilenet_025+logreg or pixels+svm_rbf")
+                        "e.g. mobilenet_025+logreg, pixels+svm_rbf or "
+                        "mobilenet_025@448,color+logreg")
     get_head(head)
     settings = cfg.classic
-    if source == PIXELS:
-        return ClassicSpec(source, head, int(settings.pixels_size), (), ResolvedWeights(
-            None, "none"), settings.views, int(settings.inner_folds), folds_key, pseudo,
-            int(cfg.train.seed))
-    backbone = get_backbone(source)
-    size = int(settings.image_size or backbone.default_size)
-    weights = resolve_weights(backbone, size, cfg.weights, cfg.weights_dir)
-    return ClassicSpec(source, head, size, tuple(depth_names(backbone, settings.depths)),
+    parts, depths, weights = [], (), ResolvedWeights(None, "none")
+    for part in features.split(","):
+        name, _, at = part.partition("@")
+        if at and not at.isdigit():
+            raise CompError(f"config: classic.models entry {entry!r}; the size after @ must "
+                            "be a whole number of pixels, e.g. mobilenet_025@448+logreg")
+        if name == PIXELS:
+            size = int(at or settings.pixels_size)
+        elif name == COLOR:
+            size = int(at or COLOR_SIZE)
+        else:
+            if depths:
+                raise CompError(f"config: classic.models entry {entry!r}: at most one "
+                                "backbone per entry")
+            backbone = get_backbone(name)
+            size = int(at or settings.image_size or backbone.default_size)
+            depths = tuple(depth_names(backbone, settings.depths))
+            weights = resolve_weights(backbone, size, cfg.weights, cfg.weights_dir)
+        parts.append(f"{name}@{size}")
+    return ClassicSpec(",".join(parts), head, int(parts[0].partition("@")[2]), depths,
                        weights, settings.views, int(settings.inner_folds), folds_key, pseudo,
                        int(cfg.train.seed))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from comp.log import Deadline
 from comp.stages import ensemble, report, submit
 from comp.stages.prepare import prepare
 from comp.stages.pseudo import make_pseudo_labels
@@ -15,18 +16,21 @@ def run(cfg: DictConfig):
     """prepare -> train (round 0) -> [pseudo -> train (round r)] x pseudo.rounds ->
     tune -> train with the tuned settings (last round) -> ensemble -> submit -> report."""
     prepared = prepare(cfg)
-    train_round(cfg, prepared, 0)
+    deadline = Deadline.start(cfg.time_limit)
+    train_round(cfg, prepared, 0, deadline)
     last = cfg.pseudo.rounds
     for round_ in range(1, last + 1):
+        if deadline.passed("pseudo-label round"):
+            break
         make_pseudo_labels(cfg, prepared, round_)
-        train_round(cfg, prepared, round_)
-    if cfg.tune.n_trials > 0:
+        train_round(cfg, prepared, round_, deadline)
+    if cfg.tune.n_trials > 0 and not deadline.passed("tuning"):
         chosen = tuned_backbones(cfg)
         for backbone in chosen:
             tune_backbone(cfg, prepared, backbone)
         tuned = cfg.copy()
         tuned.params, tuned.backbones = "best", chosen
-        train_round(tuned, prepared, last)
+        train_round(tuned, prepared, last, deadline)
     if len(list(prepared.run.root.glob("preds/*/cv.json"))) > 1 and cfg.ensemble.methods:
         ensemble.run(cfg)
     board = submit.run(cfg)

@@ -86,9 +86,9 @@ def build_export_model(cfg: DictConfig, run: RunDir, model_id: str, n_classes: i
     from keras import layers
 
     from comp.data.views import TTA_VIEWS
+    from comp.inference import load_spec
     from comp.models.build import build_backbone, build_head_model, split_backbone
     from comp.models.registry import get_backbone
-    from comp.stages.predict import load_spec
 
     spec = load_spec(cfg, run, model_id)
     backbone = get_backbone(spec.backbone)

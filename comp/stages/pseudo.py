@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from comp.artifacts import read_json, write_csv, write_json
 from comp.errors import CompError
 from comp.log import get_logger
-from comp.pseudo import pseudo_table, select_pseudo_labels
+from comp.pseudo import pseudo_table, select_by_quota, select_pseudo_labels
 from comp.stages.prepare import Prepared, prepare
 from comp.stages.train import specs_for_round
 from comp.training.trainer import fold_done
@@ -43,18 +43,32 @@ def make_pseudo_labels(cfg: DictConfig, prepared: Prepared, round_: int) -> dict
                                 f"pseudo.round={round_ - 1} first")
     plain = OmegaConf.to_container(rules)
     settings = {"voters": voter_ids, **{k: plain[k] for k in (
-        "splits", "threshold", "top_fraction", "class_cap", "soft", "temperature")}}
+        "splits", "rule", "fraction", "min_confidence", "threshold", "top_fraction",
+        "class_cap", "soft", "temperature")}, "twins": "excluded"}
     summary_path = run.root / "pseudo" / f"round{round_}" / "summary.json"
     if summary_path.exists() and read_json(summary_path).get("settings") == settings:
         return read_json(summary_path)  # same voters and rules: the files stand
     counts = prepared.folds["label"].value_counts().reindex(classes).fillna(0).to_numpy()
     truth = _truth(rules.truth)
     per_fold = {}
+    twins = pool_twins(cfg, prepared, list(rules.splits))
+    fold_of = prepared.folds["fold"].to_numpy()
     for fold in range(prepared.n_folds):
         ids, splits, votes = _vote(run, voter_ids, fold, list(rules.splits), classes)
         fold_counts = (prepared.folds["fold"] != fold).groupby(prepared.folds["label"]).sum()
-        picked = select_pseudo_labels(votes, fold_counts.reindex(classes).to_numpy(),
-                                      rules.threshold, rules.top_fraction, rules.class_cap)
+        counts_k = fold_counts.reindex(classes).fillna(0).to_numpy(dtype=float)
+        if rules.rule == "quota":
+            picked = select_by_quota(votes, counts_k / counts_k.sum(), rules.fraction,
+                                     rules.min_confidence)
+        else:
+            picked = select_pseudo_labels(votes, counts_k, rules.threshold,
+                                          rules.top_fraction, rules.class_cap)
+        # a pool image that is a near-duplicate of one of this fold's validation images
+        # would carry its label into training: never used for this fold
+        keys = [f"{s}/{i}" for s, i in zip(splits, ids, strict=True)]
+        picked = np.array([p for p in picked
+                           if not any(fold_of[t] == fold for t in twins.get(keys[p], ()))],
+                          dtype=int)
         table = pseudo_table(ids, splits, votes, classes, picked, rules.soft,
                              rules.temperature, voter_ids)
         write_csv(run.pseudo_csv(round_, fold), table)
@@ -107,3 +121,32 @@ def _fold_summary(table: pd.DataFrame, classes: list[str], truth: dict | None) -
             float(np.mean([a == b for a, b in known])) if known else float("nan"))
     return summary
 
+
+
+def pool_twins(cfg: DictConfig, prepared: Prepared, splits: list[str]) -> dict[str, list[int]]:
+    """For each pool image ("<split>/<id>"), the training rows it is a near-duplicate of
+    (perceptual hashes of all 8 views, compared both ways)."""
+    from comp.data.folds import cross_duplicates, perceptual_hashes
+    from comp.data.images import cached_images
+    from comp.stages.prepare import HASH_SIZE
+
+    if not cfg.data.dedup:
+        return {}
+    cache, limit = prepared.run.image_cache, cfg.data.max_image_pixels
+    frames = {"test": prepared.competition.test, "unlabeled": prepared.competition.unlabeled}
+    train = perceptual_hashes(cached_images(cache, "train",
+                                            prepared.competition.train["path"].tolist(),
+                                            HASH_SIZE, limit))
+    position = {i: n for n, i in enumerate(prepared.competition.train["id"])}
+    order = np.array([position[i] for i in prepared.folds["id"]])  # train.csv -> folds rows
+    back = np.argsort(order)
+    twins: dict[str, list[int]] = {}
+    for split in splits:
+        frame = frames[split]
+        if frame.empty:
+            continue
+        pool = perceptual_hashes(cached_images(cache, split, frame["path"].tolist(),
+                                               HASH_SIZE, limit))
+        for p, t in cross_duplicates(pool, train, cfg.data.dedup_max_distance):
+            twins.setdefault(f"{split}/{frame['id'].iloc[p]}", []).append(int(back[t]))
+    return twins

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from comp.artifacts import fingerprint
 from comp.errors import CompError
-from comp.log import progress
+from comp.log import Deadline, progress
 from comp.models.spec import ModelSpec, make_classic_spec, make_spec
 from comp.stages.prepare import Prepared, prepare
 from comp.training.trainer import PseudoRows, train_spec
@@ -66,7 +66,8 @@ def pseudo_loader(prepared: Prepared, round_: int, weight: float):
     return load
 
 
-def train_round(cfg: DictConfig, prepared: Prepared, round_: int) -> list[dict]:
+def train_round(cfg: DictConfig, prepared: Prepared, round_: int,
+                deadline: Deadline | None = None) -> list[dict]:
     """Train every backbone for `round_`; return the finished models' cv.json."""
     if cfg.tensorboard:
         try:
@@ -85,7 +86,8 @@ def train_round(cfg: DictConfig, prepared: Prepared, round_: int) -> list[dict]:
     results = []
     for spec in progress(specs, desc=f"models round {round_}", disable=len(specs) < 2 or None):
         result = train_spec(spec, prepared, cfg.data.max_image_pixels, {"round": round_},
-                            loader, folds, tensorboard=cfg.tensorboard)
+                            loader, folds, tensorboard=cfg.tensorboard,
+                            deadline=deadline or Deadline.start(cfg.time_limit))
         if result is not None:
             results.append(result)
     return results

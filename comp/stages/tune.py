@@ -6,6 +6,7 @@ Prints and saves runs/<name>/tuned/<backbone>.yaml (each fold's best settings);
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import time
@@ -19,7 +20,6 @@ from omegaconf import DictConfig
 from comp.artifacts import write_yaml
 from comp.errors import CompError
 from comp.log import get_logger, progress, unit_done
-from comp.metrics import HIGHER_IS_BETTER
 from comp.models.registry import get_backbone
 from comp.models.spec import ModelSpec, make_spec, with_params
 from comp.stages.prepare import Prepared, prepare
@@ -29,7 +29,7 @@ from comp.tuning import (
     StudyLock,
     counted_trials,
     default_trial,
-    inner_split,
+    inner_splits,
     open_study,
     suggest,
     work_on,
@@ -41,9 +41,10 @@ def storage_url(cfg: DictConfig, prepared: Prepared) -> str:
     return cfg.tune.storage or f"sqlite:///{prepared.run.optuna_db.resolve()}"
 
 
-def study_name(cfg: DictConfig, backbone: str, fold: int) -> str:
-    """<experiment>-<backbone>-fold<k>"""
-    return f"{cfg.name}-{backbone}-fold{fold}"
+def study_name(cfg: DictConfig, backbone: str, fold: int, folds_key: str) -> str:
+    """<experiment>-<backbone>-<folds fingerprint>-fold<k>: a study is never reused on
+    other folds or data."""
+    return f"{cfg.name}-{backbone}-{folds_key}-fold{fold}"
 
 
 def run(cfg: DictConfig) -> dict:
@@ -71,13 +72,15 @@ def tune_backbone(cfg: DictConfig, prepared: Prepared, backbone_name: str) -> di
     classes = prepared.competition.classes
     labels = prepared.labels
     folds = prepared.folds["fold"].to_numpy()
+    groups = prepared.folds["group"].to_numpy()
     names = list(cfg.tune.params)
     featured_models: dict[str, FeaturedModel] = {}
     summary = {}
     started = time.time()
     studies = []
     for fold in range(prepared.n_folds):
-        study = open_study(study_name(cfg, backbone_name, fold), storage_url(cfg, prepared),
+        study = open_study(study_name(cfg, backbone_name, fold, prepared.folds_key),
+                           storage_url(cfg, prepared),
                            cfg.tune.metric, cfg.tune.pruner, cfg.tune.seed + fold,
                            cfg.tune.heartbeat_grace)
         lock = StudyLock(storage_url(cfg, prepared), study.study_name)
@@ -86,44 +89,43 @@ def tune_backbone(cfg: DictConfig, prepared: Prepared, backbone_name: str) -> di
                 study.enqueue_trial(default_trial(
                     {"model": base.model, "train": base.train, "augment": base.augment},
                     names, backbone))
-        train_rows, holdout = inner_split(np.nonzero(folds != fold)[0], labels,
-                                          cfg.tune.inner_holdout, cfg.tune.seed + fold)
-        studies.append((fold, study, lock, train_rows, holdout))
+        splits = inner_splits(np.nonzero(folds != fold)[0], labels, groups,
+                              cfg.tune.inner_folds, cfg.tune.seed + fold)
+        studies.append((fold, study, lock, splits))
 
-    def objective(trial: optuna.Trial, fold: int, train_rows, holdout) -> float:
+    def objective(trial: optuna.Trial, fold: int, splits) -> float:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         spec = with_params(base, suggest(trial, backbone, names))
         key = FeaturedModel.key(spec)
         if key not in featured_models:
             featured_models[key] = FeaturedModel(spec, prepared, cfg.data.max_image_pixels)
         featured = featured_models[key]
-        data = fold_data(featured, spec, labels, train_rows, holdout, len(classes))
-        model = featured.new_head(spec, len(classes), spec.train["seed"] + fold)
         metric = cfg.tune.metric
-        best = {"value": None}
-
-        def report(epoch: int, logs: dict) -> None:
-            value = logs[f"val_{metric}"]
-            better = HIGHER_IS_BETTER[metric]
-            if best["value"] is None or (value > best["value"]) == better:
-                best["value"] = value
-            trial.report(best["value"], epoch)
+        values = []
+        # inner stratified group K-fold of the outer fold's training rows: each inner
+        # fit picks its epoch on its own inner validation rows, which it is scored on
+        spec = with_params(spec, {"train.epoch_choice": "outer"})
+        for step, (fit_rows, held) in enumerate(splits):
+            data = fold_data(featured, spec, labels, fit_rows, held, len(classes))
+            model = featured.new_head(spec, len(classes), spec.train["seed"] + fold)
+            history, best_epoch = fit_fold(model, data, spec.train,
+                                           spec.train["seed"] + fold, compute=spec.compute)
+            values.append(float(history[f"val_{metric}"][best_epoch]))
+            del model
+            trial.report(float(np.mean(values)), step)
             if trial.should_prune():
                 raise optuna.TrialPruned()
-
-        history, best_epoch = fit_fold(model, data, spec.train, spec.train["seed"] + fold,
-                                       report, compute=spec.compute)
-        return float(history[f"val_{metric}"][best_epoch])
+        gc.collect()  # the trial's models go now, not at the end of the study
+        return float(np.mean(values))
 
     # first every study's open trials, then wait for other workers' running ones (and
     # retry any whose worker died), so that every worker ends with the same summary
     for wait in (False, True):
-        for fold, study, lock, train_rows, holdout in studies:
+        for fold, study, lock, splits in studies:
             already = counted_trials(study.get_trials(deepcopy=False))
             with progress(total=cfg.tune.n_trials, initial=min(already, cfg.tune.n_trials),
                           desc=f"tune {backbone_name} fold {fold}") as bar:
-                work_on(study, partial(objective, fold=fold, train_rows=train_rows,
-                                       holdout=holdout),
+                work_on(study, partial(objective, fold=fold, splits=splits),
                         cfg.tune.n_trials, lock, wait, on_trial=partial(_trial_done, bar))
     for fold, study, lock, *_ in studies:
         lock.close()
@@ -181,7 +183,8 @@ def tuned_spec(cfg: DictConfig, prepared: Prepared, backbone_name: str,
     base = make_spec(cfg, backbone_name, prepared.folds_key, pseudo)
     fold_params = {}
     for fold in range(prepared.n_folds):
-        study = open_study(study_name(cfg, backbone_name, fold), storage_url(cfg, prepared),
+        study = open_study(study_name(cfg, backbone_name, fold, prepared.folds_key),
+                           storage_url(cfg, prepared),
                            cfg.tune.metric, cfg.tune.pruner, cfg.tune.seed + fold,
                            cfg.tune.heartbeat_grace)
         try:
@@ -190,3 +193,4 @@ def tuned_spec(cfg: DictConfig, prepared: Prepared, backbone_name: str,
             raise CompError(f"study {study.study_name}: no completed trial; run stage=tune "
                             "first") from None
     return replace(base, fold_params=fold_params)
+

@@ -9,6 +9,7 @@ predicts as the average over the TTA views. A fold takes seconds.
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 
 import joblib
@@ -20,9 +21,12 @@ from comp.data.images import cached_images
 from comp.data.views import TTA_VIEWS
 from comp.models.classic import fit_weight_param, get_head, head_estimator, view_average_proba
 from comp.training.embeddings import (
+    COLOR,
     PIXELS,
     backbone_encoder,
     cached_embeddings,
+    color_encoder,
+    embed,
     pixel_encoder,
     pooled_model,
 )
@@ -31,22 +35,60 @@ SPLITS = ("train", "test", "unlabeled")
 
 
 class ClassicFeatures:
-    """The embeddings of every split for a classic spec: `features[split]` (V, N, D)."""
+    """The embeddings of every split for a classic spec: `features[split]` (V, N, D), the
+    spec's parts concatenated."""
 
     def __init__(self, spec, prepared, max_pixels: int):
         frames = {"train": prepared.competition.train, "test": prepared.competition.test,
                   "unlabeled": prepared.competition.unlabeled}
         self.views = TTA_VIEWS[spec.views]
-        key = {**spec.feature_identity(), "comp_embeddings": 1}
         cache = prepared.run.root / "cache" / "embeddings"
         self.features = {}
-        make = _encoder_factory(spec)
         for split in SPLITS:
-            images = cached_images(prepared.run.image_cache, split,
-                                   frames[split]["path"].tolist(), spec.image_size, max_pixels)
-            content = {"n": len(images), "ids": _ids_key(frames[split])}
-            self.features[split] = cached_embeddings(cache, {**key, **content}, split, images,
-                                                     self.views, make)
+            parts = []
+            for name, size in spec.parts:
+                images = cached_images(prepared.run.image_cache, split,
+                                       frames[split]["path"].tolist(), size, max_pixels)
+                key = {"source": name, "size": size, "views_kind": spec.views,
+                       **part_identity(spec, name), "n": len(images),
+                       "ids": _ids_key(frames[split]), "comp_embeddings": 2}
+                parts.append(cached_embeddings(cache, key, split, images, self.views,
+                                               partial(part_encoder, spec, name, size)))
+            self.features[split] = np.concatenate(parts, axis=-1)
+
+
+def part_identity(spec, name: str) -> dict:
+    """What a part's embeddings depend on besides its name and size."""
+    if name in (PIXELS, COLOR):
+        return {}
+    return {"depths": list(spec.depths), "weights": spec.weights.identity}
+
+
+def part_encoder(spec, name: str, size: int):
+    """The encoder of one embedding part: uint8 images at `size` -> (N, D) floats."""
+    if name == PIXELS:
+        return pixel_encoder()
+    if name == COLOR:
+        return color_encoder()
+    from comp.models.build import build_backbone
+    from comp.models.registry import get_backbone
+
+    backbone = get_backbone(name)
+    base = build_backbone(backbone, size, spec.weights, spec.seed)
+    return backbone_encoder(pooled_model(base, backbone, list(spec.depths)),
+                            backbone.preprocess)
+
+
+def embed_images(spec, paths: list[str], max_pixels: int) -> np.ndarray:
+    """(V, N, D) embeddings of image files for a classic spec (for prediction)."""
+    from comp.data.images import load_images
+
+    parts = []
+    for name, size in spec.parts:
+        images = load_images(paths, size, max_pixels, desc=f"decode {size}px")
+        parts.append(embed(images, TTA_VIEWS[spec.views], part_encoder(spec, name, size),
+                           desc=f"embed {name}"))
+    return np.concatenate(parts, axis=-1)
 
 
 def _ids_key(frame) -> str:
@@ -54,21 +96,6 @@ def _ids_key(frame) -> str:
 
     columns = [c for c in ("id", "hash", "path") if c in frame.columns]
     return fingerprint(frame[columns].astype(str).to_dict("list"))
-
-
-def _encoder_factory(spec):
-    def make():
-        if spec.source == PIXELS:
-            return pixel_encoder()
-        from comp.models.build import build_backbone
-        from comp.models.registry import get_backbone
-
-        backbone = get_backbone(spec.source)
-        base = build_backbone(backbone, spec.image_size, spec.weights, spec.seed)
-        return backbone_encoder(pooled_model(base, backbone, list(spec.depths)),
-                                backbone.preprocess)
-
-    return make
 
 
 def fit_classic(spec, features: np.ndarray, labels: np.ndarray, groups: np.ndarray,

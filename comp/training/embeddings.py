@@ -22,6 +22,8 @@ from comp.errors import CompError
 from comp.log import progress
 
 PIXELS = "pixels"
+COLOR = "color"
+COLOR_SIZE = 64  # colour histograms are taken of the image decoded at this size
 
 
 def depth_names(backbone, depths: list[str]) -> list[str]:
@@ -75,6 +77,28 @@ def pixel_encoder():
     """uint8 images (already at the pixel size) -> flattened [0, 1] floats."""
     def encode(batch: np.ndarray) -> np.ndarray:
         return batch.reshape(len(batch), -1).astype(np.float32) / 255.0
+
+    return encode
+
+
+def color_encoder():
+    """uint8 images -> colour histograms: 16-bin marginals of R, G, B, hue, saturation and
+    value, and an 8x8 hue-saturation joint histogram, as fractions of the pixels (160
+    numbers). Stain colours separate cell types that shapes alone do not; the histograms
+    are the same in every dihedral view."""
+    from PIL import Image
+
+    def encode(batch: np.ndarray) -> np.ndarray:
+        out = []
+        for image in batch:
+            rgb = image.reshape(-1, 3)
+            hsv = np.asarray(Image.fromarray(image).convert("HSV")).reshape(-1, 3)
+            marginals = [np.bincount(channel.astype(np.int64) // 16, minlength=16)
+                         for channel in (*rgb.T, *hsv.T)]
+            joint = np.bincount((hsv[:, 0] // 32).astype(np.int64) * 8 + hsv[:, 1] // 32,
+                                minlength=64)
+            out.append(np.concatenate([*marginals, joint]) / len(rgb))
+        return np.asarray(out, dtype=np.float32)
 
     return encode
 

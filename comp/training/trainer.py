@@ -164,7 +164,7 @@ def fold_done(folder) -> bool:
 
 def train_spec(spec: ModelSpec, prepared, max_pixels: int, info: dict,
                pseudo_for_fold=None, folds_to_run: list[int] | None = None,
-               tensorboard: bool = False) -> dict | None:
+               tensorboard: bool = False, deadline=None) -> dict | None:
     """Train `spec` on every unfinished fold and, when all are done, write its
     prediction set (preds/<model_id>/). Returns its cv.json content, or None when some
     folds are left (`folds_to_run` limits this call to those folds)."""
@@ -179,6 +179,8 @@ def train_spec(spec: ModelSpec, prepared, max_pixels: int, info: dict,
     featured_models: dict[str, FeaturedModel] = {}
     bar = progress(todo, desc=f"train {spec.model_id}")
     for fold in bar:
+        if deadline is not None and deadline.passed(f"{spec.model_id} fold {fold}"):
+            break
         with unit_lock(run.fold_lock(spec.model_id, fold)) as mine:
             if not mine:
                 get_logger().info("train: %s fold %d is being trained by another process; "
@@ -246,7 +248,8 @@ def _train_fold(featured: FeaturedModel, model_id: str, spec: ModelSpec, prepare
         "optimistic": {"epoch": optimistic, **{
             k: float(history[f"val_{k}"][optimistic])
             for k in ("accuracy", "macro_f1", "auc", "log_loss")}},
-        "settings": spec.describe(),
+        # the fold's own settings (tuned folds differ) under the model's id
+        "settings": {**spec.describe(), "model_id": model_id},
     }, pseudo, started)
 
 

@@ -1,0 +1,141 @@
+"""Does each lever add score? comp stage=all with its defaults on a competition folder,
+then one table: every baseline, model, pseudo-label round, tuned model, ensemble and the
+selected pipeline, on the same folds, with bootstrap standard errors and the paired
+difference to the round-0 fine-tuned model.
+
+    python bench/levers.py DATA_DIR [--name NAME] [--weights-dir DIR] [--tuned]
+        [--truth TEST_LABELS_CSV] [-- extra comp overrides]
+
+--tuned also runs stage=tune and stage=train params=best (the fine-tune tuning lever,
+off by default) in the same run directory, so its row is on the same folds.
+--truth scores each submission's test predictions against held-back labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from comp.metrics import scores
+from comp.selection import bootstrap_se, paired_difference
+
+
+def run_comp(overrides: list[str]) -> tuple[float, float]:
+    """Run comp in a child process; (wall seconds, peak RSS MiB of the children)."""
+    started = time.time()
+    subprocess.run([sys.executable, "-m", "comp.run", *overrides], check=True)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return time.time() - started, peak
+
+
+def entries(run: Path) -> list[dict]:
+    """Every finished prediction set of the run, with its OOF and info."""
+    out = []
+    for parent in ("preds", "ensemble"):
+        for folder in sorted((run / parent).glob("*")):
+            if not (folder / "cv.json").exists():
+                continue
+            info = json.loads((folder / "cv.json").read_text())
+            oof = pd.read_csv(folder / "oof.csv", dtype={"id": str, "label": str},
+                              keep_default_na=False)
+            test = pd.read_csv(folder / "test.csv", dtype={"id": str}, keep_default_na=False)
+            seconds = sum(json.loads(p.read_text()).get("seconds", 0)
+                          for p in (run / "models" / folder.name).glob("fold*/metrics.json"))
+            out.append({"name": info.get("model_id") or info["name"], "info": info,
+                        "oof": oof, "test": test, "seconds": seconds})
+    return out
+
+
+def table(run: Path, truth: Path | None) -> pd.DataFrame:
+    """The lever table of a finished run directory."""
+    found = entries(run)
+    classes = found[0]["info"]["classes"]
+    ids = found[0]["oof"]["id"].tolist()
+    y = found[0]["oof"]["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    columns = [f"p_{c}" for c in classes]
+    probs = {e["name"]: e["oof"].set_index("id").loc[ids, columns].to_numpy(float)
+             for e in found}
+    singles = [e for e in found if e["info"]["kind"] == "single"]
+    reference = next((e for e in singles if e["info"].get("model_kind") == "finetune"
+                      and e["info"].get("round", 0) == 0 and not e["info"].get("tuned")),
+                     singles[0])
+    ref = probs[reference["name"]]
+    truth_labels = None
+    if truth is not None:
+        frame = pd.read_csv(truth, dtype=str, keep_default_na=False)
+        truth_labels = dict(zip(frame.iloc[:, 0], frame.iloc[:, 1], strict=True))
+    rows = []
+    selection = json.loads((run / "selection.json").read_text())
+    selected_oof = _selected_oof(selection, probs, found[0]["oof"]["fold"].to_numpy())
+    for e in [*found, {"name": "selected pipeline (nested)", "info": {
+            "kind": "selection", "round": ""}, "seconds": np.nan, "test": None}]:
+        p = selected_oof if e["info"]["kind"] == "selection" else probs[e["name"]]
+        labels_ok = e["info"].get("labels", True)
+        cv = scores(y, p)
+        row = {"entry": e["name"], "kind": e["info"].get("model_kind", e["info"]["kind"]),
+               "round": e["info"].get("round", 0), "tuned": e["info"].get("tuned", False)}
+        for metric, short in (("accuracy", "acc"), ("macro_f1", "f1")):
+            if not labels_ok:
+                row[short] = row[f"{short}_se"] = row[f"d{short}_vs_ft0"] = np.nan
+                continue
+            diff, diff_se = paired_difference(metric, y, p, ref)
+            row[short] = cv[metric]
+            row[f"{short}_se"] = bootstrap_se(metric, y, p)
+            row[f"d{short}_vs_ft0"] = f"{diff:+.4f} ± {diff_se:.4f}"
+        row["auc"] = cv["auc"]
+        row["fold_seconds"] = e["seconds"]
+        if truth_labels is not None and e["test"] is not None and labels_ok:
+            test = e["test"]
+            predicted = np.array(classes)[test[columns].to_numpy().argmax(1)]
+            row["test_acc"] = float(np.mean([truth_labels[i] == str(c)
+                                             for i, c in zip(test["id"], predicted,
+                                                             strict=True)]))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _selected_oof(selection: dict, probs: dict, folds: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(next(iter(probs.values())))
+    for fold, name in selection["chosen_per_fold"].items():
+        out[folds == int(fold)] = probs[name][folds == int(fold)]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data_dir", type=Path)
+    parser.add_argument("--name", default=None)
+    parser.add_argument("--runs-dir", default="/tmp/comp-levers/runs")
+    parser.add_argument("--weights-dir", default=None)
+    parser.add_argument("--tuned", action="store_true")
+    parser.add_argument("--truth", type=Path, default=None)
+    parser.add_argument("extra", nargs="*")
+    args = parser.parse_args()
+    name = args.name or args.data_dir.name
+    base = ["data=folder", f"data.dir={args.data_dir}", f"name={name}",
+            f"runs_dir={args.runs_dir}", f"submissions_dir={args.runs_dir}/../submissions",
+            "progress=lines", *([f"weights_dir={args.weights_dir}"] if args.weights_dir else []),
+            *args.extra]
+    wall, peak = run_comp(["stage=all", *base])
+    print(f"\nstage=all defaults: {wall:.0f} s wall, peak RSS {peak:.0f} MiB (children)")
+    if args.tuned:
+        tuned_wall, _ = run_comp(["stage=tune", *base])
+        train_wall, _ = run_comp(["stage=train", "params=best", *base])
+        run_comp(["stage=submit", *base])
+        print(f"tuning lever: stage=tune {tuned_wall:.0f} s + params=best {train_wall:.0f} s")
+    frame = table(Path(args.runs_dir) / name, args.truth)
+    with pd.option_context("display.width", 250, "display.max_columns", 30,
+                           "display.max_colwidth", 48):
+        print(frame.round(4).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

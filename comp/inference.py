@@ -1,0 +1,166 @@
+"""Prediction from a finished run: saved fold models and ensembles on new images.
+
+Each fold's saved model is put back on its features: a fine-tuned head on its backbone's
+frozen prefix (weights found again through the config and checked against the identity
+recorded at training), or a classic head on the same pooled embeddings. The images go
+through the same decoding, views and TTA as in training; folds are averaged; ensembles
+are combined with their saved method and state.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import joblib
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from comp.artifacts import read_json
+from comp.data.folder import IMAGE_SUFFIXES, check_id
+from comp.data.images import load_images
+from comp.ensemble import METHODS
+from comp.errors import CompError
+from comp.log import progress
+from comp.metrics import HIGHER_IS_BETTER
+from comp.models.build import build_backbone, build_head_model, split_backbone
+from comp.models.classic import view_average_proba
+from comp.models.registry import get_backbone
+from comp.models.spec import ClassicSpec, ModelSpec
+from comp.models.weights import ResolvedWeights, resolve_weights
+from comp.training.compute import model_scope
+from comp.training.features import ViewPlan, compute_features
+from comp.training.fit import predict_tta
+from comp.workspace import RunDir
+
+
+def prediction_folder(run: RunDir, using: str) -> Path:
+    """The folder of a finished model (`<model_id>`) or ensemble (`ensemble-<method>`)."""
+    folder = run.ensemble_dir(using.removeprefix("ensemble-")) if using.startswith(
+        "ensemble-") else run.preds_dir(using)
+    if not (folder / "cv.json").exists():
+        raise CompError(f"{folder}: no finished model or ensemble {using!r}; see "
+                        "submissions/leaderboard.csv for the names")
+    return folder
+
+
+def predict_paths(cfg: DictConfig, run: RunDir, using: str, paths: list[Path]
+                  ) -> tuple[np.ndarray, list[str]]:
+    """(probabilities, classes) of `using` (a model id or ensemble-<method>) on `paths`."""
+    info = read_json(prediction_folder(run, using) / "cv.json")
+    classes = info["classes"]
+    if info["kind"] != "ensemble":
+        return predict_model(cfg, run, using, paths, len(classes)), classes
+    members = np.stack([predict_model(cfg, run, m, paths, len(classes))
+                        for m in info["models"]])
+    state = joblib.load(run.ensemble_dir(info["method"]) / "state.joblib")
+    return METHODS[info["method"]].apply(members, state), classes
+
+
+def input_images(path: Path) -> list[Path]:
+    """The image files of `path` (a file or a folder), checked to be plain names."""
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.iterdir()
+                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    else:
+        raise CompError(f"predict.input={path}: no such file or folder")
+    if not files:
+        raise CompError(f"predict.input={path}: no image files in it")
+    for file in files:
+        check_id(file.name, str(path))
+    return files
+
+
+def best_prediction_set(run: RunDir, metric: str) -> str:
+    """The name of the finished model or ensemble with the best CV `metric` (among those
+    that give probabilities)."""
+    sets = [info for info in (read_json(p / "cv.json") for p in run.prediction_sets())
+            if info.get("labels", True)]
+    if not sets:
+        raise CompError(f"{run.root}: no finished models; run stage=train first")
+    sign = 1 if HIGHER_IS_BETTER[metric] else -1
+    best = max(sets, key=lambda s: sign * s["cv"][metric])
+    return best.get("model_id") or best["name"]
+
+
+def predict_model(cfg: DictConfig, run: RunDir, model_id: str, paths: list[Path],
+                  n_classes: int) -> np.ndarray:
+    """Fold-averaged TTA probabilities of one trained model on `paths`."""
+    spec = load_spec(cfg, run, model_id)
+    if spec.kind == "classic":
+        from comp.training.classic import embed_images
+
+        features = embed_images(spec, [str(p) for p in paths], cfg.data.max_image_pixels)
+        return predict_classic(run.model_dir(model_id), features, n_classes)
+    images = load_images([str(p) for p in paths], spec.image_size, cfg.data.max_image_pixels,
+                         desc=f"decode {spec.image_size}px")
+    return predict_images(spec, run.model_dir(model_id), images, n_classes)
+
+
+def predict_classic(model_dir: Path, features: np.ndarray, n_classes: int) -> np.ndarray:
+    """Fold-averaged, view-averaged probabilities of a classic model's saved folds on
+    (V, N, D) embeddings."""
+    folds = sorted(model_dir.glob("fold*/model.joblib"))
+    total = np.zeros((features.shape[1], n_classes))
+    for path in folds:
+        estimator = joblib.load(path)
+        total += view_average_proba(estimator, features, n_classes,
+                                    np.asarray(estimator.classes_))
+    return total / len(folds)
+
+
+def predict_images(spec: ModelSpec, model_dir: Path, images: np.ndarray,
+                   n_classes: int) -> np.ndarray:
+    """Fold-averaged TTA probabilities of the model in `model_dir` on decoded `images`.
+
+    The frozen prefix runs once per image and view for every fold that shares its cut
+    (all of them, unless tuning gave folds different unfreeze points); each fold's head
+    then runs on those features.
+    """
+    backbone = get_backbone(spec.backbone)
+    folds = sorted(int(p.name[4:]) for p in model_dir.glob("fold*") if p.is_dir())
+    total = np.zeros((len(images), n_classes))
+    shared: dict[str, tuple] = {}
+    for fold in progress(folds, desc=f"predict {model_dir.name}"):
+        fold_spec = spec.for_fold(fold)
+        plan = ViewPlan.from_augment(fold_spec.augment)
+        key = f"{fold_spec.model['unfreeze']}|{plan.tta}"
+        if key not in shared:
+            with model_scope(spec.compute):
+                base = build_backbone(backbone, spec.image_size, spec.weights,
+                                      spec.train["seed"])
+                split = split_backbone(base, backbone, fold_spec.model["unfreeze"])
+            shared[key] = (split, compute_features(images, split.prefix, backbone.preprocess,
+                                                   plan.tta, 0, fold_spec.augment, 0))
+        split, features = shared[key]
+        m = fold_spec.model
+        with model_scope(spec.compute):
+            head = build_head_model(split, n_classes, m["pooling"], m["dense_units"],
+                                    m["dropout"], m["bn_trainable"], 0)
+        head.load_weights(model_dir / f"fold{fold}" / "model.weights.h5")
+        total += predict_tta(head, features, list(range(len(plan.tta))))
+    return total / len(folds)
+
+
+def load_spec(cfg: DictConfig, run: RunDir, model_id: str) -> ModelSpec | ClassicSpec:
+    """The spec recorded in spec.json, with its weight file found again on this machine."""
+    recorded = read_json(run.model_dir(model_id) / "spec.json")
+    source = recorded.get("source", recorded.get("backbone"))
+    if recorded.get("kind") == "classic":  # the backbone part of the embeddings, if any
+        source = next((part.partition("@")[0] for part in source.split(",")
+                       if part.partition("@")[0] not in ("pixels", "color")), "pixels")
+    if recorded["weights"] in ("random-init", "none") or source == "pixels":
+        weights = ResolvedWeights(None, recorded["weights"])
+    else:
+        backbone = get_backbone(source)
+        weights = resolve_weights(backbone, recorded["image_size"], cfg.weights,
+                                  cfg.weights_dir)
+        if weights.identity != recorded["weights"]:
+            raise CompError(
+                f"{weights.path}: not the weight file {model_id} was trained with "
+                f"({recorded['weights']}); point weights_dir or weights= at that file")
+    if recorded.get("kind") == "classic":
+        return ClassicSpec.from_json(recorded, weights)
+    return ModelSpec.from_json(recorded, weights,
+                               OmegaConf.to_container(cfg.compute, resolve=True))
