@@ -1,7 +1,7 @@
 """Registry, weight resolution and cutting backbones into prefix + trainable body."""
 
+import re
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,15 +70,25 @@ def test_real_weights_load_and_split_matches_the_whole_network():
     assert not np.allclose(whole, build_backbone(backbone, 64, RANDOM, 0).predict(x, verbose=0))
 
 
-@pytest.mark.parametrize("spec, label", [
-    ("all", "all"), ("none", "none"), ("block9", "after:conv_pw_8_relu"), ("0.9", None),
-    ("conv_dw_13", "conv_dw_13@"), ("80", "@80"),
-])
-def test_unfreeze_forms(spec, label):
+@pytest.fixture(scope="module")
+def mobilenet_025():
+    """One random-init MobileNet 0.25 at 32 px for the tests that only cut it."""
     backbone = get_backbone("mobilenet_025")
-    split = split_backbone(build_backbone(backbone, 32, RANDOM, 0), backbone, spec)
-    if label:
+    return backbone, build_backbone(backbone, 32, RANDOM, 0)
+
+
+@pytest.mark.parametrize("spec, label", [
+    ("all", "all"), ("none", "none"), ("block9", "after:conv_pw_8_relu"),
+    ("0.9", re.compile(r"@(\d+)$")), ("conv_dw_13", "conv_dw_13@"), ("80", "@80"),
+])
+def test_unfreeze_forms(spec, label, mobilenet_025):
+    backbone, base = mobilenet_025
+    split = split_backbone(base, backbone, spec)
+    if isinstance(label, str):
         assert label in split.cut
+    else:  # a depth fraction: the first clean cut at or after 90% of the layers
+        index = int(label.search(split.cut).group(1))
+        assert round(0.9 * len(base.layers)) <= index < len(base.layers)
     model = build_head_model(split, 3, "max", 8, 0.2, True, 0)
     assert model.output_shape == (None, 3)
 
@@ -99,7 +109,17 @@ def test_every_named_unfreeze_point_cuts_cleanly(name):
     backbone = get_backbone(name)
     size = max(backbone.min_size, 32)
     base = build_backbone(backbone, size, RANDOM, 0)
-    for point in backbone.unfreeze_points:
+    cuts = set()
+    for point, target in backbone.unfreeze_points.items():
         split = split_backbone(base, backbone, point)
-        assert split.body is not None and split.prefix is not None, point
-    assert Path(__file__).exists()
+        assert target.removeprefix("after:") in split.cut, (point, split.cut)
+        # prefix feeds body, body ends where the backbone ends, and no weight is lost or
+        # counted twice
+        assert tuple(split.prefix.output.shape[1:]) == split.feature_shape, point
+        assert tuple(split.body.input.shape[1:]) == split.feature_shape, point
+        assert split.body.output.shape == base.output.shape, point
+        assert split.body.count_params() > 0, point
+        assert split.prefix.count_params() + split.body.count_params() == base.count_params()
+        cuts.add(split.cut)
+    assert len(cuts) == len(backbone.unfreeze_points)  # every named point cuts elsewhere
+    assert backbone.default_unfreeze in backbone.unfreeze_points

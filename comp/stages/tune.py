@@ -17,6 +17,7 @@ import optuna
 from omegaconf import DictConfig
 
 from comp.artifacts import write_yaml
+from comp.crashpoints import crash_point
 from comp.errors import CompError
 from comp.log import get_logger, progress
 from comp.metrics import HIGHER_IS_BETTER
@@ -99,6 +100,7 @@ def tune_backbone(cfg: DictConfig, prepared: Prepared, backbone_name: str) -> di
         featured = featured_models[key]
         data = fold_data(featured, spec, labels, train_rows, holdout, len(classes))
         model = featured.new_head(spec, len(classes), spec.train["seed"] + fold)
+        crash_point(f"trial:{trial.number}")  # tests: COMP_CRASH_AT=trial:<n> dies here
         metric = cfg.tune.metric
         best = {"value": None}
 
