@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from comp.log import get_logger
 from tests.helpers import (  # noqa: F401  (re-exported: bench/ and older tests import these)
     CLASSES,
     TINT,
@@ -31,8 +32,9 @@ def competition(tmp_path: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _comp_logger_restored():
-    """Whatever a test does to the `comp` logger (propagate, level, handlers) is undone."""
-    logger = logging.getLogger("comp")
+    """Each test starts with the `comp` logger as comp sets it up (its stderr handler, not
+    propagating), and whatever the test does to it (propagate, level, handlers) is undone."""
+    logger = get_logger()  # set up first, so that a later get_logger() changes nothing
     propagate, level, handlers = logger.propagate, logger.level, list(logger.handlers)
     yield
     logger.propagate = propagate
@@ -44,7 +46,7 @@ def _comp_logger_restored():
 def comp_caplog(caplog):
     """caplog that also sees the `comp` logger's records (which do not propagate by
     default); the logger is restored afterwards by _comp_logger_restored."""
-    logging.getLogger("comp").propagate = True
+    get_logger().propagate = True
     with caplog.at_level(logging.INFO, logger="comp"):
         yield caplog
 

@@ -11,19 +11,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import optuna
 import pandas as pd
 from PIL import Image
 
 from comp.crashpoints import ENV as CRASH_ENV
-from comp.run import main
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: subprocesses run comp from here
 CLASSES = ["alpha", "beta", "gamma"]
 P_COLS = [f"p_{c}" for c in CLASSES]
 TINT = {"alpha": (200, 60, 60), "beta": (60, 200, 60), "gamma": (60, 60, 200)}
 TUNE_FAST = {"tune.epochs": "2", "tune.params": "[model.dropout,train.lr]"}
-DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+DONE = ("COMPLETE", "PRUNED")  # names of the Optuna trial states that count as finished
 
 
 def synthetic_image(rng: np.random.Generator, label: str, size: int = 40) -> Image.Image:
@@ -81,6 +79,8 @@ def tiny_overrides(tmp_path: Path, data_dir: Path, **extra: str) -> list[str]:
 
 def run_comp(*args: str) -> int:
     """comp in this process (`python -m comp.run <args>`); its exit code."""
+    from comp.run import main  # imports TensorFlow: only once a test runs comp
+
     return main(list(args))
 
 
@@ -163,11 +163,15 @@ def optuna_url(tmp_path: Path, name: str = "tiny") -> str:
     return f"sqlite:///{run_path(tmp_path, name) / 'optuna.db'}"
 
 
-def load_study(url: str, name: str) -> optuna.Study:
+def load_study(url: str, name: str):
     """The Optuna study `name` in storage `url`."""
+    import optuna
+
     return optuna.load_study(study_name=name, storage=url)
 
 
 def study_names(url: str) -> list[str]:
     """Every study in storage `url`, sorted."""
+    import optuna
+
     return sorted(optuna.get_all_study_names(url))

@@ -8,8 +8,7 @@ import pytest
 
 from comp.ensemble import combine, fit_weights, nested_predictions
 from comp.metrics import scores
-from comp.run import main
-from tests.helpers import leaderboard, tiny_overrides
+from tests.helpers import leaderboard, run_comp, tiny_overrides
 
 
 def _synthetic(n=300, c=3, seed=0):
@@ -49,9 +48,9 @@ def test_combine_gives_distributions(method):
 @pytest.mark.slow
 def test_stage_ensemble_writes_sets_ranked_beside_single_models(tmp_path, trained):
     overrides = tiny_overrides(tmp_path, trained)  # one small_cnn is trained there
-    assert main(["stage=train", *overrides, "model.dropout=0.1"]) == 0
-    assert main(["stage=ensemble", *overrides]) == 0
-    assert main(["stage=submit", *overrides]) == 0
+    assert run_comp("stage=train", *overrides, "model.dropout=0.1") == 0
+    assert run_comp("stage=ensemble", *overrides) == 0
+    assert run_comp("stage=submit", *overrides) == 0
     run = tmp_path / "runs" / "tiny"
     models = sorted(p.name for p in (run / "preds").iterdir())
     oofs = [pd.read_csv(run / "preds" / m / "oof.csv") for m in models]
@@ -76,9 +75,9 @@ def test_stage_ensemble_writes_sets_ranked_beside_single_models(tmp_path, traine
 @pytest.mark.slow
 def test_ensemble_of_one_model_is_a_clear_error(tmp_path, trained, capsys):
     overrides = tiny_overrides(tmp_path, trained)  # one small_cnn is trained there
-    assert main(["stage=train", *overrides]) == 0
+    assert run_comp("stage=train", *overrides) == 0
     capsys.readouterr()
-    assert main(["stage=ensemble", *overrides]) == 2
+    assert run_comp("stage=ensemble", *overrides) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "at least two finished models" in err[0], err
     assert not (tmp_path / "runs" / "tiny" / "ensemble").exists()

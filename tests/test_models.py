@@ -1,5 +1,6 @@
 """Registry, weight resolution and cutting backbones into prefix + trainable body."""
 
+import functools
 import re
 import shutil
 
@@ -14,6 +15,12 @@ from comp.models.weights import ResolvedWeights, resolve_weights
 
 DEMO_WEIGHTS = DEMO_DIR / "weights"
 RANDOM = ResolvedWeights(None, "random-init")
+
+
+@functools.cache
+def _random_base(name: str, size: int):
+    """A random-init backbone, built once per module (cutting it changes nothing in it)."""
+    return build_backbone(get_backbone(name), size, RANDOM, 0)
 
 
 def test_registry_has_the_promised_backbones():
@@ -70,19 +77,12 @@ def test_real_weights_load_and_split_matches_the_whole_network():
     assert not np.allclose(whole, build_backbone(backbone, 64, RANDOM, 0).predict(x, verbose=0))
 
 
-@pytest.fixture(scope="module")
-def mobilenet_025():
-    """One random-init MobileNet 0.25 at 32 px for the tests that only cut it."""
-    backbone = get_backbone("mobilenet_025")
-    return backbone, build_backbone(backbone, 32, RANDOM, 0)
-
-
 @pytest.mark.parametrize("spec, label", [
     ("all", "all"), ("none", "none"), ("block9", "after:conv_pw_8_relu"),
     ("0.9", re.compile(r"@(\d+)$")), ("conv_dw_13", "conv_dw_13@"), ("80", "@80"),
 ])
-def test_unfreeze_forms(spec, label, mobilenet_025):
-    backbone, base = mobilenet_025
+def test_unfreeze_forms(spec, label):
+    backbone, base = get_backbone("mobilenet_025"), _random_base("mobilenet_025", 32)
     split = split_backbone(base, backbone, spec)
     if isinstance(label, str):
         assert label in split.cut
@@ -95,7 +95,7 @@ def test_unfreeze_forms(spec, label, mobilenet_025):
 
 def test_bad_unfreeze_points_are_clear():
     backbone = get_backbone("resnet50")
-    base = build_backbone(backbone, 32, RANDOM, 0)
+    base = _random_base("resnet50", 32)
     with pytest.raises(CompError, match="has no layer 'nope'"):
         split_backbone(base, backbone, "nope")
     with pytest.raises(CompError, match="does not cut"):
@@ -104,11 +104,15 @@ def test_bad_unfreeze_points_are_clear():
     assert split.cut == "after:conv4_block6_out"
 
 
-@pytest.mark.parametrize("name", sorted(set(BACKBONES) - {"small_cnn"}))
+LARGE = {"inception_resnet_v2", "inception_v3", "densenet121"}  # 3-5 s each to build
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=[pytest.mark.slow] if name in LARGE else [])
+    for name in sorted(set(BACKBONES) - {"small_cnn"})])
 def test_every_named_unfreeze_point_cuts_cleanly(name):
     backbone = get_backbone(name)
-    size = max(backbone.min_size, 32)
-    base = build_backbone(backbone, size, RANDOM, 0)
+    base = _random_base(name, max(backbone.min_size, 32))
     cuts = set()
     for point, target in backbone.unfreeze_points.items():
         split = split_backbone(base, backbone, point)

@@ -8,8 +8,7 @@ import pytest
 
 from comp.errors import CompError
 from comp.pseudo import pseudo_table, select_pseudo_labels, sharpen
-from comp.run import main
-from tests.helpers import P_COLS, leaderboard, tiny_overrides
+from tests.helpers import P_COLS, leaderboard, run_comp, tiny_overrides
 
 PROBS = np.array([
     [0.95, 0.05], [0.90, 0.10], [0.85, 0.15], [0.60, 0.40],  # class 0
@@ -54,7 +53,7 @@ def test_round_trip_and_no_fold_sees_its_own_validation_images(tmp_path, trained
     overrides = tiny_overrides(tmp_path, trained, **{  # round 0 is trained there
         "pseudo.rounds": "1", "pseudo.threshold": "0.0", "pseudo.class_cap": "10",
         "pseudo.splits": "[unlabeled,test]"})
-    assert main(["stage=all", *overrides]) == 0
+    assert run_comp("stage=all", *overrides) == 0
     run = tmp_path / "runs" / "tiny"
     folds = pd.read_csv(run / "folds.csv")
     board = leaderboard(tmp_path)
@@ -86,6 +85,6 @@ def test_round_trip_and_no_fold_sees_its_own_validation_images(tmp_path, trained
 
 
 def test_training_a_round_without_its_files_is_a_clear_error(tmp_path, competition, capsys):
-    assert main(["stage=train", "pseudo.round=2", *tiny_overrides(tmp_path, competition)]) == 2
+    assert run_comp("stage=train", "pseudo.round=2", *tiny_overrides(tmp_path, competition)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "run stage=pseudo pseudo.round=2 first" in err[0], err

@@ -6,8 +6,7 @@ import subprocess
 
 import pytest
 
-from comp.run import main
-from tests.helpers import leaderboard, tiny_overrides
+from tests.helpers import leaderboard, run_comp, tiny_overrides
 
 
 @pytest.mark.slow
@@ -15,8 +14,8 @@ def test_report_page_and_its_images(tmp_path, trained):
     overrides = tiny_overrides(tmp_path, trained, **{  # small_cnn round 0 is trained there
         "backbones": "[small_cnn,small_cnn-b]", "pseudo.rounds": "1", "tune.n_trials": "2",
         "tune.epochs": "2", "tune.params": "[model.dropout]"})
-    assert main(["stage=all", *overrides, "+backbone_overrides.small_cnn-b.model.dropout=0.1"]
-                ) == 0
+    assert run_comp("stage=all", *overrides,
+                    "+backbone_overrides.small_cnn-b.model.dropout=0.1") == 0
     page = tmp_path / "runs" / "tiny" / "report" / "index.html"
     text = page.read_text()
     images = re.findall(r"<img src='([^']+)'", text)

@@ -47,7 +47,7 @@ def _assert_exact(study: optuna.Study, n_trials: int) -> None:
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     counted = [t for t in trials if t.number not in retried]
     assert len(counted) == n_trials, [(t.number, t.state) for t in trials]  # none lost, none extra
-    assert all(t.state in DONE for t in counted)
+    assert all(t.state.name in DONE for t in counted)
 
 
 def test_workers_share_one_postgres_study(tmp_path, competition, postgres_url):
@@ -82,7 +82,7 @@ def test_a_killed_workers_trial_is_retried_by_the_others(tmp_path, competition, 
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
     assert [t.number for t in failed] == [1]
     retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == failed[0].number]
-    assert len(retry) == 1 and retry[0].state in DONE
+    assert len(retry) == 1 and retry[0].state.name in DONE
     assert retry[0].params == failed[0].params
     assert retry[0].user_attrs["worker"] != failed[0].user_attrs["worker"]
     _assert_exact(load_study(postgres_url, "killed-small_cnn-fold1"), 4)
