@@ -43,6 +43,14 @@ def test_combine_gives_distributions(method):
     members, _ = _synthetic(n=20)
     out = combine(method, members, np.array([0.5, 0.25, 0.25]))
     assert out.shape == (20, 3) and np.allclose(out.sum(1), 1) and (out >= 0).all()
+    if method == "rank":  # only the order of each class's scores over the rows counts
+        assert np.allclose(combine(method, members ** 3, np.array([0.5, 0.25, 0.25])), out)
+        return
+    # all the weight on one member: its ranking of the classes, row by row
+    alone = combine(method, members, np.array([0.0, 1.0, 0.0]))
+    assert (alone.argmax(1) == members[1].argmax(1)).all()
+    copies = np.stack([members[0]] * 3)  # three copies of one model combine to that model
+    assert np.allclose(combine(method, copies, np.array([0.5, 0.25, 0.25])), members[0])
 
 
 @pytest.mark.slow

@@ -40,7 +40,6 @@ def test_units_as_separate_processes_equal_one_training(tmp_path, trained, capsy
     assert_same_predictions(run_path(tmp_path / "fanned"), run_path(tmp_path))
 
 
-@pytest.mark.slow
 def test_only_names_a_unit_that_exists(tmp_path, competition, capsys):
     overrides = tiny_overrides(tmp_path, competition)
     assert run_comp("stage=train", *overrides, "only.model=nope") == 2
