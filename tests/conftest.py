@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from comp.crashpoints import ENV as CRASH_ENV
 from comp.log import get_logger
 from tests.helpers import (  # noqa: F401  (re-exported: bench/ and older tests import these)
     CLASSES,
@@ -22,6 +23,7 @@ from tests.helpers import (  # noqa: F401  (re-exported: bench/ and older tests 
 )
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.pop(CRASH_ENV, None)  # a crash point is set per child process (comp_process) only
 
 
 @pytest.fixture
