@@ -13,6 +13,7 @@ from tests.helpers import (
     finish,
     finished_models,
     fold_metrics,
+    run_comp,
     run_path,
     tiny_overrides,
 )
@@ -26,7 +27,7 @@ def test_killed_runs_resume_to_the_same_predictions(tmp_path, competition):
     variant = "+backbone_overrides.small_cnn-b.model.dropout=0.1"
     reference = [*tiny_overrides(tmp_path / "reference", competition, **extra), variant]
     resumed = [*tiny_overrides(tmp_path / "resumed", competition, **extra), variant]
-    finish(comp_process("stage=all", *reference))
+    assert run_comp("stage=all", *reference) == 0  # uninterrupted, in this process
 
     # each run dies right after the next fold 1 is written: a model with all its folds
     # done and no prediction set yet (round 0: small_cnn, small_cnn-b; round 1: small_cnn)
