@@ -29,7 +29,7 @@ def test_mixed_precision_xla_and_mirrored_train_and_predict(tmp_path, trained):
     mixed = next(name for name, spec in specs.items() if spec.get("precision"))
     assert specs[mixed]["precision"] == "mixed_bfloat16"
     assert run_comp("stage=predict", *overrides, *fast, f"predict.using={mixed}",
-                 f"predict.input={competition / 'test'}") == 0
+                    f"predict.input={competition / 'test'}") == 0
     (written,) = (tmp_path / "runs/tiny/predictions").glob("*.csv")
     again = pd.read_csv(written).set_index("id")
     test = pd.read_csv(tmp_path / "runs/tiny/preds" / mixed / "test.csv").set_index("id")
