@@ -1,74 +1,71 @@
-"""Tiny competition folders made on the fly: no network, no ../shared."""
+"""Fixtures: a tiny competition per test, runs built once per session and copied into each
+test that wants one, and the comp logger left as each test found it. Helpers live in
+tests/helpers.py (imported here too, for modules that still import them from conftest)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
-from PIL import Image
+
+from comp.crashpoints import ENV as CRASH_ENV
+from comp.log import get_logger
+from tests.helpers import (  # noqa: F401  (re-exported: bench/ and older tests import these)
+    CLASSES,
+    TINT,
+    copy_tree,
+    make_competition,
+    run_comp,
+    synthetic_image,
+    tiny_overrides,
+)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-CLASSES = ["alpha", "beta", "gamma"]
-TINT = {"alpha": (200, 60, 60), "beta": (60, 200, 60), "gamma": (60, 60, 200)}
-
-
-def synthetic_image(rng: np.random.Generator, label: str, size: int = 40) -> Image.Image:
-    """A noisy texture tinted by class: every image distinct, classes separable."""
-    noise = rng.integers(0, 90, size=(size // 4, size // 4, 3)).astype(np.uint8)
-    texture = np.asarray(Image.fromarray(noise).resize((size, size), Image.Resampling.BILINEAR))
-    tint = np.array(TINT[label], dtype=np.int16)
-    array = np.clip(texture.astype(np.int16) + tint - 45, 0, 255).astype(np.uint8)
-    return Image.fromarray(array)
-
-
-def make_competition(root: Path, per_class: dict[str, int] | None = None, n_test: int = 6,
-                     n_unlabeled: int = 4, size: int = 40, seed: int = 0,
-                     layout: str = "csv") -> Path:
-    """Write a competition folder (train.csv + train/, test/, sample_submission.csv,
-    unlabeled/) or the folder-per-class layout with `layout="folders"`."""
-    rng = np.random.default_rng(seed)
-    per_class = per_class or {c: 8 for c in CLASSES}
-    (root / "train").mkdir(parents=True)
-    rows = []
-    for label, count in per_class.items():
-        for i in range(count):
-            name = f"{label}_{i:03d}.png"
-            folder = root / "train" / label if layout == "folders" else root / "train"
-            folder.mkdir(exist_ok=True)
-            synthetic_image(rng, label, size).save(folder / name)
-            rows.append({"id": name, "label": label})
-    if layout == "csv":
-        pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
-    for split, count in (("test", n_test), ("unlabeled", n_unlabeled)):
-        (root / split).mkdir()
-        for i in range(count):
-            label = list(per_class)[i % len(per_class)]
-            synthetic_image(rng, label, size).save(root / split / f"{split}_{i:03d}.png")
-    ids = sorted(p.name for p in (root / "test").iterdir())
-    pd.DataFrame({"id": ids, "label": list(per_class)[0]}).to_csv(
-        root / "sample_submission.csv", index=False)
-    return root
+os.environ.pop(CRASH_ENV, None)  # a crash point is set per child process (comp_process) only
 
 
 @pytest.fixture
 def competition(tmp_path: Path) -> Path:
+    """A fresh tiny competition (3 classes x 8 images, 6 test, 4 unlabeled) in tmp_path/comp."""
     return make_competition(tmp_path / "comp")
 
 
-def tiny_overrides(tmp_path: Path, data_dir: Path, **extra: str) -> list[str]:
-    """Overrides for a fast run: small CNN at 32 px, 2 folds, 2 epochs, random init, and
-    stage=all without pseudo-label rounds or tuning unless `extra` asks for them."""
-    settings = {
-        "data.dir": str(data_dir), "runs_dir": str(tmp_path / "runs"),
-        "submissions_dir": str(tmp_path / "submissions"), "name": "tiny",
-        "backbones": "[small_cnn]", "weights": "none", "data.folds": "2",
-        "train.epochs": "2", "train.patience": "2", "train.batch_size": "8",
-        "augment.tta": "flips", "quiet": "true", "pseudo.rounds": "0", "tune.n_trials": "0",
-        "backbone_overrides.small_cnn.model.image_size": "32",
-    }
-    settings.update(extra)
-    return [f"{k}={v}" for k, v in settings.items()]
+@pytest.fixture(autouse=True)
+def _comp_logger_restored():
+    """Each test starts with the `comp` logger as comp sets it up (its stderr handler, not
+    propagating), and whatever the test does to it (propagate, level, handlers) is undone."""
+    logger = get_logger()  # set up first, so that a later get_logger() changes nothing
+    propagate, level, handlers = logger.propagate, logger.level, list(logger.handlers)
+    yield
+    logger.propagate = propagate
+    logger.setLevel(level)
+    logger.handlers[:] = handlers
+
+
+@pytest.fixture
+def comp_caplog(caplog):
+    """caplog that also sees the `comp` logger's records (which do not propagate by
+    default); the logger is restored afterwards by _comp_logger_restored."""
+    get_logger().propagate = True
+    with caplog.at_level(logging.INFO, logger="comp"):
+        yield caplog
+
+
+@pytest.fixture(scope="session")
+def trained_template(tmp_path_factory) -> Path:
+    """Built once per session: a tiny competition in comp/ and one small_cnn trained on its
+    two folds in runs/tiny/ (tiny_overrides). Use `trained` for a copy; never change this."""
+    root = tmp_path_factory.mktemp("trained")
+    competition = make_competition(root / "comp")
+    assert run_comp("stage=train", *tiny_overrides(root, competition)) == 0
+    return root
+
+
+@pytest.fixture
+def trained(trained_template: Path, tmp_path: Path) -> Path:
+    """This test's copy of `trained_template` in tmp_path; returns the competition folder
+    (tmp_path/comp), so tiny_overrides(tmp_path, trained) finds the trained model."""
+    copy_tree(trained_template, tmp_path)
+    return tmp_path / "comp"

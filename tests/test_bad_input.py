@@ -121,6 +121,7 @@ def test_unlisted_and_extra_files_only_warn(tmp_path, competition, capsys):
     assert main(["stage=prepare", *tiny_overrides(tmp_path, competition)]) == 0
 
 
+@pytest.mark.slow
 def test_disk_full_while_writing_predictions(tmp_path, competition, monkeypatch, capsys):
     import comp.artifacts
 

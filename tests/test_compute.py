@@ -5,17 +5,19 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from comp.run import main
-from tests.conftest import tiny_overrides
+from tests.helpers import P_COLS, run_comp, tiny_overrides
 
 
-def test_mixed_precision_xla_and_mirrored_train_and_predict(tmp_path, competition):
+@pytest.mark.slow
+def test_mixed_precision_xla_and_mirrored_train_and_predict(tmp_path, trained):
+    competition = trained  # a float32 small_cnn is trained there already
     overrides = tiny_overrides(tmp_path, competition)
-    assert main(["stage=train", *overrides]) == 0
+    assert run_comp("stage=train", *overrides) == 0
     fast = ["compute.precision=mixed_bfloat16", "compute.jit_compile=true",
             "compute.distribute=mirrored"]
-    assert main(["stage=train", *overrides, *fast]) == 0
+    assert run_comp("stage=train", *overrides, *fast) == 0
     preds = sorted((tmp_path / "runs/tiny/preds").iterdir())
     assert len(preds) == 2  # bfloat16 is a model of its own (its weights differ)
     for folder in preds:
@@ -26,15 +28,20 @@ def test_mixed_precision_xla_and_mirrored_train_and_predict(tmp_path, competitio
                                 .read_text()) for p in preds}
     mixed = next(name for name, spec in specs.items() if spec.get("precision"))
     assert specs[mixed]["precision"] == "mixed_bfloat16"
-    assert main(["stage=predict", *overrides, *fast, f"predict.using={mixed}",
-                 f"predict.input={competition / 'test'}"]) == 0
-    again = pd.read_csv(next((tmp_path / "runs/tiny/predictions").glob("*.csv")))
-    test = pd.read_csv(tmp_path / "runs/tiny/preds" / mixed / "test.csv")
-    assert np.abs(again.filter(like="p_").to_numpy() - test.filter(like="p_").to_numpy()
+    assert run_comp("stage=predict", *overrides, *fast, f"predict.using={mixed}",
+                    f"predict.input={competition / 'test'}") == 0
+    (written,) = (tmp_path / "runs/tiny/predictions").glob("*.csv")
+    again = pd.read_csv(written).set_index("id")
+    test = pd.read_csv(tmp_path / "runs/tiny/preds" / mixed / "test.csv").set_index("id")
+    assert sorted(again.index) == sorted(test.index)
+    assert np.abs(again.loc[test.index, P_COLS].to_numpy() - test[P_COLS].to_numpy()
                   ).max() < 0.05  # bfloat16 has 8 bits of mantissa
 
 
 def test_a_bad_compute_value_is_one_line(tmp_path, competition, capsys):
     overrides = tiny_overrides(tmp_path, competition)
-    assert main(["stage=train", *overrides, "compute.precision=half"]) == 2
-    assert "compute.precision='half'" in capsys.readouterr().err
+    assert run_comp("stage=train", *overrides, "compute.precision=half") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("comp: error: ")
+    assert "compute.precision='half'" in err[0]
+    assert not list(tmp_path.glob("runs/tiny/models/*/fold*/metrics.json"))

@@ -8,8 +8,7 @@ import pytest
 
 from comp.ensemble import combine, fit_weights, nested_predictions
 from comp.metrics import scores
-from comp.run import main
-from tests.conftest import tiny_overrides
+from tests.helpers import leaderboard, run_comp, tiny_overrides
 
 
 def _synthetic(n=300, c=3, seed=0):
@@ -44,28 +43,49 @@ def test_combine_gives_distributions(method):
     members, _ = _synthetic(n=20)
     out = combine(method, members, np.array([0.5, 0.25, 0.25]))
     assert out.shape == (20, 3) and np.allclose(out.sum(1), 1) and (out >= 0).all()
+    if method == "rank":  # only the order of each class's scores over the rows counts
+        assert np.allclose(combine(method, members ** 3, np.array([0.5, 0.25, 0.25])), out)
+        return
+    # all the weight on one member: its ranking of the classes, row by row
+    alone = combine(method, members, np.array([0.0, 1.0, 0.0]))
+    assert (alone.argmax(1) == members[1].argmax(1)).all()
+    copies = np.stack([members[0]] * 3)  # three copies of one model combine to that model
+    assert np.allclose(combine(method, copies, np.array([0.5, 0.25, 0.25])), members[0])
 
 
-def test_stage_ensemble_writes_sets_ranked_beside_single_models(tmp_path, competition):
-    overrides = tiny_overrides(tmp_path, competition)
-    assert main(["stage=train", *overrides]) == 0
-    assert main(["stage=train", *overrides, "model.dropout=0.1"]) == 0
-    assert main(["stage=ensemble", *overrides]) == 0
-    assert main(["stage=submit", *overrides]) == 0
+@pytest.mark.slow
+def test_stage_ensemble_writes_sets_ranked_beside_single_models(tmp_path, trained):
+    overrides = tiny_overrides(tmp_path, trained)  # one small_cnn is trained there
+    assert run_comp("stage=train", *overrides, "model.dropout=0.1") == 0
+    assert run_comp("stage=ensemble", *overrides) == 0
+    assert run_comp("stage=submit", *overrides) == 0
     run = tmp_path / "runs" / "tiny"
+    models = sorted(p.name for p in (run / "preds").iterdir())
+    oofs = [pd.read_csv(run / "preds" / m / "oof.csv") for m in models]
+    cols = [c for c in oofs[0].columns if c.startswith("p_")]
     for method in ("mean", "weighted", "rank", "geometric"):
         cv = json.loads((run / "ensemble" / method / "cv.json").read_text())
-        assert cv["kind"] == "ensemble" and len(cv["models"]) == 2
+        assert cv["kind"] == "ensemble" and sorted(cv["models"]) == models
         assert "cv_in_sample" in cv and sum(cv["weights"].values()) == pytest.approx(1)
         oof = pd.read_csv(run / "ensemble" / method / "oof.csv")
         assert len(oof) == 24 and {"fold", "label"} <= set(oof.columns)
-    board = pd.read_csv(tmp_path / "submissions" / "leaderboard.csv")
+        assert oof.id.tolist() == oofs[0].id.tolist()
+        assert np.allclose(oof[cols].sum(axis=1), 1, atol=1e-4)
+    mean = pd.read_csv(run / "ensemble" / "mean" / "oof.csv")
+    assert np.allclose(mean[cols], (oofs[0][cols] + oofs[1][cols]) / 2, atol=1e-5)
+    board = leaderboard(tmp_path)
     assert sorted(board.kind.unique()) == ["ensemble", "single"] and len(board) == 6
+    assert board["rank"].tolist() == list(range(1, 7))
+    assert board.cv_accuracy.is_monotonic_decreasing  # ranked by submit.metric=accuracy
     assert (board.file.map(lambda f: (tmp_path / "submissions" / f).exists())).all()
 
 
-def test_ensemble_of_one_model_is_a_clear_error(tmp_path, competition, capsys):
-    overrides = tiny_overrides(tmp_path, competition)
-    assert main(["stage=train", *overrides]) == 0
-    assert main(["stage=ensemble", *overrides]) == 2
-    assert "at least two finished models" in capsys.readouterr().err
+@pytest.mark.slow
+def test_ensemble_of_one_model_is_a_clear_error(tmp_path, trained, capsys):
+    overrides = tiny_overrides(tmp_path, trained)  # one small_cnn is trained there
+    assert run_comp("stage=train", *overrides) == 0
+    capsys.readouterr()
+    assert run_comp("stage=ensemble", *overrides) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "at least two finished models" in err[0], err
+    assert not (tmp_path / "runs" / "tiny" / "ensemble").exists()

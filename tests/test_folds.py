@@ -4,7 +4,7 @@ import pytest
 from comp.data.folds import duplicate_groups, make_folds, perceptual_hashes
 from comp.data.views import DIHEDRAL, dihedral_view
 from comp.errors import CompError
-from tests.conftest import synthetic_image
+from tests.helpers import synthetic_image
 
 
 def _images(n, seed=0):

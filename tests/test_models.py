@@ -1,7 +1,8 @@
 """Registry, weight resolution and cutting backbones into prefix + trainable body."""
 
+import functools
+import re
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,12 @@ from comp.models.weights import ResolvedWeights, resolve_weights
 
 DEMO_WEIGHTS = DEMO_DIR / "weights"
 RANDOM = ResolvedWeights(None, "random-init")
+
+
+@functools.cache
+def _random_base(name: str, size: int):
+    """A random-init backbone, built once per module (cutting it changes nothing in it)."""
+    return build_backbone(get_backbone(name), size, RANDOM, 0)
 
 
 def test_registry_has_the_promised_backbones():
@@ -71,21 +78,24 @@ def test_real_weights_load_and_split_matches_the_whole_network():
 
 
 @pytest.mark.parametrize("spec, label", [
-    ("all", "all"), ("none", "none"), ("block9", "after:conv_pw_8_relu"), ("0.9", None),
-    ("conv_dw_13", "conv_dw_13@"), ("80", "@80"),
+    ("all", "all"), ("none", "none"), ("block9", "after:conv_pw_8_relu"),
+    ("0.9", re.compile(r"@(\d+)$")), ("conv_dw_13", "conv_dw_13@"), ("80", "@80"),
 ])
 def test_unfreeze_forms(spec, label):
-    backbone = get_backbone("mobilenet_025")
-    split = split_backbone(build_backbone(backbone, 32, RANDOM, 0), backbone, spec)
-    if label:
+    backbone, base = get_backbone("mobilenet_025"), _random_base("mobilenet_025", 32)
+    split = split_backbone(base, backbone, spec)
+    if isinstance(label, str):
         assert label in split.cut
+    else:  # a depth fraction: the first clean cut at or after 90% of the layers
+        index = int(label.search(split.cut).group(1))
+        assert round(0.9 * len(base.layers)) <= index < len(base.layers)
     model = build_head_model(split, 3, "max", 8, 0.2, True, 0)
     assert model.output_shape == (None, 3)
 
 
 def test_bad_unfreeze_points_are_clear():
     backbone = get_backbone("resnet50")
-    base = build_backbone(backbone, 32, RANDOM, 0)
+    base = _random_base("resnet50", 32)
     with pytest.raises(CompError, match="has no layer 'nope'"):
         split_backbone(base, backbone, "nope")
     with pytest.raises(CompError, match="does not cut"):
@@ -94,12 +104,26 @@ def test_bad_unfreeze_points_are_clear():
     assert split.cut == "after:conv4_block6_out"
 
 
-@pytest.mark.parametrize("name", sorted(set(BACKBONES) - {"small_cnn"}))
+LARGE = {"inception_resnet_v2", "inception_v3", "densenet121"}  # 3-5 s each to build
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=[pytest.mark.slow] if name in LARGE else [])
+    for name in sorted(set(BACKBONES) - {"small_cnn"})])
 def test_every_named_unfreeze_point_cuts_cleanly(name):
     backbone = get_backbone(name)
-    size = max(backbone.min_size, 32)
-    base = build_backbone(backbone, size, RANDOM, 0)
-    for point in backbone.unfreeze_points:
+    base = _random_base(name, max(backbone.min_size, 32))
+    cuts = set()
+    for point, target in backbone.unfreeze_points.items():
         split = split_backbone(base, backbone, point)
-        assert split.body is not None and split.prefix is not None, point
-    assert Path(__file__).exists()
+        assert target.removeprefix("after:") in split.cut, (point, split.cut)
+        # prefix feeds body, body ends where the backbone ends, and no weight is lost or
+        # counted twice
+        assert tuple(split.prefix.output.shape[1:]) == split.feature_shape, point
+        assert tuple(split.body.input.shape[1:]) == split.feature_shape, point
+        assert split.body.output.shape == base.output.shape, point
+        assert split.body.count_params() > 0, point
+        assert split.prefix.count_params() + split.body.count_params() == base.count_params()
+        cuts.add(split.cut)
+    assert len(cuts) == len(backbone.unfreeze_points)  # every named point cuts elsewhere
+    assert backbone.default_unfreeze in backbone.unfreeze_points

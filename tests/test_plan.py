@@ -1,82 +1,81 @@
 """stage=plan + one unit per process, in any order, equals one stage=train."""
 
-import subprocess
-import sys
-from pathlib import Path
+import pytest
 
-import pandas as pd
+from comp.workspace import RunDir, unit_lock
+from tests.helpers import (
+    assert_same_predictions,
+    comp_process,
+    finish,
+    fold_metrics,
+    run_comp,
+    run_comp_process,
+    run_path,
+    tiny_overrides,
+)
 
-from comp.run import main
-from tests.conftest import tiny_overrides
-
-ROOT = Path(__file__).resolve().parent.parent
 EXTRA = {"backbones": "[small_cnn,small_cnn-b]"}
 VARIANT = "+backbone_overrides.small_cnn-b.model.dropout=0.1"
 
 
-def test_units_as_separate_processes_equal_one_training(tmp_path, competition, capsys):
-    single = [*tiny_overrides(tmp_path / "single", competition, **EXTRA), VARIANT]
-    assert main(["stage=train", *single]) == 0
-    fanned = [*tiny_overrides(tmp_path / "fanned", competition, **EXTRA), VARIANT]
+def _units(capsys, overrides: list[str]) -> list[str]:
     capsys.readouterr()
-    assert main(["stage=plan", *fanned]) == 0
-    units = [line for line in capsys.readouterr().out.splitlines() if line.startswith("only.")]
+    assert run_comp("stage=plan", *overrides) == 0
+    return [line for line in capsys.readouterr().out.splitlines() if line.startswith("only.")]
+
+
+@pytest.mark.slow
+def test_units_as_separate_processes_equal_one_training(tmp_path, trained, capsys):
+    single = [*tiny_overrides(tmp_path, trained, **EXTRA), VARIANT]  # small_cnn is trained
+    assert run_comp("stage=train", *single) == 0
+    fanned = [*tiny_overrides(tmp_path / "fanned", trained, **EXTRA), VARIANT]
+    units = _units(capsys, fanned)
     assert len(units) == 4  # 2 models x 2 folds
+    assert len(set(units)) == 4 and {u.split()[-1] for u in units} == {"only.fold=0",
+                                                                        "only.fold=1"}
     for unit in reversed(units):  # any order, each its own process
-        done = subprocess.run([sys.executable, "-m", "comp.run", "stage=train", *fanned,
-                               *unit.split()], cwd=ROOT, capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr[-2000:]
-    assert main(["stage=plan", *fanned]) == 0
-    assert "only." not in capsys.readouterr().out  # nothing left
-    for name in ("oof.csv", "test.csv"):
-        for path in sorted((tmp_path / "single/runs/tiny/preds").glob(f"*/{name}")):
-            other = tmp_path / "fanned/runs/tiny/preds" / path.parent.name / name
-            pd.testing.assert_frame_equal(pd.read_csv(other), pd.read_csv(path),
-                                          check_exact=False, atol=1e-6)
+        finish(comp_process("stage=train", *fanned, *unit.split()))
+    assert _units(capsys, fanned) == []  # nothing left
+    assert len(fold_metrics(tmp_path / "fanned")) == 4
+    assert_same_predictions(run_path(tmp_path / "fanned"), run_path(tmp_path))
 
 
 def test_only_names_a_unit_that_exists(tmp_path, competition, capsys):
     overrides = tiny_overrides(tmp_path, competition)
-    assert main(["stage=train", *overrides, "only.model=nope"]) == 2
-    assert main(["stage=train", *overrides, "only.fold=7"]) == 2
-    err = capsys.readouterr().err
-    assert "only.model='nope'" in err and "only.fold=7" in err
+    assert run_comp("stage=train", *overrides, "only.model=nope") == 2
+    assert run_comp("stage=train", *overrides, "only.fold=7") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("comp: error: ") for line in err), err
+    assert "only.model='nope'" in err[0] and "only.fold=7" in err[1]
+    assert not fold_metrics(tmp_path)  # nothing trained
 
 
-def test_units_run_at_once_and_twice_over_equal_one_training(tmp_path, competition, capsys):
-    single = tiny_overrides(tmp_path / "single", competition)
-    assert main(["stage=train", *single]) == 0
-    fanned = tiny_overrides(tmp_path / "fanned", competition)
-    assert main(["stage=prepare", *fanned]) == 0
-    capsys.readouterr()
-    assert main(["stage=plan", *fanned]) == 0
-    units = [line for line in capsys.readouterr().out.splitlines() if line.startswith("only.")]
-    jobs = [subprocess.Popen([sys.executable, "-m", "comp.run", "stage=train", *fanned,
-                              *unit.split()], cwd=ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-            for unit in units * 2]  # every unit started twice, all at the same time
-    for job in jobs:
-        _, err = job.communicate(timeout=600)
-        assert job.returncode == 0, err[-2000:]
-    path = next((tmp_path / "single/runs/tiny/preds").glob("*/oof.csv"))
-    other = tmp_path / "fanned/runs/tiny/preds" / path.parent.name / "oof.csv"
-    pd.testing.assert_frame_equal(pd.read_csv(other), pd.read_csv(path),
-                                  check_exact=False, atol=1e-6)
+@pytest.mark.slow
+def test_units_run_at_once_and_twice_over_equal_one_training(tmp_path, trained, capsys):
+    fanned = tiny_overrides(tmp_path / "fanned", trained)
+    assert run_comp("stage=prepare", *fanned) == 0
+    units = _units(capsys, fanned)
+    assert len(units) == 2
+    # every unit started twice, all at the same time
+    children = [comp_process("stage=train", *fanned, *unit.split()) for unit in units * 2]
+    for child in children:
+        finish(child)
+    assert len(fold_metrics(tmp_path / "fanned")) == 2
+    assert_same_predictions(run_path(tmp_path / "fanned"), run_path(tmp_path))
 
 
-def test_a_fold_held_by_another_process_is_skipped_not_wiped(tmp_path, competition):
-    from comp.workspace import RunDir, unit_lock
-
-    overrides = tiny_overrides(tmp_path, competition)
-    assert main(["stage=train", *overrides]) == 0
-    fold0 = next((tmp_path / "runs/tiny/models").glob("*/fold0"))
+@pytest.mark.slow
+def test_a_fold_held_by_another_process_is_skipped_not_wiped(tmp_path, trained):
+    overrides = tiny_overrides(tmp_path, trained)
+    (fold0,) = run_path(tmp_path).glob("models/*/fold0")
     (fold0 / "metrics.json").unlink()  # as if its trainer were still at work
     (fold0 / "partial").write_text("work in progress")
-    command = [sys.executable, "-m", "comp.run", "stage=train", *overrides, "only.fold=0"]
-    with unit_lock(RunDir(tmp_path / "runs/tiny").fold_lock(fold0.parent.name, 0)) as mine:
+    args = ("stage=train", *overrides, "only.fold=0")
+    with unit_lock(RunDir(run_path(tmp_path)).fold_lock(fold0.parent.name, 0)) as mine:
         assert mine
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        done = run_comp_process(*args)
         assert done.returncode == 0, done.stderr[-2000:]
         assert (fold0 / "partial").exists() and not (fold0 / "metrics.json").exists()
-    assert subprocess.run(command, cwd=ROOT, capture_output=True).returncode == 0
+    done = run_comp_process(*args)
+    assert done.returncode == 0, done.stderr[-2000:]
     assert (fold0 / "metrics.json").exists() and not (fold0 / "partial").exists()

@@ -5,15 +5,16 @@ import shutil
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from comp.run import main
-from tests.conftest import CLASSES, tiny_overrides
+from tests.helpers import CLASSES, leaderboard, run_comp, tiny_overrides
 
 
+@pytest.mark.slow
 def test_predict_matches_test_predictions_from_a_moved_run(tmp_path, competition):
     overrides = tiny_overrides(tmp_path, competition, backbones="[small_cnn,mobilenet_025]",
                                **{"model.image_size": "32"})
-    assert main(["stage=all", *overrides]) == 0
+    assert run_comp("stage=all", *overrides) == 0
     moved = tmp_path / "elsewhere"
     shutil.copytree(tmp_path / "runs", moved)
     shutil.rmtree(tmp_path / "runs")
@@ -22,18 +23,19 @@ def test_predict_matches_test_predictions_from_a_moved_run(tmp_path, competition
         out = tmp_path / f"pred_{using}.csv"
         extra = [f"runs_dir={moved}", "stage=predict", f"predict.input={competition / 'test'}",
                  f"predict.output={out}"] + ([f"predict.using={using}"] if using else [])
-        assert main([*overrides, *extra]) == 0
+        assert run_comp(*overrides, *extra) == 0
         got = pd.read_csv(out).set_index("id")
         if folder is None:  # the best by CV: whichever it is, it has a test.csv
-            board = pd.read_csv(tmp_path / "submissions" / "leaderboard.csv")
-            name = board.name[0]
+            name = leaderboard(tmp_path).name[0]
             folder = (f"ensemble/{name.removeprefix('ensemble-')}"
                       if name.startswith("ensemble-") else f"preds/{name}")
         expected = pd.read_csv(moved / "tiny" / folder / "test.csv").set_index("id")
+        assert sorted(got.index) == sorted(expected.index)
         assert np.allclose(got.loc[expected.index, cols], expected[cols], atol=1e-5)
         assert (got.label == got[cols].idxmax(axis=1).str[2:]).all()
 
 
 def test_predict_needs_an_input(tmp_path, competition, capsys):
-    assert main(["stage=predict", *tiny_overrides(tmp_path, competition)]) == 2
-    assert "predict.input" in capsys.readouterr().err
+    assert run_comp("stage=predict", *tiny_overrides(tmp_path, competition)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("comp: error: ") and "predict.input" in err[0]

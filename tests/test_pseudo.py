@@ -8,8 +8,7 @@ import pytest
 
 from comp.errors import CompError
 from comp.pseudo import pseudo_table, select_pseudo_labels, sharpen
-from comp.run import main
-from tests.conftest import CLASSES, tiny_overrides
+from tests.helpers import P_COLS, leaderboard, run_comp, tiny_overrides
 
 PROBS = np.array([
     [0.95, 0.05], [0.90, 0.10], [0.85, 0.15], [0.60, 0.40],  # class 0
@@ -49,14 +48,15 @@ def test_sharpen_and_soft_targets():
     assert hard.label.tolist() == ["y"] and hard.confidence.tolist() == [0.7]
 
 
-def test_round_trip_and_no_fold_sees_its_own_validation_images(tmp_path, competition):
-    overrides = tiny_overrides(tmp_path, competition, **{
+@pytest.mark.slow
+def test_round_trip_and_no_fold_sees_its_own_validation_images(tmp_path, trained):
+    overrides = tiny_overrides(tmp_path, trained, **{  # round 0 is trained there
         "pseudo.rounds": "1", "pseudo.threshold": "0.0", "pseudo.class_cap": "10",
         "pseudo.splits": "[unlabeled,test]"})
-    assert main(["stage=all", *overrides]) == 0
+    assert run_comp("stage=all", *overrides) == 0
     run = tmp_path / "runs" / "tiny"
     folds = pd.read_csv(run / "folds.csv")
-    board = pd.read_csv(tmp_path / "submissions" / "leaderboard.csv")
+    board = leaderboard(tmp_path)
     assert set(board.kind) == {"single", "ensemble"}  # two models: ensembled too
     board = board[board.kind == "single"]
     assert sorted(board["round"].tolist()) == [0, 1]  # both rounds side by side
@@ -64,7 +64,6 @@ def test_round_trip_and_no_fold_sees_its_own_validation_images(tmp_path, competi
     round1 = board.loc[board["round"] == 1, "name"].item()
     spec1 = json.loads((run / "models" / round1 / "spec.json").read_text())
     assert spec1["pseudo"]["round"] == 1
-    cols = [f"p_{c}" for c in CLASSES]
     for fold in (0, 1):
         table = pd.read_csv(run / "pseudo" / "round1" / f"fold{fold}.csv")
         # only images without labels, voted by this fold's round-0 model alone
@@ -73,7 +72,7 @@ def test_round_trip_and_no_fold_sees_its_own_validation_images(tmp_path, competi
         fold_dir = run / "models" / round0 / f"fold{fold}"
         vote = pd.concat([pd.read_csv(fold_dir / "unlabeled.csv"),
                           pd.read_csv(fold_dir / "test.csv")]).set_index("id")
-        assert np.allclose(vote.loc[table.id, cols].max(axis=1), table.confidence)
+        assert np.allclose(vote.loc[table.id, P_COLS].max(axis=1), table.confidence)
         # the round-1 model of this fold trained on exactly these pseudo-labelled ids
         metrics = json.loads((run / "models" / round1 / f"fold{fold}" / "metrics.json").read_text())
         assert sorted(metrics["pseudo_ids"]) == sorted(table.id)
@@ -86,5 +85,6 @@ def test_round_trip_and_no_fold_sees_its_own_validation_images(tmp_path, competi
 
 
 def test_training_a_round_without_its_files_is_a_clear_error(tmp_path, competition, capsys):
-    assert main(["stage=train", "pseudo.round=2", *tiny_overrides(tmp_path, competition)]) == 2
-    assert "run stage=pseudo pseudo.round=2 first" in capsys.readouterr().err
+    assert run_comp("stage=train", "pseudo.round=2", *tiny_overrides(tmp_path, competition)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "run stage=pseudo pseudo.round=2 first" in err[0], err

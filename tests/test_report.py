@@ -6,16 +6,16 @@ import subprocess
 
 import pytest
 
-from comp.run import main
-from tests.conftest import tiny_overrides
+from tests.helpers import leaderboard, run_comp, tiny_overrides
 
 
-def test_report_page_and_its_images(tmp_path, competition):
-    overrides = tiny_overrides(tmp_path, competition, **{
+@pytest.mark.slow
+def test_report_page_and_its_images(tmp_path, trained):
+    overrides = tiny_overrides(tmp_path, trained, **{  # small_cnn round 0 is trained there
         "backbones": "[small_cnn,small_cnn-b]", "pseudo.rounds": "1", "tune.n_trials": "2",
         "tune.epochs": "2", "tune.params": "[model.dropout]"})
-    assert main(["stage=all", *overrides, "+backbone_overrides.small_cnn-b.model.dropout=0.1"]
-                ) == 0
+    assert run_comp("stage=all", *overrides,
+                    "+backbone_overrides.small_cnn-b.model.dropout=0.1") == 0
     page = tmp_path / "runs" / "tiny" / "report" / "index.html"
     text = page.read_text()
     images = re.findall(r"<img src='([^']+)'", text)
@@ -23,6 +23,8 @@ def test_report_page_and_its_images(tmp_path, competition):
     for needle in ("Leaderboard", "out-of-fold", "Learning curves", "Pseudo-labels round1",
                    "Ensemble weights", "Tuning", "confusion_", "reliability_", "curves_"):
         assert needle in text, needle
+    board = leaderboard(tmp_path)
+    assert len(board) == 9 and all(name in text for name in board.name)  # every entry shown
     assert "http://" not in text and "https://" not in text  # opens offline
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:

@@ -1,33 +1,24 @@
-"""Kill -9 at random points of stage=all: the rerun finishes, redoes only the interrupted
-units, and its predictions equal those of an uninterrupted run."""
+"""stage=all killed hard (COMP_CRASH_AT, as kill -9) at named units, again and again: each
+rerun goes on from where the last one died, and the predictions at the end equal those of
+an uninterrupted run."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
+import pytest
 
-import numpy as np
-import pandas as pd
+from comp.crashpoints import EXIT_CODE
+from tests.helpers import (
+    assert_same_predictions,
+    comp_process,
+    finish,
+    finished_models,
+    fold_metrics,
+    run_comp,
+    run_path,
+    tiny_overrides,
+)
 
-from tests.conftest import tiny_overrides
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _start(overrides: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "comp.run", "stage=all", *overrides],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def _predictions(run: Path) -> dict[str, pd.DataFrame]:
-    found = {}
-    for path in sorted(run.glob("preds/*/*.csv")) + sorted(run.glob("ensemble/*/*.csv")):
-        found[str(path.relative_to(run))] = pd.read_csv(path)
-    return found
+pytestmark = pytest.mark.slow
 
 
 def test_killed_runs_resume_to_the_same_predictions(tmp_path, competition):
@@ -36,28 +27,24 @@ def test_killed_runs_resume_to_the_same_predictions(tmp_path, competition):
     variant = "+backbone_overrides.small_cnn-b.model.dropout=0.1"
     reference = [*tiny_overrides(tmp_path / "reference", competition, **extra), variant]
     resumed = [*tiny_overrides(tmp_path / "resumed", competition, **extra), variant]
-    child = _start(reference)
-    assert child.wait(timeout=600) == 0, child.stderr.read().decode()[-2000:]
+    assert run_comp("stage=all", *reference) == 0  # uninterrupted, in this process
 
-    rng = np.random.default_rng(7)
-    run = tmp_path / "resumed" / "runs" / "tiny"
-    kills = interrupted = 0
-    for _ in range(3):
-        child = _start(resumed)
-        time.sleep(float(rng.uniform(5, 14)))
-        if child.poll() is None:
-            os.kill(child.pid, signal.SIGKILL)
-            child.wait()
-            kills += 1
-            interrupted += sum(not (d / "metrics.json").exists()
-                               for d in run.glob("models/*/fold*"))
-    child = _start(resumed)
-    assert child.wait(timeout=600) == 0, child.stderr.read().decode()[-2000:]
+    # each run dies right after the next fold 1 is written: a model with all its folds
+    # done and no prediction set yet (round 0: small_cnn, small_cnn-b; round 1: small_cnn)
+    done = []
+    for kill in range(3):
+        child = comp_process("stage=all", *resumed, crash_at="fold:1")
+        assert child.wait(timeout=600) == EXIT_CODE, child.stderr.read()[-2000:]
+        folds = fold_metrics(tmp_path / "resumed")
+        assert len(folds) == 2 * (kill + 1)  # two more folds each time, none trained twice
+        assert all(path.stat().st_mtime_ns == t for path, t in done)  # earlier folds kept
+        done = [(path, path.stat().st_mtime_ns) for path in folds]
+        assert len(finished_models(tmp_path / "resumed")) == kill  # the last one is unfinished
+    assert (run_path(tmp_path / "resumed") / "pseudo" / "round1").is_dir()  # got to round 1
+    finish(comp_process("stage=all", *resumed))
 
-    expected = _predictions(tmp_path / "reference" / "runs" / "tiny")
-    got = _predictions(run)
-    assert kills >= 1 and sorted(got) == sorted(expected) and len(got) > 8
-    for name, frame in expected.items():
-        pd.testing.assert_frame_equal(got[name], frame, check_exact=False, atol=1e-6)
-    print(f"kills {kills}, interrupted fold units redone {interrupted}, "
-          f"{len(got)} prediction files equal")
+    assert len(fold_metrics(tmp_path / "resumed")) == 8  # 2 backbones x 2 rounds x 2 folds
+    assert all(path.stat().st_mtime_ns == t for path, t in done)
+    compared = assert_same_predictions(run_path(tmp_path / "resumed"),
+                                       run_path(tmp_path / "reference"))
+    assert compared > 8

@@ -47,11 +47,29 @@ def test_early_stopping_on_auc():
 
 def test_training_dataset_draws_each_row_once_per_epoch():
     data = _data(n=10, views=3)
-    data.features[:] = np.arange(3, dtype="float16")[:, None, None]  # feature value = view id
-    batches = list(training_dataset(data, batch_size=4, seed=1))
-    x = np.concatenate([b[0].numpy() for b in batches])
-    assert len(x) == 10 and set(np.unique(x[:, 0])) <= {0.0, 1.0, 2.0}
-    assert len(np.unique(x[:, 0])) > 1  # views vary
+    # every (view, row) distinguishable: feature 0 = row number, feature 1 = view
+    data.features[:] = 0
+    data.features[:, :, 0] = np.arange(data.features.shape[1])[None, :]
+    data.features[:, :, 1] = np.arange(3)[:, None]
+    data.rows = np.array([1, 3, 4, 6, 8, 9])  # a fold trains on some rows only
+    data.targets, data.weights = np.eye(3)[data.rows % 3], data.rows / 10
+    dataset = training_dataset(data, batch_size=4, seed=1)
+    orders = []
+    for _ in range(2):  # two epochs
+        batches = list(dataset)
+        x = np.concatenate([b[0].numpy() for b in batches])
+        targets = np.concatenate([b[1].numpy() for b in batches])
+        weights = np.concatenate([b[2].numpy() for b in batches])
+        rows = x[:, 0].astype(int)
+        assert sorted(rows.tolist()) == data.rows.tolist()  # each row once, no other row
+        assert set(x[:, 1]) <= {0.0, 1.0, 2.0}
+        assert (targets == np.eye(3)[rows % 3]).all()  # targets and weights follow their row
+        assert np.allclose(weights, rows / 10)
+        orders.append(rows.tolist())
+        assert len(batches) == 2 and len(batches[0][0]) == 4
+    assert orders[0] != orders[1]  # reshuffled each epoch
+    views = np.concatenate([b[0].numpy()[:, 1] for b in dataset])
+    assert len(np.unique(views)) > 1  # views vary
 
 
 def test_balanced_class_weights():

@@ -1,56 +1,91 @@
 """Per-fold Optuna studies: resume, pruning, params=best, honest inner holdout."""
 
+import json
+import sqlite3
+
+import numpy as np
 import optuna
-import pandas as pd
+import pytest
 import yaml
 
-from comp.run import main
-from comp.tuning import inner_split
-from tests.conftest import tiny_overrides
+from comp.crashpoints import EXIT_CODE
+from comp.tuning import counted_trials, inner_split
+from tests.helpers import (
+    DONE,
+    TUNE_FAST,
+    copy_tree,
+    fold_metrics,
+    leaderboard,
+    load_study,
+    make_competition,
+    optuna_url,
+    run_comp,
+    run_comp_process,
+    run_path,
+    study_names,
+    tiny_overrides,
+)
 
-FAST = {"tune.epochs": "2", "tune.params": "[model.dropout,train.lr]"}
+FAIL, COMPLETE = optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE
 
 
-def _studies(tmp_path):
-    url = f"sqlite:///{tmp_path / 'runs' / 'tiny' / 'optuna.db'}"
-    return {s.study_name: s for s in optuna.get_all_study_summaries(url)}, url
+@pytest.fixture(scope="module")
+def tuned_template(tmp_path_factory):
+    """stage=tune with 2 trials per fold, once per module."""
+    root = tmp_path_factory.mktemp("tuned")
+    competition = make_competition(root / "comp")
+    assert run_comp("stage=tune", *tiny_overrides(root, competition, **TUNE_FAST),
+                    "tune.n_trials=2") == 0
+    return root
 
 
-def test_studies_resume_and_count_trials_once(tmp_path, competition):
-    overrides = tiny_overrides(tmp_path, competition, **FAST)
-    assert main(["stage=tune", *overrides, "tune.n_trials=2"]) == 0
-    summaries, url = _studies(tmp_path)
-    assert sorted(summaries) == ["tiny-small_cnn-fold0", "tiny-small_cnn-fold1"]
-    assert all(s.n_trials == 2 for s in summaries.values())
-    assert main(["stage=tune", *overrides, "tune.n_trials=2"]) == 0  # nothing left to do
-    assert all(s.n_trials == 2 for s in _studies(tmp_path)[0].values())
-    assert main(["stage=tune", *overrides, "tune.n_trials=3"]) == 0  # continues the study
-    study = optuna.load_study(study_name="tiny-small_cnn-fold0", storage=url)
+@pytest.fixture
+def tuned(tuned_template, tmp_path):
+    """This test's copy of tuned_template: the overrides that made it."""
+    copy_tree(tuned_template, tmp_path)
+    return tiny_overrides(tmp_path, tmp_path / "comp", **TUNE_FAST)
+
+
+@pytest.mark.slow
+def test_studies_resume_and_count_trials_once(tmp_path, tuned):
+    url = optuna_url(tmp_path)
+    assert study_names(url) == ["tiny-small_cnn-fold0", "tiny-small_cnn-fold1"]
+    assert all(len(load_study(url, name).trials) == 2 for name in study_names(url))
+    assert run_comp("stage=tune", *tuned, "tune.n_trials=2") == 0  # nothing left to do
+    assert all(len(load_study(url, name).trials) == 2 for name in study_names(url))
+    assert run_comp("stage=tune", *tuned, "tune.n_trials=3") == 0  # continues the study
+    study = load_study(url, "tiny-small_cnn-fold0")
     assert [t.number for t in study.trials] == [0, 1, 2]
+    assert all(t.state.name in DONE for t in study.trials)
     assert study.trials[0].params["model.dropout"] == 0.3  # the defaults go first
+    assert study.trials[0].params["train.lr"] != study.trials[1].params["train.lr"]
     assert len(study.trials[1].intermediate_values) >= 1  # per-epoch reports
-    tuned = yaml.safe_load((tmp_path / "runs/tiny/tuned/small_cnn.yaml").read_text())
-    assert set(tuned["folds"]) == {"0", "1"}
+    tuned_yaml = yaml.safe_load((run_path(tmp_path) / "tuned/small_cnn.yaml").read_text())
+    assert set(tuned_yaml["folds"]) == {"0", "1"}
+    assert tuned_yaml["folds"]["0"]["best"] == study.best_trial.params
 
 
-def test_params_best_trains_each_fold_with_its_own_settings(tmp_path, competition):
-    overrides = tiny_overrides(tmp_path, competition, **FAST)
-    assert main(["stage=tune", *overrides, "tune.n_trials=2"]) == 0
-    assert main(["stage=train", "params=best", *overrides]) == 0
-    board_models = list((tmp_path / "runs/tiny/preds").iterdir())
+@pytest.mark.slow
+def test_params_best_trains_each_fold_with_its_own_settings(tmp_path, tuned):
+    assert run_comp("stage=train", "params=best", *tuned) == 0
+    board_models = list((run_path(tmp_path) / "preds").iterdir())
     assert len(board_models) == 1
-    import json
-
-    spec = json.loads((tmp_path / "runs/tiny/models" / board_models[0].name / "spec.json")
+    spec = json.loads((run_path(tmp_path) / "models" / board_models[0].name / "spec.json")
                       .read_text())
     for fold in ("0", "1"):
-        study = optuna.load_study(study_name=f"tiny-small_cnn-fold{fold}",
-                                  storage=_studies(tmp_path)[1])
+        study = load_study(optuna_url(tmp_path), f"tiny-small_cnn-fold{fold}")
         assert spec["fold_params"][fold] == study.best_trial.params
+        metrics = json.loads((run_path(tmp_path) / "models" / board_models[0].name
+                              / f"fold{fold}" / "metrics.json").read_text())
+        trained = metrics["settings"]
+        for name, value in study.best_trial.params.items():  # the fold trained with them
+            section, key = name.split(".")
+            assert trained[section][key] == value, (fold, name)
     cv = json.loads((board_models[0] / "cv.json").read_text())
     assert cv["tuned"] is True
 
 
+@pytest.mark.slow
 def test_pruned_trials_and_no_completed_trial_error(tmp_path, competition, monkeypatch,
                                                     capsys):
     class AlwaysPrune(optuna.pruners.BasePruner):
@@ -61,55 +96,73 @@ def test_pruned_trials_and_no_completed_trial_error(tmp_path, competition, monke
             return True
 
     monkeypatch.setattr(optuna.pruners, "MedianPruner", AlwaysPrune)
-    overrides = tiny_overrides(tmp_path, competition, **FAST)
-    assert main(["stage=tune", *overrides, "tune.n_trials=2"]) == 0
-    study = optuna.load_study(study_name="tiny-small_cnn-fold0", storage=_studies(tmp_path)[1])
+    overrides = tiny_overrides(tmp_path, competition, **TUNE_FAST)
+    assert run_comp("stage=tune", *overrides, "tune.n_trials=2") == 0
+    study = load_study(optuna_url(tmp_path), "tiny-small_cnn-fold0")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2
-    assert main(["stage=train", "params=best", *overrides]) == 2
-    assert "no completed trial" in capsys.readouterr().err
+    assert all(len(t.intermediate_values) == 1 for t in study.trials)  # pruned at epoch 0
+    capsys.readouterr()
+    assert run_comp("stage=train", "params=best", *overrides) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no completed trial" in err[0] and "tiny-small_cnn-fold0" in err[0]
 
 
 def test_inner_holdout_never_touches_the_outer_validation_fold():
-    import numpy as np
-
     folds = np.arange(40) % 4
     labels = np.arange(40) % 2
-    train, holdout = inner_split(np.nonzero(folds != 0)[0], labels, 0.25, 0)
+    outer_train = np.nonzero(folds != 0)[0]
+    train, holdout = inner_split(outer_train, labels, 0.25, 0)
     assert not (set(train) | set(holdout)) & set(np.nonzero(folds == 0)[0])
     assert len(holdout) == 8 and not set(train) & set(holdout)
+    assert sorted([*train, *holdout]) == outer_train.tolist()  # nothing dropped
+    # stratified: the holdout has the class shares of the rows it came from (1/3 are 0s)
+    assert sorted(labels[holdout].tolist()) == [0] * 3 + [1] * 5
 
 
+@pytest.mark.slow
 def test_all_runs_every_stage_on_a_tiny_competition(tmp_path, competition):
-    overrides = tiny_overrides(tmp_path, competition, **FAST, **{
+    overrides = tiny_overrides(tmp_path, competition, **TUNE_FAST, **{
         "tune.n_trials": "2", "pseudo.rounds": "1", "backbones": "[small_cnn,mobilenet_025]",
         "model.image_size": "32"})
-    assert main(["stage=all", *overrides]) == 0
-    board = pd.read_csv(tmp_path / "submissions" / "leaderboard.csv")
+    assert run_comp("stage=all", *overrides) == 0
+    board = leaderboard(tmp_path)
     # 2 backbones x (round 0, round 1) + the first one tuned + 4 ensembles
     assert len(board) == 9 and set(board.kind) == {"single", "ensemble"}
     assert board.loc[board.kind == "single", "name"].str.startswith("small_cnn").sum() == 3
     assert board["round"].max() == 1
-    finished = (tmp_path / "runs/tiny/models").rglob("metrics.json")
-    stamps = {p: p.stat().st_mtime_ns for p in finished}
-    assert main(["stage=all", *overrides]) == 0  # rerun: nothing trained again
+    stamps = {p: p.stat().st_mtime_ns for p in fold_metrics(tmp_path)}
+    assert len(stamps) == 5 * 2  # 5 models x 2 folds
+    assert run_comp("stage=all", *overrides) == 0  # rerun: nothing trained again
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    assert len(fold_metrics(tmp_path)) == len(stamps)
 
 
+def _has_heartbeat(url: str, trial_id: int) -> bool:
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+        return bool(db.execute("SELECT 1 FROM trial_heartbeats WHERE trial_id = ?",
+                               (trial_id,)).fetchall())
+
+
+@pytest.mark.slow
 def test_a_killed_trial_is_failed_and_retried(tmp_path, competition):
-    import time
+    overrides = tiny_overrides(tmp_path, competition, **TUNE_FAST,
+                               **{"tune.heartbeat_grace": "2", "tune.n_trials": "3"})
+    killed = run_comp_process("stage=tune", *overrides, crash_at="trial:1")
+    assert killed.returncode == EXIT_CODE, killed.stderr[-2000:]  # died at trial 1's start
+    url = optuna_url(tmp_path)
+    before = load_study(url, "tiny-small_cnn-fold0").trials
+    assert [t.state for t in before] == [COMPLETE, optuna.trial.TrialState.RUNNING]
+    assert _has_heartbeat(url, before[1]._trial_id)  # else Optuna could never fail it
 
-    from comp.tuning import open_study
-
-    overrides = tiny_overrides(tmp_path, competition, **FAST, **{"tune.heartbeat_grace": "2"})
-    assert main(["stage=tune", *overrides, "tune.n_trials=1"]) == 0
-    url = _studies(tmp_path)[1]
-    study = open_study("tiny-small_cnn-fold0", url, "auc", "median", 0, grace=2)
-    trial = study.ask({"model.dropout": optuna.distributions.FloatDistribution(0, 0.6),
-                       "train.lr": optuna.distributions.FloatDistribution(3e-4, 3e-2, log=True)})
-    study._storage.record_heartbeat(trial._trial_id)  # a worker that then died (kill -9)
-    time.sleep(3)
-    assert main(["stage=tune", *overrides, "tune.n_trials=3"]) == 0
-    states = [t.state for t in optuna.load_study(study_name="tiny-small_cnn-fold0",
-                                                 storage=url).trials]
-    assert states[1] == optuna.trial.TrialState.FAIL  # the killed one
-    assert states.count(optuna.trial.TrialState.COMPLETE) >= 2  # its retry ran, study went on
+    assert run_comp("stage=tune", *overrides) == 0  # a live worker: fails it, retries it
+    trials = load_study(url, "tiny-small_cnn-fold0").trials
+    failed = [t for t in trials if t.state == FAIL]
+    assert [t.number for t in failed] == [1]  # the killed one
+    assert failed[0].user_attrs["worker"] == before[1].user_attrs["worker"]
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == 1]
+    assert len(retries) == 1 and retries[0].state.name in DONE
+    assert retries[0].system_attrs["retry_history"] == [1]
+    assert retries[0].params == failed[0].params  # the same settings, run again
+    assert retries[0].user_attrs["worker"] != failed[0].user_attrs["worker"]
+    assert counted_trials(trials) == 3 and len(trials) == 4  # the retry took its place
+    assert [t.state for t in load_study(url, "tiny-small_cnn-fold1").trials] == [COMPLETE] * 3

@@ -18,6 +18,7 @@ import optuna
 from omegaconf import DictConfig
 
 from comp.artifacts import write_yaml
+from comp.crashpoints import crash_point
 from comp.errors import CompError
 from comp.log import get_logger, progress, unit_done
 from comp.models.registry import get_backbone
@@ -108,6 +109,8 @@ def tune_backbone(cfg: DictConfig, prepared: Prepared, backbone_name: str) -> di
         for step, (fit_rows, held) in enumerate(splits):
             data = fold_data(featured, spec, labels, fit_rows, held, len(classes))
             model = featured.new_head(spec, len(classes), spec.train["seed"] + fold)
+            if step == 0:
+                crash_point(f"trial:{trial.number}")  # tests: COMP_CRASH_AT=trial:<n> dies
             history, best_epoch = fit_fold(model, data, spec.train,
                                            spec.train["seed"] + fold, compute=spec.compute)
             values.append(float(history[f"val_{metric}"][best_epoch]))

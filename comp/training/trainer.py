@@ -17,6 +17,7 @@ import pandas as pd
 
 from comp import __version__
 from comp.artifacts import atomic_path, read_json, write_csv, write_json
+from comp.crashpoints import crash_point
 from comp.data.images import cached_images
 from comp.log import get_logger, progress, unit_done
 from comp.metrics import scores
@@ -279,6 +280,7 @@ def write_fold_outputs(out, prepared, fold: int, val_probs: np.ndarray, split_pr
         "pseudo_ids": [] if pseudo is None else list(pseudo.ids),
         "seconds": round(time.time() - started, 2),
     })
+    crash_point(f"fold:{fold}")  # tests: COMP_CRASH_AT=fold:<k> dies here
 
 
 def collect_predictions(spec: ModelSpec, prepared, info: dict) -> dict:
