@@ -117,8 +117,7 @@ class ClassicConfig:
     # `color` (colour histograms) or a backbone, optionally `@<size>` (input size);
     # heads: logreg, svm_rbf, svm_linear, knn, gbm
     models: list[str] = field(default_factory=lambda: [
-        "pixels+svm_rbf", "mobilenet_025+logreg", "mobilenet_025@448,color+logreg",
-        "mobilenet_025@448,color+svm_rbf"])
+        "pixels+svm_rbf", "mobilenet_025+logreg", "mobilenet_025@448,color+logreg"])
     depths: list[str] = field(default_factory=list)  # named depths pooled; empty: all + top
     image_size: int | None = None  # backbone input size for embeddings; None: its default
     pixels_size: int = 32  # side of the downsampled image for `pixels`

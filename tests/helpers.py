@@ -64,14 +64,15 @@ def make_competition(root: Path, per_class: dict[str, int] | None = None, n_test
 
 def tiny_overrides(tmp_path: Path, data_dir: Path, **extra: str) -> list[str]:
     """Overrides for a fast run: small CNN at 32 px, 2 folds, 2 epochs, random init, and
-    stage=all without pseudo-label rounds or tuning unless `extra` asks for them."""
+    stage=all without pseudo-label rounds, tuning or classic heads unless `extra` asks for
+    them."""
     settings = {
         "data.dir": str(data_dir), "runs_dir": str(tmp_path / "runs"),
         "submissions_dir": str(tmp_path / "submissions"), "name": "tiny",
         "backbones": "[small_cnn]", "weights": "none", "data.folds": "2",
         "train.epochs": "2", "train.patience": "2", "train.batch_size": "8",
         "augment.tta": "flips", "quiet": "true", "pseudo.rounds": "0", "tune.n_trials": "0",
-        "backbone_overrides.small_cnn.model.image_size": "32",
+        "backbone_overrides.small_cnn.model.image_size": "32", "classic.models": "[]",
     }
     settings.update(extra)
     return [f"{k}={v}" for k, v in settings.items()]
@@ -175,3 +176,13 @@ def study_names(url: str) -> list[str]:
     import optuna
 
     return sorted(optuna.get_all_study_names(url))
+
+
+def study_of(url: str, prefix: str, fold: int) -> str:
+    """The name of the study `<prefix>-<folds fingerprint>-fold<fold>` in `url`."""
+    import optuna
+
+    names = [s.study_name for s in optuna.get_all_study_summaries(url)
+             if s.study_name.startswith(prefix + "-") and s.study_name.endswith(f"-fold{fold}")]
+    assert len(names) == 1, names
+    return names[0]

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from comp.ensemble import combine, fit_weights, nested_predictions
+from comp.ensemble import METHODS, fit_weights, greedy_selection, nested_predictions
 from comp.metrics import scores
 from tests.helpers import leaderboard, run_comp, tiny_overrides
 
@@ -33,9 +33,31 @@ def test_nested_cv_is_below_in_sample_on_noise():
     y = rng.integers(0, 3, 200)
     members = rng.dirichlet(np.ones(3), size=(6, 200))  # six models of pure noise
     folds = np.arange(200) % 5
-    in_sample = scores(y, combine("weighted", members, fit_weights(members, y)))["log_loss"]
-    nested = scores(y, nested_predictions(members, y, folds))["log_loss"]
+    weighted = METHODS["weighted"]
+    in_sample = scores(y, weighted.apply(members, fit_weights(members, y)))["log_loss"]
+    nested = scores(y, nested_predictions(weighted, members, y, folds))["log_loss"]
     assert nested > in_sample  # in-sample weights flatter noise; nested does not
+
+
+def combine(method: str, members: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    return METHODS[method].apply(members, weights)
+
+
+def test_greedy_selection_prefers_the_better_model():
+    members, y = _synthetic()
+    weights = greedy_selection(members, y)
+    assert weights.argmax() == 0 and weights.sum() == pytest.approx(1)
+
+
+def test_stacker_and_optuna_weights_give_distributions():
+    members, y = _synthetic(n=120)
+    for name in ("stacked", "optuna"):
+        method = METHODS[name]
+        state = method.fit(members, y, 0) if name == "stacked" else method.fit(
+            members, y, 0, n_trials=20)
+        out = method.apply(members, state)
+        assert out.shape == (120, 3) and np.allclose(out.sum(1), 1)
+        assert scores(y, out)["accuracy"] > scores(y, members[1])["accuracy"]
 
 
 @pytest.mark.parametrize("method", ["mean", "weighted", "rank", "geometric"])
@@ -63,10 +85,12 @@ def test_stage_ensemble_writes_sets_ranked_beside_single_models(tmp_path, traine
     models = sorted(p.name for p in (run / "preds").iterdir())
     oofs = [pd.read_csv(run / "preds" / m / "oof.csv") for m in models]
     cols = [c for c in oofs[0].columns if c.startswith("p_")]
-    for method in ("mean", "weighted", "rank", "geometric"):
+    for method in ("mean", "greedy", "stacked"):
         cv = json.loads((run / "ensemble" / method / "cv.json").read_text())
         assert cv["kind"] == "ensemble" and sorted(cv["models"]) == models
-        assert "cv_in_sample" in cv and sum(cv["weights"].values()) == pytest.approx(1)
+        assert "cv_in_sample" in cv
+        if method != "stacked":
+            assert sum(cv["weights"].values()) == pytest.approx(1)
         oof = pd.read_csv(run / "ensemble" / method / "oof.csv")
         assert len(oof) == 24 and {"fold", "label"} <= set(oof.columns)
         assert oof.id.tolist() == oofs[0].id.tolist()
@@ -74,8 +98,9 @@ def test_stage_ensemble_writes_sets_ranked_beside_single_models(tmp_path, traine
     mean = pd.read_csv(run / "ensemble" / "mean" / "oof.csv")
     assert np.allclose(mean[cols], (oofs[0][cols] + oofs[1][cols]) / 2, atol=1e-5)
     board = leaderboard(tmp_path)
-    assert sorted(board.kind.unique()) == ["ensemble", "single"] and len(board) == 6
-    assert board["rank"].tolist() == list(range(1, 7))
+    assert sorted(board.kind.unique()) == ["ensemble", "single"] and len(board) == 5
+    assert board["rank"].tolist() == list(range(1, 6))
+    assert {"cv_accuracy_se", "cv_macro_f1_se", "diff_accuracy_to_best"} <= set(board.columns)
     assert board.cv_accuracy.is_monotonic_decreasing  # ranked by submit.metric=accuracy
     assert (board.file.map(lambda f: (tmp_path / "submissions" / f).exists())).all()
 

@@ -18,7 +18,7 @@ from comp.data.folds import duplicate_groups, perceptual_hashes
 from comp.ensemble import METHODS, fit_method, nested_predictions
 from comp.metrics import scores
 from comp.run import main
-from tests.conftest import make_competition, tiny_overrides
+from tests.helpers import make_competition, tiny_overrides
 
 
 def _record_fits(monkeypatch) -> list[dict]:

@@ -16,8 +16,9 @@ def _data(seed=0, n=60, views=2, dim=6, noise=2.0):
     val_features = (centers[val] + rng.normal(scale=noise, size=(views, 30, dim))).astype(
         "float16")
     features = np.concatenate([pool, val_features], axis=1)  # validation rows at the end
+    val_rows = n + np.arange(30)  # the validation rows also choose the epoch here
     return FoldData(features, list(range(views)), np.arange(n), np.eye(3)[labels], np.ones(n),
-                    n + np.arange(30), val, [0])
+                    val_rows, val, [0], stop_rows=val_rows, stop_labels=val)
 
 
 def _model(dim=6):
@@ -87,3 +88,22 @@ def test_pseudo_rows_come_from_their_own_features():
     data.targets, data.weights = np.eye(3)[np.arange(14) % 3], np.ones(14)
     x = np.concatenate([b[0].numpy() for b in training_dataset(data, batch_size=4, seed=0)])
     assert len(x) == 14 and (x[:, 0] == 7).sum() == 4 and (x[:, 0] == 0).sum() == 10
+
+
+def test_without_stop_rows_the_last_epoch_is_kept():
+    data = _data()
+    data.stop_rows = data.stop_labels = None  # train.epoch_choice=last
+    history, best = fit_fold(_model(), data, TRAIN, seed=0)
+    assert len(history) == TRAIN["epochs"] and best == TRAIN["epochs"] - 1
+
+
+def test_inner_holdout_chooses_the_epoch_without_the_scored_rows():
+    from comp.training.trainer import inner_holdout
+
+    labels = np.arange(60) % 3
+    groups = np.arange(60) // 2
+    rows = np.arange(10, 60)
+    fit, held = inner_holdout(rows, labels, groups, 0.2, seed=0)
+    assert not set(fit) & set(held) and sorted([*fit, *held]) == rows.tolist()
+    assert not set(groups[fit]) & set(groups[held]) and set(labels[held]) == {0, 1, 2}
+    assert 6 <= len(held) <= 14

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from comp.crashpoints import EXIT_CODE
-from comp.tuning import counted_trials, inner_split
+from comp.tuning import counted_trials, inner_splits
 from tests.helpers import (
     DONE,
     TUNE_FAST,
@@ -23,6 +23,7 @@ from tests.helpers import (
     run_comp_process,
     run_path,
     study_names,
+    study_of,
     tiny_overrides,
 )
 
@@ -49,12 +50,14 @@ def tuned(tuned_template, tmp_path):
 @pytest.mark.slow
 def test_studies_resume_and_count_trials_once(tmp_path, tuned):
     url = optuna_url(tmp_path)
-    assert study_names(url) == ["tiny-small_cnn-fold0", "tiny-small_cnn-fold1"]
+    names = study_names(url)
+    assert [n.split("-")[-1] for n in names] == ["fold0", "fold1"] and len(set(
+        n.split("-")[-2] for n in names)) == 1  # one folds fingerprint in both names
     assert all(len(load_study(url, name).trials) == 2 for name in study_names(url))
     assert run_comp("stage=tune", *tuned, "tune.n_trials=2") == 0  # nothing left to do
     assert all(len(load_study(url, name).trials) == 2 for name in study_names(url))
     assert run_comp("stage=tune", *tuned, "tune.n_trials=3") == 0  # continues the study
-    study = load_study(url, "tiny-small_cnn-fold0")
+    study = load_study(url, study_of(url, "tiny-small_cnn", 0))
     assert [t.number for t in study.trials] == [0, 1, 2]
     assert all(t.state.name in DONE for t in study.trials)
     assert study.trials[0].params["model.dropout"] == 0.3  # the defaults go first
@@ -104,19 +107,25 @@ def test_pruned_trials_and_no_completed_trial_error(tmp_path, competition, monke
     capsys.readouterr()
     assert run_comp("stage=train", "params=best", *overrides) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "no completed trial" in err[0] and "tiny-small_cnn-fold0" in err[0]
+    assert len(err) == 1 and "no completed trial" in err[0] and "tiny-small_cnn-" in err[0]
 
 
-def test_inner_holdout_never_touches_the_outer_validation_fold():
-    folds = np.arange(40) % 4
-    labels = np.arange(40) % 2
+def test_inner_folds_never_touch_the_outer_validation_fold():
+    folds = np.arange(48) % 4
+    labels = np.arange(48) % 2
+    groups = np.arange(48) // 2  # pairs of near-duplicates
     outer_train = np.nonzero(folds != 0)[0]
-    train, holdout = inner_split(outer_train, labels, 0.25, 0)
-    assert not (set(train) | set(holdout)) & set(np.nonzero(folds == 0)[0])
-    assert len(holdout) == 8 and not set(train) & set(holdout)
-    assert sorted([*train, *holdout]) == outer_train.tolist()  # nothing dropped
-    # stratified: the holdout has the class shares of the rows it came from (1/3 are 0s)
-    assert sorted(labels[holdout].tolist()) == [0] * 3 + [1] * 5
+    splits = inner_splits(outer_train, labels, groups, 3, 0)
+    assert len(splits) == 3
+    held_all = []
+    for fit, held in splits:
+        assert not (set(fit) | set(held)) & set(np.nonzero(folds == 0)[0])
+        assert not set(fit) & set(held)
+        assert sorted([*fit, *held]) == outer_train.tolist()  # nothing dropped
+        assert not set(groups[fit]) & set(groups[held])  # a group never straddles a split
+        assert set(labels[held]) == {0, 1}  # stratified
+        held_all += held.tolist()
+    assert sorted(held_all) == outer_train.tolist()  # every row scores a trial once
 
 
 @pytest.mark.slow
@@ -150,12 +159,12 @@ def test_a_killed_trial_is_failed_and_retried(tmp_path, competition):
     killed = run_comp_process("stage=tune", *overrides, crash_at="trial:1")
     assert killed.returncode == EXIT_CODE, killed.stderr[-2000:]  # died at trial 1's start
     url = optuna_url(tmp_path)
-    before = load_study(url, "tiny-small_cnn-fold0").trials
+    before = load_study(url, study_of(url, "tiny-small_cnn", 0)).trials
     assert [t.state for t in before] == [COMPLETE, optuna.trial.TrialState.RUNNING]
     assert _has_heartbeat(url, before[1]._trial_id)  # else Optuna could never fail it
 
     assert run_comp("stage=tune", *overrides) == 0  # a live worker: fails it, retries it
-    trials = load_study(url, "tiny-small_cnn-fold0").trials
+    trials = load_study(url, study_of(url, "tiny-small_cnn", 0)).trials
     failed = [t for t in trials if t.state == FAIL]
     assert [t.number for t in failed] == [1]  # the killed one
     assert failed[0].user_attrs["worker"] == before[1].user_attrs["worker"]
@@ -165,4 +174,5 @@ def test_a_killed_trial_is_failed_and_retried(tmp_path, competition):
     assert retries[0].params == failed[0].params  # the same settings, run again
     assert retries[0].user_attrs["worker"] != failed[0].user_attrs["worker"]
     assert counted_trials(trials) == 3 and len(trials) == 4  # the retry took its place
-    assert [t.state for t in load_study(url, "tiny-small_cnn-fold1").trials] == [COMPLETE] * 3
+    other = load_study(url, study_of(url, "tiny-small_cnn", 1))
+    assert [t.state for t in other.trials] == [COMPLETE] * 3

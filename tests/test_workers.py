@@ -17,6 +17,7 @@ from tests.helpers import (
     load_study,
     optuna_url,
     run_path,
+    study_of,
     tiny_overrides,
 )
 from tests.pg_server import missing_reason, postgres_server
@@ -73,11 +74,11 @@ def test_a_killed_workers_trial_is_retried_by_the_others(tmp_path, competition, 
         "tune.heartbeat_grace": "3", "tune.epochs": "6"})
     doomed = comp_process("stage=tune", *overrides, crash_at="trial:1")
     assert doomed.wait(timeout=600) == EXIT_CODE, doomed.stderr.read()[-2000:]
-    running = load_study(postgres_url, "killed-small_cnn-fold0").get_trials(
+    running = load_study(postgres_url, study_of(postgres_url, "killed-small_cnn", 0)).get_trials(
         states=(optuna.trial.TrialState.RUNNING,))
     assert [t.number for t in running] == [1]  # killed at the start of trial 1
     _workers(overrides, 2)
-    study = load_study(postgres_url, "killed-small_cnn-fold0")
+    study = load_study(postgres_url, study_of(postgres_url, "killed-small_cnn", 0))
     _assert_exact(study, 4)
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
     assert [t.number for t in failed] == [1]
@@ -85,7 +86,7 @@ def test_a_killed_workers_trial_is_retried_by_the_others(tmp_path, competition, 
     assert len(retry) == 1 and retry[0].state.name in DONE
     assert retry[0].params == failed[0].params
     assert retry[0].user_attrs["worker"] != failed[0].user_attrs["worker"]
-    _assert_exact(load_study(postgres_url, "killed-small_cnn-fold1"), 4)
+    _assert_exact(load_study(postgres_url, study_of(postgres_url, "killed-small_cnn", 1)), 4)
 
 
 def test_sqlite_works_for_several_local_workers(tmp_path, competition):
