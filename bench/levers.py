@@ -6,8 +6,9 @@ difference to the round-0 fine-tuned model.
     python bench/levers.py DATA_DIR [--name NAME] [--weights-dir DIR] [--tuned]
         [--truth TEST_LABELS_CSV] [-- extra comp overrides]
 
---tuned also runs stage=tune and stage=train params=best (the fine-tune tuning lever,
-off by default) in the same run directory, so its row is on the same folds.
+--tuned N also runs stage=tune (N trials per fold study) and stage=train params=best for
+the last pseudo round (the fine-tune tuning lever, off by default) in the same run
+directory, so its row is on the same folds.
 --truth scores each submission's test predictions against held-back labels.
 """
 
@@ -115,7 +116,8 @@ def main() -> None:
     parser.add_argument("--name", default=None)
     parser.add_argument("--runs-dir", default="/tmp/comp-levers/runs")
     parser.add_argument("--weights-dir", default=None)
-    parser.add_argument("--tuned", action="store_true")
+    parser.add_argument("--tuned", type=int, default=0, metavar="TRIALS",
+                        help="also tune the first backbone with this many trials per fold")
     parser.add_argument("--truth", type=Path, default=None)
     parser.add_argument("extra", nargs="*")
     args = parser.parse_args()
@@ -127,8 +129,9 @@ def main() -> None:
     wall, peak = run_comp(["stage=all", *base])
     print(f"\nstage=all defaults: {wall:.0f} s wall, peak RSS {peak:.0f} MiB (children)")
     if args.tuned:
-        tuned_wall, _ = run_comp(["stage=tune", *base])
-        train_wall, _ = run_comp(["stage=train", "params=best", *base])
+        tuning = [f"tune.n_trials={args.tuned}", *base]
+        tuned_wall, _ = run_comp(["stage=tune", *tuning])
+        train_wall, _ = run_comp(["stage=train", "params=best", f"pseudo.round={1}", *tuning])
         run_comp(["stage=submit", *base])
         print(f"tuning lever: stage=tune {tuned_wall:.0f} s + params=best {train_wall:.0f} s")
     frame = table(Path(args.runs_dir) / name, args.truth)

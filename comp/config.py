@@ -66,7 +66,9 @@ class DataConfig:
 class ModelConfig:
     """Settings of one fine-tuned model (backbone + head)."""
 
-    image_size: int | None = None  # None: the backbone's default input size
+    # None: automatic: the backbone's default input size, or for smaller images twice
+    # their median side (at least the backbone's minimum)
+    image_size: int | None = None
     unfreeze: str | None = None  # named point, layer name, index or depth fraction; None: default
     bn_trainable: bool = True  # BatchNorm of the trainable part learns (frozen BN diverges here)
     pooling: str = "avg"  # avg | max
@@ -113,13 +115,15 @@ class AugmentConfig:
 class ClassicConfig:
     """Classic heads (scikit-learn) on cached embeddings, trained on the same folds."""
 
-    # <features>+<head>; features: one or more parts joined by commas, each `pixels`,
-    # `color` (colour histograms) or a backbone, optionally `@<size>` (input size);
+    # <features>+<head>; features: one or more parts joined by `+`, each `pixels`,
+    # `color` (colour histograms) or a backbone, optionally `@<size>` (input size in
+    # pixels) or `@<k>x` (k times the automatic size: more detail from small objects);
     # heads: logreg, svm_rbf, svm_linear, knn, gbm
     models: list[str] = field(default_factory=lambda: [
-        "pixels+svm_rbf", "mobilenet_025+logreg", "mobilenet_025@448,color+logreg"])
+        "pixels+svm_rbf", "mobilenet_025+logreg", "mobilenet_025+color+logreg",
+        "mobilenet_025@2x+color+logreg"])
     depths: list[str] = field(default_factory=list)  # named depths pooled; empty: all + top
-    image_size: int | None = None  # backbone input size for embeddings; None: its default
+    image_size: int | None = None  # backbone input size for embeddings; None: automatic
     pixels_size: int = 32  # side of the downsampled image for `pixels`
     views: str = "dihedral"  # training views and TTA: none | flips | dihedral
     inner_folds: int = 3  # inner group K-fold choosing the head's regularisation
@@ -175,7 +179,7 @@ class EnsembleConfig:
 
     # mean, geometric, weighted (scipy), optuna (TPE weights), greedy (Caruana), stacked
     # (logistic regression), rank (AUC only: never turned into labels)
-    methods: list[str] = field(default_factory=lambda: ["mean", "greedy", "stacked"])
+    methods: list[str] = field(default_factory=lambda: ["mean", "greedy"])
     members: list[str] = field(default_factory=list)  # model ids or backbones; empty: all
     optuna_trials: int = 150  # trials of each ensemble-weight study (method optuna)
 

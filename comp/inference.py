@@ -148,7 +148,7 @@ def load_spec(cfg: DictConfig, run: RunDir, model_id: str) -> ModelSpec | Classi
     recorded = read_json(run.model_dir(model_id) / "spec.json")
     source = recorded.get("source", recorded.get("backbone"))
     if recorded.get("kind") == "classic":  # the backbone part of the embeddings, if any
-        source = next((part.partition("@")[0] for part in source.split(",")
+        source = next((part.partition("@")[0] for part in source.split("+")
                        if part.partition("@")[0] not in ("pixels", "color")), "pixels")
     if recorded["weights"] in ("random-init", "none") or source == "pixels":
         weights = ResolvedWeights(None, recorded["weights"])

@@ -85,7 +85,7 @@ def test_stage_ensemble_writes_sets_ranked_beside_single_models(tmp_path, traine
     models = sorted(p.name for p in (run / "preds").iterdir())
     oofs = [pd.read_csv(run / "preds" / m / "oof.csv") for m in models]
     cols = [c for c in oofs[0].columns if c.startswith("p_")]
-    for method in ("mean", "greedy", "stacked"):
+    for method in ("mean", "greedy"):
         cv = json.loads((run / "ensemble" / method / "cv.json").read_text())
         assert cv["kind"] == "ensemble" and sorted(cv["models"]) == models
         assert "cv_in_sample" in cv
@@ -98,8 +98,8 @@ def test_stage_ensemble_writes_sets_ranked_beside_single_models(tmp_path, traine
     mean = pd.read_csv(run / "ensemble" / "mean" / "oof.csv")
     assert np.allclose(mean[cols], (oofs[0][cols] + oofs[1][cols]) / 2, atol=1e-5)
     board = leaderboard(tmp_path)
-    assert sorted(board.kind.unique()) == ["ensemble", "single"] and len(board) == 5
-    assert board["rank"].tolist() == list(range(1, 6))
+    assert sorted(board.kind.unique()) == ["ensemble", "single"] and len(board) == 4
+    assert board["rank"].tolist() == list(range(1, 5))
     assert {"cv_accuracy_se", "cv_macro_f1_se", "diff_accuracy_to_best"} <= set(board.columns)
     assert board.cv_accuracy.is_monotonic_decreasing  # ranked by submit.metric=accuracy
     assert (board.file.map(lambda f: (tmp_path / "submissions" / f).exists())).all()

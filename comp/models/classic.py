@@ -104,7 +104,7 @@ def get_head(name: str) -> Head:
 
 
 def head_estimator(head: Head, params: dict, n_rows: int, n_dims: int, calibration_cv=3):
-    """`head` built with `params`; PCA sized to the data; SVMs wrapped in a sigmoid
+    """`head` built with `params`; PCA and kNN sized to the data; SVMs wrapped in a sigmoid
     calibration on `calibration_cv` (a fold count or precomputed splits)."""
     from sklearn.calibration import CalibratedClassifierCV
 
@@ -112,6 +112,9 @@ def head_estimator(head: Head, params: dict, n_rows: int, n_dims: int, calibrati
     if hasattr(estimator, "named_steps") and "pca" in estimator.named_steps:
         wanted = estimator.named_steps["pca"].n_components
         estimator.set_params(pca__n_components=max(1, min(wanted, n_rows - 1, n_dims)))
+    neighbours = estimator.get_params().get("clf__n_neighbors")
+    if neighbours is not None:  # never more neighbours than training rows
+        estimator.set_params(clf__n_neighbors=max(1, min(neighbours, n_rows - 1)))
     if head.calibrate:
         estimator = CalibratedClassifierCV(estimator, cv=calibration_cv, method="sigmoid",
                                            ensemble=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, replace
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from comp.artifacts import fingerprint
@@ -87,16 +88,42 @@ def with_params(spec: ModelSpec, params: dict) -> ModelSpec:
     return replace(spec, **sections)
 
 
+def native_side(paths: list[str], sample: int = 200) -> int | None:
+    """The median side (the longer one) of the first `sample` images: their headers only."""
+    from PIL import Image
+
+    sides = []
+    for path in paths[:sample]:
+        try:
+            with Image.open(path) as img:
+                sides.append(max(img.size))
+        except OSError:
+            continue
+    return int(np.median(sides)) if sides else None
+
+
+def auto_size(default: int, minimum: int, native: int | None) -> int:
+    """The input size when none is set: the backbone's default, or for images smaller
+    than that, twice their side (at least the backbone's minimum): a 32 px image is not
+    upsampled 7 times to feed a 224 px network."""
+    if not native or native >= default:
+        return default
+    return int(min(default, max(minimum, 2 * native)))
+
+
 def make_spec(cfg: DictConfig, backbone_name: str, folds_key: str,
-              pseudo: dict | None = None, params: dict | None = None) -> ModelSpec:
+              pseudo: dict | None = None, params: dict | None = None,
+              native: int | None = None) -> ModelSpec:
     """The spec of `backbone_name` under `cfg` (+ backbone_overrides, + `params`, a flat
-    {"section.key": value} mapping such as tuned settings)."""
+    {"section.key": value} mapping such as tuned settings); `native` is the images' side,
+    for the automatic input size."""
     backbone = get_backbone(backbone_name)
     settings = model_settings(cfg, backbone_name)
     for dotted, value in (params or {}).items():
         OmegaConf.update(settings, dotted, value, merge=False)
     plain = OmegaConf.to_container(settings, resolve=True)
-    size = plain["model"]["image_size"] or backbone.default_size
+    size = plain["model"]["image_size"] or auto_size(backbone.default_size, backbone.min_size,
+                                                      native)
     weights = resolve_weights(backbone, size, cfg.weights, cfg.weights_dir)
     return ModelSpec(backbone_name, int(size), weights, plain["model"], plain["train"],
                      plain["augment"], folds_key, pseudo,
@@ -106,9 +133,9 @@ def make_spec(cfg: DictConfig, backbone_name: str, folds_key: str,
 @dataclass(frozen=True)
 class ClassicSpec:
     """A classic head (scikit-learn) on cached embeddings, trained on every fold like a
-    fine-tuned model. `source` names the embeddings, one or more parts joined by commas,
-    each `<name>@<size>`: `pixels`, `color` (colour histograms) or a backbone (pooled at
-    `depths`, with `weights`); the parts' embeddings are concatenated.
+    fine-tuned model. `source` names the embeddings, one or more parts, each
+    `<name>@<size>`: `pixels`, `color` (colour histograms) or a backbone (pooled at
+    `depths`, with `weights`); the parts (joined by `+`) are concatenated.
 
     `model_id` = `<source>+<head>-<hash>` of everything that changes its predictions.
     """
@@ -130,7 +157,7 @@ class ClassicSpec:
     def parts(self) -> list[tuple[str, int]]:
         """(name, size) of each embedding part."""
         return [(name, int(size)) for name, _, size in
-                (part.partition("@") for part in self.source.split(","))]
+                (part.partition("@") for part in self.source.split("+"))]
 
     @property
     def backbone(self) -> str:
@@ -168,25 +195,29 @@ class ClassicSpec:
 
 
 def make_classic_spec(cfg: DictConfig, entry: str, folds_key: str,
-                      pseudo: dict | None = None) -> ClassicSpec:
-    """The spec of a `classic.models` entry `<part>[,<part>...]+<head>` under `cfg`."""
+                      pseudo: dict | None = None, native: int | None = None) -> ClassicSpec:
+    """The spec of a `classic.models` entry `<part>[+<part>...]+<head>` under `cfg`."""
     from comp.errors import CompError
     from comp.models.classic import get_head
     from comp.training.embeddings import COLOR, COLOR_SIZE, PIXELS, depth_names
 
-    features, _, head = entry.partition("+")
+    features, _, head = entry.rpartition("+")
     if not head or not features:
         raise CompError(f"config: classic.models entry {entry!r}; write <features>+<head>, "
                         "e.g. mobilenet_025+logreg, pixels+svm_rbf or "
-                        "mobilenet_025@448,color+logreg")
+                        "mobilenet_025@448+color+logreg")
     get_head(head)
     settings = cfg.classic
     parts, depths, weights = [], (), ResolvedWeights(None, "none")
-    for part in features.split(","):
+    for part in features.split("+"):
         name, _, at = part.partition("@")
+        scale = 1
+        if at.endswith("x") and at[:-1].isdigit():  # @2x: twice the automatic size
+            scale, at = int(at[:-1]), ""
         if at and not at.isdigit():
-            raise CompError(f"config: classic.models entry {entry!r}; the size after @ must "
-                            "be a whole number of pixels, e.g. mobilenet_025@448+logreg")
+            raise CompError(f"config: classic.models entry {entry!r}; after @ give a size in "
+                            "pixels or a multiple of the automatic size, e.g. "
+                            "mobilenet_025@448+logreg or mobilenet_025@2x+logreg")
         if name == PIXELS:
             size = int(at or settings.pixels_size)
         elif name == COLOR:
@@ -196,10 +227,11 @@ def make_classic_spec(cfg: DictConfig, entry: str, folds_key: str,
                 raise CompError(f"config: classic.models entry {entry!r}: at most one "
                                 "backbone per entry")
             backbone = get_backbone(name)
-            size = int(at or settings.image_size or backbone.default_size)
+            size = int(at or scale * (settings.image_size or auto_size(
+                backbone.default_size, backbone.min_size, native)))
             depths = tuple(depth_names(backbone, settings.depths))
             weights = resolve_weights(backbone, size, cfg.weights, cfg.weights_dir)
         parts.append(f"{name}@{size}")
-    return ClassicSpec(",".join(parts), head, int(parts[0].partition("@")[2]), depths,
+    return ClassicSpec("+".join(parts), head, int(parts[0].partition("@")[2]), depths,
                        weights, settings.views, int(settings.inner_folds), folds_key, pseudo,
                        int(cfg.train.seed))

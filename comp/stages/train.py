@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from comp.artifacts import fingerprint
 from comp.errors import CompError
 from comp.log import Deadline, progress
-from comp.models.spec import ModelSpec, make_classic_spec, make_spec
+from comp.models.spec import ModelSpec, make_classic_spec, make_spec, native_side
 from comp.stages.prepare import Prepared, prepare
 from comp.training.trainer import PseudoRows, train_spec
 
@@ -27,8 +27,10 @@ def specs_for_round(cfg: DictConfig, prepared: Prepared, round_: int) -> list[Mo
         return [tuned_spec(cfg, prepared, name, pseudo) for name in cfg.backbones]
     if cfg.params != "default":
         raise CompError(f"config: params={cfg.params!r}; use default or best")
-    return ([make_spec(cfg, name, prepared.folds_key, pseudo) for name in cfg.backbones]
-            + [make_classic_spec(cfg, entry, prepared.folds_key, pseudo)
+    native = native_side(prepared.competition.train["path"].tolist())
+    return ([make_spec(cfg, name, prepared.folds_key, pseudo, native=native)
+             for name in cfg.backbones]
+            + [make_classic_spec(cfg, entry, prepared.folds_key, pseudo, native)
                for entry in cfg.classic.models])
 
 

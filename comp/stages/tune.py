@@ -22,7 +22,7 @@ from comp.crashpoints import crash_point
 from comp.errors import CompError
 from comp.log import get_logger, progress, unit_done
 from comp.models.registry import get_backbone
-from comp.models.spec import ModelSpec, make_spec, with_params
+from comp.models.spec import ModelSpec, make_spec, native_side, with_params
 from comp.stages.prepare import Prepared, prepare
 from comp.training.fit import fit_fold
 from comp.training.trainer import FeaturedModel, fold_data
@@ -68,7 +68,8 @@ def tune_backbone(cfg: DictConfig, prepared: Prepared, backbone_name: str) -> di
     """Bring each fold's study of `backbone_name` to tune.n_trials finished trials."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     backbone = get_backbone(backbone_name)
-    base = make_spec(cfg, backbone_name, prepared.folds_key)
+    native = native_side(prepared.competition.train["path"].tolist())
+    base = make_spec(cfg, backbone_name, prepared.folds_key, native=native)
     base = with_params(base, {"train.epochs": cfg.tune.epochs})
     classes = prepared.competition.classes
     labels = prepared.labels
@@ -183,7 +184,8 @@ def _write_and_report(cfg, prepared, backbone_name, summary, seconds) -> None:
 def tuned_spec(cfg: DictConfig, prepared: Prepared, backbone_name: str,
                pseudo: dict | None) -> ModelSpec:
     """The spec of `backbone_name` with each fold's best tuned settings (params=best)."""
-    base = make_spec(cfg, backbone_name, prepared.folds_key, pseudo)
+    base = make_spec(cfg, backbone_name, prepared.folds_key, pseudo,
+                     native=native_side(prepared.competition.train["path"].tolist()))
     fold_params = {}
     for fold in range(prepared.n_folds):
         study = open_study(study_name(cfg, backbone_name, fold, prepared.folds_key),

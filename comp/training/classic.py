@@ -133,8 +133,11 @@ def fit_classic(spec, features: np.ndarray, labels: np.ndarray, groups: np.ndarr
         inner_loss, chosen = min(results, key=lambda item: item[0])
     x = features.reshape(views * n, dims)
     y, g = np.tile(labels, views), np.tile(groups, views)
-    calibration = list(StratifiedGroupKFold(3, shuffle=True, random_state=spec.seed)
-                       .split(x, y, g)) if head.calibrate else 3
+    calibration = 3
+    if head.calibrate:  # group-aware splits: an image's views never straddle them
+        n_cal = max(2, min(3, int(counts[counts > 0].min())))
+        calibration = list(StratifiedGroupKFold(n_cal, shuffle=True, random_state=spec.seed)
+                           .split(x, y, g))
     estimator = head_estimator(head, chosen, len(x), dims, calibration)
     estimator.fit(x, y, **_weights(head, np.tile(weights, views)))
     return estimator, chosen, inner_loss

@@ -1,0 +1,111 @@
+"""Classic heads: entries, embeddings, the inner-CV fit, and the chain on a tiny run."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from comp.config import load_config
+from comp.data.views import dihedral_view
+from comp.errors import CompError
+from comp.models.classic import HEADS
+from comp.models.spec import auto_size, make_classic_spec
+from comp.training.classic import fit_classic
+from comp.training.embeddings import color_encoder, pixel_encoder
+from tests.helpers import run_comp, tiny_overrides
+
+
+def _cfg(*overrides: str):
+    return load_config(["weights=none", *overrides])
+
+
+@pytest.mark.parametrize("entry, source", [
+    ("pixels+svm_rbf", "pixels@32"),
+    ("pixels@16+logreg", "pixels@16"),
+    ("color+logreg", "color@64"),
+    ("small_cnn+logreg", "small_cnn@64"),
+    ("small_cnn@2x+color+knn", "small_cnn@128+color@64"),
+])
+def test_entries_name_their_features(entry, source):
+    spec = make_classic_spec(_cfg(), entry, "folds")
+    assert spec.source == source and spec.model_id.startswith(f"{source}+")
+
+
+def test_automatic_sizes_follow_small_images():
+    assert make_classic_spec(_cfg(), "small_cnn@2x+logreg", "k", native=24).source == (
+        "small_cnn@96")
+    assert auto_size(224, 32, 500) == 224 and auto_size(224, 32, 32) == 64
+    assert auto_size(224, 75, 20) == 75
+
+
+@pytest.mark.parametrize("entry, needle", [
+    ("pixels", r"<features>\+<head>"),
+    ("pixels+forest", "unknown classic head 'forest'"),
+    ("resnet9000+logreg", "unknown backbone"),
+    ("pixels@big+logreg", "after @"),
+    ("small_cnn+vgg16+logreg", "at most one backbone"),
+])
+def test_bad_entries_are_one_clear_error(entry, needle):
+    with pytest.raises(CompError, match=needle):
+        make_classic_spec(_cfg(), entry, "folds")
+
+
+def test_colour_histograms_are_view_invariant_fractions():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, size=(3, 16, 16, 3), dtype=np.uint8)
+    encode = color_encoder()
+    base = encode(images)
+    assert base.shape == (3, 160) and np.allclose(base[:, :16].sum(1), 1)
+    for view in range(8):
+        assert np.allclose(encode(dihedral_view(images, view)), base)
+    assert pixel_encoder()(images).max() <= 1.0
+
+
+def _blobs(n=60, views=2, dim=5, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 3
+    centers = rng.normal(size=(3, dim)) * 3
+    features = centers[labels][None] + rng.normal(size=(views, n, dim))
+    return features.astype(np.float32), labels
+
+
+@pytest.mark.parametrize("head", sorted(HEADS))
+def test_every_head_fits_views_and_learns(head):
+    features, labels = _blobs()
+    spec = SimpleNamespace(head=head, inner_folds=3, seed=0)
+    estimator, chosen, loss = fit_classic(spec, features, labels, np.arange(60), 3)
+    probs = estimator.predict_proba(features[0])
+    assert probs.shape == (60, 3) and np.allclose(probs.sum(1), 1)
+    assert (probs.argmax(1) == labels).mean() > 0.8
+    if HEADS[head].grid:
+        key = next(iter(HEADS[head].grid))
+        assert chosen[key] in HEADS[head].grid[key] and loss is not None
+
+
+@pytest.mark.slow
+def test_classic_models_train_ensemble_submit_and_predict(tmp_path, competition):
+    overrides = tiny_overrides(tmp_path, competition, **{
+        "backbones": "[]", "classic.models": "[pixels@16+logreg,pixels@16+color+knn]",
+        "ensemble.methods": "[mean,greedy]"})
+    assert run_comp("stage=all", *overrides) == 0
+    run = tmp_path / "runs" / "tiny"
+    models = sorted(p.name for p in (run / "preds").iterdir())
+    assert len(models) == 2 and all("+" in m for m in models)
+    for model in models:
+        info = json.loads((run / "preds" / model / "cv.json").read_text())
+        assert info["model_kind"] == "classic" and len(info["folds"]) == 2
+        assert sorted(p.name for p in (run / "models" / model).glob("fold*/model.joblib")) \
+            == ["model.joblib"] * 2
+    assert (run / "ensemble" / "greedy" / "cv.json").exists()
+    assert (run / "selection.json").exists()
+    target = tmp_path / "predicted.csv"
+    assert run_comp("stage=predict", *overrides, f"predict.input={competition / 'test'}",
+                    f"predict.using={models[0]}", f"predict.output={target}") == 0
+    predicted = pd.read_csv(target).set_index("id")
+    test = pd.read_csv(run / "preds" / models[0] / "test.csv").set_index("id")
+    columns = [c for c in test.columns if c.startswith("p_")]
+    assert np.allclose(predicted.loc[test.index, columns], test[columns], atol=1e-6)
