@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import comp.stages.tune as tune_stage
 import comp.training.classic as classic
 import comp.training.trainer as trainer
+import comp.tuning.search as tune_search
 from comp.data.folds import duplicate_groups, perceptual_hashes
 from comp.ensemble import METHODS, fit_method, nested_predictions
 from comp.metrics import scores
@@ -37,7 +37,7 @@ def _record_fits(monkeypatch) -> list[dict]:
         return real_classic(spec, features, labels, groups, n_classes, weights)
 
     monkeypatch.setattr(trainer, "fit_fold", fit_fold)
-    monkeypatch.setattr(tune_stage, "fit_fold", fit_fold)
+    monkeypatch.setattr(tune_search, "fit_fold", fit_fold)
     monkeypatch.setattr(classic, "fit_classic", fit_classic)
     return calls
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from comp.data.prepared import prepare
 from comp.log import Deadline
+from comp.pseudo_files import make_pseudo_labels
+from comp.rounds import train_round
 from comp.stages import ensemble, report, submit
-from comp.stages.prepare import prepare
-from comp.stages.pseudo import make_pseudo_labels
-from comp.stages.train import train_round
-from comp.stages.tune import tune_backbone, tuned_backbones
+from comp.tuning.search import tune_backbone, tuned_backbones
 
 
 def run(cfg: DictConfig):

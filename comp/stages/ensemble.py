@@ -7,12 +7,12 @@ import numpy as np
 from omegaconf import DictConfig
 
 from comp.artifacts import atomic_path, fingerprint
+from comp.data.prepared import prepare
 from comp.ensemble import METHODS, fit_method, member_weights, nested_predictions
 from comp.errors import CompError
 from comp.log import get_logger
 from comp.metrics import scores
 from comp.predictions import probs_frame, read_prediction_set, write_prediction_set
-from comp.stages.prepare import prepare
 
 
 def run(cfg: DictConfig) -> list[dict]:
@@ -75,7 +75,7 @@ def _method(cfg: DictConfig, prepared, name: str, members_key: str):
     if name != "optuna":
         return method
     # its own studies in the tuning storage: one per outer fold and one on all rows
-    from comp.stages.tune import storage_url
+    from comp.tuning.search import storage_url
 
     storage = storage_url(cfg, prepared)
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from comp.data.prepared import prepare
 from comp.log import get_logger
-from comp.stages.prepare import prepare
-from comp.stages.train import only_specs, specs_for_round
+from comp.rounds import only_specs, specs_for_round
 from comp.training.trainer import fold_done
 
 

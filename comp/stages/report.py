@@ -7,10 +7,10 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
+from comp.data.prepared import prepare
 from comp.errors import CompError
 from comp.log import get_logger
 from comp.report import build_report
-from comp.stages.prepare import prepare
 
 
 def run(cfg: DictConfig) -> Path:

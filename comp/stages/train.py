@@ -1,109 +1,14 @@
-"""stage=train: fine-tune every configured backbone on every fold (resumable).
+"""stage=train: train every configured model on every fold (resumable).
 
-`pseudo.round=r` (r >= 1) trains round r: each fold k adds the pseudo-labelled images
-of pseudo/round<r>/fold<k>.csv (written by stage=pseudo) to its training rows.
+`pseudo.round=r` (r >= 1) trains round r with the pseudo-labels of stage=pseudo.
 """
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
 from omegaconf import DictConfig
 
-from comp.artifacts import fingerprint
-from comp.errors import CompError
-from comp.log import Deadline, progress
-from comp.models.spec import ModelSpec, make_classic_spec, make_spec, native_side
-from comp.stages.prepare import Prepared, prepare
-from comp.training.trainer import PseudoRows, train_spec
-
-
-def specs_for_round(cfg: DictConfig, prepared: Prepared, round_: int) -> list[ModelSpec]:
-    """The model specs of every configured backbone for pseudo-label round `round_`."""
-    pseudo = None if round_ == 0 else pseudo_identity(cfg, prepared, round_)
-    if cfg.params == "best":
-        from comp.stages.tune import tuned_spec
-
-        return [tuned_spec(cfg, prepared, name, pseudo) for name in cfg.backbones]
-    if cfg.params != "default":
-        raise CompError(f"config: params={cfg.params!r}; use default or best")
-    native = native_side(prepared.competition.train["path"].tolist())
-    return ([make_spec(cfg, name, prepared.folds_key, pseudo, native=native)
-             for name in cfg.backbones]
-            + [make_classic_spec(cfg, entry, prepared.folds_key, pseudo, native)
-               for entry in cfg.classic.models])
-
-
-def pseudo_identity(cfg: DictConfig, prepared: Prepared, round_: int) -> dict:
-    """What a round's pseudo-labels add to a model id: the files' content and weight."""
-    paths = [prepared.run.pseudo_csv(round_, k) for k in range(prepared.n_folds)]
-    missing = [p for p in paths if not p.exists()]
-    if missing:
-        raise CompError(f"{missing[0]}: no pseudo-labels for round {round_}; run stage=pseudo "
-                        f"pseudo.round={round_} first")
-    return {"round": round_, "weight": cfg.pseudo.weight,
-            "files": fingerprint([p.read_text() for p in paths])}
-
-
-def pseudo_loader(prepared: Prepared, round_: int, weight: float):
-    """fold, featured model -> PseudoRows of that fold's pseudo-label file."""
-    classes = prepared.competition.classes
-    frames = {"test": prepared.competition.test, "unlabeled": prepared.competition.unlabeled}
-
-    def load(fold: int, featured) -> PseudoRows:
-        table = pd.read_csv(prepared.run.pseudo_csv(round_, fold), dtype={"id": str})
-        parts = []
-        for split, rows in table.groupby("split", sort=False):
-            position = {i: n for n, i in enumerate(frames[split]["id"])}
-            index = [position[i] for i in rows["id"]]
-            parts.append((featured.features[split][:, index], rows))
-        if not parts:
-            return PseudoRows(np.zeros((1, 0)), np.zeros((0, len(classes))), np.zeros(0))
-        features = np.concatenate([p[0] for p in parts], axis=1)
-        rows = pd.concat([p[1] for p in parts])
-        targets = rows[[f"p_{c}" for c in classes]].to_numpy(dtype=np.float32)
-        return PseudoRows(features, targets, np.full(len(rows), weight, dtype=np.float32),
-                          rows["id"].tolist())
-
-    return load
-
-
-def train_round(cfg: DictConfig, prepared: Prepared, round_: int,
-                deadline: Deadline | None = None) -> list[dict]:
-    """Train every backbone for `round_`; return the finished models' cv.json."""
-    if cfg.tensorboard:
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            raise CompError("config: tensorboard=true needs the tensorboard package; "
-                            "pip install tensorboard (or comp[tensorboard])") from None
-    specs = only_specs(cfg, specs_for_round(cfg, prepared, round_))
-    folds = None
-    if cfg.only.fold is not None:
-        if not 0 <= cfg.only.fold < prepared.n_folds:
-            raise CompError(f"config: only.fold={cfg.only.fold} is outside "
-                            f"0..{prepared.n_folds - 1}")
-        folds = [cfg.only.fold]
-    loader = None if round_ == 0 else pseudo_loader(prepared, round_, cfg.pseudo.weight)
-    results = []
-    for spec in progress(specs, desc=f"models round {round_}", disable=len(specs) < 2 or None):
-        result = train_spec(spec, prepared, cfg.data.max_image_pixels, {"round": round_},
-                            loader, folds, tensorboard=cfg.tensorboard,
-                            deadline=deadline or Deadline.start(cfg.time_limit))
-        if result is not None:
-            results.append(result)
-    return results
-
-
-def only_specs(cfg: DictConfig, specs: list[ModelSpec]) -> list[ModelSpec]:
-    """The specs `only.model` selects (all when it is not set)."""
-    if cfg.only.model is None:
-        return specs
-    chosen = [s for s in specs if cfg.only.model in (s.model_id, s.backbone)]
-    if not chosen:
-        raise CompError(f"config: only.model={cfg.only.model!r} is none of "
-                        f"{[s.model_id for s in specs]} (see stage=plan)")
-    return chosen
+from comp.data.prepared import prepare
+from comp.rounds import train_round
 
 
 def run(cfg: DictConfig) -> list[dict]:

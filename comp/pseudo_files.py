@@ -1,0 +1,152 @@
+"""Pseudo-label files of a round, per fold, from the previous round's models of that fold.
+
+The votes of fold k's round r-1 models (which never saw fold k's validation images) on
+the pool splits are selected by the rules of comp.pseudo and written to
+pseudo/round<r>/fold<k>.csv with a summary.json; pool images that are near-duplicates of
+fold k's validation images are left out of fold k's file.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from comp.artifacts import read_json, write_csv, write_json
+from comp.data.prepared import Prepared
+from comp.errors import CompError
+from comp.log import get_logger
+from comp.pseudo import pseudo_table, select_by_quota, select_pseudo_labels
+from comp.rounds import specs_for_round
+from comp.training.trainer import fold_done
+
+SPLITS = ("unlabeled", "test")
+
+
+def make_pseudo_labels(cfg: DictConfig, prepared: Prepared, round_: int) -> dict:
+    """Vote with fold k's round r-1 models on the pseudo splits; select; write per fold."""
+    rules = cfg.pseudo
+    unknown = sorted(set(rules.splits) - set(SPLITS))
+    if unknown:
+        raise CompError(f"config: pseudo.splits has {unknown}; use unlabeled and/or test")
+    voters = [s for s in specs_for_round(cfg, prepared, round_ - 1)
+              if not rules.voters or s.backbone in rules.voters]
+    if not voters:
+        raise CompError(f"config: pseudo.voters={list(rules.voters)} matches no backbone "
+                        f"in backbones={list(cfg.backbones)}")
+    run, classes = prepared.run, prepared.competition.classes
+    voter_ids = [s.model_id for s in voters]
+    for model_id in voter_ids:
+        for fold in range(prepared.n_folds):
+            if not fold_done(run.fold_dir(model_id, fold)):
+                raise CompError(f"{run.fold_dir(model_id, fold)}: not trained; run stage=train "
+                                f"pseudo.round={round_ - 1} first")
+    plain = OmegaConf.to_container(rules)
+    settings = {"voters": voter_ids, **{k: plain[k] for k in (
+        "splits", "rule", "fraction", "min_confidence", "threshold", "top_fraction",
+        "class_cap", "soft", "temperature")}, "twins": "excluded"}
+    summary_path = run.root / "pseudo" / f"round{round_}" / "summary.json"
+    if summary_path.exists() and read_json(summary_path).get("settings") == settings:
+        return read_json(summary_path)  # same voters and rules: the files stand
+    counts = prepared.folds["label"].value_counts().reindex(classes).fillna(0).to_numpy()
+    truth = _truth(rules.truth)
+    per_fold = {}
+    twins = pool_twins(cfg, prepared, list(rules.splits))
+    fold_of = prepared.folds["fold"].to_numpy()
+    for fold in range(prepared.n_folds):
+        ids, splits, votes = _vote(run, voter_ids, fold, list(rules.splits), classes)
+        fold_counts = (prepared.folds["fold"] != fold).groupby(prepared.folds["label"]).sum()
+        counts_k = fold_counts.reindex(classes).fillna(0).to_numpy(dtype=float)
+        if rules.rule == "quota":
+            picked = select_by_quota(votes, counts_k / counts_k.sum(), rules.fraction,
+                                     rules.min_confidence)
+        else:
+            picked = select_pseudo_labels(votes, counts_k, rules.threshold,
+                                          rules.top_fraction, rules.class_cap)
+        # a pool image that is a near-duplicate of one of this fold's validation images
+        # would carry its label into training: never used for this fold
+        keys = [f"{s}/{i}" for s, i in zip(splits, ids, strict=True)]
+        picked = np.array([p for p in picked
+                           if not any(fold_of[t] == fold for t in twins.get(keys[p], ()))],
+                          dtype=int)
+        table = pseudo_table(ids, splits, votes, classes, picked, rules.soft,
+                             rules.temperature, voter_ids)
+        write_csv(run.pseudo_csv(round_, fold), table)
+        per_fold[fold] = _fold_summary(table, classes, truth)
+    summary = {"round": round_, "settings": settings, "folds": per_fold,
+               "labelled_counts": dict(zip(classes, counts.tolist(), strict=True))}
+    write_json(summary_path, summary)
+    chosen = pd.DataFrame({k: v["per_class"] for k, v in per_fold.items()}).mean(axis=1)
+    scored = [v["accuracy_vs_truth"] for v in per_fold.values() if "accuracy_vs_truth" in v]
+    get_logger().info(
+        "pseudo: round %d, %d voter model(s); mean chosen per fold: %s; mean confidence %.3f%s",
+        round_, len(voter_ids), ", ".join(f"{c} {n:.1f}" for c, n in chosen.items()),
+        float(np.mean([v["mean_confidence"] for v in per_fold.values()])),
+        f"; accuracy vs truth {np.nanmean(scored):.3f}" if scored else "",
+    )
+    return summary
+
+
+def _vote(run, voter_ids, fold, splits, classes):
+    """Mean probabilities of the voters' fold-`fold` models on the pseudo splits."""
+    columns = [f"p_{c}" for c in classes]
+    ids, names, total = [], [], None
+    for model_id in voter_ids:
+        frames = [pd.read_csv(run.fold_dir(model_id, fold) / f"{s}.csv", dtype={"id": str})
+                  .assign(split=s) for s in splits]
+        frame = pd.concat(frames, ignore_index=True)
+        probs = frame[columns].to_numpy()
+        total = probs if total is None else total + probs
+        ids, names = frame["id"].tolist(), frame["split"].tolist()
+    return ids, names, total / len(voter_ids)
+
+
+def _truth(path: str | None) -> dict | None:
+    if not path:
+        return None
+    frame = pd.read_csv(path, dtype=str)
+    return dict(zip(frame["id"], frame["label"], strict=True))
+
+
+def _fold_summary(table: pd.DataFrame, classes: list[str], truth: dict | None) -> dict:
+    summary = {
+        "n": len(table),
+        "per_class": {c: int((table["label"] == c).sum()) for c in classes},
+        "mean_confidence": float(table["confidence"].mean()) if len(table) else float("nan"),
+    }
+    if truth is not None:
+        known = [(t, truth[i]) for i, t in zip(table["id"], table["label"], strict=True)
+                 if i in truth]
+        summary["accuracy_vs_truth"] = (
+            float(np.mean([a == b for a, b in known])) if known else float("nan"))
+    return summary
+
+
+
+def pool_twins(cfg: DictConfig, prepared: Prepared, splits: list[str]) -> dict[str, list[int]]:
+    """For each pool image ("<split>/<id>"), the training rows it is a near-duplicate of
+    (perceptual hashes of all 8 views, compared both ways)."""
+    from comp.data.folds import cross_duplicates, perceptual_hashes
+    from comp.data.images import cached_images
+    from comp.data.prepared import HASH_SIZE
+
+    if not cfg.data.dedup:
+        return {}
+    cache, limit = prepared.run.image_cache, cfg.data.max_image_pixels
+    frames = {"test": prepared.competition.test, "unlabeled": prepared.competition.unlabeled}
+    train = perceptual_hashes(cached_images(cache, "train",
+                                            prepared.competition.train["path"].tolist(),
+                                            HASH_SIZE, limit))
+    position = {i: n for n, i in enumerate(prepared.competition.train["id"])}
+    order = np.array([position[i] for i in prepared.folds["id"]])  # train.csv -> folds rows
+    back = np.argsort(order)
+    twins: dict[str, list[int]] = {}
+    for split in splits:
+        frame = frames[split]
+        if frame.empty:
+            continue
+        pool = perceptual_hashes(cached_images(cache, split, frame["path"].tolist(),
+                                               HASH_SIZE, limit))
+        for p, t in cross_duplicates(pool, train, cfg.data.dedup_max_distance):
+            twins.setdefault(f"{split}/{frame['id'].iloc[p]}", []).append(int(back[t]))
+    return twins
