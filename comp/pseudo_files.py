@@ -12,13 +12,13 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from comp.artifacts import read_json, write_csv, write_json
+from comp.artifacts import content_key, read_json, write_csv, write_json
 from comp.data.prepared import Prepared
 from comp.errors import CompError
 from comp.log import get_logger
 from comp.pseudo import pseudo_table, select_by_quota, select_pseudo_labels
 from comp.rounds import specs_for_round
-from comp.training.trainer import fold_done
+from comp.training.trainer import fold_done, split_keys
 
 SPLITS = ("unlabeled", "test")
 
@@ -38,13 +38,14 @@ def make_pseudo_labels(cfg: DictConfig, prepared: Prepared, round_: int) -> dict
     voter_ids = [s.model_id for s in voters]
     for model_id in voter_ids:
         for fold in range(prepared.n_folds):
-            if not fold_done(run.fold_dir(model_id, fold)):
+            if not fold_done(run.fold_dir(model_id, fold), split_keys(prepared)):
                 raise CompError(f"{run.fold_dir(model_id, fold)}: not trained; run stage=train "
                                 f"pseudo.round={round_ - 1} first")
     plain = OmegaConf.to_container(rules)
     settings = {"voters": voter_ids, **{k: plain[k] for k in (
         "splits", "rule", "fraction", "min_confidence", "threshold", "top_fraction",
-        "class_cap", "soft", "temperature")}, "twins": "excluded"}
+        "class_cap", "soft", "temperature")}, "twins": "excluded",
+        "pool": {s: content_key(getattr(prepared.competition, s)) for s in rules.splits}}
     summary_path = run.root / "pseudo" / f"round{round_}" / "summary.json"
     if summary_path.exists() and read_json(summary_path).get("settings") == settings:
         return read_json(summary_path)  # same voters and rules: the files stand

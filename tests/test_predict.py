@@ -13,13 +13,15 @@ from tests.helpers import CLASSES, leaderboard, run_comp, tiny_overrides
 @pytest.mark.slow
 def test_predict_matches_test_predictions_from_a_moved_run(tmp_path, competition):
     overrides = tiny_overrides(tmp_path, competition, backbones="[small_cnn,mobilenet_025]",
-                               **{"model.image_size": "32"})
+                               **{"model.image_size": "32", "classic.models": "[pixels+logreg]",
+                                  "ensemble.methods": "[greedy,stacked]"})
     assert run_comp("stage=all", *overrides) == 0
     moved = tmp_path / "elsewhere"
     shutil.copytree(tmp_path / "runs", moved)
     shutil.rmtree(tmp_path / "runs")
     cols = [f"p_{c}" for c in CLASSES]
-    for using, folder in (("ensemble-weighted", "ensemble/weighted"), (None, None)):
+    for using, folder in (("ensemble-greedy", "ensemble/greedy"),
+                          ("ensemble-stacked", "ensemble/stacked"), (None, None)):
         out = tmp_path / f"pred_{using}.csv"
         extra = [f"runs_dir={moved}", "stage=predict", f"predict.input={competition / 'test'}",
                  f"predict.output={out}"] + ([f"predict.using={using}"] if using else [])

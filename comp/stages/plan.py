@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from comp.data.prepared import prepare
 from comp.log import get_logger
 from comp.rounds import only_specs, specs_for_round
-from comp.training.trainer import fold_done
+from comp.training.trainer import fold_done, split_keys
 
 
 def run(cfg: DictConfig) -> list[str]:
@@ -25,7 +25,7 @@ def run(cfg: DictConfig) -> list[str]:
         f"only.model={spec.model_id} only.fold={fold}"
         for spec in only_specs(cfg, specs_for_round(cfg, prepared, cfg.pseudo.round))
         for fold in range(prepared.n_folds)
-        if not fold_done(prepared.run.fold_dir(spec.model_id, fold))
+        if not fold_done(prepared.run.fold_dir(spec.model_id, fold), split_keys(prepared))
     ]
     for line in lines:
         print(line)

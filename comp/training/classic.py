@@ -16,7 +16,7 @@ import joblib
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from comp.artifacts import atomic_path
+from comp.artifacts import atomic_path, content_key
 from comp.data.images import cached_images
 from comp.data.views import TTA_VIEWS
 from comp.models.classic import fit_weight_param, get_head, head_estimator, view_average_proba
@@ -51,7 +51,7 @@ class ClassicFeatures:
                                        frames[split]["path"].tolist(), size, max_pixels)
                 key = {"source": name, "size": size, "views_kind": spec.views,
                        **part_identity(spec, name), "n": len(images),
-                       "ids": _ids_key(frames[split]), "comp_embeddings": 2}
+                       "ids": content_key(frames[split]), "comp_embeddings": 2}
                 parts.append(cached_embeddings(cache, key, split, images, self.views,
                                                partial(part_encoder, spec, name, size)))
             self.features[split] = np.concatenate(parts, axis=-1)
@@ -89,13 +89,6 @@ def embed_images(spec, paths: list[str], max_pixels: int) -> np.ndarray:
         parts.append(embed(images, TTA_VIEWS[spec.views], part_encoder(spec, name, size),
                            desc=f"embed {name}"))
     return np.concatenate(parts, axis=-1)
-
-
-def _ids_key(frame) -> str:
-    from comp.artifacts import fingerprint
-
-    columns = [c for c in ("id", "hash", "path") if c in frame.columns]
-    return fingerprint(frame[columns].astype(str).to_dict("list"))
 
 
 def fit_classic(spec, features: np.ndarray, labels: np.ndarray, groups: np.ndarray,

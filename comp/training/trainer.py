@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 
 from comp import __version__
-from comp.artifacts import atomic_path, read_json, write_csv, write_json
+from comp.artifacts import atomic_path, content_key, read_json, write_csv, write_json
 from comp.crashpoints import crash_point
 from comp.data.images import cached_images
+from comp.errors import CompError
 from comp.log import get_logger, progress, unit_done
 from comp.metrics import scores
 from comp.models.build import build_backbone, build_head_model, split_backbone
@@ -154,13 +155,24 @@ def inner_holdout(rows: np.ndarray, labels: np.ndarray, groups: np.ndarray | Non
     return rows[fit], rows[held]
 
 
-def fold_done(folder) -> bool:
-    """A fold is done when its metrics.json reads back and was written by this comp
-    version; anything else (interrupted, corrupt, older version) is trained again."""
+def split_keys(prepared) -> dict:
+    """Content fingerprints of the splits a fold predicts besides its validation rows."""
+    return {"test": content_key(prepared.competition.test),
+            "unlabeled": content_key(prepared.competition.unlabeled)}
+
+
+def fold_done(folder, splits: dict | None = None) -> bool:
+    """A fold is done when its metrics.json reads back, was written by this comp version
+    and (given `splits`) predicted the test and unlabeled images as they are now;
+    anything else (interrupted, corrupt, older version, changed test set) is trained
+    again, so a stale prediction never reaches a submission."""
     try:
-        return read_json(folder / "metrics.json").get("comp") == __version__
+        metrics = read_json(folder / "metrics.json")
     except (OSError, ValueError):
         return False
+    if metrics.get("comp") != __version__:
+        return False
+    return splits is None or metrics.get("splits") == splits
 
 
 def train_spec(spec: ModelSpec, prepared, max_pixels: int, info: dict,
@@ -174,7 +186,12 @@ def train_spec(spec: ModelSpec, prepared, max_pixels: int, info: dict,
     write_json(model_dir / "spec.json", spec.describe())
     n_folds = prepared.n_folds
     wanted = range(n_folds) if folds_to_run is None else folds_to_run
-    todo = [k for k in wanted if not fold_done(run.fold_dir(spec.model_id, k))]
+    splits = split_keys(prepared)
+    todo = [k for k in wanted if not fold_done(run.fold_dir(spec.model_id, k), splits)]
+    stale = [k for k in todo if fold_done(run.fold_dir(spec.model_id, k))]
+    if stale:
+        get_logger().info("train: %s folds %s predicted other test or unlabeled images than "
+                          "those now in the folder; trained again", spec.model_id, stale)
     labels = prepared.labels
     folds = prepared.folds["fold"].to_numpy()
     featured_models: dict[str, FeaturedModel] = {}
@@ -187,7 +204,7 @@ def train_spec(spec: ModelSpec, prepared, max_pixels: int, info: dict,
                 get_logger().info("train: %s fold %d is being trained by another process; "
                                   "skipped", spec.model_id, fold)
                 continue
-            if fold_done(run.fold_dir(spec.model_id, fold)):  # finished meanwhile
+            if fold_done(run.fold_dir(spec.model_id, fold), splits):  # finished meanwhile
                 continue
             fold_spec = spec.for_fold(fold)
             key = model_key(fold_spec)
@@ -205,7 +222,7 @@ def train_spec(spec: ModelSpec, prepared, max_pixels: int, info: dict,
             metrics = read_json(run.fold_dir(spec.model_id, fold) / "metrics.json")
             unit_done("fold", model=spec.model_id, fold=fold, best_epoch=metrics["best_epoch"],
                       val_auc=round(metrics["auc"], 4), seconds=metrics["seconds"])
-    done = [k for k in range(n_folds) if fold_done(run.fold_dir(spec.model_id, k))]
+    done = [k for k in range(n_folds) if fold_done(run.fold_dir(spec.model_id, k), splits)]
     if len(done) < n_folds:
         return None
     result = collect_predictions(spec, prepared, info)
@@ -275,7 +292,7 @@ def write_fold_outputs(out, prepared, fold: int, val_probs: np.ndarray, split_pr
                   probs_frame(frame["id"].tolist(), split_probs[split], classes))
     write_json(out / "metrics.json", {
         **scores(prepared.labels[folds == fold], val_probs), "comp": __version__,
-        "fold": fold, **extra,
+        "fold": fold, "splits": split_keys(prepared), **extra,
         "n_pseudo": 0 if pseudo is None else len(pseudo.targets),
         "pseudo_ids": [] if pseudo is None else list(pseudo.ids),
         "seconds": round(time.time() - started, 2),
@@ -283,22 +300,33 @@ def write_fold_outputs(out, prepared, fold: int, val_probs: np.ndarray, split_pr
     crash_point(f"fold:{fold}")  # tests: COMP_CRASH_AT=fold:<k> dies here
 
 
+def read_ids_table(path) -> pd.DataFrame:
+    """A CSV comp wrote with an `id` column: ids as text, no NA guessing."""
+    return pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
+
+
 def collect_predictions(spec: ModelSpec, prepared, info: dict) -> dict:
     """Join the folds' val/test predictions into the spec's prediction set."""
     run, classes = prepared.run, prepared.competition.classes
     cols = [f"p_{c}" for c in classes]
-    oof_parts, test_sum = [], None
+    oof_parts = []
+    test_ids = prepared.competition.test["id"].tolist()
+    test_sum = np.zeros((len(test_ids), len(classes)))
     for fold in range(prepared.n_folds):
         folder = run.fold_dir(spec.model_id, fold)
-        val = pd.read_csv(folder / "val.csv", dtype={"id": str})
+        val = read_ids_table(folder / "val.csv")
         val.insert(1, "fold", fold)
         oof_parts.append(val)
-        test = pd.read_csv(folder / "test.csv", dtype={"id": str})
-        test_sum = test[cols].to_numpy() if test_sum is None else test_sum + test[cols].to_numpy()
+        test = read_ids_table(folder / "test.csv").set_index("id")
+        missing = sorted(set(test_ids) - set(test.index))
+        if missing:
+            raise CompError(f"{folder / 'test.csv'}: no prediction for {len(missing)} test "
+                            f"id(s), e.g. {missing[:3]}; delete {folder} and rerun")
+        test_sum += test.loc[test_ids, cols].to_numpy()  # joined by id, never by position
     oof = pd.concat(oof_parts).set_index("id").loc[prepared.folds["id"]].reset_index()
     oof.insert(2, "label", prepared.folds["label"].to_numpy())
     test_probs = test_sum / prepared.n_folds
-    test_frame = probs_frame(prepared.competition.test["id"].tolist(), test_probs, classes)
+    test_frame = probs_frame(test_ids, test_probs, classes)
     return write_prediction_set(
         run.preds_dir(spec.model_id), oof, test_frame, classes,
         {"kind": "single", "model_kind": spec.kind, "model_id": spec.model_id,
