@@ -18,6 +18,26 @@ import pandas as pd
 from comp.artifacts import read_json, write_csv, write_json
 from comp.metrics import scores
 
+TEXT_COLUMNS = ("id", "label", "split", "submission_id", "hash", "name", "model_id",
+                "experiment", "kind", "models", "file", "backbone", "sources")
+
+
+def read_table(path: str | Path, text_columns: tuple[str, ...] = TEXT_COLUMNS) -> pd.DataFrame:
+    """Read a CSV that comp wrote, values as written: ids, labels and other names stay
+    text (`0000`, `1`, `True`, `NA` and `None` are not numbers, booleans or missing),
+    no NA guessing anywhere; numeric columns (probabilities, folds, scores) are numbers.
+    Use it for every CSV comp reads back (folds.csv, oof.csv, test.csv, val.csv,
+    pseudo-label files, leaderboard.csv, history.csv)."""
+    header = pd.read_csv(path, nrows=0).columns
+    dtypes = {c: str for c in header if c in text_columns or c.startswith("label")}
+    frame = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values=[])
+    for column in frame.columns:  # numbers stay numbers; an empty cell is NaN there only
+        if column not in dtypes and not pd.api.types.is_numeric_dtype(frame[column]):
+            converted = pd.to_numeric(frame[column].replace("", np.nan), errors="coerce")
+            if converted.notna().sum() == (frame[column] != "").sum():
+                frame[column] = converted
+    return frame
+
 
 def class_indices(labels: pd.Series, classes: list[str]) -> np.ndarray:
     """Labels as indices into `classes`."""
@@ -70,5 +90,5 @@ def write_prediction_set(folder: Path, oof: pd.DataFrame, test: pd.DataFrame,
 def read_prediction_set(folder: Path) -> PredictionSet:
     """Read a finished prediction set."""
     info = read_json(folder / "cv.json")
-    return PredictionSet(pd.read_csv(folder / "oof.csv"), pd.read_csv(folder / "test.csv"),
-                         info["classes"], info)
+    return PredictionSet(read_table(folder / "oof.csv"), read_table(folder / "test.csv"),
+                         [str(c) for c in info["classes"]], info)

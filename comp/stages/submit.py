@@ -6,10 +6,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from comp.data.folder import read_competition
 from comp.errors import CompError
 from comp.log import get_logger
 from comp.predictions import read_prediction_set
+from comp.stages.prepare import load_competition
 from comp.submission import update_leaderboard, write_submission
 from comp.workspace import run_dir
 
@@ -20,7 +20,7 @@ def run(cfg: DictConfig):
     sets = run.prediction_sets()
     if not sets:
         raise CompError(f"{run.root}: no finished models to submit; run stage=train first")
-    competition = read_competition(cfg.data.dir)
+    competition = load_competition(cfg)
     folder = Path(cfg.submissions_dir)
     metric = cfg.submit.metric
     rows = [write_submission(folder, cfg.name, competition, read_prediction_set(s), metric)

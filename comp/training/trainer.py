@@ -17,7 +17,6 @@ import pandas as pd
 
 from comp import __version__
 from comp.artifacts import atomic_path, read_json, write_csv, write_json
-from comp.data.images import cached_images
 from comp.log import get_logger, progress
 from comp.metrics import scores
 from comp.models.build import build_backbone, build_head_model, split_backbone
@@ -64,14 +63,12 @@ class FeaturedModel:
         if spec.precision != "float32":
             key["precision"] = spec.precision
         self.features: dict[str, np.ndarray] = {}
-        frames = {"train": prepared.competition.train, "test": prepared.competition.test,
-                  "unlabeled": prepared.competition.unlabeled}
         for split in SPLITS:
-            images = cached_images(prepared.run.image_cache, split,
-                                   frames[split]["path"].tolist(), spec.image_size, max_pixels)
+            images = prepared.images(split, spec.image_size)  # keyed by content hashes
             self.features[split] = feature_cache(
                 prepared.run.feature_cache, key, split, images, self.split.prefix,
-                backbone.preprocess, self.plan, spec.augment, spec.train["seed"])
+                backbone.preprocess, self.plan, spec.augment, spec.train["seed"],
+                data_key=prepared.split_key(split))
 
     @staticmethod
     def key(spec: ModelSpec) -> str:
