@@ -258,7 +258,8 @@ def validate(cfg: DictConfig) -> None:
         return
     from comp.config import model_settings
 
-    for backbone in list(cfg.backbone_overrides):
+    # bases before variants, so a bad value is named where it was set
+    for backbone in sorted(cfg.backbone_overrides, key=lambda b: ("-" in b, b)):
         merged = model_settings(cfg, backbone)
         for key, constraint in CONSTRAINTS.items():
             if key.startswith(_PER_BACKBONE):
