@@ -28,14 +28,14 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = TEXT_COLUMNS) -
     no NA guessing anywhere; numeric columns (probabilities, folds, scores) are numbers.
     Use it for every CSV comp reads back (folds.csv, oof.csv, test.csv, val.csv,
     pseudo-label files, leaderboard.csv, history.csv)."""
-    header = pd.read_csv(path, nrows=0).columns
-    dtypes = {c: str for c in header if c in text_columns or c.startswith("label")}
-    frame = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values=[])
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[])
     for column in frame.columns:  # numbers stay numbers; an empty cell is NaN there only
-        if column not in dtypes and not pd.api.types.is_numeric_dtype(frame[column]):
-            converted = pd.to_numeric(frame[column].replace("", np.nan), errors="coerce")
-            if converted.notna().sum() == (frame[column] != "").sum():
-                frame[column] = converted
+        if column in text_columns or column.startswith("label"):
+            continue
+        values = frame[column]
+        converted = pd.to_numeric(values.where(values != "", None), errors="coerce")
+        if converted.notna().sum() == (values != "").sum():
+            frame[column] = converted
     return frame
 
 
