@@ -59,8 +59,8 @@ class Interval(Constraint):
             return f"must be a number, {self.describe()}"
         if self.integer and not float(value).is_integer():
             return "must be a whole number"
-        if isinstance(value, float) and math.isnan(value):
-            return f"must be a number, {self.describe()}"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"must be a finite number, {self.describe()}"
         left = self.closed in ("both", "left")
         right = self.closed in ("both", "right")
         if self.low is not None and (value < self.low if left else value <= self.low):
@@ -151,7 +151,7 @@ class ExistingFile(Constraint):
         return "no such file; give the path of an existing file"
 
     def describe(self) -> str:
-        return "None or an existing file"
+        return "an existing file"
 
 
 @dataclass(frozen=True)
@@ -165,6 +165,57 @@ class NotAFolder(Constraint):
 
     def describe(self) -> str:
         return "None or a file path (not a folder)"
+
+
+@dataclass(frozen=True)
+class AnyOf(Constraint):
+    """A value that follows at least one of `options`."""
+
+    options: tuple
+
+    def __init__(self, *options: Constraint):
+        object.__setattr__(self, "options", tuple(options))
+
+    def check(self, value: Any) -> str | None:
+        problems = [c.check(value) for c in self.options]
+        if any(p is None for p in problems):
+            return None
+        others = " or ".join(c.describe() for c in self.options[:-1])
+        return f"{problems[-1]} (or use {others})"
+
+    def describe(self) -> str:
+        return " or ".join(c.describe() for c in self.options)
+
+
+@dataclass(frozen=True)
+class NonEmpty(Constraint):
+    """A list with at least one entry, each following `inner`."""
+
+    inner: Constraint
+
+    def check(self, value: Any) -> str | None:
+        if isinstance(value, (list, tuple, ListConfig)) and not value:
+            return "needs at least one entry"
+        return Each(self.inner).check(value)
+
+    def describe(self) -> str:
+        return f"a non-empty list of {self.inner.describe()}"
+
+
+@dataclass(frozen=True)
+class LowHigh(Constraint):
+    """None, or a [low, high] pair of finite numbers with low < high."""
+
+    def check(self, value: Any) -> str | None:
+        if value is None:
+            return None
+        numbers = Each(Interval(None, None), unique=False)
+        if (numbers.check(value) or len(value) != 2 or not value[0] < value[1]):
+            return "give [low,high], two numbers with low < high"
+        return None
+
+    def describe(self) -> str:
+        return "None or [low,high] with low < high"
 
 
 @dataclass(frozen=True)
@@ -187,6 +238,8 @@ SEED = Int(0)
 # every model/train/augment key here is also checked per backbone (backbone_overrides)
 CONSTRAINTS: dict[str, Constraint] = {
     "name": Text(),
+    "backbones": NonEmpty(Text()),
+    "weights": AnyOf(Options("imagenet", "none"), ExistingFile()),
     "runs_dir": Text(),
     "submissions_dir": Text(),
     "data.dir": Text(),
@@ -194,7 +247,7 @@ CONSTRAINTS: dict[str, Constraint] = {
     "data.fold_seed": SEED,
     "data.dedup_max_distance": Int(0, 64),
     "data.max_image_pixels": Int(1, closed="both"),
-    "data.intensity_range": Optional(Each(Interval(None, None), unique=False)),
+    "data.intensity_range": LowHigh(),
     "data.id_column": Optional(Text()),
     "data.label_column": Optional(Text()),
     "model.image_size": Optional(Int(16)),

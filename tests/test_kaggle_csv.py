@@ -171,3 +171,43 @@ def test_read_table_keeps_text_and_numbers():
     assert frame["id"].tolist() == ["0000", "True"]
     assert frame["label"].tolist() == ["NA", "None"]
     assert frame["fold"].dtype.kind == "i" and frame["p_NA"].dtype.kind == "f"
+
+
+def test_messy_but_clear_csvs_are_read(tmp_path):
+    """';'-separated, a byte-order mark, spaces around ids and header names, upper-case
+    extensions, a pandas index column in the sample."""
+    root = make_competition(tmp_path / "k")
+    train = pd.read_csv(root / "train.csv", dtype=str)
+    messy = train.assign(id=" " + train["id"].str.replace(".png", ".PNG") + " ")
+    (root / "train.csv").write_bytes(b"\xef\xbb\xbf" + messy.rename(
+        columns={"label": " label"}).to_csv(index=False, sep=";").encode())
+    pd.read_csv(root / "sample_submission.csv", dtype=str).to_csv(
+        root / "sample_submission.csv")  # with pandas' unnamed index column
+    comp = read_competition(root)
+    assert comp.train["id"].tolist() == train["id"].tolist()
+    assert comp.submission_columns == ["id", "label"]
+
+
+def test_case_only_label_twins_warn(tmp_path, caplog):
+    import logging
+
+    root = make_competition(tmp_path / "k")
+    train = pd.read_csv(root / "train.csv", dtype=str)
+    train.loc[0, "label"] = "Alpha"
+    train.to_csv(root / "train.csv", index=False)
+    logging.getLogger("comp").propagate = True
+    with caplog.at_level(logging.WARNING, logger="comp"):
+        comp = read_competition(root)
+    assert "Alpha" in comp.classes and "differ only in upper/lower case" in caplog.text
+
+
+def test_float_image_with_nan_decodes(tmp_path):
+    from PIL import Image
+
+    from comp.data.images import decode_image
+
+    array = np.full((8, 8), 0.5, dtype=np.float32)
+    array[0, 0] = np.nan
+    Image.fromarray(array).save(tmp_path / "x.tif")
+    out = decode_image(tmp_path / "x.tif", 8, 10_000)
+    assert out[0, 0, 0] == 0 and out[4, 4, 0] in (127, 128)

@@ -49,6 +49,12 @@ BAD = [
     ("data.max_image_pixels=0", "data.max_image_pixels"),
     ("tune.storage=env:COMP_TEST_UNSET_VAR", "COMP_TEST_UNSET_VAR"),
     ("data=folder", "data=folder needs data.dir"),
+    ("train.lr=inf", "must be a finite number"),
+    ("backbones=[]", "backbones=[]: needs at least one entry"),
+    ("weights=imagenet21k", "weights=imagenet21k: no such file"),
+    ("data.intensity_range=[5,1]", "data.intensity_range"),
+    ("data.dedup_max_distance=99", "must be <= 64"),
+    ("only.fold=-1", "only.fold"),
     ("+backbone_overrides.mobilenet_025.train.lr=-2",
      "backbone_overrides.mobilenet_025.train.lr=-2.0: must be > 0"),
 ]

@@ -77,6 +77,11 @@ def read_competition(root: str | Path, id_column: str | None = None,
         raise CompError(f"{root}: competition folder not found; set data.dir=<folder>")
     train = _read_train(root, id_column, label_column)
     classes = sorted(train["label"].unique())
+    lowered = pd.Series(classes).str.lower()
+    if lowered.duplicated().any():
+        twins = [c for c in classes if lowered.tolist().count(c.lower()) > 1]
+        get_logger().warning("warning: labels %s differ only in upper/lower case and are "
+                             "different classes; fix the labels if they are one", twins[:4])
     if len(classes) < 2:
         raise CompError(
             f"{root}: only one class ({classes[0]!r}) in the training labels; "
@@ -111,11 +116,21 @@ def check_id(image_id: object, source: str) -> str:
 def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        header = frame.columns[0] if len(frame.columns) == 1 else ""
+        separator = next((sep for sep in (";", "\t", "|") if sep in header), None)
+        if separator:  # a CSV written with another separator (European Excel: ';')
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep=separator)
     except pd.errors.EmptyDataError:
         raise CompError(f"{path}: file is empty; it needs a header {','.join(required)}") from None
     except (UnicodeDecodeError, pd.errors.ParserError) as exc:
         reason = str(exc).splitlines()[0]
-        raise CompError(f"{path}: not a readable CSV ({reason})") from None
+        raise CompError(f"{path}: not a readable CSV ({reason}); save it as UTF-8 CSV") from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    index_like = [c for c in frame.columns[:1] if c == "" or c.startswith("Unnamed: ")]
+    if index_like and len(frame.columns) > 2:  # a pandas index written with the data
+        get_logger().warning("warning: %s: its first column has no name and is ignored "
+                             "(an index written by pandas?)", path)
+        frame = frame.drop(columns=index_like)
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise CompError(
@@ -177,14 +192,18 @@ def _match_ids(ids: pd.Series, folder: Path, files: dict[str, Path], source: Pat
     extension is the id. Missing ids (with a close name suggested) and ids matching
     several files are a CompError naming `source`."""
     by_stem: dict[str, list[str]] = {}
+    by_lower: dict[str, list[str]] = {}
     for name in files:
         by_stem.setdefault(Path(name).stem, []).append(name)
+        by_lower.setdefault(name.lower(), []).append(name)
     found, missing = [], []
     for image_id in ids:
         if image_id in files or (folder / image_id).is_file():
             found.append(image_id)
             continue
-        candidates = by_stem.get(image_id, [])
+        image_id = image_id.strip()
+        candidates = ([image_id] if image_id in files else by_stem.get(image_id)
+                      or by_lower.get(image_id.lower()) or [])
         if len(candidates) > 1:
             raise CompError(
                 f"{source}: id {image_id!r} matches several files in {folder} "

@@ -67,6 +67,7 @@ def _to_rgb(img: Image.Image, path: Path,
     if img.mode.startswith("I") or img.mode == "F":
         array = np.asarray(img, dtype=np.float64)
         low, high = _value_range(img.mode, array, path, intensity_range)
+        array = np.nan_to_num(array, nan=low, posinf=high, neginf=low)  # NaN: black
         array = np.clip((array - low) * (255.0 / (high - low)), 0, 255)
         return Image.fromarray(np.rint(array).astype(np.uint8)).convert("RGB")
     if img.mode == "P":
