@@ -144,11 +144,22 @@ def _run_all(tmp_path: Path, root: Path, where: str) -> pd.DataFrame:
     assert main(["stage=all", *overrides]) == 0
     files = sorted((tmp_path / where / "submissions").glob("tiny__*.csv"))
     assert files
-    return {f.name.split("__")[1]: pd.read_csv(f, dtype=str, keep_default_na=False)
+    return {f.name.split("__")[1]: pd.read_csv(f, dtype={"id": str, "image_id": str,
+                                                         "target": str, "label": str},
+                                               keep_default_na=False)
             for f in files}
 
 
+def _probability_sample(root: Path) -> None:
+    """A sample with one column per class: submissions carry probabilities, so a stale
+    or misaligned prediction cannot hide behind an equal argmax."""
+    sample = pd.read_csv(root / "sample_submission.csv", dtype=str)
+    pd.DataFrame({"id": sample["id"], "alpha": 0.3, "beta": 0.3, "gamma": 0.4}).to_csv(
+        root / "sample_submission.csv", index=False)
+
+
 def _rerun_equals_fresh(tmp_path: Path, root: Path, change) -> None:
+    _probability_sample(root)
     _run_all(tmp_path, root, "rerun")
     change(root)
     rerun = _run_all(tmp_path, root, "rerun")
@@ -157,7 +168,7 @@ def _rerun_equals_fresh(tmp_path: Path, root: Path, change) -> None:
     fresh = _run_all(tmp_path, fresh_root, "fresh")
     assert sorted(rerun) == sorted(fresh)
     for name, frame in fresh.items():
-        pd.testing.assert_frame_equal(rerun[name], frame)
+        pd.testing.assert_frame_equal(rerun[name], frame, check_exact=False, atol=1e-6)
 
 
 def _replace_test_image(root: Path) -> None:
@@ -178,16 +189,17 @@ def _new_test_set_same_size(root: Path) -> None:
     (root / "test").mkdir()
     names = [f"stage2_{i:03d}.png" for i in range(6)]
     for i, name in enumerate(names):
-        synthetic_image(rng, ["alpha", "beta", "gamma"][i % 3], 40).save(root / "test" / name)
-    pd.DataFrame({"id": names, "label": "alpha"}).to_csv(root / "sample_submission.csv",
-                                                        index=False)
+        synthetic_image(rng, ["gamma", "alpha", "beta"][i % 3], 40).save(root / "test" / name)
+    pd.DataFrame({"id": names, "alpha": 0.3, "beta": 0.3, "gamma": 0.4}).to_csv(
+        root / "sample_submission.csv", index=False)
 
 
 def _add_test_image(root: Path) -> None:
     _replace(root / "test" / "test_999.png", 23)
     sample = pd.read_csv(root / "sample_submission.csv", dtype=str)
-    pd.concat([sample, pd.DataFrame({"id": ["test_999.png"], "label": ["alpha"]})]).to_csv(
-        root / "sample_submission.csv", index=False)
+    extra = pd.DataFrame({"id": ["test_999.png"], "alpha": [0.3], "beta": [0.3],
+                          "gamma": [0.4]})
+    pd.concat([sample, extra]).to_csv(root / "sample_submission.csv", index=False)
 
 
 @pytest.mark.slow

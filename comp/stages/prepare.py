@@ -1,4 +1,5 @@
-"""stage=prepare: validate the competition folder and write folds.csv once."""
+"""stage=prepare: validate the competition folder, decode every split once, and write
+folds.csv once (reused while the training images stay the same)."""
 
 from __future__ import annotations
 
@@ -65,13 +66,9 @@ class Prepared:
 
 def decoding(cfg: DictConfig) -> Decoding:
     """The decoding settings of `cfg` (data.max_image_pixels, data.intensity_range)."""
-    value_range = cfg.data.get("intensity_range")
-    if value_range is not None:
-        value_range = tuple(float(v) for v in value_range)
-        if len(value_range) != 2 or not value_range[0] < value_range[1]:
-            raise CompError(f"config: data.intensity_range={list(value_range)}: give "
-                            "[low,high] with low < high")
-    return Decoding(int(cfg.data.max_image_pixels), value_range)
+    value_range = cfg.data.get("intensity_range")  # checked by comp.validate
+    return Decoding(int(cfg.data.max_image_pixels),
+                    None if value_range is None else tuple(float(v) for v in value_range))
 
 
 def load_competition(cfg: DictConfig) -> Competition:
