@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from comp.data.folder import read_competition
+from comp.log import get_logger
 from comp.run import main
 from tests.conftest import make_competition, synthetic_image, tiny_overrides
 
@@ -70,13 +71,14 @@ def test_relabelled_and_added_train_images_are_named(tmp_path, competition, caps
     assert "alpha_000.png" in err[0] and "new.png" in err[0]
 
 
-def test_test_only_changes_keep_the_folds(tmp_path, competition, capsys, caplog):
+def test_test_only_changes_keep_the_folds(tmp_path, competition, capsys, caplog,
+                                          monkeypatch):
     assert _prepare(tmp_path, competition, capsys)[0] == 0
     folds = (tmp_path / "runs" / "tiny" / "folds.csv").read_text()
     _replace(competition / "test" / "test_001.png", 7)
     sample = pd.read_csv(competition / "sample_submission.csv", dtype=str)
     sample.iloc[::-1].to_csv(competition / "sample_submission.csv", index=False)
-    logging.getLogger("comp").propagate = True
+    monkeypatch.setattr(get_logger(), "propagate", True)
     with caplog.at_level(logging.INFO, logger="comp"):
         code = main(["stage=prepare", *tiny_overrides(tmp_path, competition, quiet="false")])
     assert code == 0
@@ -117,7 +119,7 @@ def test_non_image_in_unlabeled_listed_as_png_fails_in_prepare(tmp_path, competi
     assert code == 2 and "notes.png" in err[0]
 
 
-def test_class_folders_take_every_image_and_name_the_rest(tmp_path, caplog):
+def test_class_folders_take_every_image_and_name_the_rest(tmp_path, caplog, monkeypatch):
     root = make_competition(tmp_path / "c", layout="folders")
     alpha = root / "train" / "alpha"
     Image.open(alpha / "alpha_000.png").convert("RGB").save(alpha / "extra.jfif", "JPEG")
@@ -126,14 +128,14 @@ def test_class_folders_take_every_image_and_name_the_rest(tmp_path, caplog):
     (alpha / "Thumbs.db").write_bytes(b"\x00\x01")
     (alpha / "deeper").mkdir()
     Image.open(alpha / "alpha_002.png").save(alpha / "deeper" / "lost.png")
-    logging.getLogger("comp").propagate = True
+    monkeypatch.setattr(get_logger(), "propagate", True)
     with caplog.at_level(logging.WARNING, logger="comp"):
         comp = read_competition(root)
     ids = set(comp.train["id"])
     assert {"extra.jfif", "no_suffix_png"} <= ids and "readme.txt" not in ids
     skipped = [r.getMessage() for r in caplog.records if "not images" in r.getMessage()]
-    assert len(skipped) == 1 and "2 file(s)" in skipped[0] and "readme.txt" in skipped[0]
-    assert any("1 sub-folder(s)" in r.getMessage() and "deeper" in r.getMessage()
+    assert len(skipped) == 1 and "2 file(s)" in skipped[0] and "alpha/readme.txt" in skipped[0]
+    assert any("1 sub-folder(s)" in r.getMessage() and "alpha/deeper" in r.getMessage()
                for r in caplog.records)
 
 

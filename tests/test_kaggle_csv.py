@@ -188,14 +188,16 @@ def test_messy_but_clear_csvs_are_read(tmp_path):
     assert comp.submission_columns == ["id", "label"]
 
 
-def test_case_only_label_twins_warn(tmp_path, caplog):
+def test_case_only_label_twins_warn(tmp_path, caplog, monkeypatch):
     import logging
+
+    from comp.log import get_logger
 
     root = make_competition(tmp_path / "k")
     train = pd.read_csv(root / "train.csv", dtype=str)
     train.loc[0, "label"] = "Alpha"
     train.to_csv(root / "train.csv", index=False)
-    logging.getLogger("comp").propagate = True
+    monkeypatch.setattr(get_logger(), "propagate", True)
     with caplog.at_level(logging.WARNING, logger="comp"):
         comp = read_competition(root)
     assert "Alpha" in comp.classes and "differ only in upper/lower case" in caplog.text

@@ -163,27 +163,37 @@ def _is_image(path: Path) -> bool:
         return False
 
 
-def _image_files(folder: Path) -> dict[str, Path]:
+def image_files(folder: Path) -> dict[str, Path]:
     """The images of `folder` by file name: every file with an image suffix or that
     Pillow can open; other files and sub-folders are named in one warning line each."""
+    files, skipped, nested = _scan(folder)
+    _warn_skipped(folder, skipped, nested)
+    return files
+
+
+def _scan(folder: Path, prefix: str = "") -> tuple[dict[str, Path], list[str], list[str]]:
     files, skipped, nested = {}, [], []
     for p in sorted(folder.iterdir()):
         if p.name.startswith("."):
             continue
         if p.is_dir():
-            nested.append(p.name)
+            nested.append(prefix + p.name)
         elif p.is_file() and _is_image(p):
             files[p.name] = p
         elif p.is_file():
-            skipped.append(p.name)
+            skipped.append(prefix + p.name)
+    return files, skipped, nested
+
+
+def _warn_skipped(folder: Path, skipped: list[str], nested: list[str]) -> None:
     log = get_logger()
     if skipped:
         log.warning("warning: %d file(s) in %s are not images Pillow can open and are "
                     "skipped, e.g. %s", len(skipped), folder, skipped[:3])
     if nested:
         log.warning("warning: %d sub-folder(s) in %s are not read (images must sit directly "
-                    "in it), e.g. %s", len(nested), folder, nested[:3])
-    return files
+                    "in %s), e.g. %s", len(nested), folder,
+                    "the class folders" if "/" in nested[0] else "it", nested[:3])
 
 
 def _match_ids(ids: pd.Series, folder: Path, files: dict[str, Path], source: Path,
@@ -282,7 +292,7 @@ def _read_train(root: Path, id_column: str | None, label_column: str | None) -> 
             raise CompError(f"{csv_path}: missing column(s) for the labels; found {columns}, "
                             "expected a header id,label")
         _check_ids(frame[id_col], csv_path)
-        files = _image_files(folder)
+        files = image_files(folder)
         ids = _match_ids(frame[id_col], folder, files, csv_path, "listed image(s) missing from")
         _check_ids(pd.Series(ids), csv_path)
         unlisted = sorted(set(files) - set(ids))
@@ -304,11 +314,14 @@ def _read_train(root: Path, id_column: str | None, label_column: str | None) -> 
     if loose:
         get_logger().warning("warning: %d file(s) directly in %s are not in a class folder "
                              "and are ignored, e.g. %s", len(loose), folder, sorted(loose)[:3])
-    rows = [
-        {"id": name, "label": d.name.strip(), "path": str(path)}
-        for d in class_dirs
-        for name, path in _image_files(d).items()
-    ]
+    rows, skipped, nested = [], [], []
+    for d in class_dirs:
+        files, d_skipped, d_nested = _scan(d, prefix=f"{d.name}/")
+        rows += [{"id": name, "label": d.name.strip(), "path": str(path)}
+                 for name, path in files.items()]
+        skipped += d_skipped
+        nested += d_nested
+    _warn_skipped(folder, skipped, nested)  # one line for all class folders
     frame = pd.DataFrame(rows, columns=["id", "label", "path"])
     if frame.empty:
         raise CompError(f"{folder}: the class sub-folders hold no images")
@@ -339,7 +352,7 @@ def _read_test(root: Path, classes: list[str]) -> tuple[pd.DataFrame, list[str],
             f"{sample_path}: columns {columns[1:]} are neither one label column nor the "
             f"classes {classes}"
         )
-    files = _image_files(folder)
+    files = image_files(folder)
     ids = _match_ids(sample[id_column], folder, files, sample_path, "id(s) have no image in")
     _check_ids(pd.Series(ids), sample_path)
     extra = sorted(set(files) - set(ids))
@@ -355,7 +368,7 @@ def _read_test(root: Path, classes: list[str]) -> tuple[pd.DataFrame, list[str],
 
 def _read_unlabeled(root: Path) -> pd.DataFrame:
     folder = root / "unlabeled"
-    files = _image_files(folder) if folder.is_dir() else {}
+    files = image_files(folder) if folder.is_dir() else {}
     return pd.DataFrame(
         {"id": list(files), "path": [str(p) for p in files.values()]}, columns=["id", "path"]
     )
