@@ -148,7 +148,7 @@ class ExistingFile(Constraint):
     def check(self, value: Any) -> str | None:
         if value is None or Path(str(value)).is_file():
             return None
-        return "no such file; give the path of an existing file"
+        return "file not found; give the path of an existing file"
 
     def describe(self) -> str:
         return "an existing file"
@@ -346,5 +346,6 @@ def _check(key: str, value: Any, constraint: Constraint) -> None:
         return
     problem = constraint.check(value)
     if problem:
-        shown = "[" + ",".join(map(str, value)) + "]" if isinstance(value, list) else value
+        shown = ("[" + ",".join(map(str, value)) + "]" if isinstance(value, list)
+                 else repr(value) if isinstance(value, str) else value)
         raise CompError(f"config: {key}={shown}: {problem}")

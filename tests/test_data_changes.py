@@ -68,6 +68,7 @@ def test_relabelled_and_added_train_images_are_named(tmp_path, competition, caps
     train.to_csv(competition / "train.csv", index=False)
     code, err = _prepare(tmp_path, competition, capsys)
     assert code == 2 and "1 image(s) relabelled" in err[0] and "1 image(s) added" in err[0]
+    assert "replaced" not in err[0]
     assert "alpha_000.png" in err[0] and "new.png" in err[0]
 
 
@@ -83,7 +84,8 @@ def test_test_only_changes_keep_the_folds(tmp_path, competition, capsys, caplog,
         code = main(["stage=prepare", *tiny_overrides(tmp_path, competition, quiet="false")])
     assert code == 0
     assert (tmp_path / "runs" / "tiny" / "folds.csv").read_text() == folds
-    assert "test image(s) changed since the last run" in caplog.text
+    assert "the test images changed since the last run (1 image(s) replaced, e.g. " \
+        "['test_001.png'])" in caplog.text
 
 
 def test_image_cache_is_keyed_by_content_not_mtime(tmp_path, competition, capsys):

@@ -4,6 +4,7 @@ folds.csv once (reused while the training images stay the same)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -34,7 +35,7 @@ class Prepared:
     """A validated competition and its folds."""
 
     competition: Competition
-    folds: pd.DataFrame  # id, label, fold, group[, hash], in train.csv order
+    folds: pd.DataFrame  # id, label, fold, group, in train.csv order
     run: RunDir
     decoding: Decoding = Decoding(40_000_000)
 
@@ -88,23 +89,44 @@ def _old_train_key(train: pd.DataFrame) -> str:
     return fingerprint({"ids": train["id"].tolist(), "labels": train["label"].tolist()})
 
 
-def changed_train(recorded: pd.DataFrame, train: pd.DataFrame) -> str:
-    """One phrase saying how the training data differs from folds.csv's."""
-    old = recorded.set_index("id")
-    new = train.set_index("id")
-    parts = []
-    added = [i for i in new.index if i not in old.index]
-    removed = [i for i in old.index if i not in new.index]
+def hashes_csv(run: RunDir) -> Path:
+    """runs/<name>/hashes.csv: split, id, hash of every image the run was prepared from."""
+    return run.root / "hashes.csv"
+
+
+def _write_hashes(run: RunDir, competition: Competition) -> None:
+    write_csv(hashes_csv(run), pd.concat(
+        [competition.frame(s)[["id", "hash"]].assign(split=s) for s in SPLITS]
+    )[["split", "id", "hash"]])
+
+
+def describe_change(old: pd.DataFrame, new: pd.DataFrame) -> str:
+    """One phrase naming how `new` differs from `old` (frames of id, hash and maybe
+    label): images replaced, relabelled, added, removed, or only reordered."""
+    old, new = old.set_index("id"), new.set_index("id")
     both = [i for i in new.index if i in old.index]
-    relabelled = [i for i in both if old.at[i, "label"] != new.at[i, "label"]]
-    replaced = [i for i in both if "hash" in old.columns and old.at[i, "hash"] != new.at[i, "hash"]]
-    for what, ids in (("replaced", replaced), ("relabelled", relabelled), ("added", added),
-                      ("removed", removed)):
-        if ids:
-            parts.append(f"{len(ids)} image(s) {what}, e.g. {ids[:3]}")
+    changes = {
+        "replaced": [i for i in both if old.at[i, "hash"] not in (new.at[i, "hash"], "")],
+        "relabelled": [i for i in both if "label" in old and old.at[i, "label"]
+                       != new.at[i, "label"]],
+        "added": [i for i in new.index if i not in old.index],
+        "removed": [i for i in old.index if i not in new.index],
+    }
+    parts = [f"{len(ids)} image(s) {what}, e.g. {ids[:3]}" for what, ids in changes.items()
+             if ids]
     if not parts and old.index.tolist() != new.index.tolist():
-        parts.append("the rows are in another order")
+        parts.append("the same images in another order")
     return "; ".join(parts) or "the data differs"
+
+
+def _recorded(run: RunDir, split: str, folds: pd.DataFrame | None = None) -> pd.DataFrame:
+    """id, hash (and label for train) of `split` as recorded by the last prepare."""
+    hashes = read_table(hashes_csv(run)) if hashes_csv(run).exists() else pd.DataFrame(
+        columns=["split", "id", "hash"])
+    recorded = hashes[hashes["split"] == split][["id", "hash"]]
+    if folds is None:
+        return recorded
+    return folds[["id", "label"]].merge(recorded, on="id", how="left").fillna({"hash": ""})
 
 
 def prepare(cfg: DictConfig) -> Prepared:
@@ -126,9 +148,10 @@ def prepare(cfg: DictConfig) -> Prepared:
         recorded = read_json(run.data_json)
         folds = read_table(run.folds_csv)
         if recorded.get("data_key") not in (data_key, _old_train_key(competition.train)):
+            change = describe_change(_recorded(run, "train", folds), competition.train)
             raise CompError(
                 f"{run.root}: was prepared from other training data than {cfg.data.dir} "
-                f"({changed_train(folds, competition.train)}); its models were trained on "
+                f"({change}); its models were trained on "
                 "those folds: use another name=<experiment> (or delete that run directory)"
             )
         if recorded.get("settings") != settings:
@@ -137,8 +160,6 @@ def prepare(cfg: DictConfig) -> Prepared:
                 "folds are fixed once models train on them: use another name=<experiment>"
             )
         if recorded.get("data_key") != data_key:  # an older run directory: record hashes
-            folds["hash"] = competition.train["hash"].to_numpy()
-            write_csv(run.folds_csv, folds)
             recorded = {**recorded, "data_key": data_key}
             write_json(run.data_json, recorded)
         _note_changes(recorded, competition, run)
@@ -151,7 +172,6 @@ def prepare(cfg: DictConfig) -> Prepared:
         groups = pd.RangeIndex(len(train)).to_numpy()
     folds = make_folds(train["id"].tolist(), train["label"].tolist(), groups,
                        cfg.data.folds, cfg.data.fold_seed)
-    folds["hash"] = train["hash"].to_numpy()
     sizes = folds.groupby("group").size()
     summary = {
         "data_key": data_key, "settings": settings, "data_dir": str(cfg.data.dir),
@@ -162,6 +182,7 @@ def prepare(cfg: DictConfig) -> Prepared:
         "class_counts": train["label"].value_counts().sort_index().to_dict(),
         "split_keys": {split: competition.split_key(split) for split in SPLITS},
     }
+    _write_hashes(run, competition)
     write_csv(run.folds_csv, folds)
     write_json(run.data_json, summary)
     get_logger().info(
@@ -179,12 +200,14 @@ def _note_changes(recorded: dict, competition: Competition, run: RunDir) -> None
     depends on them is recomputed), and record the new keys."""
     keys = {split: competition.split_key(split) for split in SPLITS}
     before = recorded.get("split_keys") or {}
-    changed = [s for s in ("test", "unlabeled") if s in before and before[s] != keys[s]]
-    if changed:
-        get_logger().info("prepare: the %s image(s) changed since the last run (content, "
-                          "ids or order); what depends on them is recomputed",
-                          " and ".join(changed))
+    for split in ("test", "unlabeled"):
+        if split in before and before[split] != keys[split]:
+            get_logger().info(
+                "prepare: the %s images changed since the last run (%s); what depends on "
+                "them is recomputed", split,
+                describe_change(_recorded(run, split), competition.frame(split)))
     if before != keys:
+        _write_hashes(run, competition)
         write_json(run.data_json, {**recorded, "split_keys": keys,
                                    "n_test": len(competition.test),
                                    "n_unlabeled": len(competition.unlabeled)})
