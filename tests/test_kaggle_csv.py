@@ -213,3 +213,18 @@ def test_float_image_with_nan_decodes(tmp_path):
     Image.fromarray(array).save(tmp_path / "x.tif")
     out = decode_image(tmp_path / "x.tif", 8, 10_000)
     assert out[0, 0, 0] == 0 and out[4, 4, 0] in (127, 128)
+
+
+def test_ids_with_their_folder_prefix(tmp_path):
+    root = make_competition(tmp_path / "k")
+    train = pd.read_csv(root / "train.csv", dtype=str)
+    sample = pd.read_csv(root / "sample_submission.csv", dtype=str)
+    _rewrite(root, train.assign(id="train/" + train["id"]),
+             sample.assign(id="test/" + sample["id"]))
+    comp = read_competition(root)
+    assert comp.train["id"].tolist() == train["id"].tolist()
+    sub = submission_frame(comp, _fake_predictions(comp))
+    assert sub["id"].tolist() == ("test/" + sample["id"]).tolist()  # verbatim
+    _rewrite(root, train.assign(id="images/" + train["id"]))
+    with pytest.raises(CompError, match="not a plain file name"):
+        read_competition(root)

@@ -153,6 +153,12 @@ def _check_ids(ids: pd.Series, source: Path) -> None:
         )
 
 
+def _without_folder(ids: pd.Series, folder: Path) -> pd.Series:
+    """Ids written as `<folder>/<name>` (e.g. train/abc.jpg) as the plain name."""
+    prefix = f"{folder.name}/"
+    return ids.map(lambda i: i[len(prefix):] if i.startswith(prefix) else i)
+
+
 def _is_image(path: Path) -> bool:
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return True
@@ -291,9 +297,10 @@ def _read_train(root: Path, id_column: str | None, label_column: str | None) -> 
         if len(columns) < 2:
             raise CompError(f"{csv_path}: missing column(s) for the labels; found {columns}, "
                             "expected a header id,label")
-        _check_ids(frame[id_col], csv_path)
+        raw = _without_folder(frame[id_col], folder)
+        _check_ids(raw, csv_path)
         files = image_files(folder)
-        ids = _match_ids(frame[id_col], folder, files, csv_path, "listed image(s) missing from")
+        ids = _match_ids(raw, folder, files, csv_path, "listed image(s) missing from")
         _check_ids(pd.Series(ids), csv_path)
         unlisted = sorted(set(files) - set(ids))
         if unlisted:
@@ -342,7 +349,8 @@ def _read_test(root: Path, classes: list[str]) -> tuple[pd.DataFrame, list[str],
     if len(columns) < 2:
         raise CompError(f"{sample_path}: needs an id column and a label or class columns")
     id_column = columns[0]
-    _check_ids(sample[id_column], sample_path)
+    raw = _without_folder(sample[id_column], folder)
+    _check_ids(raw, sample_path)
     if sorted(c.strip() for c in columns[1:]) == classes:
         kind = "proba"
     elif len(columns) == 2:
@@ -353,7 +361,7 @@ def _read_test(root: Path, classes: list[str]) -> tuple[pd.DataFrame, list[str],
             f"classes {classes}"
         )
     files = image_files(folder)
-    ids = _match_ids(sample[id_column], folder, files, sample_path, "id(s) have no image in")
+    ids = _match_ids(raw, folder, files, sample_path, "id(s) have no image in")
     _check_ids(pd.Series(ids), sample_path)
     extra = sorted(set(files) - set(ids))
     if extra:
