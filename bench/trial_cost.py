@@ -17,9 +17,9 @@ import numpy as np
 import tensorflow as tf
 
 from comp.config import load_config
+from comp.data.prepared import prepare
 from comp.data.views import dihedral_view
 from comp.models.spec import make_spec, with_params
-from comp.stages.prepare import prepare
 from comp.training.fit import FoldData, fit_fold
 from comp.training.trainer import FeaturedModel, fold_data
 

@@ -81,14 +81,6 @@ def fingerprint(data: Any, length: int = 8) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
-def content_key(frame: pd.DataFrame) -> str:
-    """A fingerprint of an image table's ids, content hashes (or, without them, paths)
-    and order: what predictions of that split were computed from."""
-    columns = [c for c in ("id", "hash") if c in frame.columns] or ["id", "path"]
-    columns = [c for c in columns if c in frame.columns]
-    return fingerprint(frame[columns].astype(str).to_dict("list"), 12)
-
-
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()

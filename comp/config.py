@@ -8,6 +8,7 @@ value of the wrong type becomes a `CompError` naming the key.
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from comp.errors import CompError
@@ -60,6 +61,11 @@ class DataConfig:
     dedup: bool = True  # group near-duplicates (also flipped/rotated) into one fold
     dedup_max_distance: int = 6  # max Hamming distance of 64-bit perceptual hashes
     max_image_pixels: int = 40_000_000  # larger images are refused (decompression bombs)
+    id_column: str | None = None  # train.csv's id column; None: id, image_id, image, ...
+    label_column: str | None = None  # train.csv's label column(s); None: label, target, ...
+    # float images: the value range mapped to 0..255 (values outside are clipped);
+    # None: [0, 1] when every value lies there, else clipped to 0..255 as they are
+    intensity_range: list[float] | None = None
 
 
 @dataclass
@@ -160,7 +166,9 @@ class TuneConfig:
     # finished trials each study should have; a rerun continues. 0 by default: on the
     # benchmarks fine-tune tuning did not beat the defaults (bench/README.md, levers.py)
     n_trials: int = 0
-    storage: str | None = None  # Optuna storage URL; None: sqlite:///runs/<name>/optuna.db
+    # Optuna storage URL, or env:VAR to read it from an environment variable (keeps a
+    # password off the command line); None: sqlite:///runs/<name>/optuna.db
+    storage: str | None = None
     epochs: int = 20  # epochs per trial fit
     inner_folds: int = 3  # a trial's score: inner stratified group K-fold of the training rows
     metric: str = "auc"  # auc | accuracy | macro_f1 | balanced_accuracy | log_loss
@@ -277,10 +285,19 @@ def load_config(overrides: list[str], config_dir=CONFIG_DIR) -> DictConfig:
     try:
         with config_dir_path(config_dir) as folder, initialize_config_dir(
                 config_dir=str(folder), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=list(overrides))
+            cfg = compose(config_name="config", overrides=list(overrides),
+                          return_hydra_config=True)
+        choices = dict(cfg.hydra.runtime.choices)
+        with open_dict(cfg):
+            del cfg["hydra"]
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise CompError(f"config: {_short_message(exc)}") from None
+    _require_data_dir(cfg, choices, overrides)
+    cfg.tune.storage = storage_from_env(cfg.tune.storage)
+    from comp.validate import validate
+
+    validate(cfg)
     from comp.models.registry import get_backbone
 
     for backbone in list(cfg.backbones) + list(cfg.backbone_overrides):
@@ -288,6 +305,48 @@ def load_config(overrides: list[str], config_dir=CONFIG_DIR) -> DictConfig:
     for backbone in cfg.backbone_overrides:
         model_settings(cfg, backbone)  # validates the override's keys and types
     return cfg
+
+
+def _require_data_dir(cfg: DictConfig, choices: dict, overrides: list[str]) -> None:
+    """data=folder needs data.dir (its `???` would otherwise leave the demo's folder)."""
+    chosen = choices.get("data")
+    given = any(o.lstrip("+~").startswith("data.dir=") for o in overrides)
+    if chosen not in (None, "demo") and not given and cfg.data.dir == str(DEMO_DIR / "wbc"):
+        raise CompError(f"config: data={chosen} needs data.dir=<your competition folder>")
+
+
+def storage_from_env(storage: str | None) -> str | None:
+    """`tune.storage=env:VAR` reads the URL from environment variable VAR
+    (`${oc.env:VAR}` works too); a missing variable is a CompError."""
+    if storage is None or not str(storage).startswith("env:"):
+        return storage
+    name = str(storage)[4:]
+    value = os.environ.get(name)
+    if not value:
+        raise CompError(f"config: tune.storage=env:{name}: environment variable {name} is "
+                        "not set; export it (e.g. postgresql://user:password@host/db)")
+    return value
+
+
+def mask_url(url: str | None) -> str | None:
+    """`url` with its password replaced by *** (SQLAlchemy's rendering); other text as is."""
+    if not url or "://" not in str(url):
+        return url
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(str(url)).render_as_string(hide_password=True)
+    except Exception:  # not a database URL: hide anything between ':' and '@' by hand
+        return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", str(url))
+
+
+def masked_yaml(cfg: DictConfig) -> str:
+    """The config as YAML with secrets (a password in tune.storage) masked: what comp
+    writes into the run directory and prints."""
+    copy = OmegaConf.create(OmegaConf.to_container(cfg))
+    if "tune" in copy and copy.tune.get("storage"):
+        copy.tune.storage = mask_url(copy.tune.storage)
+    return OmegaConf.to_yaml(copy)
 
 
 def model_settings(cfg: DictConfig, backbone: str) -> DictConfig:

@@ -16,8 +16,9 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from comp.artifacts import read_json
-from comp.data.folder import IMAGE_SUFFIXES, check_id
+from comp.data.folder import check_id, image_files
 from comp.data.images import load_images
+from comp.data.prepared import decoding
 from comp.ensemble import METHODS
 from comp.errors import CompError
 from comp.log import progress
@@ -61,8 +62,7 @@ def input_images(path: Path) -> list[Path]:
     if path.is_file():
         files = [path]
     elif path.is_dir():
-        files = sorted(p for p in path.iterdir()
-                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(image_files(path).values())
     else:
         raise CompError(f"predict.input={path}: no such file or folder")
     if not files:
@@ -91,10 +91,12 @@ def predict_model(cfg: DictConfig, run: RunDir, model_id: str, paths: list[Path]
     if spec.kind == "classic":
         from comp.training.classic import embed_images
 
-        features = embed_images(spec, [str(p) for p in paths], cfg.data.max_image_pixels)
+        features = embed_images(spec, [str(p) for p in paths], decoding(cfg))
         return predict_classic(run.model_dir(model_id), features, n_classes)
-    images = load_images([str(p) for p in paths], spec.image_size, cfg.data.max_image_pixels,
-                         desc=f"decode {spec.image_size}px")
+    settings = decoding(cfg)
+    images = load_images([str(p) for p in paths], spec.image_size, settings.max_pixels,
+                         desc=f"decode {spec.image_size}px",
+                         intensity_range=settings.intensity_range)
     return predict_images(spec, run.model_dir(model_id), images, n_classes)
 
 

@@ -18,6 +18,26 @@ import pandas as pd
 from comp.artifacts import read_json, write_csv, write_json
 from comp.metrics import scores
 
+TEXT_COLUMNS = ("id", "label", "split", "submission_id", "hash", "name", "model_id",
+                "experiment", "kind", "models", "file", "backbone", "sources")
+
+
+def read_table(path: str | Path, text_columns: tuple[str, ...] = TEXT_COLUMNS) -> pd.DataFrame:
+    """Read a CSV that comp wrote, values as written: ids, labels and other names stay
+    text (`0000`, `1`, `True`, `NA` and `None` are not numbers, booleans or missing),
+    no NA guessing anywhere; numeric columns (probabilities, folds, scores) are numbers.
+    Use it for every CSV comp reads back (folds.csv, oof.csv, test.csv, val.csv,
+    pseudo-label files, leaderboard.csv, history.csv)."""
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[])
+    for column in frame.columns:  # numbers stay numbers; an empty cell is NaN there only
+        if column in text_columns or column.startswith("label"):
+            continue
+        values = frame[column]
+        converted = pd.to_numeric(values.where(values != "", None), errors="coerce")
+        if converted.notna().sum() == (values != "").sum():
+            frame[column] = converted
+    return frame
+
 
 def class_indices(labels: pd.Series, classes: list[str]) -> np.ndarray:
     """Labels as indices into `classes`."""
@@ -70,5 +90,5 @@ def write_prediction_set(folder: Path, oof: pd.DataFrame, test: pd.DataFrame,
 def read_prediction_set(folder: Path) -> PredictionSet:
     """Read a finished prediction set."""
     info = read_json(folder / "cv.json")
-    return PredictionSet(pd.read_csv(folder / "oof.csv"), pd.read_csv(folder / "test.csv"),
-                         info["classes"], info)
+    return PredictionSet(read_table(folder / "oof.csv"), read_table(folder / "test.csv"),
+                         [str(c) for c in info["classes"]], info)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from comp.artifacts import content_key, read_json, write_csv, write_json
+from comp.artifacts import read_json, write_csv, write_json
 from comp.data.prepared import Prepared
 from comp.errors import CompError
 from comp.log import get_logger
@@ -45,7 +45,7 @@ def make_pseudo_labels(cfg: DictConfig, prepared: Prepared, round_: int) -> dict
     settings = {"voters": voter_ids, **{k: plain[k] for k in (
         "splits", "rule", "fraction", "min_confidence", "threshold", "top_fraction",
         "class_cap", "soft", "temperature")}, "twins": "excluded",
-        "pool": {s: content_key(getattr(prepared.competition, s)) for s in rules.splits}}
+        "pool": {s: prepared.split_key(s) for s in rules.splits}}
     summary_path = run.root / "pseudo" / f"round{round_}" / "summary.json"
     if summary_path.exists() and read_json(summary_path).get("settings") == settings:
         return read_json(summary_path)  # same voters and rules: the files stand
@@ -128,16 +128,12 @@ def pool_twins(cfg: DictConfig, prepared: Prepared, splits: list[str]) -> dict[s
     """For each pool image ("<split>/<id>"), the training rows it is a near-duplicate of
     (perceptual hashes of all 8 views, compared both ways)."""
     from comp.data.folds import cross_duplicates, perceptual_hashes
-    from comp.data.images import cached_images
     from comp.data.prepared import HASH_SIZE
 
     if not cfg.data.dedup:
         return {}
-    cache, limit = prepared.run.image_cache, cfg.data.max_image_pixels
     frames = {"test": prepared.competition.test, "unlabeled": prepared.competition.unlabeled}
-    train = perceptual_hashes(cached_images(cache, "train",
-                                            prepared.competition.train["path"].tolist(),
-                                            HASH_SIZE, limit))
+    train = perceptual_hashes(prepared.images("train", HASH_SIZE))
     position = {i: n for n, i in enumerate(prepared.competition.train["id"])}
     order = np.array([position[i] for i in prepared.folds["id"]])  # train.csv -> folds rows
     back = np.argsort(order)
@@ -146,8 +142,7 @@ def pool_twins(cfg: DictConfig, prepared: Prepared, splits: list[str]) -> dict[s
         frame = frames[split]
         if frame.empty:
             continue
-        pool = perceptual_hashes(cached_images(cache, split, frame["path"].tolist(),
-                                               HASH_SIZE, limit))
+        pool = perceptual_hashes(prepared.images(split, HASH_SIZE))
         for p, t in cross_duplicates(pool, train, cfg.data.dedup_max_distance):
             twins.setdefault(f"{split}/{frame['id'].iloc[p]}", []).append(int(back[t]))
     return twins

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 import matplotlib
@@ -17,7 +16,12 @@ from sklearn.calibration import calibration_curve  # noqa: E402
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support  # noqa: E402
 
 from comp.artifacts import atomic_path, read_json, write_text  # noqa: E402
-from comp.predictions import class_indices, prob_columns, read_prediction_set  # noqa: E402
+from comp.predictions import (  # noqa: E402
+    class_indices,
+    prob_columns,
+    read_prediction_set,
+    read_table,
+)
 
 
 def _save(fig, target: Path) -> str:
@@ -31,7 +35,7 @@ def learning_curves(model_dir: Path, out: Path) -> str:
     """Loss, validation AUC and learning rate per epoch, one line per fold."""
     fig, axes = plt.subplots(1, 3, figsize=(12, 3))
     for history_csv in sorted(model_dir.glob("fold*/history.csv")):
-        history = pd.read_csv(history_csv)
+        history = read_table(history_csv)
         label = history_csv.parent.name
         for ax, column in zip(axes, ("loss", "val_auc", "lr"), strict=True):
             ax.plot(history["epoch"], history[column], label=label)
@@ -162,7 +166,7 @@ def build_report(run_root: Path, leaderboard: pd.DataFrame, paths: dict[str, str
         sections += [f"<h2>Pseudo-labels {round_dir.name}</h2>", f"<img src='{png}'>",
                      counts.T.to_html()]
     for name, folder in ensembles.items():
-        weights = json.loads((folder / "cv.json").read_text())["weights"]
+        weights = {str(k): v for k, v in read_json(folder / "cv.json")["weights"].items()}
         if name == "ensemble-weighted":
             png = bar_chart(weights, "weighted ensemble: weights", out / "ensemble_weights.png")
             sections += ["<h2>Ensemble weights</h2>", f"<img src='{png}'>"]

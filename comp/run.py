@@ -130,13 +130,12 @@ def _is_worker(cfg) -> bool:
 
 
 def _save_config(cfg) -> None:
-    from omegaconf import OmegaConf
-
     from comp.artifacts import write_text
+    from comp.config import masked_yaml
     from comp.workspace import run_dir
 
     run = run_dir(cfg.runs_dir, cfg.name)
-    text = OmegaConf.to_yaml(cfg)
+    text = masked_yaml(cfg)  # a password in tune.storage never reaches the run directory
     write_text(run.root / "config.yaml", text)
     write_text(Path(run.root) / "configs" / f"{cfg.stage}.yaml", text)
 

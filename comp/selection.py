@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from comp.metrics import HIGHER_IS_BETTER, scores
+from comp.predictions import class_indices, prob_columns
 
 FAST_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "log_loss")
 
@@ -89,3 +90,35 @@ def nested_selection(candidates: dict[str, np.ndarray], y: np.ndarray, folds: np
         out[~other] = candidates[best][~other]
         chosen[int(fold)] = best
     return out, chosen
+
+
+def leaderboard_uncertainty(predictions: list, metric: str) -> dict:
+    """Per entry: bootstrap standard errors of its CV figures and its paired difference
+    (in `metric`) to the best entry; under "__selected__" the nested-selection CV."""
+    classes = predictions[0].classes
+    ids = predictions[0].oof["id"].tolist()
+    y = class_indices(predictions[0].oof["label"], classes)
+    folds = predictions[0].oof["fold"].to_numpy()
+    probs = {}
+    for p in predictions:
+        frame = p.oof.set_index("id").loc[ids]
+        probs[p.info.get("model_id") or p.info["name"]] = frame[prob_columns(classes)].to_numpy(
+            dtype=float)
+    labelled = {n: v for n, v in probs.items() if next(
+        p for p in predictions if (p.info.get("model_id") or p.info["name"]) == n
+    ).info.get("labels", True) or metric == "auc"}
+    sign = 1 if HIGHER_IS_BETTER[metric] else -1
+    best = max(labelled, key=lambda n: sign * metric_value(metric, y, labelled[n]))
+    out = {}
+    for name, p in probs.items():
+        diff, diff_se = paired_difference(metric, y, p, probs[best])
+        out[name] = {**{f"cv_{m}_se": round(bootstrap_se(m, y, p), 5)
+                        for m in ("accuracy", "macro_f1")},
+                     f"diff_{metric}_to_best": round(diff, 5), "diff_se": round(diff_se, 5)}
+    selected, chosen = nested_selection(labelled, y, folds, metric)
+    out["__selected__"] = {
+        "metric": metric, "chosen_per_fold": chosen, "final_choice": best,
+        "cv": scores(y, selected),
+        "se": {m: bootstrap_se(m, y, selected) for m in ("accuracy", "macro_f1")},
+    }
+    return out

@@ -11,22 +11,50 @@ from comp.artifacts import write_csv
 from comp.data.folder import Competition
 from comp.errors import CompError
 from comp.metrics import HIGHER_IS_BETTER
-from comp.predictions import PredictionSet
+from comp.predictions import PredictionSet, read_table
 
 LEADERBOARD_METRICS = ["accuracy", "macro_f1", "balanced_accuracy", "auc", "log_loss"]
 
 
 def submission_frame(competition: Competition, predictions: PredictionSet) -> pd.DataFrame:
-    """The submission: the sample's id column and either labels or class probabilities."""
-    test = predictions.test.set_index("id").loc[competition.test["id"]]
-    id_column = competition.submission_columns[0]
-    probs = test[[f"p_{c}" for c in predictions.classes]].to_numpy()
-    frame = pd.DataFrame({id_column: competition.test["id"].to_numpy()})
+    """The submission: the sample's ids and column names verbatim, and either labels or
+    class probabilities, joined to the test predictions by id (never by position).
+
+    Predictions that lack some of the sample's ids, or that were made from other test
+    images (their recorded `test_key` differs), are a CompError, never a silently
+    misaligned file."""
+    name = predictions.info.get("model_id") or predictions.info.get("name") or "predictions"
+    recorded = predictions.info.get("test_key")
+    if recorded is not None and recorded != competition.split_key("test"):
+        raise CompError(
+            f"{name}: its test predictions were made from other test images than "
+            f"{competition.root / 'test'} (changed content, ids or order); rerun stage=train "
+            "(and stage=ensemble) to predict the current test set"
+        )
+    test = predictions.test.assign(id=predictions.test["id"].astype(str))
+    duplicated = test["id"][test["id"].duplicated()].tolist()
+    if duplicated:
+        raise CompError(f"{name}: test predictions list ids twice, e.g. {duplicated[:3]}; "
+                        "rerun stage=train")
+    wanted = competition.test["id"]
+    missing = [i for i in wanted if i not in set(test["id"])]
+    if missing:
+        raise CompError(
+            f"{name}: test predictions lack {len(missing)} of the sample submission's ids, "
+            f"e.g. {missing[:3]}; the test set changed since training: rerun stage=train "
+            "(and stage=ensemble)"
+        )
+    probs = test.set_index("id").loc[wanted, [f"p_{c}" for c in predictions.classes]]
+    probs = probs.to_numpy(dtype=float)
+    columns = competition.submission_columns
+    frame = pd.DataFrame({columns[0]: competition.test["submission_id"].to_numpy()})
     if competition.submission_kind == "label":
-        frame[competition.submission_columns[1]] = [predictions.classes[i] for i in probs.argmax(1)]
+        frame[columns[1]] = [predictions.classes[i] for i in probs.argmax(1)]
     else:
-        for column in competition.submission_columns[1:]:
-            frame[column] = probs[:, predictions.classes.index(column)]
+        for column in columns[1:]:
+            frame[column] = probs[:, predictions.classes.index(column.strip())]
+    if frame[columns[0]].tolist() != competition.test["submission_id"].tolist():
+        raise CompError(f"{name}: submission ids differ from the sample submission's")
     return frame
 
 
@@ -61,7 +89,7 @@ def write_submission(folder: Path, experiment: str, competition: Competition,
 
 def update_leaderboard(path: Path, rows: list[dict], metric: str) -> pd.DataFrame:
     """Upsert `rows` (by file) into leaderboard.csv, ranked by the CV `metric`."""
-    board = pd.read_csv(path) if path.exists() else pd.DataFrame()
+    board = read_table(path) if path.exists() else pd.DataFrame()
     new = pd.DataFrame(rows)
     if not board.empty:
         keys = set(zip(new["experiment"], new["name"], strict=True))

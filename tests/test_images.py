@@ -27,11 +27,48 @@ def test_modes_decode_to_rgb(tmp_path, mode):
     assert out.shape == (16, 16, 3) and out.dtype == np.uint8
 
 
-def test_sixteen_bit_is_scaled_not_clipped(tmp_path):
+def test_sixteen_bit_is_scaled_by_bit_depth_the_same_for_every_image(tmp_path):
+    # two 16-bit images with different maxima: one intensity, one output value
+    for name, top in (("a.png", 4095), ("b.png", 65535)):
+        array = np.full((32, 32), 1000, dtype=np.uint16)
+        array[0, 0] = top
+        Image.fromarray(array).save(tmp_path / name)
+    a = decode_image(tmp_path / "a.png", 32, LIMIT)
+    b = decode_image(tmp_path / "b.png", 32, LIMIT)
+    assert a[5, 5, 0] == b[5, 5, 0] == round(1000 / 257)
+    assert b[0, 0, 0] == 255 and a[0, 0, 0] == round(4095 / 257)
+
+
+def test_intensity_range_maps_twelve_bit_data(tmp_path):
     array = np.linspace(0, 4095, 64 * 64).reshape(64, 64).astype(np.uint16)
     Image.fromarray(array).save(tmp_path / "x.png")
-    out = decode_image(tmp_path / "x.png", 64, LIMIT)
-    assert out.max() >= 250 and out.min() <= 5  # 12-bit range fills 0..255
+    out = decode_image(tmp_path / "x.png", 64, LIMIT, intensity_range=(0, 4095))
+    assert out.max() >= 250 and out.min() <= 5  # 0..4095 fills 0..255
+
+
+def test_float_tiff_in_unit_range_is_not_black(tmp_path):
+    array = np.full((16, 16), 0.5, dtype=np.float32)
+    array[0, 0] = 1.0
+    Image.fromarray(array).save(tmp_path / "x.tif")
+    out = decode_image(tmp_path / "x.tif", 16, LIMIT)
+    assert out[5, 5, 0] in (127, 128) and out[0, 0, 0] == 255
+
+
+def test_float_outside_unit_range_needs_intensity_range(tmp_path):
+    Image.fromarray(np.full((16, 16), 200.0, dtype=np.float32)).save(tmp_path / "x.tif")
+    with pytest.raises(CompError, match="data.intensity_range"):
+        decode_image(tmp_path / "x.tif", 16, LIMIT)
+    out = decode_image(tmp_path / "x.tif", 16, LIMIT, intensity_range=(0, 255))
+    assert out[0, 0, 0] == 200
+
+
+def test_comp_pixel_limit_is_the_only_limit(tmp_path, monkeypatch):
+    # an image over Pillow's own limit decodes when data.max_image_pixels allows it
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    Image.new("L", (100, 100), 7).save(tmp_path / "x.png")
+    assert decode_image(tmp_path / "x.png", 8, 20_000)[0, 0, 0] == 7
+    with pytest.raises(CompError, match="max_image_pixels=5000"):
+        decode_image(tmp_path / "x.png", 8, 5000)
 
 
 def test_exif_rotation_applied(tmp_path):

@@ -2,28 +2,50 @@
 
 Validation happens here, once, at the edge: every problem is a CompError naming the
 file and what to do. Inner code trusts a `Competition`.
+
+Kaggle CSVs are read as they come: the id and label columns are found by name (or set
+with data.id_column / data.label_column), ids may omit the file extension, labels may
+be numbers, and one-hot label columns (one 0/1 column per class) are read as labels.
+Every value is read as text, as written (`0000` stays `0000`, `NA` is a class name), and
+labels are stripped of surrounding spaces. The sample submission's ids and column names
+are kept verbatim for the submissions.
 """
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from PIL import Image, UnidentifiedImageError
 
+from comp.artifacts import fingerprint
+from comp.data.images import content_hashes
 from comp.errors import CompError
 from comp.log import get_logger
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
+# always taken as images; any other file is taken when Pillow can open it, else skipped
+# with one warning line
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".tif", ".tiff", ".gif",
+                  ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".dib", ".ico"}
+ID_COLUMNS = ("id", "image_id", "image", "id_code", "file", "filename", "file_name",
+              "image_name", "img", "img_id", "image_path", "name", "path")
+LABEL_COLUMNS = ("label", "target", "class", "category", "diagnosis", "labels", "class_name",
+                 "species", "breed", "y")
+SPLITS = ("train", "test", "unlabeled")
 
 
 @dataclass(frozen=True)
 class Competition:
     """A validated competition folder.
 
-    `train` has columns id, label, path; `test` (in sample-submission order) and
-    `unlabeled` have id, path. `submission_columns` are the sample submission's columns;
-    `submission_kind` is "label" (one label column) or "proba" (one column per class).
+    `train` has columns id, label, path, hash; `test` (in sample-submission order) has
+    id, submission_id, path, hash; `unlabeled` has id, path, hash. `id` is the image's
+    file name, `submission_id` the sample submission's id as written (maybe without
+    extension), `hash` the file's content hash. `submission_columns` are the sample
+    submission's columns; `submission_kind` is "label" (one label column) or "proba"
+    (one column per class).
     """
 
     root: Path
@@ -34,14 +56,32 @@ class Competition:
     submission_columns: list[str]
     submission_kind: str
 
+    def frame(self, split: str) -> pd.DataFrame:
+        """The frame of `split` (train, test or unlabeled)."""
+        return {"train": self.train, "test": self.test, "unlabeled": self.unlabeled}[split]
 
-def read_competition(root: str | Path) -> Competition:
-    """Read `root` as a competition folder; raise CompError on the first problem."""
+    def split_key(self, split: str) -> str:
+        """A fingerprint of `split`'s ids and content hashes, in order: equal keys mean
+        the same images in the same order, so anything computed from them still holds."""
+        frame = self.frame(split)
+        return fingerprint({"ids": frame["id"].tolist(), "hashes": frame["hash"].tolist()}, 16)
+
+
+def read_competition(root: str | Path, id_column: str | None = None,
+                     label_column: str | None = None) -> Competition:
+    """Read `root` as a competition folder; raise CompError on the first problem.
+
+    `id_column` / `label_column` name train.csv's columns (None: found by name)."""
     root = Path(root)
     if not root.is_dir():
         raise CompError(f"{root}: competition folder not found; set data.dir=<folder>")
-    train = _read_train(root)
+    train = _read_train(root, id_column, label_column)
     classes = sorted(train["label"].unique())
+    lowered = pd.Series(classes).str.lower()
+    if lowered.duplicated().any():
+        twins = [c for c in classes if lowered.tolist().count(c.lower()) > 1]
+        get_logger().warning("warning: labels %s differ only in upper/lower case and are "
+                             "different classes; fix the labels if they are one", twins[:4])
     if len(classes) < 2:
         raise CompError(
             f"{root}: only one class ({classes[0]!r}) in the training labels; "
@@ -49,6 +89,8 @@ def read_competition(root: str | Path) -> Competition:
         )
     test, columns, kind = _read_test(root, classes)
     unlabeled = _read_unlabeled(root)
+    for frame in (train, test, unlabeled):
+        frame["hash"] = content_hashes(frame["path"].tolist()) if len(frame) else []
     return Competition(root, classes, train, test, unlabeled, columns, kind)
 
 
@@ -74,11 +116,21 @@ def check_id(image_id: object, source: str) -> str:
 def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        header = frame.columns[0] if len(frame.columns) == 1 else ""
+        separator = next((sep for sep in (";", "\t", "|") if sep in header), None)
+        if separator:  # a CSV written with another separator (European Excel: ';')
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep=separator)
     except pd.errors.EmptyDataError:
         raise CompError(f"{path}: file is empty; it needs a header {','.join(required)}") from None
     except (UnicodeDecodeError, pd.errors.ParserError) as exc:
         reason = str(exc).splitlines()[0]
-        raise CompError(f"{path}: not a readable CSV ({reason})") from None
+        raise CompError(f"{path}: not a readable CSV ({reason}); save it as UTF-8 CSV") from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    index_like = [c for c in frame.columns[:1] if c == "" or c.startswith("Unnamed: ")]
+    if index_like and len(frame.columns) > 2:  # a pandas index written with the data
+        get_logger().warning("warning: %s: its first column has no name and is ignored "
+                             "(an index written by pandas?)", path)
+        frame = frame.drop(columns=index_like)
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise CompError(
@@ -101,51 +153,182 @@ def _check_ids(ids: pd.Series, source: Path) -> None:
         )
 
 
-def _image_files(folder: Path) -> dict[str, Path]:
-    return {
-        p.name: p
-        for p in sorted(folder.iterdir())
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-    }
+def _without_folder(ids: pd.Series, folder: Path) -> pd.Series:
+    """Ids written as `<folder>/<name>` (e.g. train/abc.jpg) as the plain name."""
+    prefix = f"{folder.name}/"
+    return ids.map(lambda i: i[len(prefix):] if i.startswith(prefix) else i)
 
 
-def _read_train(root: Path) -> pd.DataFrame:
+def _is_image(path: Path) -> bool:
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    try:
+        with Image.open(path):
+            return True
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return False
+
+
+def image_files(folder: Path) -> dict[str, Path]:
+    """The images of `folder` by file name: every file with an image suffix or that
+    Pillow can open; other files and sub-folders are named in one warning line each."""
+    files, skipped, nested = _scan(folder)
+    _warn_skipped(folder, skipped, nested)
+    return files
+
+
+def _scan(folder: Path, prefix: str = "") -> tuple[dict[str, Path], list[str], list[str]]:
+    files, skipped, nested = {}, [], []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_dir():
+            nested.append(prefix + p.name)
+        elif p.is_file() and _is_image(p):
+            files[p.name] = p
+        elif p.is_file():
+            skipped.append(prefix + p.name)
+    return files, skipped, nested
+
+
+def _warn_skipped(folder: Path, skipped: list[str], nested: list[str]) -> None:
+    log = get_logger()
+    if skipped:
+        log.warning("warning: %d file(s) in %s are not images Pillow can open and are "
+                    "skipped, e.g. %s", len(skipped), folder, skipped[:3])
+    if nested:
+        log.warning("warning: %d sub-folder(s) in %s are not read (images must sit directly "
+                    "in %s), e.g. %s", len(nested), folder,
+                    "the class folders" if "/" in nested[0] else "it", nested[:3])
+
+
+def _match_ids(ids: pd.Series, folder: Path, files: dict[str, Path], source: Path,
+               what: str) -> list[str]:
+    """The file name of each id: the id itself, or the one file whose name without its
+    extension is the id. Missing ids (with a close name suggested) and ids matching
+    several files are a CompError naming `source`."""
+    by_stem: dict[str, list[str]] = {}
+    by_lower: dict[str, list[str]] = {}
+    for name in files:
+        by_stem.setdefault(Path(name).stem, []).append(name)
+        by_lower.setdefault(name.lower(), []).append(name)
+    found, missing = [], []
+    for image_id in ids:
+        if image_id in files or (folder / image_id).is_file():
+            found.append(image_id)
+            continue
+        image_id = image_id.strip()
+        candidates = ([image_id] if image_id in files else by_stem.get(image_id)
+                      or by_lower.get(image_id.lower()) or [])
+        if len(candidates) > 1:
+            raise CompError(
+                f"{source}: id {image_id!r} matches several files in {folder} "
+                f"({', '.join(sorted(candidates))}); list the id with its extension"
+            )
+        if candidates:
+            found.append(candidates[0])
+        else:
+            missing.append(image_id)
+    if missing:
+        close = difflib.get_close_matches(missing[0], list(files), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise CompError(
+            f"{source}: {len(missing)} {what} {folder}, e.g. {missing[:3]}{hint}; "
+            "add the files or fix the ids"
+        )
+    return found
+
+
+def _find_column(columns: list[str], given: str | None, candidates: tuple[str, ...],
+                 key: str, source: Path) -> str | None:
+    if given is not None:
+        if given not in columns:
+            raise CompError(f"{source}: no column {key}={given!r}; found {columns}")
+        return given
+    lowered = {c.strip().lower(): c for c in columns}
+    return next((lowered[c] for c in candidates if c in lowered), None)
+
+
+def _labels(frame: pd.DataFrame, id_column: str, label_column: str | None,
+            source: Path) -> pd.Series:
+    """The label of each row: one label column, or one-hot columns read as labels."""
+    others = [c for c in frame.columns if c != id_column]
+    if label_column is None and len(others) == 1:
+        label_column = others[0]
+    if label_column is not None:
+        labels = frame[label_column].str.strip()
+        empty = frame.index[labels == ""].tolist()
+        if empty:
+            raise CompError(f"{source} line {empty[0] + 2}: empty label; give every id a label")
+        return labels
+    onehot = frame[others].apply(lambda col: col.str.strip())
+    binary = onehot.isin(["0", "1", "0.0", "1.0"]).all().all() and len(others) >= 2
+    if not binary:
+        raise CompError(
+            f"{source}: cannot tell which column holds the labels in {list(frame.columns)}; "
+            "set data.label_column=<column> (or give one 0/1 column per class)"
+        )
+    hot = onehot.astype(float).astype(int)
+    sums = hot.sum(axis=1)
+    bad = frame.index[sums != 1].tolist()
+    if bad:
+        raise CompError(
+            f"{source} line {bad[0] + 2}: {int(sums[bad[0]])} of the one-hot label columns "
+            "are 1; each image needs exactly one class (multi-label is not supported)"
+        )
+    return hot.idxmax(axis=1).str.strip()
+
+
+def _read_train(root: Path, id_column: str | None, label_column: str | None) -> pd.DataFrame:
     csv_path, folder = root / "train.csv", root / "train"
     if not folder.is_dir():
         raise CompError(f"{folder}: training image folder not found; see the README's layout")
     if csv_path.exists():
-        frame = _read_csv(csv_path, ["id", "label"])
-        _check_ids(frame["id"], csv_path)
-        files = _image_files(folder)
-        missing = [i for i in frame["id"] if i not in files and not (folder / i).is_file()]
-        if missing:
+        frame = _read_csv(csv_path, [])
+        columns = list(frame.columns)
+        id_col = _find_column(columns, id_column, ID_COLUMNS, "data.id_column", csv_path)
+        if id_col is None:
             raise CompError(
-                f"{csv_path}: {len(missing)} listed image(s) missing from {folder}, "
-                f"e.g. {missing[:3]}; add the files or remove their rows"
+                f"{csv_path}: no id column among {columns}; name it id (or image_id, ...) "
+                "or set data.id_column=<column>"
             )
-        unlisted = sorted(set(files) - set(frame["id"]))
+        label_col = _find_column(columns, label_column, LABEL_COLUMNS, "data.label_column",
+                                 csv_path)
+        if len(columns) < 2:
+            raise CompError(f"{csv_path}: missing column(s) for the labels; found {columns}, "
+                            "expected a header id,label")
+        raw = _without_folder(frame[id_col], folder)
+        _check_ids(raw, csv_path)
+        files = image_files(folder)
+        ids = _match_ids(raw, folder, files, csv_path, "listed image(s) missing from")
+        _check_ids(pd.Series(ids), csv_path)
+        unlisted = sorted(set(files) - set(ids))
         if unlisted:
             get_logger().warning(
                 "warning: %d image(s) in %s are not in train.csv and are ignored, e.g. %s",
                 len(unlisted), folder, unlisted[:3],
             )
-        empty = frame.index[frame["label"].str.strip() == ""].tolist()
-        if empty:
-            raise CompError(f"{csv_path} line {empty[0] + 2}: empty label; give every id a label")
-        frame = frame[["id", "label"]].copy()
-        frame["path"] = [str(folder / i) for i in frame["id"]]
-        return frame.reset_index(drop=True)
+        labels = _labels(frame, id_col, label_col, csv_path)
+        return pd.DataFrame({"id": ids, "label": labels.to_numpy(),
+                             "path": [str(folder / i) for i in ids]})
     class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise CompError(
             f"{csv_path}: not found, and {folder} has no class sub-folders; give a train.csv "
             "(id,label) or put images in train/<class>/"
         )
-    rows = [
-        {"id": name, "label": d.name, "path": str(path)}
-        for d in class_dirs
-        for name, path in _image_files(d).items()
-    ]
+    loose = [p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    if loose:
+        get_logger().warning("warning: %d file(s) directly in %s are not in a class folder "
+                             "and are ignored, e.g. %s", len(loose), folder, sorted(loose)[:3])
+    rows, skipped, nested = [], [], []
+    for d in class_dirs:
+        files, d_skipped, d_nested = _scan(d, prefix=f"{d.name}/")
+        rows += [{"id": name, "label": d.name.strip(), "path": str(path)}
+                 for name, path in files.items()]
+        skipped += d_skipped
+        nested += d_nested
+    _warn_skipped(folder, skipped, nested)  # one line for all class folders
     frame = pd.DataFrame(rows, columns=["id", "label", "path"])
     if frame.empty:
         raise CompError(f"{folder}: the class sub-folders hold no images")
@@ -166,8 +349,9 @@ def _read_test(root: Path, classes: list[str]) -> tuple[pd.DataFrame, list[str],
     if len(columns) < 2:
         raise CompError(f"{sample_path}: needs an id column and a label or class columns")
     id_column = columns[0]
-    _check_ids(sample[id_column], sample_path)
-    if sorted(columns[1:]) == classes:
+    raw = _without_folder(sample[id_column], folder)
+    _check_ids(raw, sample_path)
+    if sorted(c.strip() for c in columns[1:]) == classes:
         kind = "proba"
     elif len(columns) == 2:
         kind = "label"
@@ -176,27 +360,23 @@ def _read_test(root: Path, classes: list[str]) -> tuple[pd.DataFrame, list[str],
             f"{sample_path}: columns {columns[1:]} are neither one label column nor the "
             f"classes {classes}"
         )
-    files = _image_files(folder)
-    missing = [i for i in sample[id_column] if i not in files and not (folder / i).is_file()]
-    if missing:
-        raise CompError(
-            f"{sample_path}: {len(missing)} id(s) have no image in {folder}, e.g. "
-            f"{missing[:3]}; the sample submission must list the test images"
-        )
-    extra = sorted(set(files) - set(sample[id_column]))
+    files = image_files(folder)
+    ids = _match_ids(raw, folder, files, sample_path, "id(s) have no image in")
+    _check_ids(pd.Series(ids), sample_path)
+    extra = sorted(set(files) - set(ids))
     if extra:
         get_logger().warning(
             "warning: %d image(s) in %s are not in sample_submission.csv and are not predicted",
             len(extra), folder,
         )
-    ids = sample[id_column]
-    test = pd.DataFrame({"id": ids, "path": [str(folder / i) for i in ids]})
+    test = pd.DataFrame({"id": ids, "submission_id": sample[id_column].to_numpy(),
+                         "path": [str(folder / i) for i in ids]})
     return test, columns, kind
 
 
 def _read_unlabeled(root: Path) -> pd.DataFrame:
     folder = root / "unlabeled"
-    files = _image_files(folder) if folder.is_dir() else {}
+    files = image_files(folder) if folder.is_dir() else {}
     return pd.DataFrame(
         {"id": list(files), "path": [str(p) for p in files.values()]}, columns=["id", "path"]
     )

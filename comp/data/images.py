@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,32 +15,43 @@ from comp.errors import CompError
 from comp.log import progress
 
 
-def decode_image(path: str | Path, size: int, max_pixels: int) -> np.ndarray:
+def decode_image(path: str | Path, size: int, max_pixels: int,
+                 intensity_range: tuple[float, float] | None = None) -> np.ndarray:
     """Decode one image to a (size, size, 3) uint8 RGB array.
 
-    Handles grayscale, RGBA/LA (alpha dropped onto black), palette, CMYK, 16-bit and
-    float images and EXIF orientation. Images over `max_pixels` are refused before
-    decoding; truncated, empty or non-image files raise CompError naming the file.
+    Handles grayscale, RGBA/LA (alpha dropped onto black), palette, CMYK, 16-bit, 32-bit
+    and float images and EXIF orientation. Intensities are mapped by one fixed rule, the
+    same for every image (never by an image's own maximum):
+      - 8-bit images: as they are;
+      - 16-bit and 32-bit integer images: the 16-bit range 0..65535 to 0..255 (divided
+        by 257), values above clipped;
+      - float images: [0, 1] to 0..255; a float image with values outside [0, 1] is an
+        error naming the range found, unless `intensity_range` is set;
+      - `intensity_range=(low, high)` (data.intensity_range) replaces the range of every
+        16-bit, 32-bit and float image: low..high maps to 0..255, values outside clipped
+        (e.g. [0, 4095] for 12-bit data, [0, 255] for float images stored in 0..255).
+    `max_pixels` (data.max_image_pixels) is the only pixel limit (Pillow's own is off):
+    larger images are refused before decoding; truncated, empty or non-image files raise
+    CompError naming the file.
     """
     path = Path(path)
+    Image.MAX_IMAGE_PIXELS = None  # comp's own limit below is the only one
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                width, height = img.size
-                if width * height > max_pixels:
-                    raise CompError(
-                        f"{path}: image is {width}x{height} pixels, over "
-                        f"data.max_image_pixels={max_pixels}; downscale it or raise the limit"
-                    )
-                img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, much faster
-                img = ImageOps.exif_transpose(img)
-                img.load()
-                rgb = _to_rgb(img)
+        with Image.open(path) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise CompError(
+                    f"{path}: image is {width}x{height} pixels, over "
+                    f"data.max_image_pixels={max_pixels}; downscale it or raise the limit"
+                )
+            img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, much faster
+            img = ImageOps.exif_transpose(img)
+            img.load()
+            rgb = _to_rgb(img, path, intensity_range)
     except CompError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
-            Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            Image.DecompressionBombError) as exc:
         if path.exists() and path.stat().st_size == 0:
             reason = "file is empty (0 bytes)"
         else:
@@ -51,13 +62,14 @@ def decode_image(path: str | Path, size: int, max_pixels: int) -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8)
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+def _to_rgb(img: Image.Image, path: Path,
+            intensity_range: tuple[float, float] | None) -> Image.Image:
+    if img.mode.startswith("I") or img.mode == "F":
         array = np.asarray(img, dtype=np.float64)
-        top = float(array.max()) if array.size else 0.0
-        scale = 255.0 / (2 ** int(np.ceil(np.log2(top + 1))) - 1) if top > 255 else 1.0
-        array = np.clip(array * scale, 0, 255).astype(np.uint8)
-        return Image.fromarray(array).convert("RGB")
+        low, high = _value_range(img.mode, array, path, intensity_range)
+        array = np.nan_to_num(array, nan=low, posinf=high, neginf=low)  # NaN: black
+        array = np.clip((array - low) * (255.0 / (high - low)), 0, 255)
+        return Image.fromarray(np.rint(array).astype(np.uint8)).convert("RGB")
     if img.mode == "P":
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA"):
@@ -67,14 +79,32 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _value_range(mode: str, array: np.ndarray, path: Path,
+                 intensity_range: tuple[float, float] | None) -> tuple[float, float]:
+    """The value range that maps to 0..255 (see decode_image)."""
+    if intensity_range is not None:
+        low, high = (float(v) for v in intensity_range)
+        return low, high
+    if mode != "F":
+        return 0.0, 65535.0
+    finite = array[np.isfinite(array)]
+    if finite.size and (finite.min() < -1e-6 or finite.max() > 1 + 1e-6):
+        raise CompError(
+            f"{path}: float image with values in [{finite.min():.4g}, {finite.max():.4g}], "
+            "outside [0, 1]; set data.intensity_range=[low,high] (the range that maps to "
+            "0..255, the same for every image)"
+        )
+    return 0.0, 1.0
+
+
 def load_images(paths: list[str], size: int, max_pixels: int, desc: str = "decode",
-                bar=None) -> np.ndarray:
+                bar=None, intensity_range: tuple[float, float] | None = None) -> np.ndarray:
     """Decode `paths` to one (N, size, size, 3) uint8 array, two threads, with a progress
     bar (its own, or `bar` updated per image)."""
     out = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
 
     def work(i: int) -> None:
-        out[i] = decode_image(paths[i], size, max_pixels)
+        out[i] = decode_image(paths[i], size, max_pixels, intensity_range)
 
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         if bar is not None:
@@ -85,19 +115,36 @@ def load_images(paths: list[str], size: int, max_pixels: int, desc: str = "decod
     return out
 
 
+def content_hash(path: str | Path) -> str:
+    """The BLAKE2b hash (128 bits, hex) of a file's bytes: an image's identity in every
+    cache key, whatever its name, size or modification time."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+
+
+def content_hashes(paths: list[str]) -> list[str]:
+    """`content_hash` of each path, in order (a few threads: it is mostly I/O)."""
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        return list(pool.map(content_hash, paths))
+
+
 def cached_images(
-    cache_dir: Path, split: str, paths: list[str], size: int, max_pixels: int
+    cache_dir: Path, split: str, paths: list[str], size: int, max_pixels: int,
+    hashes: list[str] | None = None, intensity_range: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """Decoded images of `split` at `size`, read from or written to `cache_dir`; a
     read-only memory map of the cache file (decoded straight into it, never all in memory).
 
-    The cache file name carries a fingerprint of the file list, sizes and modification
-    times, so a changed image folder is decoded again instead of read stale.
+    The cache file name carries a fingerprint of the images' content hashes in order
+    (`hashes`, computed here when not given), the size and the decoding settings, so a
+    replaced, added or reordered image is decoded again instead of read stale.
     """
     if not paths:
         return np.zeros((0, size, size, 3), dtype=np.uint8)
-    stats = [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths]
-    key = fingerprint({"files": stats, "size": size, "max_pixels": max_pixels})
+    hashes = content_hashes(paths) if hashes is None else list(hashes)
+    key = fingerprint({"hashes": hashes, "size": size, "max_pixels": max_pixels,
+                       "range": None if intensity_range is None else list(intensity_range)},
+                      12)
     target = cache_dir / f"{split}_{size}_{key}.npy"
     if target.exists():
         try:
@@ -113,5 +160,6 @@ def cached_images(
         with progress(total=len(paths), desc=f"decode {split} {size}px") as bar:
             for start in range(0, len(paths), chunk):
                 part = paths[start : start + chunk]
-                handle.write(load_images(part, size, max_pixels, desc="", bar=bar).tobytes())
+                handle.write(load_images(part, size, max_pixels, desc="", bar=bar,
+                                         intensity_range=intensity_range).tobytes())
     return np.load(target, mmap_mode="r")

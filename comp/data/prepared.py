@@ -1,5 +1,213 @@
-"""A validated competition and its folds (placeholder: moved here from stages/prepare)."""
+"""A validated competition and its folds: read the folder, decode every split once,
+and write folds.csv once (reused while the training images stay the same)."""
 
-from comp.stages.prepare import HASH_SIZE, Prepared, prepare
+from __future__ import annotations
 
-__all__ = ["HASH_SIZE", "Prepared", "prepare"]
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig
+
+from comp.artifacts import fingerprint, read_json, write_csv, write_json
+from comp.data.folder import SPLITS, Competition, read_competition
+from comp.data.folds import duplicate_groups, make_folds, perceptual_hashes
+from comp.data.images import cached_images
+from comp.errors import CompError
+from comp.log import get_logger
+from comp.predictions import class_indices, read_table
+from comp.workspace import RunDir, run_dir
+
+HASH_SIZE = 64  # images are hashed at 64 px: enough for a 32x32 perceptual hash
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How images are decoded: comp's pixel limit and the high-bit-depth value range."""
+
+    max_pixels: int
+    intensity_range: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated competition and its folds."""
+
+    competition: Competition
+    folds: pd.DataFrame  # id, label, fold, group, in train.csv order
+    run: RunDir
+    decoding: Decoding = Decoding(40_000_000)
+
+    @property
+    def n_folds(self) -> int:
+        return int(self.folds["fold"].max()) + 1
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Each training image's class index, in folds.csv order."""
+        return class_indices(self.folds["label"], self.competition.classes)
+
+    @property
+    def folds_key(self) -> str:
+        return fingerprint(self.folds[["id", "label", "fold"]].to_dict("list"))
+
+    def split_key(self, split: str) -> str:
+        """Fingerprint of `split`'s ids, content hashes and order (train, test, unlabeled):
+        key anything computed from a split's images with it."""
+        return self.competition.split_key(split)
+
+    def images(self, split: str, size: int) -> np.ndarray:
+        """`split`'s decoded images at `size` (a memory map of the content-keyed cache)."""
+        frame = self.competition.frame(split)
+        return cached_images(self.run.image_cache, split, frame["path"].tolist(), size,
+                             self.decoding.max_pixels, frame["hash"].tolist(),
+                             self.decoding.intensity_range)
+
+
+def decoding(cfg: DictConfig) -> Decoding:
+    """The decoding settings of `cfg` (data.max_image_pixels, data.intensity_range)."""
+    value_range = cfg.data.get("intensity_range")  # checked by comp.validate
+    return Decoding(int(cfg.data.max_image_pixels),
+                    None if value_range is None else tuple(float(v) for v in value_range))
+
+
+def load_competition(cfg: DictConfig) -> Competition:
+    """The competition folder of `cfg` (data.dir, data.id_column, data.label_column)."""
+    return read_competition(cfg.data.dir, cfg.data.get("id_column"),
+                            cfg.data.get("label_column"))
+
+
+def train_key(train: pd.DataFrame) -> str:
+    """What the folds depend on: train ids, labels and image contents, in order."""
+    return fingerprint({"ids": train["id"].tolist(), "labels": train["label"].tolist(),
+                        "hashes": train["hash"].tolist()})
+
+
+def _old_train_key(train: pd.DataFrame) -> str:
+    # the key of run directories prepared before content hashes (ids and labels only)
+    return fingerprint({"ids": train["id"].tolist(), "labels": train["label"].tolist()})
+
+
+def hashes_csv(run: RunDir) -> Path:
+    """runs/<name>/hashes.csv: split, id, hash of every image the run was prepared from."""
+    return run.root / "hashes.csv"
+
+
+def _write_hashes(run: RunDir, competition: Competition) -> None:
+    write_csv(hashes_csv(run), pd.concat(
+        [competition.frame(s)[["id", "hash"]].assign(split=s) for s in SPLITS]
+    )[["split", "id", "hash"]])
+
+
+def describe_change(old: pd.DataFrame, new: pd.DataFrame) -> str:
+    """One phrase naming how `new` differs from `old` (frames of id, hash and maybe
+    label): images replaced, relabelled, added, removed, or only reordered."""
+    old, new = old.set_index("id"), new.set_index("id")
+    both = [i for i in new.index if i in old.index]
+    changes = {
+        "replaced": [i for i in both if old.at[i, "hash"] not in (new.at[i, "hash"], "")],
+        "relabelled": [i for i in both if "label" in old and old.at[i, "label"]
+                       != new.at[i, "label"]],
+        "added": [i for i in new.index if i not in old.index],
+        "removed": [i for i in old.index if i not in new.index],
+    }
+    parts = [f"{len(ids)} image(s) {what}, e.g. {ids[:3]}" for what, ids in changes.items()
+             if ids]
+    if not parts and old.index.tolist() != new.index.tolist():
+        parts.append("the same images in another order")
+    return "; ".join(parts) or "the data differs"
+
+
+def _recorded(run: RunDir, split: str, folds: pd.DataFrame | None = None) -> pd.DataFrame:
+    """id, hash (and label for train) of `split` as recorded by the last prepare."""
+    hashes = read_table(hashes_csv(run)) if hashes_csv(run).exists() else pd.DataFrame(
+        columns=["split", "id", "hash"])
+    recorded = hashes[hashes["split"] == split][["id", "hash"]]
+    if folds is None:
+        return recorded
+    return folds[["id", "label"]].merge(recorded, on="id", how="left").fillna({"hash": ""})
+
+
+def prepare(cfg: DictConfig) -> Prepared:
+    """Read the folder, decode every split once (so a bad image in test/ or unlabeled/
+    fails here), and reuse folds.csv if it matches the training data, else write it.
+
+    Folds depend on the training images only: a changed test/ folder or sample
+    submission keeps them (what is computed from the test images is keyed by
+    `Prepared.split_key("test")`); a replaced, added, removed or relabelled training
+    image is an error naming the images, since models were trained on those folds."""
+    competition = load_competition(cfg)
+    run = run_dir(cfg.runs_dir, cfg.name)
+    data_key = train_key(competition.train)
+    settings = {"folds": cfg.data.folds, "seed": cfg.data.fold_seed, "dedup": cfg.data.dedup,
+                "max_distance": cfg.data.dedup_max_distance}
+    prepared = Prepared(competition, pd.DataFrame(), run, decoding(cfg))
+    images = {split: prepared.images(split, HASH_SIZE) for split in SPLITS}
+    if run.folds_csv.exists() and run.data_json.exists():
+        recorded = read_json(run.data_json)
+        folds = read_table(run.folds_csv)
+        if recorded.get("data_key") not in (data_key, _old_train_key(competition.train)):
+            change = describe_change(_recorded(run, "train", folds), competition.train)
+            raise CompError(
+                f"{run.root}: was prepared from other training data than {cfg.data.dir} "
+                f"({change}); its models were trained on "
+                "those folds: use another name=<experiment> (or delete that run directory)"
+            )
+        if recorded.get("settings") != settings:
+            raise CompError(
+                f"{run.folds_csv}: written with other fold settings {recorded.get('settings')}; "
+                "folds are fixed once models train on them: use another name=<experiment>"
+            )
+        if recorded.get("data_key") != data_key:  # an older run directory: record hashes
+            recorded = {**recorded, "data_key": data_key}
+            write_json(run.data_json, recorded)
+        _note_changes(recorded, competition, run)
+        return Prepared(competition, folds, run, prepared.decoding)
+    train = competition.train
+    if cfg.data.dedup:
+        groups = duplicate_groups(perceptual_hashes(images["train"]),
+                                  cfg.data.dedup_max_distance)
+    else:
+        groups = pd.RangeIndex(len(train)).to_numpy()
+    folds = make_folds(train["id"].tolist(), train["label"].tolist(), groups,
+                       cfg.data.folds, cfg.data.fold_seed)
+    sizes = folds.groupby("group").size()
+    summary = {
+        "data_key": data_key, "settings": settings, "data_dir": str(cfg.data.dir),
+        "n_train": len(train), "n_test": len(competition.test),
+        "n_unlabeled": len(competition.unlabeled), "classes": competition.classes,
+        "duplicate_groups": int((sizes > 1).sum()),
+        "images_in_duplicate_groups": int(sizes[sizes > 1].sum()),
+        "class_counts": train["label"].value_counts().sort_index().to_dict(),
+        "split_keys": {split: competition.split_key(split) for split in SPLITS},
+    }
+    _write_hashes(run, competition)
+    write_csv(run.folds_csv, folds)
+    write_json(run.data_json, summary)
+    get_logger().info(
+        "prepare: %d train / %d test / %d unlabeled images, %d classes, %d folds; "
+        "%d near-duplicate group(s) holding %d images kept within one fold -> %s",
+        len(train), len(competition.test), len(competition.unlabeled),
+        len(competition.classes), cfg.data.folds, summary["duplicate_groups"],
+        summary["images_in_duplicate_groups"], run.folds_csv,
+    )
+    return Prepared(competition, folds, run, prepared.decoding)
+
+
+def _note_changes(recorded: dict, competition: Competition, run: RunDir) -> None:
+    """Say, in one line, which splits other than train changed since the last run (what
+    depends on them is recomputed), and record the new keys."""
+    keys = {split: competition.split_key(split) for split in SPLITS}
+    before = recorded.get("split_keys") or {}
+    for split in ("test", "unlabeled"):
+        if split in before and before[split] != keys[split]:
+            get_logger().info(
+                "prepare: the %s images changed since the last run (%s); what depends on "
+                "them is recomputed", split,
+                describe_change(_recorded(run, split), competition.frame(split)))
+    if before != keys:
+        _write_hashes(run, competition)
+        write_json(run.data_json, {**recorded, "split_keys": keys,
+                                   "n_test": len(competition.test),
+                                   "n_unlabeled": len(competition.unlabeled)})

@@ -16,8 +16,7 @@ import joblib
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from comp.artifacts import atomic_path, content_key
-from comp.data.images import cached_images
+from comp.artifacts import atomic_path
 from comp.data.views import TTA_VIEWS
 from comp.models.classic import fit_weight_param, get_head, head_estimator, view_average_proba
 from comp.training.embeddings import (
@@ -39,19 +38,16 @@ class ClassicFeatures:
     spec's parts concatenated."""
 
     def __init__(self, spec, prepared, max_pixels: int):
-        frames = {"train": prepared.competition.train, "test": prepared.competition.test,
-                  "unlabeled": prepared.competition.unlabeled}
         self.views = TTA_VIEWS[spec.views]
         cache = prepared.run.root / "cache" / "embeddings"
         self.features = {}
         for split in SPLITS:
             parts = []
             for name, size in spec.parts:
-                images = cached_images(prepared.run.image_cache, split,
-                                       frames[split]["path"].tolist(), size, max_pixels)
+                images = prepared.images(split, size)
                 key = {"source": name, "size": size, "views_kind": spec.views,
                        **part_identity(spec, name), "n": len(images),
-                       "ids": content_key(frames[split]), "comp_embeddings": 2}
+                       "data": prepared.split_key(split), "comp_embeddings": 2}
                 parts.append(cached_embeddings(cache, key, split, images, self.views,
                                                partial(part_encoder, spec, name, size)))
             self.features[split] = np.concatenate(parts, axis=-1)
@@ -79,13 +75,14 @@ def part_encoder(spec, name: str, size: int):
                             backbone.preprocess)
 
 
-def embed_images(spec, paths: list[str], max_pixels: int) -> np.ndarray:
+def embed_images(spec, paths: list[str], decoding) -> np.ndarray:
     """(V, N, D) embeddings of image files for a classic spec (for prediction)."""
     from comp.data.images import load_images
 
     parts = []
     for name, size in spec.parts:
-        images = load_images(paths, size, max_pixels, desc=f"decode {size}px")
+        images = load_images(paths, size, decoding.max_pixels, desc=f"decode {size}px",
+                             intensity_range=decoding.intensity_range)
         parts.append(embed(images, TTA_VIEWS[spec.views], part_encoder(spec, name, size),
                            desc=f"embed {name}"))
     return np.concatenate(parts, axis=-1)

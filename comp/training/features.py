@@ -62,12 +62,15 @@ class ViewPlan:
 
 def feature_cache(
     cache_root: Path, key_parts: dict, split: str, images: np.ndarray, prefix, preprocess,
-    plan: ViewPlan, augment: dict, seed: int,
+    plan: ViewPlan, augment: dict, seed: int, data_key: str | None = None,
 ) -> np.ndarray:
-    """Features of `images` for `split`: read from the cache, or computed and stored."""
+    """Features of `images` for `split`: read from the cache, or computed and stored.
+
+    `data_key` is the split's content fingerprint (`Prepared.split_key`: ids, content
+    hashes and order), so a replaced, added or reordered image is never read stale."""
     key = {**key_parts, "comp": __version__, "split": split, "views": plan.views(split),
            "random": _random_spec(plan, augment, seed) if split == "train" else None,
-           "n_images": len(images)}
+           "data": data_key if data_key is not None else len(images)}
     folder = cache_root / fingerprint(key, 12)
     target = folder / f"{split}.npy"
     if target.exists() and (folder / f"{split}.key.json").exists():

@@ -16,9 +16,8 @@ import numpy as np
 import pandas as pd
 
 from comp import __version__
-from comp.artifacts import atomic_path, content_key, read_json, write_csv, write_json
+from comp.artifacts import atomic_path, read_json, write_csv, write_json
 from comp.crashpoints import crash_point
-from comp.data.images import cached_images
 from comp.errors import CompError
 from comp.log import get_logger, progress, unit_done
 from comp.metrics import scores
@@ -67,14 +66,12 @@ class FeaturedModel:
         if spec.precision != "float32":
             key["precision"] = spec.precision
         self.features: dict[str, np.ndarray] = {}
-        frames = {"train": prepared.competition.train, "test": prepared.competition.test,
-                  "unlabeled": prepared.competition.unlabeled}
         for split in SPLITS:
-            images = cached_images(prepared.run.image_cache, split,
-                                   frames[split]["path"].tolist(), spec.image_size, max_pixels)
+            images = prepared.images(split, spec.image_size)  # keyed by content hashes
             self.features[split] = feature_cache(
                 prepared.run.feature_cache, key, split, images, self.split.prefix,
-                backbone.preprocess, self.plan, spec.augment, spec.train["seed"])
+                backbone.preprocess, self.plan, spec.augment, spec.train["seed"],
+                data_key=prepared.split_key(split))
 
     @staticmethod
     def key(spec: ModelSpec) -> str:
@@ -157,8 +154,7 @@ def inner_holdout(rows: np.ndarray, labels: np.ndarray, groups: np.ndarray | Non
 
 def split_keys(prepared) -> dict:
     """Content fingerprints of the splits a fold predicts besides its validation rows."""
-    return {"test": content_key(prepared.competition.test),
-            "unlabeled": content_key(prepared.competition.unlabeled)}
+    return {"test": prepared.split_key("test"), "unlabeled": prepared.split_key("unlabeled")}
 
 
 def fold_done(folder, splits: dict | None = None) -> bool:

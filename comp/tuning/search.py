@@ -19,6 +19,7 @@ import optuna
 from omegaconf import DictConfig
 
 from comp.artifacts import write_yaml
+from comp.config import mask_url
 from comp.crashpoints import crash_point
 from comp.data.prepared import Prepared
 from comp.errors import CompError
@@ -154,7 +155,7 @@ def _fold_summary(study: optuna.Study) -> dict:
 def _write_and_report(cfg, prepared, backbone_name, summary, seconds) -> None:
     path = prepared.run.root / "tuned" / f"{backbone_name}.yaml"
     write_yaml(path, {"backbone": backbone_name, "metric": cfg.tune.metric,
-                      "storage": storage_url(cfg, prepared), "folds": summary})
+                      "storage": mask_url(storage_url(cfg, prepared)), "folds": summary})
     log = get_logger()
     for fold, item in summary.items():
         if item["best"] is None:

@@ -26,6 +26,7 @@ import numpy as np
 import optuna
 import portalocker
 
+from comp.config import mask_url
 from comp.errors import CompError
 from comp.metrics import HIGHER_IS_BETTER
 
@@ -61,7 +62,7 @@ def open_study(name: str, storage_url: str, metric: str, pruner: str, seed: int,
             if attempt == 4 or not _is_creation_race(exc):
                 hint = ("; pip install 'comp[postgres]' for postgresql:// URLs"
                         if "DB access module" in str(exc) else "")
-                raise CompError(f"tune.storage={storage_url}: cannot open "
+                raise CompError(f"tune.storage={mask_url(storage_url)}: cannot open "
                                 f"({_first_line(exc)}){hint}") from None
             time.sleep(0.5 + attempt)
     return optuna.create_study(

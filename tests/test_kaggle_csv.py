@@ -1,0 +1,230 @@
+"""Kaggle CSVs as they come: other column names, ids without extension, numeric labels,
+one-hot labels; the sample's ids and columns written back verbatim; values read as text."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from comp.data.folder import read_competition
+from comp.errors import CompError
+from comp.predictions import PredictionSet, probs_frame, read_table
+from comp.submission import submission_frame
+from tests.conftest import make_competition
+
+
+def _rewrite(root, train: pd.DataFrame | None = None, sample: pd.DataFrame | None = None):
+    if train is not None:
+        train.to_csv(root / "train.csv", index=False)
+    if sample is not None:
+        sample.to_csv(root / "sample_submission.csv", index=False)
+
+
+def _fake_predictions(competition, classes=None, order=None) -> PredictionSet:
+    classes = classes or competition.classes
+    ids = competition.test["id"].tolist()
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(len(classes)), size=len(ids))
+    test = probs_frame(ids, probs, classes)
+    if order is not None:
+        test = test.iloc[order].reset_index(drop=True)
+    return PredictionSet(pd.DataFrame(), test, classes, {"model_id": "m"})
+
+
+@pytest.fixture
+def kaggle(tmp_path):
+    """image_id,target with numeric targets and ids without extension."""
+    root = make_competition(tmp_path / "k")
+    train = pd.read_csv(root / "train.csv", dtype=str)
+    codes = {"alpha": "0", "beta": "1", "gamma": "2"}
+    frame = pd.DataFrame({"image_id": train["id"].str.removesuffix(".png"),
+                          "target": train["label"].map(codes)})
+    sample = pd.read_csv(root / "sample_submission.csv", dtype=str)
+    _rewrite(root, frame, pd.DataFrame({"image_id": sample["id"].str.removesuffix(".png"),
+                                        "target": "0"}))
+    return root
+
+
+def test_image_id_target_without_extensions(kaggle):
+    comp = read_competition(kaggle)
+    assert comp.classes == ["0", "1", "2"]
+    assert comp.train["id"].str.endswith(".png").all()
+    assert not comp.test["submission_id"].str.endswith(".png").any()
+    sub = submission_frame(comp, _fake_predictions(comp))
+    sample = pd.read_csv(kaggle / "sample_submission.csv", dtype=str)
+    assert list(sub.columns) == ["image_id", "target"]
+    assert sub["image_id"].tolist() == sample["image_id"].tolist()  # verbatim, no extension
+    assert set(sub["target"]) <= {"0", "1", "2"}
+
+
+def test_explicit_columns(tmp_path):
+    root = make_competition(tmp_path / "k")
+    train = pd.read_csv(root / "train.csv", dtype=str)
+    _rewrite(root, pd.DataFrame({"pic": train["id"], "stage": train["label"],
+                                 "notes": "x"}))
+    with pytest.raises(CompError, match="data.id_column"):
+        read_competition(root)
+    comp = read_competition(root, id_column="pic", label_column="stage")
+    assert comp.classes == ["alpha", "beta", "gamma"]
+    with pytest.raises(CompError, match="no column data.label_column='nope'"):
+        read_competition(root, id_column="pic", label_column="nope")
+
+
+def test_one_hot_labels(tmp_path):
+    root = make_competition(tmp_path / "k")
+    train = pd.read_csv(root / "train.csv", dtype=str)
+    hot = pd.get_dummies(train["label"]).astype(int)
+    _rewrite(root, pd.concat([train[["id"]], hot], axis=1))
+    comp = read_competition(root)
+    assert comp.train["label"].tolist() == train["label"].tolist()
+    broken = pd.concat([train[["id"]], hot.assign(alpha=1)], axis=1)
+    _rewrite(root, broken)
+    with pytest.raises(CompError, match="exactly one class"):
+        read_competition(root)
+
+
+def test_probability_sample_with_one_hot_columns(tmp_path):
+    root = make_competition(tmp_path / "k")
+    sample = pd.read_csv(root / "sample_submission.csv", dtype=str)
+    _rewrite(root, sample=pd.DataFrame({"id": sample["id"].str.removesuffix(".png"),
+                                        "gamma": 0, "alpha": 0, "beta": 0}))
+    comp = read_competition(root)
+    predictions = _fake_predictions(comp)
+    sub = submission_frame(comp, predictions)
+    assert list(sub.columns) == ["id", "gamma", "alpha", "beta"]
+    expected = predictions.test.set_index("id")["p_gamma"].to_numpy()
+    assert np.allclose(sub["gamma"].to_numpy(), expected)
+
+
+def test_ambiguous_and_misspelt_ids(tmp_path):
+    root = make_competition(tmp_path / "k")
+    train = pd.read_csv(root / "train.csv", dtype=str)
+    first = train["id"][0]
+    (root / "train" / first.replace(".png", ".jpg")).write_bytes(
+        (root / "train" / first).read_bytes())
+    _rewrite(root, train.assign(id=train["id"].str.removesuffix(".png")))
+    with pytest.raises(CompError, match="matches several files"):
+        read_competition(root)
+    _rewrite(root, train.assign(id=train["id"].where(train.index != 1, "alpha_0001.png")))
+    with pytest.raises(CompError, match="did you mean 'alpha_001.png'"):
+        read_competition(root)
+
+
+def test_sample_order_is_kept_and_predictions_joined_by_id(tmp_path):
+    root = make_competition(tmp_path / "k")
+    sample = pd.read_csv(root / "sample_submission.csv", dtype=str)
+    _rewrite(root, sample=sample.iloc[::-1])
+    comp = read_competition(root)
+    ordered = _fake_predictions(comp)
+    shuffled = PredictionSet(ordered.oof, ordered.test.iloc[[2, 0, 5, 1, 4, 3]],
+                             ordered.classes, ordered.info)
+    a, b = submission_frame(comp, ordered), submission_frame(comp, shuffled)
+    assert a["id"].tolist() == sample["id"].tolist()[::-1]
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_missing_prediction_ids_are_named(tmp_path):
+    comp = read_competition(make_competition(tmp_path / "k"))
+    predictions = _fake_predictions(comp)
+    short = PredictionSet(predictions.oof, predictions.test.iloc[1:], predictions.classes,
+                          predictions.info)
+    with pytest.raises(CompError, match="lack 1 of the sample submission's ids.*test_000.png"):
+        submission_frame(comp, short)
+    stale = PredictionSet(predictions.oof, predictions.test, predictions.classes,
+                          {"model_id": "m", "test_key": "0123"})
+    with pytest.raises(CompError, match="other test images"):
+        submission_frame(comp, stale)
+
+
+@pytest.mark.parametrize("labels", [
+    ["0", "1", "2"], ["True", "False", "None"], ["NA", "null", "nan"], ["1.0", "01", "1"],
+])
+def test_labels_and_ids_round_trip_as_written(tmp_path, labels):
+    root = make_competition(tmp_path / "k")
+    train = pd.read_csv(root / "train.csv", dtype=str)
+    mapping = dict(zip(["alpha", "beta", "gamma"], labels, strict=True))
+    # ids like 0000 (without extension) and labels with a trailing space
+    new_ids = [f"{i:04d}" for i in range(len(train))]
+    for name, new in zip(train["id"], new_ids, strict=True):
+        (root / "train" / name).rename(root / "train" / f"{new}.png")
+    frame = pd.DataFrame({"id": new_ids, "label": train["label"].map(mapping) + " "})
+    frame.to_csv(root / "train.csv", index=False)
+    comp = read_competition(root)
+    assert comp.classes == sorted(labels)  # a trailing space is not a new class
+    assert "0000.png" in comp.train["id"].tolist()
+    out = tmp_path / "t.csv"
+    comp.train.to_csv(out, index=False)
+    back = read_table(out)
+    assert back["label"].tolist() == comp.train["label"].tolist()
+    assert back["id"].tolist() == comp.train["id"].tolist()
+    sub = submission_frame(comp, _fake_predictions(comp))
+    sub.to_csv(out, index=False)
+    assert set(read_table(out)["label"]) <= set(labels)
+
+
+def test_read_table_keeps_text_and_numbers():
+    import io
+
+    text = "id,fold,label,p_NA,p_0\n0000,1,NA,0.5,0.5\nTrue,0,None,0.25,0.75\n"
+    frame = read_table(io.StringIO(text))
+    assert frame["id"].tolist() == ["0000", "True"]
+    assert frame["label"].tolist() == ["NA", "None"]
+    assert frame["fold"].dtype.kind == "i" and frame["p_NA"].dtype.kind == "f"
+
+
+def test_messy_but_clear_csvs_are_read(tmp_path):
+    """';'-separated, a byte-order mark, spaces around ids and header names, upper-case
+    extensions, a pandas index column in the sample."""
+    root = make_competition(tmp_path / "k")
+    train = pd.read_csv(root / "train.csv", dtype=str)
+    messy = train.assign(id=" " + train["id"].str.replace(".png", ".PNG") + " ")
+    (root / "train.csv").write_bytes(b"\xef\xbb\xbf" + messy.rename(
+        columns={"label": " label"}).to_csv(index=False, sep=";").encode())
+    pd.read_csv(root / "sample_submission.csv", dtype=str).to_csv(
+        root / "sample_submission.csv")  # with pandas' unnamed index column
+    comp = read_competition(root)
+    assert comp.train["id"].tolist() == train["id"].tolist()
+    assert comp.submission_columns == ["id", "label"]
+
+
+def test_case_only_label_twins_warn(tmp_path, caplog, monkeypatch):
+    import logging
+
+    from comp.log import get_logger
+
+    root = make_competition(tmp_path / "k")
+    train = pd.read_csv(root / "train.csv", dtype=str)
+    train.loc[0, "label"] = "Alpha"
+    train.to_csv(root / "train.csv", index=False)
+    monkeypatch.setattr(get_logger(), "propagate", True)
+    with caplog.at_level(logging.WARNING, logger="comp"):
+        comp = read_competition(root)
+    assert "Alpha" in comp.classes and "differ only in upper/lower case" in caplog.text
+
+
+def test_float_image_with_nan_decodes(tmp_path):
+    from PIL import Image
+
+    from comp.data.images import decode_image
+
+    array = np.full((8, 8), 0.5, dtype=np.float32)
+    array[0, 0] = np.nan
+    Image.fromarray(array).save(tmp_path / "x.tif")
+    out = decode_image(tmp_path / "x.tif", 8, 10_000)
+    assert out[0, 0, 0] == 0 and out[4, 4, 0] in (127, 128)
+
+
+def test_ids_with_their_folder_prefix(tmp_path):
+    root = make_competition(tmp_path / "k")
+    train = pd.read_csv(root / "train.csv", dtype=str)
+    sample = pd.read_csv(root / "sample_submission.csv", dtype=str)
+    _rewrite(root, train.assign(id="train/" + train["id"]),
+             sample.assign(id="test/" + sample["id"]))
+    comp = read_competition(root)
+    assert comp.train["id"].tolist() == train["id"].tolist()
+    sub = submission_frame(comp, _fake_predictions(comp))
+    assert sub["id"].tolist() == ("test/" + sample["id"]).tolist()  # verbatim
+    _rewrite(root, train.assign(id="images/" + train["id"]))
+    with pytest.raises(CompError, match="not a plain file name"):
+        read_competition(root)
