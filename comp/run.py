@@ -8,7 +8,6 @@ runs, so `comp --help` answers at once.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import importlib
 import sys
@@ -26,7 +25,7 @@ TF_STAGES = {"train", "plan", "pseudo", "tune", "predict", "export", "all"}
 
 def help_text() -> str:
     """Usage, the stages, the weight search order and every config key with its default."""
-    from comp.config import CONFIG_DIR, Config
+    from comp.config import CONFIG_DIR
     from comp.models.weights import search_order_text
 
     groups = sorted((g for g in CONFIG_DIR.iterdir() if g.is_dir()), key=lambda g: g.name)
@@ -45,28 +44,37 @@ def help_text() -> str:
         "ImageNet weights (weights=imagenet) are looked for in this order:",
         *[f"  {line}" for line in search_order_text().splitlines()],
         "",
-        "keys (default):",
-        *_keys(Config()),
+        "keys (default, composed from comp/configs/; allowed values in brackets):",
+        *[f"  {line}" for line in composed_keys()],
     ]
     return "\n".join(lines)
 
 
 def config_reference() -> str:
-    """The README's config reference: every key and its default, from the schema."""
-    from comp.config import Config
-
-    return "```\n" + "\n".join(line.strip() for line in _keys(Config())) + "\n```"
+    """The README's config reference: every key, its composed default and allowed values."""
+    return "```\n" + "\n".join(composed_keys()) + "\n```"
 
 
-def _keys(node, prefix: str = "") -> list[str]:
-    out = []
-    for f in dataclasses.fields(node):
-        value = getattr(node, f.name)
-        if dataclasses.is_dataclass(value):
-            out += _keys(value, f"{prefix}{f.name}.")
-        else:
-            out.append(f"  {prefix}{f.name}={value}")
-    return out
+def composed_keys() -> list[str]:
+    """`key=default  [allowed]` for every key of the composed default config (the demo's
+    folder written as <comp>/demo, so the text is the same on every machine)."""
+    from omegaconf import OmegaConf
+
+    from comp.config import DEMO_DIR, load_config
+    from comp.validate import describe_constraint
+
+    def flat(node, prefix: str = "") -> list[tuple[str, object]]:
+        if isinstance(node, dict) and node and prefix != "backbone_overrides.":
+            return [item for key, value in node.items()
+                    for item in flat(value, f"{prefix}{key}.")]
+        return [(prefix[:-1], node)]
+
+    lines = []
+    for key, value in flat(OmegaConf.to_container(load_config([]))):
+        text = f"{key}={value}".replace(str(DEMO_DIR), "<comp>/demo")
+        allowed = describe_constraint(key)
+        lines.append(f"{text}  [{allowed}]" if allowed else text)
+    return lines
 
 
 def run_stage(overrides: list[str]):

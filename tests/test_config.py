@@ -10,7 +10,8 @@ from comp.run import help_text, main
 
 def test_defaults_compose():
     cfg = load_config([])
-    assert cfg.stage == "all" and cfg.backbones == ["mobilenet_025", "mobilenet_025-block12"]
+    assert cfg.stage == "all" and cfg.backbones == ["mobilenet_025"]
+    assert "pixels+svm_rbf" in cfg.classic.models and cfg.tune.n_trials == 0
     assert Path(cfg.data.dir).name == "wbc" and Path(cfg.data.dir).is_dir()
 
 
@@ -71,9 +72,11 @@ def test_backbone_overrides_merge_over_defaults():
 def test_experiment_files_are_short_override_lists():
     quick = load_config(["experiment=quick"])
     assert quick.name == "quick" and quick.tune.n_trials == 0 and quick.pseudo.rounds == 0
-    thorough = load_config(["experiment=best"])
-    assert thorough.model.image_size == 224 and list(thorough.tune.backbones) == list(
-        thorough.backbones)
+    assert list(quick.backbones) == [] and len(quick.classic.models) == 4
+    best = load_config(["experiment=best"])
+    assert best.pseudo.rounds == 2 and best.tune.n_trials == 6 and len(best.backbones) == 2
+    assert "optuna" in best.ensemble.methods
+    assert load_config(["experiment=medium"]).name == "medium"
 
 
 def test_readme_config_reference_is_in_sync():
