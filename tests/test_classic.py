@@ -109,3 +109,17 @@ def test_classic_models_train_ensemble_submit_and_predict(tmp_path, competition)
     test = pd.read_csv(run / "preds" / models[0] / "test.csv").set_index("id")
     columns = [c for c in test.columns if c.startswith("p_")]
     assert np.allclose(predicted.loc[test.index, columns], test[columns], atol=1e-6)
+
+
+def test_views_that_destroy_the_class_are_left_out():
+    features, labels = _blobs(views=1)
+    rng = np.random.default_rng(1)
+    # views 1..7 carry another image's class (as a flipped 6 reads as a 9)
+    shuffled = [features[0][rng.permutation(60)] for _ in range(7)]
+    spec = SimpleNamespace(head="logreg", inner_folds=3, seed=0)
+    estimator, chosen, _ = fit_classic(spec, np.stack([features[0], *shuffled]), labels,
+                                       np.arange(60), 3)
+    assert chosen["views"] == "identity" and estimator.comp_views_ == [0]
+    kept, chosen_all, _ = fit_classic(spec, np.repeat(features, 8, axis=0), labels,
+                                      np.arange(60), 3)
+    assert chosen_all["views"] in ("all", "identity")

@@ -129,11 +129,13 @@ def fit_weight_param(head: Head) -> str | None:
 
 def view_average_proba(estimator, features: np.ndarray, n_classes: int,
                        classes_seen: np.ndarray) -> np.ndarray:
-    """Mean predict_proba over the views of (V, N, D) `features`, as (N, n_classes):
-    classes the estimator never saw get probability 0."""
+    """Mean predict_proba over the views of (V, N, D) `features` that the estimator was
+    trained on (`comp_views_`, default all), as (N, n_classes): classes the estimator
+    never saw get probability 0."""
     out = np.zeros((features.shape[1], n_classes))
     if features.shape[1] == 0:
         return out
-    for view in features:
-        out[:, classes_seen] += estimator.predict_proba(view)
-    return out / len(features)
+    views = getattr(estimator, "comp_views_", range(len(features)))
+    for view in views:
+        out[:, classes_seen] += estimator.predict_proba(features[view])
+    return out / len(views)

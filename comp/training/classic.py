@@ -90,46 +90,55 @@ def embed_images(spec, paths: list[str], decoding) -> np.ndarray:
 
 def fit_classic(spec, features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
                 n_classes: int, weights: np.ndarray | None = None):
-    """Fit the spec's head on every view of (V, N, D) `features`.
+    """Fit the spec's head on the views of (V, N, D) `features` (view 0: the image as is).
 
-    The grid's parameters are chosen first by an inner stratified group K-fold (one group
-    per image or near-duplicate group) on the view-averaged features, which is V times
-    cheaper and shows each image once; the chosen head is then fitted on all views.
-    Returns (estimator, chosen parameters, inner log loss)."""
+    An inner stratified group K-fold (one group per image or near-duplicate group)
+    chooses, together, the grid's parameters and whether the views help at all: all
+    views, or view 0 alone (flips and rotations hurt where orientation carries the class,
+    as for digits). It scores each choice on the average over its views, which is V times
+    cheaper and shows each image once. The chosen head is then fitted on every chosen
+    view; `estimator.comp_views_` records them (predictions average over them).
+    Returns (estimator, chosen settings, inner log loss)."""
     from sklearn.model_selection import ParameterGrid, StratifiedGroupKFold
 
     head = get_head(spec.head)
     views, n, dims = features.shape
     weights = np.ones(n) if weights is None else weights
-    chosen, inner_loss = {}, None
+    candidates = {"all": list(range(views))} | ({"identity": [0]} if views > 1 else {})
+    chosen, inner_loss, kept = {}, None, candidates["all"]
     counts = np.bincount(labels)
     inner = min(spec.inner_folds, int(counts[counts > 0].min()))
-    if head.grid and inner >= 2:
-        mean = features.mean(axis=0)
+    if (head.grid or len(candidates) > 1) and inner >= 2:
         splits = list(StratifiedGroupKFold(inner, shuffle=True, random_state=spec.seed)
-                      .split(mean, labels, groups))
+                      .split(np.zeros(n), labels, groups))
         results = []
-        for params in ParameterGrid(head.grid):
-            losses = []
-            for fit_rows, held in splits:
-                est = head_estimator(head, params, len(fit_rows), dims)
-                est.fit(mean[fit_rows], labels[fit_rows],
-                        **_weights(head, weights[fit_rows]))
-                probs = view_average_proba(est, mean[None, held], n_classes,
-                                           np.asarray(est.classes_))
-                losses.append(-np.mean(np.log(np.clip(
-                    probs[np.arange(len(held)), labels[held]], 1e-7, 1))))
-            results.append((float(np.mean(losses)), params))
-        inner_loss, chosen = min(results, key=lambda item: item[0])
-    x = features.reshape(views * n, dims)
-    y, g = np.tile(labels, views), np.tile(groups, views)
+        for name, subset in candidates.items():
+            mean = features[subset].mean(axis=0)
+            for params in ParameterGrid(head.grid or {}):
+                losses = []
+                for fit_rows, held in splits:
+                    est = head_estimator(head, params, len(fit_rows), dims)
+                    est.fit(mean[fit_rows], labels[fit_rows],
+                            **_weights(head, weights[fit_rows]))
+                    probs = view_average_proba(est, mean[None, held], n_classes,
+                                               np.asarray(est.classes_))
+                    losses.append(-np.mean(np.log(np.clip(
+                        probs[np.arange(len(held)), labels[held]], 1e-7, 1))))
+                results.append((float(np.mean(losses)), name, params))
+        inner_loss, view_choice, chosen = min(results, key=lambda item: item[0])
+        kept = candidates[view_choice]
+        chosen = {**chosen, "views": view_choice}
+    x = features[kept].reshape(len(kept) * n, dims)
+    y, g = np.tile(labels, len(kept)), np.tile(groups, len(kept))
     calibration = 3
     if head.calibrate:  # group-aware splits: an image's views never straddle them
         n_cal = max(2, min(3, int(counts[counts > 0].min())))
         calibration = list(StratifiedGroupKFold(n_cal, shuffle=True, random_state=spec.seed)
                            .split(x, y, g))
-    estimator = head_estimator(head, chosen, len(x), dims, calibration)
-    estimator.fit(x, y, **_weights(head, np.tile(weights, views)))
+    params = {k: v for k, v in chosen.items() if k != "views"}
+    estimator = head_estimator(head, params, len(x), dims, calibration)
+    estimator.fit(x, y, **_weights(head, np.tile(weights, len(kept))))
+    estimator.comp_views_ = kept
     return estimator, chosen, inner_loss
 
 
