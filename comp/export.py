@@ -1,0 +1,264 @@
+"""stage=export: one trained model as a full, plain Keras model (no comp needed to run it).
+
+The exported model takes RGB images at the model's input size (values 0..255, uint8 or
+float, shape (N, size, size, 3)) and returns class probabilities. Inside it: the
+backbone's preprocessing (as a fixed 1x1 convolution: every keras.applications
+preprocessing is a per-pixel affine map), the frozen prefix, and for each fold that
+fold's trained body and head; the folds' probabilities are averaged. With
+`export.tta=true` the model's TTA views (flips / 90-degree rotations) are taken inside
+the graph too and averaged, as stage=predict does. The frozen prefix's output is rounded
+to float16, as in comp's feature cache that the heads were trained and evaluated on, so
+the export reproduces stage=predict's probabilities.
+
+Writes `model.keras`, `saved_model/` (Keras 3 `Model.export`), optionally
+`model.tflite`, `classes.json` and `MODEL_CARD.md`. Ensembles are not exported yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from comp import __version__
+from comp.artifacts import read_json, write_json, write_text
+from comp.errors import CompError
+from comp.log import get_logger
+from comp.metrics import HIGHER_IS_BETTER
+from comp.workspace import RunDir, run_dir
+
+
+def export_model(cfg: DictConfig) -> Path:
+    """Export `export.using` (default: the best fine-tuned model by CV); the folder."""
+    run = run_dir(cfg.runs_dir, cfg.name)
+    model_id = cfg.export.using or best_single_model(run, cfg.submit.metric)
+    if model_id.startswith("ensemble-"):
+        raise CompError(f"export.using={model_id}: ensembles are not exported yet; give "
+                        "export.using=<model_id> of a single model (see leaderboard.csv)")
+    info_path = run.preds_dir(model_id) / "cv.json"
+    if not info_path.exists():
+        raise CompError(f"{info_path}: no finished model {model_id!r}; see "
+                        "submissions/leaderboard.csv for the model ids")
+    info = read_json(info_path)
+    if info.get("kind", "single") != "single" or info.get("model_kind") == "classic":
+        raise CompError(f"export.using={model_id}: only single fine-tuned models are exported "
+                        "as Keras models (classic heads are scikit-learn: use stage=predict)")
+    suffix = "-tta" if cfg.export.tta else ""
+    out = Path(cfg.export.output) if cfg.export.output else (
+        run.root / "export" / f"{model_id}{suffix}")
+    model, size, views = build_export_model(cfg, run, model_id, len(info["classes"]),
+                                            cfg.export.tta)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(out / "model.keras")
+    model.export(str(out / "saved_model"), verbose=False)
+    if cfg.export.tflite:
+        _write_tflite(out / "saved_model", out / "model.tflite")
+    write_json(out / "classes.json", info["classes"])
+    write_text(out / "MODEL_CARD.md", model_card(run, model_id, info, size, views, out))
+    get_logger().info("export: %s (%d folds%s) -> %s", model_id,
+                      len(_folds(run.model_dir(model_id))),
+                      f", TTA over {len(views)} views" if len(views) > 1 else "", out)
+    return out
+
+
+def best_single_model(run: RunDir, metric: str) -> str:
+    """The finished single model with the best CV `metric`."""
+    sets = [read_json(p / "cv.json") for p in run.prediction_sets()]
+    singles = [s for s in sets if s.get("kind", "single") == "single" and s.get("model_id")
+               and s.get("model_kind", "finetune") == "finetune"]
+    if not singles:
+        raise CompError(f"{run.root}: no finished fine-tuned model to export; set backbones "
+                        "and run stage=train")
+    sign = 1 if HIGHER_IS_BETTER[metric] else -1
+    return max(singles, key=lambda s: sign * s["cv"][metric])["model_id"]
+
+
+def _folds(model_dir: Path) -> list[int]:
+    return sorted(int(p.name[4:]) for p in model_dir.glob("fold*")
+                  if p.is_dir() and (p / "model.weights.h5").exists())
+
+
+def build_export_model(cfg: DictConfig, run: RunDir, model_id: str, n_classes: int,
+                       tta: bool):
+    """The fold-averaged Keras model of `model_id`; (model, input size, dihedral views)."""
+    import keras
+    from keras import layers
+
+    from comp.data.views import TTA_VIEWS
+    from comp.inference import load_spec
+    from comp.models.build import build_backbone, build_head_model, split_backbone
+    from comp.models.registry import get_backbone
+
+    spec = load_spec(cfg, run, model_id)
+    backbone = get_backbone(spec.backbone)
+    folds = _folds(run.model_dir(model_id))
+    if not folds:
+        raise CompError(f"{run.model_dir(model_id)}: no trained fold weights to export")
+    views = tuple(TTA_VIEWS[spec.augment["tta"]]) if tta else (0,)
+    size = spec.image_size
+    image = keras.Input((size, size, 3), name="image")
+    x = _preprocess_layer(backbone.preprocess, backbone.name)
+    x = image if x is None else x(image)
+    flip = _FlipW(size)
+    round_features = not _is_identity(backbone.preprocess)
+    shared: dict[str, list] = {}  # cut -> features per view: the frozen prefix runs once
+    flat = []
+    for fold in folds:
+        fold_spec = spec.for_fold(fold)
+        m = fold_spec.model
+        base = build_backbone(backbone, size, spec.weights, spec.train["seed"])
+        split = split_backbone(base, backbone, m["unfreeze"])
+        if split.cut not in shared:
+            per_view = []
+            for view in views:
+                features = _dihedral(x, view, flip)
+                if split.prefix is not None:
+                    features = split.prefix(features)
+                if split.prefix is not None or round_features:
+                    # the feature cache stores float16: the heads saw these numbers
+                    features = layers.Identity(dtype="float16")(features)
+                per_view.append(features)
+            shared[split.cut] = per_view
+        head = build_head_model(split, n_classes, m["pooling"], m["dense_units"],
+                                m["dropout"], m["bn_trainable"], 0)
+        head.load_weights(run.fold_dir(model_id, fold) / "model.weights.h5")
+        head = keras.Model(head.input, head.output, name=f"fold{fold}")
+        flat += [head(features) for features in shared[split.cut]]
+    probs = flat[0] if len(flat) == 1 else layers.Average(name="average")(flat)
+    probs = layers.Identity(name="probabilities", dtype="float32")(probs)
+    return keras.Model(image, probs, name=f"comp_{spec.backbone}"), size, views
+
+
+def _preprocess_layer(preprocess, name: str):
+    """keras.applications preprocessing as a fixed 1x1 convolution (None for identity)."""
+    from keras import layers
+
+    if _is_identity(preprocess):
+        return None
+    offset = preprocess(np.zeros((1, 3), np.float32)).astype(np.float64)[0]
+    matrix = np.stack([preprocess(np.eye(3, dtype=np.float32)[c:c + 1] * 255.0)[0] - offset
+                       for c in range(3)]) / 255.0  # row c: the output of input channel c
+    probe = np.random.default_rng(0).uniform(0, 255, (64, 3)).astype(np.float32)
+    if not np.allclose(preprocess(probe.copy()), probe @ matrix + offset, atol=1e-3):
+        raise CompError(f"export: {name}'s preprocessing is not per-pixel affine; cannot "
+                        "put it inside the model")
+    conv = layers.Conv2D(3, 1, name="preprocess", trainable=False)
+    conv.build((None, None, None, 3))
+    conv.set_weights([matrix.reshape(1, 1, 3, 3).astype(np.float32),
+                      offset.astype(np.float32)])
+    return conv
+
+
+def _is_identity(preprocess) -> bool:
+    probe = np.array([[0.0, 127.0, 255.0]], dtype=np.float32)
+    return bool(np.array_equal(preprocess(probe.copy()), probe))
+
+
+class _FlipW:
+    """Mirror along the width axis with built-in layers only (a fixed anti-identity
+    Dense on the width axis), so the saved model loads in plain Keras."""
+
+    def __init__(self, size: int):
+        from keras import layers
+
+        self.to_last = layers.Permute((1, 3, 2), name="to_width_last")
+        self.back = layers.Permute((1, 3, 2), name="width_back")
+        self.dense = layers.Dense(size, use_bias=False, trainable=False, name="mirror")
+        self.dense.build((None, size))
+        self.dense.set_weights([np.eye(size, dtype=np.float32)[::-1]])
+        self.transpose = layers.Permute((2, 1, 3), name="transpose")
+
+    def __call__(self, x):
+        return self.back(self.dense(self.to_last(x)))
+
+
+def _dihedral(x, view: int, flip: _FlipW):
+    """comp.data.views.dihedral_view as layers: np.rot90(k=view % 4, axes=(1, 2)), then a
+    width mirror for view >= 4."""
+    k = view % 4
+    if k == 1:
+        x = flip.transpose(flip(x))
+    elif k == 2:
+        x = flip(flip.transpose(flip(flip.transpose(x))))
+    elif k == 3:
+        x = flip(flip.transpose(x))
+    if view >= 4:
+        x = flip(x)
+    return x
+
+
+def _write_tflite(saved_model: Path, target: Path) -> None:
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    target.write_bytes(converter.convert())
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_card(run: RunDir, model_id: str, info: dict, size: int, views, out: Path) -> str:
+    """MODEL_CARD.md: what the model is, how good (CV), how to call it."""
+    import keras
+    import tensorflow as tf
+
+    spec = read_json(run.model_dir(model_id) / "spec.json")
+    cv = info["cv"]
+    folds = _folds(run.model_dir(model_id))
+    fold_hashes = "\n".join(
+        f"| fold{k}/model.weights.h5 | "
+        f"`{_sha256(run.fold_dir(model_id, k) / 'model.weights.h5')[:16]}` |"
+        for k in folds)
+    classes = info["classes"]
+    return f"""# {model_id}
+
+A {spec['backbone']} fine-tuned by comp {__version__} with {len(folds)}-fold CV, exported
+as one Keras model that averages the {len(folds)} fold models{
+    f" over {len(views)} TTA views (dihedral ids {list(views)})" if len(views) > 1 else ""}.
+
+- **Input**: RGB images, shape `(N, {size}, {size}, 3)`, values 0..255 (uint8 or float);
+  resize to {size}x{size} first. Preprocessing is inside the model.
+- **Output**: class probabilities, shape `(N, {len(classes)})`, in the order of
+  `classes.json`: {', '.join(f'`{c}`' for c in classes)}.
+- **CV** (out-of-fold, {info.get('n_oof', '?')} images): accuracy {cv['accuracy']:.4f},
+  macro-F1 {cv['macro_f1']:.4f}, balanced accuracy {cv['balanced_accuracy']:.4f},
+  macro AUC {cv['auc']:.4f}, log loss {cv['log_loss']:.4f}.
+- **Settings**: `spec.json` of the run; model settings {json.dumps(spec['model'])}.
+
+## Hashes
+| file | sha256 |
+|---|---|
+| model.keras | `{_sha256(out / 'model.keras')[:16]}` |
+| backbone start weights | `{spec['weights']}` |
+{fold_hashes}
+
+## Versions
+comp {__version__}, TensorFlow {tf.__version__}, Keras {keras.__version__},
+Python {platform.python_version()}.
+
+## Use it with plain Keras (no comp needed)
+```python
+import json, numpy as np, keras
+from PIL import Image
+model = keras.saving.load_model("model.keras")
+classes = json.load(open("classes.json"))
+image = Image.open("x.png").convert("RGB")
+image = np.asarray(image.resize(({size}, {size}), Image.Resampling.BILINEAR))
+probs = model.predict(image[None])[0]
+print(classes[int(probs.argmax())], probs)
+```
+Or the SavedModel (TensorFlow Serving, `tf.saved_model.load("saved_model").serve(x)`){
+    ", or `model.tflite` with the TFLite interpreter" if (out / "model.tflite").exists()
+    else ""}.
+comp resizes with Pillow's bilinear filter (`reducing_gap=3.0`); another resize gives
+slightly different probabilities.
+"""
