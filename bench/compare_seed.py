@@ -73,18 +73,22 @@ def main() -> None:
     common = ["data=folder", f"data.dir={data}", f"weights_dir={weights_dir}",
               f"submissions_dir={work / 'submissions'}", f"model.image_size={size}", *extra]
     for stage, label, only in (
-        ("train", "comp stage=train mobilenet_025 (round 0)", ["backbones=[mobilenet_025]"]),
-        ("all", "comp stage=all defaults (2 backbones, pseudo, tune, ensemble)", []),
+        ("train", "comp stage=train mobilenet_025 fine-tuned (round 0)",
+         ["backbones=[mobilenet_025]", "classic.models=[]"]),
+        ("all", "comp stage=all defaults (fine-tune + classic heads, pseudo, ensembles), "
+                "selected pipeline (nested)", []),
     ):
         name = f"bench_{stage}"
         wall, rss, _ = run_child([sys.executable, "-m", "comp.run", f"stage={stage}",
                                   f"name={name}", f"runs_dir={work / 'runs'}", *common, *only])
         board = _leaderboard(work, name) if stage == "all" else _preds_board(work, name)
         best = board.iloc[0]
-        rows.append((f"{label}: best = {best['name']}",
-                     {m: best[f"cv_{m}"] for m in ("accuracy", "macro_f1",
-                                                    "balanced_accuracy", "auc", "log_loss")},
-                     wall, rss))
+        figures = {m: best[f"cv_{m}"] for m in ("accuracy", "macro_f1", "balanced_accuracy",
+                                                "auc", "log_loss")}
+        if stage == "all":  # the honest figure of choosing rank 1, not rank 1's own CV
+            selection = json.loads((work / "runs" / name / "selection.json").read_text())
+            figures = selection["cv"]
+        rows.append((f"{label}: rank 1 = {best['name']}", figures, wall, rss))
         if stage == "all":
             print(board[["rank", "kind", "name", "round", "tuned", "cv_accuracy",
                          "cv_macro_f1", "cv_auc"]].to_string(index=False))

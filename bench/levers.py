@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from comp.metrics import scores
-from comp.selection import bootstrap_se, paired_difference
+from comp.selection import bootstrap_se, nested_selection, paired_difference
 
 
 def run_comp(overrides: list[str]) -> tuple[float, float]:
@@ -74,11 +74,20 @@ def table(run: Path, truth: Path | None) -> pd.DataFrame:
         frame = pd.read_csv(truth, dtype=str, keep_default_na=False)
         truth_labels = dict(zip(frame.iloc[:, 0], frame.iloc[:, 1], strict=True))
     rows = []
+    folds = found[0]["oof"]["fold"].to_numpy()
     selection = json.loads((run / "selection.json").read_text())
-    selected_oof = _selected_oof(selection, probs, found[0]["oof"]["fold"].to_numpy())
-    for e in [*found, {"name": "selected pipeline (nested)", "info": {
-            "kind": "selection", "round": ""}, "seconds": np.nan, "test": None}]:
-        p = selected_oof if e["info"]["kind"] == "selection" else probs[e["name"]]
+    extra = {"selected pipeline (nested)": _selected_oof(selection, probs, folds)}
+    # the same chain without the levers, on the same folds: round-0 models only
+    round0 = {e["name"]: probs[e["name"]] for e in singles if e["info"].get("round", 0) == 0}
+    extra["round 0: mean of its models"] = np.mean(list(round0.values()), axis=0)
+    metric = selection["metric"]
+    extra["round 0: selected among single models (nested)"] = nested_selection(
+        round0, y, folds, metric)[0]
+    extra["round 0: selected (nested)"] = nested_selection(
+        {**round0, "mean": extra["round 0: mean of its models"]}, y, folds, metric)[0]
+    for e in [*found, *({"name": name, "info": {"kind": "selection", "round": ""},
+                         "seconds": np.nan, "test": None} for name in extra)]:
+        p = extra[e["name"]] if e["info"]["kind"] == "selection" else probs[e["name"]]
         labels_ok = e["info"].get("labels", True)
         cv = scores(y, p)
         row = {"entry": e["name"], "kind": e["info"].get("model_kind", e["info"]["kind"]),
@@ -100,7 +109,20 @@ def table(run: Path, truth: Path | None) -> pd.DataFrame:
                                              for i, c in zip(test["id"], predicted,
                                                              strict=True)]))
         rows.append(row)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    levers = []
+    pairs = {
+        "pseudo-labels (selected, all rounds - round 0 only)":
+            ("selected pipeline (nested)", "round 0: selected (nested)"),
+        "ensembling (round 0 selected, with its mean - singles only)":
+            ("round 0: selected (nested)", "round 0: selected among single models (nested)"),
+    }
+    for lever, (a, b) in pairs.items():
+        for m in ("accuracy", "macro_f1"):
+            diff, se = paired_difference(m, y, extra[a], extra[b])
+            levers.append(f"{lever}: {m} {diff:+.4f} ± {se:.4f}")
+    frame.attrs["levers"] = levers
+    return frame
 
 
 def _selected_oof(selection: dict, probs: dict, folds: np.ndarray) -> np.ndarray:
@@ -138,6 +160,7 @@ def main() -> None:
     with pd.option_context("display.width", 250, "display.max_columns", 30,
                            "display.max_colwidth", 48):
         print(frame.round(4).to_string(index=False))
+    print("\n".join(frame.attrs["levers"]))
 
 
 if __name__ == "__main__":

@@ -140,7 +140,9 @@ class PseudoConfig:
     """Pseudo-labels: which round trains, how many rounds stage=all runs, the rules."""
 
     round: int = 0  # stage=train/pseudo: the round to train / to label for (0: no pseudo)
-    rounds: int = 1  # pseudo-label rounds that stage=all runs after round 0
+    # pseudo-label rounds that stage=all runs after round 0. 0 by default: on the
+    # benchmarks a round did not add score (bench/README.md, levers.py); turn on with 1
+    rounds: int = 0
     splits: list[str] = field(default_factory=lambda: ["unlabeled"])  # unlabeled, test
     # quota: per class the most confident rows, round(fraction x pool x class prior) of
     # them; threshold: every row whose top probability passes `threshold` (class_cap, ...)

@@ -166,10 +166,11 @@ def build_report(run_root: Path, leaderboard: pd.DataFrame, paths: dict[str, str
         sections += [f"<h2>Pseudo-labels {round_dir.name}</h2>", f"<img src='{png}'>",
                      counts.T.to_html()]
     for name, folder in ensembles.items():
-        weights = {str(k): v for k, v in read_json(folder / "cv.json")["weights"].items()}
-        if name == "ensemble-weighted":
-            png = bar_chart(weights, "weighted ensemble: weights", out / "ensemble_weights.png")
-            sections += ["<h2>Ensemble weights</h2>", f"<img src='{png}'>"]
+        weights = read_json(folder / "cv.json")["weights"] or {}  # a stacker has none
+        if len(set(weights.values())) > 1:  # learned weights (greedy, weighted, optuna)
+            png = bar_chart({str(k): v for k, v in weights.items()}, f"{name}: weights",
+                            out / f"weights_{name}.png")
+            sections += [f"<h2>Ensemble weights: {html.escape(name)}</h2>", f"<img src='{png}'>"]
     if storage_url:
         pngs = optuna_plots(storage_url, out)
         if pngs:

@@ -5,6 +5,7 @@ named unit), and readers for what a run writes."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -165,9 +166,14 @@ def optuna_url(tmp_path: Path, name: str = "tiny") -> str:
 
 
 def load_study(url: str, name: str):
-    """The Optuna study `name` in storage `url`."""
+    """The Optuna study `name` in storage `url`; `<experiment>-<backbone>-fold<k>` names
+    the study of that fold whatever its folds fingerprint."""
     import optuna
 
+    match = re.fullmatch(r"(.+)-fold(\d+)", name)
+    names = {s.study_name for s in optuna.get_all_study_summaries(url)}
+    if name not in names and match:
+        name = study_of(url, match.group(1), int(match.group(2)))
     return optuna.load_study(study_name=name, storage=url)
 
 

@@ -18,7 +18,7 @@ def tiny(tmp_path: Path, folder: Path, **extra) -> Competition:
     settings = {
         "backbones": ["small_cnn"], "weights": "none", "data.folds": 2, "train.epochs": 2,
         "train.patience": 2, "train.batch_size": 8, "augment.tta": "flips", "quiet": True,
-        "pseudo.rounds": 0, "tune.n_trials": 0,
+        "pseudo.rounds": 0, "tune.n_trials": 0, "classic.models": [],
         "backbone_overrides.small_cnn.model.image_size": 32,
         "backbone_overrides.small_cnn.train.epochs": 2, **extra,
     }

@@ -51,8 +51,8 @@ def test_sharpen_and_soft_targets():
 @pytest.mark.slow
 def test_round_trip_and_no_fold_sees_its_own_validation_images(tmp_path, trained):
     overrides = tiny_overrides(tmp_path, trained, **{  # round 0 is trained there
-        "pseudo.rounds": "1", "pseudo.threshold": "0.0", "pseudo.class_cap": "10",
-        "pseudo.splits": "[unlabeled,test]"})
+        "pseudo.rounds": "1", "pseudo.rule": "threshold", "pseudo.threshold": "0.0",
+        "pseudo.class_cap": "10", "pseudo.splits": "[unlabeled,test]"})
     assert run_comp("stage=all", *overrides) == 0
     run = tmp_path / "runs" / "tiny"
     folds = pd.read_csv(run / "folds.csv")

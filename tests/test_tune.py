@@ -135,8 +135,8 @@ def test_all_runs_every_stage_on_a_tiny_competition(tmp_path, competition):
         "model.image_size": "32"})
     assert run_comp("stage=all", *overrides) == 0
     board = leaderboard(tmp_path)
-    # 2 backbones x (round 0, round 1) + the first one tuned + 4 ensembles
-    assert len(board) == 9 and set(board.kind) == {"single", "ensemble"}
+    # 2 backbones x (round 0, round 1) + the first one tuned + 2 ensembles (mean, greedy)
+    assert len(board) == 7 and set(board.kind) == {"single", "ensemble"}
     assert board.loc[board.kind == "single", "name"].str.startswith("small_cnn").sum() == 3
     assert board["round"].max() == 1
     stamps = {p: p.stat().st_mtime_ns for p in fold_metrics(tmp_path)}

@@ -117,9 +117,14 @@ def fit_classic(spec, features: np.ndarray, labels: np.ndarray, groups: np.ndarr
             for params in ParameterGrid(head.grid or {}):
                 losses = []
                 for fit_rows, held in splits:
-                    est = head_estimator(head, params, len(fit_rows), dims)
-                    est.fit(mean[fit_rows], labels[fit_rows],
-                            **_weights(head, weights[fit_rows]))
+                    est = head_estimator(head, params, len(fit_rows), dims,
+                                         _calibration_folds(labels[fit_rows]))
+                    try:
+                        est.fit(mean[fit_rows], labels[fit_rows],
+                                **_weights(head, weights[fit_rows]))
+                    except ValueError:  # too few images of a class in this inner split
+                        losses.append(np.inf)
+                        continue
                     probs = view_average_proba(est, mean[None, held], n_classes,
                                                np.asarray(est.classes_))
                     losses.append(-np.mean(np.log(np.clip(
@@ -132,14 +137,19 @@ def fit_classic(spec, features: np.ndarray, labels: np.ndarray, groups: np.ndarr
     y, g = np.tile(labels, len(kept)), np.tile(groups, len(kept))
     calibration = 3
     if head.calibrate:  # group-aware splits: an image's views never straddle them
-        n_cal = max(2, min(3, int(counts[counts > 0].min())))
-        calibration = list(StratifiedGroupKFold(n_cal, shuffle=True, random_state=spec.seed)
-                           .split(x, y, g))
+        calibration = list(StratifiedGroupKFold(
+            _calibration_folds(labels), shuffle=True, random_state=spec.seed).split(x, y, g))
     params = {k: v for k, v in chosen.items() if k != "views"}
     estimator = head_estimator(head, params, len(x), dims, calibration)
     estimator.fit(x, y, **_weights(head, np.tile(weights, len(kept))))
     estimator.comp_views_ = kept
     return estimator, chosen, inner_loss
+
+
+def _calibration_folds(labels: np.ndarray) -> int:
+    """Folds of a sigmoid calibration: 3, or fewer where a class has fewer images."""
+    counts = np.bincount(labels)
+    return max(2, min(3, int(counts[counts > 0].min())))
 
 
 def _weights(head, weights: np.ndarray) -> dict:
