@@ -65,6 +65,16 @@ class PredictionSet:
     classes: list[str]
     info: dict
 
+    @property
+    def name(self) -> str:
+        """The model id of a single model, ensemble-<method> of an ensemble."""
+        return self.info.get("model_id") or self.info.get("name") or "predictions"
+
+    @property
+    def gives_labels(self) -> bool:
+        """False for entries that are not probabilities (rank averages: AUC only)."""
+        return self.info.get("labels", True)
+
 
 def cv_scores(oof: pd.DataFrame, classes: list[str]) -> dict:
     """Overall and per-fold scores of an OOF frame (id, fold, label, p_...)."""

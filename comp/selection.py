@@ -99,14 +99,10 @@ def leaderboard_uncertainty(predictions: list, metric: str) -> dict:
     ids = predictions[0].oof["id"].tolist()
     y = class_indices(predictions[0].oof["label"], classes)
     folds = predictions[0].oof["fold"].to_numpy()
-    probs = {}
-    for p in predictions:
-        frame = p.oof.set_index("id").loc[ids]
-        probs[p.info.get("model_id") or p.info["name"]] = frame[prob_columns(classes)].to_numpy(
-            dtype=float)
-    labelled = {n: v for n, v in probs.items() if next(
-        p for p in predictions if (p.info.get("model_id") or p.info["name"]) == n
-    ).info.get("labels", True) or metric == "auc"}
+    probs = {p.name: p.oof.set_index("id").loc[ids, prob_columns(classes)].to_numpy(float)
+             for p in predictions}
+    labelled = {p.name: probs[p.name] for p in predictions
+                if p.gives_labels or metric == "auc"}
     sign = 1 if HIGHER_IS_BETTER[metric] else -1
     best = max(labelled, key=lambda n: sign * metric_value(metric, y, labelled[n]))
     out = {}

@@ -23,7 +23,7 @@ def submission_frame(competition: Competition, predictions: PredictionSet) -> pd
     Predictions that lack some of the sample's ids, or that were made from other test
     images (their recorded `test_key` differs), are a CompError, never a silently
     misaligned file."""
-    name = predictions.info.get("model_id") or predictions.info.get("name") or "predictions"
+    name = predictions.name
     recorded = predictions.info.get("test_key")
     if recorded is not None and recorded != competition.split_key("test"):
         raise CompError(
@@ -71,7 +71,7 @@ def write_submission(folder: Path, experiment: str, competition: Competition,
     if metric not in HIGHER_IS_BETTER:
         raise CompError(f"config: submit.metric={metric!r}; use one of {sorted(HIGHER_IS_BETTER)}")
     info, cv = predictions.info, predictions.info["cv"]
-    name = info.get("model_id") or info.get("name")
+    name = predictions.name
     path = folder / submission_name(experiment, name, metric, cv[metric])
     for stale in folder.glob(f"{experiment}__{name}__cv-*.csv"):
         if stale != path:

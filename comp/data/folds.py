@@ -63,20 +63,13 @@ def hamming_within(a: np.ndarray, b: np.ndarray, max_distance: int,
             for left, right in ((a[0, start:start + chunk], b[view]),
                                 (a[view, start:start + chunk], b[0])):
                 xor = np.bitwise_xor(left[:, None], right[None, :])
-                distance = np.minimum(distance, _popcount(xor))
+                distance = np.minimum(distance, np.bitwise_count(xor).astype(np.int64))
         i, j = np.nonzero(distance <= max_distance)
         rows.append(i + start)
         cols.append(j)
     if not rows:
         return np.zeros(0, int), np.zeros(0, int)
     return np.concatenate(rows), np.concatenate(cols)
-
-
-def _popcount(values: np.ndarray) -> np.ndarray:
-    if hasattr(np, "bitwise_count"):
-        return np.bitwise_count(values).astype(np.int64)
-    as_bytes = values.view(np.uint8).reshape(*values.shape, 8)
-    return np.unpackbits(as_bytes, axis=-1).sum(axis=(-1, -2)).astype(np.int64)
 
 
 def cross_duplicates(pool: np.ndarray, train: np.ndarray,

@@ -26,10 +26,11 @@ def run(cfg: DictConfig):
     folder = Path(cfg.submissions_dir)
     metric = cfg.submit.metric
     predictions = [read_prediction_set(s) for s in sets]
-    labelled = [p for p in predictions if p.info.get("labels", True)]
-    if metric not in ("auc",) and not labelled:
+    labelled = [p for p in predictions if p.gives_labels]
+    if not labelled:
         raise CompError(f"{run.root}: no entry gives labels; add a model or another method")
-    rows = [write_submission(folder, cfg.name, competition, p, metric) for p in predictions]
+    # rank averages are not probabilities: never turned into a submission (AUC in cv.json)
+    rows = [write_submission(folder, cfg.name, competition, p, metric) for p in labelled]
     uncertainty = leaderboard_uncertainty(predictions, metric)
     for row in rows:
         row.update(uncertainty.get(row["name"], {}))
