@@ -77,14 +77,16 @@ def table(run: Path, truth: Path | None) -> pd.DataFrame:
     folds = found[0]["oof"]["fold"].to_numpy()
     selection = json.loads((run / "selection.json").read_text())
     extra = {"selected pipeline (nested)": _selected_oof(selection, probs, folds)}
-    # the same chain without the levers, on the same folds: round-0 models only
-    round0 = {e["name"]: probs[e["name"]] for e in singles if e["info"].get("round", 0) == 0}
-    extra["round 0: mean of its models"] = np.mean(list(round0.values()), axis=0)
+    # the same choice without the levers, on the same folds and by comp's own rule:
+    # among round-0 entries only, and among round-0 single models only
     metric = selection["metric"]
+    round0 = {e["name"]: probs[e["name"]] for e in found
+              if e["info"].get("labels", True) and e["info"].get("round", 0) == 0}
+    round0_singles = {e["name"]: probs[e["name"]] for e in singles
+                      if e["info"].get("round", 0) == 0}
+    extra["round 0: selected (nested)"] = nested_selection(round0, y, folds, metric)[0]
     extra["round 0: selected among single models (nested)"] = nested_selection(
-        round0, y, folds, metric)[0]
-    extra["round 0: selected (nested)"] = nested_selection(
-        {**round0, "mean": extra["round 0: mean of its models"]}, y, folds, metric)[0]
+        round0_singles, y, folds, metric)[0]
     for e in [*found, *({"name": name, "info": {"kind": "selection", "round": ""},
                          "seconds": np.nan, "test": None} for name in extra)]:
         p = extra[e["name"]] if e["info"]["kind"] == "selection" else probs[e["name"]]
@@ -112,11 +114,12 @@ def table(run: Path, truth: Path | None) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     levers = []
     pairs = {
-        "pseudo-labels (selected, all rounds - round 0 only)":
-            ("selected pipeline (nested)", "round 0: selected (nested)"),
-        "ensembling (round 0 selected, with its mean - singles only)":
+        "ensembling (round 0 selected, with its ensembles - singles only)":
             ("round 0: selected (nested)", "round 0: selected among single models (nested)"),
     }
+    if any(e["info"].get("round", 0) for e in found):
+        pairs["pseudo-labels (selected, all rounds - round 0 only)"] = (
+            "selected pipeline (nested)", "round 0: selected (nested)")
     for lever, (a, b) in pairs.items():
         for m in ("accuracy", "macro_f1"):
             diff, se = paired_difference(m, y, extra[a], extra[b])

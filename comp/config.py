@@ -132,7 +132,11 @@ class ClassicConfig:
     image_size: int | None = None  # backbone input size for embeddings; None: automatic
     pixels_size: int = 32  # side of the downsampled image for `pixels`
     views: str = "dihedral"  # training views and TTA: none | flips | dihedral
-    inner_folds: int = 3  # inner group K-fold choosing the head's regularisation
+    inner_folds: int = 3  # inner group K-fold choosing the views (and for best, the C etc.)
+    # average: the head is fitted at every value of its regularisation grid and the fits'
+    # probabilities averaged (on ~100-image folds the inner CV cannot tell the values
+    # apart, and one pick is a coin flip); best: the one value the inner CV scores best
+    regularisation: str = "average"
 
 
 @dataclass
@@ -188,8 +192,11 @@ class EnsembleConfig:
     """Which ensembles stage=ensemble builds, from which finished models."""
 
     # mean, geometric, weighted (scipy), optuna (TPE weights), greedy (Caruana), stacked
-    # (logistic regression), rank (AUC only: never turned into labels)
-    methods: list[str] = field(default_factory=lambda: ["mean", "greedy"])
+    # (logistic regression), rank (AUC only: never turned into labels). Mean alone by
+    # default: greedy and stacked did not beat it or the best single model on the
+    # benchmarks, and a learned ensemble that ties its best member only adds selection
+    # noise (bench/README.md)
+    methods: list[str] = field(default_factory=lambda: ["mean"])
     members: list[str] = field(default_factory=list)  # model ids or backbones; empty: all
     optuna_trials: int = 150  # trials of each ensemble-weight study (method optuna)
 

@@ -274,6 +274,7 @@ CONSTRAINTS: dict[str, Constraint] = {
     "classic.pixels_size": Int(4, 512),
     "classic.views": Options("none", "flips", "dihedral"),
     "classic.inner_folds": Int(2),
+    "classic.regularisation": Options("average", "best"),
     "augment.random_views": Int(0),
     "augment.rotation": FRACTION,
     "augment.zoom": Interval(0, 1, closed="left"),

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.model_selection import ParameterGrid
 
 from comp.config import load_config
 from comp.data.views import dihedral_view
@@ -73,17 +74,25 @@ def _blobs(n=60, views=2, dim=5, seed=0):
     return features.astype(np.float32), labels
 
 
+@pytest.mark.parametrize("regularisation", ["average", "best"])
 @pytest.mark.parametrize("head", sorted(HEADS))
-def test_every_head_fits_views_and_learns(head):
+def test_every_head_fits_views_and_learns(head, regularisation):
     features, labels = _blobs()
-    spec = SimpleNamespace(head=head, inner_folds=3, seed=0)
+    spec = SimpleNamespace(head=head, inner_folds=3, seed=0, regularisation=regularisation)
     estimator, chosen, loss = fit_classic(spec, features, labels, np.arange(60), 3)
     probs = estimator.predict_proba(features[0])
     assert probs.shape == (60, 3) and np.allclose(probs.sum(1), 1)
     assert (probs.argmax(1) == labels).mean() > 0.8
-    if HEADS[head].grid:
-        key = next(iter(HEADS[head].grid))
-        assert chosen[key] in HEADS[head].grid[key] and loss is not None
+    grid = list(ParameterGrid(HEADS[head].grid))
+    if regularisation == "average":  # one fit per grid value, probabilities averaged
+        assert chosen["params"] == grid
+        members = getattr(estimator, "members", [estimator])
+        assert len(members) == len(grid)
+        assert np.allclose(probs, np.mean([m.predict_proba(features[0]) for m in members], 0))
+    else:
+        assert len(chosen["params"]) == 1 and chosen["params"][0] in grid
+        assert not hasattr(estimator, "members")
+    assert loss is not None and np.isfinite(loss)
 
 
 @pytest.mark.slow
@@ -116,7 +125,7 @@ def test_views_that_destroy_the_class_are_left_out():
     rng = np.random.default_rng(1)
     # views 1..7 carry another image's class (as a flipped 6 reads as a 9)
     shuffled = [features[0][rng.permutation(60)] for _ in range(7)]
-    spec = SimpleNamespace(head="logreg", inner_folds=3, seed=0)
+    spec = SimpleNamespace(head="logreg", inner_folds=3, seed=0, regularisation="average")
     estimator, chosen, _ = fit_classic(spec, np.stack([features[0], *shuffled]), labels,
                                        np.arange(60), 3)
     assert chosen["views"] == "identity" and estimator.comp_views_ == [0]

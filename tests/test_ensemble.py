@@ -79,7 +79,7 @@ def test_combine_gives_distributions(method):
 def test_stage_ensemble_writes_sets_ranked_beside_single_models(tmp_path, trained):
     overrides = tiny_overrides(tmp_path, trained)  # one small_cnn is trained there
     assert run_comp("stage=train", *overrides, "model.dropout=0.1") == 0
-    assert run_comp("stage=ensemble", *overrides) == 0
+    assert run_comp("stage=ensemble", *overrides, "ensemble.methods=[mean,greedy]") == 0
     assert run_comp("stage=submit", *overrides) == 0
     run = tmp_path / "runs" / "tiny"
     models = sorted(p.name for p in (run / "preds").iterdir())

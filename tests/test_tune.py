@@ -132,7 +132,7 @@ def test_inner_folds_never_touch_the_outer_validation_fold():
 def test_all_runs_every_stage_on_a_tiny_competition(tmp_path, competition):
     overrides = tiny_overrides(tmp_path, competition, **TUNE_FAST, **{
         "tune.n_trials": "2", "pseudo.rounds": "1", "backbones": "[small_cnn,mobilenet_025]",
-        "model.image_size": "32"})
+        "model.image_size": "32", "ensemble.methods": "[mean,greedy]"})
     assert run_comp("stage=all", *overrides) == 0
     board = leaderboard(tmp_path)
     # 2 backbones x (round 0, round 1) + the first one tuned + 2 ensembles (mean, greedy)

@@ -127,6 +127,18 @@ def fit_weight_param(head: Head) -> str | None:
     return None if head.calibrate else head.weight_param
 
 
+class GridAverage:
+    """Fitted heads, one per value of a regularisation grid, predicting the mean of their
+    probabilities (a soft vote over the grid; every member saw the same rows)."""
+
+    def __init__(self, members: list):
+        self.members = members
+        self.classes_ = np.asarray(members[0].classes_)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return np.mean([member.predict_proba(x) for member in self.members], axis=0)
+
+
 def view_average_proba(estimator, features: np.ndarray, n_classes: int,
                        classes_seen: np.ndarray) -> np.ndarray:
     """Mean predict_proba over the views of (V, N, D) `features` that the estimator was

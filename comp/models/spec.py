@@ -151,6 +151,7 @@ class ClassicSpec:
     pseudo: dict | None = None
     seed: int = 0
     fold_params: None = None
+    regularisation: str = "average"  # average | best: over the head's grid (see config)
     kind = "classic"
 
     @property
@@ -175,6 +176,7 @@ class ClassicSpec:
 
     def identity(self) -> dict:
         return {**self.feature_identity(), "head": self.head, "inner_folds": self.inner_folds,
+                "regularisation": self.regularisation,
                 "folds": self.folds_key, "pseudo": self.pseudo, "seed": self.seed,
                 "kind": "classic"}
 
@@ -191,7 +193,8 @@ class ClassicSpec:
         return cls(recorded["source"], recorded["head"], recorded["image_size"],
                    tuple(recorded["depths"]), weights, recorded["views"],
                    recorded["inner_folds"], recorded["folds"], recorded["pseudo"],
-                   recorded["seed"])
+                   recorded["seed"],
+                   regularisation=recorded.get("regularisation", "best"))
 
 
 def make_classic_spec(cfg: DictConfig, entry: str, folds_key: str,
@@ -234,4 +237,4 @@ def make_classic_spec(cfg: DictConfig, entry: str, folds_key: str,
         parts.append(f"{name}@{size}")
     return ClassicSpec("+".join(parts), head, int(parts[0].partition("@")[2]), depths,
                        weights, settings.views, int(settings.inner_folds), folds_key, pseudo,
-                       int(cfg.train.seed))
+                       int(cfg.train.seed), regularisation=settings.regularisation)

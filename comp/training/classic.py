@@ -18,7 +18,13 @@ from threadpoolctl import threadpool_limits
 
 from comp.artifacts import atomic_path
 from comp.data.views import TTA_VIEWS
-from comp.models.classic import fit_weight_param, get_head, head_estimator, view_average_proba
+from comp.models.classic import (
+    GridAverage,
+    fit_weight_param,
+    get_head,
+    head_estimator,
+    view_average_proba,
+)
 from comp.training.embeddings import (
     COLOR,
     PIXELS,
@@ -93,57 +99,79 @@ def fit_classic(spec, features: np.ndarray, labels: np.ndarray, groups: np.ndarr
     """Fit the spec's head on the views of (V, N, D) `features` (view 0: the image as is).
 
     An inner stratified group K-fold (one group per image or near-duplicate group)
-    chooses, together, the grid's parameters and whether the views help at all: all
-    views, or view 0 alone (flips and rotations hurt where orientation carries the class,
-    as for digits). It scores each choice on the average over its views, which is V times
-    cheaper and shows each image once. The chosen head is then fitted on every chosen
-    view; `estimator.comp_views_` records them (predictions average over them).
+    chooses whether the views help at all: all views, or view 0 alone (flips and
+    rotations hurt where orientation carries the class, as for digits). With
+    `spec.regularisation == "average"` the head is fitted at every value of its grid and
+    the fits' probabilities averaged, and each view choice is scored by that average;
+    with "best" the inner CV also picks one grid value. Choices are scored by log loss on
+    the average over their views (V times cheaper; each image counts once). The chosen
+    heads are then fitted on every chosen view; `estimator.comp_views_` records them.
     Returns (estimator, chosen settings, inner log loss)."""
     from sklearn.model_selection import ParameterGrid, StratifiedGroupKFold
 
     head = get_head(spec.head)
     views, n, dims = features.shape
     weights = np.ones(n) if weights is None else weights
+    grid = list(ParameterGrid(head.grid or {}))
+    average = spec.regularisation == "average"
     candidates = {"all": list(range(views))} | ({"identity": [0]} if views > 1 else {})
-    chosen, inner_loss, kept = {}, None, candidates["all"]
+    view_choice, picked, inner_loss = "all", (grid if average else [{}]), None
     counts = np.bincount(labels)
     inner = min(spec.inner_folds, int(counts[counts > 0].min()))
-    if (head.grid or len(candidates) > 1) and inner >= 2:
+    if (len(grid) > 1 or len(candidates) > 1) and inner >= 2:
         splits = list(StratifiedGroupKFold(inner, shuffle=True, random_state=spec.seed)
                       .split(np.zeros(n), labels, groups))
-        results = []
-        for name, subset in candidates.items():
-            mean = features[subset].mean(axis=0)
-            for params in ParameterGrid(head.grid or {}):
-                losses = []
-                for fit_rows, held in splits:
-                    est = head_estimator(head, params, len(fit_rows), dims,
-                                         _calibration_folds(labels[fit_rows]))
-                    try:
-                        est.fit(mean[fit_rows], labels[fit_rows],
-                                **_weights(head, weights[fit_rows]))
-                    except ValueError:  # too few images of a class in this inner split
-                        losses.append(np.inf)
-                        continue
-                    probs = view_average_proba(est, mean[None, held], n_classes,
-                                               np.asarray(est.classes_))
-                    losses.append(-np.mean(np.log(np.clip(
-                        probs[np.arange(len(held)), labels[held]], 1e-7, 1))))
-                results.append((float(np.mean(losses)), name, params))
-        inner_loss, view_choice, chosen = min(results, key=lambda item: item[0])
-        kept = candidates[view_choice]
-        chosen = {**chosen, "views": view_choice}
+        probs = {(name, i): _inner_probs(head, params, features[subset].mean(axis=0),
+                                         labels, weights, splits, n_classes)
+                 for name, subset in candidates.items() for i, params in enumerate(grid)}
+        options = [(name, list(range(len(grid))) if average else [i])
+                   for name in candidates for i in ([0] if average else range(len(grid)))]
+        scored = [(_log_loss([probs[name, i] for i in members], labels), name, members)
+                  for name, members in options]
+        inner_loss, view_choice, members = min(scored, key=lambda item: item[0])
+        picked = [grid[i] for i in members]
+    kept = candidates[view_choice]
     x = features[kept].reshape(len(kept) * n, dims)
     y, g = np.tile(labels, len(kept)), np.tile(groups, len(kept))
     calibration = 3
     if head.calibrate:  # group-aware splits: an image's views never straddle them
         calibration = list(StratifiedGroupKFold(
             _calibration_folds(labels), shuffle=True, random_state=spec.seed).split(x, y, g))
-    params = {k: v for k, v in chosen.items() if k != "views"}
-    estimator = head_estimator(head, params, len(x), dims, calibration)
-    estimator.fit(x, y, **_weights(head, np.tile(weights, len(kept))))
+    fitted = []
+    for params in picked:
+        estimator = head_estimator(head, params, len(x), dims, calibration)
+        estimator.fit(x, y, **_weights(head, np.tile(weights, len(kept))))
+        fitted.append(estimator)
+    estimator = fitted[0] if len(fitted) == 1 else GridAverage(fitted)
     estimator.comp_views_ = kept
+    chosen = {"views": view_choice, "regularisation": spec.regularisation,
+              "params": picked}
     return estimator, chosen, inner_loss
+
+
+def _inner_probs(head, params: dict, features: np.ndarray, labels: np.ndarray,
+                 weights: np.ndarray, splits: list, n_classes: int) -> np.ndarray | None:
+    """(N, n_classes) inner out-of-fold probabilities of `head` with `params` on (N, D)
+    `features`, or None where a fit fails (too few images of a class in a split)."""
+    out = np.zeros((len(labels), n_classes))
+    for fit_rows, held in splits:
+        est = head_estimator(head, params, len(fit_rows), features.shape[1],
+                             _calibration_folds(labels[fit_rows]))
+        try:
+            est.fit(features[fit_rows], labels[fit_rows], **_weights(head, weights[fit_rows]))
+        except ValueError:
+            return None
+        out[held] = view_average_proba(est, features[None, held], n_classes,
+                                       np.asarray(est.classes_))
+    return out
+
+
+def _log_loss(probs: list, labels: np.ndarray) -> float:
+    """Log loss of the mean of `probs` (inf when any is missing)."""
+    if any(p is None for p in probs):
+        return float("inf")
+    mean = np.mean(probs, axis=0)
+    return float(-np.mean(np.log(np.clip(mean[np.arange(len(labels)), labels], 1e-7, 1))))
 
 
 def _calibration_folds(labels: np.ndarray) -> int:
