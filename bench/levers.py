@@ -144,8 +144,10 @@ def main() -> None:
     parser.add_argument("--tuned", type=int, default=0, metavar="TRIALS",
                         help="also tune the first backbone with this many trials per fold")
     parser.add_argument("--truth", type=Path, default=None)
-    parser.add_argument("extra", nargs="*")
-    args = parser.parse_args()
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    args.extra = extra
     name = args.name or args.data_dir.name
     base = ["data=folder", f"data.dir={args.data_dir}", f"name={name}",
             f"runs_dir={args.runs_dir}", f"submissions_dir={args.runs_dir}/../submissions",

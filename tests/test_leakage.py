@@ -48,7 +48,8 @@ def test_no_fold_trains_on_its_validation_rows(tmp_path, monkeypatch):
     calls = _record_fits(monkeypatch)
     overrides = tiny_overrides(tmp_path, data, **{
         "pseudo.rounds": "1", "pseudo.fraction": "1.0", "pseudo.min_confidence": "0",
-        "classic.models": "[pixels+logreg]", "classic.pixels_size": "16"})
+        "classic.models": "[pixels+logreg]", "classic.pixels_size": "16",
+        "train.epoch_choice": "inner"})  # the path with epoch-choosing rows (default: last)
     assert main(["stage=all", *overrides]) == 0
     run = tmp_path / "runs" / "tiny"
     folds = pd.read_csv(run / "folds.csv", dtype={"id": str})

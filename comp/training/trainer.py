@@ -107,10 +107,10 @@ def fold_data(featured: FeaturedModel, spec: ModelSpec, labels: np.ndarray,
               pseudo: PseudoRows | None = None, groups: np.ndarray | None = None) -> FoldData:
     """Training rows `rows` (+ pseudo rows) and validation rows `val` of the train split.
 
-    `train.epoch_choice` says which rows choose the epoch: `inner` (default) an inner
-    stratified group holdout of `rows` (`train.stop_fraction` of them, which then do not
-    train), `outer` the validation rows themselves (optimistic: the scored fold picks its
-    own epoch), `last` none (the last epoch is kept).
+    `train.epoch_choice` says which rows choose the epoch: `last` (default) none (the
+    last epoch is kept), `inner` an inner stratified group holdout of `rows`
+    (`train.stop_fraction` of them, which then do not train), `outer` the validation rows
+    themselves (optimistic: the scored fold picks its own epoch).
     """
     plan, train = featured.plan, spec.train
     choice = train.get("epoch_choice", "outer")

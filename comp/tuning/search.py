@@ -93,9 +93,11 @@ def tune_backbone(cfg: DictConfig, prepared: Prepared, backbone_name: str) -> di
         featured = featured_models[key]
         metric = cfg.tune.metric
         values = []
-        # inner stratified group K-fold of the outer fold's training rows: each inner
-        # fit picks its epoch on its own inner validation rows, which it is scored on
-        spec = with_params(spec, {"train.epoch_choice": "outer"})
+        # inner stratified group K-fold of the outer fold's training rows, each inner fit
+        # scored on its held rows: at the last epoch when the folds train that way (the
+        # same rule as the final fit), else at the best epoch on those rows
+        if spec.train.get("epoch_choice") != "last":
+            spec = with_params(spec, {"train.epoch_choice": "outer"})
         for step, (fit_rows, held) in enumerate(splits):
             data = fold_data(featured, spec, labels, fit_rows, held, len(classes))
             model = featured.new_head(spec, len(classes), spec.train["seed"] + fold)
