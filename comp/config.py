@@ -139,6 +139,9 @@ class ClassicConfig:
     # probabilities averaged (on ~100-image folds the inner CV cannot tell the values
     # apart, and one pick is a coin flip); best: the one value the inner CV scores best
     regularisation: str = "average"
+    # the inner CV also chooses the backbone's pooled depths: all of them, or one alone
+    # (beside pixels/colour parts). Off by default: no gain measured (bench/README.md)
+    depth_choice: bool = False
 
 
 @dataclass

@@ -13,10 +13,11 @@ from sklearn.model_selection import ParameterGrid
 from comp.config import load_config
 from comp.data.views import dihedral_view
 from comp.errors import CompError
-from comp.models.classic import HEADS
+from comp.models.classic import HEADS, view_average_proba
+from comp.models.registry import get_backbone
 from comp.models.spec import auto_size, make_classic_spec
-from comp.training.classic import fit_classic
-from comp.training.embeddings import color_encoder, pixel_encoder
+from comp.training.classic import depth_column_sets, fit_classic
+from comp.training.embeddings import color_encoder, depth_widths, pixel_encoder
 from tests.helpers import run_comp, tiny_overrides
 
 
@@ -132,3 +133,31 @@ def test_views_that_destroy_the_class_are_left_out():
     kept, chosen_all, _ = fit_classic(spec, np.repeat(features, 8, axis=0), labels,
                                       np.arange(60), 3)
     assert chosen_all["views"] in ("all", "identity")
+
+
+def test_the_inner_cv_can_choose_the_informative_depth():
+    features, labels = _blobs()  # (2, 60, 5): every column informative
+    rng = np.random.default_rng(2)
+    noise = rng.normal(size=(2, 60, 24)).astype(np.float32)
+    joined = np.concatenate([noise, features], axis=-1)
+    sets = {"all depths": np.arange(29), "noise": np.arange(24), "signal": np.arange(24, 29)}
+    spec = SimpleNamespace(head="logreg", inner_folds=3, seed=0, regularisation="average")
+    estimator, chosen, _ = fit_classic(spec, joined, labels, np.arange(60), 3,
+                                       column_sets=sets)
+    assert chosen["depths"] in ("signal", "all depths")
+    probs = view_average_proba(estimator, joined, 3, np.asarray(estimator.classes_))
+    assert (probs.argmax(1) == labels).mean() > 0.8
+    if chosen["depths"] == "signal":
+        assert list(estimator.comp_columns_) == list(range(24, 29))
+
+
+def test_depth_column_sets_split_the_backbone_part_by_depth():
+    spec = SimpleNamespace(parts=[("color", 64), ("small_cnn", 32)],
+                           depths=("block2", "block3", "top"))
+    widths = depth_widths(get_backbone("small_cnn"), 32, list(spec.depths))
+    sets = depth_column_sets(spec, [160, sum(widths)])
+    assert list(sets) == ["all depths", "block2", "block3", "top"]
+    assert len(sets["all depths"]) == 160 + sum(widths)
+    for depth, width in zip(spec.depths, widths, strict=True):
+        assert len(sets[depth]) == 160 + width  # the colour part stays beside each depth
+        assert set(range(160)) <= set(sets[depth])

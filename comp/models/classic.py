@@ -142,12 +142,14 @@ class GridAverage:
 def view_average_proba(estimator, features: np.ndarray, n_classes: int,
                        classes_seen: np.ndarray) -> np.ndarray:
     """Mean predict_proba over the views of (V, N, D) `features` that the estimator was
-    trained on (`comp_views_`, default all), as (N, n_classes): classes the estimator
-    never saw get probability 0."""
+    trained on (`comp_views_`, default all) and on its columns (`comp_columns_`, default
+    all), as (N, n_classes): classes the estimator never saw get probability 0."""
     out = np.zeros((features.shape[1], n_classes))
     if features.shape[1] == 0:
         return out
     views = getattr(estimator, "comp_views_", range(len(features)))
+    columns = getattr(estimator, "comp_columns_", None)
     for view in views:
-        out[:, classes_seen] += estimator.predict_proba(features[view])
+        chosen = features[view] if columns is None else features[view][:, columns]
+        out[:, classes_seen] += estimator.predict_proba(chosen)
     return out / len(views)

@@ -152,6 +152,7 @@ class ClassicSpec:
     seed: int = 0
     fold_params: None = None
     regularisation: str = "average"  # average | best: over the head's grid (see config)
+    depth_choice: bool = False  # the inner CV also chooses the pooled depths
     kind = "classic"
 
     @property
@@ -177,6 +178,7 @@ class ClassicSpec:
     def identity(self) -> dict:
         return {**self.feature_identity(), "head": self.head, "inner_folds": self.inner_folds,
                 "regularisation": self.regularisation,
+                **({"depth_choice": True} if self.depth_choice else {}),
                 "folds": self.folds_key, "pseudo": self.pseudo, "seed": self.seed,
                 "kind": "classic"}
 
@@ -194,7 +196,8 @@ class ClassicSpec:
                    tuple(recorded["depths"]), weights, recorded["views"],
                    recorded["inner_folds"], recorded["folds"], recorded["pseudo"],
                    recorded["seed"],
-                   regularisation=recorded.get("regularisation", "best"))
+                   regularisation=recorded.get("regularisation", "best"),
+                   depth_choice=recorded.get("depth_choice", False))
 
 
 def make_classic_spec(cfg: DictConfig, entry: str, folds_key: str,
@@ -237,4 +240,5 @@ def make_classic_spec(cfg: DictConfig, entry: str, folds_key: str,
         parts.append(f"{name}@{size}")
     return ClassicSpec("+".join(parts), head, int(parts[0].partition("@")[2]), depths,
                        weights, settings.views, int(settings.inner_folds), folds_key, pseudo,
-                       int(cfg.train.seed), regularisation=settings.regularisation)
+                       int(cfg.train.seed), regularisation=settings.regularisation,
+                       depth_choice=bool(settings.depth_choice))

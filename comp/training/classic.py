@@ -31,6 +31,7 @@ from comp.training.embeddings import (
     backbone_encoder,
     cached_embeddings,
     color_encoder,
+    depth_widths,
     embed,
     pixel_encoder,
     pooled_model,
@@ -47,6 +48,7 @@ class ClassicFeatures:
         self.views = TTA_VIEWS[spec.views]
         cache = prepared.run.root / "cache" / "embeddings"
         self.features = {}
+        widths = []
         for split in SPLITS:
             parts = []
             for name, size in spec.parts:
@@ -56,7 +58,31 @@ class ClassicFeatures:
                        "data": prepared.split_key(split), "comp_embeddings": 2}
                 parts.append(cached_embeddings(cache, key, split, images, self.views,
                                                partial(part_encoder, spec, name, size)))
+            widths = widths or [part.shape[-1] for part in parts]
             self.features[split] = np.concatenate(parts, axis=-1)
+        self.column_sets = (depth_column_sets(spec, widths)
+                            if getattr(spec, "depth_choice", False) else {})
+
+
+def depth_column_sets(spec, widths: list[int]) -> dict[str, np.ndarray]:
+    """Column subsets of the concatenated embeddings the inner CV may choose from: all of
+    them, and for each pooled depth of the backbone part, that depth alone beside the
+    other parts (pixels, colour); {} where there is nothing to choose."""
+    from comp.models.registry import get_backbone
+
+    starts = np.concatenate([[0], np.cumsum(widths)])
+    sets = {"all depths": np.arange(starts[-1])}
+    for index, (name, size) in enumerate(spec.parts):
+        if name in (PIXELS, COLOR) or len(spec.depths) < 2:
+            continue
+        others = np.concatenate([np.arange(starts[i], starts[i + 1])
+                                 for i in range(len(widths)) if i != index] or [[]])
+        depth_starts = starts[index] + np.concatenate(
+            [[0], np.cumsum(depth_widths(get_backbone(name), size, list(spec.depths)))])
+        for depth, lo, hi in zip(spec.depths, depth_starts[:-1], depth_starts[1:],
+                                 strict=True):
+            sets[depth] = np.sort(np.concatenate([others, np.arange(lo, hi)])).astype(int)
+    return sets if len(sets) > 1 else {}
 
 
 def part_identity(spec, name: str) -> dict:
@@ -95,7 +121,8 @@ def embed_images(spec, paths: list[str], decoding) -> np.ndarray:
 
 
 def fit_classic(spec, features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
-                n_classes: int, weights: np.ndarray | None = None):
+                n_classes: int, weights: np.ndarray | None = None,
+                column_sets: dict[str, np.ndarray] | None = None):
     """Fit the spec's head on the views of (V, N, D) `features` (view 0: the image as is).
 
     An inner stratified group K-fold (one group per image or near-duplicate group)
@@ -103,9 +130,11 @@ def fit_classic(spec, features: np.ndarray, labels: np.ndarray, groups: np.ndarr
     rotations hurt where orientation carries the class, as for digits). With
     `spec.regularisation == "average"` the head is fitted at every value of its grid and
     the fits' probabilities averaged, and each view choice is scored by that average;
-    with "best" the inner CV also picks one grid value. Choices are scored by log loss on
-    the average over their views (V times cheaper; each image counts once). The chosen
-    heads are then fitted on every chosen view; `estimator.comp_views_` records them.
+    with "best" the inner CV also picks one grid value. With `column_sets` (name ->
+    feature columns, e.g. one pooled depth of the backbone) it also picks the columns.
+    Choices are scored by log loss on the average over their views (V times cheaper;
+    each image counts once). The chosen heads are then fitted on every chosen view;
+    `estimator.comp_views_` records them, `comp_columns_` the columns (None: all).
     Returns (estimator, chosen settings, inner log loss)."""
     from sklearn.model_selection import ParameterGrid, StratifiedGroupKFold
 
@@ -115,23 +144,32 @@ def fit_classic(spec, features: np.ndarray, labels: np.ndarray, groups: np.ndarr
     grid = list(ParameterGrid(head.grid or {}))
     average = spec.regularisation == "average"
     candidates = {"all": list(range(views))} | ({"identity": [0]} if views > 1 else {})
-    view_choice, picked, inner_loss = "all", (grid if average else [{}]), None
+    columns = dict(column_sets or {}) or {"all depths": None}
+    view_choice, column_choice = "all", next(iter(columns))
+    picked, inner_loss = (grid if average else [{}]), None
     counts = np.bincount(labels)
     inner = min(spec.inner_folds, int(counts[counts > 0].min()))
-    if (len(grid) > 1 or len(candidates) > 1) and inner >= 2:
+    if (len(grid) > 1 or len(candidates) > 1 or len(columns) > 1) and inner >= 2:
         splits = list(StratifiedGroupKFold(inner, shuffle=True, random_state=spec.seed)
                       .split(np.zeros(n), labels, groups))
-        probs = {(name, i): _inner_probs(head, params, features[subset].mean(axis=0),
-                                         labels, weights, splits, n_classes)
-                 for name, subset in candidates.items() for i, params in enumerate(grid)}
-        options = [(name, list(range(len(grid))) if average else [i])
-                   for name in candidates for i in ([0] if average else range(len(grid)))]
-        scored = [(_log_loss([probs[name, i] for i in members], labels), name, members)
-                  for name, members in options]
-        inner_loss, view_choice, members = min(scored, key=lambda item: item[0])
-        picked = [grid[i] for i in members]
-    kept = candidates[view_choice]
-    x = features[kept].reshape(len(kept) * n, dims)
+        probs = {}
+        for name, subset in candidates.items():
+            mean = features[subset].mean(axis=0)
+            for column_name, cols in columns.items():
+                chosen_columns = mean if cols is None else mean[:, cols]
+                for i, params in enumerate(grid):
+                    probs[name, column_name, i] = _inner_probs(
+                        head, params, chosen_columns, labels, weights, splits, n_classes)
+        members = [list(range(len(grid)))] if average else [[i] for i in range(len(grid))]
+        scored = [(_log_loss([probs[name, column_name, i] for i in group], labels),
+                   name, column_name, group)
+                  for name in candidates for column_name in columns for group in members]
+        inner_loss, view_choice, column_choice, group = min(scored, key=lambda item: item[0])
+        picked = [grid[i] for i in group]
+    kept, cols = candidates[view_choice], columns[column_choice]
+    chosen_features = features if cols is None else features[..., cols]
+    dims = chosen_features.shape[-1]
+    x = chosen_features[kept].reshape(len(kept) * n, dims)
     y, g = np.tile(labels, len(kept)), np.tile(groups, len(kept))
     calibration = 3
     if head.calibrate:  # group-aware splits: an image's views never straddle them
@@ -144,8 +182,9 @@ def fit_classic(spec, features: np.ndarray, labels: np.ndarray, groups: np.ndarr
         fitted.append(estimator)
     estimator = fitted[0] if len(fitted) == 1 else GridAverage(fitted)
     estimator.comp_views_ = kept
+    estimator.comp_columns_ = cols
     chosen = {"views": view_choice, "regularisation": spec.regularisation,
-              "params": picked}
+              "params": picked, **({"depths": column_choice} if column_sets else {})}
     return estimator, chosen, inner_loss
 
 
@@ -207,7 +246,8 @@ def train_classic_fold(featured: ClassicFeatures, spec, prepared, fold: int, pse
     # one BLAS thread: OpenBLAS threads spin-wait against TensorFlow's and each other's on
     # a small machine (a PCA ran 6x slower with 2 threads than with 1 here)
     with threadpool_limits(1):
-        estimator, chosen, inner_score = fit_classic(spec, x, y, g, len(classes), w)
+        estimator, chosen, inner_score = fit_classic(spec, x, y, g, len(classes), w,
+                                                     featured.column_sets)
     seen = np.asarray(estimator.classes_)
     val_probs = view_average_proba(estimator, train[:, val], len(classes), seen)
     split_probs = {s: view_average_proba(estimator, featured.features[s], len(classes), seen)

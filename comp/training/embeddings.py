@@ -36,23 +36,31 @@ def depth_names(backbone, depths: list[str]) -> list[str]:
     return chosen
 
 
+def _depth_tensor(base, backbone, depth: str):
+    """The Keras tensor of `base` at a named depth (`top`: the base's output)."""
+    if depth == "top":
+        return base.output
+    point = backbone.unfreeze_points[depth]
+    if point.startswith("after:"):
+        return base.get_layer(point[len("after:"):]).output
+    return base.get_layer(point).input
+
+
 def pooled_model(base, backbone, depths: list[str]):
     """A Keras model: image -> the concatenated global averages at `depths`."""
     import keras
 
-    outputs = []
-    for depth in depths:
-        if depth == "top":
-            tensor = base.output
-        else:
-            point = backbone.unfreeze_points[depth]
-            if point.startswith("after:"):
-                tensor = base.get_layer(point[len("after:"):]).output
-            else:
-                tensor = base.get_layer(point).input
-        outputs.append(keras.layers.GlobalAveragePooling2D()(tensor))
+    outputs = [keras.layers.GlobalAveragePooling2D()(_depth_tensor(base, backbone, depth))
+               for depth in depths]
     merged = outputs[0] if len(outputs) == 1 else keras.layers.Concatenate()(outputs)
     return keras.Model(base.input, merged)
+
+
+def depth_widths(backbone, size: int, depths: list[str]) -> list[int]:
+    """The number of pooled features each depth contributes (channels at that depth),
+    read from the architecture alone (no weights are loaded)."""
+    base = backbone.constructor(input_shape=(size, size, 3), weights=None)
+    return [int(_depth_tensor(base, backbone, depth).shape[-1]) for depth in depths]
 
 
 def embed(images: np.ndarray, views: tuple[int, ...], encode, batch_size: int = 64,
