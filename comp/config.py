@@ -58,6 +58,9 @@ class DataConfig:
     dir: str = "${comp_demo:}/wbc"
     folds: int = 5
     fold_seed: int = 0
+    # repeated stratified group K-fold: repeat r splits with fold_seed + r; every model
+    # trains folds x repeats units and its OOF prediction is the mean over the repeats
+    repeats: int = 1
     dedup: bool = True  # group near-duplicates (also flipped/rotated) into one fold
     dedup_max_distance: int = 6  # max Hamming distance of 64-bit perceptual hashes
     max_image_pixels: int = 40_000_000  # larger images are refused (decompression bombs)
@@ -230,7 +233,7 @@ class OnlyConfig:
     """Restrict stage=train to one unit, for job arrays (see stage=plan)."""
 
     model: str | None = None  # a model id or a backbone entry of backbones
-    fold: int | None = None
+    fold: int | None = None  # a unit: fold k of repeat r is r * data.folds + k
 
 
 @dataclass

@@ -219,9 +219,12 @@ def model_card(run: RunDir, model_id: str, info: dict, size: int, views, out: Pa
         f"`{_sha256(run.fold_dir(model_id, k) / 'model.weights.h5')[:16]}` |"
         for k in folds)
     classes = info["classes"]
+    repeats = int(info.get("repeats", 1))
+    scheme = f"{len(folds) // repeats}-fold CV" + (
+        f" repeated {repeats} times" if repeats > 1 else "")
     return f"""# {model_id}
 
-A {spec['backbone']} fine-tuned by comp {__version__} with {len(folds)}-fold CV, exported
+A {spec['backbone']} fine-tuned by comp {__version__} with {scheme}, exported
 as one Keras model that averages the {len(folds)} fold models{
     f" over {len(views)} TTA views (dihedral ids {list(views)})" if len(views) > 1 else ""}.
 

@@ -1,9 +1,10 @@
-"""Pseudo-label files of a round, per fold, from the previous round's models of that fold.
+"""Pseudo-label files of a round, per unit, from the previous round's models of that unit.
 
-The votes of fold k's round r-1 models (which never saw fold k's validation images) on
-the pool splits are selected by the rules of comp.pseudo and written to
-pseudo/round<r>/fold<k>.csv with a summary.json; pool images that are near-duplicates of
-fold k's validation images are left out of fold k's file.
+A unit is a fold of one repeat (unit u = repeat * K + fold; the folds with
+data.repeats=1). The votes of unit u's round r-1 models (which never saw unit u's
+validation images) on the pool splits are selected by the rules of comp.pseudo and
+written to pseudo/round<r>/fold<u>.csv with a summary.json; pool images that are
+near-duplicates of unit u's validation images are left out of unit u's file.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ SPLITS = ("unlabeled", "test")
 
 
 def make_pseudo_labels(cfg: DictConfig, prepared: Prepared, round_: int) -> dict:
-    """Vote with fold k's round r-1 models on the pseudo splits; select; write per fold."""
+    """Vote with unit u's round r-1 models on the pseudo splits; select; write per unit."""
     rules = cfg.pseudo
     unknown = sorted(set(rules.splits) - set(SPLITS))
     if unknown:
@@ -37,7 +38,7 @@ def make_pseudo_labels(cfg: DictConfig, prepared: Prepared, round_: int) -> dict
     run, classes = prepared.run, prepared.competition.classes
     voter_ids = [s.model_id for s in voters]
     for model_id in voter_ids:
-        for fold in range(prepared.n_folds):
+        for fold in range(prepared.n_units):
             if not fold_done(run.fold_dir(model_id, fold), split_keys(prepared)):
                 raise CompError(f"{run.fold_dir(model_id, fold)}: not trained; run stage=train "
                                 f"pseudo.round={round_ - 1} first")
@@ -53,10 +54,10 @@ def make_pseudo_labels(cfg: DictConfig, prepared: Prepared, round_: int) -> dict
     truth = _truth(rules.truth)
     per_fold = {}
     twins = pool_twins(cfg, prepared, list(rules.splits))
-    fold_of = prepared.folds["fold"].to_numpy()
-    for fold in range(prepared.n_folds):
+    for fold in range(prepared.n_units):
         ids, splits, votes = _vote(run, voter_ids, fold, list(rules.splits), classes)
-        fold_counts = (prepared.folds["fold"] != fold).groupby(prepared.folds["label"]).sum()
+        held = prepared.unit_val_mask(fold)
+        fold_counts = pd.Series(~held).groupby(prepared.folds["label"].to_numpy()).sum()
         counts_k = fold_counts.reindex(classes).fillna(0).to_numpy(dtype=float)
         if rules.rule == "quota":
             picked = select_by_quota(votes, counts_k / counts_k.sum(), rules.fraction,
@@ -64,12 +65,11 @@ def make_pseudo_labels(cfg: DictConfig, prepared: Prepared, round_: int) -> dict
         else:
             picked = select_pseudo_labels(votes, counts_k, rules.threshold,
                                           rules.top_fraction, rules.class_cap)
-        # a pool image that is a near-duplicate of one of this fold's validation images
-        # would carry its label into training: never used for this fold
+        # a pool image that is a near-duplicate of one of this unit's validation images
+        # would carry its label into training: never used for this unit
         keys = [f"{s}/{i}" for s, i in zip(splits, ids, strict=True)]
         picked = np.array([p for p in picked
-                           if not any(fold_of[t] == fold for t in twins.get(keys[p], ()))],
-                          dtype=int)
+                           if not any(held[t] for t in twins.get(keys[p], ()))], dtype=int)
         table = pseudo_table(ids, splits, votes, classes, picked, rules.soft,
                              rules.temperature, voter_ids)
         write_csv(run.pseudo_csv(round_, fold), table)
@@ -80,7 +80,7 @@ def make_pseudo_labels(cfg: DictConfig, prepared: Prepared, round_: int) -> dict
     chosen = pd.DataFrame({k: v["per_class"] for k, v in per_fold.items()}).mean(axis=1)
     scored = [v["accuracy_vs_truth"] for v in per_fold.values() if "accuracy_vs_truth" in v]
     get_logger().info(
-        "pseudo: round %d, %d voter model(s); mean chosen per fold: %s; mean confidence %.3f%s",
+        "pseudo: round %d, %d voter model(s); mean chosen per unit: %s; mean confidence %.3f%s",
         round_, len(voter_ids), ", ".join(f"{c} {n:.1f}" for c, n in chosen.items()),
         float(np.mean([v["mean_confidence"] for v in per_fold.values()])),
         f"; accuracy vs truth {np.nanmean(scored):.3f}" if scored else "",
@@ -89,7 +89,7 @@ def make_pseudo_labels(cfg: DictConfig, prepared: Prepared, round_: int) -> dict
 
 
 def _vote(run, voter_ids, fold, splits, classes):
-    """Mean probabilities of the voters' fold-`fold` models on the pseudo splits."""
+    """Mean probabilities of the voters' unit-`fold` models on the pseudo splits."""
     columns = [f"p_{c}" for c in classes]
     ids, names, total = [], [], None
     for model_id in voter_ids:

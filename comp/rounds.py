@@ -1,8 +1,9 @@
 """What a training round trains: the model specs of a pseudo-label round, their
-pseudo-labelled rows, and training them fold by fold (resumable).
+pseudo-labelled rows, and training them unit by unit (resumable).
 
-Round r >= 1: each fold k adds the pseudo-labelled images of pseudo/round<r>/fold<k>.csv
-(written by comp.pseudo_files) to its training rows.
+Round r >= 1: each unit u (fold of a repeat; the folds with data.repeats=1) adds the
+pseudo-labelled images of pseudo/round<r>/fold<u>.csv (written by comp.pseudo_files) to
+its training rows.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def specs_for_round(cfg: DictConfig, prepared: Prepared, round_: int) -> list[Mo
 
 def pseudo_identity(cfg: DictConfig, prepared: Prepared, round_: int) -> dict:
     """What a round's pseudo-labels add to a model id: the files' content and weight."""
-    paths = [prepared.run.pseudo_csv(round_, k) for k in range(prepared.n_folds)]
+    paths = [prepared.run.pseudo_csv(round_, k) for k in range(prepared.n_units)]
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise CompError(f"{missing[0]}: no pseudo-labels for round {round_}; run stage=pseudo "
@@ -47,7 +48,7 @@ def pseudo_identity(cfg: DictConfig, prepared: Prepared, round_: int) -> dict:
 
 
 def pseudo_loader(prepared: Prepared, round_: int, weight: float):
-    """fold, featured model -> PseudoRows of that fold's pseudo-label file."""
+    """unit, featured model -> PseudoRows of that unit's pseudo-label file."""
     classes = prepared.competition.classes
     frames = {"test": prepared.competition.test, "unlabeled": prepared.competition.unlabeled}
 
@@ -80,10 +81,12 @@ def train_round(cfg: DictConfig, prepared: Prepared, round_: int,
                             "pip install tensorboard (or comp[tensorboard])") from None
     specs = only_specs(cfg, specs_for_round(cfg, prepared, round_))
     folds = None
-    if cfg.only.fold is not None:
-        if not 0 <= cfg.only.fold < prepared.n_folds:
+    if cfg.only.fold is not None:  # a unit: fold k of repeat r is r * data.folds + k
+        if not 0 <= cfg.only.fold < prepared.n_units:
+            units = (f" (units: {prepared.n_folds} folds x {prepared.n_repeats} repeats)"
+                     if prepared.n_repeats > 1 else "")
             raise CompError(f"config: only.fold={cfg.only.fold} is outside "
-                            f"0..{prepared.n_folds - 1}")
+                            f"0..{prepared.n_units - 1}{units}")
         folds = [cfg.only.fold]
     loader = None if round_ == 0 else pseudo_loader(prepared, round_, cfg.pseudo.weight)
     results = []

@@ -245,6 +245,7 @@ CONSTRAINTS: dict[str, Constraint] = {
     "data.dir": Text(),
     "data.folds": Int(2),
     "data.fold_seed": SEED,
+    "data.repeats": Int(1),
     "data.dedup_max_distance": Int(0, 64),
     "data.max_image_pixels": Int(1, closed="both"),
     "data.intensity_range": LowHigh(),

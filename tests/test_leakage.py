@@ -1,6 +1,6 @@
-"""Tests with teeth at the call sites: no fold's validation images reach its training
-(fine-tuning, classic heads, tuning trials, pseudo-label rounds), ensembles report the
-nested figure, near-duplicates stay in one fold."""
+"""Tests with teeth at the call sites: no unit's (fold's, of each repeat) validation
+images reach its training (fine-tuning, classic heads, tuning trials, pseudo-label
+rounds), ensembles report the nested figure, near-duplicates stay in one fold."""
 
 from __future__ import annotations
 
@@ -14,68 +14,134 @@ from PIL import Image
 import comp.training.classic as classic
 import comp.training.trainer as trainer
 import comp.tuning.search as tune_search
+from comp.config import load_config
 from comp.data.folds import duplicate_groups, perceptual_hashes
+from comp.data.prepared import prepare
 from comp.ensemble import METHODS, fit_method, nested_predictions
 from comp.metrics import scores
 from comp.run import main
-from tests.helpers import make_competition, tiny_overrides
+from tests.helpers import TUNE_FAST, make_competition, tiny_overrides
 
 
 def _record_fits(monkeypatch) -> list[dict]:
     """Wrap every fit the product makes and record which rows it trained on."""
     calls: list[dict] = []
     real_fit, real_classic = trainer.fit_fold, classic.fit_classic
+    real_features = classic.ClassicFeatures.__init__
 
-    def fit_fold(model, data, *args, **kwargs):
-        calls.append({"kind": "finetune", "rows": np.asarray(data.rows).copy(),
-                      "n_labelled": data.features.shape[1], "val": np.asarray(data.val_rows),
-                      "stop": None if data.stop_rows is None else np.asarray(data.stop_rows)})
-        return real_fit(model, data, *args, **kwargs)
+    def recorder(kind: str):
+        def fit_fold(model, data, *args, **kwargs):
+            calls.append({"kind": kind, "rows": np.asarray(data.rows).copy(),
+                          "n_labelled": data.features.shape[1],
+                          "val": np.asarray(data.val_rows),
+                          "stop": None if data.stop_rows is None else np.asarray(data.stop_rows)})
+            return real_fit(model, data, *args, **kwargs)
+        return fit_fold
 
     def fit_classic(spec, features, labels, groups, n_classes, weights=None):
-        calls.append({"kind": "classic", "n_rows": features.shape[1]})
+        calls.append({"kind": "classic", "n_rows": features.shape[1],
+                      "view0": np.asarray(features[0]).copy()})
         return real_classic(spec, features, labels, groups, n_classes, weights)
 
-    monkeypatch.setattr(trainer, "fit_fold", fit_fold)
-    monkeypatch.setattr(tune_search, "fit_fold", fit_fold)
+    def classic_features(self, *args, **kwargs):
+        real_features(self, *args, **kwargs)
+        calls.append({"kind": "embeddings", "train": np.asarray(self.features["train"][0])})
+
+    monkeypatch.setattr(trainer, "fit_fold", recorder("finetune"))
+    monkeypatch.setattr(tune_search, "fit_fold", recorder("tune"))
     monkeypatch.setattr(classic, "fit_classic", fit_classic)
+    monkeypatch.setattr(classic.ClassicFeatures, "__init__", classic_features)
     return calls
 
 
 @pytest.mark.slow
-def test_no_fold_trains_on_its_validation_rows(tmp_path, monkeypatch):
+@pytest.mark.parametrize("repeats", [1, 2])
+def test_no_unit_trains_on_its_validation_rows(tmp_path, monkeypatch, repeats):
+    """Every fit of every unit (fold of a repeat) in training, tuning and a pseudo-label
+    round trains on exactly the unit's training rows (+ its pseudo rows, voted by that
+    unit's models), never on its validation rows or their pool twins."""
     data = make_competition(tmp_path / "comp", n_unlabeled=9)
+    train = pd.read_csv(data / "train.csv")
+    Image.open(data / "train" / train["id"].iloc[0]).transpose(
+        Image.Transpose.FLIP_LEFT_RIGHT).save(data / "unlabeled" / "twin.png")
     calls = _record_fits(monkeypatch)
     overrides = tiny_overrides(tmp_path, data, **{
+        "data.repeats": str(repeats), "tune.n_trials": "1", "tune.inner_folds": "2",
+        **TUNE_FAST,
         "pseudo.rounds": "1", "pseudo.fraction": "1.0", "pseudo.min_confidence": "0",
         "classic.models": "[pixels+logreg]", "classic.pixels_size": "16",
         "train.epoch_choice": "inner"})  # the path with epoch-choosing rows (default: last)
     assert main(["stage=all", *overrides]) == 0
     run = tmp_path / "runs" / "tiny"
-    folds = pd.read_csv(run / "folds.csv", dtype={"id": str})
-    fine = [c for c in calls if c["kind"] == "finetune"]
-    assert len(fine) == 4  # 2 folds x (round 0, round 1)
-    for call in fine:
-        val_fold = set(folds["fold"].to_numpy()[call["val"]])
-        assert len(val_fold) == 1
-        labelled = call["rows"][call["rows"] < call["n_labelled"]]
-        assert not set(labelled) & set(call["val"])  # no validation row trains
-        assert set(folds["fold"].to_numpy()[labelled]) != val_fold
-        assert call["stop"] is not None and not set(call["stop"]) & set(call["val"])
-        assert not set(call["stop"]) & set(labelled)  # the epoch-choosing rows do not train
-    # classic heads: each fold fits on the other fold's rows only (+ its pseudo rows)
-    n_train = (folds["fold"] != 0).sum(), (folds["fold"] != 1).sum()
-    classic_rows = [c["n_rows"] for c in calls if c["kind"] == "classic"]
-    assert sorted(classic_rows[:2]) == sorted(n_train)
-    # pseudo round: each fold's pseudo ids are pool images, never labelled ones
-    for k in (0, 1):
-        table = pd.read_csv(run / "pseudo" / "round1" / f"fold{k}.csv", dtype={"id": str})
-        assert set(table["split"]) <= {"unlabeled"} and len(table) > 0
+    prepared = prepare(load_config(overrides))
+    folds = prepared.folds
+    units = range(prepared.n_units)
+    assert prepared.n_units == 2 * repeats
+    val_of = {u: set(prepared.unit_val_rows(u).tolist()) for u in units}
+    train_of = {u: set(prepared.unit_train_rows(u).tolist()) for u in units}
+
+    # fine-tuning: round 0, round 1 (pseudo) and round 1 with the tuned settings
+    trained = []
+    for call in (c for c in calls if c["kind"] == "finetune"):
+        (unit,) = [u for u in units if val_of[u] == set(call["val"].tolist())]
+        labelled = set(call["rows"][call["rows"] < call["n_labelled"]].tolist())
+        assert call["stop"] is not None
+        stop = set(call["stop"].tolist())
+        assert not labelled & val_of[unit] and not stop & val_of[unit]
+        assert not stop & labelled  # the epoch-choosing rows do not train
+        assert labelled | stop == train_of[unit]
+        trained.append(unit)
+    assert sorted(trained) == sorted([*units] * 3)
+    # tuning: every inner fit of unit u's study splits exactly unit u's training rows
+    tuned = set()
+    for call in (c for c in calls if c["kind"] == "tune"):
+        seen = set(call["rows"].tolist()) | set(call["val"].tolist())
+        matches = [u for u in units if seen == train_of[u]]
+        assert matches and not any(seen & val_of[u] for u in matches)
+        tuned.update(matches)
+    assert tuned == set(units)
+    # classic heads: the rows of each fit, found by their embeddings, are one unit's
+    # training rows (the rest are its pseudo rows) in round 0 and in round 1
+    embeddings, *again = [c["train"] for c in calls if c["kind"] == "embeddings"]
+    assert all(np.array_equal(e, embeddings) for e in again)
+    row_of = {row.tobytes(): i for i, row in enumerate(embeddings)}
+    assert len(row_of) == len(embeddings)
+    fitted = []
+    for call in (c for c in calls if c["kind"] == "classic"):
+        rows = [row_of.get(row.tobytes()) for row in call["view0"]]
+        labelled = {r for r in rows if r is not None}
+        matches = [u for u in units if labelled == train_of[u]]
+        assert matches
+        fitted.append(matches)
+    assert len(fitted) == 2 * len(units)
+    assert set().union(*fitted) == set(units)
+
+    # pseudo round: each unit's file holds pool images only, voted by that unit's round 0
+    # models, without the pool twin of a validation image of that unit
+    summary = json.loads((run / "pseudo" / "round1" / "summary.json").read_text())
+    twin_row = int(np.nonzero(folds["id"].to_numpy() == train["id"].iloc[0])[0][0])
+    for unit in units:
+        table = pd.read_csv(run / "pseudo" / "round1" / f"fold{unit}.csv", dtype={"id": str})
+        assert set(table["split"]) <= {"unlabeled"}
         assert not set(table["id"]) & set(folds["id"])
+        if twin_row in val_of[unit]:
+            assert "twin.png" not in set(table["id"])
+        assert len(table) > 0
+        votes = sum(pd.read_csv(run / "models" / v / f"fold{unit}" / "unlabeled.csv",
+                                dtype={"id": str}).set_index("id")
+                    for v in summary["settings"]["voters"]) / len(summary["settings"]["voters"])
+        assert np.allclose(table["confidence"],
+                           votes.loc[table["id"]].to_numpy().max(axis=1))
+    with_pseudo = 0
     for metrics in run.glob("models/*/fold*/metrics.json"):
         record = json.loads(metrics.read_text())
-        fold = record["fold"]
-        assert not set(record["pseudo_ids"]) & set(folds.loc[folds["fold"] == fold, "id"])
+        unit = record["fold"]
+        assert metrics.parent.name == f"fold{unit}"
+        if record["pseudo_ids"]:
+            file = pd.read_csv(run / "pseudo" / "round1" / f"fold{unit}.csv", dtype={"id": str})
+            assert sorted(record["pseudo_ids"]) == sorted(file["id"])
+            with_pseudo += 1
+    assert with_pseudo == 3 * len(units)  # round 1: fine-tuned, classic and tuned
 
 
 @pytest.mark.slow

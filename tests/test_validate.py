@@ -25,6 +25,8 @@ BAD = [
     ("pseudo.top_fraction=0", "pseudo.top_fraction"),
     ("data.folds=1", "data.folds=1: must be >= 2"),
     ("data.fold_seed=-3", "data.fold_seed"),
+    ("data.repeats=0", "data.repeats=0: must be >= 1"),
+    ("data.repeats=two", "data.repeats"),
     ("train.seed=-1", "train.seed"),
     ("tune.seed=-1", "tune.seed"),
     ("tune.inner_holdout=0", "tune.inner_holdout"),

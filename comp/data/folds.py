@@ -80,9 +80,12 @@ def cross_duplicates(pool: np.ndarray, train: np.ndarray,
 
 
 def make_folds(
-    ids: list[str], labels: list[str], groups: np.ndarray, n_folds: int, seed: int
+    ids: list[str], labels: list[str], groups: np.ndarray, n_folds: int, seed: int,
+    repeats: int = 1,
 ) -> pd.DataFrame:
-    """Assign folds with StratifiedGroupKFold: columns id, label, fold, group."""
+    """Assign folds with StratifiedGroupKFold: columns id, label, fold, group, and for
+    each repeat r >= 1 (`repeats` > 1) a column fold_r<r> split with seed `seed + r`; a
+    near-duplicate group is in one fold of every repeat."""
     counts = pd.Series(labels).value_counts()
     rare = counts[counts < n_folds]
     if len(rare):
@@ -93,8 +96,23 @@ def make_folds(
         )
     if n_folds < 2:
         raise CompError(f"config: data.folds={n_folds}; use at least 2 folds")
+    if repeats < 1:
+        raise CompError(f"config: data.repeats={repeats}; use at least 1 repeat")
+    frame = pd.DataFrame({"id": ids, "label": labels,
+                          "fold": _split(labels, groups, n_folds, seed), "group": groups})
+    for repeat in range(1, repeats):
+        frame[repeat_column(repeat)] = _split(labels, groups, n_folds, seed + repeat)
+    return frame
+
+
+def repeat_column(repeat: int) -> str:
+    """folds.csv's column of repeat `repeat`: fold (repeat 0), fold_r1, fold_r2, ..."""
+    return "fold" if repeat == 0 else f"fold_r{repeat}"
+
+
+def _split(labels: list[str], groups: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    fold = np.zeros(len(ids), dtype=int)
-    for k, (_, val) in enumerate(splitter.split(np.zeros(len(ids)), labels, groups)):
+    fold = np.zeros(len(labels), dtype=int)
+    for k, (_, val) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
         fold[val] = k
-    return pd.DataFrame({"id": ids, "label": labels, "fold": fold, "group": groups})
+    return fold

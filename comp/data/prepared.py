@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from comp.artifacts import fingerprint, read_json, write_csv, write_json
 from comp.data.folder import SPLITS, Competition, read_competition
-from comp.data.folds import duplicate_groups, make_folds, perceptual_hashes
+from comp.data.folds import duplicate_groups, make_folds, perceptual_hashes, repeat_column
 from comp.data.images import cached_images
 from comp.errors import CompError
 from comp.log import get_logger
@@ -35,7 +35,7 @@ class Prepared:
     """A validated competition and its folds."""
 
     competition: Competition
-    folds: pd.DataFrame  # id, label, fold, group, in train.csv order
+    folds: pd.DataFrame  # id, label, fold, group[, fold_r1, ...], in train.csv order
     run: RunDir
     decoding: Decoding = Decoding(40_000_000)
 
@@ -44,13 +44,47 @@ class Prepared:
         return int(self.folds["fold"].max()) + 1
 
     @property
+    def n_repeats(self) -> int:
+        """Repeats of the K-fold split (data.repeats): columns fold, fold_r1, ... ."""
+        repeats = 1
+        while repeat_column(repeats) in self.folds.columns:
+            repeats += 1
+        return repeats
+
+    @property
+    def n_units(self) -> int:
+        """Training units of a model: one per (repeat r, fold k), unit u = r * K + k
+        (models/<model_id>/fold<u>/); repeat 0's units are the folds 0..K-1."""
+        return self.n_folds * self.n_repeats
+
+    def unit_fold_column(self, unit: int) -> str:
+        """The folds.csv column that splits unit `unit`'s repeat."""
+        if not 0 <= unit < self.n_units:
+            raise IndexError(f"unit {unit} is outside 0..{self.n_units - 1}")
+        return repeat_column(unit // self.n_folds)
+
+    def unit_val_mask(self, unit: int) -> np.ndarray:
+        """Which training rows (folds.csv order) unit `unit` holds out for validation."""
+        column = self.unit_fold_column(unit)
+        return self.folds[column].to_numpy() == unit % self.n_folds
+
+    def unit_val_rows(self, unit: int) -> np.ndarray:
+        """The rows unit `unit` is validated on (and never trained on)."""
+        return np.nonzero(self.unit_val_mask(unit))[0]
+
+    def unit_train_rows(self, unit: int) -> np.ndarray:
+        """The rows unit `unit` trains on: every row outside its validation fold."""
+        return np.nonzero(~self.unit_val_mask(unit))[0]
+
+    @property
     def labels(self) -> np.ndarray:
         """Each training image's class index, in folds.csv order."""
         return class_indices(self.folds["label"], self.competition.classes)
 
     @property
     def folds_key(self) -> str:
-        return fingerprint(self.folds[["id", "label", "fold"]].to_dict("list"))
+        columns = ["id", "label"] + [repeat_column(r) for r in range(self.n_repeats)]
+        return fingerprint(self.folds[columns].to_dict("list"))
 
     def split_key(self, split: str) -> str:
         """Fingerprint of `split`'s ids, content hashes and order (train, test, unlabeled):
@@ -141,7 +175,8 @@ def prepare(cfg: DictConfig) -> Prepared:
     run = run_dir(cfg.runs_dir, cfg.name)
     data_key = train_key(competition.train)
     settings = {"folds": cfg.data.folds, "seed": cfg.data.fold_seed, "dedup": cfg.data.dedup,
-                "max_distance": cfg.data.dedup_max_distance}
+                "max_distance": cfg.data.dedup_max_distance,
+                "repeats": int(cfg.data.repeats)}
     prepared = Prepared(competition, pd.DataFrame(), run, decoding(cfg))
     images = {split: prepared.images(split, HASH_SIZE) for split in SPLITS}
     if run.folds_csv.exists() and run.data_json.exists():
@@ -154,7 +189,7 @@ def prepare(cfg: DictConfig) -> Prepared:
                 f"({change}); its models were trained on "
                 "those folds: use another name=<experiment> (or delete that run directory)"
             )
-        if recorded.get("settings") != settings:
+        if _with_repeats(recorded.get("settings")) != settings:
             raise CompError(
                 f"{run.folds_csv}: written with other fold settings {recorded.get('settings')}; "
                 "folds are fixed once models train on them: use another name=<experiment>"
@@ -171,7 +206,7 @@ def prepare(cfg: DictConfig) -> Prepared:
     else:
         groups = pd.RangeIndex(len(train)).to_numpy()
     folds = make_folds(train["id"].tolist(), train["label"].tolist(), groups,
-                       cfg.data.folds, cfg.data.fold_seed)
+                       cfg.data.folds, cfg.data.fold_seed, settings["repeats"])
     sizes = folds.groupby("group").size()
     summary = {
         "data_key": data_key, "settings": settings, "data_dir": str(cfg.data.dir),
@@ -186,13 +221,21 @@ def prepare(cfg: DictConfig) -> Prepared:
     write_csv(run.folds_csv, folds)
     write_json(run.data_json, summary)
     get_logger().info(
-        "prepare: %d train / %d test / %d unlabeled images, %d classes, %d folds; "
+        "prepare: %d train / %d test / %d unlabeled images, %d classes, %d folds%s; "
         "%d near-duplicate group(s) holding %d images kept within one fold -> %s",
         len(train), len(competition.test), len(competition.unlabeled),
-        len(competition.classes), cfg.data.folds, summary["duplicate_groups"],
+        len(competition.classes), cfg.data.folds,
+        f" x {settings['repeats']} repeats" if settings["repeats"] > 1 else "",
+        summary["duplicate_groups"],
         summary["images_in_duplicate_groups"], run.folds_csv,
     )
     return Prepared(competition, folds, run, prepared.decoding)
+
+
+def _with_repeats(settings: dict | None) -> dict | None:
+    """Recorded fold settings, where run directories prepared before data.repeats
+    existed count as one repeat."""
+    return settings if settings is None else {"repeats": 1, **settings}
 
 
 def _note_changes(recorded: dict, competition: Competition, run: RunDir) -> None:

@@ -45,6 +45,7 @@ def run(cfg: DictConfig) -> list[dict]:
             "kind": "ensemble", "name": f"ensemble-{name}", "method": name,
             "labels": method.labels, "models": model_ids,
             "round": max(s.info.get("round", 0) for s in sets),
+            "repeats": prepared.n_repeats,
             "weights": None if weights is None else dict(zip(model_ids, weights.tolist(),
                                                              strict=True)),
             "cv_in_sample": scores(y, method.apply(oof, state)),

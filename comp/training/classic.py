@@ -226,13 +226,13 @@ def _weights(head, weights: np.ndarray) -> dict:
 
 def train_classic_fold(featured: ClassicFeatures, spec, prepared, fold: int, pseudo,
                        out: Path, write_outputs) -> None:
-    """Train and predict one fold of a classic spec; write its outputs into `out`."""
+    """Train and predict one unit (`fold`: a fold of one repeat) of a classic spec; write
+    its outputs into `out`."""
     started = time.time()
     classes = prepared.competition.classes
-    folds = prepared.folds["fold"].to_numpy()
     labels = prepared.labels
     groups = prepared.folds["group"].to_numpy()
-    rows, val = np.nonzero(folds != fold)[0], np.nonzero(folds == fold)[0]
+    rows, val = prepared.unit_train_rows(fold), prepared.unit_val_rows(fold)
     train = featured.features["train"]
     x, y, g = train[:, rows], labels[rows], groups[rows]
     w = np.ones(len(rows))

@@ -1,8 +1,10 @@
-"""Train a model spec on every fold: features once, then one fit per fold, resumable.
+"""Train a model spec on every unit: features once, then one fit per unit, resumable.
 
-Each fold writes into models/<model_id>/fold<k>/: model.weights.h5 (the best-AUC
-epoch), history.csv, val.csv, test.csv, unlabeled.csv and, last, metrics.json, whose
-presence marks the fold done. A fold without it is cleared and trained again.
+A unit is one fold of one repeat of the K-fold split (unit u = repeat * K + fold; with
+data.repeats=1 the units are the folds). Each unit writes into models/<model_id>/fold<u>/:
+model.weights.h5 (the best-AUC epoch), history.csv, val.csv, test.csv, unlabeled.csv
+and, last, metrics.json, whose presence marks the unit done. A unit without it is
+cleared and trained again.
 """
 
 from __future__ import annotations
@@ -174,14 +176,14 @@ def fold_done(folder, splits: dict | None = None) -> bool:
 def train_spec(spec: ModelSpec, prepared, max_pixels: int, info: dict,
                pseudo_for_fold=None, folds_to_run: list[int] | None = None,
                tensorboard: bool = False, deadline=None) -> dict | None:
-    """Train `spec` on every unfinished fold and, when all are done, write its
-    prediction set (preds/<model_id>/). Returns its cv.json content, or None when some
-    folds are left (`folds_to_run` limits this call to those folds)."""
+    """Train `spec` on every unfinished unit (fold of a repeat) and, when all are done,
+    write its prediction set (preds/<model_id>/). Returns its cv.json content, or None
+    when some units are left (`folds_to_run` limits this call to those units)."""
     run = prepared.run
     model_dir = run.model_dir(spec.model_id)
     write_json(model_dir / "spec.json", spec.describe())
-    n_folds = prepared.n_folds
-    wanted = range(n_folds) if folds_to_run is None else folds_to_run
+    n_units = prepared.n_units
+    wanted = range(n_units) if folds_to_run is None else folds_to_run
     splits = split_keys(prepared)
     todo = [k for k in wanted if not fold_done(run.fold_dir(spec.model_id, k), splits)]
     stale = [k for k in todo if fold_done(run.fold_dir(spec.model_id, k))]
@@ -189,7 +191,6 @@ def train_spec(spec: ModelSpec, prepared, max_pixels: int, info: dict,
         get_logger().info("train: %s folds %s predicted other test or unlabeled images than "
                           "those now in the folder; trained again", spec.model_id, stale)
     labels = prepared.labels
-    folds = prepared.folds["fold"].to_numpy()
     featured_models: dict[str, FeaturedModel] = {}
     bar = progress(todo, desc=f"train {spec.model_id}")
     for fold in bar:
@@ -213,31 +214,33 @@ def train_spec(spec: ModelSpec, prepared, max_pixels: int, info: dict,
                                    _fresh_fold_dir(run.fold_dir(spec.model_id, fold)),
                                    write_fold_outputs)
             else:
-                _train_fold(featured, spec.model_id, fold_spec, prepared, labels, folds, fold,
+                _train_fold(featured, spec.model_id, fold_spec, prepared, labels, fold,
                             pseudo, bar, tensorboard)
             metrics = read_json(run.fold_dir(spec.model_id, fold) / "metrics.json")
             unit_done("fold", model=spec.model_id, fold=fold, best_epoch=metrics["best_epoch"],
                       val_auc=round(metrics["auc"], 4), seconds=metrics["seconds"])
-    done = [k for k in range(n_folds) if fold_done(run.fold_dir(spec.model_id, k), splits)]
-    if len(done) < n_folds:
+    done = [k for k in range(n_units) if fold_done(run.fold_dir(spec.model_id, k), splits)]
+    if len(done) < n_units:
         return None
     result = collect_predictions(spec, prepared, info)
     cv = result["cv"]
+    repeats = f" x {prepared.n_repeats} repeats" if prepared.n_repeats > 1 else ""
     get_logger().info(
-        "train: %s  CV accuracy %.4f  macro-F1 %.4f  AUC %.4f  (%d folds)",
-        spec.model_id, cv["accuracy"], cv["macro_f1"], cv["auc"], n_folds)
+        "train: %s  CV accuracy %.4f  macro-F1 %.4f  AUC %.4f  (%d folds%s)",
+        spec.model_id, cv["accuracy"], cv["macro_f1"], cv["auc"], prepared.n_folds, repeats)
     return result
 
 
 def _train_fold(featured: FeaturedModel, model_id: str, spec: ModelSpec, prepared, labels,
-                folds, fold, pseudo, bar, tensorboard: bool = False) -> None:
+                fold, pseudo, bar, tensorboard: bool = False) -> None:
+    """Train and predict unit `fold` (a fold of one repeat) of a fine-tuned spec."""
     out = _fresh_fold_dir(prepared.run.fold_dir(model_id, fold))
     started = time.time()
     classes = prepared.competition.classes
     seed = spec.train["seed"] + fold
     model = featured.new_head(spec, len(classes), seed)
-    val = np.nonzero(folds == fold)[0]
-    data = fold_data(featured, spec, labels, np.nonzero(folds != fold)[0], val, len(classes),
+    val = prepared.unit_val_rows(fold)
+    data = fold_data(featured, spec, labels, prepared.unit_train_rows(fold), val, len(classes),
                      pseudo, prepared.folds["group"].to_numpy())
 
     def show(epoch: int, logs: dict) -> None:
@@ -276,19 +279,20 @@ def _fresh_fold_dir(out):
 
 def write_fold_outputs(out, prepared, fold: int, val_probs: np.ndarray, split_probs: dict,
                        extra: dict, pseudo: PseudoRows | None, started: float) -> None:
-    """A finished fold's val/test/unlabeled predictions, then metrics.json (written last:
-    its presence marks the fold done)."""
+    """A finished unit's val/test/unlabeled predictions, then metrics.json (written last:
+    its presence marks the unit done). `fold` is the unit (fold of a repeat)."""
     classes = prepared.competition.classes
-    folds = prepared.folds["fold"].to_numpy()
-    val_ids = prepared.folds["id"].to_numpy()[folds == fold]
+    held = prepared.unit_val_mask(fold)
+    val_ids = prepared.folds["id"].to_numpy()[held]
     write_csv(out / "val.csv", probs_frame(val_ids, val_probs, classes))
     for split, frame in (("test", prepared.competition.test),
                          ("unlabeled", prepared.competition.unlabeled)):
         write_csv(out / f"{split}.csv",
                   probs_frame(frame["id"].tolist(), split_probs[split], classes))
     write_json(out / "metrics.json", {
-        **scores(prepared.labels[folds == fold], val_probs), "comp": __version__,
-        "fold": fold, "splits": split_keys(prepared), **extra,
+        **scores(prepared.labels[held], val_probs), "comp": __version__,
+        "fold": fold, "repeat": fold // prepared.n_folds, "splits": split_keys(prepared),
+        **extra,
         "n_pseudo": 0 if pseudo is None else len(pseudo.targets),
         "pseudo_ids": [] if pseudo is None else list(pseudo.ids),
         "seconds": round(time.time() - started, 2),
@@ -302,30 +306,39 @@ def read_ids_table(path) -> pd.DataFrame:
 
 
 def collect_predictions(spec: ModelSpec, prepared, info: dict) -> dict:
-    """Join the folds' val/test predictions into the spec's prediction set."""
+    """Join the units' val/test predictions into the spec's prediction set.
+
+    An image's OOF prediction is the mean over the repeats of the prediction of the unit
+    that held it out (each from a model that never saw it); the OOF table keeps repeat
+    0's fold. Test predictions are the mean over every unit."""
     run, classes = prepared.run, prepared.competition.classes
     cols = [f"p_{c}" for c in classes]
-    oof_parts = []
+    ids = prepared.folds["id"]
+    oof_sum = pd.DataFrame(0.0, index=pd.Index(ids, name="id"), columns=cols)
     test_ids = prepared.competition.test["id"].tolist()
     test_sum = np.zeros((len(test_ids), len(classes)))
-    for fold in range(prepared.n_folds):
-        folder = run.fold_dir(spec.model_id, fold)
-        val = read_ids_table(folder / "val.csv")
-        val.insert(1, "fold", fold)
-        oof_parts.append(val)
+    for unit in range(prepared.n_units):
+        folder = run.fold_dir(spec.model_id, unit)
+        val = read_ids_table(folder / "val.csv").set_index("id")
+        expected = ids[prepared.unit_val_mask(unit)]
+        if sorted(val.index) != sorted(expected):
+            raise CompError(f"{folder / 'val.csv'}: not the validation images of unit "
+                            f"{unit}; delete {folder} and rerun")
+        oof_sum.loc[expected, cols] += val.loc[expected, cols].to_numpy()
         test = read_ids_table(folder / "test.csv").set_index("id")
         missing = sorted(set(test_ids) - set(test.index))
         if missing:
             raise CompError(f"{folder / 'test.csv'}: no prediction for {len(missing)} test "
                             f"id(s), e.g. {missing[:3]}; delete {folder} and rerun")
         test_sum += test.loc[test_ids, cols].to_numpy()  # joined by id, never by position
-    oof = pd.concat(oof_parts).set_index("id").loc[prepared.folds["id"]].reset_index()
-    oof.insert(2, "label", prepared.folds["label"].to_numpy())
-    test_probs = test_sum / prepared.n_folds
+    oof = probs_frame(ids.tolist(), oof_sum.to_numpy() / prepared.n_repeats, classes,
+                      fold=prepared.folds["fold"].to_numpy(),
+                      label=prepared.folds["label"].to_numpy())
+    test_probs = test_sum / prepared.n_units
     test_frame = probs_frame(test_ids, test_probs, classes)
     return write_prediction_set(
         run.preds_dir(spec.model_id), oof, test_frame, classes,
         {"kind": "single", "model_kind": spec.kind, "model_id": spec.model_id,
          "backbone": spec.backbone, "tuned": spec.fold_params is not None,
-         "models": [spec.model_id], **info},
+         "models": [spec.model_id], "repeats": prepared.n_repeats, **info},
     )

@@ -1,8 +1,9 @@
-"""Tuning a backbone: per-fold Optuna studies whose trials fit on cached features.
+"""Tuning a backbone: per-unit Optuna studies whose trials fit on cached features.
 
-Each trial is scored by an inner stratified group K-fold of the outer fold's training
-rows; runs/<name>/tuned/<backbone>.yaml records each fold's best settings, and
-`params=best` trains each fold with its own (tuned_spec).
+A unit is an outer fold of one repeat (unit u = repeat * K + fold; the folds with
+data.repeats=1). Each trial is scored by an inner stratified group K-fold of the unit's
+training rows; runs/<name>/tuned/<backbone>.yaml records each unit's best settings, and
+`params=best` trains each unit with its own (tuned_spec).
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ def storage_url(cfg: DictConfig, prepared: Prepared) -> str:
 
 
 def study_name(cfg: DictConfig, backbone: str, fold: int, folds_key: str) -> str:
-    """<experiment>-<backbone>-<folds fingerprint>-fold<k>: a study is never reused on
-    other folds or data."""
+    """<experiment>-<backbone>-<folds fingerprint>-fold<u> (u: the unit): a study is
+    never reused on other folds, repeats or data."""
     return f"{cfg.name}-{backbone}-{folds_key}-fold{fold}"
 
 
@@ -54,7 +55,7 @@ def tuned_backbones(cfg: DictConfig) -> list[str]:
 
 
 def tune_backbone(cfg: DictConfig, prepared: Prepared, backbone_name: str) -> dict:
-    """Bring each fold's study of `backbone_name` to tune.n_trials finished trials."""
+    """Bring each unit's study of `backbone_name` to tune.n_trials finished trials."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     backbone = get_backbone(backbone_name)
     native = native_side(prepared.competition.train["path"].tolist())
@@ -62,14 +63,13 @@ def tune_backbone(cfg: DictConfig, prepared: Prepared, backbone_name: str) -> di
     base = with_params(base, {"train.epochs": cfg.tune.epochs})
     classes = prepared.competition.classes
     labels = prepared.labels
-    folds = prepared.folds["fold"].to_numpy()
     groups = prepared.folds["group"].to_numpy()
     names = list(cfg.tune.params)
     featured_models: dict[str, FeaturedModel] = {}
     summary = {}
     started = time.time()
     studies = []
-    for fold in range(prepared.n_folds):
+    for fold in range(prepared.n_units):
         study = open_study(study_name(cfg, backbone_name, fold, prepared.folds_key),
                            storage_url(cfg, prepared),
                            cfg.tune.metric, cfg.tune.pruner, cfg.tune.seed + fold,
@@ -80,7 +80,7 @@ def tune_backbone(cfg: DictConfig, prepared: Prepared, backbone_name: str) -> di
                 study.enqueue_trial(default_trial(
                     {"model": base.model, "train": base.train, "augment": base.augment},
                     names, backbone))
-        splits = inner_splits(np.nonzero(folds != fold)[0], labels, groups,
+        splits = inner_splits(prepared.unit_train_rows(fold), labels, groups,
                               cfg.tune.inner_folds, cfg.tune.seed + fold)
         studies.append((fold, study, lock, splits))
 
@@ -174,11 +174,11 @@ def _write_and_report(cfg, prepared, backbone_name, summary, seconds) -> None:
 
 def tuned_spec(cfg: DictConfig, prepared: Prepared, backbone_name: str,
                pseudo: dict | None) -> ModelSpec:
-    """The spec of `backbone_name` with each fold's best tuned settings (params=best)."""
+    """The spec of `backbone_name` with each unit's best tuned settings (params=best)."""
     base = make_spec(cfg, backbone_name, prepared.folds_key, pseudo,
                      native=native_side(prepared.competition.train["path"].tolist()))
     fold_params = {}
-    for fold in range(prepared.n_folds):
+    for fold in range(prepared.n_units):
         study = open_study(study_name(cfg, backbone_name, fold, prepared.folds_key),
                            storage_url(cfg, prepared),
                            cfg.tune.metric, cfg.tune.pruner, cfg.tune.seed + fold,
