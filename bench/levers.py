@@ -6,9 +6,11 @@ difference to the round-0 fine-tuned model.
     python bench/levers.py DATA_DIR [--name NAME] [--weights-dir DIR] [--tuned]
         [--truth TEST_LABELS_CSV] [-- extra comp overrides]
 
---tuned N also runs stage=tune (N trials per fold study) and stage=train params=best for
-the last pseudo round (the fine-tune tuning lever, off by default) in the same run
-directory, so its row is on the same folds.
+--tuned N first prints the table of the defaults, then runs stage=all again with
+tune.n_trials=N in the same run directory (the fine-tune tuning lever, off by default):
+what the lever does in stage=all (tune, train params=best for the last pseudo round,
+ensemble, submit), so the tuned row is on the same folds; then prints the table again
+with the tuning lever lines (paired, same rows).
 --truth scores each submission's test predictions against held-back labels.
 """
 
@@ -125,6 +127,10 @@ def table(run: Path, truth: Path | None) -> pd.DataFrame:
             diff, se = paired_difference(m, y, extra[a], extra[b])
             levers.append(f"{lever}: {m} {diff:+.4f} ± {se:.4f}")
     frame.attrs["levers"] = levers
+    frame.attrs.update(
+        y=y, reference=ref, selected=extra["selected pipeline (nested)"],
+        chosen=selection["chosen_per_fold"],
+        tuned={e["name"]: probs[e["name"]] for e in singles if e["info"].get("tuned")})
     return frame
 
 
@@ -144,28 +150,59 @@ def main() -> None:
     parser.add_argument("--tuned", type=int, default=0, metavar="TRIALS",
                         help="also tune the first backbone with this many trials per fold")
     parser.add_argument("--truth", type=Path, default=None)
+    parser.add_argument("extra", nargs="*", help="comp overrides (or after --)")
+    # argparse leaves `-- overrides` unmatched once the options sit between them and
+    # DATA_DIR (its positionals are matched in one go): split them off here
     argv = sys.argv[1:]
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
-    args.extra = extra
+    after = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:after])
+    args.extra += argv[after + 1:]
     name = args.name or args.data_dir.name
     base = ["data=folder", f"data.dir={args.data_dir}", f"name={name}",
             f"runs_dir={args.runs_dir}", f"submissions_dir={args.runs_dir}/../submissions",
             "progress=lines", *([f"weights_dir={args.weights_dir}"] if args.weights_dir else []),
             *args.extra]
+    run = Path(args.runs_dir) / name
     wall, peak = run_comp(["stage=all", *base])
     print(f"\nstage=all defaults: {wall:.0f} s wall, peak RSS {peak:.0f} MiB (children)")
     if args.tuned:
-        tuning = [f"tune.n_trials={args.tuned}", *base]
-        tuned_wall, _ = run_comp(["stage=tune", *tuning])
-        train_wall, _ = run_comp(["stage=train", "params=best", f"pseudo.round={1}", *tuning])
-        run_comp(["stage=submit", *base])
-        print(f"tuning lever: stage=tune {tuned_wall:.0f} s + params=best {train_wall:.0f} s")
-    frame = table(Path(args.runs_dir) / name, args.truth)
+        before = table(run, args.truth)
+        print_table(before)
+        # the lever as stage=all runs it (tune, params=best for the last pseudo round,
+        # ensemble, submit): no copy of the chain here to fall out of step with it
+        tuned_wall, tuned_peak = run_comp(["stage=all", f"tune.n_trials={args.tuned}", *base])
+        print(f"\nstage=all tune.n_trials={args.tuned} (tuning lever, after the defaults): "
+              f"{tuned_wall:.0f} s wall, peak RSS {tuned_peak:.0f} MiB (children)")
+        frame = table(run, args.truth)
+        frame.attrs["levers"] += tuning_levers(before, frame)
+    else:
+        frame = table(run, args.truth)
+    print_table(frame)
+
+
+def print_table(frame: pd.DataFrame) -> None:
     with pd.option_context("display.width", 250, "display.max_columns", 30,
                            "display.max_colwidth", 48):
         print(frame.round(4).to_string(index=False))
     print("\n".join(frame.attrs["levers"]))
+
+
+def tuning_levers(before: pd.DataFrame, after: pd.DataFrame) -> list[str]:
+    """Paired gains of the tuning lever on the same rows: each tuned fine-tune against
+    the untuned round-0 fine-tune, and the selected pipeline with the lever against the
+    selected pipeline of the defaults."""
+    y, ref = after.attrs["y"], after.attrs["reference"]
+    out = []
+    for name, p in after.attrs["tuned"].items():
+        for m in ("accuracy", "macro_f1"):
+            diff, se = paired_difference(m, y, p, ref)
+            out.append(f"tuning ({name} - untuned round-0 fine-tune): {m} {diff:+.4f} ± {se:.4f}")
+    for m in ("accuracy", "macro_f1"):
+        diff, se = paired_difference(m, y, after.attrs["selected"], before.attrs["selected"])
+        out.append(f"tuning (selected, with tuning - defaults): {m} {diff:+.4f} ± {se:.4f}")
+    out.append(f"selected per fold, defaults: {before.attrs['chosen']}")
+    out.append(f"selected per fold, with tuning: {after.attrs['chosen']}")
+    return out
 
 
 if __name__ == "__main__":

@@ -176,3 +176,26 @@ def test_a_killed_trial_is_failed_and_retried(tmp_path, competition):
     assert counted_trials(trials) == 3 and len(trials) == 4  # the retry took its place
     other = load_study(url, study_of(url, "tiny-small_cnn", 1))
     assert [t.state for t in other.trials] == [COMPLETE] * 3
+
+
+@pytest.mark.parametrize("pruner", ["median", "hyperband"])
+def test_pruners_stop_trials_within_three_inner_fits(tmp_path, pruner):
+    # a trial reports one step per inner fit (tune.inner_folds=3): a warm-up (median) or
+    # minimum resource (hyperband) of 5 steps never pruned anything
+    from comp.tuning.studies import open_study
+
+    study = open_study("s", f"sqlite:///{tmp_path / 'optuna.db'}", "auc", pruner, 0)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def objective(trial):
+        value = 0.9 if trial.number < 4 else 0.1  # later trials are worse at every step
+        for step in range(3):
+            trial.report(value, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return value
+
+    study.optimize(objective, n_trials=16)
+    states = [t.state for t in study.trials]
+    assert states[:4] == [COMPLETE] * 4
+    assert optuna.trial.TrialState.PRUNED in states[4:]

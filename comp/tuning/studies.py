@@ -36,9 +36,12 @@ def open_study(name: str, storage_url: str, metric: str, pruner: str, seed: int,
     """Create or load the study `name` (heartbeat: a killed trial is failed and retried)."""
     if metric not in HIGHER_IS_BETTER:
         raise CompError(f"config: tune.metric={metric!r}; use one of {sorted(HIGHER_IS_BETTER)}")
+    # a trial's steps are its inner fits (tune.inner_folds, 3 by default): a warm-up or
+    # minimum resource of 5 steps never pruned a trial; both may stop one after its
+    # first inner fit
     pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3,
-                                                             n_warmup_steps=5),
-               "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=5),
+                                                             n_warmup_steps=0),
+               "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1),
                "none": optuna.pruners.NopPruner}
     if pruner not in pruners:
         raise CompError(f"config: tune.pruner={pruner!r}; use one of {sorted(pruners)}")

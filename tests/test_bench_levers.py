@@ -1,0 +1,60 @@
+"""bench/levers.py: the commands it runs and its tuning lever on a tiny competition."""
+
+import importlib.util
+import sys
+
+import pandas as pd
+import pytest
+
+from tests.helpers import ROOT, TUNE_FAST, make_competition
+
+
+def load_levers():
+    spec = importlib.util.spec_from_file_location("levers", ROOT / "bench" / "levers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tuned_runs_stage_all_again_with_trials_and_keeps_overrides(tmp_path, monkeypatch,
+                                                                     capsys):
+    # --tuned used to train params=best with pseudo.round=1 hard-coded, which fails when
+    # pseudo.rounds=0 (the default): no round-1 pseudo-labels; and `-- overrides` after
+    # the options were rejected by argparse
+    levers = load_levers()
+    calls = []
+    monkeypatch.setattr(levers, "run_comp", lambda overrides: calls.append(overrides) or (1, 1))
+    frame = pd.DataFrame({"entry": ["x"]})
+    frame.attrs.update(levers=["lever line"], chosen={"0": "x"})
+    monkeypatch.setattr(levers, "table", lambda run, truth: frame.copy())
+    monkeypatch.setattr(levers, "tuning_levers", lambda before, after: ["tuning line"])
+    monkeypatch.setattr(sys, "argv", ["levers.py", str(tmp_path), "--name", "n", "--runs-dir",
+                                      str(tmp_path / "runs"), "--tuned", "3", "--",
+                                      "train.epochs=2", "pseudo.rounds=0"])
+    levers.main()
+    assert [c[0] for c in calls] == ["stage=all", "stage=all"]
+    assert calls[1][1] == "tune.n_trials=3"
+    assert calls[0][1:] == calls[1][2:]  # the same run directory and overrides
+    assert calls[0][-2:] == ["train.epochs=2", "pseudo.rounds=0"]
+    assert not any(o.startswith("pseudo.round=") for c in calls for o in c)
+    out = capsys.readouterr().out
+    assert "tuning line" in out and out.count("lever line") == 2  # defaults, then tuned
+
+
+@pytest.mark.slow
+def test_tuned_lever_table_on_a_tiny_competition(tmp_path, monkeypatch, capsys):
+    competition = make_competition(tmp_path / "comp")
+    levers = load_levers()
+    monkeypatch.chdir(ROOT)  # the child `python -m comp.run` runs this checkout
+    monkeypatch.setattr(sys, "argv", [
+        "levers.py", str(competition), "--name", "tiny", "--runs-dir", str(tmp_path / "runs"),
+        "--tuned", "1", "--", "backbones=[small_cnn]", "weights=none", "data.folds=2",
+        "train.epochs=2", "train.patience=2", "train.batch_size=8", "augment.tta=flips",
+        "backbone_overrides.small_cnn.model.image_size=32", "classic.models=[pixels+logreg]",
+        *(f"{k}={v}" for k, v in TUNE_FAST.items())])
+    levers.main()
+    out = capsys.readouterr().out
+    assert "tuning (small_cnn-" in out and "tuning (selected, with tuning - defaults)" in out
+    rows = [line.split() for line in out.splitlines() if line.lstrip().startswith("small_cnn-")]
+    tuned = {row[3] for row in rows[-2:]}  # the last table: the untuned and the tuned row
+    assert tuned == {"False", "True"}
