@@ -3,14 +3,16 @@ then one table: every baseline, model, pseudo-label round, tuned model, ensemble
 selected pipeline, on the same folds, with bootstrap standard errors and the paired
 difference to the round-0 fine-tuned model.
 
-    python bench/levers.py DATA_DIR [--name NAME] [--weights-dir DIR] [--tuned]
+    python bench/levers.py DATA_DIR [--name NAME] [--weights-dir DIR] [--tuned N | --pseudo N]
         [--truth TEST_LABELS_CSV] [-- extra comp overrides]
 
---tuned N first prints the table of the defaults, then runs stage=all again with
-tune.n_trials=N in the same run directory (the fine-tune tuning lever, off by default):
-what the lever does in stage=all (tune, train params=best for the last pseudo round,
-ensemble, submit), so the tuned row is on the same folds; then prints the table again
-with the tuning lever lines (paired, same rows).
+The table of the defaults ends with the ensembling lever (the selection among round-0
+entries with their ensembles against the selection among single models only).
+--tuned N / --pseudo N then run stage=all again in the same run directory with
+tune.n_trials=N / pseudo.rounds=N (levers that are off by default): what the lever does
+in stage=all, so its rows are on the same folds; then the table again with the lever's
+paired gain (the selected pipeline with the lever against the defaults' selected
+pipeline, same rows) and, for tuning, each tuned fine-tune against the untuned one.
 --truth scores each submission's test predictions against held-back labels.
 """
 
@@ -115,13 +117,11 @@ def table(run: Path, truth: Path | None) -> pd.DataFrame:
         rows.append(row)
     frame = pd.DataFrame(rows)
     levers = []
+    # valid in a run of the defaults only: a later round's ensembles replace round 0's
     pairs = {
         "ensembling (round 0 selected, with its ensembles - singles only)":
             ("round 0: selected (nested)", "round 0: selected among single models (nested)"),
     }
-    if any(e["info"].get("round", 0) for e in found):
-        pairs["pseudo-labels (selected, all rounds - round 0 only)"] = (
-            "selected pipeline (nested)", "round 0: selected (nested)")
     for lever, (a, b) in pairs.items():
         for m in ("accuracy", "macro_f1"):
             diff, se = paired_difference(m, y, extra[a], extra[b])
@@ -149,6 +149,8 @@ def main() -> None:
     parser.add_argument("--weights-dir", default=None)
     parser.add_argument("--tuned", type=int, default=0, metavar="TRIALS",
                         help="also tune the first backbone with this many trials per fold")
+    parser.add_argument("--pseudo", type=int, default=0, metavar="ROUNDS",
+                        help="then run this many pseudo-label rounds and print their gain")
     parser.add_argument("--truth", type=Path, default=None)
     parser.add_argument("extra", nargs="*", help="comp overrides (or after --)")
     # argparse leaves `-- overrides` unmatched once the options sit between them and
@@ -165,19 +167,35 @@ def main() -> None:
     run = Path(args.runs_dir) / name
     wall, peak = run_comp(["stage=all", *base])
     print(f"\nstage=all defaults: {wall:.0f} s wall, peak RSS {peak:.0f} MiB (children)")
-    if args.tuned:
-        before = table(run, args.truth)
-        print_table(before)
-        # the lever as stage=all runs it (tune, params=best for the last pseudo round,
-        # ensemble, submit): no copy of the chain here to fall out of step with it
-        tuned_wall, tuned_peak = run_comp(["stage=all", f"tune.n_trials={args.tuned}", *base])
-        print(f"\nstage=all tune.n_trials={args.tuned} (tuning lever, after the defaults): "
-              f"{tuned_wall:.0f} s wall, peak RSS {tuned_peak:.0f} MiB (children)")
-        frame = table(run, args.truth)
-        frame.attrs["levers"] += tuning_levers(before, frame)
-    else:
-        frame = table(run, args.truth)
-    print_table(frame)
+    before = table(run, args.truth)
+    print_table(before)
+    if args.tuned and args.pseudo:
+        raise SystemExit("levers.py: measure one lever per run: --tuned or --pseudo")
+    if args.tuned or args.pseudo:
+        # the lever as stage=all runs it, in the same run directory (same folds): no copy
+        # of the chain here to fall out of step with it
+        lever = f"tune.n_trials={args.tuned}" if args.tuned else f"pseudo.rounds={args.pseudo}"
+        lever_wall, lever_peak = run_comp(["stage=all", lever, *base])
+        print(f"\nstage=all {lever} (after the defaults): {lever_wall:.0f} s wall, peak RSS "
+              f"{lever_peak:.0f} MiB (children)")
+        after = table(run, args.truth)
+        after.attrs["levers"] = selected_gain(lever, before, after)
+        if args.tuned:
+            after.attrs["levers"] += tuning_levers(before, after)
+        print_table(after)
+
+
+def selected_gain(lever: str, before: pd.DataFrame, after: pd.DataFrame) -> list[str]:
+    """Paired gain of a lever on the same rows: the selected pipeline of the run with the
+    lever against the selected pipeline of the defaults, and the choices per fold."""
+    y = after.attrs["y"]
+    out = []
+    for m in ("accuracy", "macro_f1"):
+        diff, se = paired_difference(m, y, after.attrs["selected"], before.attrs["selected"])
+        out.append(f"{lever} (selected, with the lever - defaults): {m} {diff:+.4f} ± {se:.4f}")
+    out.append(f"selected per fold, defaults: {before.attrs['chosen']}")
+    out.append(f"selected per fold, with {lever}: {after.attrs['chosen']}")
+    return out
 
 
 def print_table(frame: pd.DataFrame) -> None:
@@ -188,20 +206,13 @@ def print_table(frame: pd.DataFrame) -> None:
 
 
 def tuning_levers(before: pd.DataFrame, after: pd.DataFrame) -> list[str]:
-    """Paired gains of the tuning lever on the same rows: each tuned fine-tune against
-    the untuned round-0 fine-tune, and the selected pipeline with the lever against the
-    selected pipeline of the defaults."""
+    """Paired gain of each tuned fine-tune against the untuned round-0 fine-tune."""
     y, ref = after.attrs["y"], after.attrs["reference"]
     out = []
     for name, p in after.attrs["tuned"].items():
         for m in ("accuracy", "macro_f1"):
             diff, se = paired_difference(m, y, p, ref)
             out.append(f"tuning ({name} - untuned round-0 fine-tune): {m} {diff:+.4f} ± {se:.4f}")
-    for m in ("accuracy", "macro_f1"):
-        diff, se = paired_difference(m, y, after.attrs["selected"], before.attrs["selected"])
-        out.append(f"tuning (selected, with tuning - defaults): {m} {diff:+.4f} ± {se:.4f}")
-    out.append(f"selected per fold, defaults: {before.attrs['chosen']}")
-    out.append(f"selected per fold, with tuning: {after.attrs['chosen']}")
     return out
 
 

@@ -28,6 +28,7 @@ def test_tuned_runs_stage_all_again_with_trials_and_keeps_overrides(tmp_path, mo
     frame.attrs.update(levers=["lever line"], chosen={"0": "x"})
     monkeypatch.setattr(levers, "table", lambda run, truth: frame.copy())
     monkeypatch.setattr(levers, "tuning_levers", lambda before, after: ["tuning line"])
+    monkeypatch.setattr(levers, "selected_gain", lambda lever, before, after: ["gain line"])
     monkeypatch.setattr(sys, "argv", ["levers.py", str(tmp_path), "--name", "n", "--runs-dir",
                                       str(tmp_path / "runs"), "--tuned", "3", "--",
                                       "train.epochs=2", "pseudo.rounds=0"])
@@ -38,7 +39,8 @@ def test_tuned_runs_stage_all_again_with_trials_and_keeps_overrides(tmp_path, mo
     assert calls[0][-2:] == ["train.epochs=2", "pseudo.rounds=0"]
     assert not any(o.startswith("pseudo.round=") for c in calls for o in c)
     out = capsys.readouterr().out
-    assert "tuning line" in out and out.count("lever line") == 2  # defaults, then tuned
+    # the defaults' table with its lever lines, then the tuned table with the lever's gain
+    assert "tuning line" in out and "gain line" in out and out.count("lever line") == 1
 
 
 @pytest.mark.slow
@@ -54,7 +56,8 @@ def test_tuned_lever_table_on_a_tiny_competition(tmp_path, monkeypatch, capsys):
         *(f"{k}={v}" for k, v in TUNE_FAST.items())])
     levers.main()
     out = capsys.readouterr().out
-    assert "tuning (small_cnn-" in out and "tuning (selected, with tuning - defaults)" in out
+    assert "tuning (small_cnn-" in out
+    assert "tune.n_trials=1 (selected, with the lever - defaults)" in out
     rows = [line.split() for line in out.splitlines() if line.lstrip().startswith("small_cnn-")]
     tuned = {row[3] for row in rows[-2:]}  # the last table: the untuned and the tuned row
     assert tuned == {"False", "True"}
