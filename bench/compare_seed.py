@@ -75,7 +75,7 @@ def main() -> None:
     for stage, label, only in (
         ("train", "comp stage=train mobilenet_025 fine-tuned (round 0)",
          ["backbones=[mobilenet_025]", "classic.models=[]"]),
-        ("all", "comp stage=all defaults (fine-tune + classic heads, pseudo, ensembles), "
+        ("all", "comp stage=all defaults (fine-tune + classic heads, mean ensemble), "
                 "selected pipeline (nested)", []),
     ):
         name = f"bench_{stage}"
