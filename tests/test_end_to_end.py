@@ -78,9 +78,15 @@ def test_all_writes_predictions_submission_and_leaderboard(finished_run):
     assert submission.id.tolist() == sample.id.tolist() and submission.label.isin(CLASSES).all()
     predicted = test.set_index("id").loc[submission.id, P_COLS].idxmax(axis=1).str[2:]
     assert submission.label.tolist() == predicted.tolist()  # the argmax of test.csv
-    cv = json.loads((model_dir / "cv.json").read_text())["cv"]["accuracy"]
+    info = json.loads((model_dir / "cv.json").read_text())
+    cv = info["cv"]["accuracy"]
     assert f"cv-acc{cv:.4f}" in board.file[0]
     assert cv == pytest.approx((oof[P_COLS].idxmax(axis=1).str[2:] == oof.label).mean())
+    # beside the honest figure, the optimistic one (each fold at its own best epoch)
+    units = [json.loads((run / "models" / model_dir.name / f"fold{k}" / "metrics.json")
+                        .read_text()) for k in range(2)]
+    optimistic = [u["optimistic"]["accuracy"] for u in units]
+    assert min(optimistic) <= info["cv_optimistic"]["accuracy"] <= max(optimistic)
 
 
 def test_rerun_skips_finished_folds_and_redoes_an_interrupted_one(finished_run):

@@ -317,8 +317,11 @@ def collect_predictions(spec: ModelSpec, prepared, info: dict) -> dict:
     oof_sum = pd.DataFrame(0.0, index=pd.Index(ids, name="id"), columns=cols)
     test_ids = prepared.competition.test["id"].tolist()
     test_sum = np.zeros((len(test_ids), len(classes)))
+    optimistic = []
     for unit in range(prepared.n_units):
         folder = run.fold_dir(spec.model_id, unit)
+        metrics = folder / "metrics.json"
+        optimistic.append(read_json(metrics).get("optimistic") if metrics.exists() else None)
         val = read_ids_table(folder / "val.csv").set_index("id")
         expected = ids[prepared.unit_val_mask(unit)]
         if sorted(val.index) != sorted(expected):
@@ -336,9 +339,17 @@ def collect_predictions(spec: ModelSpec, prepared, info: dict) -> dict:
                       label=prepared.folds["label"].to_numpy())
     test_probs = test_sum / prepared.n_units
     test_frame = probs_frame(test_ids, test_probs, classes)
+    extra = {}
+    if all(optimistic):  # fine-tuned units: each scored fold at its own best epoch too
+        sizes = [prepared.unit_val_mask(u).sum() for u in range(prepared.n_units)]
+        extra["cv_optimistic"] = {
+            "note": "each unit at the epoch best on its own validation rows (not honest); "
+                    "mean over units weighted by their sizes",
+            **{k: float(np.average([o[k] for o in optimistic], weights=sizes))
+               for k in ("accuracy", "macro_f1", "auc")}}
     return write_prediction_set(
         run.preds_dir(spec.model_id), oof, test_frame, classes,
         {"kind": "single", "model_kind": spec.kind, "model_id": spec.model_id,
          "backbone": spec.backbone, "tuned": spec.fold_params is not None,
-         "models": [spec.model_id], "repeats": prepared.n_repeats, **info},
+         "models": [spec.model_id], "repeats": prepared.n_repeats, **info, **extra},
     )
