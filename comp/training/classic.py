@@ -61,7 +61,7 @@ class ClassicFeatures:
             widths = widths or [part.shape[-1] for part in parts]
             self.features[split] = np.concatenate(parts, axis=-1)
         self.column_sets = (depth_column_sets(spec, widths)
-                            if getattr(spec, "depth_choice", False) else {})
+                            if spec.depth_choice else {})
 
 
 def depth_column_sets(spec, widths: list[int]) -> dict[str, np.ndarray]:
