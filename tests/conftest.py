@@ -46,9 +46,14 @@ def _comp_logger_restored():
 
 @pytest.fixture
 def comp_caplog(caplog):
-    """caplog that also sees the `comp` logger's records (which do not propagate by
-    default); the logger is restored afterwards by _comp_logger_restored."""
-    get_logger().propagate = True
+    """caplog that sees each of the `comp` logger's records once, at INFO and above.
+
+    The `comp` logger does not propagate, so caplog's handler is attached to it directly
+    (pytest 9's `at_level(logger=...)` attaches it there too; `addHandler` keeps one copy).
+    Making the logger propagate instead would also reach the root handler: two records each
+    on pytest 9. The logger is restored afterwards by _comp_logger_restored."""
+    logger = get_logger()
+    logger.addHandler(caplog.handler)
     with caplog.at_level(logging.INFO, logger="comp"):
         yield caplog
 

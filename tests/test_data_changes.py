@@ -9,7 +9,6 @@ submission equals a fresh run's on the new data.
 
 from __future__ import annotations
 
-import logging
 import shutil
 from pathlib import Path
 
@@ -18,7 +17,6 @@ import pytest
 from PIL import Image
 
 from comp.data.folder import read_competition
-from comp.log import get_logger
 from comp.run import main
 from tests.conftest import make_competition, synthetic_image, tiny_overrides
 
@@ -70,20 +68,17 @@ def test_relabelled_and_added_train_images_are_named(tmp_path, competition, caps
     assert "alpha_000.png" in err[0] and "new.png" in err[0]
 
 
-def test_test_only_changes_keep_the_folds(tmp_path, competition, capsys, caplog,
-                                          monkeypatch):
+def test_test_only_changes_keep_the_folds(tmp_path, competition, capsys, comp_caplog):
     assert _prepare(tmp_path, competition, capsys)[0] == 0
     folds = (tmp_path / "runs" / "tiny" / "folds.csv").read_text()
     _replace(competition / "test" / "test_001.png", 7)
     sample = pd.read_csv(competition / "sample_submission.csv", dtype=str)
     sample.iloc[::-1].to_csv(competition / "sample_submission.csv", index=False)
-    monkeypatch.setattr(get_logger(), "propagate", True)
-    with caplog.at_level(logging.INFO, logger="comp"):
-        code = main(["stage=prepare", *tiny_overrides(tmp_path, competition, quiet="false")])
+    code = main(["stage=prepare", *tiny_overrides(tmp_path, competition, quiet="false")])
     assert code == 0
     assert (tmp_path / "runs" / "tiny" / "folds.csv").read_text() == folds
     assert "the test images changed since the last run (1 image(s) replaced, e.g. " \
-        "['test_001.png'])" in caplog.text
+        "['test_001.png'])" in comp_caplog.text
 
 
 def test_image_cache_is_keyed_by_content_not_mtime(tmp_path, competition, capsys):
@@ -119,7 +114,7 @@ def test_non_image_in_unlabeled_listed_as_png_fails_in_prepare(tmp_path, competi
     assert code == 2 and "notes.png" in err[0]
 
 
-def test_class_folders_take_every_image_and_name_the_rest(tmp_path, caplog, monkeypatch):
+def test_class_folders_take_every_image_and_name_the_rest(tmp_path, comp_caplog):
     root = make_competition(tmp_path / "c", layout="folders")
     alpha = root / "train" / "alpha"
     Image.open(alpha / "alpha_000.png").convert("RGB").save(alpha / "extra.jfif", "JPEG")
@@ -128,15 +123,13 @@ def test_class_folders_take_every_image_and_name_the_rest(tmp_path, caplog, monk
     (alpha / "Thumbs.db").write_bytes(b"\x00\x01")
     (alpha / "deeper").mkdir()
     Image.open(alpha / "alpha_002.png").save(alpha / "deeper" / "lost.png")
-    monkeypatch.setattr(get_logger(), "propagate", True)
-    with caplog.at_level(logging.WARNING, logger="comp"):
-        comp = read_competition(root)
+    comp = read_competition(root)
     ids = set(comp.train["id"])
     assert {"extra.jfif", "no_suffix_png"} <= ids and "readme.txt" not in ids
-    skipped = [r.getMessage() for r in caplog.records if "not images" in r.getMessage()]
+    skipped = [r.getMessage() for r in comp_caplog.records if "not images" in r.getMessage()]
     assert len(skipped) == 1 and "2 file(s)" in skipped[0] and "alpha/readme.txt" in skipped[0]
     assert any("1 sub-folder(s)" in r.getMessage() and "alpha/deeper" in r.getMessage()
-               for r in caplog.records)
+               for r in comp_caplog.records)
 
 
 # ---- slow: the rerun after a data change equals a fresh run on the new data ----------

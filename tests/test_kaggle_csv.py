@@ -188,19 +188,13 @@ def test_messy_but_clear_csvs_are_read(tmp_path):
     assert comp.submission_columns == ["id", "label"]
 
 
-def test_case_only_label_twins_warn(tmp_path, caplog, monkeypatch):
-    import logging
-
-    from comp.log import get_logger
-
+def test_case_only_label_twins_warn(tmp_path, comp_caplog):
     root = make_competition(tmp_path / "k")
     train = pd.read_csv(root / "train.csv", dtype=str)
     train.loc[0, "label"] = "Alpha"
     train.to_csv(root / "train.csv", index=False)
-    monkeypatch.setattr(get_logger(), "propagate", True)
-    with caplog.at_level(logging.WARNING, logger="comp"):
-        comp = read_competition(root)
-    assert "Alpha" in comp.classes and "differ only in upper/lower case" in caplog.text
+    comp = read_competition(root)
+    assert "Alpha" in comp.classes and "differ only in upper/lower case" in comp_caplog.text
 
 
 def test_float_image_with_nan_decodes(tmp_path):
