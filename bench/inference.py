@@ -33,7 +33,7 @@ def main() -> None:
     from comp.data.images import load_images
     from comp.data.views import dihedral_view
     from comp.inference import load_spec, predict_images
-    from comp.models.build import build_backbone, build_head_model, split_backbone
+    from comp.models.build import build_backbone, create_head, split_backbone
     from comp.models.registry import get_backbone
     from comp.run import main as comp_main
 
@@ -67,9 +67,7 @@ def main() -> None:
         for fold in folds:
             base = build_backbone(backbone, size, spec.weights, spec.train["seed"])
             split = split_backbone(base, backbone, spec.model["unfreeze"])
-            m = spec.model
-            head = build_head_model(split, n_classes, m["pooling"], m["dense_units"],
-                                    m["dropout"], m["bn_trainable"], 0)
+            head = create_head(split, spec, n_classes, 0)
             head.load_weights(model_dir / f"fold{fold}" / "model.weights.h5")
             inputs = keras.Input((size, size, 3))
             full = keras.Model(inputs, head(split.prefix(inputs)))

@@ -89,7 +89,7 @@ class ModelConfig:
 class TrainConfig:
     """Optimiser, learning-rate schedule and stopping of one (model, fold) fit."""
 
-    optimizer: str = "sgd"  # sgd (Nesterov momentum) | adam
+    optimizer: str = "sgd"  # sgd (Nesterov momentum) | adam | adamw
     lr: float = 0.003
     momentum: float = 0.9
     schedule: str = "step"  # step | cosine | constant
@@ -100,6 +100,10 @@ class TrainConfig:
     batch_size: int = 32
     class_weight: str = "balanced"  # balanced | none
     label_smoothing: float = 0.0
+    weight_decay: float = 0.004  # optimizer=adamw: decoupled weight decay
+    warmup: int = 0  # epochs of linear learning-rate warm-up before the schedule
+    ema: bool = False  # keep (and end with) an exponential moving average of the weights
+    ema_momentum: float = 0.99
     seed: int = 0
     # which rows choose the kept epoch: last (the end of the step-decay schedule; every
     # training row trains: honest, and the default since it scored best on wbc and digits),
@@ -120,6 +124,12 @@ class AugmentConfig:
     brightness: float = 0.1
     contrast: float = 0.1
     tta: str = "dihedral"  # none | flips | dihedral
+    # online augmentation, a fresh draw every batch, where the model trains from the image
+    # itself (no frozen prefix: small_cnn, model.unfreeze=all): random translation (a
+    # fraction of the side), rotation (a fraction of a full turn) and zoom; 0: off
+    online_shift: float = 0.0
+    online_rotation: float = 0.0
+    online_zoom: float = 0.0
 
 
 @dataclass
@@ -258,7 +268,10 @@ class Config:
 
     stage: str = "all"
     name: str = "demo"  # experiment name: runs/<name>/, submission file prefix
-    backbones: list[str] = field(default_factory=lambda: ["mobilenet_025"])
+    # backbone entries to fine-tune; `auto` (comp.models.choice): the strongest whose
+    # ImageNet weights can be had here, sized to the machine and time_limit, + a CNN from
+    # scratch for small or grayscale images
+    backbones: list[str] = field(default_factory=lambda: ["auto"])
     weights: str = "imagenet"  # imagenet | none | <path to a .h5 weight file>
     weights_dir: str | None = None  # extra folder searched for ImageNet weight files
     runs_dir: str = "runs"
@@ -299,6 +312,9 @@ def _register() -> None:
 def load_config(overrides: list[str], config_dir=CONFIG_DIR) -> DictConfig:
     """Compose the config from `comp/configs/` and `key=value` overrides; raise CompError."""
     _register()
+    # `backbones=auto` is the list [auto] (the key is a list)
+    overrides = [f"{o}".replace("backbones=auto", "backbones=[auto]", 1)
+                 if f"{o}".lstrip("+~") == "backbones=auto" else o for o in overrides]
     try:
         with config_dir_path(config_dir) as folder, initialize_config_dir(
                 config_dir=str(folder), version_base="1.3"):
@@ -318,7 +334,8 @@ def load_config(overrides: list[str], config_dir=CONFIG_DIR) -> DictConfig:
     from comp.models.registry import get_backbone
 
     for backbone in list(cfg.backbones) + list(cfg.backbone_overrides):
-        get_backbone(backbone)
+        if backbone != "auto":
+            get_backbone(backbone)
     for backbone in cfg.backbone_overrides:
         model_settings(cfg, backbone)  # validates the override's keys and types
     return cfg
@@ -371,8 +388,14 @@ def model_settings(cfg: DictConfig, backbone: str) -> DictConfig:
     merged = OmegaConf.create(
         {name: OmegaConf.to_container(cfg[name]) for name in _OVERRIDABLE_SECTIONS}
     )
-    layers = [cfg.backbone_overrides.get(backbone.split("-", 1)[0]) or {}]
-    if "-" in backbone:
+    base, _, tag = backbone.partition("-")
+    layers = [cfg.backbone_overrides.get(base) or {}]
+    if tag:
+        from comp.models.registry import get_backbone
+
+        # a variant named after one of its backbone's unfreeze points cuts there
+        if tag in get_backbone(base).unfreeze_points:
+            layers.append({"model": {"unfreeze": tag}})
         layers.append(cfg.backbone_overrides.get(backbone) or {})
     for section, values in [item for layer in layers for item in layer.items()]:
         if section not in _OVERRIDABLE_SECTIONS:

@@ -90,7 +90,7 @@ def build_export_model(cfg: DictConfig, run: RunDir, model_id: str, n_classes: i
 
     from comp.data.views import TTA_VIEWS
     from comp.inference import load_spec
-    from comp.models.build import build_backbone, build_head_model, split_backbone
+    from comp.models.build import build_backbone, create_head, split_backbone
     from comp.models.registry import get_backbone
 
     spec = load_spec(cfg, run, model_id)
@@ -123,8 +123,7 @@ def build_export_model(cfg: DictConfig, run: RunDir, model_id: str, n_classes: i
                     features = layers.Identity(dtype="float16")(features)
                 per_view.append(features)
             shared[split.cut] = per_view
-        head = build_head_model(split, n_classes, m["pooling"], m["dense_units"],
-                                m["dropout"], m["bn_trainable"], 0)
+        head = create_head(split, fold_spec, n_classes, 0)
         head.load_weights(run.fold_dir(model_id, fold) / "model.weights.h5")
         head = keras.Model(head.input, head.output, name=f"fold{fold}")
         flat += [head(features) for features in shared[split.cut]]

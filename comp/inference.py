@@ -23,7 +23,7 @@ from comp.ensemble import METHODS
 from comp.errors import CompError
 from comp.log import progress
 from comp.metrics import HIGHER_IS_BETTER
-from comp.models.build import build_backbone, build_head_model, split_backbone
+from comp.models.build import build_backbone, create_head, split_backbone
 from comp.models.classic import view_average_proba
 from comp.models.registry import get_backbone
 from comp.models.spec import ClassicSpec, ModelSpec
@@ -136,10 +136,8 @@ def predict_images(spec: ModelSpec, model_dir: Path, images: np.ndarray,
             shared[key] = (split, compute_features(images, split.prefix, backbone.preprocess,
                                                    plan.tta, 0, fold_spec.augment, 0))
         split, features = shared[key]
-        m = fold_spec.model
         with model_scope(spec.compute):
-            head = build_head_model(split, n_classes, m["pooling"], m["dense_units"],
-                                    m["dropout"], m["bn_trainable"], 0)
+            head = create_head(split, fold_spec, n_classes, 0)
         head.load_weights(model_dir / f"fold{fold}" / "model.weights.h5")
         total += predict_tta(head, features, list(range(len(plan.tta))))
     return total / len(folds)

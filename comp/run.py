@@ -21,6 +21,8 @@ from comp.stages import STAGES
 _WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM}
 # stages that build Keras models: TensorFlow is imported (quietly) just before they run
 TF_STAGES = {"train", "plan", "pseudo", "tune", "predict", "export", "all"}
+# stages that read `backbones`: `auto` is resolved before they run
+CHOOSING_STAGES = {"train", "plan", "pseudo", "tune", "all"}
 
 
 def help_text() -> str:
@@ -93,9 +95,11 @@ def run_stage(overrides: list[str]):
     log.setLevel("WARNING" if cfg.quiet else "INFO")
     started = time.time()
     try:
-        _save_config(cfg)
         if cfg.stage in TF_STAGES:
             quiet_tensorflow()
+        if cfg.stage in CHOOSING_STAGES:
+            _choose_backbones(cfg)
+        _save_config(cfg)
         module = importlib.import_module(STAGES[cfg.stage][0])
         from comp.workspace import run_dir, run_lock
 
@@ -135,6 +139,17 @@ def _is_worker(cfg) -> bool:
     """Stages that run side by side on one run directory: tuning workers, training units."""
     return cfg.stage == "tune" or (
         cfg.stage == "train" and (cfg.only.model is not None or cfg.only.fold is not None))
+
+
+def _choose_backbones(cfg) -> None:
+    """`backbones=auto` becomes the chosen entries (comp.models.choice), said in one line."""
+    from comp.data.prepared import load_competition
+    from comp.models.choice import AUTO, resolve_auto
+
+    if AUTO not in cfg.backbones:
+        return
+    choice = resolve_auto(cfg, load_competition(cfg).train["path"].tolist())
+    get_logger().info("%s", choice.line())
 
 
 def _save_config(cfg) -> None:

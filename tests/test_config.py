@@ -10,7 +10,7 @@ from comp.run import help_text, main
 
 def test_defaults_compose():
     cfg = load_config([])
-    assert cfg.stage == "all" and cfg.backbones == ["mobilenet_025"]
+    assert cfg.stage == "all" and cfg.backbones == ["auto"]
     assert "pixels+svm_rbf" in cfg.classic.models and cfg.tune.n_trials == 0
     assert Path(cfg.data.dir).name == "wbc" and Path(cfg.data.dir).is_dir()
 

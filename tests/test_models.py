@@ -3,13 +3,14 @@
 import functools
 import re
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from comp.config import DEMO_DIR
 from comp.errors import CompError
-from comp.models.build import build_backbone, build_head_model, split_backbone
+from comp.models.build import build_backbone, create_head, split_backbone
 from comp.models.registry import BACKBONES, get_backbone
 from comp.models.weights import ResolvedWeights, resolve_weights
 
@@ -89,8 +90,12 @@ def test_unfreeze_forms(spec, label):
     else:  # a depth fraction: the first clean cut at or after 90% of the layers
         index = int(label.search(split.cut).group(1))
         assert round(0.9 * len(base.layers)) <= index < len(base.layers)
-    model = build_head_model(split, 3, "max", 8, 0.2, True, 0)
+    spec = SimpleNamespace(model={"pooling": "max", "dense_units": 8, "dropout": 0.2,
+                                  "bn_trainable": True}, augment={"online_shift": 0.1})
+    model = create_head(split, spec, 3, 0)
     assert model.output_shape == (None, 3)
+    # online augmentation only where the model trains from the image itself
+    assert ("online_shift" in [layer.name for layer in model.layers]) == (split.prefix is None)
 
 
 def test_bad_unfreeze_points_are_clear():

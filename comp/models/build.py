@@ -136,32 +136,56 @@ def _unknown_layer(backbone: Backbone, spec: str, name: str) -> CompError:
     )
 
 
-def build_head_model(
-    split: SplitBackbone, n_classes: int, pooling: str, dense_units: int, dropout: float,
-    bn_trainable: bool, seed: int,
-):
-    """The trainable model: prefix features -> body -> pooling -> [dense] -> softmax."""
+def create_head(split: SplitBackbone, spec, n_classes: int, seed: int):
+    """The trainable model of `spec` (a ModelSpec) on `split`: the one assembly that
+    training, prediction and export share (so saved weights always load back).
+
+    prefix features -> [online augmentation] -> body -> pooling -> [dense] -> softmax.
+    Online augmentation (`augment.online_shift`, `online_rotation`, `online_zoom`: Keras
+    preprocessing layers, active in training only, a fresh draw every batch) applies where
+    the model trains from the image itself (no frozen prefix: `small_cnn`, unfreeze=all).
+    """
     import keras
     from keras import layers
 
+    m, augment = spec.model, spec.augment
     keras.utils.set_random_seed(seed)
     inputs = keras.Input(split.feature_shape, name="features")
     x = inputs
+    if split.prefix is None:
+        for layer in online_augmentation(augment, seed):
+            x = layer(x)
     if split.body is not None:
         for layer in split.body.layers:
             if isinstance(layer, layers.BatchNormalization):
-                layer.trainable = bn_trainable
+                layer.trainable = m["bn_trainable"]
         x = split.body(x)
     if len(x.shape) == 4:
         pool = {"avg": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D}
-        if pooling not in pool:
-            raise CompError(f"config: model.pooling={pooling!r}; use avg or max")
-        x = pool[pooling](name="pool")(x)
-    if dense_units > 0:
-        x = layers.Dropout(dropout, name="head_dropout1")(x)
-        x = layers.Dense(dense_units, activation="relu", name="head_dense")(x)
-    x = layers.Dropout(dropout, name="head_dropout")(x)
+        x = pool[m["pooling"]](name="pool")(x)
+    if m["dense_units"] > 0:
+        x = layers.Dropout(m["dropout"], name="head_dropout1")(x)
+        x = layers.Dense(m["dense_units"], activation="relu", name="head_dense")(x)
+    x = layers.Dropout(m["dropout"], name="head_dropout")(x)
     # float32 probabilities whatever the dtype policy (mixed precision keeps softmax stable)
     outputs = layers.Dense(n_classes, activation="softmax", name="probabilities",
                            dtype="float32")(x)
     return keras.Model(inputs, outputs, name="head")
+
+
+def online_augmentation(augment: dict, seed: int) -> list:
+    """The Keras preprocessing layers of the online augmentation (see create_head)."""
+    from keras import layers
+
+    out = []
+    shift = augment.get("online_shift", 0.0)
+    if shift:
+        out.append(layers.RandomTranslation(shift, shift, fill_mode="constant",
+                                            seed=seed, name="online_shift"))
+    if augment.get("online_rotation", 0.0):
+        out.append(layers.RandomRotation(augment["online_rotation"], fill_mode="constant",
+                                         seed=seed + 1, name="online_rotation"))
+    if augment.get("online_zoom", 0.0):
+        out.append(layers.RandomZoom(augment["online_zoom"], fill_mode="constant",
+                                     seed=seed + 2, name="online_zoom"))
+    return out

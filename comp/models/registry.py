@@ -26,8 +26,14 @@ class Backbone:
     unfreeze_points: dict[str, str] = field(default_factory=dict)
     default_unfreeze: str = "all"
     weight_file: Callable[[int], str] | None = None  # image size -> Keras's no-top file name
-    weight_md5: str | None = None  # Keras's published md5 of that file, where it has one
+    weight_md5: str | None = None  # Keras's published hash of that file (md5 or sha256)
     min_size: int = 32
+    # for backbones=auto (comp.models.choice): ImageNet top-1 of the Keras weights (the
+    # keras.io applications table; None: no ImageNet weights), published multiply-adds
+    # (G) of one image at `default_size`, and the family (auto takes one per family)
+    top1: float | None = None
+    gmacs: float = 0.0
+    family: str = ""
 
 
 def _apps():
@@ -74,6 +80,15 @@ def _preprocess(module: str) -> Callable[[np.ndarray], np.ndarray]:
     return preprocess
 
 
+def _app_kw(ctor_name: str, **extra) -> Callable[..., object]:
+    def build(input_shape, weights):
+        return getattr(_apps(), ctor_name)(
+            input_shape=input_shape, include_top=False, weights=weights, **extra
+        )
+
+    return build
+
+
 def _fixed(name: str) -> Callable[[int], str]:
     return lambda size: name
 
@@ -105,12 +120,20 @@ _MOBILENET_POINTS = {
     "block6": "after:conv_pw_5_relu",
 }
 
+_EFFICIENTNET_V2_POINTS = {"block6a": "block6a_expand_conv", "block5a": "block5a_expand_conv"}
+
+
+def _convnext_points(model: str) -> dict[str, str]:
+    return {"stage3": f"{model}_downsampling_block_2", "stage2": f"{model}_downsampling_block_1"}
+
+
 def _row(name: str, constructor, preprocess, *, size: int = 224, unfreeze: dict | None = None,
          default_unfreeze: str = "all", weight_file: Callable[[int], str] | None = None,
-         md5: str | None = None, min_size: int = 32) -> Backbone:
+         md5: str | None = None, min_size: int = 32, top1: float | None = None,
+         gmacs: float = 0.0, family: str = "") -> Backbone:
     """One registry row, written with keywords (timm's `_cfg(...)` style)."""
     return Backbone(name, constructor, preprocess, size, dict(unfreeze or {}), default_unfreeze,
-                    weight_file, md5, min_size)
+                    weight_file, md5, min_size, top1, gmacs, family or name)
 
 
 BACKBONES: dict[str, Backbone] = {
@@ -120,55 +143,99 @@ BACKBONES: dict[str, Backbone] = {
              unfreeze={"block5": "block5_conv1", "block4": "block4_conv1"},
              default_unfreeze="block5",
              weight_file=_fixed("vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-             md5="6d6bbae143d832006294945121d1f1fc"),
+             md5="6d6bbae143d832006294945121d1f1fc", top1=71.3, gmacs=15.5, family="vgg"),
         _row("vgg19", _app("VGG19"), _preprocess("vgg19"),
              unfreeze={"block5": "block5_conv1", "block4": "block4_conv1"},
              default_unfreeze="block5",
              weight_file=_fixed("vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-             md5="253f8cb515780f3b799900260a226db6"),
+             md5="253f8cb515780f3b799900260a226db6", top1=71.3, gmacs=19.6, family="vgg"),
         _row("resnet50", _app("ResNet50"), _preprocess("resnet50"),
              unfreeze={"conv5": "after:conv4_block6_out", "conv4": "after:conv3_block4_out"},
              default_unfreeze="conv5",
              weight_file=_fixed("resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-             md5="4d473c1dd8becc155b73f8504c6f6626"),
+             md5="4d473c1dd8becc155b73f8504c6f6626", top1=74.9, gmacs=4.1, family="resnet"),
         _row("inception_v3", _app("InceptionV3"), _preprocess("inception_v3"), size=299,
              unfreeze={"mixed9": "after:mixed8", "mixed8": "after:mixed7"},
              default_unfreeze="mixed9",
              weight_file=_fixed("inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-             md5="bcbd6486424b2319ff4ef7d526e38f63", min_size=75),
+             md5="bcbd6486424b2319ff4ef7d526e38f63", min_size=75, top1=77.9, gmacs=5.7),
         # block12 starts at layer 106, the block boundary nearest the "unfreeze after
         # layer 108" of the classic Keras fine-tuning recipe
         _row("xception", _app("Xception"), _preprocess("xception"), size=299,
              unfreeze={"block12": "block12_sepconv1_act", "block13": "block13_sepconv1_act"},
              default_unfreeze="block12",
              weight_file=_fixed("xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-             md5="b0042744bf5b25fce3cb969f33bebb97", min_size=71),
+             md5="b0042744bf5b25fce3cb969f33bebb97", min_size=71, top1=79.0, gmacs=8.4),
         _row("inception_resnet_v2", _app("InceptionResNetV2"),
              _preprocess("inception_resnet_v2"), size=299,
              unfreeze={"block8_10": "after:block8_9_ac", "block8_1": "after:mixed_7a"},
              default_unfreeze="block8_10",
              weight_file=_fixed(
                  "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-             md5="d19885ff4a710c122648d3b5c3b684e4", min_size=75),
+             md5="d19885ff4a710c122648d3b5c3b684e4", min_size=75, top1=80.3, gmacs=13.2),
         *[_row(f"mobilenet_{tag}", _mobilenet(alpha), _preprocess("mobilenet"),
                unfreeze=_MOBILENET_POINTS, default_unfreeze="block9",
-               weight_file=_mobilenet_file(text))
-          for tag, alpha, text in (("025", 0.25, "2_5"), ("050", 0.5, "5_0"),
-                                   ("075", 0.75, "7_5"), ("100", 1.0, "1_0"))],
+               weight_file=_mobilenet_file(text), top1=top1, gmacs=gmacs, family="mobilenet")
+          for tag, alpha, text, top1, gmacs in (
+              ("025", 0.25, "2_5", 50.6, 0.041), ("050", 0.5, "5_0", 63.7, 0.149),
+              ("075", 0.75, "7_5", 68.4, 0.325), ("100", 1.0, "1_0", 70.4, 0.569))],
         _row("mobilenet_v2", _app("MobileNetV2"), _preprocess("mobilenet_v2"),
              unfreeze={"block_16": "block_16_expand", "block_13": "block_13_expand"},
-             default_unfreeze="block_13", weight_file=_mobilenet_v2_file),
+             default_unfreeze="block_13", weight_file=_mobilenet_v2_file, top1=71.3,
+             gmacs=0.30),
         _row("efficientnet_b0", _app("EfficientNetB0"), _identity,
              unfreeze={"block7a": "block7a_expand_conv", "block6a": "block6a_expand_conv"},
              default_unfreeze="block6a", weight_file=_fixed("efficientnetb0_notop.h5"),
-             md5="50bc09e76180e00e4465e1a485ddc09d"),
+             md5="50bc09e76180e00e4465e1a485ddc09d", top1=77.1, gmacs=0.39,
+             family="efficientnet"),
         _row("densenet121", _app("DenseNet121"), _preprocess("densenet"),
              unfreeze={"conv5": "after:pool4_pool", "conv4": "after:pool3_pool"},
              default_unfreeze="conv5",
              weight_file=_fixed("densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-             md5="30ee3e1110167f948a6b9946edeeb738"),
+             md5="30ee3e1110167f948a6b9946edeeb738", top1=75.0, gmacs=2.9),
+        # the modern keras.applications families (preprocessing inside the model: 0..255 in)
+        *[_row(f"efficientnetv2_{tag}", _app_kw(f"EfficientNetV2{tag.upper()}"), _identity,
+               size=size, unfreeze=_EFFICIENTNET_V2_POINTS, default_unfreeze="block6a",
+               weight_file=_fixed(f"efficientnetv2-{tag}_notop.h5"), md5=md5, top1=top1,
+               gmacs=gmacs, family="efficientnetv2")
+          for tag, size, md5, top1, gmacs in (
+              ("b0", 224, "893217f2bb855e2983157299931e43ff", 78.7, 0.72),
+              ("b1", 240, "0e80663031ca32d657f9caa404b6ec37", 79.8, 1.2),
+              ("b2", 260, "1dfe2e7a5d45b6632553a8961ea609eb", 80.5, 1.7),
+              ("b3", 300, "f6abf7b5849ac99a89b50dd3fd532856", 82.0, 3.0),
+              ("s", 384, "af0682fb74e8c54910f2d4393339c070", 83.9, 8.8))],
+        *[_row(f"convnext_{tag}", _app_kw(f"ConvNeXt{tag.title()}"), _identity,
+               unfreeze=_convnext_points(f"convnext_{tag}"), default_unfreeze="stage3",
+               weight_file=_fixed(f"convnext_{tag}_notop.h5"), md5=sha, top1=top1,
+               gmacs=gmacs, family="convnext")
+          for tag, sha, top1, gmacs in (
+              ("tiny", "d547c096cabd03329d7be5562c5e14798aa39ed24b474157cef5e85ab9e49ef1",
+               81.3, 4.5),
+              ("small", "6fc8009faa2f00c1c1dfce59feea9b0745eb260a7dd11bee65c8e20843da6eab",
+               82.3, 8.7))],
+        *[_row(f"resnet{depth}v2", _app(f"ResNet{depth}V2"), _preprocess("resnet_v2"),
+               unfreeze={"conv5": "conv5_block1_preact_bn", "conv4": "conv4_block1_preact_bn"},
+               default_unfreeze="conv5",
+               weight_file=_fixed(f"resnet{depth}v2_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+               md5=md5, top1=top1, gmacs=gmacs, family="resnetv2")
+          for depth, md5, top1, gmacs in (
+              ("50", "fac2f116257151a9d068a22e544a4917", 76.0, 4.1),
+              ("101", "c0ed64b8031c3730f411d2eb4eea35b5", 77.2, 7.8))],
+        _row("mobilenet_v3_large", _app("MobileNetV3Large"), _identity,
+             unfreeze={"block12": "expanded_conv_12_expand", "block6": "expanded_conv_6_expand"},
+             default_unfreeze="block12",
+             weight_file=_fixed("weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5"),
+             md5="07fb09a5933dd0c8eaafa16978110389", top1=75.6, gmacs=0.22,
+             family="mobilenet_v3"),
+        _row("mobilenet_v3_small", _app("MobileNetV3Small"), _identity,
+             unfreeze={"block8": "expanded_conv_8_expand", "block4": "expanded_conv_4_expand"},
+             default_unfreeze="block8",
+             weight_file=_fixed("weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"),
+             md5="d3e8ec802a04aa4fc771ee12a9a9b836", top1=68.1, gmacs=0.056,
+             family="mobilenet_v3"),
         _row("small_cnn", small_cnn, _identity, size=64,
-             unfreeze={"block3": "block3_conv1", "block2": "block2_conv1"}, min_size=16),
+             unfreeze={"block3": "block3_conv1", "block2": "block2_conv1"}, min_size=16,
+             gmacs=0.155),
     ]
 }
 

@@ -69,17 +69,14 @@ def resolve_weights(
         if not path.is_file():
             raise CompError(f"weights={weights}: file not found; give an existing .h5 file")
         return ResolvedWeights(path, "sha256:" + _sha256(path))
-    names = list(dict.fromkeys([backbone.weight_file(size), backbone.weight_file(224)]))
-    folders = search_folders(weights_dir)
-    for folder in folders:
-        for name in names:
-            path = folder / name
-            if path.is_file():
-                _check_md5(path, backbone.weight_md5)
-                return ResolvedWeights(path, "sha256:" + _sha256(path))
+    path = find_local_weights(backbone, size, weights_dir)
+    if path is not None:
+        _check_md5(path, backbone.weight_md5)
+        return ResolvedWeights(path, "sha256:" + _sha256(path))
+    names = _file_names(backbone, size)
     path = _download(backbone, names[0])
     if path is None:
-        where = ", then ".join(str(f) for f in folders)
+        where = ", then ".join(str(f) for f in search_folders(weights_dir))
         raise CompError(
             f"weights=imagenet: {backbone.name} needs the Keras file {names[0]} and it is not "
             f"in (searched in order) {where} (no network to download it); copy the file "
@@ -87,6 +84,33 @@ def resolve_weights(
             "weights_dir=<folder>, give weights=<path>, or use weights=none for random init"
         )
     return ResolvedWeights(path, "sha256:" + _sha256(path))
+
+
+def _file_names(backbone: Backbone, size: int) -> list[str]:
+    return list(dict.fromkeys([backbone.weight_file(size), backbone.weight_file(224)]))
+
+
+def find_local_weights(backbone: Backbone, size: int, weights_dir: str | None) -> Path | None:
+    """The first of the search folders that holds `backbone`'s ImageNet file (for `size`, or
+    the 224 px one), without downloading or checking it; None where none has it."""
+    if backbone.weight_file is None:
+        return None
+    for folder in search_folders(weights_dir):
+        for name in _file_names(backbone, size):
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def network_allows_downloads(timeout: float = 2.0) -> bool:
+    """Whether Keras's weight host answers (a TCP connection within `timeout` seconds)."""
+    import socket
+
+    try:
+        with socket.create_connection(("storage.googleapis.com", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _download(backbone: Backbone, name: str) -> Path | None:
@@ -101,12 +125,14 @@ def _download(backbone: Backbone, name: str) -> Path | None:
 
 
 def _check_md5(path: Path, expected: str | None) -> None:
+    """Keras publishes md5 (32 hex digits) or sha256 (64) hashes of its weight files."""
     if expected is None:
         return
-    digest = hashlib.md5(path.read_bytes()).hexdigest()
+    kind = "sha256" if len(expected) == 64 else "md5"
+    digest = hashlib.new(kind, path.read_bytes()).hexdigest()
     if digest != expected:
         raise CompError(
-            f"{path}: md5 {digest} differs from Keras's published {expected}; the file is "
+            f"{path}: {kind} {digest} differs from Keras's published {expected}; the file is "
             "damaged or another file under the same name: download it again"
         )
 

@@ -68,13 +68,22 @@ def class_weights(labels: np.ndarray, n_classes: int, mode: str) -> np.ndarray:
     return weights
 
 
+OPTIMIZERS = {
+    "sgd": lambda t, ema: keras.optimizers.SGD(t["lr"], momentum=t["momentum"], nesterov=True,
+                                               **ema),
+    "adam": lambda t, ema: keras.optimizers.Adam(t["lr"], **ema),
+    "adamw": lambda t, ema: keras.optimizers.AdamW(t["lr"], weight_decay=t["weight_decay"],
+                                                   **ema),
+}
+
+
 def make_optimizer(train: dict):
-    """SGD with Nesterov momentum, or Adam."""
-    if train["optimizer"] == "sgd":
-        return keras.optimizers.SGD(train["lr"], momentum=train["momentum"], nesterov=True)
-    if train["optimizer"] == "adam":
-        return keras.optimizers.Adam(train["lr"])
-    raise CompError(f"config: train.optimizer={train['optimizer']!r}; use sgd or adam")
+    """SGD with Nesterov momentum, Adam or AdamW (decoupled weight decay); with `train.ema`,
+    the optimizer keeps an exponential moving average of the weights (Keras's use_ema),
+    which the model ends with."""
+    ema = ({"use_ema": True, "ema_momentum": train["ema_momentum"]}
+           if train.get("ema") else {})
+    return OPTIMIZERS[train["optimizer"]](train, ema)
 
 
 def training_dataset(data: FoldData, batch_size: int, seed: int) -> tf.data.Dataset:
@@ -125,7 +134,7 @@ def _fit(model, data, train, seed, on_epoch, log_dir, jit) -> tuple[pd.DataFrame
         jit_compile=jit,
     )
     schedule = make_schedule(train["schedule"], train["lr"], train["lr_drop"],
-                             train["lr_every"], train["epochs"])
+                             train["lr_every"], train["epochs"], train.get("warmup", 0))
     stopper = None
     if data.stop_rows is not None:
         stopper = keras.callbacks.EarlyStopping(
@@ -138,6 +147,9 @@ def _fit(model, data, train, seed, on_epoch, log_dir, jit) -> tuple[pd.DataFrame
         verbose=0,
         callbacks=[
             keras.callbacks.LearningRateScheduler(schedule),
+            # scores each epoch (and early stopping restores) the EMA weights
+            *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if train.get("ema")
+              else []),
             ValidationScores(data.features, data.tta_views, data.val_rows, data.val_labels,
                              on_epoch, data.stop_rows, data.stop_labels),
             *([stopper] if stopper is not None else []),

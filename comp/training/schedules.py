@@ -18,9 +18,18 @@ def cosine_decay(epoch: int, initial: float, epochs: int) -> float:
     return 0.5 * initial * (1 + math.cos(math.pi * min(epoch, epochs) / max(1, epochs)))
 
 
+def warmed_up(schedule: Callable[[int], float], warmup: int) -> Callable[[int], float]:
+    """`schedule` with a linear warm-up: epoch e < warmup runs at (e + 1) / (warmup + 1)
+    of the scheduled rate."""
+    if warmup <= 0:
+        return schedule
+    return lambda e: schedule(e) * min(1.0, (e + 1) / (warmup + 1))
+
+
 def make_schedule(name: str, initial: float, drop: float, every: int,
-                  epochs: int) -> Callable[[int], float]:
-    """The schedule `name` (step | cosine | constant) as epoch -> learning rate."""
+                  epochs: int, warmup: int = 0) -> Callable[[int], float]:
+    """The schedule `name` (step | cosine | constant) as epoch -> learning rate, after
+    `warmup` epochs of linear warm-up."""
     schedules = {
         "step": lambda e: step_decay(e, initial, drop, every),
         "cosine": lambda e: cosine_decay(e, initial, epochs),
@@ -28,4 +37,4 @@ def make_schedule(name: str, initial: float, drop: float, every: int,
     }
     if name not in schedules:
         raise CompError(f"config: train.schedule={name!r}; use one of {sorted(schedules)}")
-    return schedules[name]
+    return warmed_up(schedules[name], warmup)

@@ -23,7 +23,7 @@ from comp.crashpoints import crash_point
 from comp.errors import CompError
 from comp.log import get_logger, progress, unit_done
 from comp.metrics import scores
-from comp.models.build import build_backbone, build_head_model, split_backbone
+from comp.models.build import build_backbone, create_head, split_backbone
 from comp.models.registry import get_backbone
 from comp.models.spec import ModelSpec
 from comp.predictions import probs_frame, write_prediction_set
@@ -84,10 +84,8 @@ class FeaturedModel:
         """A fresh trainable model for one fold (body weights reset to the loaded ones)."""
         if self.split.body is not None:
             self.split.body.set_weights(self.initial_body)
-        m = spec.model
         with model_scope(spec.compute):
-            return build_head_model(self.split, n_classes, m["pooling"], m["dense_units"],
-                                    m["dropout"], m["bn_trainable"], seed)
+            return create_head(self.split, spec, n_classes, seed)
 
 
 def model_key(spec) -> str:
