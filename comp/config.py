@@ -104,6 +104,9 @@ class TrainConfig:
     warmup: int = 0  # epochs of linear learning-rate warm-up before the schedule
     ema: bool = False  # keep (and end with) an exponential moving average of the weights
     ema_momentum: float = 0.99
+    # epoch_choice=last: end with the mean of the weights after each of the last this many
+    # epochs (stochastic weight averaging); 0 or 1: the last epoch's weights
+    average_last: int = 0
     seed: int = 0
     # which rows choose the kept epoch: last (the end of the step-decay schedule; every
     # training row trains: honest, and the default since it scored best on wbc and digits),

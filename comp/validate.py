@@ -259,6 +259,7 @@ CONSTRAINTS: dict[str, Constraint] = {
     "train.lr": POSITIVE,
     "train.weight_decay": Interval(0, 1, closed="left"),
     "train.warmup": Int(0),
+    "train.average_last": Int(0),
     "train.ema_momentum": Interval(0, 1, closed="neither"),
     "train.momentum": Interval(0, 1, closed="left"),
     "train.schedule": Options("step", "cosine", "constant"),

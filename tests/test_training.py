@@ -107,3 +107,48 @@ def test_inner_holdout_chooses_the_epoch_without_the_scored_rows():
     assert not set(fit) & set(held) and sorted([*fit, *held]) == rows.tolist()
     assert not set(groups[fit]) & set(groups[held]) and set(labels[held]) == {0, 1, 2}
     assert 6 <= len(held) <= 14
+
+
+def _last_epoch_data():
+    data = _data()
+    data.stop_rows = data.stop_labels = None  # epoch_choice=last
+    return data
+
+
+class _Weights:
+    """A stand-in model: get_weights/set_weights on one array."""
+
+    def __init__(self):
+        self.value = [np.zeros(2)]
+
+    def get_weights(self):
+        return [w.copy() for w in self.value]
+
+    def set_weights(self, weights):
+        self.value = weights
+
+
+def test_average_last_ends_with_the_mean_of_the_last_epochs():
+    from comp.training.callbacks import LastEpochsAverage
+
+    average, model = LastEpochsAverage(epochs=5, last=3), _Weights()
+    average.set_model(model)
+    for epoch in range(5):
+        model.value = [np.full(2, float(epoch))]
+        average.on_epoch_end(epoch)
+    average.on_train_end()
+    np.testing.assert_allclose(model.value[0], [3.0, 3.0])  # mean of epochs 2, 3, 4
+    # in a real fit: other weights than the last epoch's
+    plain, averaged = _model(), _model()
+    fit_fold(plain, _last_epoch_data(), TRAIN, seed=0)
+    fit_fold(averaged, _last_epoch_data(), {**TRAIN, "average_last": 3}, seed=0)
+    assert not np.allclose(plain.get_weights()[0], averaged.get_weights()[0])
+
+
+def test_warmup_adamw_and_ema_train_and_end_with_the_average():
+    history, best = fit_fold(_model(), _last_epoch_data(),
+                             {**TRAIN, "optimizer": "adamw", "lr": 0.05, "weight_decay": 0.01,
+                              "warmup": 2, "ema": True, "ema_momentum": 0.5}, seed=0)
+    np.testing.assert_allclose(history["lr"].tolist()[:3], [0.05 / 3, 0.05 * 2 / 3, 0.05],
+                               rtol=1e-6)
+    assert best == len(history) - 1 and history["val_auc"].iloc[-1] > 0.6

@@ -70,3 +70,30 @@ def predict_views(model, features: np.ndarray, views: list[int],
         unmap(features)
         per_view.append(np.concatenate(chunks))
     return np.stack(per_view).mean(axis=0)
+
+
+class LastEpochsAverage(keras.callbacks.Callback):
+    """Stochastic weight averaging over the schedule's last `last` epochs: the model ends
+    with the mean of its weights (BatchNorm statistics included) after each of them.
+    Chooses nothing by validation scores, so it stays honest with epoch_choice=last."""
+
+    def __init__(self, epochs: int, last: int):
+        super().__init__()
+        self.first = max(0, epochs - last)
+        self.total: list[np.ndarray] | None = None
+        self.count = 0
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if epoch < self.first:
+            return
+        weights = self.model.get_weights()
+        if self.total is None:
+            self.total = [w.astype(np.float64) for w in weights]
+        else:
+            for total, w in zip(self.total, weights, strict=True):
+                total += w
+        self.count += 1
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self.count > 1:
+            self.model.set_weights([t / self.count for t in self.total])

@@ -11,7 +11,7 @@ import tensorflow as tf
 from sklearn.utils.class_weight import compute_class_weight
 
 from comp.errors import CompError
-from comp.training.callbacks import ValidationScores, predict_views
+from comp.training.callbacks import LastEpochsAverage, ValidationScores, predict_views
 from comp.training.compute import jit_compile, model_scope
 from comp.training.features import unmap
 from comp.training.schedules import make_schedule
@@ -116,9 +116,12 @@ def training_dataset(data: FoldData, batch_size: int, seed: int) -> tf.data.Data
 def fit_fold(model, data: FoldData, train: dict, seed: int,
              on_epoch=None, log_dir: str | None = None,
              compute: dict | None = None) -> tuple[pd.DataFrame, int]:
-    """Train `model` (compiled here) on `data`; keep the best-validation-AUC epoch's weights.
+    """Train `model` (compiled here) on `data` and leave it with the kept weights: the
+    last epoch's (no `stop_rows`: epoch_choice=last; with `train.average_last`, the mean
+    of the last epochs'; with `train.ema`, the moving average), or the best epoch on the
+    stop rows (early stopping restores it).
 
-    Returns the per-epoch history and the best epoch (0-based). With `log_dir`, Keras's
+    Returns the per-epoch history and the kept epoch (0-based). With `log_dir`, Keras's
     TensorBoard callback writes event files there. `compute` picks the dtype policy, XLA
     and the distribution strategy (comp.training.compute).
     """
@@ -153,6 +156,8 @@ def _fit(model, data, train, seed, on_epoch, log_dir, jit) -> tuple[pd.DataFrame
             ValidationScores(data.features, data.tta_views, data.val_rows, data.val_labels,
                              on_epoch, data.stop_rows, data.stop_labels),
             *([stopper] if stopper is not None else []),
+            *([LastEpochsAverage(train["epochs"], train["average_last"])]
+              if train.get("average_last", 0) > 1 and stopper is None else []),
             *([keras.callbacks.TensorBoard(log_dir=log_dir)] if log_dir else []),
         ],
     )
