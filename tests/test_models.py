@@ -109,7 +109,10 @@ def test_bad_unfreeze_points_are_clear():
     assert split.cut == "after:conv4_block6_out"
 
 
-LARGE = {"inception_resnet_v2", "inception_v3", "densenet121"}  # 3-5 s each to build
+# 3-40 s each to build here: their cut points are checked in the slow run
+LARGE = {"inception_resnet_v2", "inception_v3", "densenet121", "convnext_tiny", "convnext_small",
+         "efficientnetv2_b1", "efficientnetv2_b2", "efficientnetv2_b3", "efficientnetv2_s",
+         "resnet50v2", "resnet101v2"}
 
 
 @pytest.mark.parametrize("name", [
