@@ -130,6 +130,10 @@ class AugmentConfig:
     # online augmentation, a fresh draw every batch, where the model trains from the image
     # itself (no frozen prefix: small_cnn, model.unfreeze=all): random translation (a
     # fraction of the side), rotation (a fraction of a full turn) and zoom; 0: off
+    # per unit, an inner CV of its training rows (a linear probe on the cached features)
+    # decides whether the flip/rotation views help or the image alone trains and predicts
+    # (a 6 turned is a 9); the choice is in the unit's metrics.json (comp.training.viewchoice)
+    choose_views: bool = False
     online_shift: float = 0.0
     online_rotation: float = 0.0
     online_zoom: float = 0.0

@@ -92,6 +92,7 @@ def build_export_model(cfg: DictConfig, run: RunDir, model_id: str, n_classes: i
     from comp.inference import load_spec
     from comp.models.build import build_backbone, create_head, split_backbone
     from comp.models.registry import get_backbone
+    from comp.training.viewchoice import IDENTITY, recorded_views
 
     spec = load_spec(cfg, run, model_id)
     backbone = get_backbone(spec.backbone)
@@ -126,7 +127,10 @@ def build_export_model(cfg: DictConfig, run: RunDir, model_id: str, n_classes: i
         head = create_head(split, fold_spec, n_classes, 0)
         head.load_weights(run.fold_dir(model_id, fold) / "model.weights.h5")
         head = keras.Model(head.input, head.output, name=f"fold{fold}")
-        flat += [head(features) for features in shared[split.cut]]
+        fold_views = shared[split.cut]  # view 0, the image itself, comes first
+        if recorded_views(run.fold_dir(model_id, fold)) == IDENTITY:
+            fold_views = fold_views[:1]
+        flat += [head(features) for features in fold_views]
     probs = flat[0] if len(flat) == 1 else layers.Average(name="average")(flat)
     probs = layers.Identity(name="probabilities", dtype="float32")(probs)
     return keras.Model(image, probs, name=f"comp_{spec.backbone}"), size, views

@@ -31,6 +31,7 @@ from comp.models.weights import ResolvedWeights, resolve_weights
 from comp.training.compute import model_scope
 from comp.training.features import ViewPlan, compute_features
 from comp.training.fit import predict_tta
+from comp.training.viewchoice import IDENTITY, recorded_views
 from comp.workspace import RunDir
 
 
@@ -139,7 +140,10 @@ def predict_images(spec: ModelSpec, model_dir: Path, images: np.ndarray,
         with model_scope(spec.compute):
             head = create_head(split, fold_spec, n_classes, 0)
         head.load_weights(model_dir / f"fold{fold}" / "model.weights.h5")
-        total += predict_tta(head, features, list(range(len(plan.tta))))
+        positions = list(range(len(plan.tta)))  # view 0, the image itself, comes first
+        if recorded_views(model_dir / f"fold{fold}") == IDENTITY:
+            positions = positions[:1]
+        total += predict_tta(head, features, positions)
     return total / len(folds)
 
 

@@ -32,6 +32,7 @@ from comp.training.classic import ClassicFeatures, train_classic_fold
 from comp.training.compute import model_scope
 from comp.training.features import ViewPlan, feature_cache
 from comp.training.fit import FoldData, class_weights, fit_fold, predict_tta
+from comp.training.viewchoice import ALL, IDENTITY, choose_views, unit_descriptors
 from comp.workspace import unit_lock
 
 SPLITS = ("train", "test", "unlabeled")
@@ -104,8 +105,10 @@ def featured_model(spec, prepared, max_pixels: int):
 
 def fold_data(featured: FeaturedModel, spec: ModelSpec, labels: np.ndarray,
               rows: np.ndarray, val: np.ndarray, n_classes: int,
-              pseudo: PseudoRows | None = None, groups: np.ndarray | None = None) -> FoldData:
-    """Training rows `rows` (+ pseudo rows) and validation rows `val` of the train split.
+              pseudo: PseudoRows | None = None, groups: np.ndarray | None = None,
+              views: str = ALL) -> FoldData:
+    """Training rows `rows` (+ pseudo rows) and validation rows `val` of the train split;
+    `views` IDENTITY trains and validates on the image alone (comp.training.viewchoice).
 
     `train.epoch_choice` says which rows choose the epoch: `last` (default) none (the
     last epoch is kept), `inner` an inner stratified group holdout of `rows`
@@ -130,10 +133,35 @@ def fold_data(featured: FeaturedModel, spec: ModelSpec, labels: np.ndarray,
         targets = np.concatenate([targets, pseudo.targets])
         soft_class = pseudo.targets.argmax(1)
         weights = np.concatenate([weights, pseudo.weights * per_class[soft_class]])
-    return FoldData(featured.features["train"], plan.train_positions(spec.augment["dihedral"]),
-                    rows, targets[rows], weights[rows], val, labels[val],
-                    plan.tta_positions("train"), pseudo_features, stop,
+    train_views, tta_views = plan.train_positions(spec.augment["dihedral"]), \
+        plan.tta_positions("train")
+    if views == IDENTITY:
+        train_views, tta_views = [0], [0]
+    return FoldData(featured.features["train"], train_views, rows, targets[rows],
+                    weights[rows], val, labels[val], tta_views, pseudo_features, stop,
                     None if stop is None else labels[stop])
+
+
+def unit_views(featured: FeaturedModel, spec: ModelSpec, labels: np.ndarray,
+               rows: np.ndarray, groups: np.ndarray | None, max_rows: int = 2000) -> str:
+    """ALL or IDENTITY for one unit (`augment.choose_views`; ALL when it is off or
+    the model has one view): decided on the unit's training `rows` alone."""
+    plan = featured.plan
+    train_views = plan.train_positions(spec.augment["dihedral"])
+    if not spec.augment.get("choose_views") or len(train_views) < 2:
+        return ALL
+    if len(rows) > max_rows:  # a stratified sample is enough for a linear probe
+        rows = np.sort(np.random.default_rng(spec.train["seed"]).choice(rows, max_rows,
+                                                                         replace=False))
+    descriptors = unit_descriptors(featured.features["train"], rows)
+    return choose_views(descriptors, train_views, plan.tta_positions("train"), labels[rows],
+                        None if groups is None else groups[rows], spec.train["seed"])
+
+
+def split_positions(plan: ViewPlan, split: str, views: str) -> list[int]:
+    """Positions of the views a unit predicts `split` with."""
+    positions = plan.tta_positions(split)
+    return positions[:1] if views == IDENTITY else positions
 
 
 def inner_holdout(rows: np.ndarray, labels: np.ndarray, groups: np.ndarray | None,
@@ -238,18 +266,18 @@ def _train_fold(featured: FeaturedModel, model_id: str, spec: ModelSpec, prepare
     seed = spec.train["seed"] + fold
     model = featured.new_head(spec, len(classes), seed)
     val = prepared.unit_val_rows(fold)
-    data = fold_data(featured, spec, labels, prepared.unit_train_rows(fold), val, len(classes),
-                     pseudo, prepared.folds["group"].to_numpy())
+    rows, groups = prepared.unit_train_rows(fold), prepared.folds["group"].to_numpy()
+    views = unit_views(featured, spec, labels, rows, groups)
+    data = fold_data(featured, spec, labels, rows, val, len(classes), pseudo, groups, views)
 
     def show(epoch: int, logs: dict) -> None:
         bar.set_postfix(fold=fold, epoch=epoch, val_auc=f"{logs['val_auc']:.3f}")
 
     history, best_epoch = fit_fold(model, data, spec.train, seed, show,
                                    str(out / "logs") if tensorboard else None, spec.compute)
-    val_probs = predict_views(model, featured.features["train"],
-                              featured.plan.tta_positions("train"), val)
+    val_probs = predict_views(model, featured.features["train"], data.tta_views, val)
     split_probs = {split: predict_tta(model, featured.features[split],
-                                      featured.plan.tta_positions(split))
+                                      split_positions(featured.plan, split, views))
                    for split in ("test", "unlabeled")}
     with atomic_path(out / "model.weights.h5", suffix=".weights.h5") as tmp:
         model.save_weights(tmp)
@@ -257,7 +285,7 @@ def _train_fold(featured: FeaturedModel, model_id: str, spec: ModelSpec, prepare
     optimistic = int(history["val_monitor"].idxmax())
     write_fold_outputs(out, prepared, fold, val_probs, split_probs, {
         "best_epoch": best_epoch, "epochs_run": len(history),
-        "epoch_choice": spec.train.get("epoch_choice", "outer"),
+        "epoch_choice": spec.train.get("epoch_choice", "outer"), "views": views,
         "n_train": int(len(data.rows)),
         "n_stop": 0 if data.stop_rows is None else int(len(data.stop_rows)),
         "optimistic": {"epoch": optimistic, **{
