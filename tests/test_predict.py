@@ -41,3 +41,45 @@ def test_predict_needs_an_input(tmp_path, competition, capsys):
     assert run_comp("stage=predict", *tiny_overrides(tmp_path, competition)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("comp: error: ") and "predict.input" in err[0]
+
+
+def _oriented_competition(root):
+    """Two classes told apart only by where a bright bar is (top or bottom): a flip or a
+    half turn makes one class the other."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows = ["id,label"]
+    for split, count in (("train", 16), ("test", 4)):
+        (root / split).mkdir(parents=True)
+        for i in range(count):
+            label = ("top", "bottom")[i % 2]
+            image = rng.integers(0, 60, (32, 32, 3)).astype(np.uint8)
+            image[(0, 24)[i % 2]:(8, 32)[i % 2]] += 150
+            Image.fromarray(image).save(root / split / f"{label}{i}.png")
+            if split == "train":
+                rows.append(f"{label}{i}.png,{label}")
+    (root / "train.csv").write_text("\n".join(rows) + "\n")
+    (root / "sample_submission.csv").write_text(
+        "id,label\n" + "".join(f"{p.name},top\n" for p in sorted((root / "test").iterdir())))
+    return root
+
+
+@pytest.mark.slow
+def test_chosen_views_train_and_predict_the_image_alone(tmp_path):
+    competition = _oriented_competition(tmp_path / "oriented")
+    overrides = tiny_overrides(tmp_path, competition, **{
+        "backbone_overrides.small_cnn.augment.dihedral": "true",
+        "augment.choose_views": "true", "augment.tta": "dihedral", "train.epochs": "3"})
+    assert run_comp("stage=train", *overrides) == 0
+    metrics = sorted((tmp_path / "runs" / "tiny" / "models").glob("*/fold*/metrics.json"))
+    assert len(metrics) == 2
+    assert all(pd.read_json(m, typ="series")["views"] == "identity" for m in metrics)
+    out = tmp_path / "pred.csv"
+    assert run_comp(*overrides, "stage=predict", f"predict.input={competition / 'test'}",
+                    f"predict.output={out}") == 0
+    (model_dir,) = (tmp_path / "runs" / "tiny" / "preds").iterdir()
+    expected = pd.read_csv(model_dir / "test.csv").set_index("id")
+    got = pd.read_csv(out).set_index("id").loc[expected.index]
+    cols = ["p_bottom", "p_top"]
+    assert np.allclose(got[cols], expected[cols], atol=1e-5)
