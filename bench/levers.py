@@ -3,7 +3,8 @@ then one table: every baseline, model, pseudo-label round, tuned model, ensemble
 selected pipeline, on the same folds, with bootstrap standard errors and the paired
 difference to the round-0 fine-tuned model.
 
-    python bench/levers.py DATA_DIR [--name NAME] [--weights-dir DIR] [--tuned N | --pseudo N]
+    python bench/levers.py DATA_DIR [--name NAME] [--weights-dir DIR]
+        [--tuned N | --pseudo N | --lever KEY=VALUE]
         [--truth TEST_LABELS_CSV] [-- extra comp overrides]
 
 The table of the defaults ends with the ensembling lever (the selection among round-0
@@ -151,6 +152,9 @@ def main() -> None:
                         help="also tune the first backbone with this many trials per fold")
     parser.add_argument("--pseudo", type=int, default=0, metavar="ROUNDS",
                         help="then run this many pseudo-label rounds and print their gain")
+    parser.add_argument("--lever", default=None, metavar="KEY=VALUE",
+                        help="then run stage=all with this override (e.g. "
+                             "ensemble.methods=[mean,optuna]) and print its gain")
     parser.add_argument("--truth", type=Path, default=None)
     parser.add_argument("extra", nargs="*", help="comp overrides (or after --)")
     # argparse leaves `-- overrides` unmatched once the options sit between them and
@@ -169,12 +173,13 @@ def main() -> None:
     print(f"\nstage=all defaults: {wall:.0f} s wall, peak RSS {peak:.0f} MiB (children)")
     before = table(run, args.truth)
     print_table(before)
-    if args.tuned and args.pseudo:
-        raise SystemExit("levers.py: measure one lever per run: --tuned or --pseudo")
-    if args.tuned or args.pseudo:
+    if sum(map(bool, (args.tuned, args.pseudo, args.lever))) > 1:
+        raise SystemExit("levers.py: measure one lever per run: --tuned, --pseudo or --lever")
+    if args.tuned or args.pseudo or args.lever:
         # the lever as stage=all runs it, in the same run directory (same folds): no copy
         # of the chain here to fall out of step with it
-        lever = f"tune.n_trials={args.tuned}" if args.tuned else f"pseudo.rounds={args.pseudo}"
+        lever = (f"tune.n_trials={args.tuned}" if args.tuned else
+                 f"pseudo.rounds={args.pseudo}" if args.pseudo else args.lever)
         lever_wall, lever_peak = run_comp(["stage=all", lever, *base])
         print(f"\nstage=all {lever} (after the defaults): {lever_wall:.0f} s wall, peak RSS "
               f"{lever_peak:.0f} MiB (children)")
