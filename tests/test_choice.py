@@ -19,7 +19,7 @@ from comp.models.choice import (
     resolve_auto,
 )
 from comp.models.registry import BACKBONES
-from comp.models.spec import auto_size
+from comp.models.spec import backbone_size
 from tests.helpers import make_competition
 
 COLOUR_224 = ImageTraits(224, False, 500)
@@ -32,7 +32,7 @@ def _choose(traits, hardware, available=None, time_limit=None):
 
     return choose_backbones(
         traits, hardware, has_weights,
-        lambda b: auto_size(b.default_size, b.min_size, traits.native_side), time_limit)
+        lambda b: backbone_size(b, traits.native_side), time_limit)
 
 
 def test_a_gpu_with_every_file_gets_the_strongest_of_three_families():

@@ -65,7 +65,9 @@ def test_variants_take_their_base_settings_then_their_own():
 def test_backbone_overrides_merge_over_defaults():
     cfg = load_config(["train.lr=0.5"])
     small = model_settings(cfg, "small_cnn")
-    assert small.train.optimizer == "adam" and small.model.image_size == 64
+    # the images' own size (auto) and online augmentation, not the demo's 128 px
+    assert small.train.optimizer == "adam" and small.model.image_size is None
+    assert small.augment.online_shift == 0.1 and not small.augment.dihedral
     assert model_settings(cfg, "mobilenet_025").train.lr == 0.5
 
 
@@ -74,7 +76,8 @@ def test_experiment_files_are_short_override_lists():
     assert quick.name == "quick" and quick.tune.n_trials == 0 and quick.pseudo.rounds == 0
     assert list(quick.backbones) == [] and len(quick.classic.models) == 4
     best = load_config(["experiment=best"])
-    assert best.pseudo.rounds == 2 and best.tune.n_trials == 6 and len(best.backbones) == 2
+    assert best.pseudo.rounds == 2 and best.tune.n_trials == 6
+    assert list(best.backbones) == ["auto"]
     assert "optuna" in best.ensemble.methods
     assert load_config(["experiment=medium"]).name == "medium"
 

@@ -194,7 +194,7 @@ def resolve_auto(cfg, paths: list[str], hardware: Hardware | None = None,
     """Replace `auto` in `cfg.backbones` by the chosen entries (in place); None when
     `backbones` has no `auto`. `paths` are the training images."""
     from comp.config import model_settings
-    from comp.models.spec import auto_size
+    from comp.models.spec import backbone_size
     from comp.models.weights import find_local_weights, network_allows_downloads
 
     if AUTO not in cfg.backbones:
@@ -217,8 +217,7 @@ def resolve_auto(cfg, paths: list[str], hardware: Hardware | None = None,
 
         def size_for(backbone: Backbone) -> int:
             given = model_settings(cfg, backbone.name).model.image_size
-            return int(given or auto_size(backbone.default_size, backbone.min_size,
-                                          traits.native_side))
+            return int(given or backbone_size(backbone, traits.native_side))
 
         choice = choose_backbones(traits, hardware, has_weights, size_for, cfg.time_limit,
                                   int(cfg.train.epochs), int(cfg.data.folds))

@@ -34,6 +34,9 @@ class Backbone:
     top1: float | None = None
     gmacs: float = 0.0
     family: str = ""
+    # images smaller than default_size are upsampled this many times (ImageNet networks
+    # expect larger objects; a CNN from scratch learns at the images' own size)
+    upsample: int = 2
 
 
 def _apps():
@@ -130,10 +133,10 @@ def _convnext_points(model: str) -> dict[str, str]:
 def _row(name: str, constructor, preprocess, *, size: int = 224, unfreeze: dict | None = None,
          default_unfreeze: str = "all", weight_file: Callable[[int], str] | None = None,
          md5: str | None = None, min_size: int = 32, top1: float | None = None,
-         gmacs: float = 0.0, family: str = "") -> Backbone:
+         gmacs: float = 0.0, family: str = "", upsample: int = 2) -> Backbone:
     """One registry row, written with keywords (timm's `_cfg(...)` style)."""
     return Backbone(name, constructor, preprocess, size, dict(unfreeze or {}), default_unfreeze,
-                    weight_file, md5, min_size, top1, gmacs, family or name)
+                    weight_file, md5, min_size, top1, gmacs, family or name, upsample)
 
 
 BACKBONES: dict[str, Backbone] = {
@@ -235,7 +238,7 @@ BACKBONES: dict[str, Backbone] = {
              family="mobilenet_v3"),
         _row("small_cnn", small_cnn, _identity, size=64,
              unfreeze={"block3": "block3_conv1", "block2": "block2_conv1"}, min_size=16,
-             gmacs=0.155),
+             gmacs=0.155, upsample=1),
     ]
 }
 

@@ -102,13 +102,18 @@ def native_side(paths: list[str], sample: int = 200) -> int | None:
     return int(np.median(sides)) if sides else None
 
 
-def auto_size(default: int, minimum: int, native: int | None) -> int:
+def auto_size(default: int, minimum: int, native: int | None, upsample: int = 2) -> int:
     """The input size when none is set: the backbone's default, or for images smaller
-    than that, twice their side (at least the backbone's minimum): a 32 px image is not
-    upsampled 7 times to feed a 224 px network."""
+    than that, `upsample` times their side (at least the backbone's minimum): a 32 px
+    image is not upsampled 7 times to feed a 224 px network."""
     if not native or native >= default:
         return default
-    return int(min(default, max(minimum, 2 * native)))
+    return int(min(default, max(minimum, upsample * native)))
+
+
+def backbone_size(backbone, native: int | None) -> int:
+    """auto_size for `backbone` (its default size, minimum and upsampling)."""
+    return auto_size(backbone.default_size, backbone.min_size, native, backbone.upsample)
 
 
 def make_spec(cfg: DictConfig, backbone_name: str, folds_key: str,
@@ -122,8 +127,7 @@ def make_spec(cfg: DictConfig, backbone_name: str, folds_key: str,
     for dotted, value in (params or {}).items():
         OmegaConf.update(settings, dotted, value, merge=False)
     plain = OmegaConf.to_container(settings, resolve=True)
-    size = plain["model"]["image_size"] or auto_size(backbone.default_size, backbone.min_size,
-                                                      native)
+    size = plain["model"]["image_size"] or backbone_size(backbone, native)
     weights = resolve_weights(backbone, size, cfg.weights, cfg.weights_dir)
     return ModelSpec(backbone_name, int(size), weights, plain["model"], plain["train"],
                      plain["augment"], folds_key, pseudo,
@@ -233,8 +237,7 @@ def make_classic_spec(cfg: DictConfig, entry: str, folds_key: str,
                 raise CompError(f"config: classic.models entry {entry!r}: at most one "
                                 "backbone per entry")
             backbone = get_backbone(name)
-            size = int(at or scale * (settings.image_size or auto_size(
-                backbone.default_size, backbone.min_size, native)))
+            size = int(at or scale * (settings.image_size or backbone_size(backbone, native)))
             depths = tuple(depth_names(backbone, settings.depths))
             weights = resolve_weights(backbone, size, cfg.weights, cfg.weights_dir)
         parts.append(f"{name}@{size}")
