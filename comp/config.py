@@ -240,7 +240,7 @@ class OnlyConfig:
 class SubmitConfig:
     """How submissions are ranked."""
 
-    metric: str = "accuracy"  # accuracy | auc | macro_f1 | balanced_accuracy | log_loss
+    metric: str = "accuracy"  # accuracy | auc | macro_f1 | balanced_accuracy | log_loss | qwk
 
 
 @dataclass

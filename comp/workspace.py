@@ -35,6 +35,11 @@ class RunDir:
         return self.root / "cache" / "images"
 
     @property
+    def pixel_images(self) -> Path:
+        """PNG images written from a pixel-CSV competition's rows (comp.data.pixels)."""
+        return self.root / "cache" / "pixels"
+
+    @property
     def feature_cache(self) -> Path:
         return self.root / "cache" / "features"
 
