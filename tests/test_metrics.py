@@ -48,3 +48,27 @@ def test_qwk_is_a_submit_metric_not_a_tuning_one():
     assert load_config(["submit.metric=qwk"]).submit.metric == "qwk"
     with pytest.raises(CompError, match="tune.metric"):
         load_config(["tune.metric=qwk"])
+
+
+def test_a_prediction_set_written_before_qwk_gets_it(tmp_path):
+    from comp.artifacts import read_json, write_json
+    from comp.inference import best_prediction_set
+    from comp.predictions import probs_frame, read_prediction_set, write_prediction_set
+    from comp.workspace import RunDir
+
+    run = RunDir(tmp_path / "run")
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, 20)
+    for name, probs in (("good", np.eye(4)[labels] * 0.9 + 0.025),
+                        ("noise", rng.dirichlet(np.ones(4), 20))):
+        oof = probs_frame([f"{i}.png" for i in range(20)], probs, CLASSES,
+                          fold=np.arange(20) % 2, label=[CLASSES[k] for k in labels])
+        write_prediction_set(run.preds_dir(name), oof, oof.drop(columns=["fold", "label"]),
+                             CLASSES, {"model_id": name})
+        cv_json = run.preds_dir(name) / "cv.json"
+        old = read_json(cv_json)
+        assert "qwk" in old["cv"]
+        del old["cv"]["qwk"]  # as an older comp wrote it
+        write_json(cv_json, old)
+    assert read_prediction_set(run.preds_dir("good")).info["cv"]["qwk"] == pytest.approx(1.0)
+    assert best_prediction_set(run, "qwk") == "good"
