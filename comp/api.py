@@ -248,8 +248,9 @@ class Competition:
         image file, a folder, a list of image files, a numpy array (H,W[,C] or N,H,W[,C],
         uint8 or float in [0, 1]) or a PIL image (or a list of them). Ids are the file
         names (the paths given, where two share a name) or, for arrays and PIL images,
-        their positions 0..N-1. `using`: a model id or ensemble-<method> (default: the
-        best by CV)."""
+        their positions 0..N-1 (a 3-D array whose last axis is 1, 3 or 4 is one H,W,C
+        image, any other a stack N,H,W). `using`: a model id or ensemble-<method>
+        (default: the best by CV)."""
         extra = [] if using is None else [f"predict.using={_value(using)}"]
         if isinstance(images, str | Path):
             return self.run("predict", f"predict.input={_value(str(Path(images).resolve()))}",
