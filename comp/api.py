@@ -5,8 +5,12 @@
     comp.fit()                    # stage=all; or fit(["prepare", "train", "submit"])
     comp.leaderboard()            # DataFrame, best first
     comp.predict("new_images/")   # DataFrame: id, label, p_<class>...
+    comp.predict_proba(array)     # DataFrame of probabilities, one column per class
+    comp.evaluate(frame)          # {"accuracy": ..., "macro_f1": ..., <submit.metric>: ...}
     comp.report()                 # Path of the HTML report
     comp.export()                 # Path of the exported Keras model folder
+    Competition.from_frame(df, label="label", image="path", test_data=test_df)
+    Competition.load("runs/x")    # a finished run, to predict, evaluate or export
 
 Every call runs `comp.run.run_stage`, the same code path as the `comp` command, with
 this object's overrides plus `stage=<stage>`; user errors raise `comp.errors.CompError`.
@@ -14,13 +18,19 @@ this object's overrides plus `stage=<stage>`; user errors raise `comp.errors.Com
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from comp.errors import CompError
+
+IMAGE_TYPES = ("an image file or folder (str or Path), a list of image files, a numpy array "
+               "(H,W[,C] or N,H,W[,C], uint8 or float in [0, 1]) or a PIL image (or a list "
+               "of them)")
 
 
 def _value(value) -> str:
@@ -43,23 +53,83 @@ def _folder_name(path: Path) -> str:
     return re.sub(r"[^\w.-]", "_", path.name) or "competition"
 
 
+def flat_settings(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts of settings as dotted keys: {"train": {"epochs": 20}} ->
+    {"train.epochs": 20}; dotted keys stay as they are."""
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(flat_settings(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _array_images(images) -> list | None:
+    """`images` as a list of (H, W[, C]) uint8 arrays when it is a numpy array, a PIL
+    image or a list of those; None for anything else. Float arrays must lie in [0, 1]."""
+    import numpy as np
+    from PIL import Image
+
+    items = images if isinstance(images, list | tuple) else [images]
+    if not items or not all(isinstance(i, np.ndarray | Image.Image) for i in items):
+        return None
+    arrays = []
+    for item in items:
+        if isinstance(item, Image.Image):
+            arrays.append(item)
+            continue
+        single = item.ndim == 2 or (item.ndim == 3 and item.shape[-1] in (1, 3, 4))
+        stack = [item] if single else list(item) if item.ndim in (3, 4) else None
+        if stack is None:
+            raise CompError(f"predict: a numpy array of shape {item.shape}; give H,W[,C] or "
+                            "N,H,W[,C]")
+        arrays += [_to_uint8(a) for a in stack]
+    return arrays
+
+
+def _to_uint8(array):
+    import numpy as np
+
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.dtype == np.uint8:
+        return array
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
+            raise CompError("predict: a float array with values outside [0, 1]; give floats "
+                            "in [0, 1] or uint8 values 0..255")
+        return np.rint(array * 255).astype(np.uint8)
+    raise CompError(f"predict: a numpy array of dtype {array.dtype}; give uint8 (0..255) or "
+                    "floats in [0, 1]")
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or links not allowed
+        shutil.copyfile(source, target)
+
+
 class Competition:
     """One experiment on one competition folder (None: the bundled demo).
 
     `name` defaults to the folder's name ("demo" for the bundled demo); `runs_dir` and
     `submissions_dir` default to `runs/` and `submissions/` in the working directory.
-    Settings are config keys, as keyword arguments (`weights="none"`) or, for dotted
-    keys, a dict (`**{"train.epochs": 3}`), or ready-made `overrides=["train.lr=0.01"]`.
+    Settings are config keys, as keyword arguments (`weights="none"`), nested dicts
+    (`train={"epochs": 3}`), dotted keys through a dict (`**{"train.epochs": 3}`), or
+    ready-made `overrides=["train.lr=0.01"]`.
     """
 
-    def __init__(self, data: str | Path | None = None, name: str | None = None,
+    def __init__(self, folder: str | Path | None = None, name: str | None = None,
                  runs_dir: str | Path | None = None, submissions_dir: str | Path | None = None,
                  overrides: Iterable[str] = (), **settings):
-        self.data = None if data is None else Path(data).expanduser().resolve()
+        # `folder`, not `data`: data={"folds": 3} is a setting, like train={...}
+        self.data = None if folder is None else Path(folder).expanduser().resolve()
         base: list[str] = []
         if self.data is not None:
             if not self.data.is_dir():
-                raise CompError(f"Competition({str(data)!r}): no such folder")
+                raise CompError(f"Competition({str(folder)!r}): no such folder")
             base += ["data=folder", f"data.dir={_value(str(self.data))}"]
             name = name or _folder_name(self.data)
         if name is not None:
@@ -67,7 +137,7 @@ class Competition:
         for key, value in (("runs_dir", runs_dir), ("submissions_dir", submissions_dir)):
             if value is not None:
                 base.append(f"{key}={_value(str(Path(value).expanduser().resolve()))}")
-        base += [f"{key}={_value(value)}" for key, value in settings.items()]
+        base += [f"{key}={_value(value)}" for key, value in flat_settings(settings).items()]
         self.overrides = base + list(overrides)
         self.config = self._compose()
         self.name = self.config.name
@@ -105,25 +175,157 @@ class Competition:
         board["rank"] = range(1, len(board) + 1)
         return board
 
+    @classmethod
+    def from_frame(cls, train_data, label: str = "label", image: str = "image", test_data=None,
+                   name: str | None = None, runs_dir: str | Path | None = None,
+                   submissions_dir: str | Path | None = None, overrides: Iterable[str] = (),
+                   **settings) -> Competition:
+        """An experiment on a pandas DataFrame of training images (AutoGluon-style):
+        column `image` holds each image's path, column `label` its class. `test_data`: a
+        DataFrame with the same
+        `image` column, a folder of images, or None (the training images stand in as the
+        test set; predict() takes new images). The frame is written as a competition
+        folder (train.csv, train/, test/, sample_submission.csv; images hard-linked or
+        copied) into runs/<name>/competition/, then run like any folder. `name` defaults
+        to frame-<fingerprint of the image paths and labels>."""
+        import pandas as pd
+
+        from comp.artifacts import fingerprint
+        from comp.workspace import RunDir
+
+        if not isinstance(train_data, pd.DataFrame):
+            raise CompError(f"from_frame: train_data is a {type(train_data).__name__}; give "
+                            "a pandas DataFrame with an image-path column and a label column")
+        paths = _frame_paths(train_data, image, "train_data")
+        if label not in train_data.columns:
+            raise CompError(f"from_frame: no label column {label!r} in the training frame "
+                            f"(columns {list(train_data.columns)}); set label=<column>")
+        labels = [str(v).strip() for v in train_data[label]]
+        if test_data is None:
+            test_paths = paths
+        elif isinstance(test_data, pd.DataFrame):
+            test_paths = _frame_paths(test_data, image, "test_data")
+        elif isinstance(test_data, str | Path) and Path(test_data).is_dir():
+            from comp.data.folder import image_files
+
+            test_paths = list(image_files(Path(test_data)).values())
+        else:
+            raise CompError(f"from_frame: test_data={test_data!r}; give a DataFrame with an "
+                            f"{image!r} column, a folder of images, or None")
+        name = name or "frame-" + fingerprint([[str(p) for p in paths], labels])
+        runs = Path(runs_dir).expanduser().resolve() if runs_dir is not None else Path("runs")
+        folder = RunDir(runs / name).frame_competition
+        _write_competition(folder, paths, labels, test_paths)
+        made = cls(folder, name=name, runs_dir=runs, submissions_dir=submissions_dir,
+                   overrides=overrides, **settings)
+        made.label_column, made.image_column = label, image
+        return made
+
+    @classmethod
+    def load(cls, run_dir: str | Path, **settings) -> Competition:
+        """The experiment of a run directory comp wrote (runs/<name>/), with the settings
+        of its last run (its config.yaml), then `settings` (e.g. quiet=False): to
+        predict, evaluate, report or export."""
+        from omegaconf import OmegaConf
+
+        root = Path(run_dir).expanduser().resolve()
+        saved_path = root / "config.yaml"
+        if not saved_path.is_file():
+            raise CompError(f"{root}: no config.yaml, not a run directory comp wrote; give "
+                            "runs/<name>")
+        saved = OmegaConf.to_container(OmegaConf.load(saved_path))
+        saved.pop("stage", None)
+        if "***" in str((saved.get("tune") or {}).get("storage")):  # masked: not usable
+            saved["tune"]["storage"] = None
+        saved.update(name=root.name, runs_dir=str(root.parent))
+        kept = [f"++{key}={_value(value)}" for key, value in flat_settings(saved).items()
+                if not isinstance(value, Mapping)]
+        given = [f"{key}={_value(value)}" for key, value in flat_settings(settings).items()]
+        return cls(overrides=kept + given)  # the settings given win over the saved ones
+
     def predict(self, images, using: str | None = None):
-        """Class probabilities for an image file, a folder of images, or a list of image
-        files (a DataFrame: id, label, p_<class>...); `using`: a model id or
-        ensemble-<method> (default: the best by CV)."""
+        """Class probabilities and labels (a DataFrame: id, label, p_<class>...) for an
+        image file, a folder, a list of image files, a numpy array (H,W[,C] or N,H,W[,C],
+        uint8 or float in [0, 1]) or a PIL image (or a list of them). Ids are the file
+        names (the paths given, where two share a name) or, for arrays and PIL images,
+        their positions 0..N-1 (a 3-D array whose last axis is 1, 3 or 4 is one H,W,C
+        image, any other a stack N,H,W). `using`: a model id or ensemble-<method>
+        (default: the best by CV)."""
         extra = [] if using is None else [f"predict.using={_value(using)}"]
         if isinstance(images, str | Path):
             return self.run("predict", f"predict.input={_value(str(Path(images).resolve()))}",
                             *extra)
-        paths = [Path(p) for p in images]
-        if len({p.name for p in paths}) != len(paths):
-            raise CompError("predict: the image files need distinct names")
+        arrays = _array_images(images)
+        paths = None
+        if arrays is None and isinstance(images, list | tuple) and images and all(
+                isinstance(p, str | Path) for p in images):
+            paths = [Path(p) for p in images]
+        if arrays is None and paths is None:
+            raise CompError(f"predict: cannot predict a {type(images).__name__}; give "
+                            f"{IMAGE_TYPES}")
         with tempfile.TemporaryDirectory(prefix="comp-predict-") as tmp:
-            for path in paths:
-                if not path.is_file():
-                    raise CompError(f"predict: {path}: no such file")
-                shutil.copyfile(path, Path(tmp) / path.name)
-            output = Path(tmp) / "predictions.csv"
-            return self.run("predict", f"predict.input={_value(tmp)}",
-                            f"predict.output={_value(str(output))}", *extra)
+            # a folder named for what it holds: the predictions are written to
+            # runs/<name>/predictions/<that name>__<using>.csv, a file that stays
+            folder = Path(tmp) / ("api-files" if paths is not None else "api-arrays")
+            folder.mkdir()
+            if paths is not None:
+                ids = _place_files(paths, folder)
+            else:
+                from PIL import Image
+
+                ids = {}
+                for i, item in enumerate(arrays):
+                    image = item if isinstance(item, Image.Image) else Image.fromarray(item)
+                    image.save(folder / f"{i:06d}.png")
+                    ids[f"{i:06d}.png"] = i
+            frame = self.run("predict", f"predict.input={_value(str(folder))}", *extra)
+        frame = frame.set_index("id").loc[list(ids)].reset_index()
+        frame["id"] = list(ids.values())
+        return frame
+
+    def predict_proba(self, images, using: str | None = None):
+        """Class probabilities only: a DataFrame indexed by id, one column per class (see
+        predict for what `images` may be)."""
+        frame = self.predict(images, using)
+        columns = [c for c in frame.columns if c.startswith("p_")]
+        return frame.set_index("id")[columns].rename(columns=lambda c: c[2:])
+
+    def evaluate(self, data, label: str | None = None, image: str | None = None,
+                 using: str | None = None) -> dict[str, float]:
+        """Scores of the predictions on labelled images: a DataFrame (columns `image`,
+        the paths, and `label`; default: from_frame's, else "image" and "label") or a
+        folder of class sub-folders (<folder>/<class>/<image>). Returns accuracy,
+        macro_f1 and the submit.metric (comp.metrics.scores), and n (the images)."""
+        import pandas as pd
+
+        from comp.metrics import scores
+        from comp.predictions import class_indices
+
+        label = label or getattr(self, "label_column", "label")
+        image = image or getattr(self, "image_column", "image")
+        if isinstance(data, pd.DataFrame):
+            paths = _frame_paths(data, image, "evaluate")
+            if label not in data.columns:
+                raise CompError(f"evaluate: no label column {label!r} (columns "
+                                f"{list(data.columns)}); set label=<column>")
+            labels = [str(v).strip() for v in data[label]]
+        elif isinstance(data, str | Path) and Path(data).is_dir():
+            paths, labels = _class_folder_images(Path(data))
+        else:
+            raise CompError(f"evaluate: cannot score a {type(data).__name__}; give a "
+                            "DataFrame with image and label columns or a folder of class "
+                            "sub-folders")
+        frame = self.predict(paths, using)
+        classes = [c[2:] for c in frame.columns if c.startswith("p_")]
+        unknown = sorted(set(labels) - set(classes))
+        if unknown:
+            raise CompError(f"evaluate: labels {unknown[:3]} are not classes of the model "
+                            f"({classes})")
+        got = scores(class_indices(pd.Series(labels), classes),
+                     frame[[f"p_{c}" for c in classes]].to_numpy(float), classes)
+        metric = self.config.submit.metric
+        return {"accuracy": got["accuracy"], "macro_f1": got["macro_f1"],
+                metric: got[metric], "n": len(labels)}
 
     def report(self) -> Path:
         """Build the HTML report; its path."""
@@ -139,3 +341,80 @@ class Competition:
         if output is not None:
             extra.append(f"export.output={_value(str(Path(output).resolve()))}")
         return Path(self.run("export", *extra))
+
+
+def _frame_paths(frame, column: str, what: str) -> list[Path]:
+    """The existing image files of `frame[column]`, resolved; CompError naming the first
+    missing one."""
+    if column not in frame.columns:
+        raise CompError(f"{what}: no image column {column!r} (columns {list(frame.columns)}); "
+                        "set image=<column of image paths>")
+    paths = [Path(str(p)).expanduser().resolve() for p in frame[column]]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise CompError(f"{what}: {len(missing)} image file(s) not found, e.g. {missing[0]}")
+    return paths
+
+
+def _file_names(paths: list[Path]) -> list[str]:
+    """A distinct file name per path: its own name, or <row>_<name> where names repeat."""
+    names = [p.name for p in paths]
+    if len(set(names)) == len(names):
+        return names
+    return [f"{i:06d}_{name}" for i, name in enumerate(names)]
+
+
+def _place_files(paths: list[Path], folder: Path) -> dict[str, str]:
+    """Link (or copy) `paths` into `folder`; {file name there: the id to report}."""
+    names = _file_names(paths)
+    distinct = names == [p.name for p in paths]
+    ids = {}
+    for path, name in zip(paths, names, strict=True):
+        if not path.is_file():
+            raise CompError(f"predict: {path}: no such file")
+        _link_or_copy(path.resolve(), folder / name)
+        ids[name] = path.name if distinct else str(path)
+    return ids
+
+
+def _place(source: Path, target: Path) -> None:
+    """`target` holds `source`'s bytes (replaced atomically when it held others)."""
+    import filecmp
+
+    if target.is_file() and filecmp.cmp(source, target, shallow=False):
+        return
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    _link_or_copy(source, tmp)
+    os.replace(tmp, target)
+
+
+def _write_competition(folder: Path, paths: list[Path], labels: list[str],
+                       test_paths: list[Path]) -> None:
+    """A competition folder of `paths` (train, with `labels`) and `test_paths`."""
+    import pandas as pd
+
+    from comp.artifacts import write_csv
+
+    for split, files in (("train", paths), ("test", test_paths)):
+        (folder / split).mkdir(parents=True, exist_ok=True)
+        for path, name in zip(files, _file_names(files), strict=True):
+            _place(path, folder / split / name)
+    write_csv(folder / "train.csv", pd.DataFrame({"id": _file_names(paths), "label": labels}))
+    write_csv(folder / "sample_submission.csv",
+              pd.DataFrame({"id": _file_names(test_paths), "label": sorted(set(labels))[0]}))
+
+
+def _class_folder_images(folder: Path) -> tuple[list[Path], list[str]]:
+    """The images of <folder>/<class>/ and their classes (the sub-folders' names)."""
+    from comp.data.folder import image_files
+
+    paths, labels = [], []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = list(image_files(sub).values())
+        paths += files
+        labels += [sub.name.strip()] * len(files)
+    if not paths:
+        raise CompError(f"evaluate: {folder} has no class sub-folders with images; give "
+                        "<folder>/<class>/<image> or a DataFrame")
+    return paths, labels

@@ -8,9 +8,14 @@ value of the wrong type becomes a `CompError` naming the key.
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import difflib
+import io
 import os
 import re
 import tempfile
+import tokenize
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -55,12 +60,12 @@ def _copy_tree(source, target: Path) -> None:
 class DataConfig:
     """Where the competition folder is and how it is split into folds."""
 
-    dir: str = "${comp_demo:}/wbc"
-    folds: int = 5
-    fold_seed: int = 0
+    dir: str = "${comp_demo:}/wbc"  # the competition folder (see the README)
+    folds: int = 5  # K of the stratified group K-fold split
+    fold_seed: int = 0  # seed of the fold split
     # repeated stratified group K-fold: repeat r splits with fold_seed + r; every model
     # trains folds x repeats units and its OOF prediction is the mean over the repeats
-    repeats: int = 1
+    repeats: int = 1  # repeats of the K-fold split (units = folds x repeats)
     dedup: bool = True  # group near-duplicates (also flipped/rotated) into one fold
     dedup_max_distance: int = 6  # max Hamming distance of 64-bit perceptual hashes
     max_image_pixels: int = 40_000_000  # larger images are refused (decompression bombs)
@@ -68,7 +73,7 @@ class DataConfig:
     label_column: str | None = None  # train.csv's label column(s); None: label, target, ...
     # float images: the value range mapped to 0..255 (values outside are clipped);
     # None: [0, 1] when every value lies there, else clipped to 0..255 as they are
-    intensity_range: list[float] | None = None
+    intensity_range: list[float] | None = None  # range mapped to 0..255 (16-bit/float)
 
 
 @dataclass
@@ -77,42 +82,42 @@ class ModelConfig:
 
     # None: automatic: the backbone's default input size, or for smaller images twice
     # their median side (at least the backbone's minimum)
-    image_size: int | None = None
-    unfreeze: str | None = None  # named point, layer name, index or depth fraction; None: default
+    image_size: int | None = None  # input size of the fine-tuned model; None: automatic
+    unfreeze: str | None = None  # where training starts: point, layer, index, fraction
     bn_trainable: bool = True  # BatchNorm of the trainable part learns (frozen BN diverges here)
-    pooling: str = "avg"  # avg | max
-    dense_units: int = 0  # 0: no hidden dense layer in the head
-    dropout: float = 0.3
+    pooling: str = "avg"  # global pooling before the head
+    dense_units: int = 0  # width of a hidden dense layer in the head; 0: none
+    dropout: float = 0.3  # dropout rate before the softmax
 
 
 @dataclass
 class TrainConfig:
     """Optimiser, learning-rate schedule and stopping of one (model, fold) fit."""
 
-    optimizer: str = "sgd"  # sgd (Nesterov momentum) | adam | adamw
-    lr: float = 0.003
-    momentum: float = 0.9
-    schedule: str = "step"  # step | cosine | constant
-    lr_drop: float = 0.5  # step decay: multiply by this ...
+    optimizer: str = "sgd"  # sgd (Nesterov momentum), adam or adamw (decoupled weight decay)
+    lr: float = 0.003  # initial learning rate
+    momentum: float = 0.9  # SGD momentum
+    schedule: str = "step"  # learning-rate schedule: step decay, cosine or constant
+    lr_drop: float = 0.5  # step decay: multiply the learning rate by this ...
     lr_every: int = 10  # ... every this many epochs
-    epochs: int = 40
+    epochs: int = 40  # epochs per fold
     patience: int = 12  # early stopping on the epoch-choosing rows (inner, outer)
-    batch_size: int = 32
-    class_weight: str = "balanced"  # balanced | none
-    label_smoothing: float = 0.0
+    batch_size: int = 32  # images per training batch
+    class_weight: str = "balanced"  # balanced: weight classes by inverse frequency; none
+    label_smoothing: float = 0.0  # label smoothing of the cross-entropy loss
     weight_decay: float = 0.004  # optimizer=adamw: decoupled weight decay
     warmup: int = 0  # epochs of linear learning-rate warm-up before the schedule
-    ema: bool = False  # keep (and end with) an exponential moving average of the weights
-    ema_momentum: float = 0.99
+    ema: bool = False  # keep, score and end with an exponential moving average of the weights
+    ema_momentum: float = 0.99  # train.ema: momentum of the moving average
     # epoch_choice=last: end with the mean of the weights after each of the last this many
     # epochs (stochastic weight averaging); 0 or 1: the last epoch's weights
     average_last: int = 0
-    seed: int = 0
+    seed: int = 0  # random seed of the fits
     # which rows choose the kept epoch: last (the end of the step-decay schedule; every
     # training row trains: honest, and the default since it scored best on wbc and digits),
     # inner (a holdout of the training rows: honest, but ~30 images pick the epoch), outer
     # (the scored fold itself: optimistic, the old behaviour)
-    epoch_choice: str = "last"
+    epoch_choice: str = "last"  # which rows choose the kept epoch: last, inner or outer
     stop_fraction: float = 0.2  # epoch_choice=inner: share of training rows held out
 
 
@@ -123,20 +128,19 @@ class AugmentConfig:
     dihedral: bool = True  # train on the 8 flips / 90-degree rotations of each image
     random_views: int = 0  # extra randomly augmented views per training image
     rotation: float = 0.5  # free rotation, fraction of a full turn (Keras RandomRotation)
-    zoom: float = 0.1
-    brightness: float = 0.1
-    contrast: float = 0.1
-    tta: str = "dihedral"  # none | flips | dihedral
-    # online augmentation, a fresh draw every batch, where the model trains from the image
-    # itself (no frozen prefix: small_cnn, model.unfreeze=all): random translation (a
-    # fraction of the side), rotation (a fraction of a full turn) and zoom; 0: off
+    zoom: float = 0.1  # random zoom range of the random views
+    brightness: float = 0.1  # random brightness range of the random views
+    contrast: float = 0.1  # random contrast range of the random views
+    tta: str = "dihedral"  # test-time augmentation views averaged at prediction
     # per unit, an inner CV of its training rows (a linear probe on the cached features)
     # decides whether the flip/rotation views help or the image alone trains and predicts
     # (a 6 turned is a 9); the choice is in the unit's metrics.json (comp.training.viewchoice)
     choose_views: bool = False
-    online_shift: float = 0.0
-    online_rotation: float = 0.0
-    online_zoom: float = 0.0
+    # online augmentation, a fresh draw every batch, where the model trains from the image
+    # itself (no frozen prefix: small_cnn, model.unfreeze=all); 0: off
+    online_shift: float = 0.0  # online random translation, a fraction of the side
+    online_rotation: float = 0.0  # online random rotation, a fraction of a full turn
+    online_zoom: float = 0.0  # online random zoom range
 
 
 @dataclass
@@ -147,21 +151,21 @@ class ClassicConfig:
     # `color` (colour histograms) or a backbone, optionally `@<size>` (input size in
     # pixels) or `@<k>x` (k times the automatic size: more detail from small objects);
     # heads: logreg, svm_rbf, svm_linear, knn, gbm
-    models: list[str] = field(default_factory=lambda: [
+    models: list[str] = field(default_factory=lambda: [  # <features>+<head>
         "pixels+svm_rbf", "mobilenet_025+logreg", "mobilenet_025+color+logreg",
         "mobilenet_025@2x+color+logreg"])
     depths: list[str] = field(default_factory=list)  # named depths pooled; empty: all + top
     image_size: int | None = None  # backbone input size for embeddings; None: automatic
     pixels_size: int = 32  # side of the downsampled image for `pixels`
-    views: str = "dihedral"  # training views and TTA: none | flips | dihedral
+    views: str = "dihedral"  # training views and TTA of classic models
     inner_folds: int = 3  # inner group K-fold choosing the views (and for best, the C etc.)
     # average: the head is fitted at every value of its regularisation grid and the fits'
     # probabilities averaged (on ~100-image folds the inner CV cannot tell the values
     # apart, and one pick is a coin flip); best: the one value the inner CV scores best
-    regularisation: str = "average"
+    regularisation: str = "average"  # average the head's regularisation grid, or fit the best value
     # the inner CV also chooses the backbone's pooled depths: all of them, or one alone
     # (beside pixels/colour parts). Off by default: no gain measured (bench/README.md)
-    depth_choice: bool = False
+    depth_choice: bool = False  # the inner CV also chooses the backbone's pooled depths
 
 
 @dataclass
@@ -171,11 +175,11 @@ class PseudoConfig:
     round: int = 0  # stage=train/pseudo: the round to train / to label for (0: no pseudo)
     # pseudo-label rounds that stage=all runs after round 0. 0 by default: on the
     # benchmarks a round did not add score (bench/README.md, levers.py); turn on with 1
-    rounds: int = 0
-    splits: list[str] = field(default_factory=lambda: ["unlabeled"])  # unlabeled, test
+    rounds: int = 0  # pseudo-label rounds that stage=all runs after round 0
+    splits: list[str] = field(default_factory=lambda: ["unlabeled"])  # pools labelled
     # quota: per class the most confident rows, round(fraction x pool x class prior) of
     # them; threshold: every row whose top probability passes `threshold` (class_cap, ...)
-    rule: str = "quota"
+    rule: str = "quota"  # how pseudo-labels are chosen: per-class quota or a threshold
     fraction: float = 0.5  # rule=quota: share of the pool labelled, split by class prior
     min_confidence: float = 0.4  # rule=quota: never below this top probability
     threshold: float = 0.8  # rule=threshold: minimum top probability of the vote
@@ -196,17 +200,17 @@ class TuneConfig:
     backbones: list[str] = field(default_factory=list)  # to tune; empty: the first of backbones
     # finished trials each study should have; a rerun continues. 0 by default: on the
     # benchmarks fine-tune tuning did not beat the defaults (bench/README.md, levers.py)
-    n_trials: int = 0
+    n_trials: int = 0  # finished trials each study should have; a rerun continues
     # Optuna storage URL, or env:VAR to read it from an environment variable (keeps a
     # password off the command line); None: sqlite:///runs/<name>/optuna.db
-    storage: str | None = None
+    storage: str | None = None  # Optuna storage URL or env:VAR; None: runs/<name>/optuna.db
     epochs: int = 20  # epochs per trial fit
     inner_folds: int = 3  # a trial's score: inner stratified group K-fold of the training rows
-    metric: str = "auc"  # auc | accuracy | macro_f1 | balanced_accuracy | log_loss
-    pruner: str = "median"  # median | hyperband | none
-    seed: int = 0
+    metric: str = "auc"  # what a trial maximises (log_loss: minimises)
+    pruner: str = "median"  # Optuna pruner that stops bad trials early
+    seed: int = 0  # seed of the studies' samplers
     heartbeat_grace: int = 60  # seconds without a heartbeat before a trial counts as killed
-    params: list[str] = field(default_factory=lambda: [
+    params: list[str] = field(default_factory=lambda: [  # the settings the studies search over
         "model.dropout", "model.unfreeze", "model.bn_trainable", "model.dense_units",
         "train.lr", "train.lr_drop", "train.lr_every", "train.class_weight",
         "train.label_smoothing", "augment.random_views"])
@@ -221,7 +225,7 @@ class EnsembleConfig:
     # default: greedy and stacked did not beat it or the best single model on the
     # benchmarks, and a learned ensemble that ties its best member only adds selection
     # noise (bench/README.md)
-    methods: list[str] = field(default_factory=lambda: ["mean"])
+    methods: list[str] = field(default_factory=lambda: ["mean"])  # stage=ensemble builds these
     members: list[str] = field(default_factory=list)  # model ids or backbones; empty: all
     optuna_trials: int = 150  # trials of each ensemble-weight study (method optuna)
 
@@ -257,7 +261,7 @@ class OnlyConfig:
 class SubmitConfig:
     """How submissions are ranked."""
 
-    metric: str = "accuracy"  # accuracy | auc | macro_f1 | balanced_accuracy | log_loss
+    metric: str = "accuracy"  # the CV metric that ranks submissions (qwk: quadratic weighted kappa)
 
 
 @dataclass
@@ -273,20 +277,20 @@ class ComputeConfig:
 class Config:
     """The whole config; every key a user can set is declared here."""
 
-    stage: str = "all"
+    stage: str = "all"  # the stage to run (see stages above); all runs the chain
     name: str = "demo"  # experiment name: runs/<name>/, submission file prefix
-    # backbone entries to fine-tune; `auto` (comp.models.choice): the strongest whose
-    # ImageNet weights can be had here, sized to the machine and time_limit, + a CNN from
-    # scratch for small or grayscale images
+    # backbone entries to fine-tune; auto: the strongest whose ImageNet weights can be had
+    # here, sized to the machine and time_limit, + a CNN from scratch for small or
+    # grayscale images (comp.models.choice)
     backbones: list[str] = field(default_factory=lambda: ["auto"])
-    weights: str = "imagenet"  # imagenet | none | <path to a .h5 weight file>
-    weights_dir: str | None = None  # extra folder searched for ImageNet weight files
-    runs_dir: str = "runs"
-    submissions_dir: str = "submissions"
-    quiet: bool = False
+    weights: str = "imagenet"  # imagenet | none (random init) | <path to a .h5 weight file>
+    weights_dir: str | None = None  # extra folder searched first for ImageNet weight files
+    runs_dir: str = "runs"  # folder of the run directories runs/<name>/
+    submissions_dir: str = "submissions"  # folder of the submission files and leaderboard.csv
+    quiet: bool = False  # log warnings and errors only
     # seconds; once spent, no new fold, round or tuning starts, and stage=all still
     # ensembles and submits what finished. None: no limit
-    time_limit: int | None = None
+    time_limit: int | None = None  # seconds; once spent, no new fold, round or tuning starts
     progress: str = "auto"  # auto (bars on a terminal, else lines) | bar | lines | off
     tensorboard: bool = False  # TensorBoard event files per fold in models/<id>/fold<k>/logs
     data: DataConfig = field(default_factory=DataConfig)
@@ -305,10 +309,53 @@ class Config:
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     # per-backbone settings: {backbone: {model: {...}, train: {...}, augment: {...}}};
     # a variant `<backbone>-<tag>` in `backbones` gets its base's settings, then its own
-    backbone_overrides: dict[str, Any] = field(default_factory=dict)
+    backbone_overrides: dict[str, Any] = field(default_factory=dict)  # per backbone
 
 
 _OVERRIDABLE_SECTIONS = {"model": ModelConfig, "train": TrainConfig, "augment": AugmentConfig}
+
+
+def key_descriptions() -> dict[str, str]:
+    """Every key of the schema (dotted, in declaration order) and what it does: the
+    comment beside its field above, or else the comment lines just above the field
+    (`--help` prints them; a test checks that every key has one)."""
+    source = Path(__file__).read_text(encoding="utf-8")
+    comments = {token.start[0]: token.string.lstrip("#").strip()
+                for token in tokenize.generate_tokens(io.StringIO(source).readline)
+                if token.type == tokenize.COMMENT}
+    lines = source.splitlines()
+    classes = {node.name: node for node in ast.parse(source).body
+               if isinstance(node, ast.ClassDef)}
+
+    def describe(node: ast.AnnAssign) -> str:
+        for line in range(node.lineno, node.end_lineno + 1):
+            if line in comments and not lines[line - 1].lstrip().startswith("#"):
+                return comments[line]
+        above, line = [], node.lineno - 1
+        while line in comments and lines[line - 1].lstrip().startswith("#"):
+            above.insert(0, comments[line])
+            line -= 1
+        return " ".join(above)
+
+    def walk(cls: type, prefix: str) -> dict[str, str]:
+        nodes = {n.target.id: n for n in classes[cls.__name__].body
+                 if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+        found = {}
+        for item in dataclasses.fields(cls):
+            factory = item.default_factory
+            if isinstance(factory, type) and dataclasses.is_dataclass(factory):
+                found.update(walk(factory, f"{prefix}{item.name}."))
+            else:
+                found[prefix + item.name] = describe(nodes[item.name])
+        return found
+
+    return walk(Config, "")
+
+
+def close_key(key: str) -> str | None:
+    """The schema key closest to a misspelt `key` (difflib), or None."""
+    close = difflib.get_close_matches(key, list(key_descriptions()), n=1, cutoff=0.6)
+    return close[0] if close else None
 
 
 def _register() -> None:
@@ -332,7 +379,7 @@ def load_config(overrides: list[str], config_dir=CONFIG_DIR) -> DictConfig:
             del cfg["hydra"]
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
-        raise CompError(f"config: {_short_message(exc)}") from None
+        raise CompError(f"config: {_short_message(exc, overrides)}") from None
     _require_data_dir(cfg, choices, overrides)
     cfg.tune.storage = storage_from_env(cfg.tune.storage)
     from comp.validate import validate
@@ -421,8 +468,9 @@ def model_settings(cfg: DictConfig, backbone: str) -> DictConfig:
     return merged
 
 
-def _short_message(exc: Exception) -> str:
-    """Hydra/OmegaConf errors are multi-line with hints; keep the first useful line."""
+def _short_message(exc: Exception, overrides: list[str] = ()) -> str:
+    """Hydra/OmegaConf errors are multi-line with hints; keep the first useful line (an
+    unknown key gets the closest known key of the overrides' misspelt key)."""
     cause = exc.__cause__ or exc
     text = str(cause).strip() or str(exc).strip()
     first = text.splitlines()[0]
@@ -432,7 +480,11 @@ def _short_message(exc: Exception) -> str:
         if key.startswith("backbone_overrides."):
             return (f"unknown key '{key}'; add per-backbone settings with a leading +, e.g. "
                     "+backbone_overrides.<backbone>.train.lr=0.01")
-        return f"unknown key '{key}'; see `python -m comp.run --help` for the keys"
+        given = next((o.split("=", 1)[0].lstrip("+~") for o in overrides
+                      if o.lstrip("+~").split("=", 1)[0].startswith(key)), key)
+        close = close_key(given)
+        hint = f" (did you mean {close}?)" if close else ""
+        return f"unknown key '{key}'{hint}; see `comp --help` for the keys"
     key = _full_key(text)
     if key and key not in first:
         first = f"{key}: {first}"

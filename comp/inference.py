@@ -28,6 +28,7 @@ from comp.models.classic import view_average_proba
 from comp.models.registry import get_backbone
 from comp.models.spec import ClassicSpec, ModelSpec
 from comp.models.weights import ResolvedWeights, resolve_weights
+from comp.predictions import read_prediction_set
 from comp.training.compute import model_scope
 from comp.training.features import ViewPlan, compute_features
 from comp.training.fit import predict_tta
@@ -73,10 +74,16 @@ def input_images(path: Path) -> list[Path]:
     return files
 
 
+def _cv_info(folder: Path, metric: str) -> dict:
+    """cv.json of a prediction set, its scores recomputed where it predates `metric`."""
+    info = read_json(folder / "cv.json")
+    return info if metric in info["cv"] else read_prediction_set(folder).info
+
+
 def best_prediction_set(run: RunDir, metric: str) -> str:
     """The name of the finished model or ensemble with the best CV `metric` (among those
     that give probabilities)."""
-    sets = [info for info in (read_json(p / "cv.json") for p in run.prediction_sets())
+    sets = [info for info in (_cv_info(p, metric) for p in run.prediction_sets())
             if info.get("labels", True)]
     if not sets:
         raise CompError(f"{run.root}: no finished models; run stage=train first")

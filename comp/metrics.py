@@ -6,6 +6,7 @@ import numpy as np
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
+    cohen_kappa_score,
     f1_score,
     log_loss,
     roc_auc_score,
@@ -13,7 +14,26 @@ from sklearn.metrics import (
 
 HIGHER_IS_BETTER = {
     "accuracy": True, "balanced_accuracy": True, "macro_f1": True, "auc": True, "log_loss": False,
+    "qwk": True,
 }
+
+
+def ordinal_order(classes: list[str]) -> np.ndarray:
+    """The class indices from lowest to highest grade, for quadratic weighted kappa: by
+    numeric value when every class name is a number ("2" before "10"), else in the
+    classes' sorted order."""
+    try:
+        values = [float(c) for c in classes]
+    except ValueError:
+        return np.argsort(np.array(classes, dtype=object), kind="stable")
+    return np.argsort(values, kind="stable")
+
+
+def quadratic_kappa(y_true: np.ndarray, predicted: np.ndarray, classes: list[str]) -> float:
+    """Quadratic weighted kappa (Cohen's kappa, quadratic weights, scikit-learn) of class
+    indices `predicted` against `y_true`, on the grades of `ordinal_order(classes)`."""
+    return float(cohen_kappa_score(y_true, predicted, labels=ordinal_order(classes),
+                                   weights="quadratic"))
 
 
 def macro_auc(y_true: np.ndarray, probs: np.ndarray) -> float:
@@ -25,12 +45,15 @@ def macro_auc(y_true: np.ndarray, probs: np.ndarray) -> float:
     return float(np.mean([roc_auc_score(onehot[:, c], probs[:, c]) for c in present]))
 
 
-def scores(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    """accuracy, balanced_accuracy, macro_f1, auc (macro one-vs-rest) and log_loss."""
+def scores(y_true: np.ndarray, probs: np.ndarray,
+           classes: list[str] | None = None) -> dict[str, float]:
+    """accuracy, balanced_accuracy, macro_f1, auc (macro one-vs-rest) and log_loss; with
+    the class names `classes` (the columns of `probs`), also qwk (quadratic_kappa)."""
     y_true = np.asarray(y_true)
     predicted = probs.argmax(axis=1)
     labels = np.arange(probs.shape[1])
     clipped = np.clip(probs, 1e-7, 1)
+    kappa = {} if classes is None else {"qwk": quadratic_kappa(y_true, predicted, classes)}
     return {
         "accuracy": float(accuracy_score(y_true, predicted)),
         "balanced_accuracy": float(balanced_accuracy_score(y_true, predicted)),
@@ -39,4 +62,5 @@ def scores(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
         "auc": macro_auc(y_true, probs),
         "log_loss": float(log_loss(y_true, clipped / clipped.sum(1, keepdims=True),
                                    labels=labels)),
+        **kappa,
     }

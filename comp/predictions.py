@@ -81,10 +81,11 @@ def cv_scores(oof: pd.DataFrame, classes: list[str]) -> dict:
     y = class_indices(oof["label"], classes)
     probs = oof[prob_columns(classes)].to_numpy(dtype=np.float64)
     per_fold = {
-        int(k): scores(y[oof["fold"].to_numpy() == k], probs[oof["fold"].to_numpy() == k])
+        int(k): scores(y[oof["fold"].to_numpy() == k], probs[oof["fold"].to_numpy() == k],
+                       classes)
         for k in sorted(oof["fold"].unique())
     }
-    return {"cv": scores(y, probs), "folds": per_fold, "n_oof": len(oof)}
+    return {"cv": scores(y, probs, classes), "folds": per_fold, "n_oof": len(oof)}
 
 
 def write_prediction_set(folder: Path, oof: pd.DataFrame, test: pd.DataFrame,
@@ -98,7 +99,11 @@ def write_prediction_set(folder: Path, oof: pd.DataFrame, test: pd.DataFrame,
 
 
 def read_prediction_set(folder: Path) -> PredictionSet:
-    """Read a finished prediction set."""
+    """Read a finished prediction set (its CV scores recomputed from oof.csv where
+    cv.json was written before a metric existed, e.g. qwk)."""
     info = read_json(folder / "cv.json")
-    return PredictionSet(read_table(folder / "oof.csv"), read_table(folder / "test.csv"),
-                         [str(c) for c in info["classes"]], info)
+    classes = [str(c) for c in info["classes"]]
+    oof = read_table(folder / "oof.csv")
+    if "qwk" not in info["cv"]:
+        info = {**info, **cv_scores(oof, classes)}
+    return PredictionSet(oof, read_table(folder / "test.csv"), classes, info)

@@ -8,6 +8,7 @@ runs, so `comp --help` answers at once.
 
 from __future__ import annotations
 
+import difflib
 import errno
 import importlib
 import sys
@@ -25,11 +26,26 @@ TF_STAGES = {"train", "plan", "pseudo", "tune", "predict", "export", "all"}
 CHOOSING_STAGES = {"train", "plan", "pseudo", "tune", "all"}
 
 
+def usage_text() -> str:
+    """What bare `comp` prints: the command's form, the stages and the first commands."""
+    return "\n".join([
+        "usage: comp stage=<stage> [key=value ...]   (or python -m comp.run ...)",
+        "",
+        "stages: " + ", ".join(STAGES),
+        "",
+        "  comp stage=all                                  the whole chain on the bundled demo",
+        "  comp stage=all data=folder data.dir=<folder>    the whole chain on your competition",
+        "",
+        "comp --help lists every key; comp --version prints the version.",
+    ])
+
+
 def help_text() -> str:
     """Usage, the stages, the weight search order and every config key with its default."""
-    from comp.config import CONFIG_DIR
+    from comp.config import CONFIG_DIR, key_descriptions
     from comp.models.weights import search_order_text
 
+    descriptions = key_descriptions()
     groups = sorted((g for g in CONFIG_DIR.iterdir() if g.is_dir()), key=lambda g: g.name)
     lines = [
         "usage: comp stage=<stage> [key=value ...]   (or python -m comp.run ...)",
@@ -46,8 +62,9 @@ def help_text() -> str:
         "ImageNet weights (weights=imagenet) are looked for in this order:",
         *[f"  {line}" for line in search_order_text().splitlines()],
         "",
-        "keys (default, composed from comp/configs/; allowed values in brackets):",
-        *[f"  {line}" for line in composed_keys()],
+        "keys (default, composed from comp/configs/; allowed values in brackets; what it does):",
+        *[line for key, text in composed_keys(described=True)
+          for line in (f"  {text}", f"      {descriptions.get(key, '')}")],
     ]
     return "\n".join(lines)
 
@@ -57,9 +74,10 @@ def config_reference() -> str:
     return "```\n" + "\n".join(composed_keys()) + "\n```"
 
 
-def composed_keys() -> list[str]:
+def composed_keys(described: bool = False) -> list:
     """`key=default  [allowed]` for every key of the composed default config (the demo's
-    folder written as <comp>/demo, so the text is the same on every machine)."""
+    folder written as <comp>/demo, so the text is the same on every machine); with
+    `described`, (key, that text) pairs."""
     from omegaconf import OmegaConf
 
     from comp.config import DEMO_DIR, load_config
@@ -75,7 +93,8 @@ def composed_keys() -> list[str]:
     for key, value in flat(OmegaConf.to_container(load_config([]))):
         text = f"{key}={value}".replace(str(DEMO_DIR), "<comp>/demo")
         allowed = describe_constraint(key)
-        lines.append(f"{text}  [{allowed}]" if allowed else text)
+        text = f"{text}  [{allowed}]" if allowed else text
+        lines.append((key, text) if described else text)
     return lines
 
 
@@ -90,7 +109,10 @@ def run_stage(overrides: list[str]):
     log = get_logger()
     cfg = load_config(list(overrides))
     if cfg.stage not in STAGES:
-        raise CompError(f"config: unknown stage {cfg.stage!r}; choose from {', '.join(STAGES)}")
+        close = difflib.get_close_matches(str(cfg.stage), list(STAGES), n=1)
+        hint = f" (did you mean stage={close[0]}?)" if close else ""
+        raise CompError(f"config: unknown stage {cfg.stage!r}{hint}; choose from "
+                        f"{', '.join(STAGES)}")
     set_progress(cfg.progress)
     log.setLevel("WARNING" if cfg.quiet else "INFO")
     started = time.time()
@@ -119,12 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     """Run one stage from command-line arguments (default sys.argv); return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help", "help", "stage=help") for a in argv):
-        try:
-            print(help_text())
-        except BrokenPipeError:  # piped into head
-            pass
-        return 0
+        return _print(help_text())
+    if any(a in ("-V", "--version") for a in argv):
+        from comp import __version__
+
+        return _print(f"comp {__version__}")
+    if not argv:  # bare `comp` runs nothing: `comp stage=all` runs the demo
+        return _print(usage_text())
     try:
+        _check_arguments(argv)
         run_stage(argv)
         return 0
     except CompError as exc:
@@ -133,6 +158,29 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("comp: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+
+
+def _print(text: str) -> int:
+    try:
+        print(text)
+    except BrokenPipeError:  # piped into head
+        pass
+    return 0
+
+
+def _check_arguments(argv: list[str]) -> None:
+    """A bare word (`comp train`) or an unknown option is a CompError with what was
+    probably meant, before Hydra's parser sees it."""
+    for arg in argv:
+        if arg.startswith("-"):
+            raise CompError(f"unknown option {arg!r}; comp takes key=value settings "
+                            "(comp --help lists them)")
+        if "=" not in arg:
+            close = difflib.get_close_matches(arg, list(STAGES), n=1)
+            stage = arg if arg in STAGES else close[0] if close else None
+            hint = f"did you mean stage={stage}?" if stage else "settings are key=value"
+            raise CompError(f"{arg!r} is not a key=value setting: {hint} "
+                            "(comp --help lists the stages and keys)")
 
 
 def _is_worker(cfg) -> bool:

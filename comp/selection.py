@@ -13,15 +13,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from comp.metrics import HIGHER_IS_BETTER, scores
+from comp.metrics import HIGHER_IS_BETTER, quadratic_kappa, scores
 from comp.predictions import class_indices, prob_columns
 
 FAST_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "log_loss")
 
 
-def metric_value(metric: str, y: np.ndarray, probs: np.ndarray) -> float:
-    """One score of `probs` against `y` (see comp.metrics.scores)."""
-    return _fast(metric, y, probs) if metric in FAST_METRICS else scores(y, probs)[metric]
+def metric_value(metric: str, y: np.ndarray, probs: np.ndarray,
+                 classes: list[str] | None = None) -> float:
+    """One score of `probs` against `y` (see comp.metrics.scores); qwk needs the class
+    names `classes` (the grades' order)."""
+    if metric in FAST_METRICS:
+        return _fast(metric, y, probs)
+    if metric == "qwk":
+        if classes is None:
+            raise ValueError("qwk needs the class names (classes=...)")
+        return quadratic_kappa(y, probs.argmax(1), classes)
+    return scores(y, probs)[metric]
 
 
 def _fast(metric: str, y: np.ndarray, probs: np.ndarray) -> float:
@@ -45,37 +53,40 @@ def _fast(metric: str, y: np.ndarray, probs: np.ndarray) -> float:
 
 
 def bootstrap_se(metric: str, y: np.ndarray, probs: np.ndarray, n: int = 400,
-                 seed: int = 0) -> float:
+                 seed: int = 0, classes: list[str] | None = None) -> float:
     """Standard error of the metric by a bootstrap over rows."""
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(y), size=(n if metric in FAST_METRICS else n // 4, len(y)))
     values = []
     for rows in draws:
         try:
-            values.append(metric_value(metric, y[rows], probs[rows]))
+            values.append(metric_value(metric, y[rows], probs[rows], classes))
         except ValueError:  # a resample without some class (AUC)
             continue
     return float(np.nanstd(values, ddof=1)) if len(values) > 1 else float("nan")
 
 
 def paired_difference(metric: str, y: np.ndarray, probs: np.ndarray, reference: np.ndarray,
-                      n: int = 400, seed: int = 0) -> tuple[float, float]:
+                      n: int = 400, seed: int = 0,
+                      classes: list[str] | None = None) -> tuple[float, float]:
     """(metric(probs) - metric(reference), its bootstrap standard error on shared rows)."""
     rng = np.random.default_rng(seed)
-    difference = metric_value(metric, y, probs) - metric_value(metric, y, reference)
+    difference = (metric_value(metric, y, probs, classes)
+                  - metric_value(metric, y, reference, classes))
     values = []
     for rows in rng.integers(0, len(y), size=(n if metric in FAST_METRICS else n // 4,
                                                len(y))):
         try:
-            values.append(metric_value(metric, y[rows], probs[rows])
-                          - metric_value(metric, y[rows], reference[rows]))
+            values.append(metric_value(metric, y[rows], probs[rows], classes)
+                          - metric_value(metric, y[rows], reference[rows], classes))
         except ValueError:
             continue
     return float(difference), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 def nested_selection(candidates: dict[str, np.ndarray], y: np.ndarray, folds: np.ndarray,
-                     metric: str) -> tuple[np.ndarray, dict[int, str]]:
+                     metric: str, classes: list[str] | None = None
+                     ) -> tuple[np.ndarray, dict[int, str]]:
     """OOF of the procedure "pick the entry with the best OOF `metric`": each fold's rows
     come from the entry that is best on the other folds' rows. Returns the OOF and the
     entry chosen for each fold."""
@@ -86,7 +97,7 @@ def nested_selection(candidates: dict[str, np.ndarray], y: np.ndarray, folds: np
     for fold in np.unique(folds):
         other = folds != fold
         best = max(names, key=lambda name: sign * metric_value(
-            metric, y[other], candidates[name][other]))
+            metric, y[other], candidates[name][other], classes))
         out[~other] = candidates[best][~other]
         chosen[int(fold)] = best
     return out, chosen
@@ -104,17 +115,17 @@ def leaderboard_uncertainty(predictions: list, metric: str) -> dict:
     labelled = {p.name: probs[p.name] for p in predictions
                 if p.gives_labels or metric == "auc"}
     sign = 1 if HIGHER_IS_BETTER[metric] else -1
-    best = max(labelled, key=lambda n: sign * metric_value(metric, y, labelled[n]))
+    best = max(labelled, key=lambda n: sign * metric_value(metric, y, labelled[n], classes))
     out = {}
     for name, p in probs.items():
-        diff, diff_se = paired_difference(metric, y, p, probs[best])
+        diff, diff_se = paired_difference(metric, y, p, probs[best], classes=classes)
         out[name] = {**{f"cv_{m}_se": round(bootstrap_se(m, y, p), 5)
                         for m in ("accuracy", "macro_f1")},
                      f"diff_{metric}_to_best": round(diff, 5), "diff_se": round(diff_se, 5)}
-    selected, chosen = nested_selection(labelled, y, folds, metric)
+    selected, chosen = nested_selection(labelled, y, folds, metric, classes)
     out["__selected__"] = {
         "metric": metric, "chosen_per_fold": chosen, "final_choice": best,
-        "cv": scores(y, selected),
+        "cv": scores(y, selected, classes),
         "se": {m: bootstrap_se(m, y, selected) for m in ("accuracy", "macro_f1")},
     }
     return out

@@ -61,7 +61,7 @@ def submission_frame(competition: Competition, predictions: PredictionSet) -> pd
 def submission_name(experiment: str, name: str, metric: str, score: float) -> str:
     """<experiment>__<model or ensemble>__cv<metric><score>.csv"""
     short = {"accuracy": "acc", "macro_f1": "f1", "balanced_accuracy": "bacc", "auc": "auc",
-             "log_loss": "logloss"}[metric]
+             "log_loss": "logloss", "qwk": "qwk"}[metric]
     return f"{experiment}__{name}__cv-{short}{score:.4f}.csv"
 
 
@@ -81,7 +81,7 @@ def write_submission(folder: Path, experiment: str, competition: Competition,
         "experiment": experiment, "kind": info.get("kind", "single"), "name": name,
         "models": " ".join(info.get("models", [name])), "round": info.get("round", 0),
         "tuned": bool(info.get("tuned", False)),
-        **{f"cv_{m}": round(cv[m], 5) for m in LEADERBOARD_METRICS},
+        **{f"cv_{m}": round(cv[m], 5) for m in dict.fromkeys([*LEADERBOARD_METRICS, metric])},
         "n_oof": predictions.info.get("n_oof"), "file": path.name,
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
     }

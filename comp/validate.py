@@ -32,6 +32,8 @@ TUNABLE = (
     "augment.random_views",
 )
 METRICS = ("accuracy", "auc", "macro_f1", "balanced_accuracy", "log_loss")
+# qwk (quadratic weighted kappa) needs the class names: a submission metric, not a tuning one
+SUBMIT_METRICS = (*METRICS, "qwk")
 ENSEMBLE_METHODS = ("mean", "geometric", "weighted", "optuna", "greedy", "stacked", "rank")
 
 
@@ -315,7 +317,7 @@ CONSTRAINTS: dict[str, Constraint] = {
     "time_limit": Optional(Int(1)),
     "predict.output": NotAFolder(),
     "only.fold": Optional(Int(0)),
-    "submit.metric": Options(*METRICS),
+    "submit.metric": Options(*SUBMIT_METRICS),
     "compute.precision": Options("float32", "mixed_float16", "mixed_bfloat16"),
     "compute.jit_compile": Options("auto", True, False),
     "compute.distribute": Options("none", "mirrored"),

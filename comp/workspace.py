@@ -35,6 +35,16 @@ class RunDir:
         return self.root / "cache" / "images"
 
     @property
+    def frame_competition(self) -> Path:
+        """The competition folder written from a DataFrame (Competition.from_frame)."""
+        return self.root / "competition"
+
+    @property
+    def pixel_images(self) -> Path:
+        """PNG images written from a pixel-CSV competition's rows (comp.data.pixels)."""
+        return self.root / "cache" / "pixels"
+
+    @property
     def feature_cache(self) -> Path:
         return self.root / "cache" / "features"
 

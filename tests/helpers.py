@@ -192,3 +192,33 @@ def study_of(url: str, prefix: str, fold: int) -> str:
              if s.study_name.startswith(prefix + "-") and s.study_name.endswith(f"-fold{fold}")]
     assert len(names) == 1, names
     return names[0]
+
+
+def make_pixel_competition(root: Path, side: int = 8, per_class: int = 10, n_test: int = 6,
+                           test_ids: bool = False, seed: int = 0) -> Path:
+    """Write a pixel-CSV competition (Digit Recognizer layout): train.csv =
+    label,pixel0,...; test.csv = pixel rows (with an `id` column when `test_ids`, as
+    Kannada-MNIST); sample_submission.csv = ImageId,Label (ImageId 1..N, or the ids).
+    Labels 0, 1, 2: noise over a bright row band whose place is the class."""
+    rng = np.random.default_rng(seed)
+    columns = [f"pixel{i}" for i in range(side * side)]
+
+    def image(label: int) -> np.ndarray:
+        array = rng.integers(0, 60, size=(side, side))
+        band = slice(label * side // 3, (label + 1) * side // 3)
+        array[band] += 180
+        return array.reshape(-1)
+
+    labels = [k for k in range(3) for _ in range(per_class)]
+    root.mkdir(parents=True)
+    train = pd.DataFrame([image(k) for k in labels], columns=columns)
+    train.insert(0, "label", labels)
+    train.to_csv(root / "train.csv", index=False)
+    test = pd.DataFrame([image(i % 3) for i in range(n_test)], columns=columns)
+    ids = [f"t{i}" for i in range(n_test)] if test_ids else list(range(1, n_test + 1))
+    if test_ids:
+        test.insert(0, "id", ids)
+    test.to_csv(root / "test.csv", index=False)
+    name = "id" if test_ids else "ImageId"
+    pd.DataFrame({name: ids, "Label": 0}).to_csv(root / "sample_submission.csv", index=False)
+    return root

@@ -12,6 +12,8 @@ from comp.api import _value
 from comp.errors import CompError
 from tests.conftest import CLASSES
 
+P_COLS = [f"p_{c}" for c in CLASSES]
+
 
 def tiny(tmp_path: Path, folder: Path, **extra) -> Competition:
     """The API twin of conftest.tiny_overrides."""
@@ -74,3 +76,131 @@ def test_fit_leaderboard_predict_report(tmp_path, competition):
     assert comp.report().name == "index.html" and comp.report().exists()
     # a finished fit reruns in no time and a second experiment ranks on its own
     assert len(comp.fit(["train", "submit"]).leaderboard()) == 1
+
+
+def test_nested_dicts_are_settings(tmp_path):
+    comp = Competition(runs_dir=tmp_path / "runs", train={"epochs": 3, "lr": 0.01},
+                       model={"dropout": 0.1}, **{"augment.tta": "flips"},
+                       backbone_overrides={"small_cnn": {"model": {"image_size": 48}}})
+    cfg = comp.config
+    assert (cfg.train.epochs, cfg.train.lr, cfg.model.dropout) == (3, 0.01, 0.1)
+    assert cfg.augment.tta == "flips"
+    assert cfg.backbone_overrides.small_cnn.model.image_size == 48
+
+
+def _frames(competition: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    train = pd.read_csv(competition / "train.csv")
+    train = pd.DataFrame({"path": [str(competition / "train" / i) for i in train["id"]],
+                          "label": train["label"]})
+    test = pd.DataFrame({"path": [str(p) for p in sorted((competition / "test").iterdir())]})
+    return train, test
+
+
+def test_from_frame_writes_a_competition_folder(tmp_path, competition):
+    from comp.data.folder import read_competition
+
+    train, test = _frames(competition)
+    comp = Competition.from_frame(train, label="label", image="path", test_data=test,
+                                  runs_dir=tmp_path / "runs")
+    folder = tmp_path / "runs" / comp.name / "competition"
+    assert comp.name.startswith("frame-") and Path(comp.config.data.dir) == folder
+    written, original = read_competition(folder), read_competition(competition)
+    assert written.train["hash"].tolist() == original.train["hash"].tolist()  # same images
+    assert written.train["label"].tolist() == original.train["label"].tolist()
+    assert sorted(written.test["hash"]) == sorted(original.test["hash"])
+    again = Competition.from_frame(train, label="label", image="path", test_data=test,
+                                   runs_dir=tmp_path / "runs")
+    assert again.name == comp.name  # the same frame is the same experiment
+    with pytest.raises(CompError, match="no label column 'target'"):
+        Competition.from_frame(train, label="target", image="path", runs_dir=tmp_path)
+    with pytest.raises(CompError, match="1 image file.s. not found"):
+        Competition.from_frame(train.assign(path=lambda f: f.path.where(f.index > 0, "/no.png")),
+                               image="path", runs_dir=tmp_path)
+
+
+def test_predict_refuses_what_is_not_images(tmp_path, competition):
+    import numpy as np
+
+    comp = Competition(competition, runs_dir=tmp_path / "runs")
+    with pytest.raises(CompError, match="cannot predict a dict; give an image file"):
+        comp.predict({"a": 1})
+    with pytest.raises(CompError, match="cannot predict a list"):
+        comp.predict([1, 2])
+    with pytest.raises(CompError, match="shape"):
+        comp.predict(np.zeros((2, 2, 2, 2, 2), np.uint8))
+    with pytest.raises(CompError, match="outside \\[0, 1\\]"):
+        comp.predict(np.full((8, 8, 3), 2.0))
+    assert not (tmp_path / "runs").exists()
+
+
+def _stored_test_predictions(run: Path) -> pd.DataFrame:
+    (model,) = [p for p in (run / "preds").iterdir()]
+    return pd.read_csv(model / "test.csv").set_index("id")
+
+
+@pytest.mark.slow
+def test_load_predicts_files_arrays_and_pil_images_alike(trained, tmp_path, comp_caplog):
+    import numpy as np
+    from PIL import Image
+
+    comp = Competition.load(tmp_path / "runs" / "tiny", quiet=False)
+    assert comp.name == "tiny" and comp.config.augment.tta == "flips"
+    files = sorted((trained / "test").iterdir())[:3]
+    by_files = comp.predict([str(f) for f in files])
+    stored = _stored_test_predictions(tmp_path / "runs" / "tiny")
+    assert by_files["id"].tolist() == [f.name for f in files]
+    assert np.abs(by_files[P_COLS].to_numpy() - stored.loc[by_files["id"], P_COLS].to_numpy()
+                  ).max() < 1e-5  # the same settings as the training run
+    arrays = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    pil = [Image.open(f) for f in files]
+    for images in (arrays, arrays / 255.0, pil, list(arrays)):
+        frame = comp.predict(images)
+        assert frame["id"].tolist() == [0, 1, 2]
+        assert np.abs(frame[P_COLS].to_numpy() - by_files[P_COLS].to_numpy()).max() < 1e-5
+    single = comp.predict(arrays[1])
+    assert np.abs(single[P_COLS].to_numpy() - by_files[P_COLS].to_numpy()[1:2]).max() < 1e-5
+    proba = comp.predict_proba(pil)
+    assert list(proba.columns) == CLASSES and proba.index.tolist() == [0, 1, 2]
+    assert np.allclose(proba.to_numpy(), by_files[P_COLS].to_numpy(), atol=1e-6)
+    logged = [r.getMessage().rsplit("-> ", 1)[1] for r in comp_caplog.records
+              if r.getMessage().startswith("predict:")]
+    assert len(logged) == 7 and all(Path(p).is_file() for p in logged), logged
+
+
+@pytest.mark.slow
+def test_evaluate_a_frame_or_class_folders(trained, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    comp = Competition.load(tmp_path / "runs" / "tiny")
+    train = pd.read_csv(trained / "train.csv")
+    frame = pd.DataFrame({"image": [str(trained / "train" / i) for i in train["id"]],
+                          "label": train["label"]})
+    got = comp.evaluate(frame)
+    predicted = comp.predict(frame["image"].tolist())
+    assert got["accuracy"] == pytest.approx(np.mean(predicted["label"] == frame["label"]))
+    assert set(got) == {"accuracy", "macro_f1", "n"} and got["n"] == len(frame)
+    folders = tmp_path / "labelled"
+    for path, label in zip(frame["image"], frame["label"], strict=True):
+        (folders / label).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, folders / label / Path(path).name)
+    assert comp.evaluate(folders) == pytest.approx(got)
+    with pytest.raises(CompError, match="not classes of the model"):
+        comp.evaluate(frame.assign(label="delta"))
+
+
+@pytest.mark.slow
+def test_from_frame_fits_and_predicts(tmp_path, competition):
+    train, test = _frames(competition)
+    comp = Competition.from_frame(
+        train, label="label", image="path", test_data=test, runs_dir=tmp_path / "runs",
+        submissions_dir=tmp_path / "submissions", backbones=["small_cnn"], weights="none",
+        quiet=True, data={"folds": 2}, augment={"tta": "flips"}, classic={"models": []},
+        train={"epochs": 2, "patience": 2, "batch_size": 8},
+        backbone_overrides={"small_cnn": {"model": {"image_size": 32},
+                                          "train": {"epochs": 2}}})
+    board = comp.fit(["train", "submit"]).leaderboard()
+    assert len(board) == 1 and board.loc[0, "experiment"] == comp.name
+    scores = comp.evaluate(train)  # the training frame's own columns (from_frame's names)
+    assert 0 <= scores["accuracy"] <= 1 and scores["n"] == len(train)

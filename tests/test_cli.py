@@ -4,8 +4,19 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+import pytest
 
 from comp.run import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env_with_checkout() -> dict[str, str]:
+    """The environment with this checkout first on PYTHONPATH (for a child run elsewhere)."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path}
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess:
@@ -70,3 +81,54 @@ def test_unknown_progress_mode_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("comp: error:") and "progress=" in err
     assert len(err.splitlines()) == 1
+
+
+def test_bare_comp_prints_usage_and_runs_nothing(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "comp.run"], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path, env=_env_with_checkout())
+    assert result.returncode == 0, result.stderr
+    from comp.stages import STAGES
+
+    assert "stages: " + ", ".join(STAGES) in result.stdout
+    assert "comp stage=all data=folder data.dir=<folder>" in result.stdout
+    assert list(tmp_path.iterdir()) == []  # no runs/, no submissions/
+
+
+def test_version(capsys):
+    from comp import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"comp {__version__}"
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train"], "'train' is not a key=value setting: did you mean stage=train?"),
+    (["trian"], "did you mean stage=train?"),
+    (["--verbose"], "unknown option '--verbose'"),
+    (["trian.epochs=3"], "unknown key 'trian' (did you mean train.epochs?)"),
+    (["train.epoch=3"], "unknown key 'train.epoch' (did you mean train.epochs?)"),
+    (["stage=trian"], "unknown stage 'trian' (did you mean stage=train?)"),
+])
+def test_mistakes_get_did_you_mean(argv, needle, tmp_path, capsys):
+    assert main([*argv, f"runs_dir={tmp_path / 'runs'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("comp: error: "), err
+    assert needle in err[0], err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_help_describes_every_key_and_lists_the_stages(capsys):
+    from comp.config import key_descriptions
+    from comp.run import composed_keys
+    from comp.stages import STAGES
+
+    descriptions = key_descriptions()
+    composed = [line.split("=", 1)[0] for line in composed_keys()]
+    assert list(descriptions) == composed  # the schema walk finds every composed key
+    assert all(descriptions.values()), [k for k, v in descriptions.items() if not v]
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    lr = next(i for i, line in enumerate(out) if line.startswith("  train.lr="))
+    assert out[lr + 1].strip() == descriptions["train.lr"] == "initial learning rate"
+    for name, (_, text) in STAGES.items():
+        assert f"  {name:<10} {text}" in out

@@ -99,7 +99,7 @@ def test_tunable_names_match_the_search_space():
 
 
 def test_describe_constraint_shows_allowed_values():
-    assert describe_constraint("train.optimizer") == "sgd|adam"
+    assert describe_constraint("train.optimizer") == "sgd|adam|adamw"
     assert describe_constraint("train.lr") == "a number > 0"
     assert describe_constraint("tune.inner_folds") == "a whole number >= 2"
     assert describe_constraint("no.such.key") is None

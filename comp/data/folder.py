@@ -17,11 +17,20 @@ import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from comp.artifacts import fingerprint
 from comp.data.images import content_hashes
+from comp.data.pixels import (
+    image_side,
+    is_pixel_csv,
+    pixel_columns,
+    pixel_hashes,
+    read_pixel_rows,
+    write_pixel_images,
+)
 from comp.errors import CompError
 from comp.log import get_logger
 
@@ -68,14 +77,23 @@ class Competition:
 
 
 def read_competition(root: str | Path, id_column: str | None = None,
-                     label_column: str | None = None) -> Competition:
+                     label_column: str | None = None,
+                     pixel_dir: Path | None = None) -> Competition:
     """Read `root` as a competition folder; raise CompError on the first problem.
 
-    `id_column` / `label_column` name train.csv's columns (None: found by name)."""
+    `id_column` / `label_column` name train.csv's columns (None: found by name).
+    A folder in the pixel-CSV layout (no train/ folder, pixel columns in train.csv; see
+    comp.data.pixels) has its rows written as PNG images under `pixel_dir` once."""
     root = Path(root)
     if not root.is_dir():
         raise CompError(f"{root}: competition folder not found; set data.dir=<folder>")
-    train = _read_train(root, id_column, label_column)
+    pixels = is_pixel_layout(root)
+    if pixels and pixel_dir is None:
+        raise ValueError(f"{root} holds pixel CSVs: give pixel_dir, where their images go")
+    if pixels:
+        train, train_pixels = _read_pixel_train(root, id_column, label_column, pixel_dir)
+    else:
+        train = _read_train(root, id_column, label_column)
     classes = sorted(train["label"].unique())
     lowered = pd.Series(classes).str.lower()
     if lowered.duplicated().any():
@@ -87,10 +105,15 @@ def read_competition(root: str | Path, id_column: str | None = None,
             f"{root}: only one class ({classes[0]!r}) in the training labels; "
             "a classifier needs at least two"
         )
-    test, columns, kind = _read_test(root, classes)
-    unlabeled = _read_unlabeled(root)
+    if pixels:
+        test, columns, kind = _read_pixel_test(root, classes, train_pixels, pixel_dir)
+        unlabeled = pd.DataFrame(columns=["id", "path", "hash"])
+    else:
+        test, columns, kind = _read_test(root, classes)
+        unlabeled = _read_unlabeled(root)
     for frame in (train, test, unlabeled):
-        frame["hash"] = content_hashes(frame["path"].tolist()) if len(frame) else []
+        if "hash" not in frame:
+            frame["hash"] = content_hashes(frame["path"].tolist()) if len(frame) else []
     return Competition(root, classes, train, test, unlabeled, columns, kind)
 
 
@@ -336,21 +359,17 @@ def _read_train(root: Path, id_column: str | None, label_column: str | None) -> 
     return frame
 
 
-def _read_test(root: Path, classes: list[str]) -> tuple[pd.DataFrame, list[str], str]:
-    sample_path, folder = root / "sample_submission.csv", root / "test"
+def _read_sample(root: Path, classes: list[str]) -> tuple[pd.DataFrame, list[str], str]:
+    """sample_submission.csv, its columns and the submission kind (label or proba)."""
+    sample_path = root / "sample_submission.csv"
     if not sample_path.exists():
         raise CompError(
             f"{sample_path}: not found; it lists the test ids and the submission's columns"
         )
-    if not folder.is_dir():
-        raise CompError(f"{folder}: test image folder not found; see the README's layout")
     sample = _read_csv(sample_path, [])
     columns = list(sample.columns)
     if len(columns) < 2:
         raise CompError(f"{sample_path}: needs an id column and a label or class columns")
-    id_column = columns[0]
-    raw = _without_folder(sample[id_column], folder)
-    _check_ids(raw, sample_path)
     if sorted(c.strip() for c in columns[1:]) == classes:
         kind = "proba"
     elif len(columns) == 2:
@@ -360,6 +379,17 @@ def _read_test(root: Path, classes: list[str]) -> tuple[pd.DataFrame, list[str],
             f"{sample_path}: columns {columns[1:]} are neither one label column nor the "
             f"classes {classes}"
         )
+    return sample, columns, kind
+
+
+def _read_test(root: Path, classes: list[str]) -> tuple[pd.DataFrame, list[str], str]:
+    sample_path, folder = root / "sample_submission.csv", root / "test"
+    if sample_path.exists() and not folder.is_dir():
+        raise CompError(f"{folder}: test image folder not found; see the README's layout")
+    sample, columns, kind = _read_sample(root, classes)
+    id_column = columns[0]
+    raw = _without_folder(sample[id_column], folder)
+    _check_ids(raw, sample_path)
     files = image_files(folder)
     ids = _match_ids(raw, folder, files, sample_path, "id(s) have no image in")
     _check_ids(pd.Series(ids), sample_path)
@@ -380,3 +410,99 @@ def _read_unlabeled(root: Path) -> pd.DataFrame:
     return pd.DataFrame(
         {"id": list(files), "path": [str(p) for p in files.values()]}, columns=["id", "path"]
     )
+
+
+def is_pixel_layout(root: Path) -> bool:
+    """Whether `root` is a pixel-CSV competition: no train/ folder, and a train.csv with
+    pixel columns (comp.data.pixels)."""
+    csv_path = root / "train.csv"
+    return not (root / "train").is_dir() and csv_path.is_file() and is_pixel_csv(csv_path)
+
+
+def _csv_header(path: Path) -> list[str]:
+    return [str(c).strip() for c in pd.read_csv(path, nrows=0).columns]
+
+
+def _read_pixel_train(root: Path, id_column: str | None, label_column: str | None,
+                      pixel_dir: Path) -> tuple[pd.DataFrame, list[str]]:
+    """train.csv of pixel rows as the train frame (id, label, path, hash; ids are the
+    id column's, else the row numbers 1..N) and its pixel columns."""
+    csv_path = root / "train.csv"
+    columns = _csv_header(csv_path)
+    pixels = pixel_columns(columns)
+    side = image_side(pixels, csv_path)
+    others = [c for c in columns if c not in pixels]
+    label_col = _find_column(others, label_column, LABEL_COLUMNS, "data.label_column", csv_path)
+    if label_col is None and len(others) == 1:
+        label_col = others[0]
+    if label_col is None:
+        raise CompError(f"{csv_path}: no label column among {others} beside the pixel "
+                        "columns; name it label or set data.label_column=<column>")
+    id_col = _find_column([c for c in others if c != label_col], id_column, ID_COLUMNS,
+                          "data.id_column", csv_path)
+    text, array = read_pixel_rows(csv_path, pixels, [label_col] + ([id_col] if id_col else []))
+    labels = text[label_col].str.strip()
+    empty = np.flatnonzero((labels == "").to_numpy())
+    if len(empty):
+        raise CompError(f"{csv_path} line {empty[0] + 2}: empty label; give every row a label")
+    ids = (text[id_col].str.strip() if id_col
+           else pd.Series([str(i) for i in range(1, len(text) + 1)]))
+    _check_ids(ids, csv_path)
+    hashes = pixel_hashes(array)
+    paths = write_pixel_images(pixel_dir, "train", [f"{i}.png" for i in ids], array, side,
+                               hashes)
+    frame = pd.DataFrame({"id": ids.to_numpy(), "label": labels.to_numpy(), "path": paths,
+                          "hash": hashes})
+    return frame, pixels
+
+
+def _read_pixel_test(root: Path, classes: list[str], train_pixels: list[str],
+                     pixel_dir: Path) -> tuple[pd.DataFrame, list[str], str]:
+    """test.csv of pixel rows as the test frame in sample-submission order. The sample's
+    ids are test.csv's id column where it has one, else its row numbers 1..N."""
+    csv_path = root / "test.csv"
+    if not csv_path.is_file():
+        raise CompError(f"{csv_path}: not found; a pixel-CSV competition gives its test "
+                        "images as pixel rows in test.csv")
+    sample, columns, kind = _read_sample(root, classes)
+    sample_path = root / "sample_submission.csv"
+    header = _csv_header(csv_path)
+    pixels = pixel_columns(header)
+    if pixels != train_pixels:
+        raise CompError(f"{csv_path}: {len(pixels)} pixel columns "
+                        f"({', '.join(pixels[:1] + pixels[-1:])}) differ from train.csv's "
+                        f"{len(train_pixels)} ({train_pixels[0]}, {train_pixels[-1]}); "
+                        "train and test images must have the same size")
+    others = [c for c in header if c not in pixels]
+    id_col = (columns[0] if columns[0] in others
+              else _find_column(others, None, ID_COLUMNS, "", csv_path)
+              or (others[0] if len(others) == 1 else None))
+    text, array = read_pixel_rows(csv_path, pixels, [id_col] if id_col else [])
+    wanted = sample[columns[0]].str.strip()
+    _check_ids(wanted, sample_path)
+    if id_col:
+        test_ids = text[id_col].str.strip()
+        _check_ids(test_ids, csv_path)
+        position = {image_id: row for row, image_id in enumerate(test_ids)}
+        missing = [i for i in wanted if i not in position]
+        if missing:
+            raise CompError(f"{sample_path}: {len(missing)} id(s) are not in {csv_path}'s "
+                            f"{id_col} column, e.g. {missing[:3]}; fix the ids")
+        rows = [position[i] for i in wanted]
+    else:
+        numbers = pd.to_numeric(wanted, errors="coerce")
+        if sorted(numbers.tolist()) != list(range(1, len(text) + 1)):
+            raise CompError(f"{sample_path}: ids are not 1..{len(text)} (the rows of "
+                            f"{csv_path}, in order) and {csv_path} has no id column; "
+                            "add an id column to test.csv")
+        rows = (numbers.astype(int) - 1).tolist()
+    if len(rows) < len(text):
+        get_logger().warning("warning: %d row(s) of %s are not in sample_submission.csv and "
+                             "are not predicted", len(text) - len(rows), csv_path)
+    chosen = array[rows]
+    hashes = pixel_hashes(chosen)
+    paths = write_pixel_images(pixel_dir, "test", [f"{i}.png" for i in wanted], chosen,
+                               image_side(pixels, csv_path), hashes)
+    test = pd.DataFrame({"id": wanted.to_numpy(), "submission_id": sample[columns[0]].to_numpy(),
+                         "path": paths, "hash": hashes})
+    return test, columns, kind

@@ -107,9 +107,11 @@ def decoding(cfg: DictConfig) -> Decoding:
 
 
 def load_competition(cfg: DictConfig) -> Competition:
-    """The competition folder of `cfg` (data.dir, data.id_column, data.label_column)."""
+    """The competition folder of `cfg` (data.dir, data.id_column, data.label_column); a
+    pixel-CSV competition's images are written into the run directory's cache."""
     return read_competition(cfg.data.dir, cfg.data.get("id_column"),
-                            cfg.data.get("label_column"))
+                            cfg.data.get("label_column"),
+                            RunDir(Path(cfg.runs_dir) / cfg.name).pixel_images)
 
 
 def train_key(train: pd.DataFrame) -> str:

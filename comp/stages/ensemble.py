@@ -48,7 +48,7 @@ def run(cfg: DictConfig) -> list[dict]:
             "repeats": prepared.n_repeats,
             "weights": None if weights is None else dict(zip(model_ids, weights.tolist(),
                                                              strict=True)),
-            "cv_in_sample": scores(y, method.apply(oof, state)),
+            "cv_in_sample": scores(y, method.apply(oof, state), classes),
         }
         target = run_dir.ensemble_dir(name)
         with atomic_path(target / "state.joblib", suffix=".joblib") as tmp:

@@ -1,0 +1,124 @@
+"""Pixel-CSV competitions (Digit Recognizer layout): train.csv = label,pixel0,...; test.csv
+= pixel rows (maybe with an id column); sample_submission.csv = ImageId,Label. The rows
+are read as images through prepare, and bad pixel files are one clear line."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from comp.config import load_config
+from comp.data.prepared import prepare
+from comp.run import main
+from tests.helpers import make_pixel_competition, run_path, tiny_overrides
+
+
+def _pixels(root, name="train.csv") -> np.ndarray:
+    frame = pd.read_csv(root / name)
+    return frame[[c for c in frame.columns if c.startswith("pixel")]].to_numpy(np.uint8)
+
+
+def test_prepare_reads_pixel_rows_as_images(tmp_path):
+    root = make_pixel_competition(tmp_path / "digits", side=8)
+    overrides = tiny_overrides(tmp_path, root)
+    assert main(["stage=prepare", *overrides]) == 0
+    run = run_path(tmp_path)
+    folds = pd.read_csv(run / "folds.csv", dtype=str)
+    assert folds["id"].tolist() == [str(i) for i in range(1, 31)]  # row numbers 1..N
+    assert sorted(folds["label"].unique()) == ["0", "1", "2"]
+    hashes = pd.read_csv(run / "hashes.csv", dtype=str)
+    train_hashes = hashes[hashes["split"] == "train"]["hash"].tolist()
+    expected = [hashlib.blake2b(row.tobytes(), digest_size=16).hexdigest()
+                for row in _pixels(root)]
+    assert train_hashes == expected  # the hash of each row's pixel bytes
+    prepared = prepare(load_config(overrides))
+    images = np.asarray(prepared.images("train", 8))
+    assert images.shape == (30, 8, 8, 3)
+    gray = _pixels(root).reshape(30, 8, 8)  # row-major, grayscale on every channel
+    assert (images == gray[..., None]).all()
+    test = prepared.competition.test
+    assert test["submission_id"].tolist() == [str(i) for i in range(1, 7)]
+    assert (np.asarray(prepared.images("test", 8))[:, :, :, 0]
+            == _pixels(root, "test.csv").reshape(6, 8, 8)).all()
+
+
+def test_sample_ids_follow_the_test_id_column(tmp_path):
+    root = make_pixel_competition(tmp_path / "kannada", side=28, test_ids=True)
+    sample = pd.read_csv(root / "sample_submission.csv")
+    sample.iloc[::-1].to_csv(root / "sample_submission.csv", index=False)  # another order
+    prepared = prepare(load_config(tiny_overrides(tmp_path, root)))
+    test = prepared.competition.test
+    assert test["submission_id"].tolist() == [f"t{i}" for i in range(5, -1, -1)]
+    pixels = _pixels(root, "test.csv").reshape(6, 28, 28)
+    images = np.asarray(prepared.images("test", 28))[:, :, :, 0]
+    assert (images == pixels[::-1]).all()  # each id gets its own row's pixels
+
+
+def test_images_are_written_once(tmp_path):
+    root = make_pixel_competition(tmp_path / "digits")
+    overrides = tiny_overrides(tmp_path, root)
+    assert main(["stage=prepare", *overrides]) == 0
+    written = sorted((run_path(tmp_path) / "cache" / "pixels").rglob("*.png"))
+    times = [p.stat().st_mtime_ns for p in written]
+    assert len(written) == 36
+    assert main(["stage=prepare", *overrides]) == 0
+    assert [p.stat().st_mtime_ns for p in written] == times
+
+
+def _edit(root, name, change):
+    frame = pd.read_csv(root / name, dtype=str)
+    change(frame)
+    frame.to_csv(root / name, index=False)
+
+
+def _set(name, column, value):
+    return lambda root: _edit(root, name, lambda f: f.__setitem__(column, f[column].where(
+        f.index != 2, value)))
+
+
+BAD = {
+    "not a square": (lambda r: _edit(r, "train.csv", lambda f: f.pop("pixel63")),
+                     "train.csv: 63 pixel columns is not a square number"),
+    "colour layout": (lambda r: _edit(r, "train.csv", lambda f: [
+        f.__setitem__(f"pixel{i}", "0") for i in range(64, 192)]),
+                      "colour pixel CSVs are not read"),
+    "text pixel": (_set("train.csv", "pixel5", "x"),
+                   "train.csv line 4: pixel5='x' is not a number"),
+    "above 255": (_set("train.csv", "pixel7", "256"), "train.csv line 4: pixel7=256 is outside"),
+    "negative": (_set("test.csv", "pixel0", "-1"), "test.csv line 4: pixel0=-1 is outside"),
+    "fraction": (_set("train.csv", "pixel1", "0.5"), "not a whole number"),
+    "test size differs": (lambda r: _edit(r, "test.csv", lambda f: f.pop("pixel63")),
+                          "test.csv: 63 pixel columns (pixel0, pixel62) differ from "
+                          "train.csv's 64"),
+    "sample ids not rows": (_set("sample_submission.csv", "ImageId", "99"),
+                            "ids are not 1..6"),
+    "no test.csv": (lambda r: (r / "test.csv").unlink(), "test.csv: not found"),
+    "empty label": (_set("train.csv", "label", ""), "train.csv line 4: empty label"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_pixel_files_are_one_line(case, tmp_path, capsys):
+    root = make_pixel_competition(tmp_path / "digits")
+    mutate, needle = BAD[case]
+    mutate(root)
+    assert main(["stage=prepare", *tiny_overrides(tmp_path, root)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("comp: error: "), err
+    assert needle in err[0], err
+
+
+@pytest.mark.slow
+def test_stage_all_writes_the_samples_ids_and_integer_labels(tmp_path):
+    root = make_pixel_competition(tmp_path / "digits", side=28)
+    assert main(["stage=all", *tiny_overrides(tmp_path, root, **{"submit.metric": "qwk"})]) == 0
+    board = pd.read_csv(tmp_path / "submissions" / "leaderboard.csv")
+    assert board["cv_qwk"].is_monotonic_decreasing  # ranked by quadratic weighted kappa
+    text = (tmp_path / "submissions" / board["file"].iloc[0]).read_text().splitlines()
+    assert text[0] == "ImageId,Label"
+    rows = [line.split(",") for line in text[1:]]
+    assert [r[0] for r in rows] == [str(i) for i in range(1, 7)]
+    assert all(r[1] in {"0", "1", "2"} for r in rows)  # integers, as in train.csv
