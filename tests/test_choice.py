@@ -140,3 +140,28 @@ def test_auto_with_one_weight_file_is_one_line(tmp_path):
 def test_backbones_auto_on_the_command_line_is_the_list():
     assert list(load_config(["backbones=auto"]).backbones) == ["auto"]
     assert list(load_config(["backbones=[auto,small_cnn]"]).backbones) == ["auto", "small_cnn"]
+
+
+def test_stage_plan_with_auto_says_what_it_chose_and_plans_it(tmp_path, comp_caplog,
+                                                              capsys, monkeypatch):
+    """Through the command line: small colour images, only the bundled MobileNet file, no
+    network: two depths of MobileNet 0.25 and the CNN from scratch, said in one line."""
+    from comp.models import weights
+    from comp.run import main
+    from tests.helpers import tiny_overrides
+
+    monkeypatch.setattr(weights, "network_allows_downloads", lambda timeout=2.0: False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty-keras"))
+    competition = make_competition(tmp_path / "comp")
+    overrides = tiny_overrides(tmp_path, competition, backbones="auto", weights="imagenet",
+                               quiet="false")
+    assert main(["stage=plan", *overrides]) == 0
+    lines = [r.getMessage() for r in comp_caplog.records
+             if r.getMessage().startswith("backbones=auto: ")]
+    assert len(lines) == 1
+    assert lines[0].startswith("backbones=auto: mobilenet_025, mobilenet_025-block12, small_cnn")
+    planned = {line.split()[0].split("=", 1)[1].rsplit("-", 1)[0]
+               for line in capsys.readouterr().out.splitlines()}
+    assert planned == {"mobilenet_025", "mobilenet_025-block12", "small_cnn"}
+    recorded = (tmp_path / "runs" / "tiny" / "config.yaml").read_text()
+    assert "- mobilenet_025-block12" in recorded and "- auto" not in recorded
