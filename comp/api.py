@@ -39,14 +39,11 @@ def _value(value) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _folder_name(path: Path) -> str:
-    return re.sub(r"[^\w.-]", "_", path.name) or "competition"
-
-
 class Competition:
     """One experiment on one competition folder (None: the bundled demo).
 
-    `name` defaults to the folder's name ("demo" for the bundled demo); `runs_dir` and
+    `name` defaults to the folder's name ("demo" for the bundled demo, see
+    comp.config.default_run_name); `runs_dir` and
     `submissions_dir` default to `runs/` and `submissions/` in the working directory.
     Settings are config keys, as keyword arguments (`weights="none"`) or, for dotted
     keys, a dict (`**{"train.epochs": 3}`), or ready-made `overrides=["train.lr=0.01"]`.
@@ -61,7 +58,6 @@ class Competition:
             if not self.data.is_dir():
                 raise CompError(f"Competition({str(data)!r}): no such folder")
             base += ["data=folder", f"data.dir={_value(str(self.data))}"]
-            name = name or _folder_name(self.data)
         if name is not None:
             base.append(f"name={_value(name)}")
         for key, value in (("runs_dir", runs_dir), ("submissions_dir", submissions_dir)):

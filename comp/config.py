@@ -257,7 +257,8 @@ class Config:
     """The whole config; every key a user can set is declared here."""
 
     stage: str = "all"
-    name: str = "demo"  # experiment name: runs/<name>/, submission file prefix
+    # experiment name: runs/<name>/ and submissions/<name>/; None: default_run_name()
+    name: str | None = None
     backbones: list[str] = field(default_factory=lambda: ["mobilenet_025"])
     weights: str = "imagenet"  # imagenet | none | <path to a .h5 weight file>
     weights_dir: str | None = None  # extra folder searched for ImageNet weight files
@@ -311,6 +312,8 @@ def load_config(overrides: list[str], config_dir=CONFIG_DIR) -> DictConfig:
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise CompError(f"config: {_short_message(exc)}") from None
     _require_data_dir(cfg, choices, overrides)
+    if cfg.name is None:
+        cfg.name = default_run_name(cfg.data.dir)
     cfg.tune.storage = storage_from_env(cfg.tune.storage)
     from comp.validate import validate
 
@@ -322,6 +325,16 @@ def load_config(overrides: list[str], config_dir=CONFIG_DIR) -> DictConfig:
     for backbone in cfg.backbone_overrides:
         model_settings(cfg, backbone)  # validates the override's keys and types
     return cfg
+
+
+def default_run_name(data_dir: str | Path) -> str:
+    """The experiment name when `name=` is not given: "demo" for the bundled demo, else
+    the competition folder's name (characters other than letters, digits, `.`, `_`
+    and `-` become `_`), so runs on different folders never share a run directory."""
+    folder = Path(data_dir).expanduser().resolve()
+    if folder == (DEMO_DIR / "wbc").resolve():
+        return "demo"
+    return re.sub(r"[^\w.-]", "_", folder.name).strip(".") or "competition"
 
 
 def _require_data_dir(cfg: DictConfig, choices: dict, overrides: list[str]) -> None:

@@ -4,8 +4,11 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+from comp.config import load_config
 from comp.run import main
+from tests.helpers import make_competition
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess:
@@ -70,3 +73,23 @@ def test_unknown_progress_mode_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("comp: error:") and "progress=" in err
     assert len(err.splitlines()) == 1
+
+
+def test_runs_without_name_are_named_after_their_folder_and_never_collide(tmp_path):
+    """The demo-like first run, then another folder and a preset in the same runs_dir,
+    none with name=: each folder gets its own run directory (runs/demo before would
+    refuse the second folder's training data)."""
+    assert load_config([]).name == "demo"  # the bundled demo
+    first = make_competition(tmp_path / "demo", seed=0)
+    second = make_competition(tmp_path / "cells", seed=1)
+    where = [f"runs_dir={tmp_path / 'runs'}", f"submissions_dir={tmp_path / 'submissions'}",
+             "quiet=true"]
+    for folder, extra in ((first, []), (second, []), (second, ["experiment=quick"])):
+        assert main(["stage=prepare", "data=folder", f"data.dir={folder}", *where,
+                     *extra]) == 0
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["cells", "demo"]
+    for name in ("cells", "demo"):
+        assert (tmp_path / "runs" / name / "folds.csv").is_file()
+    assert "name:" not in "".join(
+        p.read_text() for p in (Path(__file__).resolve().parent.parent / "comp" / "configs"
+                                / "experiment").glob("*.yaml"))
