@@ -92,13 +92,13 @@ class Competition:
         """This experiment's models and ensembles ranked by CV (a pandas DataFrame)."""
         import pandas as pd
 
-        path = Path(self.config.submissions_dir) / "leaderboard.csv"
+        from comp.workspace import leaderboard_path
+
+        path = leaderboard_path(self.config.submissions_dir, self.name)
         board = pd.read_csv(path) if path.exists() else pd.DataFrame()
-        if board.empty or not (board["experiment"] == self.name).any():
+        if board.empty:
             raise CompError(f"{path}: nothing from experiment {self.name!r} yet; call fit() "
                             "(or fit('submit')) first")
-        board = board[board["experiment"] == self.name].reset_index(drop=True)
-        board["rank"] = range(1, len(board) + 1)
         return board
 
     def predict(self, images, using: str | None = None):

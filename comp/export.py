@@ -38,11 +38,11 @@ def export_model(cfg: DictConfig) -> Path:
     model_id = cfg.export.using or best_single_model(run, cfg.submit.metric)
     if model_id.startswith("ensemble-"):
         raise CompError(f"export.using={model_id}: ensembles are not exported yet; give "
-                        "export.using=<model_id> of a single model (see leaderboard.csv)")
+                        "export.using=<model_id> of a single model (see the leaderboard)")
     info_path = run.preds_dir(model_id) / "cv.json"
     if not info_path.exists():
         raise CompError(f"{info_path}: no finished model {model_id!r}; see "
-                        "submissions/leaderboard.csv for the model ids")
+                        "submissions/<name>/leaderboard.csv for the model ids")
     info = read_json(info_path)
     if info.get("kind", "single") != "single" or info.get("model_kind") == "classic":
         raise CompError(f"export.using={model_id}: only single fine-tuned models are exported "

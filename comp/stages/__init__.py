@@ -10,7 +10,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "ensemble": ("comp.stages.ensemble", "mean/weighted/rank/geometric ensembles, nested CV"),
     "predict": ("comp.stages.predict", "predict new images with a saved model or ensemble"),
     "export": ("comp.stages.export", "a trained model as a plain Keras model (+ SavedModel)"),
-    "submit": ("comp.stages.submit", "write ranked submissions and submissions/leaderboard.csv"),
+    "submit": ("comp.stages.submit",
+               "write ranked submissions and submissions/<name>/leaderboard.csv"),
     "report": ("comp.stages.report", "HTML report with plots: runs/<name>/report/index.html"),
     "all": ("comp.stages.all", "the whole chain, prepare to submit; skips finished work"),
 }

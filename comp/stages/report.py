@@ -11,16 +11,16 @@ from comp.errors import CompError
 from comp.log import get_logger
 from comp.predictions import read_table
 from comp.report import build_report
+from comp.workspace import leaderboard_path
 
 
 def run(cfg: DictConfig) -> Path:
     """Build the report from the run directory and the leaderboard."""
     prepared = prepare(cfg)
-    board_path = Path(cfg.submissions_dir) / "leaderboard.csv"
+    board_path = leaderboard_path(cfg.submissions_dir, cfg.name)
     if not board_path.exists():
         raise CompError(f"{board_path}: no leaderboard yet; run stage=submit first")
     board = read_table(board_path)
-    board = board[board["experiment"] == cfg.name]
     paths = dict(zip(prepared.competition.train["id"], prepared.competition.train["path"],
                      strict=True))
     db = prepared.run.optuna_db
