@@ -125,7 +125,7 @@ class Competition:
         """Build the HTML report; its path."""
         return Path(self.run("report"))
 
-    def export(self, using: str | None = None, tta: bool = False, tflite: bool = False,
+    def export(self, using: str | None = None, tta: bool = True, tflite: bool = False,
                output: str | Path | None = None) -> Path:
         """Export a trained model as plain Keras (.keras + SavedModel [+ TFLite]); the
         folder (see stage=export)."""

@@ -222,10 +222,13 @@ class PredictConfig:
 class ExportConfig:
     """stage=export: a trained model as plain Keras files (no comp needed to use them)."""
 
-    using: str | None = None  # model id; None: the best single model by CV (submit.metric)
-    tta: bool = False  # average the model's TTA views (flips/rotations) inside the graph
+    # model id; None: rank 1 by CV (submit.metric), or the best fine-tuned model where
+    # rank 1 is an ensemble or a classic head
+    using: str | None = None
+    # average the model's TTA views inside the graph, as comp's own predictions do
+    tta: bool = True
     tflite: bool = False  # also write model.tflite
-    output: str | None = None  # folder; None: runs/<name>/export/<model_id>[-tta]/
+    output: str | None = None  # folder; None: runs/<name>/export/<model_id>[-notta]/
 
 
 @dataclass
