@@ -108,6 +108,10 @@ def run_stage(overrides: list[str]):
         raise CompError(f"{where}: cannot write ({exc.strerror}); free space or fix "
                         "permissions and rerun: finished work is kept") from None
     log.info("stage=%s done in %.1f s", cfg.stage, time.time() - started)
+    headline = getattr(module, "headline", None)  # a stage's figure to end on, if it has one
+    text = headline(cfg) if headline else None
+    if text:
+        log.info("%s", text)
     return result
 
 

@@ -6,11 +6,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from comp.artifacts import read_json
 from comp.data.prepared import prepare
 from comp.errors import CompError
 from comp.log import get_logger
 from comp.predictions import read_table
 from comp.report import build_report
+from comp.selection import selection_headline
 from comp.workspace import leaderboard_path
 
 
@@ -25,6 +27,8 @@ def run(cfg: DictConfig) -> Path:
                      strict=True))
     db = prepared.run.optuna_db
     storage = cfg.tune.storage or (f"sqlite:///{db.resolve()}" if db.exists() else None)
-    page = build_report(prepared.run.root, board, paths, storage)
+    selection = prepared.run.root / "selection.json"
+    headline = selection_headline(read_json(selection)) if selection.exists() else None
+    page = build_report(prepared.run.root, board, paths, storage, headline)
     get_logger().info("report: %s", page)
     return page

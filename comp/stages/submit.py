@@ -10,7 +10,7 @@ from comp.data.prepared import load_competition
 from comp.errors import CompError
 from comp.log import get_logger
 from comp.predictions import read_prediction_set
-from comp.selection import leaderboard_uncertainty
+from comp.selection import leaderboard_uncertainty, selection_headline
 from comp.submission import entry_settings, write_leaderboard, write_submission
 from comp.workspace import leaderboard_path, run_dir, submissions_folder
 
@@ -43,13 +43,14 @@ def run(cfg: DictConfig):
     best = board.iloc[0]
     selected = uncertainty["__selected__"]
     write_json(run.root / "selection.json", selected)
-    get_logger().info(
-        "submit: rank 1 %s (%s) CV %s %.4f -> %s ; selected pipeline (best entry chosen "
-        "per fold on the other folds, nested) CV accuracy %.4f ± %.4f, macro-F1 %.4f ± "
-        "%.4f ; leaderboard: %s",
-        best["name"], best["kind"], metric, best[f"cv_{metric}"], folder / best["file"],
-        selected["cv"]["accuracy"], selected["se"]["accuracy"], selected["cv"]["macro_f1"],
-        selected["se"]["macro_f1"], leaderboard_path(cfg.submissions_dir, cfg.name),
-    )
+    get_logger().info("submit: rank 1 %s (%s) CV %s %.4f -> %s ; leaderboard: %s",
+                      best["name"], best["kind"], metric, best[f"cv_{metric}"],
+                      folder / best["file"], leaderboard_path(cfg.submissions_dir, cfg.name))
     return board
 
+
+
+def headline(cfg: DictConfig) -> str | None:
+    """The run's last log line: the selected pipeline's nested CV (selection.json)."""
+    path = run_dir(cfg.runs_dir, cfg.name).root / "selection.json"
+    return selection_headline(read_json(path)) if path.exists() else None
