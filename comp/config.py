@@ -1,7 +1,8 @@
 """The config schema (dataclasses) and loading it with Hydra's compose API.
 
-`load_config(overrides)` is the one door: it composes `comp/configs/config.yaml` (package
-data, read through importlib.resources, so it works from a wheel) with the
+`load_config(overrides)` is the one door: it composes `configs/config.yaml` (the top
+level of a checkout; a wheel installs it as package data `comp/configs/`, read through
+importlib.resources, see `config_root`) with the
 user's `key=value` overrides against the typed schema below, so an unknown key or a
 value of the wrong type becomes a `CompError` naming the key.
 """
@@ -26,9 +27,21 @@ from omegaconf.errors import OmegaConfBaseException
 
 from comp.errors import CompError
 
-# package data: a Path for an ordinary install, another Traversable for e.g. a zip import
-CONFIG_DIR = files("comp") / "configs"
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
+
+
+def config_root():
+    """Where the YAML configs are: the package data `comp/configs/` of an installed wheel
+    (a Path for an ordinary install, another Traversable for e.g. a zip import), else
+    `configs/` at the top level of the checkout that holds this comp/ (pyproject.toml
+    maps one onto the other: `package-dir`)."""
+    installed = files("comp") / "configs"
+    if installed.is_dir():
+        return installed
+    return Path(__file__).resolve().parent.parent / "configs"
+
+
+CONFIG_DIR = config_root()
 
 
 @contextmanager
@@ -301,7 +314,7 @@ def _register() -> None:
 
 
 def load_config(overrides: list[str], config_dir=CONFIG_DIR) -> DictConfig:
-    """Compose the config from `comp/configs/` and `key=value` overrides; raise CompError."""
+    """Compose the config from `configs/` and `key=value` overrides; raise CompError."""
     _register()
     try:
         with config_dir_path(config_dir) as folder, initialize_config_dir(

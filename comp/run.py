@@ -35,7 +35,7 @@ def help_text() -> str:
         "stages:",
         *[f"  {name:<10} {text}" for name, (_, text) in STAGES.items()],
         "",
-        "config groups (comp/configs/): "
+        "config groups (configs/): "
         + ", ".join(
             f"{g.name}=[{'|'.join(sorted(p.name[:-5] for p in g.iterdir() if p.name.endswith('.yaml')))}]"  # noqa: E501
             for g in groups
@@ -44,7 +44,7 @@ def help_text() -> str:
         "ImageNet weights (weights=imagenet) are looked for in this order:",
         *[f"  {line}" for line in search_order_text().splitlines()],
         "",
-        "keys (default, composed from comp/configs/; allowed values in brackets):",
+        "keys (default, composed from configs/; allowed values in brackets):",
         *[f"  {line}" for line in composed_keys()],
     ]
     return "\n".join(lines)

@@ -4,9 +4,8 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from comp.config import load_config
+from comp.config import CONFIG_DIR, load_config
 from comp.run import main
 from tests.helpers import make_competition
 
@@ -91,5 +90,4 @@ def test_runs_without_name_are_named_after_their_folder_and_never_collide(tmp_pa
     for name in ("cells", "demo"):
         assert (tmp_path / "runs" / name / "folds.csv").is_file()
     assert "name:" not in "".join(
-        p.read_text() for p in (Path(__file__).resolve().parent.parent / "comp" / "configs"
-                                / "experiment").glob("*.yaml"))
+        p.read_text() for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
