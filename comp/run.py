@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from comp.errors import CompError
-from comp.log import get_logger, quiet_tensorflow, set_progress
+from comp.log import get_logger, log_over_bars, quiet_tensorflow, set_progress
 from comp.stages import STAGES
 
 _WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM}
@@ -99,7 +99,8 @@ def run_stage(overrides: list[str]):
         module = importlib.import_module(STAGES[cfg.stage][0])
         from comp.workspace import run_dir, run_lock
 
-        with run_lock(run_dir(cfg.runs_dir, cfg.name), cfg.stage, shared=_is_worker(cfg)):
+        with run_lock(run_dir(cfg.runs_dir, cfg.name), cfg.stage,
+                      shared=_is_worker(cfg)), log_over_bars():
             result = module.run(cfg)
     except OSError as exc:
         if exc.errno not in _WRITE_ERRORS:
