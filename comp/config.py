@@ -329,7 +329,7 @@ def load_config(overrides: list[str], config_dir=CONFIG_DIR) -> DictConfig:
         raise CompError(f"config: {_short_message(exc)}") from None
     _require_data_dir(cfg, choices, overrides)
     if cfg.name is None:
-        cfg.name = default_run_name(cfg.data.dir)
+        cfg.name = default_run_name(cfg.data.dir, choices.get("experiment"))
     cfg.tune.storage = storage_from_env(cfg.tune.storage)
     from comp.validate import validate
 
@@ -343,14 +343,18 @@ def load_config(overrides: list[str], config_dir=CONFIG_DIR) -> DictConfig:
     return cfg
 
 
-def default_run_name(data_dir: str | Path) -> str:
+def default_run_name(data_dir: str | Path, experiment: str | None = None) -> str:
     """The experiment name when `name=` is not given: "demo" for the bundled demo, else
     the competition folder's name (characters other than letters, digits, `.`, `_`
-    and `-` become `_`), so runs on different folders never share a run directory."""
+    and `-` become `_`), followed by `-<preset>` under `experiment=<preset>`
+    ("demo-quick"), so runs on different folders, or with different presets, never
+    share a run directory or a leaderboard."""
     folder = Path(data_dir).expanduser().resolve()
     if folder == (DEMO_DIR / "wbc").resolve():
-        return "demo"
-    return re.sub(r"[^\w.-]", "_", folder.name).strip(".") or "competition"
+        name = "demo"
+    else:
+        name = re.sub(r"[^\w.-]", "_", folder.name).strip(".") or "competition"
+    return f"{name}-{experiment}" if experiment else name
 
 
 def _require_data_dir(cfg: DictConfig, choices: dict, overrides: list[str]) -> None:

@@ -122,9 +122,10 @@ def test_unknown_progress_mode_is_one_line(tmp_path, capsys):
 
 def test_runs_without_name_are_named_after_their_folder_and_never_collide(tmp_path):
     """The demo-like first run, then another folder and a preset in the same runs_dir,
-    none with name=: each folder gets its own run directory (runs/demo before would
-    refuse the second folder's training data)."""
+    none with name=: each folder and preset gets its own run directory (runs/demo before
+    would refuse the second folder's training data)."""
     assert load_config([]).name == "demo"  # the bundled demo
+    assert load_config(["experiment=quick"]).name == "demo-quick"
     first = make_competition(tmp_path / "demo", seed=0)
     second = make_competition(tmp_path / "cells", seed=1)
     where = [f"runs_dir={tmp_path / 'runs'}", f"submissions_dir={tmp_path / 'submissions'}",
@@ -132,8 +133,9 @@ def test_runs_without_name_are_named_after_their_folder_and_never_collide(tmp_pa
     for folder, extra in ((first, []), (second, []), (second, ["experiment=quick"])):
         assert main(["stage=prepare", "data=folder", f"data.dir={folder}", *where,
                      *extra]) == 0
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["cells", "demo"]
-    for name in ("cells", "demo"):
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
+        "cells", "cells-quick", "demo"]
+    for name in ("cells", "cells-quick", "demo"):
         assert (tmp_path / "runs" / name / "folds.csv").is_file()
     assert "name:" not in "".join(
         p.read_text() for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
