@@ -97,7 +97,7 @@ def test_built_wheel_holds_configs_demo_and_the_command(tmp_path):
     result = subprocess.run([sys.executable, "-c", code, str(installed)], capture_output=True,
                             text=True, timeout=120, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split() == [str(installed / "comp" / "configs"), "demo", "[]"]
+    assert result.stdout.split() == [str(installed / "comp" / "configs"), "demo-quick", "[]"]
 
 
 def test_no_fcntl_and_import_without_it():
