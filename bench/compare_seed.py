@@ -116,8 +116,7 @@ def _preds_board(work: Path, name: str) -> pd.DataFrame:
 
 
 def _leaderboard(work: Path, name: str) -> pd.DataFrame:
-    board = pd.read_csv(work / "submissions" / "leaderboard.csv")
-    return board[board["experiment"] == name].reset_index(drop=True)
+    return pd.read_csv(work / "submissions" / name / "leaderboard.csv")
 
 if __name__ == "__main__":
     main()

@@ -118,7 +118,7 @@ def table(run: Path, truth: Path | None) -> pd.DataFrame:
         rows.append(row)
     frame = pd.DataFrame(rows)
     levers = []
-    # valid in a run of the defaults only: a later round's ensembles replace round 0's
+    # round 0's ensembles stay beside a later round's (each is named by its members)
     pairs = {
         "ensembling (round 0 selected, with its ensembles - singles only)":
             ("round 0: selected (nested)", "round 0: selected among single models (nested)"),

@@ -49,10 +49,6 @@ def _value(value) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _folder_name(path: Path) -> str:
-    return re.sub(r"[^\w.-]", "_", path.name) or "competition"
-
-
 def flat_settings(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested dicts of settings as dotted keys: {"train": {"epochs": 20}} ->
     {"train.epochs": 20}; dotted keys stay as they are."""
@@ -114,7 +110,8 @@ def _link_or_copy(source: Path, target: Path) -> None:
 class Competition:
     """One experiment on one competition folder (None: the bundled demo).
 
-    `name` defaults to the folder's name ("demo" for the bundled demo); `runs_dir` and
+    `name` defaults to the folder's name ("demo" for the bundled demo, see
+    comp.config.default_run_name); `runs_dir` and
     `submissions_dir` default to `runs/` and `submissions/` in the working directory.
     Settings are config keys, as keyword arguments (`weights="none"`), nested dicts
     (`train={"epochs": 3}`), dotted keys through a dict (`**{"train.epochs": 3}`), or
@@ -131,7 +128,6 @@ class Competition:
             if not self.data.is_dir():
                 raise CompError(f"Competition({str(folder)!r}): no such folder")
             base += ["data=folder", f"data.dir={_value(str(self.data))}"]
-            name = name or _folder_name(self.data)
         if name is not None:
             base.append(f"name={_value(name)}")
         for key, value in (("runs_dir", runs_dir), ("submissions_dir", submissions_dir)):
@@ -166,13 +162,13 @@ class Competition:
         """This experiment's models and ensembles ranked by CV (a pandas DataFrame)."""
         import pandas as pd
 
-        path = Path(self.config.submissions_dir) / "leaderboard.csv"
+        from comp.workspace import leaderboard_path
+
+        path = leaderboard_path(self.config.submissions_dir, self.name)
         board = pd.read_csv(path) if path.exists() else pd.DataFrame()
-        if board.empty or not (board["experiment"] == self.name).any():
+        if board.empty:
             raise CompError(f"{path}: nothing from experiment {self.name!r} yet; call fit() "
                             "(or fit('submit')) first")
-        board = board[board["experiment"] == self.name].reset_index(drop=True)
-        board["rank"] = range(1, len(board) + 1)
         return board
 
     @classmethod
@@ -331,7 +327,7 @@ class Competition:
         """Build the HTML report; its path."""
         return Path(self.run("report"))
 
-    def export(self, using: str | None = None, tta: bool = False, tflite: bool = False,
+    def export(self, using: str | None = None, tta: bool = True, tflite: bool = False,
                output: str | Path | None = None) -> Path:
         """Export a trained model as plain Keras (.keras + SavedModel [+ TFLite]); the
         folder (see stage=export)."""

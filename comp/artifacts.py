@@ -1,8 +1,10 @@
 """Atomic artifact writes and small readers: a reader never sees half a file.
 
 Every file comp writes that a later stage trusts goes through one of these writers:
-the content is written to a temporary file in the same folder, flushed to disk, then
-renamed over the target (rename is atomic on POSIX file systems).
+the content is written to a temporary file in the same folder, flushed to disk, given
+the mode an ordinary `open()` would give it (0666 less the user's umask, e.g. 0644:
+the private temporary file is 0600), then renamed over the target (rename is atomic on
+POSIX file systems).
 """
 
 from __future__ import annotations
@@ -36,10 +38,18 @@ def atomic_path(target: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp_path, new_file_mode())
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def new_file_mode() -> int:
+    """The mode `open()` gives a new file: 0666 less the process's umask."""
+    mask = os.umask(0o022)  # reading the umask means setting it; restored at once
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def write_text(target: str | Path, text: str) -> None:

@@ -1,7 +1,8 @@
 """The config schema (dataclasses) and loading it with Hydra's compose API.
 
-`load_config(overrides)` is the one door: it composes `comp/configs/config.yaml` (package
-data, read through importlib.resources, so it works from a wheel) with the
+`load_config(overrides)` is the one door: it composes `configs/config.yaml` (the top
+level of a checkout; a wheel installs it as package data `comp/configs/`, read through
+importlib.resources, see `config_root`) with the
 user's `key=value` overrides against the typed schema below, so an unknown key or a
 value of the wrong type becomes a `CompError` naming the key.
 """
@@ -31,9 +32,21 @@ from omegaconf.errors import OmegaConfBaseException
 
 from comp.errors import CompError
 
-# package data: a Path for an ordinary install, another Traversable for e.g. a zip import
-CONFIG_DIR = files("comp") / "configs"
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
+
+
+def config_root():
+    """Where the YAML configs are: the package data `comp/configs/` of an installed wheel
+    (a Path for an ordinary install, another Traversable for e.g. a zip import), else
+    `configs/` at the top level of the checkout that holds this comp/ (pyproject.toml
+    maps one onto the other: `package-dir`)."""
+    installed = files("comp") / "configs"
+    if installed.is_dir():
+        return installed
+    return Path(__file__).resolve().parent.parent / "configs"
+
+
+CONFIG_DIR = config_root()
 
 
 @contextmanager
@@ -243,10 +256,13 @@ class PredictConfig:
 class ExportConfig:
     """stage=export: a trained model as plain Keras files (no comp needed to use them)."""
 
-    using: str | None = None  # model id; None: the best single model by CV (submit.metric)
-    tta: bool = False  # average the model's TTA views (flips/rotations) inside the graph
+    # model id; None: rank 1 by CV (submit.metric), or the best fine-tuned model where
+    # rank 1 is an ensemble or a classic head
+    using: str | None = None
+    # average the model's TTA views inside the graph, as comp's own predictions do
+    tta: bool = True
     tflite: bool = False  # also write model.tflite
-    output: str | None = None  # folder; None: runs/<name>/export/<model_id>[-tta]/
+    output: str | None = None  # folder; None: runs/<name>/export/<model_id>[-notta]/
 
 
 @dataclass
@@ -278,7 +294,8 @@ class Config:
     """The whole config; every key a user can set is declared here."""
 
     stage: str = "all"  # the stage to run (see stages above); all runs the chain
-    name: str = "demo"  # experiment name: runs/<name>/, submission file prefix
+    # experiment name: runs/<name>/ and submissions/<name>/; None: default_run_name()
+    name: str | None = None
     # backbone entries to fine-tune; auto: the strongest whose ImageNet weights can be had
     # here, sized to the machine and time_limit, + a CNN from scratch for small or
     # grayscale images (comp.models.choice)
@@ -286,7 +303,7 @@ class Config:
     weights: str = "imagenet"  # imagenet | none (random init) | <path to a .h5 weight file>
     weights_dir: str | None = None  # extra folder searched first for ImageNet weight files
     runs_dir: str = "runs"  # folder of the run directories runs/<name>/
-    submissions_dir: str = "submissions"  # folder of the submission files and leaderboard.csv
+    submissions_dir: str = "submissions"  # folder of submissions/<name>/ and its leaderboard
     quiet: bool = False  # log warnings and errors only
     # seconds; once spent, no new fold, round or tuning starts, and stage=all still
     # ensembles and submits what finished. None: no limit
@@ -364,7 +381,7 @@ def _register() -> None:
 
 
 def load_config(overrides: list[str], config_dir=CONFIG_DIR) -> DictConfig:
-    """Compose the config from `comp/configs/` and `key=value` overrides; raise CompError."""
+    """Compose the config from `configs/` and `key=value` overrides; raise CompError."""
     _register()
     # `backbones=auto` is the list [auto] (the key is a list)
     overrides = [f"{o}".replace("backbones=auto", "backbones=[auto]", 1)
@@ -381,6 +398,8 @@ def load_config(overrides: list[str], config_dir=CONFIG_DIR) -> DictConfig:
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise CompError(f"config: {_short_message(exc, overrides)}") from None
     _require_data_dir(cfg, choices, overrides)
+    if cfg.name is None:
+        cfg.name = default_run_name(cfg.data.dir, choices.get("experiment"))
     cfg.tune.storage = storage_from_env(cfg.tune.storage)
     from comp.validate import validate
 
@@ -393,6 +412,20 @@ def load_config(overrides: list[str], config_dir=CONFIG_DIR) -> DictConfig:
     for backbone in cfg.backbone_overrides:
         model_settings(cfg, backbone)  # validates the override's keys and types
     return cfg
+
+
+def default_run_name(data_dir: str | Path, experiment: str | None = None) -> str:
+    """The experiment name when `name=` is not given: "demo" for the bundled demo, else
+    the competition folder's name (characters other than letters, digits, `.`, `_`
+    and `-` become `_`), followed by `-<preset>` under `experiment=<preset>`
+    ("demo-quick"), so runs on different folders, or with different presets, never
+    share a run directory or a leaderboard."""
+    folder = Path(data_dir).expanduser().resolve()
+    if folder == (DEMO_DIR / "wbc").resolve():
+        name = "demo"
+    else:
+        name = re.sub(r"[^\w.-]", "_", folder.name).strip(".") or "competition"
+    return f"{name}-{experiment}" if experiment else name
 
 
 def _require_data_dir(cfg: DictConfig, choices: dict, overrides: list[str]) -> None:

@@ -5,10 +5,11 @@ float, shape (N, size, size, 3)) and returns class probabilities. Inside it: the
 backbone's preprocessing (as a fixed 1x1 convolution: every keras.applications
 preprocessing is a per-pixel affine map), the frozen prefix, and for each fold that
 fold's trained body and head; the folds' probabilities are averaged. With
-`export.tta=true` the model's TTA views (flips / 90-degree rotations) are taken inside
-the graph too and averaged, as stage=predict does. The frozen prefix's output is rounded
-to float16, as in comp's feature cache that the heads were trained and evaluated on, so
-the export reproduces stage=predict's probabilities.
+`export.tta=true` (the default) the model's TTA views (flips / 90-degree rotations)
+are taken inside the graph too and averaged, as stage=predict does, so the export gives
+comp's own predictions; `export.tta=false` takes the image alone. The frozen prefix's
+output is rounded to float16, as in comp's feature cache that the heads were trained and
+evaluated on, so the export reproduces stage=predict's probabilities.
 
 Writes `model.keras`, `saved_model/` (Keras 3 `Model.export`), optionally
 `model.tflite`, `classes.json` and `MODEL_CARD.md`. Ensembles are not exported yet.
@@ -33,21 +34,25 @@ from comp.workspace import RunDir, run_dir
 
 
 def export_model(cfg: DictConfig) -> Path:
-    """Export `export.using` (default: the best fine-tuned model by CV); the folder."""
+    """Export `export.using` (default: the entry stage=submit ranks first, or the best
+    fine-tuned model where that is an ensemble or a classic head); the folder."""
     run = run_dir(cfg.runs_dir, cfg.name)
-    model_id = cfg.export.using or best_single_model(run, cfg.submit.metric)
+    model_id, note = (cfg.export.using, None) if cfg.export.using else export_choice(
+        run, cfg.submit.metric)
+    if note:
+        get_logger().info("export: %s", note)
     if model_id.startswith("ensemble-"):
         raise CompError(f"export.using={model_id}: ensembles are not exported yet; give "
-                        "export.using=<model_id> of a single model (see leaderboard.csv)")
+                        "export.using=<model_id> of a single model (see the leaderboard)")
     info_path = run.preds_dir(model_id) / "cv.json"
     if not info_path.exists():
         raise CompError(f"{info_path}: no finished model {model_id!r}; see "
-                        "submissions/leaderboard.csv for the model ids")
+                        "submissions/<name>/leaderboard.csv for the model ids")
     info = read_json(info_path)
     if info.get("kind", "single") != "single" or info.get("model_kind") == "classic":
         raise CompError(f"export.using={model_id}: only single fine-tuned models are exported "
                         "as Keras models (classic heads are scikit-learn: use stage=predict)")
-    suffix = "-tta" if cfg.export.tta else ""
+    suffix = "" if cfg.export.tta else "-notta"
     out = Path(cfg.export.output) if cfg.export.output else (
         run.root / "export" / f"{model_id}{suffix}")
     model, size, views = build_export_model(cfg, run, model_id, len(info["classes"]),
@@ -58,11 +63,31 @@ def export_model(cfg: DictConfig) -> Path:
     if cfg.export.tflite:
         _write_tflite(out / "saved_model", out / "model.tflite")
     write_json(out / "classes.json", info["classes"])
-    write_text(out / "MODEL_CARD.md", model_card(run, model_id, info, size, views, out))
+    write_text(out / "MODEL_CARD.md", model_card(run, model_id, info, size, views, out, note))
     get_logger().info("export: %s (%d folds%s) -> %s", model_id,
                       len(_folds(run.model_dir(model_id))),
                       f", TTA over {len(views)} views" if len(views) > 1 else "", out)
     return out
+
+
+def export_choice(run: RunDir, metric: str) -> tuple[str, str | None]:
+    """The model stage=export takes by default: (model id, None) where the entry ranked
+    first by CV `metric` (as stage=submit and stage=predict rank) is a fine-tuned model;
+    else (the best fine-tuned model, a sentence saying why rank 1 was not exported)."""
+    from comp.inference import best_prediction_set, prediction_folder
+
+    first = best_prediction_set(run, metric)
+    info = read_json(prediction_folder(run, first) / "cv.json")
+    if info.get("kind", "single") == "single" and info.get("model_kind",
+                                                           "finetune") == "finetune":
+        return first, None
+    what = ("an ensemble" if info.get("kind") == "ensemble"
+            else "a classic (scikit-learn) head")
+    best = best_single_model(run, metric)
+    return best, (f"rank 1 by CV {metric} is {first}, {what}, which is not a Keras model; "
+                  f"exported the best fine-tuned model {best} instead "
+                  f"(CV {metric} {read_json(run.preds_dir(best) / 'cv.json')['cv'][metric]:.4f}"
+                  f" against {info['cv'][metric]:.4f})")
 
 
 def best_single_model(run: RunDir, metric: str) -> str:
@@ -209,7 +234,8 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def model_card(run: RunDir, model_id: str, info: dict, size: int, views, out: Path) -> str:
+def model_card(run: RunDir, model_id: str, info: dict, size: int, views, out: Path,
+               note: str | None = None) -> str:
     """MODEL_CARD.md: what the model is, how good (CV), how to call it."""
     import keras
     import tensorflow as tf
@@ -239,7 +265,7 @@ as one Keras model that averages the {len(folds)} fold models{
   macro-F1 {cv['macro_f1']:.4f}, balanced accuracy {cv['balanced_accuracy']:.4f},
   macro AUC {cv['auc']:.4f}, log loss {cv['log_loss']:.4f}.
 - **Settings**: `spec.json` of the run; model settings {json.dumps(spec['model'])}.
-
+{f"- **Why this model**: {note}." + chr(10) if note else ""}
 ## Hashes
 | file | sha256 |
 |---|---|

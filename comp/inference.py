@@ -37,25 +37,27 @@ from comp.workspace import RunDir
 
 
 def prediction_folder(run: RunDir, using: str) -> Path:
-    """The folder of a finished model (`<model_id>`) or ensemble (`ensemble-<method>`)."""
-    folder = run.ensemble_dir(using.removeprefix("ensemble-")) if using.startswith(
-        "ensemble-") else run.preds_dir(using)
+    """The folder of a finished model (`<model_id>`) or ensemble
+    (`ensemble-<method>-<members>`, or `ensemble-<method>`: the latest of that method)."""
+    folder = run.find_ensemble(using) if using.startswith("ensemble-") else run.preds_dir(
+        using)
     if not (folder / "cv.json").exists():
         raise CompError(f"{folder}: no finished model or ensemble {using!r}; see "
-                        "submissions/leaderboard.csv for the names")
+                        "submissions/<name>/leaderboard.csv for the names")
     return folder
 
 
 def predict_paths(cfg: DictConfig, run: RunDir, using: str, paths: list[Path]
                   ) -> tuple[np.ndarray, list[str]]:
-    """(probabilities, classes) of `using` (a model id or ensemble-<method>) on `paths`."""
-    info = read_json(prediction_folder(run, using) / "cv.json")
+    """(probabilities, classes) of `using` (a model id or an ensemble entry) on `paths`."""
+    folder = prediction_folder(run, using)
+    info = read_json(folder / "cv.json")
     classes = info["classes"]
     if info["kind"] != "ensemble":
         return predict_model(cfg, run, using, paths, len(classes)), classes
     members = np.stack([predict_model(cfg, run, m, paths, len(classes))
                         for m in info["models"]])
-    state = joblib.load(run.ensemble_dir(info["method"]) / "state.joblib")
+    state = joblib.load(folder / "state.joblib")
     return METHODS[info["method"]].apply(members, state), classes
 
 

@@ -40,11 +40,13 @@ def progress_mode() -> str:
 
 def unit_done(kind: str, **fields) -> None:
     """In `lines` mode, log one line for a finished unit of work, e.g.
-    `comp: fold done: model=small_cnn-1a2b fold=0 best_epoch=3 val_auc=0.9123 seconds=4.2`.
+    `comp: fold done: model=small_cnn-1a2b fold=0 best_epoch=3 val_auc=0.9123 seconds=4.2`;
+    fields that are None (a classic model has no best epoch) are left out.
     """
     if progress_mode() != "lines":
         return
-    parts = [f"{key}={_format(key, value)}" for key, value in fields.items()]
+    parts = [f"{key}={_format(key, value)}" for key, value in fields.items()
+             if value is not None]
     get_logger().info("%s done: %s", kind, " ".join(parts))
 
 
@@ -92,6 +94,19 @@ def get_logger() -> logging.Logger:
         logger.setLevel(logging.INFO)
         logger.propagate = False
     return logger
+
+
+def log_over_bars():
+    """A context in which the `comp` logger's lines go through `tqdm.write` in `bar` mode
+    (tqdm's logging_redirect_tqdm), so a log line clears the live bars and is printed on
+    a line of its own, the bars redrawn below it; elsewhere it changes nothing."""
+    from contextlib import nullcontext
+
+    if progress_mode() != "bar":
+        return nullcontext()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm(loggers=[get_logger()])
 
 
 def progress(iterable=None, **kwargs):

@@ -133,8 +133,9 @@ def bar_chart(values: dict, title: str, target: Path) -> str:
 
 
 def build_report(run_root: Path, leaderboard: pd.DataFrame, paths: dict[str, str],
-                 storage_url: str | None) -> Path:
-    """Write run_root/report/index.html with its PNGs; return the page's path."""
+                 storage_url: str | None, headline: str | None = None) -> Path:
+    """Write run_root/report/index.html with its PNGs; return the page's path.
+    `headline`, shown first under the title: the selected pipeline's nested CV."""
     out = run_root / "report"
     out.mkdir(parents=True, exist_ok=True)
     shown = leaderboard.assign(models=leaderboard["models"].str.split().str.len()).rename(
@@ -180,6 +181,7 @@ def build_report(run_root: Path, leaderboard: pd.DataFrame, paths: dict[str, str
             "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}"
             ".thumbs figure{display:inline-block;margin:4px;font-size:11px}</style></head>"
             f"<body><h1>comp report: {html.escape(run_root.name)}</h1>"
+            + (f"<p class='headline'><b>{html.escape(headline)}</b></p>" if headline else "")
             + "\n".join(sections) + "</body></html>")
     write_text(out / "index.html", page)
     return out / "index.html"

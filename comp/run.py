@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from comp.errors import CompError
-from comp.log import get_logger, quiet_tensorflow, set_progress
+from comp.log import get_logger, log_over_bars, quiet_tensorflow, set_progress
 from comp.stages import STAGES
 
 _WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM}
@@ -53,7 +53,7 @@ def help_text() -> str:
         "stages:",
         *[f"  {name:<10} {text}" for name, (_, text) in STAGES.items()],
         "",
-        "config groups (comp/configs/): "
+        "config groups (configs/): "
         + ", ".join(
             f"{g.name}=[{'|'.join(sorted(p.name[:-5] for p in g.iterdir() if p.name.endswith('.yaml')))}]"  # noqa: E501
             for g in groups
@@ -62,7 +62,7 @@ def help_text() -> str:
         "ImageNet weights (weights=imagenet) are looked for in this order:",
         *[f"  {line}" for line in search_order_text().splitlines()],
         "",
-        "keys (default, composed from comp/configs/; allowed values in brackets; what it does):",
+        "keys (default, composed from configs/; allowed values in brackets; what it does):",
         *[line for key, text in composed_keys(described=True)
           for line in (f"  {text}", f"      {descriptions.get(key, '')}")],
     ]
@@ -125,7 +125,8 @@ def run_stage(overrides: list[str]):
         module = importlib.import_module(STAGES[cfg.stage][0])
         from comp.workspace import run_dir, run_lock
 
-        with run_lock(run_dir(cfg.runs_dir, cfg.name), cfg.stage, shared=_is_worker(cfg)):
+        with run_lock(run_dir(cfg.runs_dir, cfg.name), cfg.stage,
+                      shared=_is_worker(cfg)), log_over_bars():
             result = module.run(cfg)
     except OSError as exc:
         if exc.errno not in _WRITE_ERRORS:
@@ -134,6 +135,10 @@ def run_stage(overrides: list[str]):
         raise CompError(f"{where}: cannot write ({exc.strerror}); free space or fix "
                         "permissions and rerun: finished work is kept") from None
     log.info("stage=%s done in %.1f s", cfg.stage, time.time() - started)
+    headline = getattr(module, "headline", None)  # a stage's figure to end on, if it has one
+    text = headline(cfg) if headline else None
+    if text:
+        log.info("%s", text)
     return result
 
 

@@ -129,3 +129,13 @@ def leaderboard_uncertainty(predictions: list, metric: str) -> dict:
         "se": {m: bootstrap_se(m, y, selected) for m in ("accuracy", "macro_f1")},
     }
     return out
+
+
+def selection_headline(selected: dict) -> str:
+    """One short line of the selected pipeline's nested CV (selection.json), e.g.
+    `selected pipeline (nested CV over 5 folds): accuracy 0.8660 ± 0.0240, macro-F1
+    0.8480 ± 0.0340; picks ensemble-mean-1a2b3c4d`."""
+    cv, se = selected["cv"], selected["se"]
+    return (f"selected pipeline (nested CV over {len(selected['chosen_per_fold'])} folds): "
+            f"accuracy {cv['accuracy']:.4f} ± {se['accuracy']:.4f}, macro-F1 "
+            f"{cv['macro_f1']:.4f} ± {se['macro_f1']:.4f}; picks {selected['final_choice']}")

@@ -11,7 +11,7 @@ from comp.artifacts import write_csv
 from comp.data.folder import Competition
 from comp.errors import CompError
 from comp.metrics import HIGHER_IS_BETTER
-from comp.predictions import PredictionSet, read_table
+from comp.predictions import PredictionSet
 
 LEADERBOARD_METRICS = ["accuracy", "macro_f1", "balanced_accuracy", "auc", "log_loss"]
 
@@ -58,27 +58,29 @@ def submission_frame(competition: Competition, predictions: PredictionSet) -> pd
     return frame
 
 
-def submission_name(experiment: str, name: str, metric: str, score: float) -> str:
-    """<experiment>__<model or ensemble>__cv<metric><score>.csv"""
+def submission_name(name: str, metric: str, score: float) -> str:
+    """<model id or ensemble entry>__cv-<metric><score>.csv (in submissions/<experiment>/)"""
     short = {"accuracy": "acc", "macro_f1": "f1", "balanced_accuracy": "bacc", "auc": "auc",
              "log_loss": "logloss", "qwk": "qwk"}[metric]
-    return f"{experiment}__{name}__cv-{short}{score:.4f}.csv"
+    return f"{name}__cv-{short}{score:.4f}.csv"
 
 
 def write_submission(folder: Path, experiment: str, competition: Competition,
-                     predictions: PredictionSet, metric: str) -> dict:
-    """Write one submission file; return its leaderboard row."""
+                     predictions: PredictionSet, metric: str, settings: str = "") -> dict:
+    """Write one submission file into `folder` (submissions/<experiment>/); return its
+    leaderboard row (`settings`: what tells the entry apart, see entry_settings)."""
     if metric not in HIGHER_IS_BETTER:
         raise CompError(f"config: submit.metric={metric!r}; use one of {sorted(HIGHER_IS_BETTER)}")
     info, cv = predictions.info, predictions.info["cv"]
     name = predictions.name
-    path = folder / submission_name(experiment, name, metric, cv[metric])
-    for stale in folder.glob(f"{experiment}__{name}__cv-*.csv"):
+    path = folder / submission_name(name, metric, cv[metric])
+    for stale in folder.glob(f"{name}__cv-*.csv"):  # the same entry scored by another metric
         if stale != path:
             stale.unlink()
     write_csv(path, submission_frame(competition, predictions))
     return {
         "experiment": experiment, "kind": info.get("kind", "single"), "name": name,
+        "settings": settings,
         "models": " ".join(info.get("models", [name])), "round": info.get("round", 0),
         "tuned": bool(info.get("tuned", False)),
         **{f"cv_{m}": round(cv[m], 5) for m in dict.fromkeys([*LEADERBOARD_METRICS, metric])},
@@ -87,18 +89,56 @@ def write_submission(folder: Path, experiment: str, competition: Competition,
     }
 
 
-def update_leaderboard(path: Path, rows: list[dict], metric: str) -> pd.DataFrame:
-    """Upsert `rows` (by file) into leaderboard.csv, ranked by the CV `metric`."""
-    board = read_table(path) if path.exists() else pd.DataFrame()
-    new = pd.DataFrame(rows)
-    if not board.empty:
-        keys = set(zip(new["experiment"], new["name"], strict=True))
-        keep = [(e, n) not in keys for e, n in zip(board["experiment"], board["name"], strict=True)]
-        board = board[keep]
-    board = pd.concat([board, new], ignore_index=True).drop(columns="rank", errors="ignore")
+# recorded in spec.json but told by other leaderboard columns (round, tuned) or the same
+# for every model of a run
+_NOT_SETTINGS = {"model_id", "weights_path", "folds", "pseudo", "fold_params", "kind"}
+
+
+def _flat(spec: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in spec.items():
+        if prefix == "" and key in _NOT_SETTINGS:
+            continue
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def entry_settings(specs: dict[str, dict], ensembles: dict[str, dict]) -> dict[str, str]:
+    """In words, what tells each leaderboard entry apart from the run's others.
+
+    `specs`: model id -> its spec.json. A model gets the settings (`train.lr=0.01`) whose
+    values differ among the run's models of the same backbone (or classic entry); a
+    model alone of its kind gets "". `ensembles`: entry -> its cv.json; an ensemble gets
+    "<method> of <n> models", plus `+<model id>` for each member that other ensembles of
+    the same method lack."""
+    groups: dict[str, list[str]] = {}
+    for model_id in specs:
+        groups.setdefault(model_id.rsplit("-", 1)[0], []).append(model_id)
+    out = {}
+    for ids in groups.values():
+        flat = {i: _flat(specs[i]) for i in ids}
+        keys = sorted({k for f in flat.values() for k in f})
+        differing = [k for k in keys if len({repr(f.get(k)) for f in flat.values()}) > 1]
+        for i in ids:
+            out[i] = " ".join(f"{k}={flat[i].get(k)}" for k in differing)
+    for name, info in ensembles.items():
+        members = set(info.get("models", []))
+        others = [set(o.get("models", [])) for n, o in ensembles.items()
+                  if n != name and o.get("method") == info.get("method")]
+        extra = sorted(members - set.intersection(*others)) if others else []
+        out[name] = " ".join([f"{info.get('method')} of {len(members)} models",
+                              *[f"+{m}" for m in extra]])
+    return out
+
+
+def write_leaderboard(path: Path, rows: list[dict], metric: str) -> pd.DataFrame:
+    """Write one experiment's leaderboard.csv: its `rows` ranked 1.. by the CV `metric`."""
+    board = pd.DataFrame(rows)
     column = f"cv_{metric}"
     board = board.sort_values(column, ascending=not HIGHER_IS_BETTER[metric], kind="stable")
     board.insert(0, "rank", range(1, len(board) + 1))
-    write_csv(path, board)
-    return board
-
+    write_csv(path, board.reset_index(drop=True))
+    return board.reset_index(drop=True)

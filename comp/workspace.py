@@ -61,8 +61,22 @@ class RunDir:
     def preds_dir(self, model_id: str) -> Path:
         return self.root / "preds" / model_id
 
-    def ensemble_dir(self, name: str) -> Path:
-        return self.root / "ensemble" / name
+    def ensemble_dir(self, method: str, members_key: str) -> Path:
+        """ensemble/<method>-<members_key>/: other members are another folder, so an
+        ensemble that takes in a new model never overwrites the earlier one."""
+        return self.root / "ensemble" / f"{method}-{members_key}"
+
+    def find_ensemble(self, entry: str) -> Path:
+        """The folder of entry `ensemble-<method>-<members_key>`, or for
+        `ensemble-<method>` that method's most recently built ensemble (where none is
+        finished: the folder it would have, for the caller's error message)."""
+        name = entry.removeprefix("ensemble-")
+        exact = self.root / "ensemble" / name
+        if (exact / "cv.json").exists():
+            return exact
+        built = sorted(self.root.glob(f"ensemble/{name}-*/cv.json"),
+                       key=lambda p: p.stat().st_mtime_ns)
+        return built[-1].parent if built else exact
 
     def pseudo_csv(self, round_: int, fold: int) -> Path:
         return self.root / "pseudo" / f"round{round_}" / f"fold{fold}.csv"
@@ -78,6 +92,16 @@ class RunDir:
             if parent.is_dir():
                 found += sorted(p for p in parent.iterdir() if (p / "cv.json").exists())
         return found
+
+
+def submissions_folder(submissions_dir: str | Path, name: str) -> Path:
+    """submissions/<name>/: experiment `name`'s submission files and its leaderboard."""
+    return Path(submissions_dir) / name
+
+
+def leaderboard_path(submissions_dir: str | Path, name: str) -> Path:
+    """submissions/<name>/leaderboard.csv: experiment `name`'s entries, ranked by CV."""
+    return submissions_folder(submissions_dir, name) / "leaderboard.csv"
 
 
 def run_dir(runs_dir: str, name: str) -> RunDir:

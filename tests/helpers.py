@@ -139,9 +139,20 @@ def fold_metrics(tmp_path: Path, name: str = "tiny") -> list[Path]:
     return sorted(run_path(tmp_path, name).glob("models/*/fold*/metrics.json"))
 
 
-def leaderboard(tmp_path: Path) -> pd.DataFrame:
-    """submissions/leaderboard.csv of a run made with tiny_overrides(tmp_path, ...)."""
-    return pd.read_csv(tmp_path / "submissions" / "leaderboard.csv")
+def submissions(tmp_path: Path, name: str = "tiny") -> Path:
+    """submissions/<name>/ of a run made with tiny_overrides(tmp_path, ...)."""
+    return tmp_path / "submissions" / name
+
+
+def leaderboard(tmp_path: Path, name: str = "tiny") -> pd.DataFrame:
+    """submissions/<name>/leaderboard.csv of a run made with tiny_overrides(tmp_path, ...)."""
+    return pd.read_csv(submissions(tmp_path, name) / "leaderboard.csv")
+
+
+def ensemble_dir(run: Path, method: str) -> Path:
+    """The one ensemble/<method>-<members>/ folder of run directory `run`."""
+    (folder,) = run.glob(f"ensemble/{method}-*/")
+    return folder
 
 
 def prediction_files(run: Path) -> dict[str, pd.DataFrame]:

@@ -18,7 +18,7 @@ from comp.models.registry import get_backbone
 from comp.models.spec import auto_size, make_classic_spec
 from comp.training.classic import depth_column_sets, fit_classic
 from comp.training.embeddings import color_encoder, depth_widths, pixel_encoder
-from tests.helpers import run_comp, tiny_overrides
+from tests.helpers import ensemble_dir, run_comp, tiny_overrides
 
 
 def _cfg(*overrides: str):
@@ -112,7 +112,7 @@ def test_classic_models_train_ensemble_submit_and_predict(tmp_path, competition)
         assert info["model_kind"] == "classic" and len(info["folds"]) == 2
         assert sorted(p.name for p in (run / "models" / model).glob("fold*/model.joblib")) \
             == ["model.joblib"] * 2
-    assert (run / "ensemble" / "greedy" / "cv.json").exists()
+    assert (ensemble_dir(run, "greedy") / "cv.json").exists()
     assert (run / "selection.json").exists()
     target = tmp_path / "predicted.csv"
     assert run_comp("stage=predict", *overrides, f"predict.input={competition / 'test'}",

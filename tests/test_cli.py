@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from comp.config import CONFIG_DIR, load_config
 from comp.run import main
+from tests.helpers import make_competition
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,6 +78,52 @@ def test_progress_lines_when_stderr_is_not_a_terminal():
         assert "fold done" not in result.stderr
 
 
+def test_a_classic_model_prints_no_best_epoch(monkeypatch, comp_caplog):
+    from comp.log import set_progress, unit_done
+
+    set_progress("lines")
+    try:
+        unit_done("fold", model="pixels+logreg-1", fold=0, best_epoch=None, val_auc=0.5,
+                  seconds=1.0)
+    finally:
+        set_progress("auto")
+    assert comp_caplog.messages[-1] == ("fold done: model=pixels+logreg-1 fold=0 "
+                                        "val_auc=0.5000 seconds=1.0")
+
+
+def test_log_lines_are_not_printed_over_live_bars(monkeypatch):
+    import io
+    import logging
+
+    from comp.log import get_logger, log_over_bars, progress, set_progress
+
+    def bar_then_log(redirect: bool) -> str:
+        stream = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", stream)
+        handler = logging.StreamHandler(sys.stderr)  # the comp logger's, on this stderr
+        handler.setFormatter(logging.Formatter("comp: %(message)s"))
+        get_logger().handlers[:] = [handler]  # restored by the autouse fixture
+        bar = progress(total=3, desc="train", file=sys.stderr, mininterval=0)
+        bar.update(1)
+        if redirect:
+            with log_over_bars():
+                get_logger().info("fold done")
+        else:
+            get_logger().info("fold done")
+        bar.close()
+        return stream.getvalue()
+
+    set_progress("bar")
+    try:
+        assert "]comp: fold done" in bar_then_log(redirect=False)  # the old, split line
+        text = bar_then_log(redirect=True)
+    finally:
+        set_progress("auto")
+    assert "comp: fold done\n" in text and "]comp:" not in text
+    assert any(line.startswith("comp: fold done") for line in text.replace("\r", "\n")
+               .splitlines())
+
+
 def test_unknown_progress_mode_is_one_line(tmp_path, capsys):
     code = main(["stage=plan", "progress=verbose", f"runs_dir={tmp_path}"])
     err = capsys.readouterr().err.strip()
@@ -132,3 +180,24 @@ def test_help_describes_every_key_and_lists_the_stages(capsys):
     assert out[lr + 1].strip() == descriptions["train.lr"] == "initial learning rate"
     for name, (_, text) in STAGES.items():
         assert f"  {name:<10} {text}" in out
+
+
+def test_runs_without_name_are_named_after_their_folder_and_never_collide(tmp_path):
+    """The demo-like first run, then another folder and a preset in the same runs_dir,
+    none with name=: each folder and preset gets its own run directory (runs/demo before
+    would refuse the second folder's training data)."""
+    assert load_config([]).name == "demo"  # the bundled demo
+    assert load_config(["experiment=quick"]).name == "demo-quick"
+    first = make_competition(tmp_path / "demo", seed=0)
+    second = make_competition(tmp_path / "cells", seed=1)
+    where = [f"runs_dir={tmp_path / 'runs'}", f"submissions_dir={tmp_path / 'submissions'}",
+             "quiet=true"]
+    for folder, extra in ((first, []), (second, []), (second, ["experiment=quick"])):
+        assert main(["stage=prepare", "data=folder", f"data.dir={folder}", *where,
+                     *extra]) == 0
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
+        "cells", "cells-quick", "demo"]
+    for name in ("cells", "cells-quick", "demo"):
+        assert (tmp_path / "runs" / name / "folds.csv").is_file()
+    assert "name:" not in "".join(
+        p.read_text() for p in (CONFIG_DIR / "experiment").glob("*.yaml"))

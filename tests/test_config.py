@@ -73,13 +73,13 @@ def test_backbone_overrides_merge_over_defaults():
 
 def test_experiment_files_are_short_override_lists():
     quick = load_config(["experiment=quick"])
-    assert quick.name == "quick" and quick.tune.n_trials == 0 and quick.pseudo.rounds == 0
+    assert quick.name == "demo-quick" and quick.tune.n_trials == 0 and quick.pseudo.rounds == 0
     assert list(quick.backbones) == [] and len(quick.classic.models) == 4
     best = load_config(["experiment=best"])
     assert best.pseudo.rounds == 2 and best.tune.n_trials == 6
     assert list(best.backbones) == ["auto"]
     assert "optuna" in best.ensemble.methods
-    assert load_config(["experiment=medium"]).name == "medium"
+    assert load_config(["experiment=medium"]).pseudo.rounds == 1
 
 
 def test_readme_config_reference_is_in_sync():

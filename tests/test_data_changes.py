@@ -137,9 +137,9 @@ def test_class_folders_take_every_image_and_name_the_rest(tmp_path, comp_caplog)
 def _run_all(tmp_path: Path, root: Path, where: str) -> pd.DataFrame:
     overrides = tiny_overrides(tmp_path / where, root)
     assert main(["stage=all", *overrides]) == 0
-    files = sorted((tmp_path / where / "submissions").glob("tiny__*.csv"))
+    files = sorted((tmp_path / where / "submissions" / "tiny").glob("*__cv-*.csv"))
     assert files
-    return {f.name.split("__")[1]: pd.read_csv(f, dtype={"id": str, "image_id": str,
+    return {f.name.split("__")[0]: pd.read_csv(f, dtype={"id": str, "image_id": str,
                                                          "target": str, "label": str},
                                                keep_default_na=False)
             for f in files}

@@ -17,6 +17,7 @@ from tests.helpers import (
     model_ids,
     run_comp,
     run_path,
+    submissions,
     tiny_overrides,
 )
 
@@ -72,7 +73,7 @@ def test_all_writes_predictions_submission_and_leaderboard(finished_run):
     assert (run / "config.yaml").exists()
     board = leaderboard(tmp_path)
     assert board["rank"].tolist() == [1] and board.kind[0] == "single"
-    submission = pd.read_csv(tmp_path / "submissions" / board.file[0])
+    submission = pd.read_csv(submissions(tmp_path) / board.file[0])
     sample = pd.read_csv(competition / "sample_submission.csv")
     assert list(submission.columns) == list(sample.columns)
     assert submission.id.tolist() == sample.id.tolist() and submission.label.isin(CLASSES).all()
@@ -122,7 +123,7 @@ def test_probability_submission_format(tmp_path, trained):
         trained / "sample_submission.csv", index=False)
     assert run_comp("stage=all", *tiny_overrides(tmp_path, trained)) == 0
     board = leaderboard(tmp_path)
-    submission = pd.read_csv(tmp_path / "submissions" / board.file[0])
+    submission = pd.read_csv(submissions(tmp_path) / board.file[0])
     assert list(submission.columns) == ["id", *CLASSES]
     assert submission.id.tolist() == sample.id.tolist()
     assert submission[CLASSES].sum(axis=1).round(4).eq(1).all()

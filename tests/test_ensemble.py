@@ -8,7 +8,14 @@ import pytest
 
 from comp.ensemble import METHODS, fit_weights, greedy_selection, nested_predictions
 from comp.metrics import scores
-from tests.helpers import leaderboard, run_comp, tiny_overrides
+from tests.helpers import (
+    copy_tree,
+    ensemble_dir,
+    leaderboard,
+    run_comp,
+    submissions,
+    tiny_overrides,
+)
 
 
 def _synthetic(n=300, c=3, seed=0):
@@ -75,6 +82,22 @@ def test_combine_gives_distributions(method):
     assert np.allclose(combine(method, copies, np.array([0.5, 0.25, 0.25])), members[0])
 
 
+def test_entry_settings_say_what_tells_entries_apart():
+    from comp.submission import entry_settings
+
+    base = {"backbone": "m", "train": {"lr": 0.003, "epochs": 40}, "model": {"dropout": 0.3},
+            "folds": "k", "model_id": "x"}
+    specs = {"m-aaaa": base, "m-bbbb": {**base, "train": {"lr": 0.01, "epochs": 40}},
+             "pixels+logreg-cccc": {"source": "pixels@32", "head": "logreg"}}
+    ensembles = {"ensemble-mean-1": {"method": "mean", "models": ["m-aaaa", "pixels+logreg-cccc"]},
+                 "ensemble-mean-2": {"method": "mean", "models": list(specs)},
+                 "ensemble-greedy-3": {"method": "greedy", "models": list(specs)}}
+    assert entry_settings(specs, ensembles) == {
+        "m-aaaa": "train.lr=0.003", "m-bbbb": "train.lr=0.01", "pixels+logreg-cccc": "",
+        "ensemble-mean-1": "mean of 2 models", "ensemble-mean-2": "mean of 3 models +m-bbbb",
+        "ensemble-greedy-3": "greedy of 3 models"}
+
+
 @pytest.mark.slow
 def test_stage_ensemble_writes_sets_ranked_beside_single_models(tmp_path, trained):
     overrides = tiny_overrides(tmp_path, trained)  # one small_cnn is trained there
@@ -86,23 +109,23 @@ def test_stage_ensemble_writes_sets_ranked_beside_single_models(tmp_path, traine
     oofs = [pd.read_csv(run / "preds" / m / "oof.csv") for m in models]
     cols = [c for c in oofs[0].columns if c.startswith("p_")]
     for method in ("mean", "greedy"):
-        cv = json.loads((run / "ensemble" / method / "cv.json").read_text())
+        cv = json.loads((ensemble_dir(run, method) / "cv.json").read_text())
         assert cv["kind"] == "ensemble" and sorted(cv["models"]) == models
         assert "cv_in_sample" in cv
         if method != "stacked":
             assert sum(cv["weights"].values()) == pytest.approx(1)
-        oof = pd.read_csv(run / "ensemble" / method / "oof.csv")
+        oof = pd.read_csv(ensemble_dir(run, method) / "oof.csv")
         assert len(oof) == 24 and {"fold", "label"} <= set(oof.columns)
         assert oof.id.tolist() == oofs[0].id.tolist()
         assert np.allclose(oof[cols].sum(axis=1), 1, atol=1e-4)
-    mean = pd.read_csv(run / "ensemble" / "mean" / "oof.csv")
+    mean = pd.read_csv(ensemble_dir(run, "mean") / "oof.csv")
     assert np.allclose(mean[cols], (oofs[0][cols] + oofs[1][cols]) / 2, atol=1e-5)
     board = leaderboard(tmp_path)
     assert sorted(board.kind.unique()) == ["ensemble", "single"] and len(board) == 4
     assert board["rank"].tolist() == list(range(1, 5))
     assert {"cv_accuracy_se", "cv_macro_f1_se", "diff_accuracy_to_best"} <= set(board.columns)
     assert board.cv_accuracy.is_monotonic_decreasing  # ranked by submit.metric=accuracy
-    assert (board.file.map(lambda f: (tmp_path / "submissions" / f).exists())).all()
+    assert (board.file.map(lambda f: (submissions(tmp_path) / f).exists())).all()
 
 
 @pytest.mark.slow
@@ -114,3 +137,33 @@ def test_ensemble_of_one_model_is_a_clear_error(tmp_path, trained, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "at least two finished models" in err[0], err
     assert not (tmp_path / "runs" / "tiny" / "ensemble").exists()
+
+
+@pytest.mark.slow
+def test_an_ensemble_with_new_members_is_a_new_entry_and_boards_stay_per_run(tmp_path,
+                                                                              trained):
+    overrides = tiny_overrides(tmp_path, trained)  # one small_cnn is trained there
+    assert run_comp("stage=train", *overrides, "model.dropout=0.1") == 0
+    assert run_comp("stage=ensemble", *overrides) == 0
+    assert run_comp("stage=submit", *overrides) == 0
+    (first,) = leaderboard(tmp_path).query("kind == 'ensemble'").to_dict("records")
+    first_file = (submissions(tmp_path) / first["file"]).read_bytes()
+    assert run_comp("stage=train", *overrides,  # a third model joins
+                    "backbone_overrides.small_cnn.train.lr=0.01") == 0
+    assert run_comp("stage=ensemble", *overrides) == 0
+    assert run_comp("stage=submit", *overrides) == 0
+    board = leaderboard(tmp_path)
+    assert board["rank"].tolist() == list(range(1, 6))  # 3 models, 2 mean ensembles
+    means = board[board.kind == "ensemble"].set_index("name")
+    assert len(means) == 2 and means.file.nunique() == 2 and first["name"] in means.index
+    assert (submissions(tmp_path) / first["file"]).read_bytes() == first_file  # kept
+    (new,) = [n for n in means.index if n != first["name"]]
+    (lr_model,) = board[board.settings.fillna("").str.contains("train.lr=0.01")].name
+    assert means.settings[first["name"]] == "mean of 2 models"
+    assert means.settings[new] == f"mean of 3 models +{lr_model}"
+    # another experiment in the same submissions folder has its own board and ranks
+    copy_tree(tmp_path / "runs" / "tiny", tmp_path / "runs" / "other")
+    assert run_comp("stage=submit", *tiny_overrides(tmp_path, trained, name="other")) == 0
+    assert leaderboard(tmp_path, "other")["rank"].tolist() == list(range(1, 6))
+    assert leaderboard(tmp_path).equals(board)
+    assert not (tmp_path / "submissions" / "leaderboard.csv").exists()

@@ -8,7 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from comp.artifacts import write_json
+from comp.export import export_choice
 from comp.run import main
+from comp.workspace import RunDir
 from tests.conftest import CLASSES, tiny_overrides
 
 # run in a fresh interpreter that never imports comp: only Keras, NumPy, Pillow
@@ -45,8 +48,9 @@ def test_export_reproduces_predict_in_plain_keras(tmp_path, competition, tta):
                  f"predict.output={output}"]) == 0
     predicted = pd.read_csv(output)
     export = tmp_path / "export"
-    assert main(["stage=export", *overrides, f"export.tta={tta != 'none'}",
-                 f"export.tflite={tta == 'none'}", f"export.output={export}"]) == 0
+    # export.tta left at its default: the export must give stage=predict's probabilities
+    assert main(["stage=export", *overrides, f"export.tflite={tta == 'none'}",
+                 f"export.output={export}"]) == 0
     assert (export / "model.tflite").exists() == (tta == "none")
     for name in ("model.keras", "saved_model/saved_model.pb", "MODEL_CARD.md", "classes.json"):
         assert (export / name).exists(), name
@@ -65,3 +69,24 @@ def test_export_refuses_an_ensemble_in_one_line(tmp_path, competition, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("comp: error: export.using=ensemble-mean: ensembles are not")
     assert len(err.splitlines()) == 1
+
+
+def _finished(folder, cv: float, **info) -> None:
+    write_json(folder / "cv.json", {"cv": {"accuracy": cv}, "classes": CLASSES, **info})
+
+
+def test_export_takes_rank_1_or_says_why_it_takes_the_best_fine_tuned_model(tmp_path):
+    run = RunDir(tmp_path / "run")
+    _finished(run.preds_dir("small_cnn-a"), 0.70, model_id="small_cnn-a",
+              model_kind="finetune")
+    _finished(run.preds_dir("small_cnn-b"), 0.80, model_id="small_cnn-b",
+              model_kind="finetune")
+    assert export_choice(run, "accuracy") == ("small_cnn-b", None)  # rank 1 is fine-tuned
+    _finished(run.preds_dir("pixels+logreg-c"), 0.85, model_id="pixels+logreg-c",
+              model_kind="classic")
+    model, note = export_choice(run, "accuracy")
+    assert model == "small_cnn-b" and "pixels+logreg-c, a classic" in note
+    _finished(run.ensemble_dir("mean", "k"), 0.90, kind="ensemble", name="ensemble-mean-k")
+    model, note = export_choice(run, "accuracy")
+    assert model == "small_cnn-b" and "ensemble-mean-k, an ensemble" in note
+    assert "0.8000 against 0.9000" in note

@@ -1,6 +1,7 @@
 """The package carries its configs, demo data and weights; no POSIX-only imports."""
 
 import fnmatch
+import os
 import re
 import shutil
 import subprocess
@@ -11,32 +12,48 @@ from pathlib import Path
 
 import pytest
 
-from comp.config import load_config
+from comp.config import CONFIG_DIR, load_config
 from comp.models.registry import get_backbone
 from comp.models.weights import resolve_weights, search_order_text
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_configs_and_demo_are_package_resources():
+CONFIG_NAMES = ("config.yaml", "data/demo.yaml", "data/folder.yaml", "experiment/quick.yaml",
+                "experiment/medium.yaml", "experiment/best.yaml", "backbone/small_cnn.yaml")
+
+
+def test_configs_at_the_top_level_and_demo_as_package_resources():
+    assert CONFIG_DIR == ROOT / "configs"  # the checkout's, beside pyproject.toml
+    for name in CONFIG_NAMES:
+        assert (ROOT / "configs" / name).is_file(), name
     package = files("comp")
-    for name in ("config.yaml", "data/demo.yaml", "data/folder.yaml", "experiment/quick.yaml",
-                 "experiment/medium.yaml", "experiment/best.yaml", "backbone/small_cnn.yaml"):
-        assert (package / "configs" / name).is_file(), name
     assert (package / "demo" / "wbc" / "train.csv").is_file()
     assert (package / "demo" / "weights" / "mobilenet_2_5_224_tf_no_top.h5").is_file()
-    assert not (ROOT / "configs").exists()  # no second copy outside the package
+    assert not (ROOT / "comp" / "configs").exists()  # no second copy inside the package
+
+
+def test_every_package_is_listed_for_the_wheel():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = sorted(".".join(p.parent.relative_to(ROOT).parts)
+                   for p in (ROOT / "comp").rglob("__init__.py"))
+    assert sorted(setuptools["packages"]) == sorted([*found, "comp.configs"])
+    assert setuptools["package-dir"] == {"comp.configs": "configs"}
 
 
 def test_package_data_globs_cover_every_data_file():
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
-        "package-data"]["comp"]
-    data = [p.relative_to(ROOT / "comp").as_posix()
-            for folder in ("configs", "demo") for p in (ROOT / "comp" / folder).rglob("*")
-            if p.is_file() and "__pycache__" not in p.parts]
-    assert len(data) > 300
-    missed = [d for d in data if not any(_glob_match(d, g) for g in globs)]
+        "package-data"]
+    missed = []
+    for package, folder in (("comp", ROOT / "comp" / "demo"), ("comp.configs",
+                                                                ROOT / "configs")):
+        base = ROOT / "comp" if package == "comp" else folder
+        data = [p.relative_to(base).as_posix() for p in folder.rglob("*")
+                if p.is_file() and "__pycache__" not in p.parts]
+        assert len(data) > (300 if package == "comp" else 15), package
+        missed += [d for d in data if not any(_glob_match(d, g) for g in globs[package])]
     assert missed == []
 
 
@@ -65,8 +82,22 @@ def test_built_wheel_holds_configs_demo_and_the_command(tmp_path):
                  "comp/stages/export.py", "comp/api.py"):
         assert name in names, name
     assert sum(n.startswith("comp/demo/wbc/train/") for n in names) == 186
+    assert sum(n.startswith("comp/configs/backbone/") for n in names) == len(
+        list((ROOT / "configs" / "backbone").glob("*.yaml")))
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "comp = comp.run:main" in zipfile.ZipFile(wheel).read(entry).decode()
+    # installed from the wheel, outside the checkout, comp finds its configs in the package
+    installed = tmp_path / "installed"
+    zipfile.ZipFile(wheel).extractall(installed)
+    code = ("import sys; sys.path.insert(0, sys.argv[1])\n"
+            "from comp.config import CONFIG_DIR, load_config\n"
+            "cfg = load_config(['experiment=quick'])\n"
+            "print(CONFIG_DIR, cfg.name, list(cfg.backbones))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", code, str(installed)], capture_output=True,
+                            text=True, timeout=120, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == [str(installed / "comp" / "configs"), "demo-quick", "[]"]
 
 
 def test_no_fcntl_and_import_without_it():

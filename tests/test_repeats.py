@@ -21,7 +21,14 @@ from comp.data.prepared import prepare
 from comp.predictions import read_table
 from comp.run import main
 from comp.training.trainer import collect_predictions
-from tests.helpers import P_COLS, fold_metrics, run_comp, run_path, tiny_overrides
+from tests.helpers import (
+    P_COLS,
+    ensemble_dir,
+    fold_metrics,
+    run_comp,
+    run_path,
+    tiny_overrides,
+)
 
 
 def _groups_stay_together(folds: pd.DataFrame, column: str) -> bool:
@@ -179,7 +186,7 @@ def test_repeated_classic_models_train_every_unit_and_resume_one(tmp_path, compe
     assert (oof["fold"] == prepared.folds.set_index("id").loc[oof.index, "fold"]).all()
     info = json.loads((run / "preds" / model / "cv.json").read_text())
     assert info["repeats"] == 2 and sorted(info["folds"]) == ["0", "1"]
-    assert json.loads((run / "ensemble" / "greedy" / "cv.json").read_text())["repeats"] == 2
+    assert json.loads((ensemble_dir(run, "greedy") / "cv.json").read_text())["repeats"] == 2
     assert (run / "selection.json").exists()
     # stage=predict averages every unit, as the test predictions do
     target = tmp_path / "predicted.csv"

@@ -1,11 +1,16 @@
 """The report builds on a tiny run, opens from disk, and every image it names exists."""
 
+import html
+import json
 import re
 import shutil
+import stat
 import subprocess
 
 import pytest
 
+from comp.artifacts import new_file_mode
+from comp.selection import selection_headline
 from tests.helpers import leaderboard, run_comp, tiny_overrides
 
 
@@ -38,3 +43,23 @@ def test_report_page_and_its_images(tmp_path, trained):
                     f"--screenshot={shot}", page.as_uri()],
                    check=True, capture_output=True, timeout=120)
     assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
+
+
+@pytest.mark.slow
+def test_stage_all_ends_on_the_selected_pipeline_and_the_report_shows_it_first(
+        tmp_path, competition, comp_caplog):
+    overrides = tiny_overrides(tmp_path, competition, backbones="[]", quiet="false",
+                               **{"classic.models": "[pixels@8+logreg,color+logreg]"})
+    assert run_comp("stage=all", *overrides) == 0
+    last = comp_caplog.records[-1].getMessage()
+    selection = json.loads((tmp_path / "runs" / "tiny" / "selection.json").read_text())
+    assert last == selection_headline(selection)
+    assert last.startswith("selected pipeline (nested CV over 2 folds): accuracy ")
+    assert f"{selection['cv']['macro_f1']:.4f} ± {selection['se']['macro_f1']:.4f}" in last
+    assert last.endswith(f"picks {selection['final_choice']}") and len(last) < 160
+    assert selection["final_choice"] == leaderboard(tmp_path).name[0]
+    page = tmp_path / "runs" / "tiny" / "report" / "index.html"
+    text = page.read_text()
+    assert 0 < text.index(html.escape(last)) < text.index("<h2>Leaderboard")
+    for path in (page, *page.parent.glob("*.png"), *(tmp_path / "submissions").rglob("*.csv")):
+        assert stat.S_IMODE(path.stat().st_mode) == new_file_mode(), path  # not 0600

@@ -10,7 +10,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "ensemble": ("comp.stages.ensemble", "the ensemble.methods of finished models, nested CV"),
     "predict": ("comp.stages.predict", "predict new images with a saved model or ensemble"),
     "export": ("comp.stages.export", "a trained model as a plain Keras model (+ SavedModel)"),
-    "submit": ("comp.stages.submit", "ranked submissions, leaderboard.csv, nested selected CV"),
+    "submit": ("comp.stages.submit",
+               "ranked submissions, submissions/<name>/leaderboard.csv, nested selected CV"),
     "report": ("comp.stages.report", "HTML report with plots: runs/<name>/report/index.html"),
     "all": ("comp.stages.all", "prepare, train, [pseudo, tune], ensemble, submit, report; resumes"),
 }

@@ -11,6 +11,8 @@ from comp.rounds import train_round
 from comp.stages import ensemble, report, submit
 from comp.tuning.search import tune_backbone, tuned_backbones
 
+headline = submit.headline  # stage=all ends with the selected pipeline's nested CV
+
 
 def run(cfg: DictConfig):
     """prepare -> train (round 0) -> [pseudo -> train (round r)] x pseudo.rounds ->

@@ -42,7 +42,7 @@ def run(cfg: DictConfig) -> list[dict]:
         honest = nested_predictions(method, oof, y, folds, cfg.tune.seed)
         weights = member_weights(method, state, len(sets))
         info = {
-            "kind": "ensemble", "name": f"ensemble-{name}", "method": name,
+            "kind": "ensemble", "name": f"ensemble-{name}-{members_key}", "method": name,
             "labels": method.labels, "models": model_ids,
             "round": max(s.info.get("round", 0) for s in sets),
             "repeats": prepared.n_repeats,
@@ -50,7 +50,7 @@ def run(cfg: DictConfig) -> list[dict]:
                                                              strict=True)),
             "cv_in_sample": scores(y, method.apply(oof, state), classes),
         }
-        target = run_dir.ensemble_dir(name)
+        target = run_dir.ensemble_dir(name, members_key)
         with atomic_path(target / "state.joblib", suffix=".joblib") as tmp:
             joblib.dump(state, tmp)
         oof_frame = probs_frame(ids, honest, classes, fold=folds, label=prepared.folds["label"])

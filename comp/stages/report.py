@@ -6,25 +6,29 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from comp.artifacts import read_json
 from comp.data.prepared import prepare
 from comp.errors import CompError
 from comp.log import get_logger
 from comp.predictions import read_table
 from comp.report import build_report
+from comp.selection import selection_headline
+from comp.workspace import leaderboard_path
 
 
 def run(cfg: DictConfig) -> Path:
     """Build the report from the run directory and the leaderboard."""
     prepared = prepare(cfg)
-    board_path = Path(cfg.submissions_dir) / "leaderboard.csv"
+    board_path = leaderboard_path(cfg.submissions_dir, cfg.name)
     if not board_path.exists():
         raise CompError(f"{board_path}: no leaderboard yet; run stage=submit first")
     board = read_table(board_path)
-    board = board[board["experiment"] == cfg.name]
     paths = dict(zip(prepared.competition.train["id"], prepared.competition.train["path"],
                      strict=True))
     db = prepared.run.optuna_db
     storage = cfg.tune.storage or (f"sqlite:///{db.resolve()}" if db.exists() else None)
-    page = build_report(prepared.run.root, board, paths, storage)
+    selection = prepared.run.root / "selection.json"
+    headline = selection_headline(read_json(selection)) if selection.exists() else None
+    page = build_report(prepared.run.root, board, paths, storage, headline)
     get_logger().info("report: %s", page)
     return page

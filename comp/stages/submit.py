@@ -1,19 +1,18 @@
-"""stage=submit: a submission per finished model/ensemble, ranked in leaderboard.csv."""
+"""stage=submit: a submission per finished model/ensemble in submissions/<name>/, ranked
+in its leaderboard.csv."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from omegaconf import DictConfig
 
-from comp.artifacts import write_json
+from comp.artifacts import read_json, write_json
 from comp.data.prepared import load_competition
 from comp.errors import CompError
 from comp.log import get_logger
 from comp.predictions import read_prediction_set
-from comp.selection import leaderboard_uncertainty
-from comp.submission import update_leaderboard, write_submission
-from comp.workspace import run_dir
+from comp.selection import leaderboard_uncertainty, selection_headline
+from comp.submission import entry_settings, write_leaderboard, write_submission
+from comp.workspace import leaderboard_path, run_dir, submissions_folder
 
 
 def run(cfg: DictConfig):
@@ -23,28 +22,35 @@ def run(cfg: DictConfig):
     if not sets:
         raise CompError(f"{run.root}: no finished models to submit; run stage=train first")
     competition = load_competition(cfg)
-    folder = Path(cfg.submissions_dir)
+    folder = submissions_folder(cfg.submissions_dir, cfg.name)
     metric = cfg.submit.metric
     predictions = [read_prediction_set(s) for s in sets]
     labelled = [p for p in predictions if p.gives_labels]
     if not labelled:
         raise CompError(f"{run.root}: no entry gives labels; add a model or another method")
+    specs = {p.name: read_json(run.model_dir(p.name) / "spec.json") for p in predictions
+             if p.info.get("kind", "single") == "single"
+             and (run.model_dir(p.name) / "spec.json").exists()}
+    settings = entry_settings(specs, {p.name: p.info for p in predictions
+                                      if p.info.get("kind") == "ensemble"})
     # rank averages are not probabilities: never turned into a submission (AUC in cv.json)
-    rows = [write_submission(folder, cfg.name, competition, p, metric) for p in labelled]
+    rows = [write_submission(folder, cfg.name, competition, p, metric,
+                             settings.get(p.name, "")) for p in labelled]
     uncertainty = leaderboard_uncertainty(predictions, metric)
     for row in rows:
         row.update(uncertainty.get(row["name"], {}))
-    board = update_leaderboard(folder / "leaderboard.csv", rows, metric)
-    best = board[board["experiment"] == cfg.name].iloc[0]
+    board = write_leaderboard(leaderboard_path(cfg.submissions_dir, cfg.name), rows, metric)
+    best = board.iloc[0]
     selected = uncertainty["__selected__"]
     write_json(run.root / "selection.json", selected)
-    get_logger().info(
-        "submit: rank 1 %s (%s) CV %s %.4f -> %s ; selected pipeline (best entry chosen "
-        "per fold on the other folds, nested) CV accuracy %.4f ± %.4f, macro-F1 %.4f ± "
-        "%.4f ; leaderboard: %s",
-        best["name"], best["kind"], metric, best[f"cv_{metric}"], folder / best["file"],
-        selected["cv"]["accuracy"], selected["se"]["accuracy"], selected["cv"]["macro_f1"],
-        selected["se"]["macro_f1"], folder / "leaderboard.csv",
-    )
+    get_logger().info("submit: rank 1 %s (%s) CV %s %.4f -> %s ; leaderboard: %s",
+                      best["name"], best["kind"], metric, best[f"cv_{metric}"],
+                      folder / best["file"], leaderboard_path(cfg.submissions_dir, cfg.name))
     return board
 
+
+
+def headline(cfg: DictConfig) -> str | None:
+    """The run's last log line: the selected pipeline's nested CV (selection.json)."""
+    path = run_dir(cfg.runs_dir, cfg.name).root / "selection.json"
+    return selection_headline(read_json(path)) if path.exists() else None

@@ -1,0 +1,41 @@
+"""Atomic writes: a reader never sees half a file, and files get the user's usual mode."""
+
+import os
+import stat
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import pytest
+
+from comp.artifacts import write_csv, write_json, write_text
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test; the old one is restored."""
+    old = os.umask(0o022)
+    os.umask(old)
+    yield lambda mask: os.umask(mask)
+    os.umask(old)
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_artifacts_get_the_users_umask_not_the_private_temporary_mode(tmp_path, umask):
+    from comp.report import _save
+
+    umask(0o022)
+    write_csv(tmp_path / "board.csv", pd.DataFrame({"a": [1]}))
+    write_text(tmp_path / "report" / "index.html", "<html></html>")
+    write_json(tmp_path / "cv.json", {"cv": 1})
+    fig = plt.figure()
+    _save(fig, tmp_path / "report" / "plot.png")  # the report's PNG writer
+    for name in ("board.csv", "report/index.html", "cv.json", "report/plot.png"):
+        assert _mode(tmp_path / name) == 0o644, name
+    umask(0o077)  # a private umask is kept too
+    write_csv(tmp_path / "board.csv", pd.DataFrame({"a": [2]}))
+    assert _mode(tmp_path / "board.csv") == 0o600
+    assert pd.read_csv(tmp_path / "board.csv").a.tolist() == [2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["board.csv", "cv.json", "report"]
