@@ -2,6 +2,7 @@
 
 usage: python bench/scale.py [N ...] [--size 224] [--epochs 2]
        (default N: 100 400 1600 6400)
+       python bench/scale.py --smoke   (N=40 at 32 px, 1 epoch: seconds, for CI)
 Makes a synthetic 4-class competition of N training images (JPEG, `--size` px; N/8 test
 images) for each N, then runs, in a fresh child process per N, `stage=prepare` and
 `stage=train only.fold=0` (5 folds; mobilenet_025 with the bundled ImageNet weights, its
@@ -81,6 +82,7 @@ def child(data: Path, runs: Path, size: int, epochs: int) -> None:
     threading.Thread(target=sample, daemon=True).start()
     common = ["data=folder", f"data.dir={data}", f"runs_dir={runs}", "name=scale",
               f"weights_dir={ROOT / 'comp/demo/weights'}", "backbones=[mobilenet_025]",
+              "classic.models=[]",  # the fine-tune alone, whatever the defaults add
               f"model.image_size={size}", f"train.epochs={epochs}", "quiet=true"]
     started = time.time()
     assert main(["stage=prepare", *common]) == 0
@@ -100,7 +102,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--child", nargs=2)
     parser.add_argument("--work", default=None)
+    parser.add_argument("--smoke", action="store_true",
+                        help="40 images at 32 px, 1 epoch (CI: the code path, not a measurement)")
     args = parser.parse_args()
+    if args.smoke:
+        args.n, args.size, args.epochs = [40], 32, 1
     if args.child:
         child(Path(args.child[0]), Path(args.child[1]), args.size, args.epochs)
         return
