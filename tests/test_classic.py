@@ -17,13 +17,7 @@ from comp.models.classic import HEADS, view_average_proba
 from comp.models.registry import get_backbone
 from comp.models.spec import auto_size, make_classic_spec
 from comp.training.classic import depth_column_sets, fit_classic
-from comp.training.embeddings import (
-    cached_embeddings,
-    color_encoder,
-    depth_widths,
-    embed,
-    pixel_encoder,
-)
+from comp.training.embeddings import color_encoder, depth_widths, pixel_encoder
 from tests.helpers import run_comp, tiny_overrides
 
 
@@ -167,19 +161,3 @@ def test_depth_column_sets_split_the_backbone_part_by_depth():
     for depth, width in zip(spec.depths, widths, strict=True):
         assert len(sets[depth]) == 160 + width  # the colour part stays beside each depth
         assert set(range(160)) <= set(sets[depth])
-
-
-def test_embeddings_are_stored_as_float16_and_read_back_as_computed(tmp_path):
-    # the cache holds float16 (half the disk); what training reads back, what it got when
-    # computing and what stage=predict computes (embed) are the same float32 numbers
-    images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
-    key = {"source": "pixels", "size": 8}
-    first = cached_embeddings(tmp_path, key, "train", images, (0, 1), pixel_encoder)
-    (stored,) = tmp_path.glob("*/train.npy")
-    assert np.load(stored).dtype == np.float16 and first.dtype == np.float32
-    again = cached_embeddings(tmp_path, key, "train", images, (0, 1), pixel_encoder)
-    fresh = embed(images, (0, 1), pixel_encoder())
-    np.testing.assert_array_equal(again, first)
-    np.testing.assert_array_equal(fresh, first)
-    exact = np.stack([dihedral_view(images, v).reshape(5, -1) / 255.0 for v in (0, 1)])
-    assert 0 < np.abs(first - exact).max() < 1e-3  # rounded, to float16's precision

@@ -55,7 +55,7 @@ class ClassicFeatures:
                 images = prepared.images(split, size)
                 key = {"source": name, "size": size, "views_kind": spec.views,
                        **part_identity(spec, name), "n": len(images),
-                       "data": prepared.split_key(split), "comp_embeddings": 3}
+                       "data": prepared.split_key(split), "comp_embeddings": 2}
                 parts.append(cached_embeddings(cache, key, split, images, self.views,
                                                partial(part_encoder, spec, name, size)))
             widths = widths or [part.shape[-1] for part in parts]

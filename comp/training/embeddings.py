@@ -65,10 +65,7 @@ def depth_widths(backbone, size: int, depths: list[str]) -> list[int]:
 
 def embed(images: np.ndarray, views: tuple[int, ...], encode, batch_size: int = 64,
           desc: str = "embed") -> np.ndarray:
-    """(len(views), N, D) float32 embeddings of uint8 `images` under `encode`, rounded to
-    float16 values (what the cache stores: training, a rerun and stage=predict all see the
-    same numbers; float16 holds the pooled activations, histograms and pixels in [0, 1] to
-    about 3 significant digits)."""
+    """(len(views), N, D) float32 embeddings of uint8 `images` under `encode`."""
     parts = []
     steps = len(views) * max(1, -(-len(images) // batch_size))
     with progress(total=steps, desc=desc) as bar:
@@ -81,15 +78,7 @@ def embed(images: np.ndarray, views: tuple[int, ...], encode, batch_size: int = 
             parts.append(np.concatenate(chunks) if chunks else None)
     if not len(images):
         return np.zeros((len(views), 0, 0), np.float32)
-    return as_stored(np.stack(parts))
-
-
-def as_stored(array: np.ndarray) -> np.ndarray:
-    """`array` rounded to float16 values (as float32), or as it is where float16 would
-    overflow."""
-    if not np.isfinite(array).all() or np.abs(array).max(initial=0) > np.finfo(np.float16).max:
-        return array
-    return array.astype(np.float16).astype(np.float32)
+    return np.stack(parts)
 
 
 def pixel_encoder():
@@ -139,12 +128,11 @@ def cached_embeddings(cache_root: Path, key: dict, split: str, images: np.ndarra
     if target.exists() and key_file.exists():
         try:
             if read_json(key_file) == full:
-                return np.load(target).astype(np.float32)
+                return np.load(target)
         except (OSError, ValueError):
             pass  # corrupt: rebuilt below
     array = embed(images, views, make_encoder(), desc=f"embed {key['source']} {split}")
-    stored = array.astype(np.float16) if np.array_equal(as_stored(array), array) else array
     with atomic_path(target, suffix=".npy") as tmp, open(tmp, "wb") as handle:
-        np.save(handle, stored)  # float16 on disk where that keeps every value
+        np.save(handle, array)
     write_json(key_file, full)
     return array
