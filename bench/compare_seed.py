@@ -5,6 +5,9 @@ usage: python bench/compare_seed.py DATA_DIR WEIGHTS_DIR SEED_RECIPE_PY [size] [
 Runs the seed recipe (its own script, unmodified; its OOF array is captured in memory)
 and `python -m comp.run stage=all` from a cold run directory, each as a child process
 timed with its own peak RSS (os.wait4), and prints one table of CV scores and costs.
+`python bench/compare_seed.py --smoke` runs the same code on a tiny synthetic competition
+(bundled weights, 32 px, 2 folds, 1 epoch) against a stand-in seed recipe that predicts
+the class prior: seconds, for CI, not a comparison.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import numpy as np
 import pandas as pd
 
 from comp.metrics import scores
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SEED_CHILD = r"""
 import importlib.util, sys, numpy as np
@@ -52,11 +57,44 @@ def run_child(command: list[str], env: dict | None = None) -> tuple[float, float
     return wall, usage.ru_maxrss / 1024, output
 
 
+# the seed recipe's interface (argv, the two np.zeros arrays in order) without its model
+SMOKE_SEED = """
+import sys
+from pathlib import Path
+import numpy as np
+import pandas as pd
+
+def main():
+    data = Path(sys.argv[1])
+    train = pd.read_csv(data / "train.csv")
+    test = pd.read_csv(data / "sample_submission.csv")
+    prior = train.iloc[:, 1].value_counts(normalize=True).sort_index().to_numpy()
+    test_pred = np.zeros((len(test), len(prior)))
+    oof = np.zeros((len(train), len(prior)))
+    test_pred += prior
+    oof += prior
+"""
+
+
+def smoke_arguments(work: Path) -> list[str]:
+    """DATA_DIR WEIGHTS_DIR SEED_RECIPE_PY size overrides... of a tiny run (--smoke)."""
+    sys.path.insert(0, str(ROOT))
+    from tests.helpers import make_competition
+
+    data = make_competition(work / "data")
+    (work / "seed_stub.py").write_text(SMOKE_SEED)
+    return [str(data), str(ROOT / "comp/demo/weights"), str(work / "seed_stub.py"), "32",
+            "data.folds=2", "train.epochs=1", "train.batch_size=8", "quiet=true"]
+
+
 def main() -> None:
-    data, weights_dir, seed_py = sys.argv[1:4]
-    size = int(sys.argv[4]) if len(sys.argv) > 4 else 128
-    extra = sys.argv[5:]
     work = Path(tempfile.mkdtemp(prefix="compare_seed_"))
+    argv = smoke_arguments(work) if sys.argv[1:2] == ["--smoke"] else sys.argv[1:]
+    if len(argv) < 3:
+        raise SystemExit(__doc__)
+    data, weights_dir, seed_py = argv[:3]
+    size = int(argv[3]) if len(argv) > 3 else 128
+    extra = argv[4:]
     train = pd.read_csv(Path(data) / "train.csv")
     classes = sorted(train.label.unique())
     y = train.label.map({c: i for i, c in enumerate(classes)}).to_numpy()

@@ -1,19 +1,25 @@
 """Inference throughput: comp's predict path against raw `keras.Model.predict`.
 
 usage: python bench/inference.py [n_images] [size]   (defaults 256, 224)
-Trains mobilenet_025 (bundled ImageNet weights, default cut) for one epoch on each of
-the bundled demo's 5 folds at `size` px, then predicts `n_images` decoded images with
-8 dihedral TTA views, counting every view as an image:
-- comp: `comp.stages.predict.predict_images` (what stage=predict runs after decoding):
+       python bench/inference.py --smoke               (a tiny synthetic competition, 32 px)
+Trains a fine-tuned mobilenet_025 (bundled ImageNet weights, default cut; no classic
+model, whatever `classic.models` defaults to) for one epoch on each of the bundled demo's
+5 folds at `size` px, then predicts `n_images` decoded images with 8 dihedral TTA views,
+counting every view as an image:
+- comp: `comp.inference.predict_images` (what stage=predict runs after decoding):
   timed end to end, building the backbone and loading each fold's head included;
 - raw Keras: the same network as one `keras.Model` (frozen prefix + trained head, the
   fold's weights) and `model.predict(batch_size=128)` on the preprocessed views, the
   model built before the clock starts.
-Both with 1 fold and with all 5 folds (the submission case). Prints a table.
+Both with 1 fold and with all folds (the submission case). Prints a table.
+`--smoke` runs the same code on a tiny competition made in a temporary folder (2 folds,
+32 px, 16 images): seconds, for CI, not a measurement.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
 import tempfile
 import time
@@ -26,11 +32,27 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 
+def finetuned_model(models: Path) -> Path:
+    """The one fine-tuned model's folder among `models/` (its spec.json says its kind)."""
+    found = [folder for folder in sorted(models.iterdir())
+             if json.loads((folder / "spec.json").read_text()).get("kind") != "classic"]
+    if len(found) != 1:
+        raise SystemExit(f"bench/inference.py: expected one fine-tuned model in {models}, "
+                         f"found {[f.name for f in found]}")
+    return found[0]
+
+
 def main() -> None:
-    n_images = int(sys.argv[1]) if len(sys.argv) > 1 else 256
-    size = int(sys.argv[2]) if len(sys.argv) > 2 else 224
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("n_images", nargs="?", type=int, default=256)
+    parser.add_argument("size", nargs="?", type=int, default=224)
+    parser.add_argument("--smoke", action="store_true",
+                        help="a tiny synthetic competition, 32 px, 16 images (CI)")
+    args = parser.parse_args()
+    n_images, size = (16, 32) if args.smoke else (args.n_images, args.size)
     from comp.config import load_config
     from comp.data.images import load_images
+    from comp.data.prepared import load_competition
     from comp.data.views import dihedral_view
     from comp.inference import load_spec, predict_images
     from comp.models.build import build_backbone, create_head, split_backbone
@@ -38,18 +60,28 @@ def main() -> None:
     from comp.run import main as comp_main
 
     runs = Path(tempfile.mkdtemp(prefix="comp-infer-"))
+    test_dir = ROOT / "comp/demo/wbc/test"
+    # a fine-tuned model only, named here: the defaults' classic models are not this bench's
     overrides = [f"runs_dir={runs}", "name=infer", "backbones=[mobilenet_025]",
-                 f"model.image_size={size}", "train.epochs=1", "quiet=true"]
+                 "classic.models=[]", f"model.image_size={size}", "train.epochs=1",
+                 "quiet=true", f"weights_dir={ROOT / 'comp/demo/weights'}"]
+    if args.smoke:
+        from tests.helpers import make_competition
+
+        data = make_competition(runs / "data", n_test=6)
+        test_dir = data / "test"
+        overrides += ["data=folder", f"data.dir={data}", "data.folds=2", "train.batch_size=8"]
     assert comp_main(["stage=train", *overrides]) == 0
     cfg = load_config(overrides)
     run_root = runs / "infer"
-    model_dir = next((run_root / "models").iterdir())
+    model_dir = finetuned_model(run_root / "models")
+    n_folds = len(list(model_dir.glob("fold*")))
     spec = load_spec(cfg, type("R", (), {"model_dir": lambda self, m: run_root / "models" / m})(),
                      model_dir.name)
-    test_paths = sorted(str(p) for p in (ROOT / "comp/demo/wbc/test").iterdir())
+    test_paths = sorted(str(p) for p in test_dir.iterdir())
     decoded = load_images(test_paths, size, cfg.data.max_image_pixels)
     images = decoded[np.arange(n_images) % len(decoded)]
-    n_classes = 4
+    n_classes = len(load_competition(cfg).classes)
     one_fold = Path(tempfile.mkdtemp(prefix="one-fold-")) / model_dir.name
     one_fold.mkdir()
     (one_fold / "fold0").symlink_to(model_dir / "fold0")
@@ -58,7 +90,8 @@ def main() -> None:
     views = np.concatenate([backbone.preprocess(dihedral_view(images, v).astype("float32"))
                             for v in range(8)])
     rows = []
-    for label, folder, folds in (("1 fold", one_fold, [0]), ("5 folds", model_dir, range(5))):
+    for label, folder, folds in (("1 fold", one_fold, [0]),
+                                 (f"{n_folds} folds", model_dir, range(n_folds))):
         predict_images(spec, folder, images[:8], n_classes)  # warm-up (graph tracing)
         started = time.time()
         comp_probs = predict_images(spec, folder, images, n_classes)
@@ -81,7 +114,8 @@ def main() -> None:
         rows.append((label, comp_s, raw_s, n_views, np.abs(comp_probs - raw_total).max()))
 
     print(f"\nmobilenet_025 at {size} px, {n_images} images x 8 TTA views, batch 128, "
-          f"TF {__import__('tensorflow').__version__}, {spec.model['unfreeze'] or 'default'} cut\n")
+          f"TF {__import__('tensorflow').__version__}, {spec.model['unfreeze'] or 'default'} cut"
+          f"{' (smoke: a tiny synthetic competition, not a measurement)' if args.smoke else ''}\n")
     print("| folds | comp s | comp images/s | raw Keras predict s | raw images/s | comp / raw "
           "throughput | max abs prob diff |")
     print("|---|---|---|---|---|---|---|")

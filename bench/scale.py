@@ -2,12 +2,14 @@
 
 usage: python bench/scale.py [N ...] [--size 224] [--epochs 2]
        (default N: 100 400 1600 6400)
+       python bench/scale.py --smoke   (N=40 at 32 px, 1 epoch: seconds, for CI)
 Makes a synthetic 4-class competition of N training images (JPEG, `--size` px; N/8 test
 images) for each N, then runs, in a fresh child process per N, `stage=prepare` and
 `stage=train only.fold=0` (5 folds; mobilenet_025 with the bundled ImageNet weights, its
 default cut, 8 dihedral views) and prints a table: seconds of each stage, seconds per
 image, peak RSS (getrusage: anonymous memory plus the file pages mapped from the
-caches) and the peak of anonymous memory alone (sampled every 0.1 s).
+caches) and the peak of anonymous memory alone (sampled every 0.1 s), and the run
+directory's disk use after both stages, in total and per image (train + test).
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ def child(data: Path, runs: Path, size: int, epochs: int) -> None:
     threading.Thread(target=sample, daemon=True).start()
     common = ["data=folder", f"data.dir={data}", f"runs_dir={runs}", "name=scale",
               f"weights_dir={ROOT / 'comp/demo/weights'}", "backbones=[mobilenet_025]",
+              "classic.models=[]",  # the fine-tune alone, whatever the defaults add
               f"model.image_size={size}", f"train.epochs={epochs}", "quiet=true"]
     started = time.time()
     assert main(["stage=prepare", *common]) == 0
@@ -100,7 +103,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--child", nargs=2)
     parser.add_argument("--work", default=None)
+    parser.add_argument("--smoke", action="store_true",
+                        help="40 images at 32 px, 1 epoch (CI: the code path, not a measurement)")
     args = parser.parse_args()
+    if args.smoke:
+        args.n, args.size, args.epochs = [40], 32, 1
     if args.child:
         child(Path(args.child[0]), Path(args.child[1]), args.size, args.epochs)
         return
@@ -114,16 +121,20 @@ def main() -> None:
                               capture_output=True, text=True, cwd=ROOT)
         if done.returncode:
             raise SystemExit(done.stderr[-3000:])
-        rows.append({"n": n, **json.loads(done.stdout.strip().splitlines()[-1])})
+        disk = sum(f.stat().st_size for f in runs.rglob("*") if f.is_file())
+        n_images = len(list((data / "train").iterdir())) + len(list((data / "test").iterdir()))
+        rows.append({"n": n, **json.loads(done.stdout.strip().splitlines()[-1]),
+                     "disk_mb": disk / 1e6, "disk_mb_per_image": disk / 1e6 / n_images})
     print(f"\nmobilenet_025 (ImageNet), {args.size} px, 5 folds, train = fold 0, "
           f"{args.epochs} epochs, 8 dihedral views; test = N/8 images\n")
     print("| train images | prepare s | prepare ms/image | train fold 0 s | train ms/image"
-          " | peak RSS MiB | peak anonymous MiB |")
-    print("|---|---|---|---|---|---|---|")
+          " | peak RSS MiB | peak anonymous MiB | run dir MB | MB / image |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['n']} | {r['prepare_s']:.1f} | {1000 * r['prepare_s'] / r['n']:.1f} | "
               f"{r['train_s']:.1f} | {1000 * r['train_s'] / r['n']:.1f} | "
-              f"{r['peak_rss_mib']:.0f} | {r['peak_anon_mib']:.0f} |")
+              f"{r['peak_rss_mib']:.0f} | {r['peak_anon_mib']:.0f} | {r['disk_mb']:.1f} | "
+              f"{r['disk_mb_per_image']:.3f} |")
     if len(rows) > 1:
         n = np.array([r["n"] for r in rows], dtype=float)
         for stage in ("prepare_s", "train_s"):

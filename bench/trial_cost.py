@@ -2,6 +2,8 @@
 frozen backbone prefix on the images every step, with the same views and settings.
 
 usage: python bench/trial_cost.py DATA_DIR WEIGHTS_DIR [size] [epochs] [cut,cut,...]
+       python bench/trial_cost.py --smoke   (a tiny synthetic competition, the bundled
+       weights, 32 px, 2 epochs, cut none: seconds, for CI)
 Prints a table per unfreeze point (default block9): seconds per fit, per epoch, best
 validation AUC, and the ratio.
 """
@@ -11,27 +13,41 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from comp.config import load_config
-from comp.data.prepared import prepare
-from comp.data.views import dihedral_view
-from comp.models.spec import make_spec, with_params
-from comp.training.fit import FoldData, fit_fold
-from comp.training.trainer import FeaturedModel, fold_data
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from comp.config import load_config  # noqa: E402
+from comp.data.prepared import prepare  # noqa: E402
+from comp.data.views import dihedral_view  # noqa: E402
+from comp.models.spec import make_spec, with_params  # noqa: E402
+from comp.training.fit import FoldData, fit_fold  # noqa: E402
+from comp.training.trainer import FeaturedModel, fold_data  # noqa: E402
 
 
 def main() -> None:
-    data, weights_dir = sys.argv[1:3]
-    size = int(sys.argv[3]) if len(sys.argv) > 3 else 128
-    epochs = int(sys.argv[4]) if len(sys.argv) > 4 else 25
-    cuts = sys.argv[5].split(",") if len(sys.argv) > 5 else ["block9"]
+    argv = sys.argv[1:]
+    extra = []
+    if argv[:1] == ["--smoke"]:
+        from tests.helpers import make_competition
+
+        smoke = make_competition(Path(tempfile.mkdtemp(prefix="trial-cost-")) / "data")
+        argv = [str(smoke), str(ROOT / "comp/demo/weights"), "32", "2", "none"]
+        extra = ["data.folds=2", "train.batch_size=8"]
+    elif len(argv) < 2:
+        raise SystemExit(__doc__)
+    data, weights_dir = argv[0:2]
+    size = int(argv[2]) if len(argv) > 2 else 128
+    epochs = int(argv[3]) if len(argv) > 3 else 25
+    cuts = argv[4].split(",") if len(argv) > 4 else ["block9"]
     cfg = load_config(["data=folder", f"data.dir={data}", f"weights_dir={weights_dir}",
                        f"runs_dir={tempfile.mkdtemp()}", "name=trialcost",
-                       f"model.image_size={size}"])
+                       f"model.image_size={size}", *extra])
     prepared = prepare(cfg)
     classes = prepared.competition.classes
     labels = prepared.labels

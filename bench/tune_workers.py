@@ -6,6 +6,8 @@ tiny competition, then for each worker count runs that many `stage=tune` process
 one experiment (2 folds = 2 studies) and prints a table: wall seconds, trials per
 minute (from launch to the last exit, and over the trials' own span, which leaves out
 each process's TensorFlow start), trials lost or duplicated.
+`python bench/tune_workers.py --smoke`: 1 trial per study, 2 workers (CI: a minute or two;
+where PostgreSQL is missing it says so and exits 0, as its tests skip).
 """
 
 from __future__ import annotations
@@ -44,8 +46,13 @@ def run_workers(n_workers: int, n_trials: int, url: str, data: Path, out: Path) 
             raise SystemExit(err.decode()[-2000:])
     wall = time.time() - started
     trials, lost, duplicated = [], 0, 0
-    for fold in (0, 1):
-        study = optuna.load_study(study_name=f"{name}-small_cnn-fold{fold}", storage=url)
+    # studies are named <name>-<backbone>-<folds fingerprint>-fold<k>: one per fold
+    names = sorted(n for n in optuna.get_all_study_names(storage=url)
+                   if n.startswith(f"{name}-small_cnn-"))
+    if len(names) != 2:
+        raise SystemExit(f"bench/tune_workers.py: expected 2 studies of {name}, found {names}")
+    for study_name in names:
+        study = optuna.load_study(study_name=study_name, storage=url)
         got = study.get_trials(deepcopy=False)
         numbers = [t.number for t in got]
         duplicated += len(numbers) - len(set(numbers))
@@ -61,9 +68,14 @@ def run_workers(n_workers: int, n_trials: int, url: str, data: Path, out: Path) 
 
 
 def main() -> None:
-    n_trials = int(sys.argv[1]) if len(sys.argv) > 1 else 12
-    counts = [int(a) for a in sys.argv[2:]] or [1, 2, 4]
+    smoke = sys.argv[1:2] == ["--smoke"]
+    argv = ["1", "2"] if smoke else sys.argv[1:]
+    n_trials = int(argv[0]) if argv else 12
+    counts = [int(a) for a in argv[1:]] or [1, 2, 4]
     reason = missing_reason()
+    if reason and smoke:
+        print(f"bench/tune_workers.py --smoke: skipped: {reason}")
+        return
     if reason:
         raise SystemExit(f"bench/tune_workers.py: {reason}")
     out = Path(tempfile.mkdtemp(prefix="comp-workers-"))

@@ -119,3 +119,37 @@ def test_cache_is_reused_and_invalidated(tmp_path):
     Image.new("RGB", (40, 30), (0, 0, 255)).save(path)
     second = cached_images(tmp_path / "cache", "train", [str(path)], 8, LIMIT)
     assert first[0, 0, 0, 0] == 255 and second[0, 0, 0, 2] == 255
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_enlarged_sizes_are_resized_on_read_from_one_cache_equal_to_decoding(tmp_path, suffix):
+    # every image 24 x 24: sizes above 24 are resized from the 24 px cache on read, with
+    # the same pixels as decoding each file at that size (what stage=predict does)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(3):
+        path = tmp_path / f"im{i}{suffix}"
+        Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    cache = tmp_path / "cache"
+    for size in (56, 24, 100):
+        images = cached_images(cache, "train", paths, size, LIMIT)
+        assert images.shape == (3, size, size, 3) and len(images) == 3
+        direct = np.stack([decode_image(p, size, LIMIT) for p in paths])
+        np.testing.assert_array_equal(np.asarray(images), direct)
+        np.testing.assert_array_equal(images[[2, 0]], direct[[2, 0]])
+        np.testing.assert_array_equal(images[1], direct[1])
+        np.testing.assert_array_equal(np.stack(list(images)), direct)
+    assert sorted(p.name.split("_")[1] for p in cache.glob("*.npy")) == ["24"]
+    smaller = cached_images(cache, "train", paths, 16, LIMIT)  # shrunk: cached at its size
+    np.testing.assert_array_equal(smaller, np.stack([decode_image(p, 16, LIMIT) for p in paths]))
+    assert sorted(p.name.split("_")[1] for p in cache.glob("*.npy")) == ["16", "24"]
+
+
+def test_mixed_sizes_are_cached_at_each_size(tmp_path):
+    Image.new("RGB", (24, 24), (255, 0, 0)).save(tmp_path / "a.png")
+    Image.new("RGB", (30, 20), (0, 255, 0)).save(tmp_path / "b.png")
+    paths = [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    images = cached_images(tmp_path / "cache", "train", paths, 48, LIMIT)
+    assert isinstance(images, np.ndarray) and images.shape == (2, 48, 48, 3)
+    assert sorted(p.name.split("_")[1] for p in (tmp_path / "cache").glob("*.npy")) == ["48"]

@@ -10,10 +10,13 @@ import pytest
 from tests.helpers import CLASSES, leaderboard, run_comp, tiny_overrides
 
 
+# 32 px shrinks the 40 px images (a cache at 32 px); 64 px enlarges them: read from the
+# 40 px cache, resized on read, and decoded from the files at 64 px by stage=predict
 @pytest.mark.slow
-def test_predict_matches_test_predictions_from_a_moved_run(tmp_path, competition):
+@pytest.mark.parametrize("size", ["32", "64"])
+def test_predict_matches_test_predictions_from_a_moved_run(tmp_path, competition, size):
     overrides = tiny_overrides(tmp_path, competition, backbones="[small_cnn,mobilenet_025]",
-                               **{"model.image_size": "32", "classic.models": "[pixels+logreg]",
+                               **{"model.image_size": size, "classic.models": "[pixels+logreg]",
                                   "ensemble.methods": "[greedy,stacked]"})
     assert run_comp("stage=all", *overrides) == 0
     moved = tmp_path / "elsewhere"

@@ -1,16 +1,20 @@
-"""Decode images once with Pillow into uint8 RGB arrays of one size, cached on disk."""
+"""Decode images once with Pillow into uint8 RGB arrays, cached on disk: at each size
+that shrinks an image, and, where every image of a split is N x N and a size enlarges
+them, once at N, resized on read (`ResizedImages`: the same pixels as decoding at that
+size, without an enlarged copy on disk)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from comp.artifacts import atomic_path, fingerprint
+from comp.artifacts import atomic_path, fingerprint, read_json, write_json
 from comp.errors import CompError
 from comp.log import progress
 
@@ -142,6 +146,10 @@ def cached_images(
     if not paths:
         return np.zeros((0, size, size, 3), dtype=np.uint8)
     hashes = content_hashes(paths) if hashes is None else list(hashes)
+    side = common_side(cache_dir, split, paths, hashes)
+    if side is not None and size > side:  # enlarged: cached once at the images' own side
+        return ResizedImages(cached_images(cache_dir, split, paths, side, max_pixels, hashes,
+                                           intensity_range), size)
     key = fingerprint({"hashes": hashes, "size": size, "max_pixels": max_pixels,
                        "range": None if intensity_range is None else list(intensity_range)},
                       12)
@@ -163,3 +171,62 @@ def cached_images(
                 handle.write(load_images(part, size, max_pixels, desc="", bar=bar,
                                          intensity_range=intensity_range).tobytes())
     return np.load(target, mmap_mode="r")
+
+
+def common_side(cache_dir: Path, split: str, paths: list[str], hashes: list[str]) -> int | None:
+    """N where every image of `paths` is N x N pixels in its file, else None (mixed sizes,
+    or a file whose header cannot be read: decoding then names it). Read from the image
+    headers once and kept beside the image cache, keyed by the content hashes."""
+    target = cache_dir / f"{split}_side_{fingerprint({'hashes': hashes}, 12)}.json"
+    if target.exists():
+        try:
+            return read_json(target)["side"]
+        except (OSError, ValueError, KeyError):
+            pass  # rebuilt below
+    sides = set()
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                sides.add(img.size)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            return None
+    width, height = sides.pop() if len(sides) == 1 else (0, 1)
+    side = width if width == height else None
+    write_json(target, {"side": side})
+    return side
+
+
+class ResizedImages:
+    """A read-only (N, size, size, 3) uint8 image array resized on read from `base`, the
+    decoded images at their own side (a memory map of its cache): rows are resized with
+    decode_image's own call, so they equal decoding the files at `size`. Indexing (an int,
+    a slice or an index array), len(), iteration and np.asarray() work as on an array."""
+
+    def __init__(self, base: np.ndarray, size: int):
+        self.base, self.size = base, size
+        self.shape = (len(base), size, size, 3)
+        self.dtype, self.ndim = np.dtype(np.uint8), 4
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, (int, np.integer)):
+            return self._resize(np.asarray(self.base[index]))
+        rows = np.asarray(self.base[index])
+        out = np.empty((len(rows), self.size, self.size, 3), np.uint8)
+        for i, row in enumerate(rows):
+            out[i] = self._resize(row)
+        return out
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for start in range(0, len(self), 256):
+            yield from self[start : start + 256]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+    def _resize(self, row: np.ndarray) -> np.ndarray:
+        return np.asarray(Image.fromarray(row).resize(
+            (self.size, self.size), Image.Resampling.BILINEAR, reducing_gap=3.0), np.uint8)
