@@ -20,23 +20,42 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
+
 from comp.errors import CompError
 
 
 def _value(value) -> str:
-    """A Python value as a Hydra override value."""
+    """A Python value as the Hydra override value that parses back to that value
+    (NumPy scalars as the Python numbers they hold; text quoted unless plainly ASCII)."""
+    if isinstance(value, np.generic | np.ndarray):
+        value = value.tolist()
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
-        return repr(value)
+        return repr(float(value)) if isinstance(value, float) else str(int(value))
     if isinstance(value, list | tuple):
         return "[" + ",".join(_value(v) for v in value) + "]"
     text = str(value)
-    if re.fullmatch(r"[\w./\\:~+@-]*", text):
+    if re.fullmatch(r"[\w./\\:~+@-]*", text, flags=re.ASCII):
         return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    from comp.config import hydra_quote
+
+    return hydra_quote(text)
+
+
+def _refuse_two_folders(data: Path | None, settings: dict, overrides: Iterable[str]) -> None:
+    """`Competition(folder_a, **{"data.dir": folder_b})` names two folders: refused, since
+    one would be prepared while the object reported (and was named after) the other."""
+    given = [settings["data.dir"]] if "data.dir" in settings else []
+    given += [o.split("=", 1)[1].strip("'\"") for o in overrides
+              if o.lstrip("+~").startswith("data.dir=")]
+    others = {str(Path(g).expanduser().resolve()) for g in given} - {str(data)}
+    if data is not None and others:
+        raise CompError(f"Competition({str(data)!r}): data.dir={sorted(others)[0]!r} names "
+                        "another folder; give the folder once")
 
 
 def _folder_name(path: Path) -> str:
@@ -56,6 +75,7 @@ class Competition:
                  runs_dir: str | Path | None = None, submissions_dir: str | Path | None = None,
                  overrides: Iterable[str] = (), **settings):
         self.data = None if data is None else Path(data).expanduser().resolve()
+        _refuse_two_folders(self.data, settings, overrides)
         base: list[str] = []
         if self.data is not None:
             if not self.data.is_dir():

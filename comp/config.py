@@ -296,9 +296,26 @@ def _register() -> None:
     OmegaConf.register_new_resolver("comp_demo", lambda: str(DEMO_DIR), replace=True)
 
 
+def hydra_quote(text: str) -> str:
+    """`text` as a quoted Hydra override value that parses back to exactly `text`
+    (backslashes are escaped only before a quote or at the end, as Hydra's grammar wants)."""
+    escaped = re.sub(r"(\\+)(?='|$)", r"\1\1", text).replace("'", "\\'")
+    return f"'{escaped}'"
+
+
+def _quote_non_ascii(override: str) -> str:
+    """`name=expé` as `name='expé'`: Hydra's lexer takes non-ASCII text only when quoted;
+    lists, dicts, interpolations and values already quoted are left as written."""
+    key, sep, value = override.partition("=")
+    if not sep or value.isascii() or value[:1] in "'\"[{" or "${" in value:
+        return override
+    return f"{key}={hydra_quote(value)}"
+
+
 def load_config(overrides: list[str], config_dir=CONFIG_DIR) -> DictConfig:
     """Compose the config from `comp/configs/` and `key=value` overrides; raise CompError."""
     _register()
+    overrides = [_quote_non_ascii(o) for o in overrides]
     try:
         with config_dir_path(config_dir) as folder, initialize_config_dir(
                 config_dir=str(folder), version_base="1.3"):

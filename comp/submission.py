@@ -73,9 +73,11 @@ def write_submission(folder: Path, experiment: str, competition: Competition,
     info, cv = predictions.info, predictions.info["cv"]
     name = predictions.name
     path = folder / submission_name(experiment, name, metric, cv[metric])
-    for stale in folder.glob(f"{experiment}__{name}__cv-*.csv"):
-        if stale != path:
-            stale.unlink()
+    prefix = f"{experiment}__{name}__cv-"  # a name is text, never a glob pattern
+    if folder.is_dir():
+        for stale in folder.iterdir():
+            if stale.name.startswith(prefix) and stale.name.endswith(".csv") and stale != path:
+                stale.unlink()
     write_csv(path, submission_frame(competition, predictions))
     return {
         "experiment": experiment, "kind": info.get("kind", "single"), "name": name,

@@ -192,3 +192,23 @@ def study_of(url: str, prefix: str, fold: int) -> str:
              if s.study_name.startswith(prefix + "-") and s.study_name.endswith(f"-fold{fold}")]
     assert len(names) == 1, names
     return names[0]
+
+
+def fake_prediction_set(run: Path, competition: Path, model_id: str = "small_cnn-fake",
+                        seed: int = 0) -> Path:
+    """Write preds/<model_id>/ into run directory `run` as training would (oof.csv,
+    test.csv, cv.json last), with random probabilities for `competition`'s images: enough
+    for stage=submit, ensemble and the leaderboard without training a model."""
+    from comp.predictions import probs_frame, write_prediction_set
+
+    rng = np.random.default_rng(seed)
+    train = pd.read_csv(competition / "train.csv", dtype=str)
+    test_ids = sorted(p.name for p in (competition / "test").iterdir())
+    classes = sorted(train["label"].unique())
+    folds = np.arange(len(train)) % 2
+    oof = probs_frame(train["id"].tolist(), rng.dirichlet(np.ones(len(classes)), len(train)),
+                      classes, fold=folds, label=train["label"].tolist())
+    test = probs_frame(test_ids, rng.dirichlet(np.ones(len(classes)), len(test_ids)), classes)
+    folder = run / "preds" / model_id
+    write_prediction_set(folder, oof, test, classes, {"model_id": model_id, "kind": "single"})
+    return folder

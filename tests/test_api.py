@@ -10,7 +10,7 @@ import pytest
 from comp import Competition
 from comp.api import _value
 from comp.errors import CompError
-from tests.conftest import CLASSES
+from tests.conftest import CLASSES, make_competition
 
 
 def tiny(tmp_path: Path, folder: Path, **extra) -> Competition:
@@ -74,3 +74,25 @@ def test_fit_leaderboard_predict_report(tmp_path, competition):
     assert comp.report().name == "index.html" and comp.report().exists()
     # a finished fit reruns in no time and a second experiment ranks on its own
     assert len(comp.fit(["train", "submit"]).leaderboard()) == 1
+
+
+def test_numpy_and_unicode_values_reach_the_config_as_values(tmp_path):
+    import numpy as np
+
+    comp = Competition(runs_dir=tmp_path / "runs", name="expé 'x'",
+                       **{"train.lr": np.float64(0.0125), "train.epochs": np.int64(4),
+                          "augment.tta": "flips", "train.label_smoothing": np.float32(0.5)})
+    assert comp.name == "expé 'x'" and comp.config.train.lr == 0.0125
+    assert comp.config.train.epochs == 4 and comp.config.train.label_smoothing == 0.5
+    for text in ["C:\\data\\", "a\\'b", "v[1]", "実験", "a b,c"]:
+        assert Competition(runs_dir=tmp_path / "runs", name=text).name == text
+
+
+def test_a_folder_given_twice_with_two_values_is_refused(tmp_path, competition):
+    other = make_competition(tmp_path / "other")
+    with pytest.raises(CompError, match="give the folder once"):
+        Competition(competition, **{"data.dir": str(other)})
+    with pytest.raises(CompError, match="give the folder once"):
+        Competition(competition, overrides=[f"data.dir={other}"])
+    same = Competition(competition, **{"data.dir": str(competition)})
+    assert Path(same.config.data.dir) == competition.resolve() and same.name == "comp"
