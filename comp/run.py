@@ -21,6 +21,9 @@ from comp.stages import STAGES
 _WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM}
 # stages that build Keras models: TensorFlow is imported (quietly) just before they run
 TF_STAGES = {"train", "plan", "pseudo", "tune", "predict", "export", "all"}
+# stages that read the competition folder (predict and export use the run directory only)
+DATA_STAGES = {"all", "ensemble", "plan", "prepare", "pseudo", "report", "submit", "train",
+               "tune"}
 
 
 def help_text() -> str:
@@ -83,7 +86,7 @@ def run_stage(overrides: list[str]):
     The one code path of the CLI and the Python API. Raises CompError for bad input,
     a busy run directory or a run directory that cannot be written.
     """
-    from comp.config import load_config
+    from comp.config import load_config, masked_yaml
 
     log = get_logger()
     cfg = load_config(list(overrides))
@@ -92,14 +95,21 @@ def run_stage(overrides: list[str]):
     set_progress(cfg.progress)
     log.setLevel("WARNING" if cfg.quiet else "INFO")
     started = time.time()
+    from comp.workspace import config_record, run_dir, run_lock, run_root
+
+    root = run_root(cfg.runs_dir, cfg.name)
+    created = not root.exists()
+    if cfg.stage in DATA_STAGES and not Path(cfg.data.dir).is_dir():
+        raise CompError(f"{cfg.data.dir}: competition folder not found; set data.dir=<folder>")
     try:
-        _save_config(cfg)
         if cfg.stage in TF_STAGES:
             quiet_tensorflow()
         module = importlib.import_module(STAGES[cfg.stage][0])
-        from comp.workspace import run_dir, run_lock
-
-        with run_lock(run_dir(cfg.runs_dir, cfg.name), cfg.stage, shared=_is_worker(cfg)):
+        run = run_dir(cfg.runs_dir, cfg.name)
+        shared = _is_worker(cfg)
+        # a password in tune.storage never reaches the run directory
+        with run_lock(run, cfg.stage, shared=shared), config_record(
+                run, cfg.stage, masked_yaml(cfg), created, exclusive=not shared):
             result = module.run(cfg)
     except OSError as exc:
         if exc.errno not in _WRITE_ERRORS:
@@ -135,17 +145,6 @@ def _is_worker(cfg) -> bool:
     """Stages that run side by side on one run directory: tuning workers, training units."""
     return cfg.stage == "tune" or (
         cfg.stage == "train" and (cfg.only.model is not None or cfg.only.fold is not None))
-
-
-def _save_config(cfg) -> None:
-    from comp.artifacts import write_text
-    from comp.config import masked_yaml
-    from comp.workspace import run_dir
-
-    run = run_dir(cfg.runs_dir, cfg.name)
-    text = masked_yaml(cfg)  # a password in tune.storage never reaches the run directory
-    write_text(run.root / "config.yaml", text)
-    write_text(Path(run.root) / "configs" / f"{cfg.stage}.yaml", text)
 
 
 if __name__ == "__main__":

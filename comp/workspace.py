@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import portalocker
 
+from comp.artifacts import write_text
 from comp.errors import CompError
 
 # portalocker: flock on POSIX, LockFileEx on Windows; shared and exclusive modes
@@ -70,11 +73,16 @@ class RunDir:
         return found
 
 
+def run_root(runs_dir: str, name: str) -> Path:
+    """runs_dir/name, the name checked to be one folder name; nothing is created."""
+    if not name or "/" in name or "\\" in name or name in {".", ".."} or "\0" in name:
+        raise CompError(f"config: name={name!r} must be a plain folder name")
+    return Path(runs_dir) / name
+
+
 def run_dir(runs_dir: str, name: str) -> RunDir:
     """The run directory of experiment `name`, created and checked writable."""
-    if not name or "/" in name or "\\" in name or name in {".", ".."}:
-        raise CompError(f"config: name={name!r} must be a plain folder name")
-    root = Path(runs_dir) / name
+    root = run_root(runs_dir, name)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -83,6 +91,59 @@ def run_dir(runs_dir: str, name: str) -> RunDir:
     if not os.access(root, os.W_OK):
         raise CompError(f"{root}: run directory is not writable; set runs_dir=<writable folder>")
     return RunDir(root)
+
+
+@contextmanager
+def config_record(run: RunDir, stage: str, text: str, created: bool, exclusive: bool):
+    """Write the run's config record (config.yaml, configs/<stage>.yaml) once, for the
+    stage about to run; if the stage then fails with a CompError before writing anything
+    else, undo it: the previous record comes back, and a run directory this call created
+    is removed, so a failed run leaves the record saying what was really run."""
+    paths = [run.root / "config.yaml", run.root / "configs" / f"{stage}.yaml"]
+    before = {path: path.read_text() if path.exists() else None for path in paths}
+    started = time.time()
+    for path in paths:
+        write_text(path, text)
+    try:
+        yield
+    except CompError:
+        if exclusive and not _written_since(run.root, started, set(paths)):
+            if created:
+                shutil.rmtree(run.root, ignore_errors=True)
+            else:
+                for path, old in before.items():
+                    if old is None:
+                        path.unlink(missing_ok=True)
+                    else:
+                        write_text(path, old)
+                _remove_empty_folders(run.root, started)
+        raise
+
+
+def _written_since(root: Path, started: float, ignored: set[Path]) -> bool:
+    """Whether any file under `root` (lock files and `ignored` aside) changed since
+    `started`."""
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = Path(folder) / name
+            if path in ignored or name.endswith(".lock"):
+                continue
+            try:
+                if path.stat().st_mtime >= started:
+                    return True
+            except FileNotFoundError:
+                continue
+    return False
+
+
+def _remove_empty_folders(root: Path, started: float) -> None:
+    """Remove the empty folders under `root` made since `started` (deepest first)."""
+    for folder, subfolders, names in os.walk(root, topdown=False):
+        path = Path(folder)
+        if path == root or names or any((path / s).exists() for s in subfolders):
+            continue
+        if path.stat().st_mtime >= started:
+            path.rmdir()
 
 
 @contextmanager
