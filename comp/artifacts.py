@@ -8,6 +8,7 @@ renamed over the target (rename is atomic on POSIX file systems).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -37,9 +38,26 @@ def atomic_path(target: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
         with open(tmp_path, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp_path, target)
+    except OSError as exc:
+        if not disk_full(exc):
+            raise
+        # one kind of error, whichever library's write failed (h5py, pandas, joblib, numpy)
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} on the disk holding "
+                      f"{target.parent}", str(target)) from exc
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def disk_full(exc: OSError) -> bool:
+    """Whether `exc` reports a full disk or quota, also when a library put errno 28 only in
+    its arguments or message (OSError(28), h5py's "errno = 28")."""
+    codes = {errno.ENOSPC, errno.EDQUOT}
+    if exc.errno in codes or (exc.args and exc.args[0] in tuple(codes)):
+        return True
+    text = str(exc)
+    return "No space left on device" in text or any(
+        f"errno = {code}," in text or f"errno = {code} " in text for code in codes)
 
 
 def write_text(target: str | Path, text: str) -> None:

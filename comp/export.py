@@ -34,7 +34,7 @@ from comp.workspace import RunDir, run_dir
 
 def export_model(cfg: DictConfig) -> Path:
     """Export `export.using` (default: the best fine-tuned model by CV); the folder."""
-    run = run_dir(cfg.runs_dir, cfg.name)
+    run = run_dir(cfg.runs_dir, cfg.name, writable=not cfg.export.output)
     model_id = cfg.export.using or best_single_model(run, cfg.submit.metric)
     if model_id.startswith("ensemble-"):
         raise CompError(f"export.using={model_id}: ensembles are not exported yet; give "

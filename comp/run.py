@@ -95,24 +95,31 @@ def run_stage(overrides: list[str]):
     set_progress(cfg.progress)
     log.setLevel("WARNING" if cfg.quiet else "INFO")
     started = time.time()
-    from comp.workspace import config_record, run_dir, run_lock, run_root
+    from comp.artifacts import disk_full
+    from comp.workspace import config_record, reader_lock, run_dir, run_lock, run_root
 
     root = run_root(cfg.runs_dir, cfg.name)
     created = not root.exists()
+    reads_only = _reads_only(cfg)
+    check_output_paths(cfg, reads_only)
     if cfg.stage in DATA_STAGES and not Path(cfg.data.dir).is_dir():
         raise CompError(f"{cfg.data.dir}: competition folder not found; set data.dir=<folder>")
     try:
         if cfg.stage in TF_STAGES:
             quiet_tensorflow()
         module = importlib.import_module(STAGES[cfg.stage][0])
-        run = run_dir(cfg.runs_dir, cfg.name)
-        shared = _is_worker(cfg)
-        # a password in tune.storage never reaches the run directory
-        with run_lock(run, cfg.stage, shared=shared), config_record(
-                run, cfg.stage, masked_yaml(cfg), created, exclusive=not shared):
-            result = module.run(cfg)
+        if reads_only:  # nothing is written into the run directory: it may be read-only
+            with reader_lock(run_dir(cfg.runs_dir, cfg.name, writable=False)):
+                result = module.run(cfg)
+        else:
+            run = run_dir(cfg.runs_dir, cfg.name)
+            shared = _is_worker(cfg)
+            # a password in tune.storage never reaches the run directory
+            with run_lock(run, cfg.stage, shared=shared), config_record(
+                    run, cfg.stage, masked_yaml(cfg), created, exclusive=not shared):
+                result = module.run(cfg)
     except OSError as exc:
-        if exc.errno not in _WRITE_ERRORS:
+        if exc.errno not in _WRITE_ERRORS and not disk_full(exc):
             raise
         where = exc.filename or "the run directory"
         raise CompError(f"{where}: cannot write ({exc.strerror}); free space or fix "
@@ -139,6 +146,27 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("comp: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+
+
+def _reads_only(cfg) -> bool:
+    """predict and export with their output set elsewhere only read the run directory."""
+    return (cfg.stage == "predict" and bool(cfg.predict.output)) or (
+        cfg.stage == "export" and bool(cfg.export.output))
+
+
+def check_output_paths(cfg, reads_only: bool) -> None:
+    """Every folder or file the stage will write can be written (one CompError line)."""
+    from comp.workspace import check_file_target, check_folder_target, run_root
+
+    if not reads_only:
+        check_folder_target(cfg.runs_dir, "runs_dir")
+        check_folder_target(run_root(cfg.runs_dir, cfg.name), "runs_dir")
+    if cfg.stage in ("submit", "all"):
+        check_folder_target(cfg.submissions_dir, "submissions_dir")
+    if cfg.stage == "predict" and cfg.predict.output:
+        check_file_target(cfg.predict.output, "predict.output")
+    if cfg.stage == "export" and cfg.export.output:
+        check_folder_target(cfg.export.output, "export.output")
 
 
 def _is_worker(cfg) -> bool:

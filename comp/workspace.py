@@ -80,9 +80,15 @@ def run_root(runs_dir: str, name: str) -> Path:
     return Path(runs_dir) / name
 
 
-def run_dir(runs_dir: str, name: str) -> RunDir:
-    """The run directory of experiment `name`, created and checked writable."""
+def run_dir(runs_dir: str, name: str, writable: bool = True) -> RunDir:
+    """The run directory of experiment `name`, created and checked writable; with
+    `writable=False` (stages that only read it) it must exist and may be read-only."""
     root = run_root(runs_dir, name)
+    if not writable:
+        if not root.is_dir():
+            raise CompError(f"{root}: no such run directory; train first (stage=train) or set "
+                            "runs_dir= and name= to a finished run")
+        return RunDir(root)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -91,6 +97,35 @@ def run_dir(runs_dir: str, name: str) -> RunDir:
     if not os.access(root, os.W_OK):
         raise CompError(f"{root}: run directory is not writable; set runs_dir=<writable folder>")
     return RunDir(root)
+
+
+def check_folder_target(path: str | Path, key: str) -> None:
+    """`path`, set by config key `key`, can be (or become) a folder that comp writes into:
+    it is not a file, no part of it is a file, and its nearest existing folder is writable."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        where = "is a file" if existing == path else f"goes through the file {existing}"
+        raise CompError(f"{key}={path}: {where}, not a folder; set {key}=<folder>")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CompError(f"{key}={path}: {existing} is not writable; set {key}=<writable folder>")
+
+
+def is_folder_target(path: str | Path) -> bool:
+    """An output file path given as a folder, with a trailing slash (`predictions/`)."""
+    return str(path).endswith(("/", os.sep))
+
+
+def check_file_target(path: str | Path, key: str) -> None:
+    """`path`, set by `key`, can be written as a file (or is a folder, see is_folder_target)."""
+    if is_folder_target(path):
+        check_folder_target(path, key)
+        return
+    check_folder_target(Path(path).parent, key)
+    if not os.access(path, os.W_OK) and Path(path).exists():
+        raise CompError(f"{key}={path}: the file is not writable; set {key}=<writable path>")
 
 
 @contextmanager
@@ -144,6 +179,28 @@ def _remove_empty_folders(root: Path, started: float) -> None:
             continue
         if path.stat().st_mtime >= started:
             path.rmdir()
+
+
+@contextmanager
+def reader_lock(run: RunDir):
+    """For stages that only read the run directory: a shared lock on its .lock when that
+    can be opened (so no exclusive stage rewrites what is read), none on a read-only copy
+    without one."""
+    try:
+        handle = open(run.root / ".lock")
+    except OSError:
+        yield
+        return
+    with handle:
+        try:
+            portalocker.lock(handle, _SHARED)
+        except portalocker.AlreadyLocked:
+            raise CompError(f"{run.root}: already in use by another stage; wait for it to "
+                            "finish") from None
+        try:
+            yield
+        finally:
+            portalocker.unlock(handle)
 
 
 @contextmanager
