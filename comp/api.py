@@ -116,8 +116,10 @@ class Competition:
         """This experiment's models and ensembles ranked by CV (a pandas DataFrame)."""
         import pandas as pd
 
+        from comp.predictions import read_table
+
         path = Path(self.config.submissions_dir) / "leaderboard.csv"
-        board = pd.read_csv(path) if path.exists() else pd.DataFrame()
+        board = read_table(path) if path.exists() else pd.DataFrame()
         if board.empty or not (board["experiment"] == self.name).any():
             raise CompError(f"{path}: nothing from experiment {self.name!r} yet; call fit() "
                             "(or fit('submit')) first")

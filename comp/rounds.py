@@ -17,6 +17,7 @@ from comp.data.prepared import Prepared
 from comp.errors import CompError
 from comp.log import Deadline, progress
 from comp.models.spec import ModelSpec, make_classic_spec, make_spec, native_side
+from comp.predictions import read_table
 from comp.training.trainer import PseudoRows, train_spec
 
 
@@ -53,7 +54,7 @@ def pseudo_loader(prepared: Prepared, round_: int, weight: float):
     frames = {"test": prepared.competition.test, "unlabeled": prepared.competition.unlabeled}
 
     def load(fold: int, featured) -> PseudoRows:
-        table = pd.read_csv(prepared.run.pseudo_csv(round_, fold), dtype={"id": str})
+        table = read_table(prepared.run.pseudo_csv(round_, fold))
         parts = []
         for split, rows in table.groupby("split", sort=False):
             position = {i: n for n, i in enumerate(frames[split]["id"])}

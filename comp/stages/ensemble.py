@@ -22,8 +22,13 @@ def run(cfg: DictConfig) -> list[dict]:
     folder = run_dir.root / "preds"
     chosen = set(cfg.ensemble.members)
     sets = [read_prediction_set(p) for p in sorted(folder.glob("*")) if (p / "cv.json").exists()]
+    known = {s.info["model_id"] for s in sets} | {s.info.get("backbone") for s in sets}
+    unknown = sorted(chosen - known)
+    if unknown:
+        raise CompError(f"config: ensemble.members has {unknown[0]!r}, neither a finished "
+                        f"model id nor its backbone; finished: {sorted(known - {None})}")
     sets = [s for s in sets if not chosen or s.info["model_id"] in chosen
-            or s.info["backbone"] in chosen]
+            or s.info.get("backbone") in chosen]
     if len(sets) < 2:
         raise CompError(f"{folder}: ensembling needs at least two finished models, found "
                         f"{len(sets)}; train more backbones or set ensemble.members")
