@@ -114,12 +114,10 @@ class Competition:
 
     def leaderboard(self):
         """This experiment's models and ensembles ranked by CV (a pandas DataFrame)."""
-        import pandas as pd
-
-        from comp.predictions import read_table
+        from comp.submission import read_leaderboard
 
         path = Path(self.config.submissions_dir) / "leaderboard.csv"
-        board = read_table(path) if path.exists() else pd.DataFrame()
+        board = read_leaderboard(path)
         if board.empty or not (board["experiment"] == self.name).any():
             raise CompError(f"{path}: nothing from experiment {self.name!r} yet; call fit() "
                             "(or fit('submit')) first")

@@ -90,11 +90,12 @@ def train_round(cfg: DictConfig, prepared: Prepared, round_: int,
                             f"0..{prepared.n_units - 1}{units}")
         folds = [cfg.only.fold]
     loader = None if round_ == 0 else pseudo_loader(prepared, round_, cfg.pseudo.weight)
+    deadline = deadline or Deadline.start(cfg.time_limit)  # one for all models
     results = []
     for spec in progress(specs, desc=f"models round {round_}", disable=len(specs) < 2 or None):
         result = train_spec(spec, prepared, cfg.data.max_image_pixels, {"round": round_},
                             loader, folds, tensorboard=cfg.tensorboard,
-                            deadline=deadline or Deadline.start(cfg.time_limit))
+                            deadline=deadline)
         if result is not None:
             results.append(result)
     return results

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from comp.errors import CompError
-from comp.log import get_logger, quiet_tensorflow, set_progress
+from comp.log import get_logger, quiet_tensorflow, set_progress, stage_started
 from comp.stages import STAGES
 
 _WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM}
@@ -105,6 +105,7 @@ def run_stage(overrides: list[str]):
     if cfg.stage in DATA_STAGES and not Path(cfg.data.dir).is_dir():
         raise CompError(f"{cfg.data.dir}: competition folder not found; set data.dir=<folder>")
     try:
+        stage_started(started)  # time_limit counts from here
         if cfg.stage in TF_STAGES:
             quiet_tensorflow()
         module = importlib.import_module(STAGES[cfg.stage][0])
@@ -124,6 +125,8 @@ def run_stage(overrides: list[str]):
         where = exc.filename or "the run directory"
         raise CompError(f"{where}: cannot write ({exc.strerror}); free space or fix "
                         "permissions and rerun: finished work is kept") from None
+    finally:
+        stage_started(None)
     log.info("stage=%s done in %.1f s", cfg.stage, time.time() - started)
     return result
 

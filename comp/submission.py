@@ -73,12 +73,11 @@ def write_submission(folder: Path, experiment: str, competition: Competition,
     info, cv = predictions.info, predictions.info["cv"]
     name = predictions.name
     path = folder / submission_name(experiment, name, metric, cv[metric])
+    write_csv(path, submission_frame(competition, predictions))  # before the old one goes
     prefix = f"{experiment}__{name}__cv-"  # a name is text, never a glob pattern
-    if folder.is_dir():
-        for stale in folder.iterdir():
-            if stale.name.startswith(prefix) and stale.name.endswith(".csv") and stale != path:
-                stale.unlink()
-    write_csv(path, submission_frame(competition, predictions))
+    for stale in folder.iterdir():
+        if stale.name.startswith(prefix) and stale.name.endswith(".csv") and stale != path:
+            stale.unlink()
     return {
         "experiment": experiment, "kind": info.get("kind", "single"), "name": name,
         "models": " ".join(info.get("models", [name])), "round": info.get("round", 0),
@@ -90,17 +89,29 @@ def write_submission(folder: Path, experiment: str, competition: Competition,
 
 
 def update_leaderboard(path: Path, rows: list[dict], metric: str) -> pd.DataFrame:
-    """Upsert `rows` (by file) into leaderboard.csv, ranked by the CV `metric`."""
-    board = read_table(path) if path.exists() else pd.DataFrame()
+    """Replace the experiment's rows of leaderboard.csv by `rows` (every entry it has now:
+    those of models or ensembles since removed go), keep other experiments' rows whose
+    submission file exists, and rank by the CV `metric`."""
+    board = read_leaderboard(path)
     new = pd.DataFrame(rows)
     if not board.empty:
-        keys = set(zip(new["experiment"], new["name"], strict=True))
-        keep = [(e, n) not in keys for e, n in zip(board["experiment"], board["name"], strict=True)]
-        board = board[keep]
+        board = board[~board["experiment"].isin(set(new["experiment"]))]
     board = pd.concat([board, new], ignore_index=True).drop(columns="rank", errors="ignore")
     column = f"cv_{metric}"
     board = board.sort_values(column, ascending=not HIGHER_IS_BETTER[metric], kind="stable")
     board.insert(0, "rank", range(1, len(board) + 1))
     write_csv(path, board)
     return board
+
+
+def read_leaderboard(path: Path) -> pd.DataFrame:
+    """leaderboard.csv, only the rows whose submission file exists beside it (ranks as
+    written; empty when there is none)."""
+    if not path.exists():
+        return pd.DataFrame()
+    board = read_table(path)
+    if board.empty:
+        return board
+    return board[[(path.parent / str(f)).is_file() for f in board["file"]]].reset_index(
+        drop=True)
 

@@ -7,12 +7,18 @@ import numpy as np
 from omegaconf import DictConfig
 
 from comp.artifacts import atomic_path, fingerprint
+from comp.crashpoints import crash_point
 from comp.data.prepared import prepare
 from comp.ensemble import METHODS, fit_method, member_weights, nested_predictions
 from comp.errors import CompError
 from comp.log import get_logger
 from comp.metrics import scores
-from comp.predictions import probs_frame, read_prediction_set, write_prediction_set
+from comp.predictions import (
+    mark_unfinished,
+    probs_frame,
+    read_prediction_set,
+    write_prediction_set,
+)
 
 
 def run(cfg: DictConfig) -> list[dict]:
@@ -56,8 +62,10 @@ def run(cfg: DictConfig) -> list[dict]:
             "cv_in_sample": scores(y, method.apply(oof, state)),
         }
         target = run_dir.ensemble_dir(name)
+        mark_unfinished(target)
         with atomic_path(target / "state.joblib", suffix=".joblib") as tmp:
             joblib.dump(state, tmp)
+        crash_point(f"ensemble:{name}")  # tests: a kill between an ensemble's files
         oof_frame = probs_frame(ids, honest, classes, fold=folds, label=prepared.folds["label"])
         result = write_prediction_set(target, oof_frame,
                                       probs_frame(test_ids, method.apply(test, state), classes),

@@ -9,8 +9,8 @@ from omegaconf import DictConfig
 from comp.data.prepared import prepare
 from comp.errors import CompError
 from comp.log import get_logger
-from comp.predictions import read_table
 from comp.report import build_report
+from comp.submission import read_leaderboard
 
 
 def run(cfg: DictConfig) -> Path:
@@ -19,7 +19,7 @@ def run(cfg: DictConfig) -> Path:
     board_path = Path(cfg.submissions_dir) / "leaderboard.csv"
     if not board_path.exists():
         raise CompError(f"{board_path}: no leaderboard yet; run stage=submit first")
-    board = read_table(board_path)
+    board = read_leaderboard(board_path)
     board = board[board["experiment"] == cfg.name]
     paths = dict(zip(prepared.competition.train["id"], prepared.competition.train["path"],
                      strict=True))
