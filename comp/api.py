@@ -25,7 +25,7 @@ import numpy as np
 from comp.errors import CompError
 
 
-def _value(value) -> str:
+def override_value(value) -> str:
     """A Python value as the Hydra override value that parses back to that value
     (NumPy scalars as the Python numbers they hold; text quoted unless plainly ASCII)."""
     if isinstance(value, np.generic | np.ndarray):
@@ -44,6 +44,9 @@ def _value(value) -> str:
     from comp.config import hydra_quote
 
     return hydra_quote(text)
+
+
+_value = override_value
 
 
 def _refuse_two_folders(data: Path | None, settings: dict, overrides: Iterable[str]) -> None:

@@ -180,7 +180,8 @@ class TuneConfig:
     # finished trials each study should have; a rerun continues. 0 by default: on the
     # benchmarks fine-tune tuning did not beat the defaults (bench/README.md, levers.py)
     n_trials: int = 0
-    # Optuna storage URL, or env:VAR to read it from an environment variable (keeps a
+    # Optuna storage URL, journal:<file> (JournalStorage in one file on a shared file
+    # system, no server), or env:VAR to read it from an environment variable (keeps a
     # password off the command line); None: sqlite:///runs/<name>/optuna.db
     storage: str | None = None
     epochs: int = 20  # epochs per trial fit
@@ -226,6 +227,18 @@ class ExportConfig:
     tta: bool = False  # average the model's TTA views (flips/rotations) inside the graph
     tflite: bool = False  # also write model.tflite
     output: str | None = None  # folder; None: runs/<name>/export/<model_id>[-tta]/
+
+
+@dataclass
+class PlanConfig:
+    """How stage=plan writes the units left: lines, a Slurm array or a Kubernetes Job."""
+
+    # lines: `only.model=... only.fold=...` per unit on stdout; slurm: an sbatch array
+    # script; kubernetes: an indexed Job manifest (one completion index per unit)
+    format: str = "lines"
+    output: str | None = None  # file for the script or manifest; None: stdout
+    image: str = "python:3.11"  # kubernetes: the container image with comp installed
+    workdir: str | None = None  # the shared folder the jobs run in; None: the current one
 
 
 @dataclass
@@ -281,6 +294,7 @@ class Config:
     predict: PredictConfig = field(default_factory=PredictConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     only: OnlyConfig = field(default_factory=OnlyConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     # per-backbone settings: {backbone: {model: {...}, train: {...}, augment: {...}}};

@@ -312,6 +312,7 @@ CONSTRAINTS: dict[str, Constraint] = {
     "time_limit": Optional(Int(1)),
     "predict.output": NotAFolder(),
     "only.fold": Optional(Int(0)),
+    "plan.format": Options("lines", "slurm", "kubernetes"),
     "submit.metric": Options(*METRICS),
     "compute.precision": Options("float32", "mixed_float16", "mixed_bfloat16"),
     "compute.jit_compile": Options("auto", True, False),
