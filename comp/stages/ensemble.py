@@ -90,8 +90,9 @@ def _method(cfg: DictConfig, prepared, name: str, members_key: str):
         return method
     # its own studies in the tuning storage: one per outer fold and one on all rows
     from comp.tuning.search import storage_url
+    from comp.tuning.studies import optuna_storage
 
-    storage = storage_url(cfg, prepared)
+    storage = optuna_storage(storage_url(cfg, prepared))
 
     def fit(members, y, seed):
         rows = fingerprint([members.shape, y.tolist(), float(members.sum())])
