@@ -20,7 +20,18 @@ def _error(capsys) -> str:
     return err[-1]
 
 
-def test_time_limit_holds_for_stage_train_alone(tmp_path, competition, comp_caplog):
+@pytest.fixture
+def limit_spent_at_start(monkeypatch):
+    """The stage's clock starts 5 s before the stage, so a 1 s time_limit is spent before
+    the first unit whatever the machine's speed."""
+    import comp.log
+
+    monkeypatch.setattr("comp.run.stage_started",
+                        lambda when: comp.log.stage_started(None if when is None else when - 5))
+
+
+def test_time_limit_holds_for_stage_train_alone(tmp_path, competition, comp_caplog,
+                                               limit_spent_at_start):
     overrides = tiny_overrides(tmp_path, competition, backbones="[small_cnn,small_cnn-b]",
                                time_limit="1", quiet="false")
     variant = "+backbone_overrides.small_cnn-b.model.dropout=0.1"
@@ -32,7 +43,8 @@ def test_time_limit_holds_for_stage_train_alone(tmp_path, competition, comp_capl
     assert any("small_cnn-b-" in m for m in reached)  # the second model too
 
 
-def test_time_limit_stopping_everything_says_so(tmp_path, competition, capsys):
+def test_time_limit_stopping_everything_says_so(tmp_path, competition, capsys,
+                                                limit_spent_at_start):
     assert main(["stage=all", *tiny_overrides(tmp_path, competition, time_limit="1")]) == 2
     line = _error(capsys)
     assert "time_limit=1 s was spent before any model finished" in line
