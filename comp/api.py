@@ -26,6 +26,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from comp.errors import CompError
 
 IMAGE_TYPES = ("an image file or folder (str or Path), a list of image files, a numpy array "
@@ -33,20 +35,40 @@ IMAGE_TYPES = ("an image file or folder (str or Path), a list of image files, a 
                "of them)")
 
 
-def _value(value) -> str:
-    """A Python value as a Hydra override value."""
+def override_value(value) -> str:
+    """A Python value as the Hydra override value that parses back to that value
+    (NumPy scalars as the Python numbers they hold; text quoted unless plainly ASCII)."""
+    if isinstance(value, np.generic | np.ndarray):
+        value = value.tolist()
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
-        return repr(value)
+        return repr(float(value)) if isinstance(value, float) else str(int(value))
     if isinstance(value, list | tuple):
         return "[" + ",".join(_value(v) for v in value) + "]"
     text = str(value)
-    if re.fullmatch(r"[\w./\\:~+@-]*", text):
+    if re.fullmatch(r"[\w./\\:~+@-]*", text, flags=re.ASCII):
         return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    from comp.config import hydra_quote
+
+    return hydra_quote(text)
+
+
+_value = override_value
+
+
+def _refuse_two_folders(data: Path | None, settings: dict, overrides: Iterable[str]) -> None:
+    """`Competition(folder_a, **{"data.dir": folder_b})` names two folders: refused, since
+    one would be prepared while the object reported (and was named after) the other."""
+    given = [settings["data.dir"]] if "data.dir" in settings else []
+    given += [o.split("=", 1)[1].strip("'\"") for o in overrides
+              if o.lstrip("+~").startswith("data.dir=")]
+    others = {str(Path(g).expanduser().resolve()) for g in given} - {str(data)}
+    if data is not None and others:
+        raise CompError(f"Competition({str(data)!r}): data.dir={sorted(others)[0]!r} names "
+                        "another folder; give the folder once")
 
 
 def flat_settings(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -123,6 +145,7 @@ class Competition:
                  overrides: Iterable[str] = (), **settings):
         # `folder`, not `data`: data={"folds": 3} is a setting, like train={...}
         self.data = None if folder is None else Path(folder).expanduser().resolve()
+        _refuse_two_folders(self.data, flat_settings(settings), overrides)
         base: list[str] = []
         if self.data is not None:
             if not self.data.is_dir():
@@ -160,12 +183,11 @@ class Competition:
 
     def leaderboard(self):
         """This experiment's models and ensembles ranked by CV (a pandas DataFrame)."""
-        import pandas as pd
-
+        from comp.submission import read_leaderboard
         from comp.workspace import leaderboard_path
 
         path = leaderboard_path(self.config.submissions_dir, self.name)
-        board = pd.read_csv(path) if path.exists() else pd.DataFrame()
+        board = read_leaderboard(path)
         if board.empty:
             raise CompError(f"{path}: nothing from experiment {self.name!r} yet; call fit() "
                             "(or fit('submit')) first")

@@ -10,6 +10,7 @@ POSIX file systems).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -40,6 +41,12 @@ def atomic_path(target: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
             os.fsync(handle.fileno())
         os.chmod(tmp_path, new_file_mode())
         os.replace(tmp_path, target)
+    except OSError as exc:
+        if not disk_full(exc):
+            raise
+        # one kind of error, whichever library's write failed (h5py, pandas, joblib, numpy)
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} on the disk holding "
+                      f"{target.parent}", str(target)) from exc
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -50,6 +57,15 @@ def new_file_mode() -> int:
     mask = os.umask(0o022)  # reading the umask means setting it; restored at once
     os.umask(mask)
     return 0o666 & ~mask
+def disk_full(exc: OSError) -> bool:
+    """Whether `exc` reports a full disk or quota, also when a library put errno 28 only in
+    its arguments or message (OSError(28), h5py's "errno = 28")."""
+    codes = {errno.ENOSPC, errno.EDQUOT}
+    if exc.errno in codes or (exc.args and exc.args[0] in tuple(codes)):
+        return True
+    text = str(exc)
+    return "No space left on device" in text or any(
+        f"errno = {code}," in text or f"errno = {code} " in text for code in codes)
 
 
 def write_text(target: str | Path, text: str) -> None:

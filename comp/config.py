@@ -214,7 +214,8 @@ class TuneConfig:
     # finished trials each study should have; a rerun continues. 0 by default: on the
     # benchmarks fine-tune tuning did not beat the defaults (bench/README.md, levers.py)
     n_trials: int = 0  # finished trials each study should have; a rerun continues
-    # Optuna storage URL, or env:VAR to read it from an environment variable (keeps a
+    # Optuna storage URL, journal:<file> (JournalStorage in one file on a shared file
+    # system, no server), or env:VAR to read it from an environment variable (keeps a
     # password off the command line); None: sqlite:///runs/<name>/optuna.db
     storage: str | None = None  # Optuna storage URL or env:VAR; None: runs/<name>/optuna.db
     epochs: int = 20  # epochs per trial fit
@@ -263,6 +264,18 @@ class ExportConfig:
     tta: bool = True
     tflite: bool = False  # also write model.tflite
     output: str | None = None  # folder; None: runs/<name>/export/<model_id>[-notta]/
+
+
+@dataclass
+class PlanConfig:
+    """How stage=plan writes the units left: lines, a Slurm array or a Kubernetes Job."""
+
+    # lines: `only.model=... only.fold=...` per unit on stdout; slurm: an sbatch array
+    # script; kubernetes: an indexed Job manifest (one completion index per unit)
+    format: str = "lines"
+    output: str | None = None  # file for the script or manifest; None: stdout
+    image: str = "python:3.11"  # kubernetes: the container image with comp installed
+    workdir: str | None = None  # the shared folder the jobs run in; None: the current one
 
 
 @dataclass
@@ -322,6 +335,7 @@ class Config:
     predict: PredictConfig = field(default_factory=PredictConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     only: OnlyConfig = field(default_factory=OnlyConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     # per-backbone settings: {backbone: {model: {...}, train: {...}, augment: {...}}};
@@ -380,12 +394,29 @@ def _register() -> None:
     OmegaConf.register_new_resolver("comp_demo", lambda: str(DEMO_DIR), replace=True)
 
 
+def hydra_quote(text: str) -> str:
+    """`text` as a quoted Hydra override value that parses back to exactly `text`
+    (backslashes are escaped only before a quote or at the end, as Hydra's grammar wants)."""
+    escaped = re.sub(r"(\\+)(?='|$)", r"\1\1", text).replace("'", "\\'")
+    return f"'{escaped}'"
+
+
+def _quote_non_ascii(override: str) -> str:
+    """`name=expé` as `name='expé'`: Hydra's lexer takes non-ASCII text only when quoted;
+    lists, dicts, interpolations and values already quoted are left as written."""
+    key, sep, value = override.partition("=")
+    if not sep or value.isascii() or value[:1] in "'\"[{" or "${" in value:
+        return override
+    return f"{key}={hydra_quote(value)}"
+
+
 def load_config(overrides: list[str], config_dir=CONFIG_DIR) -> DictConfig:
     """Compose the config from `configs/` and `key=value` overrides; raise CompError."""
     _register()
     # `backbones=auto` is the list [auto] (the key is a list)
     overrides = [f"{o}".replace("backbones=auto", "backbones=[auto]", 1)
                  if f"{o}".lstrip("+~") == "backbones=auto" else o for o in overrides]
+    overrides = [_quote_non_ascii(o) for o in overrides]
     try:
         with config_dir_path(config_dir) as folder, initialize_config_dir(
                 config_dir=str(folder), version_base="1.3"):

@@ -5,6 +5,8 @@ allowed (`fold:*`). Units that comp names:
 
 - `fold:<k>`   right after a training fold's metrics.json is written (the fold is done, the
                model's prediction set may not be);
+- `ensemble:<method>` after an ensemble's state.joblib is written, before its prediction
+               files and cv.json;
 - `trial:<n>`  at the start of Optuna trial number n of a study (a RUNNING trial is left
                behind, as when a tuning worker is killed).
 

@@ -84,11 +84,12 @@ def fit_weights(members: np.ndarray, y: np.ndarray, seed: int = 0) -> np.ndarray
 
 
 def optuna_weights(members: np.ndarray, y: np.ndarray, seed: int = 0,
-                   n_trials: int = 150, storage: str | None = None,
+                   n_trials: int = 150, storage=None,
                    study_name: str | None = None) -> np.ndarray:
     """Simplex weights found by an Optuna TPE study minimising log loss.
 
-    With `storage` and `study_name` the study is kept (and continued) there.
+    With `storage` (a URL or an Optuna storage, see tuning.studies.optuna_storage) and
+    `study_name` the study is kept (and continued) there.
     """
     import optuna
 

@@ -36,7 +36,7 @@ from comp.workspace import RunDir, run_dir
 def export_model(cfg: DictConfig) -> Path:
     """Export `export.using` (default: the entry stage=submit ranks first, or the best
     fine-tuned model where that is an ensemble or a classic head); the folder."""
-    run = run_dir(cfg.runs_dir, cfg.name)
+    run = run_dir(cfg.runs_dir, cfg.name, writable=not cfg.export.output)
     model_id, note = (cfg.export.using, None) if cfg.export.using else export_choice(
         run, cfg.submit.metric)
     if note:

@@ -53,6 +53,10 @@ def predict_paths(cfg: DictConfig, run: RunDir, using: str, paths: list[Path]
     folder = prediction_folder(run, using)
     info = read_json(folder / "cv.json")
     classes = info["classes"]
+    if not info.get("labels", True):
+        raise CompError(f"predict.using={using}: its scores are rank averages, not "
+                        "probabilities (AUC only, never a submission); use another ensemble "
+                        "method or a model")
     if info["kind"] != "ensemble":
         return predict_model(cfg, run, using, paths, len(classes)), classes
     members = np.stack([predict_model(cfg, run, m, paths, len(classes))

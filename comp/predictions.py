@@ -90,12 +90,23 @@ def cv_scores(oof: pd.DataFrame, classes: list[str]) -> dict:
 
 def write_prediction_set(folder: Path, oof: pd.DataFrame, test: pd.DataFrame,
                          classes: list[str], info: dict) -> dict:
-    """Write oof.csv and test.csv, then cv.json last (its presence marks the set done)."""
+    """Write oof.csv and test.csv, then cv.json last (its presence marks the set done).
+
+    Call mark_unfinished first when the set's other files (an ensemble's state) are
+    rewritten before this."""
+    mark_unfinished(folder)
     write_csv(folder / "oof.csv", oof)
     write_csv(folder / "test.csv", test)
     result = {**cv_scores(oof, classes), "classes": classes, **info}
     write_json(folder / "cv.json", result)
     return result
+
+
+def mark_unfinished(folder: Path) -> None:
+    """Remove the set's cv.json before any of its files is rewritten, so that a kill in
+    between leaves a set that no stage takes as done (never an old cv.json beside new
+    files)."""
+    (folder / "cv.json").unlink(missing_ok=True)
 
 
 def read_prediction_set(folder: Path) -> PredictionSet:

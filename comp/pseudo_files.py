@@ -17,6 +17,7 @@ from comp.artifacts import read_json, write_csv, write_json
 from comp.data.prepared import Prepared
 from comp.errors import CompError
 from comp.log import get_logger
+from comp.predictions import read_table
 from comp.pseudo import pseudo_table, select_by_quota, select_pseudo_labels
 from comp.rounds import specs_for_round
 from comp.training.trainer import fold_done, split_keys
@@ -93,8 +94,8 @@ def _vote(run, voter_ids, fold, splits, classes):
     columns = [f"p_{c}" for c in classes]
     ids, names, total = [], [], None
     for model_id in voter_ids:
-        frames = [pd.read_csv(run.fold_dir(model_id, fold) / f"{s}.csv", dtype={"id": str})
-                  .assign(split=s) for s in splits]
+        frames = [read_table(run.fold_dir(model_id, fold) / f"{s}.csv").assign(split=s)
+                  for s in splits]
         frame = pd.concat(frames, ignore_index=True)
         probs = frame[columns].to_numpy()
         total = probs if total is None else total + probs
@@ -105,7 +106,7 @@ def _vote(run, voter_ids, fold, splits, classes):
 def _truth(path: str | None) -> dict | None:
     if not path:
         return None
-    frame = pd.read_csv(path, dtype=str)
+    frame = read_table(path)
     return dict(zip(frame["id"], frame["label"], strict=True))
 
 

@@ -107,8 +107,11 @@ def optuna_plots(storage_url: str, out: Path) -> list[str]:
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     pngs = []
-    for summary in optuna.get_all_study_summaries(storage_url):
-        study = optuna.load_study(study_name=summary.study_name, storage=storage_url)
+    from comp.tuning.studies import optuna_storage
+
+    storage = optuna_storage(storage_url)
+    for summary in optuna.get_all_study_summaries(storage):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if not complete:
             continue

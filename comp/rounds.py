@@ -17,6 +17,7 @@ from comp.data.prepared import Prepared
 from comp.errors import CompError
 from comp.log import Deadline, progress
 from comp.models.spec import ModelSpec, make_classic_spec, make_spec, native_side
+from comp.predictions import read_table
 from comp.training.trainer import PseudoRows, train_spec
 
 
@@ -53,7 +54,7 @@ def pseudo_loader(prepared: Prepared, round_: int, weight: float):
     frames = {"test": prepared.competition.test, "unlabeled": prepared.competition.unlabeled}
 
     def load(fold: int, featured) -> PseudoRows:
-        table = pd.read_csv(prepared.run.pseudo_csv(round_, fold), dtype={"id": str})
+        table = read_table(prepared.run.pseudo_csv(round_, fold))
         parts = []
         for split, rows in table.groupby("split", sort=False):
             position = {i: n for n, i in enumerate(frames[split]["id"])}
@@ -89,11 +90,12 @@ def train_round(cfg: DictConfig, prepared: Prepared, round_: int,
                             f"0..{prepared.n_units - 1}{units}")
         folds = [cfg.only.fold]
     loader = None if round_ == 0 else pseudo_loader(prepared, round_, cfg.pseudo.weight)
+    deadline = deadline or Deadline.start(cfg.time_limit)  # one for all models
     results = []
     for spec in progress(specs, desc=f"models round {round_}", disable=len(specs) < 2 or None):
         result = train_spec(spec, prepared, cfg.data.max_image_pixels, {"round": round_},
                             loader, folds, tensorboard=cfg.tensorboard,
-                            deadline=deadline or Deadline.start(cfg.time_limit))
+                            deadline=deadline)
         if result is not None:
             results.append(result)
     return results

@@ -16,12 +16,15 @@ import time
 from pathlib import Path
 
 from comp.errors import CompError
-from comp.log import get_logger, log_over_bars, quiet_tensorflow, set_progress
+from comp.log import get_logger, log_over_bars, quiet_tensorflow, set_progress, stage_started
 from comp.stages import STAGES
 
 _WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM}
 # stages that build Keras models: TensorFlow is imported (quietly) just before they run
 TF_STAGES = {"train", "plan", "pseudo", "tune", "predict", "export", "all"}
+# stages that read the competition folder (predict and export use the run directory only)
+DATA_STAGES = {"all", "ensemble", "plan", "prepare", "pseudo", "report", "submit", "train",
+               "tune"}
 # stages that read `backbones`: `auto` is resolved before they run
 CHOOSING_STAGES = {"train", "plan", "pseudo", "tune", "all"}
 
@@ -104,7 +107,7 @@ def run_stage(overrides: list[str]):
     The one code path of the CLI and the Python API. Raises CompError for bad input,
     a busy run directory or a run directory that cannot be written.
     """
-    from comp.config import load_config
+    from comp.config import load_config, masked_yaml
 
     log = get_logger()
     cfg = load_config(list(overrides))
@@ -116,24 +119,42 @@ def run_stage(overrides: list[str]):
     set_progress(cfg.progress)
     log.setLevel("WARNING" if cfg.quiet else "INFO")
     started = time.time()
+    from comp.artifacts import disk_full
+    from comp.workspace import config_record, reader_lock, run_dir, run_lock, run_root
+
+    root = run_root(cfg.runs_dir, cfg.name)
+    created = not root.exists()
+    reads_only = _reads_only(cfg)
+    check_output_paths(cfg, reads_only)
+    if cfg.stage in DATA_STAGES and not Path(cfg.data.dir).is_dir():
+        raise CompError(f"{cfg.data.dir}: competition folder not found; set data.dir=<folder>")
     try:
+        stage_started(started)  # time_limit counts from here
         if cfg.stage in TF_STAGES:
             quiet_tensorflow()
-        if cfg.stage in CHOOSING_STAGES:
-            _choose_backbones(cfg)
-        _save_config(cfg)
         module = importlib.import_module(STAGES[cfg.stage][0])
-        from comp.workspace import run_dir, run_lock
-
-        with run_lock(run_dir(cfg.runs_dir, cfg.name), cfg.stage,
-                      shared=_is_worker(cfg)), log_over_bars():
-            result = module.run(cfg)
+        if reads_only:  # nothing is written into the run directory: it may be read-only
+            with reader_lock(run_dir(cfg.runs_dir, cfg.name, writable=False)), \
+                    log_over_bars():
+                result = module.run(cfg)
+        else:
+            run = run_dir(cfg.runs_dir, cfg.name)
+            shared = _is_worker(cfg)
+            with run_lock(run, cfg.stage, shared=shared):
+                if cfg.stage in CHOOSING_STAGES:
+                    _choose_backbones(cfg)  # before the record: it records the choice
+                # a password in tune.storage never reaches the run directory
+                with config_record(run, cfg.stage, masked_yaml(cfg), created,
+                                   exclusive=not shared), log_over_bars():
+                    result = module.run(cfg)
     except OSError as exc:
-        if exc.errno not in _WRITE_ERRORS:
+        if exc.errno not in _WRITE_ERRORS and not disk_full(exc):
             raise
         where = exc.filename or "the run directory"
         raise CompError(f"{where}: cannot write ({exc.strerror}); free space or fix "
                         "permissions and rerun: finished work is kept") from None
+    finally:
+        stage_started(None)
     log.info("stage=%s done in %.1f s", cfg.stage, time.time() - started)
     headline = getattr(module, "headline", None)  # a stage's figure to end on, if it has one
     text = headline(cfg) if headline else None
@@ -186,6 +207,25 @@ def _check_arguments(argv: list[str]) -> None:
             hint = f"did you mean stage={stage}?" if stage else "settings are key=value"
             raise CompError(f"{arg!r} is not a key=value setting: {hint} "
                             "(comp --help lists the stages and keys)")
+def _reads_only(cfg) -> bool:
+    """predict and export with their output set elsewhere only read the run directory."""
+    return (cfg.stage == "predict" and bool(cfg.predict.output)) or (
+        cfg.stage == "export" and bool(cfg.export.output))
+
+
+def check_output_paths(cfg, reads_only: bool) -> None:
+    """Every folder or file the stage will write can be written (one CompError line)."""
+    from comp.workspace import check_file_target, check_folder_target, run_root
+
+    if not reads_only:
+        check_folder_target(cfg.runs_dir, "runs_dir")
+        check_folder_target(run_root(cfg.runs_dir, cfg.name), "runs_dir")
+    if cfg.stage in ("submit", "all"):
+        check_folder_target(cfg.submissions_dir, "submissions_dir")
+    if cfg.stage == "predict" and cfg.predict.output:
+        check_file_target(cfg.predict.output, "predict.output")
+    if cfg.stage == "export" and cfg.export.output:
+        check_folder_target(cfg.export.output, "export.output")
 
 
 def _is_worker(cfg) -> bool:
@@ -203,17 +243,6 @@ def _choose_backbones(cfg) -> None:
         return
     choice = resolve_auto(cfg, load_competition(cfg).train["path"].tolist())
     get_logger().info("%s", choice.line())
-
-
-def _save_config(cfg) -> None:
-    from comp.artifacts import write_text
-    from comp.config import masked_yaml
-    from comp.workspace import run_dir
-
-    run = run_dir(cfg.runs_dir, cfg.name)
-    text = masked_yaml(cfg)  # a password in tune.storage never reaches the run directory
-    write_text(run.root / "config.yaml", text)
-    write_text(Path(run.root) / "configs" / f"{cfg.stage}.yaml", text)
 
 
 if __name__ == "__main__":

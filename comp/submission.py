@@ -11,7 +11,7 @@ from comp.artifacts import write_csv
 from comp.data.folder import Competition
 from comp.errors import CompError
 from comp.metrics import HIGHER_IS_BETTER
-from comp.predictions import PredictionSet
+from comp.predictions import PredictionSet, read_table
 
 LEADERBOARD_METRICS = ["accuracy", "macro_f1", "balanced_accuracy", "auc", "log_loss"]
 
@@ -74,10 +74,11 @@ def write_submission(folder: Path, experiment: str, competition: Competition,
     info, cv = predictions.info, predictions.info["cv"]
     name = predictions.name
     path = folder / submission_name(name, metric, cv[metric])
-    for stale in folder.glob(f"{name}__cv-*.csv"):  # the same entry scored by another metric
-        if stale != path:
+    write_csv(path, submission_frame(competition, predictions))  # before the old one goes
+    prefix = f"{name}__cv-"  # a name is text, never a glob pattern
+    for stale in folder.iterdir():
+        if stale.name.startswith(prefix) and stale.name.endswith(".csv") and stale != path:
             stale.unlink()
-    write_csv(path, submission_frame(competition, predictions))
     return {
         "experiment": experiment, "kind": info.get("kind", "single"), "name": name,
         "settings": settings,
@@ -142,3 +143,16 @@ def write_leaderboard(path: Path, rows: list[dict], metric: str) -> pd.DataFrame
     board.insert(0, "rank", range(1, len(board) + 1))
     write_csv(path, board.reset_index(drop=True))
     return board.reset_index(drop=True)
+
+
+def read_leaderboard(path: Path) -> pd.DataFrame:
+    """leaderboard.csv, only the rows whose submission file exists beside it (ranks as
+    written; empty when there is none)."""
+    if not path.exists():
+        return pd.DataFrame()
+    board = read_table(path)
+    if board.empty:
+        return board
+    return board[[(path.parent / str(f)).is_file() for f in board["file"]]].reset_index(
+        drop=True)
+

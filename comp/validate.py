@@ -16,6 +16,7 @@ raises one `CompError` line such as `config: train.lr=-1: must be > 0`.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,15 +159,18 @@ class ExistingFile(Constraint):
 
 @dataclass(frozen=True)
 class NotAFolder(Constraint):
-    """None, or a path that is not an existing folder (a file to write)."""
+    """None, a path that is not an existing folder (a file to write), or a folder written
+    with a trailing slash (a file is written into it)."""
 
     def check(self, value: Any) -> str | None:
-        if value is not None and Path(str(value)).is_dir():
-            return "is an existing folder; give a file path such as out.csv"
+        text = str(value)
+        if value is not None and Path(text).is_dir() and not text.endswith(("/", os.sep)):
+            return ("is an existing folder; give a file path such as out.csv, or the folder "
+                    "with a trailing / to write <input>__<using>.csv into it")
         return None
 
     def describe(self) -> str:
-        return "None or a file path (not a folder)"
+        return "None, a file path, or a folder ending in /"
 
 
 @dataclass(frozen=True)
@@ -317,6 +321,7 @@ CONSTRAINTS: dict[str, Constraint] = {
     "time_limit": Optional(Int(1)),
     "predict.output": NotAFolder(),
     "only.fold": Optional(Int(0)),
+    "plan.format": Options("lines", "slurm", "kubernetes"),
     "submit.metric": Options(*SUBMIT_METRICS),
     "compute.precision": Options("float32", "mixed_float16", "mixed_bfloat16"),
     "compute.jit_compile": Options("auto", True, False),

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import portalocker
 
+from comp.artifacts import write_text
 from comp.errors import CompError
 
 # portalocker: flock on POSIX, LockFileEx on Windows; shared and exclusive modes
@@ -104,11 +107,22 @@ def leaderboard_path(submissions_dir: str | Path, name: str) -> Path:
     return submissions_folder(submissions_dir, name) / "leaderboard.csv"
 
 
-def run_dir(runs_dir: str, name: str) -> RunDir:
-    """The run directory of experiment `name`, created and checked writable."""
-    if not name or "/" in name or "\\" in name or name in {".", ".."}:
+def run_root(runs_dir: str, name: str) -> Path:
+    """runs_dir/name, the name checked to be one folder name; nothing is created."""
+    if not name or "/" in name or "\\" in name or name in {".", ".."} or "\0" in name:
         raise CompError(f"config: name={name!r} must be a plain folder name")
-    root = Path(runs_dir) / name
+    return Path(runs_dir) / name
+
+
+def run_dir(runs_dir: str, name: str, writable: bool = True) -> RunDir:
+    """The run directory of experiment `name`, created and checked writable; with
+    `writable=False` (stages that only read it) it must exist and may be read-only."""
+    root = run_root(runs_dir, name)
+    if not writable:
+        if not root.is_dir():
+            raise CompError(f"{root}: no such run directory; train first (stage=train) or set "
+                            "runs_dir= and name= to a finished run")
+        return RunDir(root)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -117,6 +131,110 @@ def run_dir(runs_dir: str, name: str) -> RunDir:
     if not os.access(root, os.W_OK):
         raise CompError(f"{root}: run directory is not writable; set runs_dir=<writable folder>")
     return RunDir(root)
+
+
+def check_folder_target(path: str | Path, key: str) -> None:
+    """`path`, set by config key `key`, can be (or become) a folder that comp writes into:
+    it is not a file, no part of it is a file, and its nearest existing folder is writable."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        where = "is a file" if existing == path else f"goes through the file {existing}"
+        raise CompError(f"{key}={path}: {where}, not a folder; set {key}=<folder>")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CompError(f"{key}={path}: {existing} is not writable; set {key}=<writable folder>")
+
+
+def is_folder_target(path: str | Path) -> bool:
+    """An output file path given as a folder, with a trailing slash (`predictions/`)."""
+    return str(path).endswith(("/", os.sep))
+
+
+def check_file_target(path: str | Path, key: str) -> None:
+    """`path`, set by `key`, can be written as a file (or is a folder, see is_folder_target)."""
+    if is_folder_target(path):
+        check_folder_target(path, key)
+        return
+    check_folder_target(Path(path).parent, key)
+    if not os.access(path, os.W_OK) and Path(path).exists():
+        raise CompError(f"{key}={path}: the file is not writable; set {key}=<writable path>")
+
+
+@contextmanager
+def config_record(run: RunDir, stage: str, text: str, created: bool, exclusive: bool):
+    """Write the run's config record (config.yaml, configs/<stage>.yaml) once, for the
+    stage about to run; if the stage then fails with a CompError before writing anything
+    else, undo it: the previous record comes back, and a run directory this call created
+    is removed, so a failed run leaves the record saying what was really run."""
+    paths = [run.root / "config.yaml", run.root / "configs" / f"{stage}.yaml"]
+    before = {path: path.read_text() if path.exists() else None for path in paths}
+    started = time.time()
+    for path in paths:
+        write_text(path, text)
+    try:
+        yield
+    except CompError:
+        if exclusive and not _written_since(run.root, started, set(paths)):
+            if created:
+                shutil.rmtree(run.root, ignore_errors=True)
+            else:
+                for path, old in before.items():
+                    if old is None:
+                        path.unlink(missing_ok=True)
+                    else:
+                        write_text(path, old)
+                _remove_empty_folders(run.root, started)
+        raise
+
+
+def _written_since(root: Path, started: float, ignored: set[Path]) -> bool:
+    """Whether any file under `root` (lock files and `ignored` aside) changed since
+    `started`."""
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = Path(folder) / name
+            if path in ignored or name.endswith(".lock"):
+                continue
+            try:
+                if path.stat().st_mtime >= started:
+                    return True
+            except FileNotFoundError:
+                continue
+    return False
+
+
+def _remove_empty_folders(root: Path, started: float) -> None:
+    """Remove the empty folders under `root` made since `started` (deepest first)."""
+    for folder, subfolders, names in os.walk(root, topdown=False):
+        path = Path(folder)
+        if path == root or names or any((path / s).exists() for s in subfolders):
+            continue
+        if path.stat().st_mtime >= started:
+            path.rmdir()
+
+
+@contextmanager
+def reader_lock(run: RunDir):
+    """For stages that only read the run directory: a shared lock on its .lock when that
+    can be opened (so no exclusive stage rewrites what is read), none on a read-only copy
+    without one."""
+    try:
+        handle = open(run.root / ".lock")
+    except OSError:
+        yield
+        return
+    with handle:
+        try:
+            portalocker.lock(handle, _SHARED)
+        except portalocker.AlreadyLocked:
+            raise CompError(f"{run.root}: already in use by another stage; wait for it to "
+                            "finish") from None
+        try:
+            yield
+        finally:
+            portalocker.unlock(handle)
 
 
 @contextmanager

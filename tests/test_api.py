@@ -10,7 +10,7 @@ import pytest
 from comp import Competition
 from comp.api import _value
 from comp.errors import CompError
-from tests.conftest import CLASSES
+from tests.conftest import CLASSES, make_competition
 
 P_COLS = [f"p_{c}" for c in CLASSES]
 
@@ -204,3 +204,23 @@ def test_from_frame_fits_and_predicts(tmp_path, competition):
     assert len(board) == 1 and board.loc[0, "experiment"] == comp.name
     scores = comp.evaluate(train)  # the training frame's own columns (from_frame's names)
     assert 0 <= scores["accuracy"] <= 1 and scores["n"] == len(train)
+def test_numpy_and_unicode_values_reach_the_config_as_values(tmp_path):
+    import numpy as np
+
+    comp = Competition(runs_dir=tmp_path / "runs", name="expé 'x'",
+                       **{"train.lr": np.float64(0.0125), "train.epochs": np.int64(4),
+                          "augment.tta": "flips", "train.label_smoothing": np.float32(0.5)})
+    assert comp.name == "expé 'x'" and comp.config.train.lr == 0.0125
+    assert comp.config.train.epochs == 4 and comp.config.train.label_smoothing == 0.5
+    for text in ["C:\\data\\", "a\\'b", "v[1]", "実験", "a b,c"]:
+        assert Competition(runs_dir=tmp_path / "runs", name=text).name == text
+
+
+def test_a_folder_given_twice_with_two_values_is_refused(tmp_path, competition):
+    other = make_competition(tmp_path / "other")
+    with pytest.raises(CompError, match="give the folder once"):
+        Competition(competition, **{"data.dir": str(other)})
+    with pytest.raises(CompError, match="give the folder once"):
+        Competition(competition, overrides=[f"data.dir={other}"])
+    same = Competition(competition, **{"data.dir": str(competition)})
+    assert Path(same.config.data.dir) == competition.resolve() and same.name == "comp"

@@ -95,7 +95,7 @@ CASES = {
     "missing weight file": (lambda r: None, ["stage=train", "backbones=[mobilenet_025]",
                                              "weights=/nowhere/w.h5"], "file not found"),
     "run directory not creatable": (lambda r: (r.parent / "afile").write_text("x"),
-                                    ["runs_dir=AFILE"], "cannot create the run directory"),
+                                    ["runs_dir=AFILE"], "afile: is a file, not a folder"),
     "pseudo split unknown": (lambda r: None, ["stage=pseudo", "pseudo.splits=[bogus]"],
                              "pseudo.splits"),
     "tuning an unknown backbone": (lambda r: None, ["stage=tune", "tune.backbones=[vgg16]"],

@@ -88,3 +88,32 @@ def test_training_a_round_without_its_files_is_a_clear_error(tmp_path, competiti
     assert run_comp("stage=train", "pseudo.round=2", *tiny_overrides(tmp_path, competition)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "run stage=pseudo pseudo.round=2 first" in err[0], err
+
+
+@pytest.mark.slow
+def test_ids_that_read_as_missing_stay_ids_through_a_pseudo_label_round(tmp_path, competition):
+    """Image files named NA, None and nan (Pillow opens them without an extension) in test/
+    and unlabeled/: pseudo-label files, votes, truth and the submission keep them as ids."""
+    renames = {"test": {"test_000.png": "NA", "test_001.png": "nan"},
+               "unlabeled": {"unlabeled_000.png": "None", "unlabeled_001.png": "NA"}}
+    for split, names in renames.items():
+        for old, new in names.items():
+            (competition / split / old).rename(competition / split / new)
+    ids = sorted(p.name for p in (competition / "test").iterdir())
+    pd.DataFrame({"id": ids, "label": "alpha"}).to_csv(competition / "sample_submission.csv",
+                                                       index=False)
+    truth = tmp_path / "truth.csv"
+    unlabeled = sorted(p.name for p in (competition / "unlabeled").iterdir())
+    pd.DataFrame({"id": unlabeled, "label": "beta"}).to_csv(truth, index=False)
+    assert run_comp("stage=all", *tiny_overrides(
+        tmp_path, competition, **{"pseudo.rounds": "1", "pseudo.splits": "[unlabeled,test]",
+                                  "pseudo.fraction": "1.0", "pseudo.min_confidence": "0.0",
+                                  "pseudo.truth": str(truth)})) == 0
+    pseudo = pd.read_csv(tmp_path / "runs" / "tiny" / "pseudo" / "round1" / "fold0.csv",
+                         dtype=str, keep_default_na=False)
+    assert len(pseudo) and set(pseudo["id"]) <= set(unlabeled) | set(ids)
+    board = leaderboard(tmp_path)
+    assert (board["round"] == 1).any()
+    submission = pd.read_csv(tmp_path / "submissions" / board.loc[0, "file"], dtype=str,
+                             keep_default_na=False)
+    assert submission["id"].tolist() == ids and {"NA", "nan"} <= set(ids)

@@ -97,3 +97,65 @@ def test_sqlite_works_for_several_local_workers(tmp_path, competition):
         _assert_exact(study, 4)
         tuned = yaml.safe_load((run_path(tmp_path) / "tuned/small_cnn.yaml").read_text())
         assert tuned["folds"][str(fold)]["best"] == study.best_trial.params
+
+
+def _journal(tmp_path, name: str = "journal.log") -> tuple[str, object]:
+    from comp.tuning.studies import optuna_storage
+
+    path = tmp_path / "shared" / name
+    path.parent.mkdir(exist_ok=True)
+    return f"journal:{path}", optuna_storage(f"journal:{path}")
+
+
+def _study(storage, prefix: str, fold: int) -> optuna.Study:
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)
+             if s.study_name.startswith(prefix + "-") and s.study_name.endswith(f"-fold{fold}")]
+    assert len(names) == 1, names
+    return optuna.load_study(study_name=names[0], storage=storage)
+
+
+def test_three_workers_share_one_journal_study_as_one_process_would(tmp_path, competition):
+    """tune.storage=journal:<file>: three workers end with exactly n_trials per study, as
+    one process does; one process on a journal file gives SQLite's trials exactly."""
+    url, storage = _journal(tmp_path)
+    shared = tiny_overrides(tmp_path, competition, **TUNE_FAST, **{
+        "tune.storage": url, "tune.n_trials": "4", "name": "shared"})
+    _workers(shared, 3)
+    alone_url, alone_storage = _journal(tmp_path, "alone.log")
+    _workers(tiny_overrides(tmp_path, competition, **TUNE_FAST, **{
+        "tune.storage": alone_url, "tune.n_trials": "4", "name": "alone"}), 1)
+    _workers(tiny_overrides(tmp_path, competition, **TUNE_FAST, **{
+        "tune.n_trials": "4", "name": "alone"}), 1)  # the same study in SQLite
+    workers = set()
+    for fold in (0, 1):
+        study = _study(storage, "shared-small_cnn", fold)
+        _assert_exact(study, 4)
+        assert [t.number for t in study.trials] == [0, 1, 2, 3]
+        workers |= {t.user_attrs["worker"] for t in study.trials}
+        alone = _study(alone_storage, "alone-small_cnn", fold)
+        _assert_exact(alone, 4)
+        assert alone.trials[0].params == study.trials[0].params  # the default trial
+        sqlite = load_study(optuna_url(tmp_path, "alone"), f"alone-small_cnn-fold{fold}")
+        assert [t.params for t in alone.trials] == [t.params for t in sqlite.trials]
+        assert [t.value for t in alone.trials] == pytest.approx(
+            [t.value for t in sqlite.trials], abs=1e-6)
+    assert len(workers) >= 2  # the work was shared
+
+
+def test_a_killed_workers_journal_trial_is_retried(tmp_path, competition):
+    url, storage = _journal(tmp_path)
+    overrides = tiny_overrides(tmp_path, competition, **{
+        **TUNE_FAST, "tune.storage": url, "tune.n_trials": "3", "name": "killed"})
+    doomed = comp_process("stage=tune", *overrides, crash_at="trial:1")
+    assert doomed.wait(timeout=600) == EXIT_CODE, doomed.stderr.read()[-2000:]
+    running = _study(storage, "killed-small_cnn", 0).get_trials(
+        states=(optuna.trial.TrialState.RUNNING,))
+    assert [t.number for t in running] == [1]
+    _workers(overrides, 2)
+    study = _study(storage, "killed-small_cnn", 0)
+    _assert_exact(study, 3)
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert [t.number for t in failed] == [1]
+    retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == 1]
+    assert len(retry) == 1 and retry[0].state.name in DONE
+    assert retry[0].params == failed[0].params

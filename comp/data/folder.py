@@ -292,6 +292,11 @@ def _labels(frame: pd.DataFrame, id_column: str, label_column: str | None,
             "set data.label_column=<column> (or give one 0/1 column per class)"
         )
     hot = onehot.astype(float).astype(int)
+    empty = [c for c in others if hot[c].sum() == 0]
+    if empty:
+        get_logger().warning("warning: %s: one-hot column(s) %s are 0 on every row: no "
+                             "training image of that class, so it is not a class", source,
+                             empty)
     sums = hot.sum(axis=1)
     bad = frame.index[sums != 1].tolist()
     if bad:
@@ -347,6 +352,9 @@ def _read_train(root: Path, id_column: str | None, label_column: str | None) -> 
     rows, skipped, nested = [], [], []
     for d in class_dirs:
         files, d_skipped, d_nested = _scan(d, prefix=f"{d.name}/")
+        if not files:
+            raise CompError(f"{d}: class folder holds no image (hidden or other files only); "
+                            "add its images or remove the folder")
         rows += [{"id": name, "label": d.name.strip(), "path": str(path)}
                  for name, path in files.items()]
         skipped += d_skipped
@@ -370,6 +378,13 @@ def _read_sample(root: Path, classes: list[str]) -> tuple[pd.DataFrame, list[str
     columns = list(sample.columns)
     if len(columns) < 2:
         raise CompError(f"{sample_path}: needs an id column and a label or class columns")
+    id_column = columns[0]
+    named_id = _find_column(columns, None, ID_COLUMNS, "", sample_path)
+    if id_column.strip().lower() not in ID_COLUMNS and named_id not in (None, id_column):
+        raise CompError(
+            f"{sample_path}: columns are {columns}: the ids must come first (a submission is "
+            f"written in the sample's column order); put {named_id!r} first"
+        )
     if sorted(c.strip() for c in columns[1:]) == classes:
         kind = "proba"
     elif len(columns) == 2:

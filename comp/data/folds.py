@@ -98,6 +98,13 @@ def make_folds(
         raise CompError(f"config: data.folds={n_folds}; use at least 2 folds")
     if repeats < 1:
         raise CompError(f"config: data.repeats={repeats}; use at least 1 repeat")
+    n_groups = len(np.unique(groups))
+    if n_groups < n_folds:
+        raise CompError(
+            f"data.dedup_max_distance: the near-duplicate check joins the {len(ids)} training "
+            f"images into {n_groups} group(s), fewer than data.folds={n_folds} (a group stays "
+            "in one fold); lower data.dedup_max_distance (default 6) or set data.dedup=false"
+        )
     frame = pd.DataFrame({"id": ids, "label": labels,
                           "fold": _split(labels, groups, n_folds, seed), "group": groups})
     for repeat in range(1, repeats):

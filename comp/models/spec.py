@@ -239,7 +239,14 @@ def make_classic_spec(cfg: DictConfig, entry: str, folds_key: str,
             backbone = get_backbone(name)
             size = int(at or scale * (settings.image_size or backbone_size(backbone, native)))
             depths = tuple(depth_names(backbone, settings.depths))
+            if size < backbone.min_size:
+                raise CompError(f"config: classic.models entry {entry!r}: {name} takes images "
+                                f"of at least {backbone.min_size} px, not {size}; give "
+                                f"{name}@{backbone.min_size} or larger")
             weights = resolve_weights(backbone, size, cfg.weights, cfg.weights_dir)
+        if size < 1:
+            raise CompError(f"config: classic.models entry {entry!r}: size {size} after @; "
+                            "give a positive size, e.g. pixels@32")
         parts.append(f"{name}@{size}")
     return ClassicSpec("+".join(parts), head, int(parts[0].partition("@")[2]), depths,
                        weights, settings.views, int(settings.inner_folds), folds_key, pseudo,

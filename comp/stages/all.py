@@ -5,6 +5,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from comp.data.prepared import prepare
+from comp.errors import CompError
 from comp.log import Deadline
 from comp.pseudo_files import make_pseudo_labels
 from comp.rounds import train_round
@@ -35,6 +36,10 @@ def run(cfg: DictConfig):
         train_round(tuned, prepared, last, deadline)
     if len(list(prepared.run.root.glob("preds/*/cv.json"))) > 1 and cfg.ensemble.methods:
         ensemble.run(cfg)
+    if deadline.reached and not prepared.run.prediction_sets():
+        raise CompError(f"time_limit={cfg.time_limit} s was spent before any model finished "
+                        "(nothing to ensemble or submit); raise time_limit or unset it, and "
+                        "rerun: finished units are kept")
     board = submit.run(cfg)
     report.run(cfg)
     return board

@@ -7,12 +7,18 @@ import numpy as np
 from omegaconf import DictConfig
 
 from comp.artifacts import atomic_path, fingerprint
+from comp.crashpoints import crash_point
 from comp.data.prepared import prepare
 from comp.ensemble import METHODS, fit_method, member_weights, nested_predictions
 from comp.errors import CompError
 from comp.log import get_logger
 from comp.metrics import scores
-from comp.predictions import probs_frame, read_prediction_set, write_prediction_set
+from comp.predictions import (
+    mark_unfinished,
+    probs_frame,
+    read_prediction_set,
+    write_prediction_set,
+)
 
 
 def run(cfg: DictConfig) -> list[dict]:
@@ -22,8 +28,13 @@ def run(cfg: DictConfig) -> list[dict]:
     folder = run_dir.root / "preds"
     chosen = set(cfg.ensemble.members)
     sets = [read_prediction_set(p) for p in sorted(folder.glob("*")) if (p / "cv.json").exists()]
+    known = {s.info["model_id"] for s in sets} | {s.info.get("backbone") for s in sets}
+    unknown = sorted(chosen - known)
+    if unknown:
+        raise CompError(f"config: ensemble.members has {unknown[0]!r}, neither a finished "
+                        f"model id nor its backbone; finished: {sorted(known - {None})}")
     sets = [s for s in sets if not chosen or s.info["model_id"] in chosen
-            or s.info["backbone"] in chosen]
+            or s.info.get("backbone") in chosen]
     if len(sets) < 2:
         raise CompError(f"{folder}: ensembling needs at least two finished models, found "
                         f"{len(sets)}; train more backbones or set ensemble.members")
@@ -51,8 +62,10 @@ def run(cfg: DictConfig) -> list[dict]:
             "cv_in_sample": scores(y, method.apply(oof, state), classes),
         }
         target = run_dir.ensemble_dir(name, members_key)
+        mark_unfinished(target)
         with atomic_path(target / "state.joblib", suffix=".joblib") as tmp:
             joblib.dump(state, tmp)
+        crash_point(f"ensemble:{name}")  # tests: a kill between an ensemble's files
         oof_frame = probs_frame(ids, honest, classes, fold=folds, label=prepared.folds["label"])
         result = write_prediction_set(target, oof_frame,
                                       probs_frame(test_ids, method.apply(test, state), classes),
@@ -77,8 +90,9 @@ def _method(cfg: DictConfig, prepared, name: str, members_key: str):
         return method
     # its own studies in the tuning storage: one per outer fold and one on all rows
     from comp.tuning.search import storage_url
+    from comp.tuning.studies import optuna_storage
 
-    storage = storage_url(cfg, prepared)
+    storage = optuna_storage(storage_url(cfg, prepared))
 
     def fit(members, y, seed):
         rows = fingerprint([members.shape, y.tolist(), float(members.sum())])

@@ -12,21 +12,23 @@ from comp.errors import CompError
 from comp.inference import best_prediction_set, input_images, predict_paths
 from comp.log import get_logger
 from comp.predictions import probs_frame
-from comp.workspace import run_dir
+from comp.workspace import is_folder_target, run_dir
 
 
 def run(cfg: DictConfig) -> pd.DataFrame:
     """Predict `predict.input` with `predict.using` (default: the best by CV)."""
     if not cfg.predict.input:
         raise CompError("config: predict.input is not set; give an image file or a folder")
-    run = run_dir(cfg.runs_dir, cfg.name)
+    run = run_dir(cfg.runs_dir, cfg.name, writable=not cfg.predict.output)
     paths = input_images(Path(cfg.predict.input))
     using = cfg.predict.using or best_prediction_set(run, cfg.submit.metric)
     probs, classes = predict_paths(cfg, run, using, paths)
     frame = probs_frame([p.name for p in paths], probs, classes)
     frame.insert(1, "label", [classes[i] for i in probs.argmax(1)])
-    target = Path(cfg.predict.output) if cfg.predict.output else (
-        run.root / "predictions" / f"{Path(cfg.predict.input).stem}__{using}.csv")
+    file_name = f"{Path(cfg.predict.input).stem}__{using}.csv"
+    output = cfg.predict.output
+    target = (run.root / "predictions" / file_name if not output
+              else Path(output) / file_name if is_folder_target(output) else Path(output))
     write_csv(target, frame)
     get_logger().info("predict: %d image(s) with %s -> %s", len(frame), using, target)
     return frame

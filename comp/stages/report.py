@@ -10,9 +10,9 @@ from comp.artifacts import read_json
 from comp.data.prepared import prepare
 from comp.errors import CompError
 from comp.log import get_logger
-from comp.predictions import read_table
 from comp.report import build_report
 from comp.selection import selection_headline
+from comp.submission import read_leaderboard
 from comp.workspace import leaderboard_path
 
 
@@ -22,7 +22,7 @@ def run(cfg: DictConfig) -> Path:
     board_path = leaderboard_path(cfg.submissions_dir, cfg.name)
     if not board_path.exists():
         raise CompError(f"{board_path}: no leaderboard yet; run stage=submit first")
-    board = read_table(board_path)
+    board = read_leaderboard(board_path)
     paths = dict(zip(prepared.competition.train["id"], prepared.competition.train["path"],
                      strict=True))
     db = prepared.run.optuna_db

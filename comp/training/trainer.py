@@ -26,7 +26,7 @@ from comp.metrics import scores
 from comp.models.build import build_backbone, create_head, split_backbone
 from comp.models.registry import get_backbone
 from comp.models.spec import ModelSpec
-from comp.predictions import probs_frame, write_prediction_set
+from comp.predictions import probs_frame, read_table, write_prediction_set
 from comp.training.callbacks import predict_views
 from comp.training.classic import ClassicFeatures, train_classic_fold
 from comp.training.compute import model_scope
@@ -327,8 +327,8 @@ def write_fold_outputs(out, prepared, fold: int, val_probs: np.ndarray, split_pr
 
 
 def read_ids_table(path) -> pd.DataFrame:
-    """A CSV comp wrote with an `id` column: ids as text, no NA guessing."""
-    return pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
+    """A CSV comp wrote with an `id` column: ids as text, no NA guessing (read_table)."""
+    return read_table(path)
 
 
 def collect_predictions(spec: ModelSpec, prepared, info: dict) -> dict:

@@ -6,11 +6,15 @@ fold k never saw fold k's validation images and the CV of the tuned model stays 
 The defaults are enqueued as trial 0 of each study.
 
 Any number of worker processes may work on one study through a shared storage
-(PostgreSQL across machines, SQLite on one machine). Each worker counts the study's
+(PostgreSQL across machines, a journal file on a shared file system across machines
+without a server, SQLite on one machine). Each worker counts the study's
 trials and claims the next one (Optuna's ask: a queued trial or a new one) under a
 per-study lock, so a study ends with exactly `n_trials` trials, however many workers
 ran. A killed worker's trial is failed by Optuna's heartbeat and retried once by a
-live worker; the retry takes the failed trial's place in the count.
+live worker; the retry takes the failed trial's place in the count. Optuna's
+JournalStorage has no heartbeat: there a trial is stale when its worker (user attribute
+`worker`, host:pid) is a process of this host that no longer runs; a killed worker on
+another host is found by the next worker started on that host.
 """
 
 from __future__ import annotations
@@ -30,6 +34,30 @@ from comp.config import mask_url
 from comp.errors import CompError
 from comp.metrics import HIGHER_IS_BETTER
 
+JOURNAL = "journal:"  # tune.storage=journal:<path>: Optuna's JournalStorage on a file
+
+
+def journal_path(storage_url: str) -> Path | None:
+    """The file of a `journal:<path>` storage (None for database URLs)."""
+    return Path(storage_url[len(JOURNAL):]).expanduser() if storage_url.startswith(
+        JOURNAL) else None
+
+
+def optuna_storage(storage_url: str):
+    """What Optuna takes as `storage` for tune.storage: a JournalStorage on the file of
+    `journal:<path>` (one study over many machines on a shared file system, no server;
+    Optuna's file lock, which works on NFS), else the database URL itself."""
+    path = journal_path(storage_url)
+    if path is None:
+        return storage_url
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    if not path.parent.is_dir():
+        raise CompError(f"tune.storage={storage_url}: folder {path.parent} not found; "
+                        "create it (on a file system every worker sees)")
+    return optuna.storages.JournalStorage(
+        JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+
 
 def open_study(name: str, storage_url: str, metric: str, pruner: str, seed: int,
                grace: int = 60) -> optuna.Study:
@@ -45,6 +73,12 @@ def open_study(name: str, storage_url: str, metric: str, pruner: str, seed: int,
                "none": optuna.pruners.NopPruner}
     if pruner not in pruners:
         raise CompError(f"config: tune.pruner={pruner!r}; use one of {sorted(pruners)}")
+    direction = "maximize" if HIGHER_IS_BETTER[metric] else "minimize"
+    sampler = optuna.samplers.TPESampler(seed=seed)
+    if journal_path(storage_url) is not None:  # no heartbeat in JournalStorage
+        return optuna.create_study(study_name=name, storage=optuna_storage(storage_url),
+                                   load_if_exists=True, direction=direction, sampler=sampler,
+                                   pruner=pruners[pruner]())
     # a killed worker's trial is failed after the grace period and retried once; the
     # callback's keyword was renamed in Optuna 4.9
     names = inspect.signature(optuna.storages.RDBStorage).parameters
@@ -68,11 +102,8 @@ def open_study(name: str, storage_url: str, metric: str, pruner: str, seed: int,
                 raise CompError(f"tune.storage={mask_url(storage_url)}: cannot open "
                                 f"({_first_line(exc)}){hint}") from None
             time.sleep(0.5 + attempt)
-    return optuna.create_study(
-        study_name=name, storage=storage, load_if_exists=True,
-        direction="maximize" if HIGHER_IS_BETTER[metric] else "minimize",
-        sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruners[pruner](),
-    )
+    return optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
+                               direction=direction, sampler=sampler, pruner=pruners[pruner]())
 
 
 def _is_creation_race(exc: Exception) -> bool:
@@ -95,7 +126,8 @@ def counted_trials(trials: list[optuna.trial.FrozenTrial]) -> int:
 
 class StudyLock:
     """A lock shared by every worker of one study: a PostgreSQL advisory lock, or a file
-    lock beside a SQLite database. Other storages get none (a warning says so)."""
+    lock beside a SQLite database or a journal file. Other storages get none (a warning
+    says so)."""
 
     def __init__(self, storage_url: str, study_name: str):
         self._connection = None
@@ -108,6 +140,8 @@ class StudyLock:
             self._connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         elif storage_url.startswith("sqlite:///"):
             self._file = open(Path(storage_url[len("sqlite:///"):] + ".lock"), "a+")  # noqa: SIM115
+        elif journal_path(storage_url) is not None:  # Optuna's own lock is <path>.lock
+            self._file = open(f"{journal_path(storage_url)}.studies.lock", "a+")  # noqa: SIM115
         else:
             warnings.warn(f"tune.storage={storage_url.split(':')[0]}: comp holds no lock there, "
                           "so a study may run up to (workers - 1) trials over tune.n_trials; "
@@ -159,6 +193,8 @@ def work_on(study: optuna.Study, objective: Callable[[optuna.Trial], float], n_t
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # fail_stale_trials is experimental
                 optuna.storages.fail_stale_trials(study)
+                if isinstance(study._storage, optuna.storages.JournalStorage):
+                    fail_dead_workers_trials(study)
             trials = study.get_trials(deepcopy=False)
             claim = (any(t.state == state.WAITING for t in trials)
                      or counted_trials(trials) < n_trials)
@@ -179,6 +215,37 @@ def work_on(study: optuna.Study, objective: Callable[[optuna.Trial], float], n_t
                 lock.release()
         if not claim:
             time.sleep(poll_seconds)  # other workers' trials are still running
+
+
+def fail_dead_workers_trials(study: optuna.Study) -> list[int]:
+    """Fail (and retry once, as the heartbeat would) the RUNNING trials of `study` whose
+    worker is a process of this host that no longer runs; their numbers."""
+    import socket
+
+    host = socket.gethostname()
+    failed = []
+    retry = optuna.storages.RetryFailedTrialCallback(max_retry=1)
+    for trial in study.get_trials(deepcopy=False,
+                                  states=(optuna.trial.TrialState.RUNNING,)):
+        worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+        if worker_host != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        retry(study, study._storage.get_trial(trial._trial_id))
+        failed.append(trial.number)
+    return failed
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def inner_splits(rows: np.ndarray, labels: np.ndarray, groups: np.ndarray, n_splits: int,

@@ -1,0 +1,106 @@
+"""Stages read only complete artifacts, AUC-only ensembles never label, and time_limit
+holds for every stage that trains and names itself when it stops everything."""
+
+import shutil
+
+import pandas as pd
+import pytest
+
+from comp import Competition
+from comp.artifacts import read_json
+from comp.crashpoints import EXIT_CODE
+from comp.errors import CompError
+from comp.run import main
+from tests.helpers import fake_prediction_set, run_comp_process, run_path, tiny_overrides
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith("comp: error: "), err
+    return err[-1]
+
+
+@pytest.fixture
+def limit_spent_at_start(monkeypatch):
+    """The stage's clock starts 5 s before the stage, so a 1 s time_limit is spent before
+    the first unit whatever the machine's speed."""
+    import comp.log
+
+    monkeypatch.setattr("comp.run.stage_started",
+                        lambda when: comp.log.stage_started(None if when is None else when - 5))
+
+
+def test_time_limit_holds_for_stage_train_alone(tmp_path, competition, comp_caplog,
+                                               limit_spent_at_start):
+    overrides = tiny_overrides(tmp_path, competition, backbones="[small_cnn,small_cnn-b]",
+                               time_limit="1", quiet="false")
+    variant = "+backbone_overrides.small_cnn-b.model.dropout=0.1"
+    assert main(["stage=train", *overrides, variant]) == 0
+    assert not list(run_path(tmp_path).glob("models/*/fold*/metrics.json"))
+    reached = [r.getMessage() for r in comp_caplog.records
+               if "time_limit reached" in r.getMessage()]
+    assert reached and all("not started" in m for m in reached)
+    assert any("small_cnn-b-" in m for m in reached)  # the second model too
+
+
+def test_time_limit_stopping_everything_says_so(tmp_path, competition, capsys,
+                                                limit_spent_at_start):
+    assert main(["stage=all", *tiny_overrides(tmp_path, competition, time_limit="1")]) == 2
+    line = _error(capsys)
+    assert "time_limit=1 s was spent before any model finished" in line
+    assert "run stage=train first" not in line
+
+
+def test_the_leaderboard_lists_only_entries_whose_files_exist(tmp_path, competition):
+    for seed, model_id in enumerate(["small_cnn-aaaa", "small_cnn-bbbb"]):
+        fake_prediction_set(run_path(tmp_path), competition, model_id, seed)
+    overrides = tiny_overrides(tmp_path, competition)
+    assert main(["stage=submit", *overrides]) == 0
+    board = pd.read_csv(tmp_path / "submissions" / "tiny" / "leaderboard.csv")
+    assert sorted(board["name"]) == ["small_cnn-aaaa", "small_cnn-bbbb"]
+    shutil.rmtree(run_path(tmp_path) / "preds" / "small_cnn-aaaa")  # a model removed
+    assert main(["stage=submit", *overrides]) == 0
+    board = pd.read_csv(tmp_path / "submissions" / "tiny" / "leaderboard.csv")
+    assert board["name"].tolist() == ["small_cnn-bbbb"] and board["rank"].tolist() == [1]
+    # a row whose submission file is gone (a kill during stage=submit) is not listed
+    (tmp_path / "submissions" / "tiny" / board.loc[0, "file"]).unlink()
+    api = Competition(competition, name="tiny", runs_dir=tmp_path / "runs",
+                      submissions_dir=tmp_path / "submissions")
+    with pytest.raises(CompError, match="nothing from experiment 'tiny'"):
+        api.leaderboard()
+
+
+def test_predict_refuses_an_auc_only_ensemble(tmp_path, competition, capsys):
+    for seed, model_id in enumerate(["small_cnn-aaaa", "small_cnn-bbbb"]):
+        fake_prediction_set(run_path(tmp_path), competition, model_id, seed)
+    overrides = tiny_overrides(tmp_path, competition, **{"ensemble.methods": "[mean,rank]"})
+    assert main(["stage=ensemble", *overrides]) == 0
+    image = sorted((competition / "test").iterdir())[0]
+    assert main(["stage=predict", *overrides, f"predict.input={image}",
+                 "predict.using=ensemble-rank"]) == 2
+    line = _error(capsys)
+    assert "predict.using=ensemble-rank" in line and "AUC only" in line
+
+
+def test_a_kill_between_an_ensembles_files_leaves_no_finished_ensemble(tmp_path, competition):
+    run = run_path(tmp_path)
+    for seed, model_id in enumerate(["small_cnn-aaaa", "small_cnn-bbbb"]):
+        fake_prediction_set(run, competition, model_id, seed)
+    overrides = tiny_overrides(tmp_path, competition, **{"ensemble.methods": "[weighted]"})
+    assert main(["stage=ensemble", *overrides]) == 0
+    (first,) = sorted((run / "ensemble").glob("weighted-*"))
+    assert len(read_json(first / "cv.json")["models"]) == 2
+    fake_prediction_set(run, competition, "small_cnn-cccc", 2)  # a third model finished
+    killed = run_comp_process("stage=ensemble", *overrides, crash_at="ensemble:weighted")
+    assert killed.returncode == EXIT_CODE, killed.stderr
+    (second,) = [d for d in (run / "ensemble").glob("weighted-*") if d != first]
+    assert not (second / "cv.json").exists()  # half-written: not done, never used
+    info = read_json(first / "cv.json")  # the earlier ensemble stands, whole
+    assert len(info["models"]) == 2 and sorted(info["weights"]) == info["models"]
+    assert main(["stage=submit", *overrides]) == 0
+    board = pd.read_csv(tmp_path / "submissions" / "tiny" / "leaderboard.csv")
+    assert f"ensemble-{second.name}" not in set(board["name"])
+    assert f"ensemble-{first.name}" in set(board["name"])
+    assert main(["stage=ensemble", *overrides]) == 0
+    info = read_json(second / "cv.json")
+    assert len(info["models"]) == 3 and sorted(info["weights"]) == info["models"]
