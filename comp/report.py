@@ -43,6 +43,7 @@ def learning_curves(model_dir: Path, out: Path) -> str:
             ax.set_xlabel("epoch")
     axes[0].legend(fontsize=7)
     fig.suptitle(model_dir.name)
+    fig.tight_layout(rect=(0, 0, 1, 0.9))  # the title above the panels' own titles
     return _save(fig, out / f"curves_{model_dir.name}.png")
 
 
@@ -135,18 +136,88 @@ def bar_chart(values: dict, title: str, target: Path) -> str:
     return _save(fig, target)
 
 
+# the leaderboard columns the page shows (the CSV keeps them all): what an entry is, what
+# tells it apart and its CV figures with their standard errors
+_SHOWN = ("rank", "name", "settings", "kind", "round", "tuned", "n_models")
+
+
+def shown_leaderboard(leaderboard: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
+    """The page's leaderboard: `_SHOWN` columns, CV accuracy, macro-F1, AUC and the
+    ranking `metric`, their standard errors and the differences to rank 1."""
+    board = leaderboard.assign(n_models=leaderboard["models"].str.split().str.len())
+    scores = {f"cv_{m}" for m in ("accuracy", "macro_f1", "auc", metric)}
+    columns = [c for c in board.columns
+               if c in _SHOWN or c in scores or c.startswith("diff") or c.endswith("_se")]
+    return board[[c for c in _SHOWN if c in columns] + [c for c in columns
+                                                        if c not in _SHOWN]]
+
+
+def lever_rows(entries: dict[str, dict], metric: str) -> pd.DataFrame:
+    """What each lever the run used gained, on the same folds: the nested selection with
+    the lever's entries against the same selection without them (paired bootstrap
+    standard errors). `entries`: name -> {"oof": frame, "classes": [...], "info": cv.json}.
+    Levers: ensembling (ensembles vs single models), each pseudo-label round r (entries
+    of rounds <= r vs rounds < r), tuning (tuned vs untuned models)."""
+    from comp.selection import nested_selection, paired_difference
+
+    if not entries:
+        return pd.DataFrame()
+    first = next(iter(entries.values()))
+    classes, oof = first["classes"], first["oof"]
+    ids = oof["id"].tolist()
+    y = class_indices(oof["label"], classes)
+    folds = oof["fold"].to_numpy()
+    probs = {name: e["oof"].set_index("id").loc[ids, prob_columns(classes)].to_numpy(float)
+             for name, e in entries.items() if e["info"].get("labels", True)}
+    info = {name: entries[name]["info"] for name in probs}
+    rounds = sorted({int(i.get("round", 0)) for i in info.values()})
+    levers = [("ensembling", lambda i: True, lambda i: i.get("kind") == "single")]
+    levers += [(f"pseudo-label round {r}", lambda i, r=r: int(i.get("round", 0)) <= r,
+                lambda i, r=r: int(i.get("round", 0)) < r) for r in rounds if r > 0]
+    levers.append(("tuning", lambda i: True, lambda i: not i.get("tuned", False)))
+    rows = []
+    for lever, with_it, without_it in levers:
+        a = {n: p for n, p in probs.items() if with_it(info[n])}
+        b = {n: p for n, p in probs.items() if without_it(info[n])}
+        if not b or set(a) == set(b):
+            continue  # the run did not use this lever
+        with_oof, _ = nested_selection(a, y, folds, metric, classes)
+        without_oof, _ = nested_selection(b, y, folds, metric, classes)
+        row = {"lever": lever, "entries with": len(a), "entries without": len(b)}
+        for m in ("accuracy", "macro_f1"):
+            diff, se = paired_difference(m, y, with_oof, without_oof, classes=classes)
+            row[f"gain {m}"] = f"{diff:+.4f} ± {se:.4f}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def build_report(run_root: Path, leaderboard: pd.DataFrame, paths: dict[str, str],
                  storage_url: str | None, headline: str | None = None) -> Path:
     """Write run_root/report/index.html with its PNGs; return the page's path.
     `headline`, shown first under the title: the selected pipeline's nested CV."""
     out = run_root / "report"
     out.mkdir(parents=True, exist_ok=True)
-    shown = leaderboard.assign(models=leaderboard["models"].str.split().str.len()).rename(
-        columns={"models": "n_models"})
-    sections = ["<h2>Leaderboard</h2>", shown.to_html(index=False)]
+    selection = run_root / "selection.json"
+    metric = read_json(selection)["metric"] if selection.exists() else "accuracy"
+    sections = ["<h2>Leaderboard</h2>",
+                "<div class='wide'>" + shown_leaderboard(leaderboard, metric).to_html(
+                    index=False) + "</div>"]
     sets = {p.name: p for p in sorted((run_root / "preds").glob("*")) if (p / "cv.json").exists()}
     ensembles = {f"ensemble-{p.name}": p for p in sorted((run_root / "ensemble").glob("*"))
                  if (p / "cv.json").exists()}
+    on_board = set(leaderboard["name"]) if "name" in leaderboard else set()
+    found = {}
+    for name, folder in {**sets, **ensembles}.items():
+        if name in on_board:
+            prediction = read_prediction_set(folder)
+            found[name] = {"oof": prediction.oof, "classes": prediction.classes,
+                           "info": prediction.info}
+    levers = lever_rows(found, metric)
+    if not levers.empty:
+        sections += ["<h2>Levers: what each gained on the same folds</h2>",
+                     "<p>The nested selection (rank 1 chosen on the other folds) with the "
+                     "lever's entries against the same selection without them; paired "
+                     "bootstrap standard errors.</p>", levers.to_html(index=False)]
     ranked = [n for n in leaderboard["name"] if n in sets or n in ensembles]
     best_single = next((n for n in ranked if n in sets), None)
     best_ensemble = next((n for n in ranked if n in ensembles), None)
@@ -182,6 +253,8 @@ def build_report(run_root: Path, leaderboard: pd.DataFrame, paths: dict[str, str
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>comp report</title>"
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}"
+            ".wide{max-width:100%;overflow-x:auto}.wide table{font-size:12px}"
+            ".wide td:nth-child(2){word-break:break-all;min-width:14em}"
             ".thumbs figure{display:inline-block;margin:4px;font-size:11px}</style></head>"
             f"<body><h1>comp report: {html.escape(run_root.name)}</h1>"
             + (f"<p class='headline'><b>{html.escape(headline)}</b></p>" if headline else "")

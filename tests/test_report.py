@@ -63,3 +63,27 @@ def test_stage_all_ends_on_the_selected_pipeline_and_the_report_shows_it_first(
     assert 0 < text.index(html.escape(last)) < text.index("<h2>Leaderboard")
     for path in (page, *page.parent.glob("*.png"), *(tmp_path / "submissions").rglob("*.csv")):
         assert stat.S_IMODE(path.stat().st_mode) == new_file_mode(), path  # not 0600
+
+
+def test_report_shows_the_levers_and_a_leaderboard_that_fits(tmp_path, competition):
+    """Two models and their mean ensemble (prediction sets written as training would):
+    the page has the ensembling lever's paired gain, and its leaderboard keeps to the
+    columns that tell entries apart and score them."""
+    from comp.run import main
+    from tests.helpers import fake_prediction_set
+
+    run = tmp_path / "runs" / "tiny"
+    for seed, model_id in enumerate(["small_cnn-aaaa", "small_cnn-bbbb"]):
+        fake_prediction_set(run, competition, model_id, seed)
+    overrides = tiny_overrides(tmp_path, competition)
+    for stage in ("ensemble", "submit", "report"):
+        assert main([f"stage={stage}", *overrides]) == 0
+    text = (run / "report" / "index.html").read_text()
+    assert "Levers: what each gained on the same folds" in text
+    section = text.split("Levers: what each gained")[1]
+    assert "<td>ensembling</td>" in section and " ± " in section
+    board = text.split("<h2>Leaderboard</h2>")[1].split("</div>")[0]
+    assert board.strip().startswith("<div class='wide'>")
+    headers = re.findall(r"<th>([^<]+)</th>", board)
+    assert headers[:2] == ["rank", "name"] and "cv_accuracy" in headers
+    assert not {"experiment", "created", "file", "models"} & set(headers)
