@@ -87,3 +87,43 @@ def test_report_shows_the_levers_and_a_leaderboard_that_fits(tmp_path, competiti
     headers = re.findall(r"<th>([^<]+)</th>", board)
     assert headers[:2] == ["rank", "name"] and "cv_accuracy" in headers
     assert not {"experiment", "created", "file", "models"} & set(headers)
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which(
+        "google-chrome")
+
+
+def test_report_fits_a_browser_window_and_shows_the_headline(tmp_path, competition):
+    """In headless Chromium at 1,400 px: the leaderboard box ends inside the window (a
+    wide table scrolls within it), and the selected pipeline's figure is on the page."""
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no Chromium here (Debian: apt-get install chromium)")
+    from comp.run import main
+    from tests.helpers import fake_prediction_set
+
+    run = tmp_path / "runs" / "tiny"
+    for seed, model_id in enumerate(["small_cnn-aaaa-with-a-long-name", "small_cnn-bbbb"]):
+        fake_prediction_set(run, competition, model_id, seed)
+    overrides = tiny_overrides(tmp_path, competition)
+    for stage in ("ensemble", "submit", "report"):
+        assert main([f"stage={stage}", *overrides]) == 0
+    page = run / "report" / "index.html"
+    probe = page.with_name("probe.html")  # the page, and a script that measures it
+    probe.write_text(page.read_text().replace("</body>", (
+        "<script>const box = document.querySelector('.wide').getBoundingClientRect();"
+        "const head = document.querySelector('.headline');"
+        "document.title = JSON.stringify({right: box.right, width: innerWidth,"
+        " headline: head ? head.textContent : null});</script></body>")))
+    result = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1400,900",
+         "--virtual-time-budget=2000", "--dump-dom", probe.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    title = re.search(r"<title>(.*?)</title>", result.stdout, re.S)
+    assert title, result.stderr[-2000:]
+    measured = json.loads(html.unescape(title.group(1)))
+    assert 0 < measured["right"] <= measured["width"] <= 1400
+    assert measured["headline"] and "selected pipeline" in measured["headline"]
