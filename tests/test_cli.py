@@ -201,3 +201,24 @@ def test_runs_without_name_are_named_after_their_folder_and_never_collide(tmp_pa
         assert (tmp_path / "runs" / name / "folds.csv").is_file()
     assert "name:" not in "".join(
         p.read_text() for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+
+
+def test_piped_feature_passes_log_a_line_per_view(comp_caplog):
+    """A long embedding or feature pass is not one silent stretch in a piped log."""
+    import numpy as np
+
+    from comp.log import set_progress
+    from comp.training.embeddings import embed, pixel_encoder
+    from comp.training.features import compute_features
+
+    images = np.zeros((5, 16, 16, 3), np.uint8)
+    set_progress("lines")
+    try:
+        embed(images, (0, 1, 2), pixel_encoder(), desc="embed pixels@16 train")
+        compute_features(images, None, lambda x: x / 2, (0, 4), 0, {}, 0, desc="features x")
+    finally:
+        set_progress("auto")
+    lines = [m for m in comp_caplog.messages if m.startswith("view done: ")]
+    assert lines[:3] == [f"view done: of=embed pixels@16 train view={k}/3 images=5 seconds="
+                         + m.split("seconds=")[1] for k, m in zip((1, 2, 3), lines, strict=False)]
+    assert [m.split(" view=")[1].split()[0] for m in lines[3:]] == ["1/2", "2/2"]

@@ -12,6 +12,7 @@ the key covers everything that changes the numbers, including the split's conten
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ import numpy as np
 from comp.artifacts import atomic_path, fingerprint, read_json, write_json
 from comp.data.views import dihedral_view
 from comp.errors import CompError
-from comp.log import progress
+from comp.log import progress, unit_done
 
 PIXELS = "pixels"
 COLOR = "color"
@@ -68,14 +69,18 @@ def embed(images: np.ndarray, views: tuple[int, ...], encode, batch_size: int = 
     """(len(views), N, D) float32 embeddings of uint8 `images` under `encode`."""
     parts = []
     steps = len(views) * max(1, -(-len(images) // batch_size))
+    started = time.time()
     with progress(total=steps, desc=desc) as bar:
-        for view in views:
+        for position, view in enumerate(views):
             chunks = []
             for start in range(0, len(images), batch_size):
                 batch = dihedral_view(np.asarray(images[start:start + batch_size]), view)
                 chunks.append(np.asarray(encode(batch), dtype=np.float32))
                 bar.update(1)
             parts.append(np.concatenate(chunks) if chunks else None)
+            # piped logs get a line per view, not one silent stretch for the whole pass
+            unit_done("view", of=desc, view=f"{position + 1}/{len(views)}",
+                      images=len(images), seconds=time.time() - started)
     if not len(images):
         return np.zeros((len(views), 0, 0), np.float32)
     return np.stack(parts)

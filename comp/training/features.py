@@ -10,6 +10,7 @@ cache and a stale one is never read.
 from __future__ import annotations
 
 import mmap
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from comp import __version__
 from comp.artifacts import atomic_path, fingerprint, read_json, write_json
 from comp.data.views import DIHEDRAL, TTA_VIEWS, dihedral_view, random_views
 from comp.errors import CompError
-from comp.log import progress
+from comp.log import progress, unit_done
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ def compute_features(
     sources = [("view", v) for v in views] + [("random", i) for i in range(n_random)]
     result, handle = None, None
     total = len(sources) * max(1, int(np.ceil(len(images) / batch_size)))
+    started = time.time()
     with progress(total=total, desc=desc) as bar, ExitStack() as stack:
         for position, (kind, which) in enumerate(sources):
             for start in range(0, len(images), batch_size):
@@ -129,6 +131,9 @@ def compute_features(
                         result = np.empty(shape, batch.dtype)
                     result[position, start:stop] = batch
                 bar.update(1)
+            # piped logs get a line per view, not one silent stretch for the whole pass
+            unit_done("view", of=desc, view=f"{position + 1}/{len(sources)}",
+                      images=len(images), seconds=time.time() - started)
     if out is not None:
         if handle is None:  # no images
             np.save(out, np.zeros((len(sources), 0), np.float16))
