@@ -65,19 +65,26 @@ def test_stage_all_ends_on_the_selected_pipeline_and_the_report_shows_it_first(
         assert stat.S_IMODE(path.stat().st_mode) == new_file_mode(), path  # not 0600
 
 
-def test_report_shows_the_levers_and_a_leaderboard_that_fits(tmp_path, competition):
-    """Two models and their mean ensemble (prediction sets written as training would):
-    the page has the ensembling lever's paired gain, and its leaderboard keeps to the
-    columns that tell entries apart and score them."""
+def _reported_run(tmp_path, competition, model_ids: list[str]):
+    """A run directory with fake prediction sets of `model_ids` (as training writes them),
+    their mean ensemble, submissions and the report; its path."""
     from comp.run import main
     from tests.helpers import fake_prediction_set
 
     run = tmp_path / "runs" / "tiny"
-    for seed, model_id in enumerate(["small_cnn-aaaa", "small_cnn-bbbb"]):
+    for seed, model_id in enumerate(model_ids):
         fake_prediction_set(run, competition, model_id, seed)
     overrides = tiny_overrides(tmp_path, competition)
     for stage in ("ensemble", "submit", "report"):
         assert main([f"stage={stage}", *overrides]) == 0
+    return run
+
+
+def test_report_shows_the_levers_and_a_leaderboard_that_fits(tmp_path, competition):
+    """Two models and their mean ensemble (prediction sets written as training would):
+    the page has the ensembling lever's paired gain, and its leaderboard keeps to the
+    columns that tell entries apart and score them."""
+    run = _reported_run(tmp_path, competition, ["small_cnn-aaaa", "small_cnn-bbbb"])
     text = (run / "report" / "index.html").read_text()
     assert "Levers: what each gained on the same folds" in text
     section = text.split("Levers: what each gained")[1]
@@ -100,15 +107,8 @@ def test_report_fits_a_browser_window_and_shows_the_headline(tmp_path, competiti
     browser = _chromium()
     if browser is None:
         pytest.skip("no Chromium here (Debian: apt-get install chromium)")
-    from comp.run import main
-    from tests.helpers import fake_prediction_set
-
-    run = tmp_path / "runs" / "tiny"
-    for seed, model_id in enumerate(["small_cnn-aaaa-with-a-long-name", "small_cnn-bbbb"]):
-        fake_prediction_set(run, competition, model_id, seed)
-    overrides = tiny_overrides(tmp_path, competition)
-    for stage in ("ensemble", "submit", "report"):
-        assert main([f"stage={stage}", *overrides]) == 0
+    run = _reported_run(tmp_path, competition,
+                        ["small_cnn-aaaa-with-a-long-name", "small_cnn-bbbb"])
     page = run / "report" / "index.html"
     probe = page.with_name("probe.html")  # the page, and a script that measures it
     probe.write_text(page.read_text().replace("</body>", (
