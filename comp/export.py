@@ -280,17 +280,21 @@ Python {platform.python_version()}.
 ## Use it with plain Keras (no comp needed)
 ```python
 import json, numpy as np, keras
-from PIL import Image
+from PIL import Image, ImageOps
 model = keras.saving.load_model("model.keras")
 classes = json.load(open("classes.json"))
-image = Image.open("x.png").convert("RGB")
-image = np.asarray(image.resize(({size}, {size}), Image.Resampling.BILINEAR))
-probs = model.predict(image[None])[0]
+image = Image.open("x.png")
+image.draft("RGB", ({size}, {size}))  # a JPEG decodes at a reduced scale, as in comp
+image = ImageOps.exif_transpose(image).convert("RGB")
+image = image.resize(({size}, {size}), Image.Resampling.BILINEAR, reducing_gap=3.0)
+probs = model.predict(np.asarray(image)[None], verbose=0)[0]
 print(classes[int(probs.argmax())], probs)
 ```
 Or the SavedModel (TensorFlow Serving, `tf.saved_model.load("saved_model").serve(x)`){
     ", or `model.tflite` with the TFLite interpreter" if (out / "model.tflite").exists()
     else ""}.
-comp resizes with Pillow's bilinear filter (`reducing_gap=3.0`); another resize gives
-slightly different probabilities.
+These are comp's own decoding steps for 8-bit RGB and grayscale images (comp's
+predictions are reproduced to 1e-4); another resize gives slightly different
+probabilities. 16-bit, float and transparent images follow comp's intensity rules
+(`comp.data.images.decode_image`), which this snippet leaves out.
 """

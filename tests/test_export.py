@@ -61,6 +61,14 @@ def test_export_reproduces_predict_in_plain_keras(tmp_path, competition, tta):
     expected = predicted[[f"p_{c}" for c in CLASSES]].to_numpy()
     assert probs.shape == expected.shape
     assert np.abs(probs - expected).max() < 1e-4
+    # the model card's own snippet, run as a user would, gives the same probabilities
+    snippet = card.split("```python\n")[1].split("```")[0].replace(
+        '"x.png"', repr(str(competition / "test" / predicted.id[0])))
+    result = subprocess.run([sys.executable, "-c", snippet + "print(json.dumps(probs.tolist()))"],
+                            capture_output=True, text=True, timeout=300, cwd=export)
+    assert result.returncode == 0, result.stderr[-2000:]
+    card_probs = np.array(json.loads(result.stdout.strip().splitlines()[-1]))
+    assert np.abs(card_probs - expected[0]).max() < 1e-4
 
 
 def test_export_refuses_an_ensemble_in_one_line(tmp_path, competition, capsys):
