@@ -100,7 +100,7 @@ def main() -> None:
         for fold in folds:
             base = build_backbone(backbone, size, spec.weights, spec.train["seed"])
             split = split_backbone(base, backbone, spec.model["unfreeze"])
-            head = create_head(split, spec, n_classes, 0)
+            head = create_head(split, spec, n_classes, 0, online=False)
             head.load_weights(model_dir / f"fold{fold}" / "model.weights.h5")
             inputs = keras.Input((size, size, 3))
             full = keras.Model(inputs, head(split.prefix(inputs)))

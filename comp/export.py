@@ -149,7 +149,7 @@ def build_export_model(cfg: DictConfig, run: RunDir, model_id: str, n_classes: i
                     features = layers.Identity(dtype="float16")(features)
                 per_view.append(features)
             shared[split.cut] = per_view
-        head = create_head(split, fold_spec, n_classes, 0)
+        head = create_head(split, fold_spec, n_classes, 0, online=False)
         head.load_weights(run.fold_dir(model_id, fold) / "model.weights.h5")
         head = keras.Model(head.input, head.output, name=f"fold{fold}")
         fold_views = shared[split.cut]  # view 0, the image itself, comes first

@@ -151,7 +151,7 @@ def predict_images(spec: ModelSpec, model_dir: Path, images: np.ndarray,
                                                    plan.tta, 0, fold_spec.augment, 0))
         split, features = shared[key]
         with model_scope(spec.compute):
-            head = create_head(split, fold_spec, n_classes, 0)
+            head = create_head(split, fold_spec, n_classes, 0, online=False)
         head.load_weights(model_dir / f"fold{fold}" / "model.weights.h5")
         positions = list(range(len(plan.tta)))  # view 0, the image itself, comes first
         if recorded_views(model_dir / f"fold{fold}") == IDENTITY:

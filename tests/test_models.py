@@ -94,8 +94,12 @@ def test_unfreeze_forms(spec, label):
                                   "bn_trainable": True}, augment={"online_shift": 0.1})
     model = create_head(split, spec, 3, 0)
     assert model.output_shape == (None, 3)
-    # online augmentation only where the model trains from the image itself
+    # online augmentation only where the model trains from the image itself, and never
+    # in the prediction graph
     assert ("online_shift" in [layer.name for layer in model.layers]) == (split.prefix is None)
+    plain = create_head(split, spec, 3, 0, online=False)
+    assert "online_shift" not in [layer.name for layer in plain.layers]
+    assert len(plain.weights) == len(model.weights)  # the same weights load into both
 
 
 def test_bad_unfreeze_points_are_clear():

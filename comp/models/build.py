@@ -136,7 +136,7 @@ def _unknown_layer(backbone: Backbone, spec: str, name: str) -> CompError:
     )
 
 
-def create_head(split: SplitBackbone, spec, n_classes: int, seed: int):
+def create_head(split: SplitBackbone, spec, n_classes: int, seed: int, online: bool = True):
     """The trainable model of `spec` (a ModelSpec) on `split`: the one assembly that
     training, prediction and export share (so saved weights always load back).
 
@@ -144,6 +144,8 @@ def create_head(split: SplitBackbone, spec, n_classes: int, seed: int):
     Online augmentation (`augment.online_shift`, `online_rotation`, `online_zoom`: Keras
     preprocessing layers, active in training only, a fresh draw every batch) applies where
     the model trains from the image itself (no frozen prefix: `small_cnn`, unfreeze=all).
+    Its layers hold no weights, so `online=False` (prediction, export: a graph TFLite
+    converts) loads the same weights and gives the same probabilities.
     """
     import keras
     from keras import layers
@@ -152,7 +154,7 @@ def create_head(split: SplitBackbone, spec, n_classes: int, seed: int):
     keras.utils.set_random_seed(seed)
     inputs = keras.Input(split.feature_shape, name="features")
     x = inputs
-    if split.prefix is None:
+    if split.prefix is None and online:
         for layer in online_augmentation(augment, seed):
             x = layer(x)
     if split.body is not None:
