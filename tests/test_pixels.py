@@ -115,9 +115,9 @@ def test_bad_pixel_files_are_one_line(case, tmp_path, capsys):
 def test_stage_all_writes_the_samples_ids_and_integer_labels(tmp_path):
     root = make_pixel_competition(tmp_path / "digits", side=28)
     assert main(["stage=all", *tiny_overrides(tmp_path, root, **{"submit.metric": "qwk"})]) == 0
-    board = pd.read_csv(tmp_path / "submissions" / "leaderboard.csv")
+    board = pd.read_csv(tmp_path / "submissions" / "tiny" / "leaderboard.csv")
     assert board["cv_qwk"].is_monotonic_decreasing  # ranked by quadratic weighted kappa
-    text = (tmp_path / "submissions" / board["file"].iloc[0]).read_text().splitlines()
+    text = (tmp_path / "submissions" / "tiny" / board["file"].iloc[0]).read_text().splitlines()
     assert text[0] == "ImageId,Label"
     rows = [line.split(",") for line in text[1:]]
     assert [r[0] for r in rows] == [str(i) for i in range(1, 7)]
