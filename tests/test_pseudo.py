@@ -114,6 +114,6 @@ def test_ids_that_read_as_missing_stay_ids_through_a_pseudo_label_round(tmp_path
     assert len(pseudo) and set(pseudo["id"]) <= set(unlabeled) | set(ids)
     board = leaderboard(tmp_path)
     assert (board["round"] == 1).any()
-    submission = pd.read_csv(tmp_path / "submissions" / board.loc[0, "file"], dtype=str,
+    submission = pd.read_csv(tmp_path / "submissions" / "tiny" / board.loc[0, "file"], dtype=str,
                              keep_default_na=False)
     assert submission["id"].tolist() == ids and {"NA", "nan"} <= set(ids)
