@@ -117,10 +117,9 @@ def image_traits(paths: list[str], sample: int = 64) -> ImageTraits:
         try:
             with Image.open(path) as img:
                 sides.append(max(img.size))
-                if img.mode in ("1", "L", "LA", "I", "I;16", "F", "P"):
-                    if img.mode != "P":
-                        gray.append(True)
-                        continue
+                if img.mode in ("1", "L", "LA", "I", "I;16", "F"):  # one channel
+                    gray.append(True)
+                    continue
                 rgb = np.asarray(img.convert("RGB").resize((32, 32)), dtype=np.int16)
                 gray.append(bool(np.abs(rgb - rgb[..., :1]).max() <= 2))
         except OSError:
