@@ -88,14 +88,14 @@ def table(run: Path, truth: Path | None) -> pd.DataFrame:
     extra = {"selected pipeline (nested)": _selected_oof(selection, probs, folds)}
     # the same choice without the levers, on the same folds and by comp's own rule:
     # among round-0 entries only, and among round-0 single models only
-    metric = selection["metric"]
+    rank_by = selection.get("rank_by", selection["metric"])
     round0 = {e["name"]: probs[e["name"]] for e in found
               if e["info"].get("labels", True) and e["info"].get("round", 0) == 0}
     round0_singles = {e["name"]: probs[e["name"]] for e in singles
                       if e["info"].get("round", 0) == 0}
-    extra["round 0: selected (nested)"] = nested_selection(round0, y, folds, metric)[0]
+    extra["round 0: selected (nested)"] = nested_selection(round0, y, folds, rank_by)[0]
     extra["round 0: selected among single models (nested)"] = nested_selection(
-        round0_singles, y, folds, metric)[0]
+        round0_singles, y, folds, rank_by)[0]
     for e in [*found, *({"name": name, "info": {"kind": "selection", "round": ""},
                          "seconds": np.nan, "test": None} for name in extra)]:
         p = extra[e["name"]] if e["info"]["kind"] == "selection" else probs[e["name"]]

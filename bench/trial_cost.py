@@ -68,7 +68,7 @@ def main() -> None:
                            {"train.epochs": epochs, "train.patience": epochs,
                             "model.unfreeze": cut})
         started = time.time()
-        featured = FeaturedModel(spec, prepared, cfg.data.max_image_pixels)
+        featured = FeaturedModel(spec, prepared)
         cache_seconds = time.time() - started
         cached = fold_data(featured, spec, labels, rows, val, len(classes))
         started = time.time()

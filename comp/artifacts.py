@@ -96,6 +96,12 @@ def write_npy(target: str | Path, array: np.ndarray) -> None:
         np.save(handle, array)
 
 
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 hex digest of a file's bytes, read in blocks."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def read_json(path: str | Path) -> Any:
     """Read a JSON file."""
     return json.loads(Path(path).read_text())

@@ -249,7 +249,7 @@ class PredictConfig:
     """stage=predict: new images through a finished model or ensemble."""
 
     input: str | None = None  # an image file or a folder of images
-    using: str | None = None  # model id or ensemble-<method>; None: the best by CV
+    using: str | None = None  # model id or ensemble-<method>; None: rank 1 (submit.rank_by)
     output: str | None = None  # CSV path; None: runs/<name>/predictions/<input>__<using>.csv
 
 
@@ -257,7 +257,7 @@ class PredictConfig:
 class ExportConfig:
     """stage=export: a trained model as plain Keras files (no comp needed to use them)."""
 
-    # model id; None: rank 1 by CV (submit.metric), or the best fine-tuned model where
+    # model id; None: rank 1 (submit.rank_by), or the best fine-tuned model where
     # rank 1 is an ensemble or a classic head
     using: str | None = None
     # average the model's TTA views inside the graph, as comp's own predictions do
@@ -290,7 +290,11 @@ class OnlyConfig:
 class SubmitConfig:
     """How submissions are ranked."""
 
-    metric: str = "accuracy"  # the CV metric that ranks submissions (qwk: quadratic weighted kappa)
+    metric: str = "accuracy"  # the competition's score: names files and CV figures (qwk: kappa)
+    # the CV score that ranks the leaderboard and so picks rank 1 (submit, predict, export);
+    # auto: log_loss, a proper score that is less noisy than accuracy on a few hundred
+    # images (auc where submit.metric is auc: rank averages give no probabilities)
+    rank_by: str = "auto"
 
 
 @dataclass

@@ -17,7 +17,6 @@ Writes `model.keras`, `saved_model/` (Keras 3 `Model.export`), optionally
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 from pathlib import Path
@@ -26,10 +25,11 @@ import numpy as np
 from omegaconf import DictConfig
 
 from comp import __version__
-from comp.artifacts import read_json, write_json, write_text
+from comp.artifacts import file_sha256, read_json, write_json, write_text
 from comp.errors import CompError
 from comp.log import get_logger
-from comp.metrics import HIGHER_IS_BETTER
+from comp.selection import best_entry, ranking_metric
+from comp.training.features import is_identity_preprocess
 from comp.workspace import RunDir, run_dir
 
 
@@ -38,7 +38,7 @@ def export_model(cfg: DictConfig) -> Path:
     fine-tuned model where that is an ensemble or a classic head); the folder."""
     run = run_dir(cfg.runs_dir, cfg.name, writable=not cfg.export.output)
     model_id, note = (cfg.export.using, None) if cfg.export.using else export_choice(
-        run, cfg.submit.metric)
+        run, ranking_metric(cfg.submit.metric, cfg.submit.rank_by))
     if note:
         get_logger().info("export: %s", note)
     if model_id.startswith("ensemble-"):
@@ -72,8 +72,9 @@ def export_model(cfg: DictConfig) -> Path:
 
 def export_choice(run: RunDir, metric: str) -> tuple[str, str | None]:
     """The model stage=export takes by default: (model id, None) where the entry ranked
-    first by CV `metric` (as stage=submit and stage=predict rank) is a fine-tuned model;
-    else (the best fine-tuned model, a sentence saying why rank 1 was not exported)."""
+    first by the CV `metric` that ranks (comp.selection.ranking_metric, as stage=submit
+    and stage=predict rank) is a fine-tuned model; else (the best fine-tuned model, a
+    sentence saying why rank 1 was not exported)."""
     from comp.inference import best_prediction_set, prediction_folder
 
     first = best_prediction_set(run, metric)
@@ -98,8 +99,7 @@ def best_single_model(run: RunDir, metric: str) -> str:
     if not singles:
         raise CompError(f"{run.root}: no finished fine-tuned model to export; set backbones "
                         "and run stage=train")
-    sign = 1 if HIGHER_IS_BETTER[metric] else -1
-    return max(singles, key=lambda s: sign * s["cv"][metric])["model_id"]
+    return best_entry({s["model_id"]: s["cv"] for s in singles}, metric)
 
 
 def _folds(model_dir: Path) -> list[int]:
@@ -130,7 +130,7 @@ def build_export_model(cfg: DictConfig, run: RunDir, model_id: str, n_classes: i
     x = _preprocess_layer(backbone.preprocess, backbone.name)
     x = image if x is None else x(image)
     flip = _FlipW(size)
-    round_features = not _is_identity(backbone.preprocess)
+    round_features = not is_identity_preprocess(backbone.preprocess)
     shared: dict[str, list] = {}  # cut -> features per view: the frozen prefix runs once
     flat = []
     for fold in folds:
@@ -165,7 +165,7 @@ def _preprocess_layer(preprocess, name: str):
     """keras.applications preprocessing as a fixed 1x1 convolution (None for identity)."""
     from keras import layers
 
-    if _is_identity(preprocess):
+    if is_identity_preprocess(preprocess):
         return None
     offset = preprocess(np.zeros((1, 3), np.float32)).astype(np.float64)[0]
     matrix = np.stack([preprocess(np.eye(3, dtype=np.float32)[c:c + 1] * 255.0)[0] - offset
@@ -179,11 +179,6 @@ def _preprocess_layer(preprocess, name: str):
     conv.set_weights([matrix.reshape(1, 1, 3, 3).astype(np.float32),
                       offset.astype(np.float32)])
     return conv
-
-
-def _is_identity(preprocess) -> bool:
-    probe = np.array([[0.0, 127.0, 255.0]], dtype=np.float32)
-    return bool(np.array_equal(preprocess(probe.copy()), probe))
 
 
 class _FlipW:
@@ -226,14 +221,6 @@ def _write_tflite(saved_model: Path, target: Path) -> None:
     target.write_bytes(converter.convert())
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def model_card(run: RunDir, model_id: str, info: dict, size: int, views, out: Path,
                note: str | None = None) -> str:
     """MODEL_CARD.md: what the model is, how good (CV), how to call it."""
@@ -245,7 +232,7 @@ def model_card(run: RunDir, model_id: str, info: dict, size: int, views, out: Pa
     folds = _folds(run.model_dir(model_id))
     fold_hashes = "\n".join(
         f"| fold{k}/model.weights.h5 | "
-        f"`{_sha256(run.fold_dir(model_id, k) / 'model.weights.h5')[:16]}` |"
+        f"`{file_sha256(run.fold_dir(model_id, k) / 'model.weights.h5')[:16]}` |"
         for k in folds)
     classes = info["classes"]
     repeats = int(info.get("repeats", 1))
@@ -269,7 +256,7 @@ as one Keras model that averages the {len(folds)} fold models{
 ## Hashes
 | file | sha256 |
 |---|---|
-| model.keras | `{_sha256(out / 'model.keras')[:16]}` |
+| model.keras | `{file_sha256(out / 'model.keras')[:16]}` |
 | backbone start weights | `{spec['weights']}` |
 {fold_hashes}
 

@@ -22,13 +22,13 @@ from comp.data.prepared import decoding
 from comp.ensemble import METHODS
 from comp.errors import CompError
 from comp.log import progress
-from comp.metrics import HIGHER_IS_BETTER
 from comp.models.build import build_backbone, create_head, split_backbone
 from comp.models.classic import view_average_proba
 from comp.models.registry import get_backbone
 from comp.models.spec import ClassicSpec, ModelSpec
 from comp.models.weights import ResolvedWeights, resolve_weights
 from comp.predictions import read_prediction_set
+from comp.selection import best_entry
 from comp.training.compute import model_scope
 from comp.training.features import ViewPlan, compute_features
 from comp.training.fit import predict_tta
@@ -86,16 +86,16 @@ def _cv_info(folder: Path, metric: str) -> dict:
     return info if metric in info["cv"] else read_prediction_set(folder).info
 
 
-def best_prediction_set(run: RunDir, metric: str) -> str:
-    """The name of the finished model or ensemble with the best CV `metric` (among those
-    that give probabilities)."""
-    sets = [info for info in (_cv_info(p, metric) for p in run.prediction_sets())
-            if info.get("labels", True)]
+def best_prediction_set(run: RunDir, rank_by: str) -> str:
+    """The name of the finished model or ensemble that stage=submit ranks first: the best
+    CV `rank_by` score (comp.selection.ranking_metric) among those that give
+    probabilities."""
+    sets = {info.get("model_id") or info["name"]: info["cv"]
+            for info in (_cv_info(p, rank_by) for p in run.prediction_sets())
+            if info.get("labels", True)}
     if not sets:
         raise CompError(f"{run.root}: no finished models; run stage=train first")
-    sign = 1 if HIGHER_IS_BETTER[metric] else -1
-    best = max(sets, key=lambda s: sign * s["cv"][metric])
-    return best.get("model_id") or best["name"]
+    return best_entry(sets, rank_by)
 
 
 def predict_model(cfg: DictConfig, run: RunDir, model_id: str, paths: list[Path],

@@ -141,19 +141,22 @@ def bar_chart(values: dict, title: str, target: Path) -> str:
 _SHOWN = ("rank", "name", "settings", "kind", "round", "tuned", "n_models")
 
 
-def shown_leaderboard(leaderboard: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
-    """The page's leaderboard: `_SHOWN` columns, CV accuracy, macro-F1, AUC and the
-    ranking `metric`, their standard errors and the differences to rank 1."""
+def shown_leaderboard(leaderboard: pd.DataFrame, metric: str = "accuracy",
+                      rank_by: str | None = None) -> pd.DataFrame:
+    """The page's leaderboard: `_SHOWN` columns, CV accuracy, macro-F1, AUC, the
+    competition's `metric` and the `rank_by` score that ranks it, their standard errors
+    and the differences to rank 1."""
     board = leaderboard.assign(n_models=leaderboard["models"].str.split().str.len())
-    scores = {f"cv_{m}" for m in ("accuracy", "macro_f1", "auc", metric)}
+    scores = {f"cv_{m}" for m in ("accuracy", "macro_f1", "auc", metric, rank_by or metric)}
     columns = [c for c in board.columns
                if c in _SHOWN or c in scores or c.startswith("diff") or c.endswith("_se")]
     return board[[c for c in _SHOWN if c in columns] + [c for c in columns
                                                         if c not in _SHOWN]]
 
 
-def lever_rows(entries: dict[str, dict], metric: str) -> pd.DataFrame:
-    """What each lever the run used gained, on the same folds: the nested selection with
+def lever_rows(entries: dict[str, dict], rank_by: str) -> pd.DataFrame:
+    """What each lever the run used gained, on the same folds: the nested selection (by
+    the CV `rank_by` score, as stage=submit chooses) with
     the lever's entries against the same selection without them (paired bootstrap
     standard errors). `entries`: name -> {"oof": frame, "classes": [...], "info": cv.json}.
     Levers: ensembling (ensembles vs single models), each pseudo-label round r (entries
@@ -181,8 +184,8 @@ def lever_rows(entries: dict[str, dict], metric: str) -> pd.DataFrame:
         b = {n: p for n, p in probs.items() if without_it(info[n])}
         if not b or set(a) == set(b):
             continue  # the run did not use this lever
-        with_oof, _ = nested_selection(a, y, folds, metric, classes)
-        without_oof, _ = nested_selection(b, y, folds, metric, classes)
+        with_oof, _ = nested_selection(a, y, folds, rank_by, classes)
+        without_oof, _ = nested_selection(b, y, folds, rank_by, classes)
         row = {"lever": lever, "entries with": len(a), "entries without": len(b)}
         for m in ("accuracy", "macro_f1"):
             diff, se = paired_difference(m, y, with_oof, without_oof, classes=classes)
@@ -198,10 +201,14 @@ def build_report(run_root: Path, leaderboard: pd.DataFrame, paths: dict[str, str
     out = run_root / "report"
     out.mkdir(parents=True, exist_ok=True)
     selection = run_root / "selection.json"
-    metric = read_json(selection)["metric"] if selection.exists() else "accuracy"
+    record = read_json(selection) if selection.exists() else {}
+    metric = record.get("metric", "accuracy")
+    rank_by = record.get("rank_by", metric)  # selection.json before submit.rank_by
     sections = ["<h2>Leaderboard</h2>",
-                "<div class='wide'>" + shown_leaderboard(leaderboard, metric).to_html(
-                    index=False) + "</div>"]
+                "<div class='wide'>" + shown_leaderboard(leaderboard, metric, rank_by).to_html(
+                    index=False) + "</div>",
+                f"<p>Ranked by CV {rank_by} (submit.rank_by); the selected pipeline's "
+                "nested CV above chooses the same way.</p>"]
     sets = {p.name: p for p in sorted((run_root / "preds").glob("*")) if (p / "cv.json").exists()}
     ensembles = {f"ensemble-{p.name}": p for p in sorted((run_root / "ensemble").glob("*"))
                  if (p / "cv.json").exists()}
@@ -212,7 +219,7 @@ def build_report(run_root: Path, leaderboard: pd.DataFrame, paths: dict[str, str
             prediction = read_prediction_set(folder)
             found[name] = {"oof": prediction.oof, "classes": prediction.classes,
                            "info": prediction.info}
-    levers = lever_rows(found, metric)
+    levers = lever_rows(found, rank_by)
     if not levers.empty:
         sections += ["<h2>Levers: what each gained on the same folds</h2>",
                      "<p>The nested selection (rank 1 chosen on the other folds) with the "

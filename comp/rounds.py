@@ -93,7 +93,7 @@ def train_round(cfg: DictConfig, prepared: Prepared, round_: int,
     deadline = deadline or Deadline.start(cfg.time_limit)  # one for all models
     results = []
     for spec in progress(specs, desc=f"models round {round_}", disable=len(specs) < 2 or None):
-        result = train_spec(spec, prepared, cfg.data.max_image_pixels, {"round": round_},
+        result = train_spec(spec, prepared, {"round": round_},
                             loader, folds, tensorboard=cfg.tensorboard,
                             deadline=deadline)
         if result is not None:

@@ -19,6 +19,27 @@ from comp.predictions import class_indices, prob_columns
 FAST_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "log_loss")
 
 
+def ranking_metric(metric: str, rank_by: str) -> str:
+    """The CV score that ranks entries and so picks rank 1 (submit.rank_by): `rank_by`
+    itself, or for `auto` log_loss, except auc where `metric` is auc.
+
+    Why log_loss: choosing the best of ten entries by accuracy on a few hundred OOF rows
+    picks by noise (ties and one-image differences); the log loss of the same rows moves
+    with every probability, so the choice it makes holds up better on the held fold
+    (bench/README.md, "choosing rank 1"). Rank averages give no probabilities, so an auc
+    competition ranks by auc."""
+    if rank_by != "auto":
+        return rank_by
+    return "auc" if metric == "auc" else "log_loss"
+
+
+def best_entry(cv_scores: dict[str, dict], rank_by: str) -> str:
+    """The name whose CV scores (name -> {metric: value}, as cv.json's "cv") are best by
+    `rank_by`; the first listed on a tie."""
+    sign = 1 if HIGHER_IS_BETTER[rank_by] else -1
+    return max(cv_scores, key=lambda name: sign * cv_scores[name][rank_by])
+
+
 def metric_value(metric: str, y: np.ndarray, probs: np.ndarray,
                  classes: list[str] | None = None) -> float:
     """One score of `probs` against `y` (see comp.metrics.scores); qwk needs the class
@@ -85,12 +106,13 @@ def paired_difference(metric: str, y: np.ndarray, probs: np.ndarray, reference: 
 
 
 def nested_selection(candidates: dict[str, np.ndarray], y: np.ndarray, folds: np.ndarray,
-                     metric: str, classes: list[str] | None = None
+                     rank_by: str, classes: list[str] | None = None
                      ) -> tuple[np.ndarray, dict[int, str]]:
-    """OOF of the procedure "pick the entry with the best OOF `metric`": each fold's rows
-    come from the entry that is best on the other folds' rows. Returns the OOF and the
-    entry chosen for each fold."""
+    """OOF of the procedure "pick the entry with the best OOF `rank_by` score": each fold's
+    rows come from the entry that is best on the other folds' rows. Returns the OOF and
+    the entry chosen for each fold."""
     names = list(candidates)
+    metric = rank_by
     sign = 1 if HIGHER_IS_BETTER[metric] else -1
     out = np.zeros_like(next(iter(candidates.values())))
     chosen = {}
@@ -103,9 +125,10 @@ def nested_selection(candidates: dict[str, np.ndarray], y: np.ndarray, folds: np
     return out, chosen
 
 
-def leaderboard_uncertainty(predictions: list, metric: str) -> dict:
+def leaderboard_uncertainty(predictions: list, metric: str, rank_by: str) -> dict:
     """Per entry: bootstrap standard errors of its CV figures and its paired difference
-    (in `metric`) to the best entry; under "__selected__" the nested-selection CV."""
+    (in `metric`) to the entry best by `rank_by` (rank 1); under "__selected__" the
+    nested CV of choosing by `rank_by`."""
     classes = predictions[0].classes
     ids = predictions[0].oof["id"].tolist()
     y = class_indices(predictions[0].oof["label"], classes)
@@ -114,17 +137,17 @@ def leaderboard_uncertainty(predictions: list, metric: str) -> dict:
              for p in predictions}
     labelled = {p.name: probs[p.name] for p in predictions
                 if p.gives_labels or metric == "auc"}
-    sign = 1 if HIGHER_IS_BETTER[metric] else -1
-    best = max(labelled, key=lambda n: sign * metric_value(metric, y, labelled[n], classes))
+    best = best_entry({n: {rank_by: metric_value(rank_by, y, p, classes)}
+                       for n, p in labelled.items()}, rank_by)
     out = {}
     for name, p in probs.items():
         diff, diff_se = paired_difference(metric, y, p, probs[best], classes=classes)
         out[name] = {**{f"cv_{m}_se": round(bootstrap_se(m, y, p), 5)
                         for m in ("accuracy", "macro_f1")},
                      f"diff_{metric}_to_best": round(diff, 5), "diff_se": round(diff_se, 5)}
-    selected, chosen = nested_selection(labelled, y, folds, metric, classes)
+    selected, chosen = nested_selection(labelled, y, folds, rank_by, classes)
     out["__selected__"] = {
-        "metric": metric, "chosen_per_fold": chosen, "final_choice": best,
+        "metric": metric, "rank_by": rank_by, "chosen_per_fold": chosen, "final_choice": best,
         "cv": scores(y, selected, classes),
         "se": {m: bootstrap_se(m, y, selected) for m in ("accuracy", "macro_f1")},
     }

@@ -66,9 +66,11 @@ def submission_name(name: str, metric: str, score: float) -> str:
 
 
 def write_submission(folder: Path, experiment: str, competition: Competition,
-                     predictions: PredictionSet, metric: str, settings: str = "") -> dict:
-    """Write one submission file into `folder` (submissions/<experiment>/); return its
-    leaderboard row (`settings`: what tells the entry apart, see entry_settings)."""
+                     predictions: PredictionSet, metric: str, settings: str = "",
+                     rank_by: str | None = None) -> dict:
+    """Write one submission file into `folder` (submissions/<experiment>/), named by its CV
+    `metric`; return its leaderboard row (`settings`: what tells the entry apart, see
+    entry_settings), with the CV `rank_by` score that ranks it."""
     if metric not in HIGHER_IS_BETTER:
         raise CompError(f"config: submit.metric={metric!r}; use one of {sorted(HIGHER_IS_BETTER)}")
     info, cv = predictions.info, predictions.info["cv"]
@@ -84,7 +86,8 @@ def write_submission(folder: Path, experiment: str, competition: Competition,
         "settings": settings,
         "models": " ".join(info.get("models", [name])), "round": info.get("round", 0),
         "tuned": bool(info.get("tuned", False)),
-        **{f"cv_{m}": round(cv[m], 5) for m in dict.fromkeys([*LEADERBOARD_METRICS, metric])},
+        **{f"cv_{m}": round(cv[m], 5)
+           for m in dict.fromkeys([*LEADERBOARD_METRICS, metric, rank_by or metric])},
         "n_oof": predictions.info.get("n_oof"), "file": path.name,
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
     }
@@ -135,11 +138,12 @@ def entry_settings(specs: dict[str, dict], ensembles: dict[str, dict]) -> dict[s
     return out
 
 
-def write_leaderboard(path: Path, rows: list[dict], metric: str) -> pd.DataFrame:
-    """Write one experiment's leaderboard.csv: its `rows` ranked 1.. by the CV `metric`."""
+def write_leaderboard(path: Path, rows: list[dict], rank_by: str) -> pd.DataFrame:
+    """Write one experiment's leaderboard.csv: its `rows` ranked 1.. by the CV `rank_by`
+    score (comp.selection.ranking_metric)."""
     board = pd.DataFrame(rows)
-    column = f"cv_{metric}"
-    board = board.sort_values(column, ascending=not HIGHER_IS_BETTER[metric], kind="stable")
+    column = f"cv_{rank_by}"
+    board = board.sort_values(column, ascending=not HIGHER_IS_BETTER[rank_by], kind="stable")
     board.insert(0, "rank", range(1, len(board) + 1))
     write_csv(path, board.reset_index(drop=True))
     return board.reset_index(drop=True)

@@ -323,6 +323,7 @@ CONSTRAINTS: dict[str, Constraint] = {
     "only.fold": Optional(Int(0)),
     "plan.format": Options("lines", "slurm", "kubernetes"),
     "submit.metric": Options(*SUBMIT_METRICS),
+    "submit.rank_by": Options("auto", *SUBMIT_METRICS),
     "compute.precision": Options("float32", "mixed_float16", "mixed_bfloat16"),
     "compute.jit_compile": Options("auto", True, False),
     "compute.distribute": Options("none", "mirrored"),

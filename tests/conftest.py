@@ -32,16 +32,25 @@ def competition(tmp_path: Path) -> Path:
     return make_competition(tmp_path / "comp")
 
 
+_COMP_LOGGER = get_logger()  # as comp sets it up: its stderr handler, INFO, not propagating
+_COMP_LOGGER_AS_SET_UP = (_COMP_LOGGER.propagate, _COMP_LOGGER.level, list(_COMP_LOGGER.handlers))
+
+
+def _reset_comp_logger() -> None:
+    propagate, level, handlers = _COMP_LOGGER_AS_SET_UP
+    _COMP_LOGGER.propagate, _COMP_LOGGER.disabled = propagate, False
+    _COMP_LOGGER.setLevel(level)
+    _COMP_LOGGER.handlers[:] = handlers
+
+
 @pytest.fixture(autouse=True)
 def _comp_logger_restored():
-    """Each test starts with the `comp` logger as comp sets it up (its stderr handler, not
-    propagating), and whatever the test does to it (propagate, level, handlers) is undone."""
-    logger = get_logger()  # set up first, so that a later get_logger() changes nothing
-    propagate, level, handlers = logger.propagate, logger.level, list(logger.handlers)
+    """Each test starts and ends with the `comp` logger as comp sets it up (its stderr
+    handler, INFO, not propagating), whatever the test or a session fixture built before it
+    (a quiet run sets WARNING) did to it."""
+    _reset_comp_logger()
     yield
-    logger.propagate = propagate
-    logger.setLevel(level)
-    logger.handlers[:] = handlers
+    _reset_comp_logger()
 
 
 @pytest.fixture

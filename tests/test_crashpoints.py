@@ -27,8 +27,16 @@ def test_the_named_unit_exits_hard(wanted, code, last):
     assert done.stdout.split()[-1] == last
 
 
-def test_unset_is_a_no_op(monkeypatch):
-    monkeypatch.delenv(ENV, raising=False)
-    crash_point("fold:0")  # still here
-    monkeypatch.setenv(ENV, "")
+def test_unset_or_empty_is_a_no_op(monkeypatch):
+    exits = []
+    monkeypatch.setattr("os._exit", exits.append)  # a real exit would end pytest itself
+    for value in (None, "", " "):
+        if value is None:
+            monkeypatch.delenv(ENV, raising=False)
+        else:
+            monkeypatch.setenv(ENV, value)
+        crash_point("fold:0")
+    assert exits == []
+    monkeypatch.setenv(ENV, "fold:0")
     crash_point("fold:0")
+    assert exits == [EXIT_CODE]  # the same patched exit does see a named unit

@@ -19,6 +19,7 @@ from PIL import Image
 from comp.data.folder import read_competition
 from comp.run import main
 from tests.conftest import make_competition, synthetic_image, tiny_overrides
+from tests.helpers import copy_tree
 
 
 def _prepare(tmp_path: Path, root: Path, capsys, **extra) -> tuple[int, list[str]]:
@@ -153,9 +154,20 @@ def _probability_sample(root: Path) -> None:
         root / "sample_submission.csv", index=False)
 
 
-def _rerun_equals_fresh(tmp_path: Path, root: Path, change) -> None:
+@pytest.fixture(scope="module")
+def ran_before_change(tmp_path_factory) -> Path:
+    """Built once for the module: a tiny competition (probability sample) in comp/ and its
+    stage=all run in rerun/; each test changes its own copy (copy_tree)."""
+    base = tmp_path_factory.mktemp("before_change")
+    root = make_competition(base / "comp")
     _probability_sample(root)
-    _run_all(tmp_path, root, "rerun")
+    _run_all(base, root, "rerun")
+    return base
+
+
+def _rerun_equals_fresh(tmp_path: Path, root: Path, change) -> None:
+    """`root` was run in tmp_path/rerun before: after `change`, the rerun there equals a
+    fresh run on a copy of the changed folder."""
     change(root)
     rerun = _run_all(tmp_path, root, "rerun")
     fresh_root = tmp_path / "fresh_data"
@@ -202,8 +214,9 @@ def _add_test_image(root: Path) -> None:
                                     _new_test_set_same_size, _add_test_image],
                          ids=["replace-test-image", "reorder-sample", "new-test-set",
                               "add-test-image"])
-def test_rerun_after_test_change_equals_fresh_run(tmp_path, competition, change):
-    _rerun_equals_fresh(tmp_path, competition, change)
+def test_rerun_after_test_change_equals_fresh_run(tmp_path, ran_before_change, change):
+    copy_tree(ran_before_change, tmp_path)
+    _rerun_equals_fresh(tmp_path, tmp_path / "comp", change)
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from comp.selection import nested_selection
+from comp.selection import best_entry, nested_selection, ranking_metric
 
 
 def _probs(y: np.ndarray, correct: np.ndarray, n_classes: int = 3) -> np.ndarray:
@@ -37,3 +37,39 @@ def test_nested_selection_scores_each_fold_with_the_entry_picked_on_the_others()
         others = folds != fold
         best = max(entries, key=lambda k: (entries[k][others].argmax(1) == y[others]).mean())
         assert name == best
+
+
+def test_auto_ranks_by_log_loss_except_for_auc_and_a_named_score_ranks_by_itself():
+    assert ranking_metric("accuracy", "auto") == "log_loss"
+    assert ranking_metric("qwk", "auto") == "log_loss"
+    assert ranking_metric("auc", "auto") == "auc"  # rank averages give no probabilities
+    assert ranking_metric("accuracy", "macro_f1") == "macro_f1"
+
+
+def test_best_entry_follows_the_scores_direction_and_keeps_the_first_on_a_tie():
+    cv = {"a": {"log_loss": 0.3, "accuracy": 0.9}, "b": {"log_loss": 0.2, "accuracy": 0.9},
+          "c": {"log_loss": 0.5, "accuracy": 0.8}}
+    assert best_entry(cv, "log_loss") == "b"  # lower is better
+    assert best_entry(cv, "accuracy") == "a"  # a tie: the first listed
+    assert best_entry({"c": cv["c"], **cv}, "accuracy") == "a"
+
+
+def test_log_loss_choice_is_steadier_than_accuracy_when_two_entries_tie():
+    """Two entries with the same OOF accuracy: the one with the sharper right answers
+    (lower log loss) is chosen on every fold, where accuracy flips with each fold's few
+    differing rows."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 300)
+    right = rng.random(300) < 0.85
+    folds = np.arange(300) % 5
+    sure, unsure = _probs(y, right), _probs(y, right)
+    unsure[np.arange(300), y] = np.where(right, 0.5, 0.1)  # right, but less sure
+    unsure /= unsure.sum(1, keepdims=True)
+    flip = np.nonzero(right)[0][:6], np.nonzero(~right)[0][:6]
+    sure_flipped = sure.copy()  # same accuracy, different rows: 6 broken, 6 fixed
+    sure_flipped[flip[0]] = _probs(y[flip[0]], np.zeros(6, bool))
+    sure_flipped[flip[1]] = _probs(y[flip[1]], np.ones(6, bool))
+    entries = {"unsure": unsure, "sure": sure_flipped}
+    assert (unsure.argmax(1) == y).mean() == (sure_flipped.argmax(1) == y).mean()
+    _, by_log_loss = nested_selection(entries, y, folds, "log_loss")
+    assert set(by_log_loss.values()) == {"sure"}

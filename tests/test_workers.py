@@ -119,21 +119,21 @@ def test_three_workers_share_one_journal_study_as_one_process_would(tmp_path, co
     one process does; one process on a journal file gives SQLite's trials exactly."""
     url, storage = _journal(tmp_path)
     shared = tiny_overrides(tmp_path, competition, **TUNE_FAST, **{
-        "tune.storage": url, "tune.n_trials": "4", "name": "shared"})
+        "tune.storage": url, "tune.n_trials": "3", "name": "shared"})
     _workers(shared, 3)
     alone_url, alone_storage = _journal(tmp_path, "alone.log")
     _workers(tiny_overrides(tmp_path, competition, **TUNE_FAST, **{
-        "tune.storage": alone_url, "tune.n_trials": "4", "name": "alone"}), 1)
+        "tune.storage": alone_url, "tune.n_trials": "3", "name": "alone"}), 1)
     _workers(tiny_overrides(tmp_path, competition, **TUNE_FAST, **{
-        "tune.n_trials": "4", "name": "alone"}), 1)  # the same study in SQLite
+        "tune.n_trials": "3", "name": "alone"}), 1)  # the same study in SQLite
     workers = set()
     for fold in (0, 1):
         study = _study(storage, "shared-small_cnn", fold)
-        _assert_exact(study, 4)
-        assert [t.number for t in study.trials] == [0, 1, 2, 3]
+        _assert_exact(study, 3)
+        assert [t.number for t in study.trials] == [0, 1, 2]
         workers |= {t.user_attrs["worker"] for t in study.trials}
         alone = _study(alone_storage, "alone-small_cnn", fold)
-        _assert_exact(alone, 4)
+        _assert_exact(alone, 3)
         assert alone.trials[0].params == study.trials[0].params  # the default trial
         sqlite = load_study(optuna_url(tmp_path, "alone"), f"alone-small_cnn-fold{fold}")
         assert [t.params for t in alone.trials] == [t.params for t in sqlite.trials]

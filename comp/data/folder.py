@@ -325,17 +325,8 @@ def _read_train(root: Path, id_column: str | None, label_column: str | None) -> 
         if len(columns) < 2:
             raise CompError(f"{csv_path}: missing column(s) for the labels; found {columns}, "
                             "expected a header id,label")
-        raw = _without_folder(frame[id_col], folder)
-        _check_ids(raw, csv_path)
-        files = image_files(folder)
-        ids = _match_ids(raw, folder, files, csv_path, "listed image(s) missing from")
-        _check_ids(pd.Series(ids), csv_path)
-        unlisted = sorted(set(files) - set(ids))
-        if unlisted:
-            get_logger().warning(
-                "warning: %d image(s) in %s are not in train.csv and are ignored, e.g. %s",
-                len(unlisted), folder, unlisted[:3],
-            )
+        ids = _listed_images(frame[id_col], folder, csv_path, "listed image(s) missing from",
+                             "are not in train.csv and are ignored")
         labels = _labels(frame, id_col, label_col, csv_path)
         return pd.DataFrame({"id": ids, "label": labels.to_numpy(),
                              "path": [str(folder / i) for i in ids]})
@@ -397,23 +388,31 @@ def _read_sample(root: Path, classes: list[str]) -> tuple[pd.DataFrame, list[str
     return sample, columns, kind
 
 
+def _listed_images(listed: pd.Series, folder: Path, csv_path: Path, missing: str,
+                   unlisted: str) -> list[str]:
+    """The file names of `folder` that `csv_path` lists (its `listed` id column, with or
+    without the folder prefix or extension), in its order; a CompError with the `missing`
+    phrase where some have no file, one warning (`unlisted`) for files it does not list."""
+    raw = _without_folder(listed, folder)
+    _check_ids(raw, csv_path)
+    files = image_files(folder)
+    ids = _match_ids(raw, folder, files, csv_path, missing)
+    _check_ids(pd.Series(ids), csv_path)
+    extra = sorted(set(files) - set(ids))
+    if extra:
+        get_logger().warning("warning: %d image(s) in %s %s, e.g. %s", len(extra), folder,
+                             unlisted, extra[:3])
+    return ids
+
+
 def _read_test(root: Path, classes: list[str]) -> tuple[pd.DataFrame, list[str], str]:
     sample_path, folder = root / "sample_submission.csv", root / "test"
     if sample_path.exists() and not folder.is_dir():
         raise CompError(f"{folder}: test image folder not found; see the README's layout")
     sample, columns, kind = _read_sample(root, classes)
     id_column = columns[0]
-    raw = _without_folder(sample[id_column], folder)
-    _check_ids(raw, sample_path)
-    files = image_files(folder)
-    ids = _match_ids(raw, folder, files, sample_path, "id(s) have no image in")
-    _check_ids(pd.Series(ids), sample_path)
-    extra = sorted(set(files) - set(ids))
-    if extra:
-        get_logger().warning(
-            "warning: %d image(s) in %s are not in sample_submission.csv and are not predicted",
-            len(extra), folder,
-        )
+    ids = _listed_images(sample[id_column], folder, sample_path, "id(s) have no image in",
+                         "are not in sample_submission.csv and are not predicted")
     test = pd.DataFrame({"id": ids, "submission_id": sample[id_column].to_numpy(),
                          "path": [str(folder / i) for i in ids]})
     return test, columns, kind

@@ -101,7 +101,13 @@ def _identity(x: np.ndarray) -> np.ndarray:
 
 
 def small_cnn(input_shape, weights):
-    """A small CNN trained from scratch: three conv blocks (32, 64, 128 filters)."""
+    """A small CNN trained from scratch: three conv blocks (32, 64, 128 filters).
+
+    Its BatchNormalization layers keep their moving statistics with momentum 0.9, not
+    Keras's 0.99: a few hundred images make a few steps an epoch, and at 0.99 the moving
+    statistics lag the changing weights so far that inference-mode predictions fell to
+    chance on 26 colour letter classes while training-mode accuracy rose (bench/README.md,
+    "small_cnn on the glyphs")."""
     import keras
     from keras import layers
 
@@ -111,7 +117,7 @@ def small_cnn(input_shape, weights):
         for conv in (1, 2):
             x = layers.Conv2D(filters, 3, padding="same", use_bias=False,
                               name=f"block{block}_conv{conv}")(x)
-            x = layers.BatchNormalization(name=f"block{block}_bn{conv}")(x)
+            x = layers.BatchNormalization(momentum=0.9, name=f"block{block}_bn{conv}")(x)
             x = layers.Activation("relu", name=f"block{block}_relu{conv}")(x)
         x = layers.MaxPooling2D(name=f"block{block}_pool")(x)
     return keras.Model(inputs, x, name="small_cnn")

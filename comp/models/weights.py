@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from comp.artifacts import file_sha256
 from comp.errors import CompError
 from comp.models.registry import Backbone
 
@@ -68,11 +69,11 @@ def resolve_weights(
         path = Path(weights).expanduser()
         if not path.is_file():
             raise CompError(f"weights={weights}: file not found; give an existing .h5 file")
-        return ResolvedWeights(path, "sha256:" + _sha256(path))
+        return ResolvedWeights(path, "sha256:" + file_sha256(path)[:16])
     path = find_local_weights(backbone, size, weights_dir)
     if path is not None:
         _check_md5(path, backbone.weight_md5)
-        return ResolvedWeights(path, "sha256:" + _sha256(path))
+        return ResolvedWeights(path, "sha256:" + file_sha256(path)[:16])
     names = _file_names(backbone, size)
     path = _download(backbone, names[0])
     if path is None:
@@ -83,7 +84,7 @@ def resolve_weights(
             "into one of them, set "
             "weights_dir=<folder>, give weights=<path>, or use weights=none for random init"
         )
-    return ResolvedWeights(path, "sha256:" + _sha256(path))
+    return ResolvedWeights(path, "sha256:" + file_sha256(path)[:16])
 
 
 def _file_names(backbone: Backbone, size: int) -> list[str]:
@@ -137,9 +138,3 @@ def _check_md5(path: Path, expected: str | None) -> None:
         )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]

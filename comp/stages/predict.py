@@ -12,16 +12,18 @@ from comp.errors import CompError
 from comp.inference import best_prediction_set, input_images, predict_paths
 from comp.log import get_logger
 from comp.predictions import probs_frame
+from comp.selection import ranking_metric
 from comp.workspace import is_folder_target, run_dir
 
 
 def run(cfg: DictConfig) -> pd.DataFrame:
-    """Predict `predict.input` with `predict.using` (default: the best by CV)."""
+    """Predict `predict.input` with `predict.using` (default: rank 1 by CV, submit.rank_by)."""
     if not cfg.predict.input:
         raise CompError("config: predict.input is not set; give an image file or a folder")
     run = run_dir(cfg.runs_dir, cfg.name, writable=not cfg.predict.output)
     paths = input_images(Path(cfg.predict.input))
-    using = cfg.predict.using or best_prediction_set(run, cfg.submit.metric)
+    using = cfg.predict.using or best_prediction_set(
+        run, ranking_metric(cfg.submit.metric, cfg.submit.rank_by))
     probs, classes = predict_paths(cfg, run, using, paths)
     frame = probs_frame([p.name for p in paths], probs, classes)
     frame.insert(1, "label", [classes[i] for i in probs.argmax(1)])

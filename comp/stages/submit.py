@@ -10,7 +10,7 @@ from comp.data.prepared import load_competition
 from comp.errors import CompError
 from comp.log import get_logger
 from comp.predictions import read_prediction_set
-from comp.selection import leaderboard_uncertainty, selection_headline
+from comp.selection import leaderboard_uncertainty, ranking_metric, selection_headline
 from comp.submission import entry_settings, write_leaderboard, write_submission
 from comp.workspace import leaderboard_path, run_dir, submissions_folder
 
@@ -24,6 +24,7 @@ def run(cfg: DictConfig):
     competition = load_competition(cfg)
     folder = submissions_folder(cfg.submissions_dir, cfg.name)
     metric = cfg.submit.metric
+    rank_by = ranking_metric(metric, cfg.submit.rank_by)
     predictions = [read_prediction_set(s) for s in sets]
     labelled = [p for p in predictions if p.gives_labels]
     if not labelled:
@@ -35,16 +36,16 @@ def run(cfg: DictConfig):
                                       if p.info.get("kind") == "ensemble"})
     # rank averages are not probabilities: never turned into a submission (AUC in cv.json)
     rows = [write_submission(folder, cfg.name, competition, p, metric,
-                             settings.get(p.name, "")) for p in labelled]
-    uncertainty = leaderboard_uncertainty(predictions, metric)
+                             settings.get(p.name, ""), rank_by) for p in labelled]
+    uncertainty = leaderboard_uncertainty(predictions, metric, rank_by)
     for row in rows:
         row.update(uncertainty.get(row["name"], {}))
-    board = write_leaderboard(leaderboard_path(cfg.submissions_dir, cfg.name), rows, metric)
+    board = write_leaderboard(leaderboard_path(cfg.submissions_dir, cfg.name), rows, rank_by)
     best = board.iloc[0]
     selected = uncertainty["__selected__"]
     write_json(run.root / "selection.json", selected)
-    get_logger().info("submit: rank 1 %s (%s) CV %s %.4f -> %s ; leaderboard: %s",
-                      best["name"], best["kind"], metric, best[f"cv_{metric}"],
+    get_logger().info("submit: rank 1 by CV %s %s (%s) CV %s %.4f -> %s ; leaderboard: %s",
+                      rank_by, best["name"], best["kind"], metric, best[f"cv_{metric}"],
                       folder / best["file"], leaderboard_path(cfg.submissions_dir, cfg.name))
     return board
 

@@ -17,6 +17,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from comp.artifacts import atomic_path
+from comp.data.folder import SPLITS
 from comp.data.views import TTA_VIEWS
 from comp.models.classic import (
     GridAverage,
@@ -37,14 +38,12 @@ from comp.training.embeddings import (
     pooled_model,
 )
 
-SPLITS = ("train", "test", "unlabeled")
-
 
 class ClassicFeatures:
     """The embeddings of every split for a classic spec: `features[split]` (V, N, D), the
     spec's parts concatenated."""
 
-    def __init__(self, spec, prepared, max_pixels: int):
+    def __init__(self, spec, prepared):
         self.views = TTA_VIEWS[spec.views]
         cache = prepared.run.root / "cache" / "embeddings"
         self.features = {}

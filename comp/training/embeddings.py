@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from comp.artifacts import atomic_path, fingerprint, read_json, write_json
+from comp.artifacts import fingerprint, read_json, write_json, write_npy
 from comp.data.views import dihedral_view
 from comp.errors import CompError
 from comp.log import progress, unit_done
@@ -137,7 +137,6 @@ def cached_embeddings(cache_root: Path, key: dict, split: str, images: np.ndarra
         except (OSError, ValueError):
             pass  # corrupt: rebuilt below
     array = embed(images, views, make_encoder(), desc=f"embed {key['source']} {split}")
-    with atomic_path(target, suffix=".npy") as tmp, open(tmp, "wb") as handle:
-        np.save(handle, array)
+    write_npy(target, array)
     write_json(key_file, full)
     return array

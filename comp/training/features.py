@@ -165,14 +165,15 @@ def read_rows(images: np.ndarray, start: int, stop: int) -> np.ndarray:
 
 
 def _prefix_outputs(batch: np.ndarray, prefix, preprocess) -> np.ndarray:
-    if prefix is None and _is_identity(preprocess):
+    if prefix is None and is_identity_preprocess(preprocess):
         return batch  # uint8: the model rescales its input itself
     x = preprocess(batch.astype(np.float32))
     out = x if prefix is None else prefix.predict_on_batch(x)
     return np.asarray(out).astype(np.float16)
 
 
-def _is_identity(preprocess) -> bool:
+def is_identity_preprocess(preprocess) -> bool:
+    """Whether a backbone's preprocessing leaves 0..255 pixel values as they are."""
     probe = np.array([[0.0, 127.0, 255.0]], dtype=np.float32)
     return bool(np.array_equal(preprocess(probe.copy()), probe))
 

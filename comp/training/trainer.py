@@ -2,7 +2,8 @@
 
 A unit is one fold of one repeat of the K-fold split (unit u = repeat * K + fold; with
 data.repeats=1 the units are the folds). Each unit writes into models/<model_id>/fold<u>/:
-model.weights.h5 (the best-AUC epoch), history.csv, val.csv, test.csv, unlabeled.csv
+model.weights.h5 (the weights train.epoch_choice keeps: by default the last epoch's),
+history.csv, val.csv, test.csv, unlabeled.csv
 and, last, metrics.json, whose presence marks the unit done. A unit without it is
 cleared and trained again.
 """
@@ -20,6 +21,7 @@ import pandas as pd
 from comp import __version__
 from comp.artifacts import atomic_path, read_json, write_csv, write_json
 from comp.crashpoints import crash_point
+from comp.data.folder import SPLITS
 from comp.errors import CompError
 from comp.log import get_logger, progress, unit_done
 from comp.metrics import scores
@@ -34,8 +36,6 @@ from comp.training.features import ViewPlan, feature_cache
 from comp.training.fit import FoldData, class_weights, fit_fold, predict_tta
 from comp.training.viewchoice import ALL, IDENTITY, choose_views, unit_descriptors
 from comp.workspace import unit_lock
-
-SPLITS = ("train", "test", "unlabeled")
 
 
 @dataclass
@@ -55,7 +55,7 @@ class FeaturedModel:
     a fresh head on it for one fold.
     """
 
-    def __init__(self, spec: ModelSpec, prepared, max_pixels: int):
+    def __init__(self, spec: ModelSpec, prepared):
         backbone = get_backbone(spec.backbone)
         with model_scope(spec.compute):
             base = build_backbone(backbone, spec.image_size, spec.weights, spec.train["seed"])
@@ -96,11 +96,11 @@ def model_key(spec) -> str:
     return FeaturedModel.key(spec)
 
 
-def featured_model(spec, prepared, max_pixels: int):
+def featured_model(spec, prepared):
     """The features a spec trains on: a cut backbone (fine-tuning) or pooled embeddings."""
     if spec.kind == "classic":
-        return ClassicFeatures(spec, prepared, max_pixels)
-    return FeaturedModel(spec, prepared, max_pixels)
+        return ClassicFeatures(spec, prepared)
+    return FeaturedModel(spec, prepared)
 
 
 def fold_data(featured: FeaturedModel, spec: ModelSpec, labels: np.ndarray,
@@ -116,12 +116,12 @@ def fold_data(featured: FeaturedModel, spec: ModelSpec, labels: np.ndarray,
     themselves (optimistic: the scored fold picks its own epoch).
     """
     plan, train = featured.plan, spec.train
-    choice = train.get("epoch_choice", "outer")
+    choice = train["epoch_choice"]
     stop = None
     if choice == "outer":
         stop = val
     elif choice == "inner":
-        rows, stop = inner_holdout(rows, labels, groups, train.get("stop_fraction", 0.2),
+        rows, stop = inner_holdout(rows, labels, groups, train["stop_fraction"],
                                    train["seed"])
     per_class = class_weights(labels[rows], n_classes, train["class_weight"])
     targets = np.eye(n_classes)[labels]
@@ -199,7 +199,7 @@ def fold_done(folder, splits: dict | None = None) -> bool:
     return splits is None or metrics.get("splits") == splits
 
 
-def train_spec(spec: ModelSpec, prepared, max_pixels: int, info: dict,
+def train_spec(spec: ModelSpec, prepared, info: dict,
                pseudo_for_fold=None, folds_to_run: list[int] | None = None,
                tensorboard: bool = False, deadline=None) -> dict | None:
     """Train `spec` on every unfinished unit (fold of a repeat) and, when all are done,
@@ -232,7 +232,7 @@ def train_spec(spec: ModelSpec, prepared, max_pixels: int, info: dict,
             fold_spec = spec.for_fold(fold)
             key = model_key(fold_spec)
             if key not in featured_models:
-                featured_models[key] = featured_model(fold_spec, prepared, max_pixels)
+                featured_models[key] = featured_model(fold_spec, prepared)
             featured = featured_models[key]
             pseudo = pseudo_for_fold(fold, featured) if pseudo_for_fold else None
             if spec.kind == "classic":
@@ -285,7 +285,7 @@ def _train_fold(featured: FeaturedModel, model_id: str, spec: ModelSpec, prepare
     optimistic = int(history["val_monitor"].idxmax())
     write_fold_outputs(out, prepared, fold, val_probs, split_probs, {
         "best_epoch": best_epoch, "epochs_run": len(history),
-        "epoch_choice": spec.train.get("epoch_choice", "outer"), "views": views,
+        "epoch_choice": spec.train["epoch_choice"], "views": views,
         "n_train": int(len(data.rows)),
         "n_stop": 0 if data.stop_rows is None else int(len(data.stop_rows)),
         "optimistic": {"epoch": optimistic, **{

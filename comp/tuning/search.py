@@ -89,7 +89,7 @@ def tune_backbone(cfg: DictConfig, prepared: Prepared, backbone_name: str) -> di
         spec = with_params(base, suggest(trial, backbone, names))
         key = FeaturedModel.key(spec)
         if key not in featured_models:
-            featured_models[key] = FeaturedModel(spec, prepared, cfg.data.max_image_pixels)
+            featured_models[key] = FeaturedModel(spec, prepared)
         featured = featured_models[key]
         metric = cfg.tune.metric
         values = []
