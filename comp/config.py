@@ -292,8 +292,7 @@ class SubmitConfig:
 
     metric: str = "accuracy"  # the competition's score: names files and CV figures (qwk: kappa)
     # the CV score that ranks the leaderboard and so picks rank 1 (submit, predict, export);
-    # auto: log_loss, a proper score that is less noisy than accuracy on a few hundred
-    # images (auc where submit.metric is auc: rank averages give no probabilities)
+    # auto: submit.metric; log_loss: a steadier choice that favours calibrated ensembles
     rank_by: str = "auto"
 
 

@@ -21,16 +21,13 @@ FAST_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "log_loss")
 
 def ranking_metric(metric: str, rank_by: str) -> str:
     """The CV score that ranks entries and so picks rank 1 (submit.rank_by): `rank_by`
-    itself, or for `auto` log_loss, except auc where `metric` is auc.
+    itself, or for `auto` the competition's `metric`.
 
-    Why log_loss: choosing the best of ten entries by accuracy on a few hundred OOF rows
-    picks by noise (ties and one-image differences); the log loss of the same rows moves
-    with every probability, so the choice it makes holds up better on the held fold
-    (bench/README.md, "choosing rank 1"). Rank averages give no probabilities, so an auc
-    competition ranks by auc."""
-    if rank_by != "auto":
-        return rank_by
-    return "auc" if metric == "auc" else "log_loss"
+    log_loss is the option for a steadier choice: it moves with every probability, where
+    accuracy on a few hundred OOF rows ties or differs by one image. It is not the
+    default because it also favours well-calibrated mean ensembles over a more accurate
+    single model (bench/README.md, "Choosing rank 1": better on digits, worse on wbc)."""
+    return metric if rank_by == "auto" else rank_by
 
 
 def best_entry(cv_scores: dict[str, dict], rank_by: str) -> str:

@@ -124,7 +124,7 @@ def test_stage_ensemble_writes_sets_ranked_beside_single_models(tmp_path, traine
     assert sorted(board.kind.unique()) == ["ensemble", "single"] and len(board) == 4
     assert board["rank"].tolist() == list(range(1, 5))
     assert {"cv_accuracy_se", "cv_macro_f1_se", "diff_accuracy_to_best"} <= set(board.columns)
-    assert board.cv_log_loss.is_monotonic_increasing  # ranked by submit.rank_by=auto
+    assert board.cv_accuracy.is_monotonic_decreasing  # ranked by submit.metric (rank_by=auto)
     assert (board.file.map(lambda f: (submissions(tmp_path) / f).exists())).all()
 
 

@@ -114,8 +114,7 @@ def test_bad_pixel_files_are_one_line(case, tmp_path, capsys):
 @pytest.mark.slow
 def test_stage_all_writes_the_samples_ids_and_integer_labels(tmp_path):
     root = make_pixel_competition(tmp_path / "digits", side=28)
-    assert main(["stage=all", *tiny_overrides(tmp_path, root, **{"submit.metric": "qwk",
-                                                                  "submit.rank_by": "qwk"})]) == 0
+    assert main(["stage=all", *tiny_overrides(tmp_path, root, **{"submit.metric": "qwk"})]) == 0
     board = pd.read_csv(tmp_path / "submissions" / "tiny" / "leaderboard.csv")
     assert board["cv_qwk"].is_monotonic_decreasing  # ranked by quadratic weighted kappa
     text = (tmp_path / "submissions" / "tiny" / board["file"].iloc[0]).read_text().splitlines()

@@ -39,10 +39,10 @@ def test_nested_selection_scores_each_fold_with_the_entry_picked_on_the_others()
         assert name == best
 
 
-def test_auto_ranks_by_log_loss_except_for_auc_and_a_named_score_ranks_by_itself():
-    assert ranking_metric("accuracy", "auto") == "log_loss"
-    assert ranking_metric("qwk", "auto") == "log_loss"
-    assert ranking_metric("auc", "auto") == "auc"  # rank averages give no probabilities
+def test_auto_ranks_by_the_competitions_metric_and_a_named_score_ranks_by_itself():
+    assert ranking_metric("accuracy", "auto") == "accuracy"
+    assert ranking_metric("qwk", "auto") == "qwk"
+    assert ranking_metric("accuracy", "log_loss") == "log_loss"
     assert ranking_metric("accuracy", "macro_f1") == "macro_f1"
 
 
