@@ -89,7 +89,8 @@ def optuna_weights(members: np.ndarray, y: np.ndarray, seed: int = 0,
     """Simplex weights found by an Optuna TPE study minimising log loss.
 
     With `storage` (a URL or an Optuna storage, see tuning.studies.optuna_storage) and
-    `study_name` the study is kept (and continued) there.
+    `study_name` the study is kept there, and a study continued after a kill ends with
+    the same trials and weights as one that ran through.
     """
     import optuna
 
@@ -98,8 +99,7 @@ def optuna_weights(members: np.ndarray, y: np.ndarray, seed: int = 0,
         return np.ones(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize", storage=storage, study_name=study_name,
-                                load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=seed))
+                                load_if_exists=True)
     if not study.trials:
         study.enqueue_trial({f"w{i}": 1.0 for i in range(m)})  # the plain mean first
 
@@ -109,9 +109,12 @@ def optuna_weights(members: np.ndarray, y: np.ndarray, seed: int = 0,
             return float("inf")
         return _log_loss(weighted_mean(members, raw / raw.sum()), y)
 
-    done = sum(t.state.is_finished() for t in study.trials)
-    if done < n_trials:
-        study.optimize(objective, n_trials=n_trials - done)
+    while (done := sum(t.state.is_finished() for t in study.trials)) < n_trials:
+        # a fresh sampler per trial, seeded by the finished trials' count: a study killed
+        # and continued proposes what an uninterrupted one does (a RUNNING trial left by
+        # the kill is ignored by TPE and not counted)
+        study.sampler = optuna.samplers.TPESampler(seed=seed + done)
+        study.optimize(objective, n_trials=1)
     raw = np.array([study.best_params[f"w{i}"] for i in range(m)])
     return raw / raw.sum()
 

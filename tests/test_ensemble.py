@@ -67,6 +67,27 @@ def test_stacker_and_optuna_weights_give_distributions():
         assert scores(y, out)["accuracy"] > scores(y, members[1])["accuracy"]
 
 
+def test_optuna_weights_continued_after_a_kill_equal_an_uninterrupted_study():
+    import optuna
+
+    from comp.ensemble import optuna_weights
+
+    members, y = _synthetic(n=120)
+    through = optuna.storages.InMemoryStorage()
+    expected = optuna_weights(members, y, seed=3, n_trials=14, storage=through,
+                              study_name="e")
+    killed = optuna.storages.InMemoryStorage()
+    optuna_weights(members, y, seed=3, n_trials=6, storage=killed, study_name="e")
+    optuna.load_study(study_name="e", storage=killed).ask()  # left RUNNING by the kill
+    resumed = optuna_weights(members, y, seed=3, n_trials=14, storage=killed, study_name="e")
+    assert np.array_equal(resumed, expected)
+    values = [[t.value for t in optuna.load_study(study_name="e", storage=s).trials
+               if t.state.is_finished()] for s in (through, killed)]
+    assert values[0] == values[1] and len(values[0]) == 14
+    other_seed = optuna_weights(members, y, seed=4, n_trials=14)
+    assert not np.array_equal(other_seed, expected)  # the seed does reach the proposals
+
+
 @pytest.mark.parametrize("method", ["mean", "weighted", "rank", "geometric"])
 def test_combine_gives_distributions(method):
     members, _ = _synthetic(n=20)
