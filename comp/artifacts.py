@@ -14,6 +14,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +51,18 @@ def atomic_path(target: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def ensure_free_space(target: str | Path, nbytes: int) -> None:
+    """Raise the full-disk OSError before writing about `nbytes` to `target` where its disk
+    has less free (with 10% and 1 MiB to spare). h5py can crash the process outright when
+    the disk fills during a weights file, so the weights writers check first."""
+    folder = Path(target).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if free < nbytes * 1.1 + (1 << 20):
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} on the disk holding "
+                      f"{folder} ({free} bytes free, about {nbytes} needed)", str(target))
 
 
 def new_file_mode() -> int:

@@ -39,3 +39,20 @@ def test_artifacts_get_the_users_umask_not_the_private_temporary_mode(tmp_path, 
     assert _mode(tmp_path / "board.csv") == 0o600
     assert pd.read_csv(tmp_path / "board.csv").a.tolist() == [2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["board.csv", "cv.json", "report"]
+
+
+def test_too_little_free_space_is_the_full_disk_error_before_any_write(tmp_path, monkeypatch):
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    from comp.artifacts import disk_full, ensure_free_space
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 << 30, 0, 3 << 20))
+    ensure_free_space(tmp_path / "w.h5", 1 << 20)  # 3 MiB free holds 1 MiB and the margin
+    with pytest.raises(OSError) as raised:
+        ensure_free_space(tmp_path / "w.h5", 2 << 20)
+    assert raised.value.errno == errno.ENOSPC and disk_full(raised.value)
+    assert raised.value.filename == str(tmp_path / "w.h5") and "about 2097152" in str(raised.value)
+    assert not (tmp_path / "w.h5").exists()

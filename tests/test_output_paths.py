@@ -104,6 +104,24 @@ def test_a_full_disk_while_writing_weights_is_one_line_and_the_rerun_resumes(
     assert len(list(run_path(tmp_path).glob("models/*/fold*/metrics.json"))) == 2
 
 
+@pytest.mark.slow
+def test_too_little_space_for_weights_stops_before_h5py_writes(tmp_path, competition, capsys,
+                                                               monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    import keras
+
+    writes = []
+    monkeypatch.setattr(keras.Model, "save_weights", lambda *a, **k: writes.append(a))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 30, 0, 4096))
+    assert main(["stage=train", *tiny_overrides(tmp_path, competition)]) == 2
+    line = _one_line(capsys)
+    assert "No space left on device on the disk holding" in line and "model.weights.h5" in line
+    assert writes == []  # h5py never started the file
+
+
 def _snapshot(folder):
     return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*")}
 

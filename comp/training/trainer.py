@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from comp import __version__
-from comp.artifacts import atomic_path, read_json, write_csv, write_json
+from comp.artifacts import atomic_path, ensure_free_space, read_json, write_csv, write_json
 from comp.crashpoints import crash_point
 from comp.data.folder import SPLITS
 from comp.errors import CompError
@@ -279,6 +279,8 @@ def _train_fold(featured: FeaturedModel, model_id: str, spec: ModelSpec, prepare
     split_probs = {split: predict_tta(model, featured.features[split],
                                       split_positions(featured.plan, split, views))
                    for split in ("test", "unlabeled")}
+    ensure_free_space(out / "model.weights.h5", sum(
+        int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights))
     with atomic_path(out / "model.weights.h5", suffix=".weights.h5") as tmp:
         model.save_weights(tmp)
     write_csv(out / "history.csv", history)
