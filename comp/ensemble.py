@@ -24,6 +24,8 @@ from scipy.optimize import minimize
 from scipy.special import softmax
 from scipy.stats import rankdata
 
+from comp.crashpoints import crash_point
+
 
 @dataclass(frozen=True)
 class Method:
@@ -114,6 +116,7 @@ def optuna_weights(members: np.ndarray, y: np.ndarray, seed: int = 0,
         # and continued proposes what an uninterrupted one does (a RUNNING trial left by
         # the kill is ignored by TPE and not counted)
         study.sampler = optuna.samplers.TPESampler(seed=seed + done)
+        crash_point(f"ensemble-trial:{done}")  # tests: a kill inside the weight study
         study.optimize(objective, n_trials=1)
     raw = np.array([study.best_params[f"w{i}"] for i in range(m)])
     return raw / raw.sum()

@@ -82,6 +82,34 @@ def test_predict_refuses_an_auc_only_ensemble(tmp_path, competition, capsys):
     assert "predict.using=ensemble-rank" in line and "AUC only" in line
 
 
+@pytest.mark.slow  # two ensemble runs and a child process: ~20 s
+def test_an_optuna_ensemble_killed_mid_study_reruns_to_the_uninterrupted_result(
+        tmp_path, competition):
+    """stage=ensemble with the Optuna weights killed inside a study (its trials kept in the
+    run's storage), then rerun: the same weights, OOF and test predictions as a run that
+    was never killed."""
+    settings = {"ensemble.methods": "[optuna]", "ensemble.optuna_trials": "8"}
+    outputs = {}
+    for where in ("through", "killed"):
+        root = tmp_path / where
+        shutil.copytree(competition, root / "comp")
+        for seed, model_id in enumerate(["small_cnn-aaaa", "small_cnn-bbbb"]):
+            fake_prediction_set(run_path(root), root / "comp", model_id, seed)
+        overrides = tiny_overrides(root, root / "comp", **settings)
+        if where == "killed":
+            killed = run_comp_process("stage=ensemble", *overrides,
+                                      crash_at="ensemble-trial:5")
+            assert killed.returncode == EXIT_CODE, killed.stderr[-2000:]
+            assert not list(run_path(root).glob("ensemble/optuna-*/cv.json"))
+        assert main(["stage=ensemble", *overrides]) == 0
+        (folder,) = run_path(root).glob("ensemble/optuna-*")
+        outputs[where] = (read_json(folder / "cv.json")["weights"],
+                          pd.read_csv(folder / "oof.csv"), pd.read_csv(folder / "test.csv"))
+    assert outputs["killed"][0] == outputs["through"][0]
+    for killed, through in zip(outputs["killed"][1:], outputs["through"][1:], strict=True):
+        pd.testing.assert_frame_equal(killed, through)
+
+
 def test_a_kill_between_an_ensembles_files_leaves_no_finished_ensemble(tmp_path, competition):
     run = run_path(tmp_path)
     for seed, model_id in enumerate(["small_cnn-aaaa", "small_cnn-bbbb"]):
