@@ -25,7 +25,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from comp import __version__
-from comp.artifacts import file_sha256, read_json, write_json, write_text
+from comp.artifacts import ensure_free_space, file_sha256, read_json, write_json, write_text
 from comp.errors import CompError
 from comp.log import get_logger
 from comp.selection import best_entry, ranking_metric
@@ -58,6 +58,9 @@ def export_model(cfg: DictConfig) -> Path:
     model, size, views = build_export_model(cfg, run, model_id, len(info["classes"]),
                                             cfg.export.tta)
     out.mkdir(parents=True, exist_ok=True)
+    weight_bytes = sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize
+                       for w in model.weights)
+    ensure_free_space(out / "model.keras", 3 * weight_bytes)  # .keras, SavedModel, TFLite
     model.save(out / "model.keras")
     model.export(str(out / "saved_model"), verbose=False)
     if cfg.export.tflite:
