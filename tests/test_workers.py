@@ -53,13 +53,13 @@ def _assert_exact(study: optuna.Study, n_trials: int) -> None:
 
 def test_workers_share_one_postgres_study(tmp_path, competition, postgres_url):
     overrides = tiny_overrides(tmp_path, competition, **TUNE_FAST, **{
-        "tune.storage": postgres_url, "tune.n_trials": "5", "name": "shared"})
+        "tune.storage": postgres_url, "tune.n_trials": "4", "name": "shared"})
     _workers(overrides, 3)
     workers = set()
     for fold in (0, 1):
         study = load_study(postgres_url, f"shared-small_cnn-fold{fold}")
-        _assert_exact(study, 5)
-        assert [t.number for t in study.trials] == [0, 1, 2, 3, 4]
+        _assert_exact(study, 4)
+        assert [t.number for t in study.trials] == [0, 1, 2, 3]
         assert study.trials[0].params["model.dropout"] == 0.3  # one default trial, first
         workers |= {t.user_attrs["worker"] for t in study.trials}
         tuned = yaml.safe_load((run_path(tmp_path, "shared") / "tuned/small_cnn.yaml")
@@ -116,7 +116,7 @@ def _study(storage, prefix: str, fold: int) -> optuna.Study:
 
 def test_three_workers_share_one_journal_study_as_one_process_would(tmp_path, competition):
     """tune.storage=journal:<file>: three workers end with exactly n_trials per study, as
-    one process does; one process on a journal file gives SQLite's trials exactly."""
+    one process on a journal file does, the default trial first in both."""
     url, storage = _journal(tmp_path)
     shared = tiny_overrides(tmp_path, competition, **TUNE_FAST, **{
         "tune.storage": url, "tune.n_trials": "3", "name": "shared"})
@@ -124,8 +124,6 @@ def test_three_workers_share_one_journal_study_as_one_process_would(tmp_path, co
     alone_url, alone_storage = _journal(tmp_path, "alone.log")
     _workers(tiny_overrides(tmp_path, competition, **TUNE_FAST, **{
         "tune.storage": alone_url, "tune.n_trials": "3", "name": "alone"}), 1)
-    _workers(tiny_overrides(tmp_path, competition, **TUNE_FAST, **{
-        "tune.n_trials": "3", "name": "alone"}), 1)  # the same study in SQLite
     workers = set()
     for fold in (0, 1):
         study = _study(storage, "shared-small_cnn", fold)
@@ -135,10 +133,6 @@ def test_three_workers_share_one_journal_study_as_one_process_would(tmp_path, co
         alone = _study(alone_storage, "alone-small_cnn", fold)
         _assert_exact(alone, 3)
         assert alone.trials[0].params == study.trials[0].params  # the default trial
-        sqlite = load_study(optuna_url(tmp_path, "alone"), f"alone-small_cnn-fold{fold}")
-        assert [t.params for t in alone.trials] == [t.params for t in sqlite.trials]
-        assert [t.value for t in alone.trials] == pytest.approx(
-            [t.value for t in sqlite.trials], abs=1e-6)
     assert len(workers) >= 2  # the work was shared
 
 
