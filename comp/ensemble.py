@@ -111,10 +111,10 @@ def optuna_weights(members: np.ndarray, y: np.ndarray, seed: int = 0,
             return float("inf")
         return _log_loss(weighted_mean(members, raw / raw.sum()), y)
 
-    while (done := sum(t.state.is_finished() for t in study.trials)) < n_trials:
-        # a fresh sampler per trial, seeded by the finished trials' count: a study killed
-        # and continued proposes what an uninterrupted one does (a RUNNING trial left by
-        # the kill is ignored by TPE and not counted)
+    # a fresh sampler per trial, seeded by the finished trials' count: a study killed and
+    # continued proposes what an uninterrupted one does (a RUNNING trial left by the kill
+    # is ignored by TPE and not counted)
+    for done in range(sum(t.state.is_finished() for t in study.trials), n_trials):
         study.sampler = optuna.samplers.TPESampler(seed=seed + done)
         crash_point(f"ensemble-trial:{done}")  # tests: a kill inside the weight study
         study.optimize(objective, n_trials=1)

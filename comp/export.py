@@ -58,9 +58,9 @@ def export_model(cfg: DictConfig) -> Path:
     model, size, views = build_export_model(cfg, run, model_id, len(info["classes"]),
                                             cfg.export.tta)
     out.mkdir(parents=True, exist_ok=True)
-    weight_bytes = sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize
-                       for w in model.weights)
-    ensure_free_space(out / "model.keras", 3 * weight_bytes)  # .keras, SavedModel, TFLite
+    from comp.models.build import weight_bytes
+
+    ensure_free_space(out / "model.keras", 3 * weight_bytes(model))  # .keras, SavedModel, TFLite
     model.save(out / "model.keras")
     model.export(str(out / "saved_model"), verbose=False)
     if cfg.export.tflite:

@@ -108,15 +108,12 @@ def nested_selection(candidates: dict[str, np.ndarray], y: np.ndarray, folds: np
     """OOF of the procedure "pick the entry with the best OOF `rank_by` score": each fold's
     rows come from the entry that is best on the other folds' rows. Returns the OOF and
     the entry chosen for each fold."""
-    names = list(candidates)
-    metric = rank_by
-    sign = 1 if HIGHER_IS_BETTER[metric] else -1
     out = np.zeros_like(next(iter(candidates.values())))
     chosen = {}
     for fold in np.unique(folds):
         other = folds != fold
-        best = max(names, key=lambda name: sign * metric_value(
-            metric, y[other], candidates[name][other], classes))
+        best = best_entry({name: {rank_by: metric_value(rank_by, y[other], probs[other], classes)}
+                           for name, probs in candidates.items()}, rank_by)
         out[~other] = candidates[best][~other]
         chosen[int(fold)] = best
     return out, chosen

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from comp.errors import CompError
 from comp.models.registry import Backbone
 from comp.models.weights import ResolvedWeights
@@ -191,3 +193,8 @@ def online_augmentation(augment: dict, seed: int) -> list:
         out.append(layers.RandomZoom(augment["online_zoom"], fill_mode="constant",
                                      seed=seed + 2, name="online_zoom"))
     return out
+
+
+def weight_bytes(model) -> int:
+    """The bytes of a Keras model's weights (what its weights file needs, less overhead)."""
+    return sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights)

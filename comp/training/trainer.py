@@ -25,7 +25,7 @@ from comp.data.folder import SPLITS
 from comp.errors import CompError
 from comp.log import get_logger, progress, unit_done
 from comp.metrics import scores
-from comp.models.build import build_backbone, create_head, split_backbone
+from comp.models.build import build_backbone, create_head, split_backbone, weight_bytes
 from comp.models.registry import get_backbone
 from comp.models.spec import ModelSpec
 from comp.predictions import probs_frame, read_table, write_prediction_set
@@ -279,8 +279,7 @@ def _train_fold(featured: FeaturedModel, model_id: str, spec: ModelSpec, prepare
     split_probs = {split: predict_tta(model, featured.features[split],
                                       split_positions(featured.plan, split, views))
                    for split in ("test", "unlabeled")}
-    ensure_free_space(out / "model.weights.h5", sum(
-        int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights))
+    ensure_free_space(out / "model.weights.h5", weight_bytes(model))
     with atomic_path(out / "model.weights.h5", suffix=".weights.h5") as tmp:
         model.save_weights(tmp)
     write_csv(out / "history.csv", history)
