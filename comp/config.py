@@ -27,10 +27,36 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from comp.constraints import (
+    FRACTION,
+    POSITIVE,
+    SEED,
+    AnyOf,
+    Constraint,
+    Each,
+    ExistingFile,
+    Int,
+    Interval,
+    LowHigh,
+    NotAFolder,
+    Optional,
+    Options,
+    Text,
+    check_setting,
+)
+from comp.data.views import TTA_VIEWS
+from comp.ensemble import METHODS
 from comp.errors import CompError
+from comp.log import PROGRESS_MODES
+from comp.metrics import HIGHER_IS_BETTER, TUNING_METRICS
+from comp.pseudo import POOL_SPLITS
+from comp.training.compute import DISTRIBUTE, JIT_COMPILE, PRECISIONS
+from comp.training.optimizers import OPTIMIZERS
+from comp.training.schedules import SCHEDULES
+from comp.tuning.space import PRUNERS, SPACE
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
 
@@ -69,24 +95,36 @@ def _copy_tree(source, target: Path) -> None:
             (target / item.name).write_bytes(item.read_bytes())
 
 
+def setting(default: Any = dataclasses.MISSING, allowed: Constraint | None = None, *,
+            factory: Any = dataclasses.MISSING) -> Any:
+    """A schema field with its rule beside it: `default` (or a `factory` for lists), and
+    the `Constraint` its value must follow, which `validate` checks."""
+    return field(default=default, default_factory=factory, metadata={"allowed": allowed})
+
+
 @dataclass
 class DataConfig:
     """Where the competition folder is and how it is split into folds."""
 
-    dir: str = "${comp_demo:}/wbc"  # the competition folder (see the README)
-    folds: int = 5  # K of the stratified group K-fold split
-    fold_seed: int = 0  # seed of the fold split
+    dir: str = setting("${comp_demo:}/wbc", Text())  # the competition folder (see the README)
+    folds: int = setting(5, Int(2))  # K of the stratified group K-fold split
+    fold_seed: int = setting(0, SEED)  # seed of the fold split
     # repeated stratified group K-fold: repeat r splits with fold_seed + r; every model
     # trains folds x repeats units and its OOF prediction is the mean over the repeats
-    repeats: int = 1  # repeats of the K-fold split (units = folds x repeats)
+    repeats: int = setting(1, Int(1))  # repeats of the K-fold split (units = folds x repeats)
     dedup: bool = True  # group near-duplicates (also flipped/rotated) into one fold
-    dedup_max_distance: int = 6  # max Hamming distance of 64-bit perceptual hashes
-    max_image_pixels: int = 40_000_000  # larger images are refused (decompression bombs)
-    id_column: str | None = None  # train.csv's id column; None: id, image_id, image, ...
-    label_column: str | None = None  # train.csv's label column(s); None: label, target, ...
+    dedup_max_distance: int = setting(  # max Hamming distance of 64-bit perceptual hashes
+        6, Int(0, 64))
+    max_image_pixels: int = setting(  # larger images are refused (decompression bombs)
+        40_000_000, Int(1, closed="both"))
+    id_column: str | None = setting(  # train.csv's id column; None: id, image_id, image, ...
+        None, Optional(Text()))
+    label_column: str | None = setting(  # train.csv's label column(s); None: label, target, ...
+        None, Optional(Text()))
     # float images: the value range mapped to 0..255 (values outside are clipped);
     # None: [0, 1] when every value lies there, else clipped to 0..255 as they are
-    intensity_range: list[float] | None = None  # range mapped to 0..255 (16-bit/float)
+    intensity_range: list[float] | None = setting(  # range mapped to 0..255 (16-bit/float)
+        None, LowHigh())
 
 
 @dataclass
@@ -95,43 +133,53 @@ class ModelConfig:
 
     # None: automatic: the backbone's default input size, or for smaller images twice
     # their median side (at least the backbone's minimum)
-    image_size: int | None = None  # input size of the fine-tuned model; None: automatic
+    image_size: int | None = setting(  # input size of the fine-tuned model; None: automatic
+        None, Optional(Int(16)))
     unfreeze: str | None = None  # where training starts: point, layer, index, fraction
     bn_trainable: bool = True  # BatchNorm of the trainable part learns (frozen BN diverges here)
-    pooling: str = "avg"  # global pooling before the head
-    dense_units: int = 0  # width of a hidden dense layer in the head; 0: none
-    dropout: float = 0.3  # dropout rate before the softmax
+    pooling: str = setting("avg", Options("avg", "max"))  # global pooling before the head
+    dense_units: int = setting(0, Int(0))  # width of a hidden dense layer in the head; 0: none
+    dropout: float = setting(0.3, Interval(0, 1, closed="left"))  # dropout rate before the softmax
 
 
 @dataclass
 class TrainConfig:
     """Optimiser, learning-rate schedule and stopping of one (model, fold) fit."""
 
-    optimizer: str = "sgd"  # sgd (Nesterov momentum), adam or adamw (decoupled weight decay)
-    lr: float = 0.003  # initial learning rate
-    momentum: float = 0.9  # SGD momentum
-    schedule: str = "step"  # learning-rate schedule: step decay, cosine or constant
-    lr_drop: float = 0.5  # step decay: multiply the learning rate by this ...
-    lr_every: int = 10  # ... every this many epochs
-    epochs: int = 40  # epochs per fold
-    patience: int = 12  # early stopping on the epoch-choosing rows (inner, outer)
-    batch_size: int = 32  # images per training batch
-    class_weight: str = "balanced"  # balanced: weight classes by inverse frequency; none
-    label_smoothing: float = 0.0  # label smoothing of the cross-entropy loss
-    weight_decay: float = 0.004  # optimizer=adamw: decoupled weight decay
-    warmup: int = 0  # epochs of linear learning-rate warm-up before the schedule
+    optimizer: str = setting(  # sgd (Nesterov momentum), adam or adamw (decoupled weight decay)
+        "sgd", Options(*OPTIMIZERS))
+    lr: float = setting(0.003, POSITIVE)  # initial learning rate
+    momentum: float = setting(0.9, Interval(0, 1, closed="left"))  # SGD momentum
+    schedule: str = setting(  # learning-rate schedule: step decay, cosine or constant
+        "step", Options(*SCHEDULES))
+    lr_drop: float = setting(  # step decay: multiply the learning rate by this ...
+        0.5, Interval(0, 1, closed="right"))
+    lr_every: int = setting(10, Int(1))  # ... every this many epochs
+    epochs: int = setting(40, Int(1))  # epochs per fold
+    patience: int = setting(12, Int(0))  # early stopping on the epoch-choosing rows (inner, outer)
+    batch_size: int = setting(32, Int(1))  # images per training batch
+    class_weight: str = setting(  # balanced: weight classes by inverse frequency; none
+        "balanced", Options("balanced", "none"))
+    label_smoothing: float = setting(  # label smoothing of the cross-entropy loss
+        0.0, Interval(0, 1, closed="left"))
+    weight_decay: float = setting(  # optimizer=adamw: decoupled weight decay
+        0.004, Interval(0, 1, closed="left"))
+    warmup: int = setting(0, Int(0))  # epochs of linear learning-rate warm-up before the schedule
     ema: bool = False  # keep, score and end with an exponential moving average of the weights
-    ema_momentum: float = 0.99  # train.ema: momentum of the moving average
+    ema_momentum: float = setting(  # train.ema: momentum of the moving average
+        0.99, Interval(0, 1, closed="neither"))
     # epoch_choice=last: end with the mean of the weights after each of the last this many
     # epochs (stochastic weight averaging); 0 or 1: the last epoch's weights
-    average_last: int = 0
-    seed: int = 0  # random seed of the fits
+    average_last: int = setting(0, Int(0))
+    seed: int = setting(0, SEED)  # random seed of the fits
     # which rows choose the kept epoch: last (the end of the step-decay schedule; every
     # training row trains: honest, and the default since it scored best on wbc and digits),
     # inner (a holdout of the training rows: honest, but ~30 images pick the epoch), outer
     # (the scored fold itself: optimistic, the old behaviour)
-    epoch_choice: str = "last"  # which rows choose the kept epoch: last, inner or outer
-    stop_fraction: float = 0.2  # epoch_choice=inner: share of training rows held out
+    epoch_choice: str = setting(  # which rows choose the kept epoch: last, inner or outer
+        "last", Options("inner", "last", "outer"))
+    stop_fraction: float = setting(  # epoch_choice=inner: share of training rows held out
+        0.2, Interval(0, 0.5, closed="neither"))
 
 
 @dataclass
@@ -139,21 +187,26 @@ class AugmentConfig:
     """Training views and test-time augmentation."""
 
     dihedral: bool = True  # train on the 8 flips / 90-degree rotations of each image
-    random_views: int = 0  # extra randomly augmented views per training image
-    rotation: float = 0.5  # free rotation, fraction of a full turn (Keras RandomRotation)
-    zoom: float = 0.1  # random zoom range of the random views
-    brightness: float = 0.1  # random brightness range of the random views
-    contrast: float = 0.1  # random contrast range of the random views
-    tta: str = "dihedral"  # test-time augmentation views averaged at prediction
+    random_views: int = setting(0, Int(0))  # extra randomly augmented views per training image
+    rotation: float = setting(  # free rotation, fraction of a full turn (Keras RandomRotation)
+        0.5, FRACTION)
+    zoom: float = setting(  # random zoom range of the random views
+        0.1, Interval(0, 1, closed="left"))
+    brightness: float = setting(0.1, FRACTION)  # random brightness range of the random views
+    contrast: float = setting(0.1, FRACTION)  # random contrast range of the random views
+    tta: str = setting(  # test-time augmentation views averaged at prediction
+        "dihedral", Options(*TTA_VIEWS))
     # per unit, an inner CV of its training rows (a linear probe on the cached features)
     # decides whether the flip/rotation views help or the image alone trains and predicts
     # (a 6 turned is a 9); the choice is in the unit's metrics.json (comp.training.viewchoice)
     choose_views: bool = False
     # online augmentation, a fresh draw every batch, where the model trains from the image
     # itself (no frozen prefix: small_cnn, model.unfreeze=all); 0: off
-    online_shift: float = 0.0  # online random translation, a fraction of the side
-    online_rotation: float = 0.0  # online random rotation, a fraction of a full turn
-    online_zoom: float = 0.0  # online random zoom range
+    online_shift: float = setting(  # online random translation, a fraction of the side
+        0.0, Interval(0, 0.5, closed="left"))
+    online_rotation: float = setting(  # online random rotation, a fraction of a full turn
+        0.0, Interval(0, 0.5))
+    online_zoom: float = setting(0.0, Interval(0, 1, closed="left"))  # online random zoom range
 
 
 @dataclass
@@ -164,18 +217,23 @@ class ClassicConfig:
     # `color` (colour histograms) or a backbone, optionally `@<size>` (input size in
     # pixels) or `@<k>x` (k times the automatic size: more detail from small objects);
     # heads: logreg, svm_rbf, svm_linear, knn, gbm
-    models: list[str] = field(default_factory=lambda: [  # <features>+<head>
+    models: list[str] = setting(allowed=Each(Text()), factory=lambda: [  # <features>+<head>
         "pixels+svm_rbf", "mobilenet_025+logreg", "mobilenet_025+color+logreg",
         "mobilenet_025@2x+color+logreg"])
-    depths: list[str] = field(default_factory=list)  # named depths pooled; empty: all + top
-    image_size: int | None = None  # backbone input size for embeddings; None: automatic
-    pixels_size: int = 32  # side of the downsampled image for `pixels`
-    views: str = "dihedral"  # training views and TTA of classic models
-    inner_folds: int = 3  # inner group K-fold choosing the views (and for best, the C etc.)
+    depths: list[str] = setting(  # named depths pooled; empty: all + top
+        allowed=Each(Text()), factory=list)
+    image_size: int | None = setting(  # backbone input size for embeddings; None: automatic
+        None, Optional(Int(16)))
+    pixels_size: int = setting(32, Int(4, 512))  # side of the downsampled image for `pixels`
+    views: str = setting(  # training views and TTA of classic models
+        "dihedral", Options(*TTA_VIEWS))
+    inner_folds: int = setting(  # inner group K-fold choosing the views (and for best, the C etc.)
+        3, Int(2))
     # average: the head is fitted at every value of its regularisation grid and the fits'
     # probabilities averaged (on ~100-image folds the inner CV cannot tell the values
     # apart, and one pick is a coin flip); best: the one value the inner CV scores best
-    regularisation: str = "average"  # average the head's regularisation grid, or fit the best value
+    regularisation: str = setting(  # average the head's regularisation grid, or fit the best value
+        "average", Options("average", "best"))
     # the inner CV also chooses the backbone's pooled depths: all of them, or one alone
     # (beside pixels/colour parts). Off by default: no gain measured (bench/README.md)
     depth_choice: bool = False  # the inner CV also chooses the backbone's pooled depths
@@ -185,24 +243,31 @@ class ClassicConfig:
 class PseudoConfig:
     """Pseudo-labels: which round trains, how many rounds stage=all runs, the rules."""
 
-    round: int = 0  # stage=train/pseudo: the round to train / to label for (0: no pseudo)
+    round: int = setting(  # stage=train/pseudo: the round to train / to label for (0: no pseudo)
+        0, Int(0))
     # pseudo-label rounds that stage=all runs after round 0. 0 by default: on the
     # benchmarks a round did not add score (bench/README.md, levers.py); turn on with 1
-    rounds: int = 0  # pseudo-label rounds that stage=all runs after round 0
-    splits: list[str] = field(default_factory=lambda: ["unlabeled"])  # pools labelled
+    rounds: int = setting(0, Int(0))  # pseudo-label rounds that stage=all runs after round 0
+    splits: list[str] = setting(  # pools labelled
+        allowed=Each(Options(*POOL_SPLITS)), factory=lambda: ["unlabeled"])
     # quota: per class the most confident rows, round(fraction x pool x class prior) of
     # them; threshold: every row whose top probability passes `threshold` (class_cap, ...)
-    rule: str = "quota"  # how pseudo-labels are chosen: per-class quota or a threshold
-    fraction: float = 0.5  # rule=quota: share of the pool labelled, split by class prior
-    min_confidence: float = 0.4  # rule=quota: never below this top probability
-    threshold: float = 0.8  # rule=threshold: minimum top probability of the vote
-    top_fraction: float = 1.0  # per class, the most confident fraction of those passing
-    class_cap: float = 0.5  # per class at most this times its labelled count
+    rule: str = setting(  # how pseudo-labels are chosen: per-class quota or a threshold
+        "quota", Options("quota", "threshold"))
+    fraction: float = setting(  # rule=quota: share of the pool labelled, split by class prior
+        0.5, Interval(0, 1, closed="right"))
+    min_confidence: float = setting(0.4, FRACTION)  # rule=quota: never below this top probability
+    threshold: float = setting(0.8, FRACTION)  # rule=threshold: minimum top probability of the vote
+    top_fraction: float = setting(  # per class, the most confident fraction of those passing
+        1.0, Interval(0, 1, closed="right"))
+    class_cap: float = setting(  # per class at most this times its labelled count
+        0.5, Interval(0, None, closed="neither"))
     soft: bool = False  # soft targets (the vote, sharpened) instead of hard labels
-    temperature: float = 1.0  # sharpening of soft targets: p ** (1 / T)
-    weight: float = 0.5  # sample weight of a pseudo-labelled image
+    temperature: float = setting(1.0, POSITIVE)  # sharpening of soft targets: p ** (1 / T)
+    weight: float = setting(0.5, Interval(0, None))  # sample weight of a pseudo-labelled image
     voters: list[str] = field(default_factory=list)  # backbones that vote; empty: all
-    truth: str | None = None  # optional CSV id,label of the unlabeled images, to score
+    truth: str | None = setting(  # optional CSV id,label of the unlabeled images, to score
+        None, ExistingFile())
 
 
 @dataclass
@@ -213,21 +278,22 @@ class TuneConfig:
     backbones: list[str] = field(default_factory=list)  # to tune; empty: the first of backbones
     # finished trials each study should have; a rerun continues. 0 by default: on the
     # benchmarks fine-tune tuning did not beat the defaults (bench/README.md, levers.py)
-    n_trials: int = 0  # finished trials each study should have; a rerun continues
+    n_trials: int = setting(0, Int(0))  # finished trials each study should have; a rerun continues
     # Optuna storage URL, journal:<file> (JournalStorage in one file on a shared file
     # system, no server), or env:VAR to read it from an environment variable (keeps a
     # password off the command line); None: sqlite:///runs/<name>/optuna.db
     storage: str | None = None  # Optuna storage URL or env:VAR; None: runs/<name>/optuna.db
-    epochs: int = 20  # epochs per trial fit
-    inner_folds: int = 3  # a trial's score: inner stratified group K-fold of the training rows
-    metric: str = "auc"  # what a trial maximises (log_loss: minimises)
-    pruner: str = "median"  # Optuna pruner that stops bad trials early
-    seed: int = 0  # seed of the studies' samplers
-    heartbeat_grace: int = 60  # seconds without a heartbeat before a trial counts as killed
-    params: list[str] = field(default_factory=lambda: [  # the settings the studies search over
-        "model.dropout", "model.unfreeze", "model.bn_trainable", "model.dense_units",
-        "train.lr", "train.lr_drop", "train.lr_every", "train.class_weight",
-        "train.label_smoothing", "augment.random_views"])
+    epochs: int = setting(20, Int(1))  # epochs per trial fit
+    inner_folds: int = setting(  # inner stratified group K-fold of the training rows scores a trial
+        3, Int(2))
+    metric: str = setting(  # what a trial maximises (log_loss: minimises)
+        "auc", Options(*TUNING_METRICS))
+    pruner: str = setting("median", Options(*PRUNERS))  # Optuna pruner that stops bad trials early
+    seed: int = setting(0, SEED)  # seed of the studies' samplers
+    heartbeat_grace: int = setting(  # seconds without a heartbeat before a trial counts as killed
+        60, Int(1))
+    params: list[str] = setting(  # the settings the studies search over
+        allowed=Each(Options(*SPACE)), factory=lambda: list(SPACE))
 
 
 @dataclass
@@ -239,9 +305,11 @@ class EnsembleConfig:
     # default: greedy and stacked did not beat it or the best single model on the
     # benchmarks, and a learned ensemble that ties its best member only adds selection
     # noise (bench/README.md)
-    methods: list[str] = field(default_factory=lambda: ["mean"])  # stage=ensemble builds these
+    methods: list[str] = setting(  # stage=ensemble builds these
+        allowed=Each(Options(*METHODS)), factory=lambda: ["mean"])
     members: list[str] = field(default_factory=list)  # model ids or backbones; empty: all
-    optuna_trials: int = 150  # trials of each ensemble-weight study (method optuna)
+    optuna_trials: int = setting(  # trials of each ensemble-weight study (method optuna)
+        150, Int(1))
 
 
 @dataclass
@@ -250,7 +318,8 @@ class PredictConfig:
 
     input: str | None = None  # an image file or a folder of images
     using: str | None = None  # model id or ensemble-<method>; None: rank 1 (submit.rank_by)
-    output: str | None = None  # CSV path; None: runs/<name>/predictions/<input>__<using>.csv
+    output: str | None = setting(  # CSV path; None: runs/<name>/predictions/<input>__<using>.csv
+        None, NotAFolder())
 
 
 @dataclass
@@ -272,7 +341,7 @@ class PlanConfig:
 
     # lines: `only.model=... only.fold=...` per unit on stdout; slurm: an sbatch array
     # script; kubernetes: an indexed Job manifest (one completion index per unit)
-    format: str = "lines"
+    format: str = setting("lines", Options("lines", "slurm", "kubernetes"))
     output: str | None = None  # file for the script or manifest; None: stdout
     image: str = "python:3.11"  # kubernetes: the container image with comp installed
     workdir: str | None = None  # the shared folder the jobs run in; None: the current one
@@ -283,26 +352,31 @@ class OnlyConfig:
     """Restrict stage=train to one unit, for job arrays (see stage=plan)."""
 
     model: str | None = None  # a model id or a backbone entry of backbones
-    fold: int | None = None  # a unit: fold k of repeat r is r * data.folds + k
+    fold: int | None = setting(  # a unit: fold k of repeat r is r * data.folds + k
+        None, Optional(Int(0)))
 
 
 @dataclass
 class SubmitConfig:
     """How submissions are ranked."""
 
-    metric: str = "accuracy"  # the competition's score: names files and CV figures (qwk: kappa)
+    metric: str = setting(  # the competition's score: names files and CV figures (qwk: kappa)
+        "accuracy", Options(*HIGHER_IS_BETTER))
     # the CV score that ranks the leaderboard and so picks rank 1 (submit, predict, export);
     # auto: submit.metric; log_loss: a steadier choice that favours calibrated ensembles
-    rank_by: str = "auto"
+    rank_by: str = setting("auto", Options("auto", *HIGHER_IS_BETTER))
 
 
 @dataclass
 class ComputeConfig:
     """How models run: the same code on CPU and GPU, these options for GPUs."""
 
-    precision: str = "float32"  # float32 | mixed_float16 (GPU) | mixed_bfloat16 (CPU/TPU)
-    jit_compile: str = "auto"  # XLA: auto (Keras decides) | true | false
-    distribute: str = "none"  # none | mirrored (tf.distribute.MirroredStrategy, all GPUs)
+    precision: str = setting(  # float32 | mixed_float16 (GPU) | mixed_bfloat16 (CPU/TPU)
+        "float32", Options(*PRECISIONS))
+    jit_compile: str = setting(  # XLA: auto (Keras decides) | true | false
+        "auto", Options(*JIT_COMPILE))
+    distribute: str = setting(  # none | mirrored (tf.distribute.MirroredStrategy, all GPUs)
+        "none", Options(*DISTRIBUTE))
 
 
 @dataclass
@@ -311,20 +385,24 @@ class Config:
 
     stage: str = "all"  # the stage to run (see stages above); all runs the chain
     # experiment name: runs/<name>/ and submissions/<name>/; None: default_run_name()
-    name: str | None = None
+    name: str | None = setting(None, Text())
     # backbone entries to fine-tune; auto: the strongest whose ImageNet weights can be had
     # here, sized to the machine and time_limit, + a CNN from scratch for small or
     # grayscale images (comp.models.choice)
-    backbones: list[str] = field(default_factory=lambda: ["auto"])
-    weights: str = "imagenet"  # imagenet | none (random init) | <path to a .h5 weight file>
+    backbones: list[str] = setting(allowed=Each(Text()), factory=lambda: ["auto"])
+    weights: str = setting(  # imagenet | none (random init) | <path to a .h5 weight file>
+        "imagenet", AnyOf(Options("imagenet", "none"), ExistingFile()))
     weights_dir: str | None = None  # extra folder searched first for ImageNet weight files
-    runs_dir: str = "runs"  # folder of the run directories runs/<name>/
-    submissions_dir: str = "submissions"  # folder of submissions/<name>/ and its leaderboard
+    runs_dir: str = setting("runs", Text())  # folder of the run directories runs/<name>/
+    submissions_dir: str = setting(  # folder of submissions/<name>/ and its leaderboard
+        "submissions", Text())
     quiet: bool = False  # log warnings and errors only
     # seconds; once spent, no new fold, round or tuning starts, and stage=all still
     # ensembles and submits what finished. None: no limit
-    time_limit: int | None = None  # seconds; once spent, no new fold, round or tuning starts
-    progress: str = "auto"  # auto (bars on a terminal, else lines) | bar | lines | off
+    time_limit: int | None = setting(  # seconds; once spent, no new fold, round or tuning starts
+        None, Optional(Int(1)))
+    progress: str = setting(  # auto (bars on a terminal, else lines) | bar | lines | off
+        "auto", Options(*PROGRESS_MODES))
     tensorboard: bool = False  # TensorBoard event files per fold in models/<id>/fold<k>/logs
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -333,7 +411,8 @@ class Config:
     classic: ClassicConfig = field(default_factory=ClassicConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
-    params: str = "default"  # default | best: train with each fold's best tuned settings
+    params: str = setting(  # default | best: train with each fold's best tuned settings
+        "default", Options("default", "best"))
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
@@ -435,8 +514,6 @@ def load_config(overrides: list[str], config_dir=CONFIG_DIR) -> DictConfig:
     if cfg.name is None:
         cfg.name = default_run_name(cfg.data.dir, choices.get("experiment"))
     cfg.tune.storage = storage_from_env(cfg.tune.storage)
-    from comp.validate import validate
-
     validate(cfg)
     from comp.models.registry import get_backbone
 
@@ -446,6 +523,61 @@ def load_config(overrides: list[str], config_dir=CONFIG_DIR) -> DictConfig:
     for backbone in cfg.backbone_overrides:
         model_settings(cfg, backbone)  # validates the override's keys and types
     return cfg
+
+
+def _constraints(cls: type, prefix: str = "") -> dict[str, Constraint]:
+    found = {}
+    for item in dataclasses.fields(cls):
+        factory = item.default_factory
+        if isinstance(factory, type) and dataclasses.is_dataclass(factory):
+            found.update(_constraints(factory, f"{prefix}{item.name}."))
+        elif item.metadata.get("allowed") is not None:
+            found[prefix + item.name] = item.metadata["allowed"]
+    return found
+
+
+# every key's rule, from the `setting(..., allowed)` beside its field
+CONSTRAINTS: dict[str, Constraint] = _constraints(Config)
+_PER_BACKBONE = tuple(f"{section}." for section in _OVERRIDABLE_SECTIONS)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check every key of `CONSTRAINTS` in `cfg` (and each backbone's merged settings);
+    raise one CompError line naming the first bad key, its value and the rule."""
+    for key, constraint in CONSTRAINTS.items():
+        value = _get(cfg, key)
+        if value is not _MISSING:
+            check_setting(key, value, constraint)
+    if "backbone_overrides" not in cfg:
+        return
+    # bases before variants, so a bad value is named where it was set
+    for backbone in sorted(cfg.backbone_overrides, key=lambda b: ("-" in b, b)):
+        merged = model_settings(cfg, backbone)
+        for key, constraint in CONSTRAINTS.items():
+            if key.startswith(_PER_BACKBONE):
+                value = _get(merged, key)
+                if value is not _MISSING and value != _get(cfg, key):
+                    check_setting(f"backbone_overrides.{backbone}.{key}", value, constraint)
+
+
+def describe_constraint(key: str) -> str | None:
+    """The allowed values of `key` as text (e.g. 'sgd|adam', 'a number > 0'), or None."""
+    constraint = CONSTRAINTS.get(key)
+    return constraint.describe() if constraint else None
+
+
+_MISSING = object()
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or part not in node:
+            return _MISSING
+        node = node[part]
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node)
+    return node
 
 
 def default_run_name(data_dir: str | Path, experiment: str | None = None) -> str:

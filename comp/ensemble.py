@@ -20,9 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import minimize
-from scipy.special import softmax
-from scipy.stats import rankdata
 
 from comp.crashpoints import crash_point
 
@@ -60,6 +57,8 @@ def geometric_mean(members: np.ndarray, weights: np.ndarray | None) -> np.ndarra
 
 def rank_average(members: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
     """Per-class ranks averaged over members, scaled to rows that sum to 1 (for AUC)."""
+    from scipy.stats import rankdata
+
     ranks = np.stack([np.apply_along_axis(rankdata, 0, p) / len(p) for p in members])
     w = _uniform(len(members)) if weights is None else np.asarray(weights, dtype=float)
     return _normalise(np.tensordot(w, ranks, axes=1))
@@ -71,6 +70,9 @@ def _log_loss(probs: np.ndarray, y: np.ndarray) -> float:
 
 def fit_weights(members: np.ndarray, y: np.ndarray, seed: int = 0) -> np.ndarray:
     """Simplex weights minimising the log loss of the weighted mean on (members, y)."""
+    from scipy.optimize import minimize
+    from scipy.special import softmax
+
     m = members.shape[0]
     if m == 1:
         return np.ones(1)

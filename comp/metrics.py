@@ -1,21 +1,16 @@
-"""Scores of class-probability predictions, all from scikit-learn."""
+"""Scores of class-probability predictions, all from scikit-learn (imported when a score
+is computed, so the config can name the metrics without it)."""
 
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    cohen_kappa_score,
-    f1_score,
-    log_loss,
-    roc_auc_score,
-)
 
 HIGHER_IS_BETTER = {
     "accuracy": True, "balanced_accuracy": True, "macro_f1": True, "auc": True, "log_loss": False,
     "qwk": True,
 }
+# what a tuning trial can score by: qwk needs the class names, so it is a submission metric
+TUNING_METRICS = tuple(name for name in HIGHER_IS_BETTER if name != "qwk")
 
 
 def ordinal_order(classes: list[str]) -> np.ndarray:
@@ -32,12 +27,16 @@ def ordinal_order(classes: list[str]) -> np.ndarray:
 def quadratic_kappa(y_true: np.ndarray, predicted: np.ndarray, classes: list[str]) -> float:
     """Quadratic weighted kappa (Cohen's kappa, quadratic weights, scikit-learn) of class
     indices `predicted` against `y_true`, on the grades of `ordinal_order(classes)`."""
+    from sklearn.metrics import cohen_kappa_score
+
     return float(cohen_kappa_score(y_true, predicted, labels=ordinal_order(classes),
                                    weights="quadratic"))
 
 
 def macro_auc(y_true: np.ndarray, probs: np.ndarray) -> float:
     """Macro one-vs-rest ROC AUC over the classes present in `y_true` (nan if < 2 present)."""
+    from sklearn.metrics import roc_auc_score
+
     present = np.unique(y_true)
     if len(present) < 2:
         return float("nan")
@@ -49,6 +48,8 @@ def scores(y_true: np.ndarray, probs: np.ndarray,
            classes: list[str] | None = None) -> dict[str, float]:
     """accuracy, balanced_accuracy, macro_f1, auc (macro one-vs-rest) and log_loss; with
     the class names `classes` (the columns of `probs`), also qwk (quadratic_kappa)."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, log_loss
+
     y_true = np.asarray(y_true)
     predicted = probs.argmax(axis=1)
     labels = np.arange(probs.shape[1])

@@ -7,16 +7,18 @@ score cannot profit from its own labels. The selection rules are pure functions.
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
-from comp.errors import CompError
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+POOL_SPLITS = ("unlabeled", "test")  # pseudo.splits: the splits pseudo-labels may come from
 
 
 def sharpen(probs: np.ndarray, temperature: float) -> np.ndarray:
     """p ** (1 / T), renormalised: T < 1 sharpens, T = 1 leaves `probs` as they are."""
-    if temperature <= 0:
-        raise CompError(f"config: pseudo.temperature={temperature}; use a positive number")
     powered = np.power(np.clip(probs, 1e-12, 1), 1.0 / temperature)
     return powered / powered.sum(axis=1, keepdims=True)
 
@@ -32,8 +34,6 @@ def select_pseudo_labels(
     class's labelled count (at least one where any passes), so the majority class cannot
     swamp the rare ones.
     """
-    if not 0 < top_fraction <= 1:
-        raise CompError(f"config: pseudo.top_fraction={top_fraction}; use a value in (0, 1]")
     confidence = probs.max(axis=1)
     predicted = probs.argmax(axis=1)
     chosen = []
@@ -78,6 +78,8 @@ def pseudo_table(ids: list[str], splits: list[str], probs: np.ndarray, classes: 
     """
     chosen = probs[picked]
     targets = sharpen(chosen, temperature) if soft else np.eye(len(classes))[chosen.argmax(1)]
+    import pandas as pd
+
     frame = pd.DataFrame({
         "id": [ids[i] for i in picked], "split": [splits[i] for i in picked],
         "label": [classes[i] for i in chosen.argmax(1)],

@@ -28,8 +28,6 @@ def specs_for_round(cfg: DictConfig, prepared: Prepared, round_: int) -> list[Mo
         from comp.tuning.search import tuned_spec
 
         return [tuned_spec(cfg, prepared, name, pseudo) for name in cfg.backbones]
-    if cfg.params != "default":
-        raise CompError(f"config: params={cfg.params!r}; use default or best")
     native = native_side(prepared.competition.train["path"].tolist())
     return ([make_spec(cfg, name, prepared.folds_key, pseudo, native=native)
              for name in cfg.backbones]

@@ -83,8 +83,7 @@ def composed_keys(described: bool = False) -> list:
     `described`, (key, that text) pairs."""
     from omegaconf import OmegaConf
 
-    from comp.config import DEMO_DIR, load_config
-    from comp.validate import describe_constraint
+    from comp.config import DEMO_DIR, describe_constraint, load_config
 
     def flat(node, prefix: str = "") -> list[tuple[str, object]]:
         if isinstance(node, dict) and node and prefix != "backbone_overrides.":

@@ -71,8 +71,6 @@ def write_submission(folder: Path, experiment: str, competition: Competition,
     """Write one submission file into `folder` (submissions/<experiment>/), named by its CV
     `metric`; return its leaderboard row (`settings`: what tells the entry apart, see
     entry_settings), with the CV `rank_by` score that ranks it."""
-    if metric not in HIGHER_IS_BETTER:
-        raise CompError(f"config: submit.metric={metric!r}; use one of {sorted(HIGHER_IS_BETTER)}")
     info, cv = predictions.info, predictions.info["cv"]
     name = predictions.name
     path = folder / submission_name(name, metric, cv[metric])

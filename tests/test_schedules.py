@@ -1,7 +1,7 @@
 import pytest
 
 from comp.errors import CompError
-from comp.training.schedules import cosine_decay, make_schedule, step_decay
+from comp.training.schedules import cosine_decay, step_decay
 
 
 def test_step_decay_values():
@@ -15,6 +15,10 @@ def test_cosine_decay_ends_at_zero():
     assert cosine_decay(10, 1.0, 10) == pytest.approx(0.0)
 
 
-def test_unknown_schedule():
-    with pytest.raises(CompError, match="train.schedule"):
-        make_schedule("warp", 0.1, 0.5, 10, 20)
+def test_an_unknown_schedule_is_refused_with_the_config_naming_the_table():
+    from comp.config import load_config
+    from comp.training.schedules import SCHEDULES
+
+    with pytest.raises(CompError, match="train.schedule='warp': use one of " +
+                       "\\|".join(SCHEDULES)):
+        load_config(["train.schedule=warp"])

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from comp.crashpoints import EXIT_CODE
-from comp.tuning import counted_trials, inner_splits
+from comp.tuning.studies import counted_trials, inner_splits
 from tests.helpers import (
     DONE,
     TUNE_FAST,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from comp.config import CONSTRAINTS, describe_constraint
 from comp.run import main
-from comp.validate import CONSTRAINTS, TUNABLE, describe_constraint
 
 BAD = [
     ("model.image_size=0", "model.image_size"),
@@ -94,12 +94,6 @@ def test_good_values_pass():
     assert cfg.train.optimizer == "adam"
 
 
-def test_tunable_names_match_the_search_space():
-    from comp.tuning import SPACE
-
-    assert set(TUNABLE) == set(SPACE)
-
-
 def test_describe_constraint_shows_allowed_values():
     assert describe_constraint("train.optimizer") == "sgd|adam|adamw"
     assert describe_constraint("train.lr") == "a number > 0"
@@ -129,10 +123,3 @@ def test_saved_configs_hide_the_password(tmp_path, competition, monkeypatch):
                  "tune.storage=env:COMP_TEST_STORAGE"]) == 0
     written = [p.read_text() for p in (tmp_path / "runs" / "tiny").rglob("*.yaml")]
     assert len(written) == 2 and all("***" in t and "s3cret" not in t for t in written)
-
-
-def test_ensemble_method_choices_are_the_method_table():
-    from comp.ensemble import METHODS
-    from comp.validate import ENSEMBLE_METHODS
-
-    assert set(ENSEMBLE_METHODS) == set(METHODS)

@@ -101,7 +101,7 @@ class Prepared:
 
 def decoding(cfg: DictConfig) -> Decoding:
     """The decoding settings of `cfg` (data.max_image_pixels, data.intensity_range)."""
-    value_range = cfg.data.get("intensity_range")  # checked by comp.validate
+    value_range = cfg.data.get("intensity_range")  # checked with the config
     return Decoding(int(cfg.data.max_image_pixels),
                     None if value_range is None else tuple(float(v) for v in value_range))
 

@@ -83,8 +83,6 @@ def run(cfg: DictConfig) -> list[dict]:
 
 
 def _method(cfg: DictConfig, prepared, name: str, members_key: str):
-    if name not in METHODS:
-        raise CompError(f"config: ensemble.methods has {name!r}; use {', '.join(METHODS)}")
     method = METHODS[name]
     if name != "optuna":
         return method

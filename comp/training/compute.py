@@ -11,25 +11,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from functools import cache
 
-from comp.errors import CompError
-
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # compute.precision
+JIT_COMPILE = ("auto", True, False)  # compute.jit_compile
+DISTRIBUTE = ("none", "mirrored")  # compute.distribute
 
 
 def check(compute: dict | None) -> dict:
-    """`compute` with defaults filled in; a bad value is one clear error."""
-    compute = {"precision": "float32", "jit_compile": "auto", "distribute": "none",
-               **(compute or {})}
-    if compute["precision"] not in PRECISIONS:
-        raise CompError(f"config: compute.precision={compute['precision']!r}; use one of "
-                        f"{', '.join(PRECISIONS)}")
-    if str(compute["jit_compile"]).lower() not in ("auto", "true", "false"):
-        raise CompError(f"config: compute.jit_compile={compute['jit_compile']!r}; use auto, "
-                        "true or false")
-    if compute["distribute"] not in ("none", "mirrored"):
-        raise CompError(f"config: compute.distribute={compute['distribute']!r}; use none or "
-                        "mirrored")
-    return compute
+    """`compute` with defaults filled in (its values are checked with the config)."""
+    return {"precision": "float32", "jit_compile": "auto", "distribute": "none",
+            **(compute or {})}
 
 
 def jit_compile(compute: dict | None) -> bool | str:

@@ -20,7 +20,6 @@ import numpy as np
 from comp import __version__
 from comp.artifacts import atomic_path, fingerprint, read_json, write_json
 from comp.data.views import DIHEDRAL, TTA_VIEWS, dihedral_view, random_views
-from comp.errors import CompError
 from comp.log import progress, unit_done
 
 
@@ -36,10 +35,6 @@ class ViewPlan:
     @classmethod
     def from_augment(cls, augment: dict) -> ViewPlan:
         """The view plan of an `augment` config section."""
-        if augment["tta"] not in TTA_VIEWS:
-            raise CompError(
-                f"config: augment.tta={augment['tta']!r}; use one of {sorted(TTA_VIEWS)}"
-            )
         tta = TTA_VIEWS[augment["tta"]]
         base = DIHEDRAL if augment["dihedral"] else (0,)
         train = tuple(sorted(set(base) | set(tta)))

@@ -10,10 +10,10 @@ import pandas as pd
 import tensorflow as tf
 from sklearn.utils.class_weight import compute_class_weight
 
-from comp.errors import CompError
 from comp.training.callbacks import LastEpochsAverage, ValidationScores, predict_views
 from comp.training.compute import jit_compile, model_scope
 from comp.training.features import unmap
+from comp.training.optimizers import make_optimizer
 from comp.training.schedules import make_schedule
 
 
@@ -60,30 +60,10 @@ def class_weights(labels: np.ndarray, n_classes: int, mode: str) -> np.ndarray:
     """Per-class loss weights: 'balanced' (sklearn) or 'none' (all ones)."""
     if mode == "none":
         return np.ones(n_classes)
-    if mode != "balanced":
-        raise CompError(f"config: train.class_weight={mode!r}; use balanced or none")
     present = np.unique(labels)
     weights = np.ones(n_classes)
     weights[present] = compute_class_weight("balanced", classes=present, y=labels)
     return weights
-
-
-OPTIMIZERS = {
-    "sgd": lambda t, ema: keras.optimizers.SGD(t["lr"], momentum=t["momentum"], nesterov=True,
-                                               **ema),
-    "adam": lambda t, ema: keras.optimizers.Adam(t["lr"], **ema),
-    "adamw": lambda t, ema: keras.optimizers.AdamW(t["lr"], weight_decay=t["weight_decay"],
-                                                   **ema),
-}
-
-
-def make_optimizer(train: dict):
-    """SGD with Nesterov momentum, Adam or AdamW (decoupled weight decay); with `train.ema`,
-    the optimizer keeps an exponential moving average of the weights (Keras's use_ema),
-    which the model ends with."""
-    ema = ({"use_ema": True, "ema_momentum": train["ema_momentum"]}
-           if train.get("ema") else {})
-    return OPTIMIZERS[train["optimizer"]](train, ema)
 
 
 def training_dataset(data: FoldData, batch_size: int, seed: int) -> tf.data.Dataset:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from comp.errors import CompError
-
 
 def step_decay(epoch: int, initial: float, drop: float, every: int) -> float:
     """initial * drop ** floor(epoch / every): the step decay of the seed notebooks."""
@@ -26,15 +24,17 @@ def warmed_up(schedule: Callable[[int], float], warmup: int) -> Callable[[int], 
     return lambda e: schedule(e) * min(1.0, (e + 1) / (warmup + 1))
 
 
+# train.schedule's values: name -> (epoch, initial, drop, every, epochs) -> learning rate
+SCHEDULES: dict[str, Callable[[int, float, float, int, int], float]] = {
+    "step": lambda e, initial, drop, every, epochs: step_decay(e, initial, drop, every),
+    "cosine": lambda e, initial, drop, every, epochs: cosine_decay(e, initial, epochs),
+    "constant": lambda e, initial, drop, every, epochs: initial,
+}
+
+
 def make_schedule(name: str, initial: float, drop: float, every: int,
                   epochs: int, warmup: int = 0) -> Callable[[int], float]:
-    """The schedule `name` (step | cosine | constant) as epoch -> learning rate, after
-    `warmup` epochs of linear warm-up."""
-    schedules = {
-        "step": lambda e: step_decay(e, initial, drop, every),
-        "cosine": lambda e: cosine_decay(e, initial, epochs),
-        "constant": lambda e: initial,
-    }
-    if name not in schedules:
-        raise CompError(f"config: train.schedule={name!r}; use one of {sorted(schedules)}")
-    return warmed_up(schedules[name], warmup)
+    """The schedule `name` of `SCHEDULES` as epoch -> learning rate, after `warmup` epochs
+    of linear warm-up."""
+    schedule = SCHEDULES[name]
+    return warmed_up(lambda e: schedule(e, initial, drop, every, epochs), warmup)

@@ -1,7 +1,3 @@
-"""Tuning: the search space, Optuna studies shared by workers, and the per-fold search."""
-
-from comp.tuning.space import SPACE, default_trial, suggest
-from comp.tuning.studies import StudyLock, counted_trials, inner_splits, open_study, work_on
-
-__all__ = ["SPACE", "StudyLock", "counted_trials", "default_trial", "inner_splits",
-           "open_study", "suggest", "work_on"]
+"""Tuning: the search space (`space`), Optuna studies shared by workers (`studies`) and
+the per-fold search (`search`). Nothing is imported here, so the config can read the
+space's names without importing Optuna."""

@@ -1,13 +1,16 @@
-"""The search space of fine-tuning settings: one entry per tunable key."""
+"""The search space of fine-tuning settings (one entry per tunable key) and the pruners
+a study can use: the tables that own `tune.params` and `tune.pruner`. Optuna is imported
+only when a study runs, so the config can name these without it."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import optuna
+if TYPE_CHECKING:
+    import optuna
 
-from comp.errors import CompError
-from comp.models.registry import Backbone
+    from comp.models.registry import Backbone
 
 SPACE: dict[str, Callable[[optuna.Trial, Backbone], object]] = {
     "model.dropout": lambda t, b: t.suggest_float("model.dropout", 0.0, 0.6),
@@ -25,11 +28,34 @@ SPACE: dict[str, Callable[[optuna.Trial, Backbone], object]] = {
 }
 
 
+
+def _median_pruner() -> optuna.pruners.BasePruner:
+    # a trial's steps are its inner fits (tune.inner_folds, 3 by default): a warm-up or
+    # minimum resource of 5 steps never pruned a trial; both may stop one after its
+    # first inner fit
+    import optuna
+
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+
+
+def _hyperband_pruner() -> optuna.pruners.BasePruner:
+    import optuna
+
+    return optuna.pruners.HyperbandPruner(min_resource=1)
+
+
+def _no_pruner() -> optuna.pruners.BasePruner:
+    import optuna
+
+    return optuna.pruners.NopPruner()
+
+
+PRUNERS: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
+    "median": _median_pruner, "hyperband": _hyperband_pruner, "none": _no_pruner}
+
+
 def suggest(trial: optuna.Trial, backbone: Backbone, names: list[str]) -> dict:
     """The trial's settings for the tuned `names` ({"section.key": value})."""
-    unknown = [n for n in names if n not in SPACE]
-    if unknown:
-        raise CompError(f"config: tune.params has {unknown}; tunable: {sorted(SPACE)}")
     if not backbone.unfreeze_points and "model.unfreeze" in names:
         names = [n for n in names if n != "model.unfreeze"]
     return {name: SPACE[name](trial, backbone) for name in names}

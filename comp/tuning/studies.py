@@ -33,6 +33,7 @@ import portalocker
 from comp.config import mask_url
 from comp.errors import CompError
 from comp.metrics import HIGHER_IS_BETTER
+from comp.tuning.space import PRUNERS
 
 JOURNAL = "journal:"  # tune.storage=journal:<path>: Optuna's JournalStorage on a file
 
@@ -62,23 +63,12 @@ def optuna_storage(storage_url: str):
 def open_study(name: str, storage_url: str, metric: str, pruner: str, seed: int,
                grace: int = 60) -> optuna.Study:
     """Create or load the study `name` (heartbeat: a killed trial is failed and retried)."""
-    if metric not in HIGHER_IS_BETTER:
-        raise CompError(f"config: tune.metric={metric!r}; use one of {sorted(HIGHER_IS_BETTER)}")
-    # a trial's steps are its inner fits (tune.inner_folds, 3 by default): a warm-up or
-    # minimum resource of 5 steps never pruned a trial; both may stop one after its
-    # first inner fit
-    pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3,
-                                                             n_warmup_steps=0),
-               "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1),
-               "none": optuna.pruners.NopPruner}
-    if pruner not in pruners:
-        raise CompError(f"config: tune.pruner={pruner!r}; use one of {sorted(pruners)}")
     direction = "maximize" if HIGHER_IS_BETTER[metric] else "minimize"
     sampler = optuna.samplers.TPESampler(seed=seed)
     if journal_path(storage_url) is not None:  # no heartbeat in JournalStorage
         return optuna.create_study(study_name=name, storage=optuna_storage(storage_url),
                                    load_if_exists=True, direction=direction, sampler=sampler,
-                                   pruner=pruners[pruner]())
+                                   pruner=PRUNERS[pruner]())
     # a killed worker's trial is failed after the grace period and retried once; the
     # callback's keyword was renamed in Optuna 4.9
     names = inspect.signature(optuna.storages.RDBStorage).parameters
@@ -103,7 +93,7 @@ def open_study(name: str, storage_url: str, metric: str, pruner: str, seed: int,
                                 f"({_first_line(exc)}){hint}") from None
             time.sleep(0.5 + attempt)
     return optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
-                               direction=direction, sampler=sampler, pruner=pruners[pruner]())
+                               direction=direction, sampler=sampler, pruner=PRUNERS[pruner]())
 
 
 def _is_creation_race(exc: Exception) -> bool:

@@ -1,16 +1,12 @@
-"""One validation of the whole config, before any work, from one table of constraints.
+"""The rules a config value can follow, in the style of scikit-learn's
+`_parameter_constraints`: each field of `comp.config`'s schema names its rule beside it,
 
-In the style of scikit-learn's `_parameter_constraints`: `CONSTRAINTS` maps a dotted key
-to what its value must be. Adding a rule is one line:
+    lr: float = setting(0.003, POSITIVE)  # initial learning rate
+    optimizer: str = setting("sgd", Options("sgd", "adam", "adamw"))
 
-    "train.lr": Interval(0, None, closed="neither"),
-    "train.optimizer": Options("sgd", "adam"),
-    "tune.params": Each(Options(*TUNABLE)),
-
-`validate(cfg)` (called by `comp.config.load_config`) checks every key of the table, and
-the model/train/augment keys again for each backbone's merged `backbone_overrides`, and
-raises one `CompError` line such as `config: train.lr=-1: must be > 0`.
-`describe_constraint(key)` gives the allowed values as text (for --help and the README).
+and `comp.config.validate` checks them all before any work, raising one `CompError` line
+such as `config: train.lr=-1: must be > 0`. `describe()` gives the allowed values as text
+(for --help and the README).
 """
 
 from __future__ import annotations
@@ -21,21 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import ListConfig
 
 from comp.errors import CompError
-
-# the names comp.tuning.SPACE can tune (kept here so validation never imports optuna;
-# a test keeps the two in sync)
-TUNABLE = (
-    "model.dropout", "model.unfreeze", "model.bn_trainable", "model.dense_units", "train.lr",
-    "train.lr_drop", "train.lr_every", "train.class_weight", "train.label_smoothing",
-    "augment.random_views",
-)
-METRICS = ("accuracy", "auc", "macro_f1", "balanced_accuracy", "log_loss")
-# qwk (quadratic weighted kappa) needs the class names: a submission metric, not a tuning one
-SUBMIT_METRICS = (*METRICS, "qwk")
-ENSEMBLE_METHODS = ("mean", "geometric", "weighted", "optuna", "greedy", "stacked", "rank")
 
 
 class Constraint:
@@ -241,139 +225,11 @@ FRACTION = Interval(0, 1)
 POSITIVE = Interval(0, None, closed="neither")
 SEED = Int(0)
 
-# every model/train/augment key here is also checked per backbone (backbone_overrides)
-CONSTRAINTS: dict[str, Constraint] = {
-    "name": Text(),
-    "backbones": Each(Text()),  # may be empty: classic models only (experiment=quick)
-    "weights": AnyOf(Options("imagenet", "none"), ExistingFile()),
-    "runs_dir": Text(),
-    "submissions_dir": Text(),
-    "data.dir": Text(),
-    "data.folds": Int(2),
-    "data.fold_seed": SEED,
-    "data.repeats": Int(1),
-    "data.dedup_max_distance": Int(0, 64),
-    "data.max_image_pixels": Int(1, closed="both"),
-    "data.intensity_range": LowHigh(),
-    "data.id_column": Optional(Text()),
-    "data.label_column": Optional(Text()),
-    "model.image_size": Optional(Int(16)),
-    "model.pooling": Options("avg", "max"),
-    "model.dense_units": Int(0),
-    "model.dropout": Interval(0, 1, closed="left"),
-    "train.optimizer": Options("sgd", "adam", "adamw"),
-    "train.lr": POSITIVE,
-    "train.weight_decay": Interval(0, 1, closed="left"),
-    "train.warmup": Int(0),
-    "train.average_last": Int(0),
-    "train.ema_momentum": Interval(0, 1, closed="neither"),
-    "train.momentum": Interval(0, 1, closed="left"),
-    "train.schedule": Options("step", "cosine", "constant"),
-    "train.lr_drop": Interval(0, 1, closed="right"),
-    "train.lr_every": Int(1),
-    "train.epochs": Int(1),
-    "train.patience": Int(0),
-    "train.batch_size": Int(1),
-    "train.class_weight": Options("balanced", "none"),
-    "train.label_smoothing": Interval(0, 1, closed="left"),
-    "train.seed": SEED,
-    "train.epoch_choice": Options("inner", "last", "outer"),
-    "train.stop_fraction": Interval(0, 0.5, closed="neither"),
-    "classic.models": Each(Text()),
-    "classic.depths": Each(Text()),
-    "classic.image_size": Optional(Int(16)),
-    "classic.pixels_size": Int(4, 512),
-    "classic.views": Options("none", "flips", "dihedral"),
-    "classic.inner_folds": Int(2),
-    "classic.regularisation": Options("average", "best"),
-    "augment.random_views": Int(0),
-    "augment.rotation": FRACTION,
-    "augment.zoom": Interval(0, 1, closed="left"),
-    "augment.brightness": FRACTION,
-    "augment.contrast": FRACTION,
-    "augment.tta": Options("none", "flips", "dihedral"),
-    "augment.online_shift": Interval(0, 0.5, closed="left"),
-    "augment.online_rotation": Interval(0, 0.5),
-    "augment.online_zoom": Interval(0, 1, closed="left"),
-    "pseudo.round": Int(0),
-    "pseudo.rounds": Int(0),
-    "pseudo.splits": Each(Options("unlabeled", "test")),
-    "pseudo.rule": Options("quota", "threshold"),
-    "pseudo.fraction": Interval(0, 1, closed="right"),
-    "pseudo.min_confidence": FRACTION,
-    "pseudo.threshold": FRACTION,
-    "pseudo.top_fraction": Interval(0, 1, closed="right"),
-    "pseudo.class_cap": Interval(0, None, closed="neither"),
-    "pseudo.temperature": POSITIVE,
-    "pseudo.weight": Interval(0, None),
-    "pseudo.truth": ExistingFile(),
-    "tune.n_trials": Int(0),
-    "tune.epochs": Int(1),
-    "tune.inner_folds": Int(2),
-    "tune.metric": Options(*METRICS),
-    "tune.pruner": Options("median", "hyperband", "none"),
-    "tune.seed": SEED,
-    "tune.heartbeat_grace": Int(1),
-    "tune.params": Each(Options(*TUNABLE)),
-    "params": Options("default", "best"),
-    "ensemble.methods": Each(Options(*ENSEMBLE_METHODS)),
-    "ensemble.optuna_trials": Int(1),
-    "time_limit": Optional(Int(1)),
-    "predict.output": NotAFolder(),
-    "only.fold": Optional(Int(0)),
-    "plan.format": Options("lines", "slurm", "kubernetes"),
-    "submit.metric": Options(*SUBMIT_METRICS),
-    "submit.rank_by": Options("auto", *SUBMIT_METRICS),
-    "compute.precision": Options("float32", "mixed_float16", "mixed_bfloat16"),
-    "compute.jit_compile": Options("auto", True, False),
-    "compute.distribute": Options("none", "mirrored"),
-}
-
-_PER_BACKBONE = ("model.", "train.", "augment.")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Check every key of `CONSTRAINTS` in `cfg` (and each backbone's merged settings);
-    raise one CompError line naming the first bad key, its value and the rule."""
-    for key, constraint in CONSTRAINTS.items():
-        _check(key, _get(cfg, key), constraint)
-    if "backbone_overrides" not in cfg:
-        return
-    from comp.config import model_settings
-
-    # bases before variants, so a bad value is named where it was set
-    for backbone in sorted(cfg.backbone_overrides, key=lambda b: ("-" in b, b)):
-        merged = model_settings(cfg, backbone)
-        for key, constraint in CONSTRAINTS.items():
-            if key.startswith(_PER_BACKBONE):
-                value = _get(merged, key)
-                if value is not _MISSING and value != _get(cfg, key):
-                    _check(f"backbone_overrides.{backbone}.{key}", value, constraint)
-
-
-def describe_constraint(key: str) -> str | None:
-    """The allowed values of `key` as text (e.g. 'sgd|adam', 'a number > 0'), or None."""
-    constraint = CONSTRAINTS.get(key)
-    return constraint.describe() if constraint else None
-
-
-_MISSING = object()
-
-
-def _get(cfg: DictConfig, key: str) -> Any:
-    node: Any = cfg
-    for part in key.split("."):
-        if not isinstance(node, DictConfig) or part not in node:
-            return _MISSING
-        node = node[part]
-    if isinstance(node, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(node)
-    return node
-
-
-def _check(key: str, value: Any, constraint: Constraint) -> None:
-    if value is _MISSING:
-        return
+def check_setting(key: str, value: Any, constraint: Constraint) -> None:
+    """Raise one CompError line (`config: <key>=<value>: <what is wrong>`) where `value`
+    breaks `constraint`."""
     problem = constraint.check(value)
     if problem:
         shown = ("[" + ",".join(map(str, value)) + "]" if isinstance(value, list)
