@@ -28,6 +28,7 @@ from comp import __version__
 from comp.artifacts import ensure_free_space, file_sha256, read_json, write_json, write_text
 from comp.errors import CompError
 from comp.log import get_logger
+from comp.predictions import is_ensemble, is_keras_model
 from comp.selection import best_entry, ranking_metric
 from comp.training.features import is_identity_preprocess
 from comp.workspace import RunDir, run_dir
@@ -49,7 +50,7 @@ def export_model(cfg: DictConfig) -> Path:
         raise CompError(f"{info_path}: no finished model {model_id!r}; see "
                         "submissions/<name>/leaderboard.csv for the model ids")
     info = read_json(info_path)
-    if info.get("kind", "single") != "single" or info.get("model_kind") == "classic":
+    if not is_keras_model(info):
         raise CompError(f"export.using={model_id}: only single fine-tuned models are exported "
                         "as Keras models (classic heads are scikit-learn: use stage=predict)")
     suffix = "" if cfg.export.tta else "-notta"
@@ -82,11 +83,9 @@ def export_choice(run: RunDir, metric: str) -> tuple[str, str | None]:
 
     first = best_prediction_set(run, metric)
     info = read_json(prediction_folder(run, first) / "cv.json")
-    if info.get("kind", "single") == "single" and info.get("model_kind",
-                                                           "finetune") == "finetune":
+    if is_keras_model(info):
         return first, None
-    what = ("an ensemble" if info.get("kind") == "ensemble"
-            else "a classic (scikit-learn) head")
+    what = "an ensemble" if is_ensemble(info) else "a classic (scikit-learn) head"
     best = best_single_model(run, metric)
     return best, (f"rank 1 by CV {metric} is {first}, {what}, which is not a Keras model; "
                   f"exported the best fine-tuned model {best} instead "
@@ -97,8 +96,7 @@ def export_choice(run: RunDir, metric: str) -> tuple[str, str | None]:
 def best_single_model(run: RunDir, metric: str) -> str:
     """The finished single model with the best CV `metric`."""
     sets = [read_json(p / "cv.json") for p in run.prediction_sets()]
-    singles = [s for s in sets if s.get("kind", "single") == "single" and s.get("model_id")
-               and s.get("model_kind", "finetune") == "finetune"]
+    singles = [s for s in sets if is_keras_model(s) and s.get("model_id")]
     if not singles:
         raise CompError(f"{run.root}: no finished fine-tuned model to export; set backbones "
                         "and run stage=train")

@@ -25,9 +25,9 @@ from comp.log import progress
 from comp.models.build import build_backbone, create_head, split_backbone
 from comp.models.classic import view_average_proba
 from comp.models.registry import get_backbone
-from comp.models.spec import ClassicSpec, ModelSpec
+from comp.models.spec import ClassicSpec, ModelSpec, spec_class
 from comp.models.weights import ResolvedWeights, resolve_weights
-from comp.predictions import read_prediction_set
+from comp.predictions import is_ensemble, read_prediction_set
 from comp.selection import best_entry
 from comp.training.compute import model_scope
 from comp.training.features import ViewPlan, compute_features
@@ -57,7 +57,7 @@ def predict_paths(cfg: DictConfig, run: RunDir, using: str, paths: list[Path]
         raise CompError(f"predict.using={using}: its scores are rank averages, not "
                         "probabilities (AUC only, never a submission); use another ensemble "
                         "method or a model")
-    if info["kind"] != "ensemble":
+    if not is_ensemble(info):
         return predict_model(cfg, run, using, paths, len(classes)), classes
     members = np.stack([predict_model(cfg, run, m, paths, len(classes))
                         for m in info["models"]])
@@ -102,16 +102,24 @@ def predict_model(cfg: DictConfig, run: RunDir, model_id: str, paths: list[Path]
                   n_classes: int) -> np.ndarray:
     """Fold-averaged TTA probabilities of one trained model on `paths`."""
     spec = load_spec(cfg, run, model_id)
-    if spec.kind == "classic":
-        from comp.training.classic import embed_images
+    return PREDICTORS[type(spec)](cfg, spec, run.model_dir(model_id), paths, n_classes)
 
-        features = embed_images(spec, [str(p) for p in paths], decoding(cfg))
-        return predict_classic(run.model_dir(model_id), features, n_classes)
+
+def _predict_finetuned(cfg: DictConfig, spec: ModelSpec, model_dir: Path, paths: list[Path],
+                       n_classes: int) -> np.ndarray:
     settings = decoding(cfg)
     images = load_images([str(p) for p in paths], spec.image_size, settings.max_pixels,
                          desc=f"decode {spec.image_size}px",
                          intensity_range=settings.intensity_range)
-    return predict_images(spec, run.model_dir(model_id), images, n_classes)
+    return predict_images(spec, model_dir, images, n_classes)
+
+
+def _predict_classic(cfg: DictConfig, spec: ClassicSpec, model_dir: Path, paths: list[Path],
+                     n_classes: int) -> np.ndarray:
+    from comp.training.classic import embed_images
+
+    features = embed_images(spec, [str(p) for p in paths], decoding(cfg))
+    return predict_classic(model_dir, features, n_classes)
 
 
 def predict_classic(model_dir: Path, features: np.ndarray, n_classes: int) -> np.ndarray:
@@ -163,10 +171,8 @@ def predict_images(spec: ModelSpec, model_dir: Path, images: np.ndarray,
 def load_spec(cfg: DictConfig, run: RunDir, model_id: str) -> ModelSpec | ClassicSpec:
     """The spec recorded in spec.json, with its weight file found again on this machine."""
     recorded = read_json(run.model_dir(model_id) / "spec.json")
-    source = recorded.get("source", recorded.get("backbone"))
-    if recorded.get("kind") == "classic":  # the backbone part of the embeddings, if any
-        source = next((part.partition("@")[0] for part in source.split("+")
-                       if part.partition("@")[0] not in ("pixels", "color")), "pixels")
+    kind = spec_class(recorded)
+    source = kind.weights_source(recorded)
     if recorded["weights"] in ("random-init", "none") or source == "pixels":
         weights = ResolvedWeights(None, recorded["weights"])
     else:
@@ -177,7 +183,8 @@ def load_spec(cfg: DictConfig, run: RunDir, model_id: str) -> ModelSpec | Classi
             raise CompError(
                 f"{weights.path}: not the weight file {model_id} was trained with "
                 f"({recorded['weights']}); point weights_dir or weights= at that file")
-    if recorded.get("kind") == "classic":
-        return ClassicSpec.from_json(recorded, weights)
-    return ModelSpec.from_json(recorded, weights,
-                               OmegaConf.to_container(cfg.compute, resolve=True))
+    return kind.from_json(recorded, weights, OmegaConf.to_container(cfg.compute, resolve=True))
+
+
+# per spec class: how its finished folds predict new images
+PREDICTORS = {ModelSpec: _predict_finetuned, ClassicSpec: _predict_classic}

@@ -22,6 +22,20 @@ TEXT_COLUMNS = ("id", "label", "split", "submission_id", "hash", "name", "model_
                 "experiment", "kind", "models", "file", "backbone", "sources")
 
 
+SINGLE, ENSEMBLE = "single", "ensemble"  # cv.json "kind": one model's set, or an ensemble's
+
+
+def is_ensemble(info: dict) -> bool:
+    """Whether the cv.json `info` is an ensemble's (else one model's)."""
+    return info.get("kind", SINGLE) == ENSEMBLE
+
+
+def is_keras_model(info: dict) -> bool:
+    """Whether the cv.json `info` is one fine-tuned model's (a Keras model that stage=export
+    can ship), not an ensemble's or a classic head's."""
+    return not is_ensemble(info) and info.get("model_kind", "finetune") == "finetune"
+
+
 def read_table(path: str | Path, text_columns: tuple[str, ...] = TEXT_COLUMNS) -> pd.DataFrame:
     """Read a CSV that comp wrote, values as written: ids, labels and other names stay
     text (`0000`, `1`, `True`, `NA` and `None` are not numbers, booleans or missing),

@@ -18,6 +18,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support  #
 from comp.artifacts import atomic_path, read_json, write_text  # noqa: E402
 from comp.predictions import (  # noqa: E402
     class_indices,
+    is_ensemble,
     prob_columns,
     read_prediction_set,
     read_table,
@@ -174,7 +175,7 @@ def lever_rows(entries: dict[str, dict], rank_by: str) -> pd.DataFrame:
              for name, e in entries.items() if e["info"].get("labels", True)}
     info = {name: entries[name]["info"] for name in probs}
     rounds = sorted({int(i.get("round", 0)) for i in info.values()})
-    levers = [("ensembling", lambda i: True, lambda i: i.get("kind") == "single")]
+    levers = [("ensembling", lambda i: True, lambda i: not is_ensemble(i))]
     levers += [(f"pseudo-label round {r}", lambda i, r=r: int(i.get("round", 0)) <= r,
                 lambda i, r=r: int(i.get("round", 0)) < r) for r in rounds if r > 0]
     levers.append(("tuning", lambda i: True, lambda i: not i.get("tuned", False)))

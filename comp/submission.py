@@ -48,7 +48,7 @@ def submission_frame(competition: Competition, predictions: PredictionSet) -> pd
     probs = probs.to_numpy(dtype=float)
     columns = competition.submission_columns
     frame = pd.DataFrame({columns[0]: competition.test["submission_id"].to_numpy()})
-    if competition.submission_kind == "label":
+    if competition.submits_labels:
         frame[columns[1]] = [predictions.classes[i] for i in probs.argmax(1)]
     else:
         for column in columns[1:]:

@@ -10,7 +10,7 @@ def test_reads_csv_layout(competition):
     comp = read_competition(competition)
     assert comp.classes == CLASSES
     assert len(comp.train) == 24 and len(comp.test) == 6 and len(comp.unlabeled) == 4
-    assert comp.submission_kind == "label"
+    assert comp.submits_labels
     sample = pd.read_csv(competition / "sample_submission.csv")
     assert comp.test["id"].tolist() == sample["id"].tolist()
 
@@ -27,7 +27,7 @@ def test_probability_submission_detected(competition):
     sample = pd.read_csv(competition / "sample_submission.csv")
     pd.DataFrame({"id": sample.id, **{c: 0.0 for c in CLASSES}}).to_csv(
         competition / "sample_submission.csv", index=False)
-    assert read_competition(competition).submission_kind == "proba"
+    assert not read_competition(competition).submits_labels
 
 
 @pytest.mark.parametrize("bad", ["a/b.png", "a\\b.png", "..", "/etc/passwd", "x\x00.png", ""])

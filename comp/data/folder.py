@@ -53,8 +53,8 @@ class Competition:
     id, submission_id, path, hash; `unlabeled` has id, path, hash. `id` is the image's
     file name, `submission_id` the sample submission's id as written (maybe without
     extension), `hash` the file's content hash. `submission_columns` are the sample
-    submission's columns; `submission_kind` is "label" (one label column) or "proba"
-    (one column per class).
+    submission's columns; `submits_labels` is true for one label column, false for one
+    probability column per class.
     """
 
     root: Path
@@ -63,7 +63,7 @@ class Competition:
     test: pd.DataFrame
     unlabeled: pd.DataFrame
     submission_columns: list[str]
-    submission_kind: str
+    submits_labels: bool
 
     def frame(self, split: str) -> pd.DataFrame:
         """The frame of `split` (train, test or unlabeled)."""
@@ -106,15 +106,15 @@ def read_competition(root: str | Path, id_column: str | None = None,
             "a classifier needs at least two"
         )
     if pixels:
-        test, columns, kind = _read_pixel_test(root, classes, train_pixels, pixel_dir)
+        test, columns, submits_labels = _read_pixel_test(root, classes, train_pixels, pixel_dir)
         unlabeled = pd.DataFrame(columns=["id", "path", "hash"])
     else:
-        test, columns, kind = _read_test(root, classes)
+        test, columns, submits_labels = _read_test(root, classes)
         unlabeled = _read_unlabeled(root)
     for frame in (train, test, unlabeled):
         if "hash" not in frame:
             frame["hash"] = content_hashes(frame["path"].tolist()) if len(frame) else []
-    return Competition(root, classes, train, test, unlabeled, columns, kind)
+    return Competition(root, classes, train, test, unlabeled, columns, submits_labels)
 
 
 def check_id(image_id: object, source: str) -> str:
@@ -359,7 +359,7 @@ def _read_train(root: Path, id_column: str | None, label_column: str | None) -> 
 
 
 def _read_sample(root: Path, classes: list[str]) -> tuple[pd.DataFrame, list[str], str]:
-    """sample_submission.csv, its columns and the submission kind (label or proba)."""
+    """sample_submission.csv, its columns and whether it takes labels (else probabilities)."""
     sample_path = root / "sample_submission.csv"
     if not sample_path.exists():
         raise CompError(
@@ -377,15 +377,15 @@ def _read_sample(root: Path, classes: list[str]) -> tuple[pd.DataFrame, list[str
             f"written in the sample's column order); put {named_id!r} first"
         )
     if sorted(c.strip() for c in columns[1:]) == classes:
-        kind = "proba"
+        submits_labels = False
     elif len(columns) == 2:
-        kind = "label"
+        submits_labels = True
     else:
         raise CompError(
             f"{sample_path}: columns {columns[1:]} are neither one label column nor the "
             f"classes {classes}"
         )
-    return sample, columns, kind
+    return sample, columns, submits_labels
 
 
 def _listed_images(listed: pd.Series, folder: Path, csv_path: Path, missing: str,
@@ -409,13 +409,13 @@ def _read_test(root: Path, classes: list[str]) -> tuple[pd.DataFrame, list[str],
     sample_path, folder = root / "sample_submission.csv", root / "test"
     if sample_path.exists() and not folder.is_dir():
         raise CompError(f"{folder}: test image folder not found; see the README's layout")
-    sample, columns, kind = _read_sample(root, classes)
+    sample, columns, submits_labels = _read_sample(root, classes)
     id_column = columns[0]
     ids = _listed_images(sample[id_column], folder, sample_path, "id(s) have no image in",
                          "are not in sample_submission.csv and are not predicted")
     test = pd.DataFrame({"id": ids, "submission_id": sample[id_column].to_numpy(),
                          "path": [str(folder / i) for i in ids]})
-    return test, columns, kind
+    return test, columns, submits_labels
 
 
 def _read_unlabeled(root: Path) -> pd.DataFrame:
@@ -478,7 +478,7 @@ def _read_pixel_test(root: Path, classes: list[str], train_pixels: list[str],
     if not csv_path.is_file():
         raise CompError(f"{csv_path}: not found; a pixel-CSV competition gives its test "
                         "images as pixel rows in test.csv")
-    sample, columns, kind = _read_sample(root, classes)
+    sample, columns, submits_labels = _read_sample(root, classes)
     sample_path = root / "sample_submission.csv"
     header = _csv_header(csv_path)
     pixels = pixel_columns(header)
@@ -519,4 +519,4 @@ def _read_pixel_test(root: Path, classes: list[str], train_pixels: list[str],
                                image_side(pixels, csv_path), hashes)
     test = pd.DataFrame({"id": wanted.to_numpy(), "submission_id": sample[columns[0]].to_numpy(),
                          "path": paths, "hash": hashes})
-    return test, columns, kind
+    return test, columns, submits_labels

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -56,6 +57,15 @@ class ModelSpec:
     @property
     def precision(self) -> str:
         return (self.compute or {}).get("precision", "float32")
+
+    def features_key(self) -> str:
+        """Specs with equal keys train on the same features (same cut and training views)."""
+        return json.dumps([self.model["unfreeze"], self.augment], sort_keys=True)
+
+    @staticmethod
+    def weights_source(recorded: dict) -> str:
+        """The backbone whose weight file the spec.json `recorded` was trained with."""
+        return recorded["backbone"]
 
     def for_fold(self, fold: int) -> ModelSpec:
         """The settings that train `fold`: with that fold's tuned params applied."""
@@ -173,6 +183,16 @@ class ClassicSpec:
     def model_id(self) -> str:
         return f"{self.backbone}-{fingerprint(self.identity())}"
 
+    def features_key(self) -> str:
+        """Specs with equal keys share their embeddings."""
+        return json.dumps(self.feature_identity(), sort_keys=True)
+
+    @staticmethod
+    def weights_source(recorded: dict) -> str:
+        """The backbone part of the recorded embeddings (`pixels` where there is none)."""
+        return next((part.partition("@")[0] for part in recorded["source"].split("+")
+                     if part.partition("@")[0] not in ("pixels", "color")), "pixels")
+
     def feature_identity(self) -> dict:
         """What the embeddings depend on (shared by heads on the same features)."""
         return {"source": self.source, "image_size": self.image_size,
@@ -184,7 +204,7 @@ class ClassicSpec:
                 "regularisation": self.regularisation,
                 **({"depth_choice": True} if self.depth_choice else {}),
                 "folds": self.folds_key, "pseudo": self.pseudo, "seed": self.seed,
-                "kind": "classic"}
+                "kind": self.kind}
 
     def for_fold(self, fold: int) -> ClassicSpec:
         return self
@@ -194,14 +214,26 @@ class ClassicSpec:
                 "weights_path": str(self.weights.path) if self.weights.path else None}
 
     @classmethod
-    def from_json(cls, recorded: dict, weights: ResolvedWeights) -> ClassicSpec:
-        """The spec recorded by describe(), with its weights found again."""
+    def from_json(cls, recorded: dict, weights: ResolvedWeights,
+                  compute: dict | None = None) -> ClassicSpec:
+        """The spec recorded by describe(), with its weights found again (`compute` is for
+        fine-tuned models only)."""
         return cls(recorded["source"], recorded["head"], recorded["image_size"],
                    tuple(recorded["depths"]), weights, recorded["views"],
                    recorded["inner_folds"], recorded["folds"], recorded["pseudo"],
                    recorded["seed"],
                    regularisation=recorded.get("regularisation", "best"),
                    depth_choice=recorded.get("depth_choice", False))
+
+
+# the one place a model kind (spec.json's "kind"; fine-tuned when absent) names its class
+SPECS: dict[str, type[ModelSpec] | type[ClassicSpec]] = {
+    ModelSpec.kind: ModelSpec, ClassicSpec.kind: ClassicSpec}
+
+
+def spec_class(recorded: dict) -> type[ModelSpec] | type[ClassicSpec]:
+    """The spec class of a recorded spec.json."""
+    return SPECS[recorded.get("kind", ModelSpec.kind)]
 
 
 def make_classic_spec(cfg: DictConfig, entry: str, folds_key: str,

@@ -14,6 +14,7 @@ from comp.errors import CompError
 from comp.log import get_logger
 from comp.metrics import scores
 from comp.predictions import (
+    ENSEMBLE,
     mark_unfinished,
     probs_frame,
     read_prediction_set,
@@ -53,7 +54,7 @@ def run(cfg: DictConfig) -> list[dict]:
         honest = nested_predictions(method, oof, y, folds, cfg.tune.seed)
         weights = member_weights(method, state, len(sets))
         info = {
-            "kind": "ensemble", "name": f"ensemble-{name}-{members_key}", "method": name,
+            "kind": ENSEMBLE, "name": f"ensemble-{name}-{members_key}", "method": name,
             "labels": method.labels, "models": model_ids,
             "round": max(s.info.get("round", 0) for s in sets),
             "repeats": prepared.n_repeats,

@@ -9,7 +9,7 @@ from comp.artifacts import read_json, write_json
 from comp.data.prepared import load_competition
 from comp.errors import CompError
 from comp.log import get_logger
-from comp.predictions import read_prediction_set
+from comp.predictions import is_ensemble, read_prediction_set
 from comp.selection import leaderboard_uncertainty, ranking_metric, selection_headline
 from comp.submission import entry_settings, write_leaderboard, write_submission
 from comp.workspace import leaderboard_path, run_dir, submissions_folder
@@ -30,10 +30,10 @@ def run(cfg: DictConfig):
     if not labelled:
         raise CompError(f"{run.root}: no entry gives labels; add a model or another method")
     specs = {p.name: read_json(run.model_dir(p.name) / "spec.json") for p in predictions
-             if p.info.get("kind", "single") == "single"
+             if not is_ensemble(p.info)
              and (run.model_dir(p.name) / "spec.json").exists()}
     settings = entry_settings(specs, {p.name: p.info for p in predictions
-                                      if p.info.get("kind") == "ensemble"})
+                                      if is_ensemble(p.info)})
     # rank averages are not probabilities: never turned into a submission (AUC in cv.json)
     rows = [write_submission(folder, cfg.name, competition, p, metric,
                              settings.get(p.name, ""), rank_by) for p in labelled]

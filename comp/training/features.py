@@ -107,10 +107,10 @@ def compute_features(
     total = len(sources) * max(1, int(np.ceil(len(images) / batch_size)))
     started = time.time()
     with progress(total=total, desc=desc) as bar, ExitStack() as stack:
-        for position, (kind, which) in enumerate(sources):
+        for position, (source, which) in enumerate(sources):
             for start in range(0, len(images), batch_size):
                 stop = min(start + batch_size, len(images))
-                batch = (dihedral_view(read_rows(images, start, stop), which) if kind == "view"
+                batch = (dihedral_view(read_rows(images, start, stop), which) if source == "view"
                          else extra[which][start:stop])
                 batch = _prefix_outputs(batch, prefix, preprocess)
                 shape = (len(sources), len(images), *batch.shape[1:])

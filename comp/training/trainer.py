@@ -10,7 +10,6 @@ cleared and trained again.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -27,8 +26,8 @@ from comp.log import get_logger, progress, unit_done
 from comp.metrics import scores
 from comp.models.build import build_backbone, create_head, split_backbone, weight_bytes
 from comp.models.registry import get_backbone
-from comp.models.spec import ModelSpec
-from comp.predictions import probs_frame, read_table, write_prediction_set
+from comp.models.spec import ClassicSpec, ModelSpec
+from comp.predictions import SINGLE, probs_frame, read_table, write_prediction_set
 from comp.training.callbacks import predict_views
 from comp.training.classic import ClassicFeatures, train_classic_fold
 from comp.training.compute import model_scope
@@ -76,11 +75,6 @@ class FeaturedModel:
                 backbone.preprocess, self.plan, spec.augment, spec.train["seed"],
                 data_key=prepared.split_key(split))
 
-    @staticmethod
-    def key(spec: ModelSpec) -> str:
-        """Specs with equal keys share one FeaturedModel (same cut and training views)."""
-        return json.dumps([spec.model["unfreeze"], spec.augment], sort_keys=True)
-
     def new_head(self, spec: ModelSpec, n_classes: int, seed: int):
         """A fresh trainable model for one fold (body weights reset to the loaded ones)."""
         if self.split.body is not None:
@@ -89,18 +83,16 @@ class FeaturedModel:
             return create_head(self.split, spec, n_classes, seed)
 
 
-def model_key(spec) -> str:
-    """Specs with equal keys share one featured model (same features)."""
-    if spec.kind == "classic":
-        return json.dumps(spec.feature_identity(), sort_keys=True)
-    return FeaturedModel.key(spec)
+@dataclass(frozen=True)
+class Unit:
+    """One unit to train: unit `fold` of `prepared`, with its pseudo-labelled rows (or
+    None), the progress bar it reports to and whether it writes TensorBoard logs."""
 
-
-def featured_model(spec, prepared):
-    """The features a spec trains on: a cut backbone (fine-tuning) or pooled embeddings."""
-    if spec.kind == "classic":
-        return ClassicFeatures(spec, prepared)
-    return FeaturedModel(spec, prepared)
+    prepared: object
+    fold: int
+    pseudo: PseudoRows | None
+    bar: object
+    tensorboard: bool = False
 
 
 def fold_data(featured: FeaturedModel, spec: ModelSpec, labels: np.ndarray,
@@ -216,7 +208,6 @@ def train_spec(spec: ModelSpec, prepared, info: dict,
     if stale:
         get_logger().info("train: %s folds %s predicted other test or unlabeled images than "
                           "those now in the folder; trained again", spec.model_id, stale)
-    labels = prepared.labels
     featured_models: dict[str, FeaturedModel] = {}
     bar = progress(todo, desc=f"train {spec.model_id}")
     for fold in bar:
@@ -230,18 +221,14 @@ def train_spec(spec: ModelSpec, prepared, info: dict,
             if fold_done(run.fold_dir(spec.model_id, fold), splits):  # finished meanwhile
                 continue
             fold_spec = spec.for_fold(fold)
-            key = model_key(fold_spec)
+            features, train_unit = KINDS[type(spec)]
+            key = fold_spec.features_key()
             if key not in featured_models:
-                featured_models[key] = featured_model(fold_spec, prepared)
+                featured_models[key] = features(fold_spec, prepared)
             featured = featured_models[key]
             pseudo = pseudo_for_fold(fold, featured) if pseudo_for_fold else None
-            if spec.kind == "classic":
-                train_classic_fold(featured, spec, prepared, fold, pseudo,
-                                   _fresh_fold_dir(run.fold_dir(spec.model_id, fold)),
-                                   write_fold_outputs)
-            else:
-                _train_fold(featured, spec.model_id, fold_spec, prepared, labels, fold,
-                            pseudo, bar, tensorboard)
+            train_unit(featured, spec.model_id, fold_spec,
+                       Unit(prepared, fold, pseudo, bar, tensorboard))
             metrics = read_json(run.fold_dir(spec.model_id, fold) / "metrics.json")
             unit_done("fold", model=spec.model_id, fold=fold, best_epoch=metrics["best_epoch"],
                       val_auc=round(metrics["auc"], 4), seconds=metrics["seconds"])
@@ -257,9 +244,11 @@ def train_spec(spec: ModelSpec, prepared, info: dict,
     return result
 
 
-def _train_fold(featured: FeaturedModel, model_id: str, spec: ModelSpec, prepared, labels,
-                fold, pseudo, bar, tensorboard: bool = False) -> None:
-    """Train and predict unit `fold` (a fold of one repeat) of a fine-tuned spec."""
+def _train_fold(featured: FeaturedModel, model_id: str, spec: ModelSpec, unit: Unit) -> None:
+    """Train and predict `unit` (a fold of one repeat) of the fine-tuned model `model_id`
+    (`spec`: its settings for that unit)."""
+    prepared, fold, pseudo, bar = unit.prepared, unit.fold, unit.pseudo, unit.bar
+    labels = prepared.labels
     out = _fresh_fold_dir(prepared.run.fold_dir(model_id, fold))
     started = time.time()
     classes = prepared.competition.classes
@@ -274,7 +263,8 @@ def _train_fold(featured: FeaturedModel, model_id: str, spec: ModelSpec, prepare
         bar.set_postfix(fold=fold, epoch=epoch, val_auc=f"{logs['val_auc']:.3f}")
 
     history, best_epoch = fit_fold(model, data, spec.train, seed, show,
-                                   str(out / "logs") if tensorboard else None, spec.compute)
+                                   str(out / "logs") if unit.tensorboard else None,
+                                   spec.compute)
     val_probs = predict_views(model, featured.features["train"], data.tta_views, val)
     split_probs = {split: predict_tta(model, featured.features[split],
                                       split_positions(featured.plan, split, views))
@@ -295,6 +285,14 @@ def _train_fold(featured: FeaturedModel, model_id: str, spec: ModelSpec, prepare
         # the fold's own settings (tuned folds differ) under the model's id
         "settings": {**spec.describe(), "model_id": model_id},
     }, pseudo, started)
+
+
+def _train_classic_unit(featured: ClassicFeatures, model_id: str, spec: ClassicSpec,
+                        unit: Unit) -> None:
+    """Train and predict `unit` of the classic model `model_id`."""
+    train_classic_fold(featured, spec, unit.prepared, unit.fold, unit.pseudo,
+                       _fresh_fold_dir(unit.prepared.run.fold_dir(model_id, unit.fold)),
+                       write_fold_outputs)
 
 
 def _fresh_fold_dir(out):
@@ -325,6 +323,11 @@ def write_fold_outputs(out, prepared, fold: int, val_probs: np.ndarray, split_pr
         "seconds": round(time.time() - started, 2),
     })
     crash_point(f"fold:{fold}")  # tests: COMP_CRASH_AT=fold:<k> dies here
+
+
+# per spec class: the features its units train on, and how one unit is trained
+KINDS = {ModelSpec: (FeaturedModel, _train_fold),
+         ClassicSpec: (ClassicFeatures, _train_classic_unit)}
 
 
 def read_ids_table(path) -> pd.DataFrame:
@@ -376,7 +379,7 @@ def collect_predictions(spec: ModelSpec, prepared, info: dict) -> dict:
                for k in ("accuracy", "macro_f1", "auc")}}
     return write_prediction_set(
         run.preds_dir(spec.model_id), oof, test_frame, classes,
-        {"kind": "single", "model_kind": spec.kind, "model_id": spec.model_id,
+        {"kind": SINGLE, "model_kind": spec.kind, "model_id": spec.model_id,
          "backbone": spec.backbone, "tuned": spec.fold_params is not None,
          "models": [spec.model_id], "repeats": prepared.n_repeats, **info, **extra},
     )

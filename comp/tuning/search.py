@@ -87,7 +87,7 @@ def tune_backbone(cfg: DictConfig, prepared: Prepared, backbone_name: str) -> di
     def objective(trial: optuna.Trial, fold: int, splits) -> float:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         spec = with_params(base, suggest(trial, backbone, names))
-        key = FeaturedModel.key(spec)
+        key = spec.features_key()
         if key not in featured_models:
             featured_models[key] = FeaturedModel(spec, prepared)
         featured = featured_models[key]
