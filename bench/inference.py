@@ -42,6 +42,39 @@ def finetuned_model(models: Path) -> Path:
     return found[0]
 
 
+def model_flops(model) -> int:
+    """Floating-point operations of one forward pass of one image (2 per multiply-add):
+    convolutions, depthwise convolutions and dense layers, from their shapes."""
+    total = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        kind = type(layer).__name__
+        if kind not in ("Conv2D", "DepthwiseConv2D", "Dense"):
+            continue
+        out, inp = layer.output.shape, layer.input.shape
+        if kind == "Dense":
+            total += 2 * inp[-1] * out[-1]
+            continue
+        taps = layer.kernel_size[0] * layer.kernel_size[1]
+        per_pixel = taps * inp[-1] * (out[-1] if kind == "Conv2D" else 1)
+        total += 2 * out[1] * out[2] * per_pixel
+    return int(total)
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 20) -> float:
+    """This machine's float32 GFLOP/s on a large matrix product (TensorFlow, every core):
+    the bound no convolution network can pass here."""
+    import tensorflow as tf
+
+    a = tf.random.normal((n, n))
+    product = tf.function(lambda x: tf.matmul(x, x))
+    product(a).numpy()
+    started = time.time()
+    for _ in range(repeats):
+        result = product(a)
+    result.numpy()
+    return 2 * n ** 3 * repeats / (time.time() - started) / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("n_images", nargs="?", type=int, default=256)
@@ -112,6 +145,7 @@ def main() -> None:
         raw_total /= len(list(folds))
         n_views = 8 * n_images
         rows.append((label, comp_s, raw_s, n_views, np.abs(comp_probs - raw_total).max()))
+        flops = model_flops(full)
 
     print(f"\nmobilenet_025 at {size} px, {n_images} images x 8 TTA views, batch 128, "
           f"TF {__import__('tensorflow').__version__}, {spec.model['unfreeze'] or 'default'} cut"
@@ -122,6 +156,15 @@ def main() -> None:
     for label, comp_s, raw_s, n_views, diff in rows:
         print(f"| {label} | {comp_s:.2f} | {n_views / comp_s:.0f} | {raw_s:.2f} | "
               f"{n_views / raw_s:.0f} | {raw_s / comp_s:.2f}x | {diff:.1e} |")
+    gflops = matmul_gflops(256 if args.smoke else 2048)
+    bound = gflops * 1e9 / flops
+    one_fold = rows[0][3] / rows[0][1]
+    print(f"\nFLOP bound: a {256 if args.smoke else 2048}^2 float32 matmul runs at "
+          f"{gflops:.0f} GFLOP/s here; one view (prefix + head) is {flops / 1e6:.1f} MFLOP "
+          f"(2 per multiply-add of every Conv2D, DepthwiseConv2D and Dense layer), so at most "
+          f"{gflops:.0f}e9 / {flops / 1e6:.1f}e6 = {bound:.0f} views/s per fold; comp's "
+          f"1-fold {one_fold:.0f} views/s is {one_fold / bound:.0%} of it "
+          f"({one_fold * flops / 1e9:.1f} GFLOP/s)")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.pop(CRASH_ENV, None)  # a crash point is set per child process (comp_process) only
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto` (the default, pyproject.toml): one worker per core, at most 4, since each
+    worker imports TensorFlow and the slow tests' workers grow to several GB."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                      else os.cpu_count() or 1))
+
+
 @pytest.fixture
 def competition(tmp_path: Path) -> Path:
     """A fresh tiny competition (3 classes x 8 images, 6 test, 4 unlabeled) in tmp_path/comp."""

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent  # the checkout: subprocesses run 
 CLASSES = ["alpha", "beta", "gamma"]
 P_COLS = [f"p_{c}" for c in CLASSES]
 TINT = {"alpha": (200, 60, 60), "beta": (60, 200, 60), "gamma": (60, 60, 200)}
-TUNE_FAST = {"tune.epochs": "2", "tune.params": "[model.dropout,train.lr]"}
+TUNE_FAST = {"tune.epochs": "2", "tune.inner_folds": "2", "tune.params": "[model.dropout,train.lr]"}
 DONE = ("COMPLETE", "PRUNED")  # names of the Optuna trial states that count as finished
 
 
