@@ -54,12 +54,12 @@ def main() -> None:
     folds = prepared.folds["fold"].to_numpy()
     rows, val = np.nonzero(folds != 0)[0], np.nonzero(folds == 0)[0]
 
-    from comp.data.images import cached_images
+    from comp.data.images import Decoding, cached_images
     from comp.models.registry import get_backbone
 
     images = cached_images(prepared.run.image_cache, "train",
                            prepared.competition.train["path"].tolist(), size,
-                           cfg.data.max_image_pixels)
+                           Decoding(cfg.data.max_image_pixels))
     preprocess = get_backbone("mobilenet_025").preprocess
     views = np.stack([preprocess(dihedral_view(images, v).astype("float32")) for v in range(8)])
     results = []

@@ -205,7 +205,11 @@ class Competition:
         test set; predict() takes new images). The frame is written as a competition
         folder (train.csv, train/, test/, sample_submission.csv; images hard-linked or
         copied) into runs/<name>/competition/, then run like any folder. `name` defaults
-        to frame-<fingerprint of the image paths and labels>."""
+        to frame-<fingerprint of the image paths and labels>.
+
+        Why eight parameters: each is an option users pass by keyword (the frame's
+        columns and test images, then the constructor's own name, runs_dir,
+        submissions_dir and overrides), so the call reads like AutoGluon's."""
         import pandas as pd
 
         from comp.artifacts import fingerprint

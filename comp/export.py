@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,17 @@ from comp.predictions import is_ensemble, is_keras_model
 from comp.selection import best_entry, ranking_metric
 from comp.training.features import is_identity_preprocess
 from comp.workspace import RunDir, run_dir
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What stage=export wrote into `out`: the model `model_id`, taking `size` x `size`
+    images and averaging over the dihedral `views`."""
+
+    model_id: str
+    size: int
+    views: tuple[int, ...]
+    out: Path
 
 
 def export_model(cfg: DictConfig) -> Path:
@@ -67,7 +79,8 @@ def export_model(cfg: DictConfig) -> Path:
     if cfg.export.tflite:
         _write_tflite(out / "saved_model", out / "model.tflite")
     write_json(out / "classes.json", info["classes"])
-    write_text(out / "MODEL_CARD.md", model_card(run, model_id, info, size, views, out, note))
+    write_text(out / "MODEL_CARD.md",
+               model_card(run, info, Exported(model_id, size, views, out), note))
     get_logger().info("export: %s (%d folds%s) -> %s", model_id,
                       len(_folds(run.model_dir(model_id))),
                       f", TTA over {len(views)} views" if len(views) > 1 else "", out)
@@ -116,7 +129,7 @@ def build_export_model(cfg: DictConfig, run: RunDir, model_id: str, n_classes: i
 
     from comp.data.views import TTA_VIEWS
     from comp.inference import load_spec
-    from comp.models.build import build_backbone, create_head, split_backbone
+    from comp.models.build import build_backbone, split_backbone
     from comp.models.registry import get_backbone
     from comp.training.viewchoice import IDENTITY, recorded_views
 
@@ -136,23 +149,12 @@ def build_export_model(cfg: DictConfig, run: RunDir, model_id: str, n_classes: i
     flat = []
     for fold in folds:
         fold_spec = spec.for_fold(fold)
-        m = fold_spec.model
         base = build_backbone(backbone, size, spec.weights, spec.train["seed"])
-        split = split_backbone(base, backbone, m["unfreeze"])
+        split = split_backbone(base, backbone, fold_spec.model["unfreeze"])
         if split.cut not in shared:
-            per_view = []
-            for view in views:
-                features = _dihedral(x, view, flip)
-                if split.prefix is not None:
-                    features = split.prefix(features)
-                if split.prefix is not None or round_features:
-                    # the feature cache stores float16: the heads saw these numbers
-                    features = layers.Identity(dtype="float16")(features)
-                per_view.append(features)
-            shared[split.cut] = per_view
-        head = create_head(split, fold_spec, n_classes, 0, online=False)
-        head.load_weights(run.fold_dir(model_id, fold) / "model.weights.h5")
-        head = keras.Model(head.input, head.output, name=f"fold{fold}")
+            shared[split.cut] = [_prefix_features(_dihedral(x, view, flip), split, round_features)
+                                 for view in views]
+        head = _fold_head(split, fold_spec, n_classes, run.fold_dir(model_id, fold), fold)
         fold_views = shared[split.cut]  # view 0, the image itself, comes first
         if recorded_views(run.fold_dir(model_id, fold)) == IDENTITY:
             fold_views = fold_views[:1]
@@ -160,6 +162,30 @@ def build_export_model(cfg: DictConfig, run: RunDir, model_id: str, n_classes: i
     probs = flat[0] if len(flat) == 1 else layers.Average(name="average")(flat)
     probs = layers.Identity(name="probabilities", dtype="float32")(probs)
     return keras.Model(image, probs, name=f"comp_{spec.backbone}"), size, views
+
+
+def _prefix_features(features, split, round_features: bool):
+    """One view's input to the heads: the frozen prefix's output (if any), rounded to
+    float16 where the feature cache stored it so."""
+    from keras import layers
+
+    if split.prefix is not None:
+        features = split.prefix(features)
+    if split.prefix is not None or round_features:
+        # the feature cache stores float16: the heads saw these numbers
+        features = layers.Identity(dtype="float16")(features)
+    return features
+
+
+def _fold_head(split, fold_spec, n_classes: int, fold_dir: Path, fold: int):
+    """Unit `fold`'s trained body and head (its weights from `fold_dir`), named fold<u>."""
+    import keras
+
+    from comp.models.build import create_head
+
+    head = create_head(split, fold_spec, n_classes, 0, online=False)
+    head.load_weights(fold_dir / "model.weights.h5")
+    return keras.Model(head.input, head.output, name=f"fold{fold}")
 
 
 def _preprocess_layer(preprocess, name: str):
@@ -222,27 +248,26 @@ def _write_tflite(saved_model: Path, target: Path) -> None:
     target.write_bytes(converter.convert())
 
 
-def model_card(run: RunDir, model_id: str, info: dict, size: int, views, out: Path,
-               note: str | None = None) -> str:
+def model_card(run: RunDir, info: dict, exported: Exported, note: str | None = None) -> str:
     """MODEL_CARD.md: what the model is, how good (CV), how to call it."""
-    import keras
-    import tensorflow as tf
+    spec = read_json(run.model_dir(exported.model_id) / "spec.json")
+    folds = _folds(run.model_dir(exported.model_id))
+    return (_card_summary(spec, info, exported, len(folds), note)
+            + _card_hashes(run, spec, exported, folds) + _card_versions()
+            + _card_usage(exported))
 
-    spec = read_json(run.model_dir(model_id) / "spec.json")
-    cv = info["cv"]
-    folds = _folds(run.model_dir(model_id))
-    fold_hashes = "\n".join(
-        f"| fold{k}/model.weights.h5 | "
-        f"`{file_sha256(run.fold_dir(model_id, k) / 'model.weights.h5')[:16]}` |"
-        for k in folds)
-    classes = info["classes"]
+
+def _card_summary(spec: dict, info: dict, exported: Exported, n_folds: int,
+                  note: str | None) -> str:
+    """The card's title and what the model takes, gives and scores."""
+    cv, classes, views, size = info["cv"], info["classes"], exported.views, exported.size
     repeats = int(info.get("repeats", 1))
-    scheme = f"{len(folds) // repeats}-fold CV" + (
+    scheme = f"{n_folds // repeats}-fold CV" + (
         f" repeated {repeats} times" if repeats > 1 else "")
-    return f"""# {model_id}
+    return f"""# {exported.model_id}
 
 A {spec['backbone']} fine-tuned by comp {__version__} with {scheme}, exported
-as one Keras model that averages the {len(folds)} fold models{
+as one Keras model that averages the {n_folds} fold models{
     f" over {len(views)} TTA views (dihedral ids {list(views)})" if len(views) > 1 else ""}.
 
 - **Input**: RGB images, shape `(N, {size}, {size}, 3)`, values 0..255 (uint8 or float);
@@ -254,18 +279,39 @@ as one Keras model that averages the {len(folds)} fold models{
   macro AUC {cv['auc']:.4f}, log loss {cv['log_loss']:.4f}.
 - **Settings**: `spec.json` of the run; model settings {json.dumps(spec['model'])}.
 {f"- **Why this model**: {note}." + chr(10) if note else ""}
-## Hashes
+"""
+
+
+def _card_hashes(run: RunDir, spec: dict, exported: Exported, folds: list[int]) -> str:
+    fold_hashes = "\n".join(
+        f"| fold{k}/model.weights.h5 | "
+        f"`{file_sha256(run.fold_dir(exported.model_id, k) / 'model.weights.h5')[:16]}` |"
+        for k in folds)
+    return f"""## Hashes
 | file | sha256 |
 |---|---|
-| model.keras | `{file_sha256(out / 'model.keras')[:16]}` |
+| model.keras | `{file_sha256(exported.out / 'model.keras')[:16]}` |
 | backbone start weights | `{spec['weights']}` |
 {fold_hashes}
 
-## Versions
+"""
+
+
+def _card_versions() -> str:
+    import keras
+    import tensorflow as tf
+
+    return f"""## Versions
 comp {__version__}, TensorFlow {tf.__version__}, Keras {keras.__version__},
 Python {platform.python_version()}.
 
-## Use it with plain Keras (no comp needed)
+"""
+
+
+def _card_usage(exported: Exported) -> str:
+    """How to call the model with plain Keras, comp's decoding steps included."""
+    size = exported.size
+    return f"""## Use it with plain Keras (no comp needed)
 ```python
 import json, numpy as np, keras
 from PIL import Image, ImageOps
@@ -279,7 +325,7 @@ probs = model.predict(np.asarray(image)[None], verbose=0)[0]
 print(classes[int(probs.argmax())], probs)
 ```
 Or the SavedModel (TensorFlow Serving, `tf.saved_model.load("saved_model").serve(x)`){
-    ", or `model.tflite` with the TFLite interpreter" if (out / "model.tflite").exists()
+    ", or `model.tflite` with the TFLite interpreter" if (exported.out / "model.tflite").exists()
     else ""}.
 These are comp's own decoding steps for 8-bit RGB and grayscale images (comp's
 predictions are reproduced to 1e-4); another resize gives slightly different

@@ -7,6 +7,7 @@ score cannot profit from its own labels. The selection rules are pure functions.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -15,6 +16,17 @@ if TYPE_CHECKING:
     import pandas as pd
 
 POOL_SPLITS = ("unlabeled", "test")  # pseudo.splits: the splits pseudo-labels may come from
+
+
+@dataclass(frozen=True)
+class Votes:
+    """The `voters`' (model ids) mean class probabilities `probs` (N, C) on the pool
+    images: image i is `ids[i]` of split `splits[i]`."""
+
+    ids: list[str]
+    splits: list[str]
+    probs: np.ndarray
+    voters: list[str]
 
 
 def sharpen(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -68,23 +80,23 @@ def select_by_quota(probs: np.ndarray, prior: np.ndarray, fraction: float,
     return picked[np.argsort(-confidence[picked], kind="stable")]
 
 
-def pseudo_table(ids: list[str], splits: list[str], probs: np.ndarray, classes: list[str],
-                 picked: np.ndarray, soft: bool, temperature: float, sources: list[str]
-                 ) -> pd.DataFrame:
-    """The fold's pseudo-label file: id, split, label, p_<class>..., confidence, sources.
+def pseudo_table(votes: Votes, classes: list[str], picked: np.ndarray, soft: bool,
+                 temperature: float) -> pd.DataFrame:
+    """The fold's pseudo-label file of the `picked` rows of `votes`: id, split, label,
+    p_<class>..., confidence, sources (the voters).
 
     The p_ columns are the training targets: one-hot for hard labels, the (sharpened)
     vote for soft ones.
     """
-    chosen = probs[picked]
+    chosen = votes.probs[picked]
     targets = sharpen(chosen, temperature) if soft else np.eye(len(classes))[chosen.argmax(1)]
     import pandas as pd
 
     frame = pd.DataFrame({
-        "id": [ids[i] for i in picked], "split": [splits[i] for i in picked],
+        "id": [votes.ids[i] for i in picked], "split": [votes.splits[i] for i in picked],
         "label": [classes[i] for i in chosen.argmax(1)],
     })
     frame[[f"p_{c}" for c in classes]] = targets
     frame["confidence"] = chosen.max(axis=1) if len(chosen) else []
-    frame["sources"] = " ".join(sources)
+    frame["sources"] = " ".join(votes.voters)
     return frame

@@ -18,7 +18,7 @@ from comp.data.prepared import Prepared
 from comp.errors import CompError
 from comp.log import get_logger
 from comp.predictions import read_table
-from comp.pseudo import pseudo_table, select_by_quota, select_pseudo_labels
+from comp.pseudo import Votes, pseudo_table, select_by_quota, select_pseudo_labels
 from comp.rounds import specs_for_round
 from comp.training.trainer import fold_done, split_keys
 
@@ -26,23 +26,9 @@ from comp.training.trainer import fold_done, split_keys
 def make_pseudo_labels(cfg: DictConfig, prepared: Prepared, round_: int) -> dict:
     """Vote with unit u's round r-1 models on the pseudo splits; select; write per unit."""
     rules = cfg.pseudo
-    voters = [s for s in specs_for_round(cfg, prepared, round_ - 1)
-              if not rules.voters or s.backbone in rules.voters]
-    if not voters:
-        raise CompError(f"config: pseudo.voters={list(rules.voters)} matches no backbone "
-                        f"in backbones={list(cfg.backbones)}")
+    voter_ids = _voter_ids(cfg, prepared, round_)
     run, classes = prepared.run, prepared.competition.classes
-    voter_ids = [s.model_id for s in voters]
-    for model_id in voter_ids:
-        for fold in range(prepared.n_units):
-            if not fold_done(run.fold_dir(model_id, fold), split_keys(prepared)):
-                raise CompError(f"{run.fold_dir(model_id, fold)}: not trained; run stage=train "
-                                f"pseudo.round={round_ - 1} first")
-    plain = OmegaConf.to_container(rules)
-    settings = {"voters": voter_ids, **{k: plain[k] for k in (
-        "splits", "rule", "fraction", "min_confidence", "threshold", "top_fraction",
-        "class_cap", "soft", "temperature")}, "twins": "excluded",
-        "pool": {s: prepared.split_key(s) for s in rules.splits}}
+    settings = _round_settings(rules, voter_ids, prepared)
     summary_path = run.root / "pseudo" / f"round{round_}" / "summary.json"
     if summary_path.exists() and read_json(summary_path).get("settings") == settings:
         return read_json(summary_path)  # same voters and rules: the files stand
@@ -51,28 +37,73 @@ def make_pseudo_labels(cfg: DictConfig, prepared: Prepared, round_: int) -> dict
     per_fold = {}
     twins = pool_twins(cfg, prepared, list(rules.splits))
     for fold in range(prepared.n_units):
-        ids, splits, votes = _vote(run, voter_ids, fold, list(rules.splits), classes)
-        held = prepared.unit_val_mask(fold)
-        fold_counts = pd.Series(~held).groupby(prepared.folds["label"].to_numpy()).sum()
-        counts_k = fold_counts.reindex(classes).fillna(0).to_numpy(dtype=float)
-        if rules.rule == "quota":
-            picked = select_by_quota(votes, counts_k / counts_k.sum(), rules.fraction,
-                                     rules.min_confidence)
-        else:
-            picked = select_pseudo_labels(votes, counts_k, rules.threshold,
-                                          rules.top_fraction, rules.class_cap)
-        # a pool image that is a near-duplicate of one of this unit's validation images
-        # would carry its label into training: never used for this unit
-        keys = [f"{s}/{i}" for s, i in zip(splits, ids, strict=True)]
-        picked = np.array([p for p in picked
-                           if not any(held[t] for t in twins.get(keys[p], ()))], dtype=int)
-        table = pseudo_table(ids, splits, votes, classes, picked, rules.soft,
-                             rules.temperature, voter_ids)
+        table = _unit_table(prepared, rules, voter_ids, fold, twins)
         write_csv(run.pseudo_csv(round_, fold), table)
         per_fold[fold] = _fold_summary(table, classes, truth)
     summary = {"round": round_, "settings": settings, "folds": per_fold,
                "labelled_counts": dict(zip(classes, counts.tolist(), strict=True))}
     write_json(summary_path, summary)
+    _log_round(round_, voter_ids, per_fold)
+    return summary
+
+
+def _voter_ids(cfg: DictConfig, prepared: Prepared, round_: int) -> list[str]:
+    """The round r-1 models that vote (pseudo.voters), each checked to be trained on
+    every unit."""
+    rules = cfg.pseudo
+    voters = [s for s in specs_for_round(cfg, prepared, round_ - 1)
+              if not rules.voters or s.backbone in rules.voters]
+    if not voters:
+        raise CompError(f"config: pseudo.voters={list(rules.voters)} matches no backbone "
+                        f"in backbones={list(cfg.backbones)}")
+    run = prepared.run
+    voter_ids = [s.model_id for s in voters]
+    for model_id in voter_ids:
+        for fold in range(prepared.n_units):
+            if not fold_done(run.fold_dir(model_id, fold), split_keys(prepared)):
+                raise CompError(f"{run.fold_dir(model_id, fold)}: not trained; run stage=train "
+                                f"pseudo.round={round_ - 1} first")
+    return voter_ids
+
+
+def _round_settings(rules, voter_ids: list[str], prepared: Prepared) -> dict:
+    """What a round's files depend on: its voters, the rules and the pool images."""
+    plain = OmegaConf.to_container(rules)
+    return {"voters": voter_ids, **{k: plain[k] for k in (
+        "splits", "rule", "fraction", "min_confidence", "threshold", "top_fraction",
+        "class_cap", "soft", "temperature")}, "twins": "excluded",
+        "pool": {s: prepared.split_key(s) for s in rules.splits}}
+
+
+def _unit_table(prepared: Prepared, rules, voter_ids: list[str], unit: int,
+                twins: dict[str, list[int]]) -> pd.DataFrame:
+    """Unit `unit`'s pseudo-label table: what the rules pick from its voters' votes, less
+    the pool images that are near-duplicates of its validation images (`twins`)."""
+    classes = prepared.competition.classes
+    votes = _vote(prepared.run, voter_ids, unit, list(rules.splits), classes)
+    held = prepared.unit_val_mask(unit)
+    unit_counts = pd.Series(~held).groupby(prepared.folds["label"].to_numpy()).sum()
+    picked = _pick(rules, votes.probs,
+                   unit_counts.reindex(classes).fillna(0).to_numpy(dtype=float))
+    # a pool image that is a near-duplicate of one of this unit's validation images
+    # would carry its label into training: never used for this unit
+    keys = [f"{s}/{i}" for s, i in zip(votes.splits, votes.ids, strict=True)]
+    picked = np.array([p for p in picked
+                       if not any(held[t] for t in twins.get(keys[p], ()))], dtype=int)
+    return pseudo_table(votes, classes, picked, rules.soft, rules.temperature)
+
+
+def _pick(rules, probs: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The rows of `probs` that pseudo.rule picks, given the unit's labelled `counts`
+    per class."""
+    if rules.rule == "quota":
+        return select_by_quota(probs, counts / counts.sum(), rules.fraction,
+                               rules.min_confidence)
+    return select_pseudo_labels(probs, counts, rules.threshold, rules.top_fraction,
+                                rules.class_cap)
+
+
+def _log_round(round_: int, voter_ids: list[str], per_fold: dict) -> None:
     chosen = pd.DataFrame({k: v["per_class"] for k, v in per_fold.items()}).mean(axis=1)
     scored = [v["accuracy_vs_truth"] for v in per_fold.values() if "accuracy_vs_truth" in v]
     get_logger().info(
@@ -81,10 +112,9 @@ def make_pseudo_labels(cfg: DictConfig, prepared: Prepared, round_: int) -> dict
         float(np.mean([v["mean_confidence"] for v in per_fold.values()])),
         f"; accuracy vs truth {np.nanmean(scored):.3f}" if scored else "",
     )
-    return summary
 
 
-def _vote(run, voter_ids, fold, splits, classes):
+def _vote(run, voter_ids, fold, splits, classes) -> Votes:
     """Mean probabilities of the voters' unit-`fold` models on the pseudo splits."""
     columns = [f"p_{c}" for c in classes]
     ids, names, total = [], [], None
@@ -95,7 +125,7 @@ def _vote(run, voter_ids, fold, splits, classes):
         probs = frame[columns].to_numpy()
         total = probs if total is None else total + probs
         ids, names = frame["id"].tolist(), frame["split"].tolist()
-    return ids, names, total / len(voter_ids)
+    return Votes(ids, names, total / len(voter_ids), voter_ids)
 
 
 def _truth(path: str | None) -> dict | None:

@@ -205,30 +205,55 @@ def build_report(run_root: Path, leaderboard: pd.DataFrame, paths: dict[str, str
     record = read_json(selection) if selection.exists() else {}
     metric = record.get("metric", "accuracy")
     rank_by = record.get("rank_by", metric)  # selection.json before submit.rank_by
-    sections = ["<h2>Leaderboard</h2>",
-                "<div class='wide'>" + shown_leaderboard(leaderboard, metric, rank_by).to_html(
-                    index=False) + "</div>",
-                f"<p>Ranked by CV {rank_by} (submit.rank_by); the selected pipeline's "
-                "nested CV above chooses the same way.</p>"]
     sets = {p.name: p for p in sorted((run_root / "preds").glob("*")) if (p / "cv.json").exists()}
     ensembles = {f"ensemble-{p.name}": p for p in sorted((run_root / "ensemble").glob("*"))
                  if (p / "cv.json").exists()}
+    sections = [*_leaderboard_section(leaderboard, metric, rank_by),
+                *_lever_section(leaderboard, {**sets, **ensembles}, rank_by),
+                *_oof_sections(leaderboard, sets, ensembles, paths, out),
+                *_curve_section(run_root, sets, out),
+                *_pseudo_sections(run_root, out),
+                *_weight_sections(ensembles, out),
+                *_tuning_section(storage_url, out)]
+    write_text(out / "index.html", _page(run_root.name, headline, sections))
+    return out / "index.html"
+
+
+def _leaderboard_section(leaderboard: pd.DataFrame, metric: str, rank_by: str) -> list[str]:
+    return ["<h2>Leaderboard</h2>",
+            "<div class='wide'>" + shown_leaderboard(leaderboard, metric, rank_by).to_html(
+                index=False) + "</div>",
+            f"<p>Ranked by CV {rank_by} (submit.rank_by); the selected pipeline's "
+            "nested CV above chooses the same way.</p>"]
+
+
+def _lever_section(leaderboard: pd.DataFrame, folders: dict[str, Path],
+                   rank_by: str) -> list[str]:
+    """The levers table of the leaderboard's entries (`folders`: name -> prediction set)."""
     on_board = set(leaderboard["name"]) if "name" in leaderboard else set()
     found = {}
-    for name, folder in {**sets, **ensembles}.items():
+    for name, folder in folders.items():
         if name in on_board:
             prediction = read_prediction_set(folder)
             found[name] = {"oof": prediction.oof, "classes": prediction.classes,
                            "info": prediction.info}
     levers = lever_rows(found, rank_by)
-    if not levers.empty:
-        sections += ["<h2>Levers: what each gained on the same folds</h2>",
-                     "<p>The nested selection (rank 1 chosen on the other folds) with the "
-                     "lever's entries against the same selection without them; paired "
-                     "bootstrap standard errors.</p>", levers.to_html(index=False)]
+    if levers.empty:
+        return []
+    return ["<h2>Levers: what each gained on the same folds</h2>",
+            "<p>The nested selection (rank 1 chosen on the other folds) with the "
+            "lever's entries against the same selection without them; paired "
+            "bootstrap standard errors.</p>", levers.to_html(index=False)]
+
+
+def _oof_sections(leaderboard: pd.DataFrame, sets: dict[str, Path],
+                  ensembles: dict[str, Path], paths: dict[str, str], out: Path) -> list[str]:
+    """Out-of-fold plots, scores and confident mistakes of the best-ranked single model
+    and the best-ranked ensemble."""
     ranked = [n for n in leaderboard["name"] if n in sets or n in ensembles]
     best_single = next((n for n in ranked if n in sets), None)
     best_ensemble = next((n for n in ranked if n in ensembles), None)
+    sections = []
     for name in filter(None, (best_single, best_ensemble)):
         prediction = read_prediction_set(sets.get(name) or ensembles[name])
         confusion, reliability, table = confusion_and_scores(prediction.oof,
@@ -237,10 +262,19 @@ def build_report(run_root: Path, leaderboard: pd.DataFrame, paths: dict[str, str
                      f"<img src='{confusion}'> <img src='{reliability}'>", table,
                      "<h3>Most confidently wrong</h3>",
                      confident_mistakes(prediction.oof, prediction.classes, paths, out)]
-    sections.append("<h2>Learning curves</h2>")
+    return sections
+
+
+def _curve_section(run_root: Path, sets: dict[str, Path], out: Path) -> list[str]:
+    sections = ["<h2>Learning curves</h2>"]
     for name in sets:
         if any((run_root / "models" / name).glob("fold*/history.csv")):  # fine-tuned only
             sections.append(f"<img src='{learning_curves(run_root / 'models' / name, out)}'>")
+    return sections
+
+
+def _pseudo_sections(run_root: Path, out: Path) -> list[str]:
+    sections = []
     for round_dir in sorted((run_root / "pseudo").glob("round*")):
         summary = read_json(round_dir / "summary.json")
         counts = pd.DataFrame({k: v["per_class"] for k, v in summary["folds"].items()})
@@ -248,24 +282,35 @@ def build_report(run_root: Path, leaderboard: pd.DataFrame, paths: dict[str, str
                         "mean chosen per fold", out / f"pseudo_{round_dir.name}.png")
         sections += [f"<h2>Pseudo-labels {round_dir.name}</h2>", f"<img src='{png}'>",
                      counts.T.to_html()]
+    return sections
+
+
+def _weight_sections(ensembles: dict[str, Path], out: Path) -> list[str]:
+    sections = []
     for name, folder in ensembles.items():
         weights = read_json(folder / "cv.json")["weights"] or {}  # a stacker has none
         if len(set(weights.values())) > 1:  # learned weights (greedy, weighted, optuna)
             png = bar_chart({str(k): v for k, v in weights.items()}, f"{name}: weights",
                             out / f"weights_{name}.png")
             sections += [f"<h2>Ensemble weights: {html.escape(name)}</h2>", f"<img src='{png}'>"]
-    if storage_url:
-        pngs = optuna_plots(storage_url, out)
-        if pngs:
-            sections += ["<h2>Tuning</h2>"] + [f"<img src='{p}'>" for p in pngs]
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>comp report</title>"
+    return sections
+
+
+def _tuning_section(storage_url: str | None, out: Path) -> list[str]:
+    if not storage_url:
+        return []
+    pngs = optuna_plots(storage_url, out)
+    return (["<h2>Tuning</h2>"] + [f"<img src='{p}'>" for p in pngs]) if pngs else []
+
+
+def _page(run_name: str, headline: str | None, sections: list[str]) -> str:
+    """The report's HTML page: title, `headline` (if any), then the sections."""
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>comp report</title>"
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}"
             ".wide{max-width:100%;overflow-x:auto}.wide table{font-size:12px}"
             ".wide td:nth-child(2){word-break:break-all;min-width:14em}"
             ".thumbs figure{display:inline-block;margin:4px;font-size:11px}</style></head>"
-            f"<body><h1>comp report: {html.escape(run_root.name)}</h1>"
+            f"<body><h1>comp report: {html.escape(run_name)}</h1>"
             + (f"<p class='headline'><b>{html.escape(headline)}</b></p>" if headline else "")
             + "\n".join(sections) + "</body></html>")
-    write_text(out / "index.html", page)
-    return out / "index.html"

@@ -106,23 +106,15 @@ def run_stage(overrides: list[str]):
     The one code path of the CLI and the Python API. Raises CompError for bad input,
     a busy run directory or a run directory that cannot be written.
     """
-    from comp.config import load_config, masked_yaml
-
     log = get_logger()
-    cfg = load_config(list(overrides))
-    if cfg.stage not in STAGES:
-        close = difflib.get_close_matches(str(cfg.stage), list(STAGES), n=1)
-        hint = f" (did you mean stage={close[0]}?)" if close else ""
-        raise CompError(f"config: unknown stage {cfg.stage!r}{hint}; choose from "
-                        f"{', '.join(STAGES)}")
+    cfg = _stage_config(overrides)
     set_progress(cfg.progress)
     log.setLevel("WARNING" if cfg.quiet else "INFO")
     started = time.time()
     from comp.artifacts import disk_full
-    from comp.workspace import config_record, reader_lock, run_dir, run_lock, run_root
+    from comp.workspace import run_root
 
-    root = run_root(cfg.runs_dir, cfg.name)
-    created = not root.exists()
+    created = not run_root(cfg.runs_dir, cfg.name).exists()
     reads_only = _reads_only(cfg)
     check_output_paths(cfg, reads_only)
     if cfg.stage in DATA_STAGES and not Path(cfg.data.dir).is_dir():
@@ -132,20 +124,7 @@ def run_stage(overrides: list[str]):
         if cfg.stage in TF_STAGES:
             quiet_tensorflow()
         module = importlib.import_module(STAGES[cfg.stage][0])
-        if reads_only:  # nothing is written into the run directory: it may be read-only
-            with reader_lock(run_dir(cfg.runs_dir, cfg.name, writable=False)), \
-                    log_over_bars():
-                result = module.run(cfg)
-        else:
-            run = run_dir(cfg.runs_dir, cfg.name)
-            shared = _is_worker(cfg)
-            with run_lock(run, cfg.stage, shared=shared):
-                if cfg.stage in CHOOSING_STAGES:
-                    _choose_backbones(cfg)  # before the record: it records the choice
-                # a password in tune.storage never reaches the run directory
-                with config_record(run, cfg.stage, masked_yaml(cfg), created,
-                                   exclusive=not shared), log_over_bars():
-                    result = module.run(cfg)
+        result = _run_module(module, cfg, reads_only, created)
     except OSError as exc:
         if exc.errno not in _WRITE_ERRORS and not disk_full(exc):
             raise
@@ -160,6 +139,40 @@ def run_stage(overrides: list[str]):
     if text:
         log.info("%s", text)
     return result
+
+
+def _stage_config(overrides: list[str]):
+    """The config composed from `overrides`, its stage checked to be one of STAGES."""
+    from comp.config import load_config
+
+    cfg = load_config(list(overrides))
+    if cfg.stage not in STAGES:
+        close = difflib.get_close_matches(str(cfg.stage), list(STAGES), n=1)
+        hint = f" (did you mean stage={close[0]}?)" if close else ""
+        raise CompError(f"config: unknown stage {cfg.stage!r}{hint}; choose from "
+                        f"{', '.join(STAGES)}")
+    return cfg
+
+
+def _run_module(module, cfg, reads_only: bool, created: bool):
+    """The stage `module`'s run(cfg) under the run directory's lock (shared by workers,
+    see _is_worker), with the config recorded (`created`: the directory is new); a stage
+    that only reads (`reads_only`) takes a reader's lock instead."""
+    from comp.config import masked_yaml
+    from comp.workspace import config_record, reader_lock, run_dir, run_lock
+
+    if reads_only:  # nothing is written into the run directory: it may be read-only
+        with reader_lock(run_dir(cfg.runs_dir, cfg.name, writable=False)), log_over_bars():
+            return module.run(cfg)
+    run = run_dir(cfg.runs_dir, cfg.name)
+    shared = _is_worker(cfg)
+    with run_lock(run, cfg.stage, shared=shared):
+        if cfg.stage in CHOOSING_STAGES:
+            _choose_backbones(cfg)  # before the record: it records the choice
+        # a password in tune.storage never reaches the run directory
+        with config_record(run, cfg.stage, masked_yaml(cfg), created,
+                           exclusive=not shared), log_over_bars():
+            return module.run(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:

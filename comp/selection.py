@@ -11,12 +11,29 @@ paired difference resamples the same rows for both entries, so shared hard image
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from comp.metrics import HIGHER_IS_BETTER, quadratic_kappa, scores
 from comp.predictions import class_indices, prob_columns
 
 FAST_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "log_loss")
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """Resamples of the rows: `n` of them (a quarter as many for the metrics outside
+    FAST_METRICS), drawn with `seed`."""
+
+    n: int = 400
+    seed: int = 0
+
+    def draws(self, metric: str, n_rows: int) -> np.ndarray:
+        """(resamples, n_rows) row indices, drawn with replacement."""
+        rng = np.random.default_rng(self.seed)
+        count = self.n if metric in FAST_METRICS else self.n // 4
+        return rng.integers(0, n_rows, size=(count, n_rows))
 
 
 def ranking_metric(metric: str, rank_by: str) -> str:
@@ -73,10 +90,8 @@ def _fast(metric: str, y: np.ndarray, probs: np.ndarray) -> float:
 def bootstrap_se(metric: str, y: np.ndarray, probs: np.ndarray, n: int = 400,
                  seed: int = 0, classes: list[str] | None = None) -> float:
     """Standard error of the metric by a bootstrap over rows."""
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(y), size=(n if metric in FAST_METRICS else n // 4, len(y)))
     values = []
-    for rows in draws:
+    for rows in Bootstrap(n, seed).draws(metric, len(y)):
         try:
             values.append(metric_value(metric, y[rows], probs[rows], classes))
         except ValueError:  # a resample without some class (AUC)
@@ -85,15 +100,13 @@ def bootstrap_se(metric: str, y: np.ndarray, probs: np.ndarray, n: int = 400,
 
 
 def paired_difference(metric: str, y: np.ndarray, probs: np.ndarray, reference: np.ndarray,
-                      n: int = 400, seed: int = 0,
-                      classes: list[str] | None = None) -> tuple[float, float]:
+                      classes: list[str] | None = None,
+                      bootstrap: Bootstrap = Bootstrap()) -> tuple[float, float]:
     """(metric(probs) - metric(reference), its bootstrap standard error on shared rows)."""
-    rng = np.random.default_rng(seed)
     difference = (metric_value(metric, y, probs, classes)
                   - metric_value(metric, y, reference, classes))
     values = []
-    for rows in rng.integers(0, len(y), size=(n if metric in FAST_METRICS else n // 4,
-                                               len(y))):
+    for rows in bootstrap.draws(metric, len(y)):
         try:
             values.append(metric_value(metric, y[rows], probs[rows], classes)
                           - metric_value(metric, y[rows], reference[rows], classes))

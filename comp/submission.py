@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -65,27 +66,40 @@ def submission_name(name: str, metric: str, score: float) -> str:
     return f"{name}__cv-{short}{score:.4f}.csv"
 
 
-def write_submission(folder: Path, experiment: str, competition: Competition,
-                     predictions: PredictionSet, metric: str, settings: str = "",
-                     rank_by: str | None = None) -> dict:
-    """Write one submission file into `folder` (submissions/<experiment>/), named by its CV
-    `metric`; return its leaderboard row (`settings`: what tells the entry apart, see
-    entry_settings), with the CV `rank_by` score that ranks it."""
+@dataclass(frozen=True)
+class SubmissionTarget:
+    """Where and how one experiment's submissions are written: its `folder`
+    (submissions/<experiment>/), the `competition` whose sample submission they follow,
+    the CV `metric` that names them and the CV `rank_by` score that ranks them (None:
+    `metric`)."""
+
+    folder: Path
+    experiment: str
+    competition: Competition
+    metric: str
+    rank_by: str | None = None
+
+
+def write_submission(target: SubmissionTarget, predictions: PredictionSet,
+                     settings: str = "") -> dict:
+    """Write one submission file into `target.folder`, named by its CV `target.metric`;
+    return its leaderboard row (`settings`: what tells the entry apart, see
+    entry_settings), with the CV `target.rank_by` score that ranks it."""
     info, cv = predictions.info, predictions.info["cv"]
-    name = predictions.name
+    name, folder, metric = predictions.name, target.folder, target.metric
     path = folder / submission_name(name, metric, cv[metric])
-    write_csv(path, submission_frame(competition, predictions))  # before the old one goes
+    write_csv(path, submission_frame(target.competition, predictions))  # before the old one goes
     prefix = f"{name}__cv-"  # a name is text, never a glob pattern
     for stale in folder.iterdir():
         if stale.name.startswith(prefix) and stale.name.endswith(".csv") and stale != path:
             stale.unlink()
     return {
-        "experiment": experiment, "kind": info.get("kind", "single"), "name": name,
+        "experiment": target.experiment, "kind": info.get("kind", "single"), "name": name,
         "settings": settings,
         "models": " ".join(info.get("models", [name])), "round": info.get("round", 0),
         "tuned": bool(info.get("tuned", False)),
         **{f"cv_{m}": round(cv[m], 5)
-           for m in dict.fromkeys([*LEADERBOARD_METRICS, metric, rank_by or metric])},
+           for m in dict.fromkeys([*LEADERBOARD_METRICS, metric, target.rank_by or metric])},
         "n_oof": predictions.info.get("n_oof"), "file": path.name,
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
     }

@@ -12,6 +12,7 @@ from comp.config import load_config
 from comp.errors import CompError
 from comp.models.choice import (
     FROM_SCRATCH,
+    Budget,
     Hardware,
     ImageTraits,
     choose_backbones,
@@ -32,7 +33,7 @@ def _choose(traits, hardware, available=None, time_limit=None):
 
     return choose_backbones(
         traits, hardware, has_weights,
-        lambda b: backbone_size(b, traits.native_side), time_limit)
+        lambda b: backbone_size(b, traits.native_side), Budget(time_limit))
 
 
 def test_a_gpu_with_every_file_gets_the_strongest_of_three_families():

@@ -16,7 +16,7 @@ from comp.errors import CompError
 from comp.models.classic import HEADS, view_average_proba
 from comp.models.registry import get_backbone
 from comp.models.spec import auto_size, make_classic_spec
-from comp.training.classic import depth_column_sets, fit_classic
+from comp.training.classic import HeadRows, depth_column_sets, fit_classic
 from comp.training.embeddings import color_encoder, depth_widths, pixel_encoder
 from tests.helpers import ensemble_dir, run_comp, tiny_overrides
 
@@ -85,7 +85,7 @@ def _blobs(n=60, views=2, dim=5, seed=0):
 def test_every_head_fits_views_and_learns(head, regularisation):
     features, labels = _blobs()
     spec = SimpleNamespace(head=head, inner_folds=3, seed=0, regularisation=regularisation)
-    estimator, chosen, loss = fit_classic(spec, features, labels, np.arange(60), 3)
+    estimator, chosen, loss = fit_classic(spec, HeadRows(features, labels, np.arange(60)), 3)
     probs = estimator.predict_proba(features[0])
     assert probs.shape == (60, 3) and np.allclose(probs.sum(1), 1)
     assert (probs.argmax(1) == labels).mean() > 0.8
@@ -132,11 +132,11 @@ def test_views_that_destroy_the_class_are_left_out():
     # views 1..7 carry another image's class (as a flipped 6 reads as a 9)
     shuffled = [features[0][rng.permutation(60)] for _ in range(7)]
     spec = SimpleNamespace(head="logreg", inner_folds=3, seed=0, regularisation="average")
-    estimator, chosen, _ = fit_classic(spec, np.stack([features[0], *shuffled]), labels,
-                                       np.arange(60), 3)
+    estimator, chosen, _ = fit_classic(
+        spec, HeadRows(np.stack([features[0], *shuffled]), labels, np.arange(60)), 3)
     assert chosen["views"] == "identity" and estimator.comp_views_ == [0]
-    kept, chosen_all, _ = fit_classic(spec, np.repeat(features, 8, axis=0), labels,
-                                      np.arange(60), 3)
+    kept, chosen_all, _ = fit_classic(
+        spec, HeadRows(np.repeat(features, 8, axis=0), labels, np.arange(60)), 3)
     assert chosen_all["views"] in ("all", "identity")
 
 
@@ -147,7 +147,7 @@ def test_the_inner_cv_can_choose_the_informative_depth():
     joined = np.concatenate([noise, features], axis=-1)
     sets = {"all depths": np.arange(29), "noise": np.arange(24), "signal": np.arange(24, 29)}
     spec = SimpleNamespace(head="logreg", inner_folds=3, seed=0, regularisation="average")
-    estimator, chosen, _ = fit_classic(spec, joined, labels, np.arange(60), 3,
+    estimator, chosen, _ = fit_classic(spec, HeadRows(joined, labels, np.arange(60)), 3,
                                        column_sets=sets)
     assert chosen["depths"] in ("signal", "all depths")
     probs = view_average_proba(estimator, joined, 3, np.asarray(estimator.classes_))

@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comp.data.images import cached_images, decode_image
+from comp.data.images import Decoding, cached_images, decode_image
 from comp.errors import CompError
 
 LIMIT = 10_000_000
+DECODING = Decoding(LIMIT)
 
 
 def _red(size=(40, 30)):
@@ -114,10 +115,10 @@ def test_huge_image_refused_before_decoding(tmp_path):
 def test_cache_is_reused_and_invalidated(tmp_path):
     path = tmp_path / "a.png"
     _red().save(path)
-    first = cached_images(tmp_path / "cache", "train", [str(path)], 8, LIMIT)
+    first = cached_images(tmp_path / "cache", "train", [str(path)], 8, DECODING)
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
     Image.new("RGB", (40, 30), (0, 0, 255)).save(path)
-    second = cached_images(tmp_path / "cache", "train", [str(path)], 8, LIMIT)
+    second = cached_images(tmp_path / "cache", "train", [str(path)], 8, DECODING)
     assert first[0, 0, 0, 0] == 255 and second[0, 0, 0, 2] == 255
 
 
@@ -133,7 +134,7 @@ def test_enlarged_sizes_are_resized_on_read_from_one_cache_equal_to_decoding(tmp
         paths.append(str(path))
     cache = tmp_path / "cache"
     for size in (56, 24, 100):
-        images = cached_images(cache, "train", paths, size, LIMIT)
+        images = cached_images(cache, "train", paths, size, DECODING)
         assert images.shape == (3, size, size, 3) and len(images) == 3
         direct = np.stack([decode_image(p, size, LIMIT) for p in paths])
         np.testing.assert_array_equal(np.asarray(images), direct)
@@ -141,7 +142,7 @@ def test_enlarged_sizes_are_resized_on_read_from_one_cache_equal_to_decoding(tmp
         np.testing.assert_array_equal(images[1], direct[1])
         np.testing.assert_array_equal(np.stack(list(images)), direct)
     assert sorted(p.name.split("_")[1] for p in cache.glob("*.npy")) == ["24"]
-    smaller = cached_images(cache, "train", paths, 16, LIMIT)  # shrunk: cached at its size
+    smaller = cached_images(cache, "train", paths, 16, DECODING)  # shrunk: cached at its size
     np.testing.assert_array_equal(smaller, np.stack([decode_image(p, 16, LIMIT) for p in paths]))
     assert sorted(p.name.split("_")[1] for p in cache.glob("*.npy")) == ["16", "24"]
 
@@ -150,6 +151,6 @@ def test_mixed_sizes_are_cached_at_each_size(tmp_path):
     Image.new("RGB", (24, 24), (255, 0, 0)).save(tmp_path / "a.png")
     Image.new("RGB", (30, 20), (0, 255, 0)).save(tmp_path / "b.png")
     paths = [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
-    images = cached_images(tmp_path / "cache", "train", paths, 48, LIMIT)
+    images = cached_images(tmp_path / "cache", "train", paths, 48, DECODING)
     assert isinstance(images, np.ndarray) and images.shape == (2, 48, 48, 3)
     assert sorted(p.name.split("_")[1] for p in (tmp_path / "cache").glob("*.npy")) == ["48"]

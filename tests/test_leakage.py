@@ -38,10 +38,10 @@ def _record_fits(monkeypatch) -> list[dict]:
             return real_fit(model, data, *args, **kwargs)
         return fit_fold
 
-    def fit_classic(spec, features, labels, groups, n_classes, *args, **kwargs):
-        calls.append({"kind": "classic", "n_rows": features.shape[1],
-                      "view0": np.asarray(features[0]).copy()})
-        return real_classic(spec, features, labels, groups, n_classes, *args, **kwargs)
+    def fit_classic(spec, rows, *args, **kwargs):
+        calls.append({"kind": "classic", "n_rows": rows.features.shape[1],
+                      "view0": np.asarray(rows.features[0]).copy()})
+        return real_classic(spec, rows, *args, **kwargs)
 
     def classic_features(self, *args, **kwargs):
         real_features(self, *args, **kwargs)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from comp.pseudo import pseudo_table, select_pseudo_labels, sharpen
+from comp.pseudo import Votes, pseudo_table, select_pseudo_labels, sharpen
 from tests.helpers import P_COLS, leaderboard, run_comp, tiny_overrides
 
 PROBS = np.array([
@@ -33,11 +33,11 @@ def test_class_cap_relative_to_labelled_counts():
 def test_sharpen_and_soft_targets():
     soft = sharpen(np.array([[0.6, 0.4]]), 0.5)
     assert soft[0, 0] == pytest.approx(0.36 / 0.52)
-    table = pseudo_table(["a", "b"], ["unlabeled", "test"], PROBS[[0, 4]], ["x", "y"],
-                         np.array([0, 1]), soft=True, temperature=1.0, sources=["m1"])
+    table = pseudo_table(Votes(["a", "b"], ["unlabeled", "test"], PROBS[[0, 4]], ["m1"]),
+                         ["x", "y"], np.array([0, 1]), soft=True, temperature=1.0)
     assert table[["p_x", "p_y"]].to_numpy() == pytest.approx(PROBS[[0, 4]])
-    hard = pseudo_table(["a"], ["unlabeled"], PROBS[[5]], ["x", "y"], np.array([0]),
-                        soft=False, temperature=1.0, sources=["m1"])
+    hard = pseudo_table(Votes(["a"], ["unlabeled"], PROBS[[5]], ["m1"]), ["x", "y"],
+                        np.array([0]), soft=False, temperature=1.0)
     assert hard[["p_x", "p_y"]].to_numpy().tolist() == [[0.0, 1.0]]
     assert hard.label.tolist() == ["y"] and hard.confidence.tolist() == [0.7]
 

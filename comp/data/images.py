@@ -9,6 +9,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from comp.artifacts import atomic_path, fingerprint, read_json, write_json
 from comp.errors import CompError
 from comp.log import progress
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How images are decoded: comp's pixel limit and the high-bit-depth value range."""
+
+    max_pixels: int
+    intensity_range: tuple[float, float] | None = None
 
 
 def decode_image(path: str | Path, size: int, max_pixels: int,
@@ -132,12 +141,11 @@ def content_hashes(paths: list[str]) -> list[str]:
         return list(pool.map(content_hash, paths))
 
 
-def cached_images(
-    cache_dir: Path, split: str, paths: list[str], size: int, max_pixels: int,
-    hashes: list[str] | None = None, intensity_range: tuple[float, float] | None = None,
-) -> np.ndarray:
-    """Decoded images of `split` at `size`, read from or written to `cache_dir`; a
-    read-only memory map of the cache file (decoded straight into it, never all in memory).
+def cached_images(cache_dir: Path, split: str, paths: list[str], size: int,
+                  decoding: Decoding, hashes: list[str] | None = None) -> np.ndarray:
+    """Decoded images of `split` at `size` (by `decoding`), read from or written to
+    `cache_dir`; a read-only memory map of the cache file (decoded straight into it, never
+    all in memory).
 
     The cache file name carries a fingerprint of the images' content hashes in order
     (`hashes`, computed here when not given), the size and the decoding settings, so a
@@ -148,11 +156,11 @@ def cached_images(
     hashes = content_hashes(paths) if hashes is None else list(hashes)
     side = common_side(cache_dir, split, paths, hashes)
     if side is not None and size > side:  # enlarged: cached once at the images' own side
-        return ResizedImages(cached_images(cache_dir, split, paths, side, max_pixels, hashes,
-                                           intensity_range), size)
-    key = fingerprint({"hashes": hashes, "size": size, "max_pixels": max_pixels,
-                       "range": None if intensity_range is None else list(intensity_range)},
-                      12)
+        return ResizedImages(cached_images(cache_dir, split, paths, side, decoding, hashes),
+                             size)
+    value_range = decoding.intensity_range
+    key = fingerprint({"hashes": hashes, "size": size, "max_pixels": decoding.max_pixels,
+                       "range": None if value_range is None else list(value_range)}, 12)
     target = cache_dir / f"{split}_{size}_{key}.npy"
     if target.exists():
         try:
@@ -168,8 +176,8 @@ def cached_images(
         with progress(total=len(paths), desc=f"decode {split} {size}px") as bar:
             for start in range(0, len(paths), chunk):
                 part = paths[start : start + chunk]
-                handle.write(load_images(part, size, max_pixels, desc="", bar=bar,
-                                         intensity_range=intensity_range).tobytes())
+                handle.write(load_images(part, size, decoding.max_pixels, desc="", bar=bar,
+                                         intensity_range=value_range).tobytes())
     return np.load(target, mmap_mode="r")
 
 

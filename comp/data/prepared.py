@@ -13,21 +13,13 @@ from omegaconf import DictConfig
 from comp.artifacts import fingerprint, read_json, write_csv, write_json
 from comp.data.folder import SPLITS, Competition, read_competition
 from comp.data.folds import duplicate_groups, make_folds, perceptual_hashes, repeat_column
-from comp.data.images import cached_images
+from comp.data.images import Decoding, cached_images
 from comp.errors import CompError
 from comp.log import get_logger
 from comp.predictions import class_indices, read_table
 from comp.workspace import RunDir, run_dir
 
 HASH_SIZE = 64  # images are hashed at 64 px: enough for a 32x32 perceptual hash
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """How images are decoded: comp's pixel limit and the high-bit-depth value range."""
-
-    max_pixels: int
-    intensity_range: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -95,8 +87,7 @@ class Prepared:
         """`split`'s decoded images at `size` (a memory map of the content-keyed cache)."""
         frame = self.competition.frame(split)
         return cached_images(self.run.image_cache, split, frame["path"].tolist(), size,
-                             self.decoding.max_pixels, frame["hash"].tolist(),
-                             self.decoding.intensity_range)
+                             self.decoding, frame["hash"].tolist())
 
 
 def decoding(cfg: DictConfig) -> Decoding:
@@ -175,50 +166,61 @@ def prepare(cfg: DictConfig) -> Prepared:
     image is an error naming the images, since models were trained on those folds."""
     competition = load_competition(cfg)
     run = run_dir(cfg.runs_dir, cfg.name)
-    data_key = train_key(competition.train)
-    settings = {"folds": cfg.data.folds, "seed": cfg.data.fold_seed, "dedup": cfg.data.dedup,
-                "max_distance": cfg.data.dedup_max_distance,
-                "repeats": int(cfg.data.repeats)}
     prepared = Prepared(competition, pd.DataFrame(), run, decoding(cfg))
     images = {split: prepared.images(split, HASH_SIZE) for split in SPLITS}
     if run.folds_csv.exists() and run.data_json.exists():
-        recorded = read_json(run.data_json)
-        folds = read_table(run.folds_csv)
-        if recorded.get("data_key") not in (data_key, _old_train_key(competition.train)):
-            change = describe_change(_recorded(run, "train", folds), competition.train)
-            raise CompError(
-                f"{run.root}: was prepared from other training data than {cfg.data.dir} "
-                f"({change}); its models were trained on "
-                "those folds: use another name=<experiment> (or delete that run directory)"
-            )
-        if _with_repeats(recorded.get("settings")) != settings:
-            raise CompError(
-                f"{run.folds_csv}: written with other fold settings {recorded.get('settings')}; "
-                "folds are fixed once models train on them: use another name=<experiment>"
-            )
-        if recorded.get("data_key") != data_key:  # an older run directory: record hashes
-            recorded = {**recorded, "data_key": data_key}
-            write_json(run.data_json, recorded)
-        _note_changes(recorded, competition, run)
-        return Prepared(competition, folds, run, prepared.decoding)
+        folds = _recorded_folds(cfg, competition, run)
+    else:
+        folds = _write_folds(cfg, competition, run, images["train"])
+    return Prepared(competition, folds, run, prepared.decoding)
+
+
+def _fold_settings(cfg: DictConfig) -> dict:
+    """The data.* settings the folds are made with (recorded in data.json)."""
+    return {"folds": cfg.data.folds, "seed": cfg.data.fold_seed, "dedup": cfg.data.dedup,
+            "max_distance": cfg.data.dedup_max_distance, "repeats": int(cfg.data.repeats)}
+
+
+def _recorded_folds(cfg: DictConfig, competition: Competition, run: RunDir) -> pd.DataFrame:
+    """folds.csv of an earlier prepare, checked to be made from the same training data
+    with the same settings (else a CompError); what changed in the other splits is said
+    and recorded."""
+    data_key = train_key(competition.train)
+    recorded = read_json(run.data_json)
+    folds = read_table(run.folds_csv)
+    if recorded.get("data_key") not in (data_key, _old_train_key(competition.train)):
+        change = describe_change(_recorded(run, "train", folds), competition.train)
+        raise CompError(
+            f"{run.root}: was prepared from other training data than {cfg.data.dir} "
+            f"({change}); its models were trained on "
+            "those folds: use another name=<experiment> (or delete that run directory)"
+        )
+    if _with_repeats(recorded.get("settings")) != _fold_settings(cfg):
+        raise CompError(
+            f"{run.folds_csv}: written with other fold settings {recorded.get('settings')}; "
+            "folds are fixed once models train on them: use another name=<experiment>"
+        )
+    if recorded.get("data_key") != data_key:  # an older run directory: record hashes
+        recorded = {**recorded, "data_key": data_key}
+        write_json(run.data_json, recorded)
+    _note_changes(recorded, competition, run)
+    return folds
+
+
+def _write_folds(cfg: DictConfig, competition: Competition, run: RunDir,
+                 train_images: np.ndarray) -> pd.DataFrame:
+    """New folds of the training images (near-duplicates kept in one fold with
+    data.dedup), written with hashes.csv and data.json."""
+    settings = _fold_settings(cfg)
     train = competition.train
     if cfg.data.dedup:
-        groups = duplicate_groups(perceptual_hashes(images["train"]),
+        groups = duplicate_groups(perceptual_hashes(train_images),
                                   cfg.data.dedup_max_distance)
     else:
         groups = pd.RangeIndex(len(train)).to_numpy()
     folds = make_folds(train["id"].tolist(), train["label"].tolist(), groups,
                        cfg.data.folds, cfg.data.fold_seed, settings["repeats"])
-    sizes = folds.groupby("group").size()
-    summary = {
-        "data_key": data_key, "settings": settings, "data_dir": str(cfg.data.dir),
-        "n_train": len(train), "n_test": len(competition.test),
-        "n_unlabeled": len(competition.unlabeled), "classes": competition.classes,
-        "duplicate_groups": int((sizes > 1).sum()),
-        "images_in_duplicate_groups": int(sizes[sizes > 1].sum()),
-        "class_counts": train["label"].value_counts().sort_index().to_dict(),
-        "split_keys": {split: competition.split_key(split) for split in SPLITS},
-    }
+    summary = _data_summary(cfg, competition, folds, settings)
     _write_hashes(run, competition)
     write_csv(run.folds_csv, folds)
     write_json(run.data_json, summary)
@@ -231,7 +233,23 @@ def prepare(cfg: DictConfig) -> Prepared:
         summary["duplicate_groups"],
         summary["images_in_duplicate_groups"], run.folds_csv,
     )
-    return Prepared(competition, folds, run, prepared.decoding)
+    return folds
+
+
+def _data_summary(cfg: DictConfig, competition: Competition, folds: pd.DataFrame,
+                  settings: dict) -> dict:
+    """data.json: what the folds were made from and with, and the data's counts."""
+    train = competition.train
+    sizes = folds.groupby("group").size()
+    return {
+        "data_key": train_key(train), "settings": settings, "data_dir": str(cfg.data.dir),
+        "n_train": len(train), "n_test": len(competition.test),
+        "n_unlabeled": len(competition.unlabeled), "classes": competition.classes,
+        "duplicate_groups": int((sizes > 1).sum()),
+        "images_in_duplicate_groups": int(sizes[sizes > 1].sum()),
+        "class_counts": train["label"].value_counts().sort_index().to_dict(),
+        "split_keys": {split: competition.split_key(split) for split in SPLITS},
+    }
 
 
 def _with_repeats(settings: dict | None) -> dict | None:

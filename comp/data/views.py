@@ -25,7 +25,11 @@ def random_views(
     images: np.ndarray, count: int, rotation: float, zoom: float, brightness: float,
     contrast: float, seed: int,
 ) -> list[np.ndarray]:
-    """`count` randomly augmented copies of `images` (uint8), reproducible by `seed`."""
+    """`count` randomly augmented copies of `images` (uint8), reproducible by `seed`.
+
+    Why seven parameters: the four strengths are the independent augment.rotation,
+    zoom, brightness and contrast settings (0 leaves that layer out), passed as numbers
+    so this module reads no config."""
     import keras
 
     layers = [keras.layers.RandomFlip("horizontal_and_vertical", seed=seed)]

@@ -64,6 +64,16 @@ class Hardware:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """The run's `time_limit` (seconds; None: none) and the training it pays for:
+    `epochs` per fold over `folds` folds."""
+
+    time_limit: float | None = None
+    epochs: int = 40
+    folds: int = 5
+
+
+@dataclass(frozen=True)
 class ImageTraits:
     """What the training images are like: median side, grayscale, how many."""
 
@@ -130,8 +140,7 @@ def image_traits(paths: list[str], sample: int = 64) -> ImageTraits:
 
 def choose_backbones(
     traits: ImageTraits, hardware: Hardware, has_weights: Callable[[Backbone, int], bool],
-    size_for: Callable[[Backbone], int], time_limit: float | None = None,
-    epochs: int = 40, folds: int = 5,
+    size_for: Callable[[Backbone], int], budget: Budget = Budget(),
 ) -> BackboneChoice:
     """The `backbones=auto` rule (module docstring). `has_weights(backbone, size)` says
     whether its ImageNet file can be had; `size_for(backbone)` is its input size here."""
@@ -153,8 +162,8 @@ def choose_backbones(
         if cost > hardware.gmacs_cap:
             skipped[backbone.name] = "too slow for this machine"
             continue
-        if time_limit and _estimated_seconds(cost, traits.n_images, epochs, folds,
-                                             hardware) > time_limit / (len(chosen) + 2):
+        if budget.time_limit and (_estimated_seconds(cost, traits.n_images, budget, hardware)
+                                  > budget.time_limit / (len(chosen) + 2)):
             skipped[backbone.name] = "too slow for time_limit"
             continue
         if not has_weights(backbone, size):
@@ -179,11 +188,12 @@ def choose_backbones(
     return BackboneChoice(chosen, reasons, skipped)
 
 
-def _estimated_seconds(gmacs: float, n_images: int, epochs: int, folds: int,
+def _estimated_seconds(gmacs: float, n_images: int, budget: Budget,
                        hardware: Hardware) -> float:
     """Rough training time of one backbone: the 8-view feature pass over every image, and
     (as an upper bound, the whole network training) forward + backward (3x) per epoch
     over each fold's training rows."""
+    epochs, folds = budget.epochs, budget.folds
     work = gmacs * n_images * (8 + 3 * epochs * folds * (folds - 1) / folds)
     return work / hardware.gmacs_per_second
 
@@ -218,8 +228,9 @@ def resolve_auto(cfg, paths: list[str], hardware: Hardware | None = None,
             given = model_settings(cfg, backbone.name).model.image_size
             return int(given or backbone_size(backbone, traits.native_side))
 
-        choice = choose_backbones(traits, hardware, has_weights, size_for, cfg.time_limit,
-                                  int(cfg.train.epochs), int(cfg.data.folds))
+        choice = choose_backbones(traits, hardware, has_weights, size_for,
+                                  Budget(cfg.time_limit, int(cfg.train.epochs),
+                                         int(cfg.data.folds)))
     rest = [b for b in cfg.backbones if b != AUTO and b not in choice.names]
     cfg.backbones = [*choice.names, *rest]
     return choice

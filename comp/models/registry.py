@@ -140,7 +140,11 @@ def _row(name: str, constructor, preprocess, *, size: int = 224, unfreeze: dict 
          default_unfreeze: str = "all", weight_file: Callable[[int], str] | None = None,
          md5: str | None = None, min_size: int = 32, top1: float | None = None,
          gmacs: float = 0.0, family: str = "", upsample: int = 2) -> Backbone:
-    """One registry row, written with keywords (timm's `_cfg(...)` style)."""
+    """One registry row, written with keywords (timm's `_cfg(...)` style).
+
+    Why thirteen parameters: one per field of `Backbone`, the table's columns; all but
+    the first three are keywords whose defaults are the common values, so each row
+    names only what sets it apart."""
     return Backbone(name, constructor, preprocess, size, dict(unfreeze or {}), default_unfreeze,
                     weight_file, md5, min_size, top1, gmacs, family or name, upsample)
 

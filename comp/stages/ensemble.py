@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import joblib
 import numpy as np
 from omegaconf import DictConfig
@@ -22,11 +24,36 @@ from comp.predictions import (
 )
 
 
+@dataclass(frozen=True)
+class _Members:
+    """The finished models an ensemble combines: their prediction sets, their (M, N, C)
+    OOF and (M, T, C) test probabilities in folds.csv and test order, and `key`, the
+    fingerprint of the folds and the members."""
+
+    sets: list
+    oof: np.ndarray
+    test: np.ndarray
+    key: str
+
+    @property
+    def model_ids(self) -> list[str]:
+        return [s.info["model_id"] for s in self.sets]
+
+
 def run(cfg: DictConfig) -> list[dict]:
     """Build each method in ensemble.methods over the chosen finished single models."""
     prepared = prepare(cfg)
-    run_dir, classes = prepared.run, prepared.competition.classes
-    folder = run_dir.root / "preds"
+    members = _members(prepared, _chosen_sets(cfg, prepared.run.root / "preds"))
+    results = [_build(cfg, prepared, name, members) for name in cfg.ensemble.methods]
+    best_single = max(s.info["cv"]["accuracy"] for s in members.sets)
+    get_logger().info("ensemble: %d models; best single model CV accuracy %.4f",
+                      len(members.sets), best_single)
+    return results
+
+
+def _chosen_sets(cfg: DictConfig, folder) -> list:
+    """The finished prediction sets in `folder` that ensemble.members names (all where it
+    is empty); at least two."""
     chosen = set(cfg.ensemble.members)
     sets = [read_prediction_set(p) for p in sorted(folder.glob("*")) if (p / "cv.json").exists()]
     known = {s.info["model_id"] for s in sets} | {s.info.get("backbone") for s in sets}
@@ -39,48 +66,59 @@ def run(cfg: DictConfig) -> list[dict]:
     if len(sets) < 2:
         raise CompError(f"{folder}: ensembling needs at least two finished models, found "
                         f"{len(sets)}; train more backbones or set ensemble.members")
+    return sets
+
+
+def _members(prepared, sets: list) -> _Members:
     ids, test_ids = prepared.folds["id"].tolist(), prepared.competition.test["id"].tolist()
-    columns = [f"p_{c}" for c in classes]
+    columns = [f"p_{c}" for c in prepared.competition.classes]
     oof = np.stack([s.oof.set_index("id").loc[ids, columns].to_numpy() for s in sets])
     test = np.stack([s.test.set_index("id").loc[test_ids, columns].to_numpy() for s in sets])
-    y = prepared.labels
+    key = fingerprint([prepared.folds_key, [s.info["model_id"] for s in sets]])
+    return _Members(sets, oof, test, key)
+
+
+def _build(cfg: DictConfig, prepared, name: str, members: _Members) -> dict:
+    """Fit the method `name` on the members' OOF, write its state and its (nested) OOF
+    and test predictions; the prediction set's record."""
+    classes, y = prepared.competition.classes, prepared.labels
     folds = prepared.folds["fold"].to_numpy()
-    model_ids = [s.info["model_id"] for s in sets]
-    members_key = fingerprint([prepared.folds_key, model_ids])
-    results = []
-    for name in cfg.ensemble.methods:
-        method = _method(cfg, prepared, name, members_key)
-        state = fit_method(method, oof, y, cfg.tune.seed)
-        honest = nested_predictions(method, oof, y, folds, cfg.tune.seed)
-        weights = member_weights(method, state, len(sets))
-        info = {
-            "kind": ENSEMBLE, "name": f"ensemble-{name}-{members_key}", "method": name,
-            "labels": method.labels, "models": model_ids,
-            "round": max(s.info.get("round", 0) for s in sets),
-            "repeats": prepared.n_repeats,
-            "weights": None if weights is None else dict(zip(model_ids, weights.tolist(),
-                                                             strict=True)),
-            "cv_in_sample": scores(y, method.apply(oof, state), classes),
-        }
-        target = run_dir.ensemble_dir(name, members_key)
-        mark_unfinished(target)
-        with atomic_path(target / "state.joblib", suffix=".joblib") as tmp:
-            joblib.dump(state, tmp)
-        crash_point(f"ensemble:{name}")  # tests: a kill between an ensemble's files
-        oof_frame = probs_frame(ids, honest, classes, fold=folds, label=prepared.folds["label"])
-        result = write_prediction_set(target, oof_frame,
-                                      probs_frame(test_ids, method.apply(test, state), classes),
-                                      classes, info)
-        results.append(result)
-        cv = result["cv"]
-        get_logger().info(
-            "ensemble: %-9s nested CV accuracy %.4f macro-F1 %.4f AUC %.4f "
-            "(in-sample accuracy %.4f)%s", name, cv["accuracy"], cv["macro_f1"], cv["auc"],
-            info["cv_in_sample"]["accuracy"], "" if method.labels else "; AUC only")
-    best_single = max(s.info["cv"]["accuracy"] for s in sets)
-    get_logger().info("ensemble: %d models; best single model CV accuracy %.4f",
-                      len(sets), best_single)
-    return results
+    method = _method(cfg, prepared, name, members.key)
+    state = fit_method(method, members.oof, y, cfg.tune.seed)
+    honest = nested_predictions(method, members.oof, y, folds, cfg.tune.seed)
+    info = _info(name, method, state, members, prepared)
+    target = prepared.run.ensemble_dir(name, members.key)
+    mark_unfinished(target)
+    with atomic_path(target / "state.joblib", suffix=".joblib") as tmp:
+        joblib.dump(state, tmp)
+    crash_point(f"ensemble:{name}")  # tests: a kill between an ensemble's files
+    oof_frame = probs_frame(prepared.folds["id"].tolist(), honest, classes, fold=folds,
+                            label=prepared.folds["label"])
+    test_frame = probs_frame(prepared.competition.test["id"].tolist(),
+                             method.apply(members.test, state), classes)
+    result = write_prediction_set(target, oof_frame, test_frame, classes, info)
+    cv = result["cv"]
+    get_logger().info(
+        "ensemble: %-9s nested CV accuracy %.4f macro-F1 %.4f AUC %.4f "
+        "(in-sample accuracy %.4f)%s", name, cv["accuracy"], cv["macro_f1"], cv["auc"],
+        info["cv_in_sample"]["accuracy"], "" if method.labels else "; AUC only")
+    return result
+
+
+def _info(name: str, method, state, members: _Members, prepared) -> dict:
+    """The ensemble's cv.json record, before its CV scores are added."""
+    model_ids = members.model_ids
+    weights = member_weights(method, state, len(members.sets))
+    return {
+        "kind": ENSEMBLE, "name": f"ensemble-{name}-{members.key}", "method": name,
+        "labels": method.labels, "models": model_ids,
+        "round": max(s.info.get("round", 0) for s in members.sets),
+        "repeats": prepared.n_repeats,
+        "weights": None if weights is None else dict(zip(model_ids, weights.tolist(),
+                                                         strict=True)),
+        "cv_in_sample": scores(prepared.labels, method.apply(members.oof, state),
+                               prepared.competition.classes),
+    }
 
 
 def _method(cfg: DictConfig, prepared, name: str, members_key: str):

@@ -11,7 +11,12 @@ from comp.errors import CompError
 from comp.log import get_logger
 from comp.predictions import is_ensemble, read_prediction_set
 from comp.selection import leaderboard_uncertainty, ranking_metric, selection_headline
-from comp.submission import entry_settings, write_leaderboard, write_submission
+from comp.submission import (
+    SubmissionTarget,
+    entry_settings,
+    write_leaderboard,
+    write_submission,
+)
 from comp.workspace import leaderboard_path, run_dir, submissions_folder
 
 
@@ -35,8 +40,8 @@ def run(cfg: DictConfig):
     settings = entry_settings(specs, {p.name: p.info for p in predictions
                                       if is_ensemble(p.info)})
     # rank averages are not probabilities: never turned into a submission (AUC in cv.json)
-    rows = [write_submission(folder, cfg.name, competition, p, metric,
-                             settings.get(p.name, ""), rank_by) for p in labelled]
+    target = SubmissionTarget(folder, cfg.name, competition, metric, rank_by)
+    rows = [write_submission(target, p, settings.get(p.name, "")) for p in labelled]
     uncertainty = leaderboard_uncertainty(predictions, metric, rank_by)
     for row in rows:
         row.update(uncertainty.get(row["name"], {}))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -10,43 +11,46 @@ import numpy as np
 from comp.metrics import scores
 from comp.training.features import unmap
 
+if TYPE_CHECKING:
+    from comp.training.fit import FoldData
+
 
 class ValidationScores(keras.callbacks.Callback):
     """Adds val_auc, val_accuracy, val_macro_f1, val_balanced_accuracy, val_log_loss, lr
     and `val_monitor` to the epoch logs, scoring TTA-averaged predictions with sklearn.
 
+    Scores the validation rows of `fold_data` (its `val_rows` over its `tta_views`).
     `val_monitor` is the AUC with exact ties broken by the lower log loss (its 1e-6
     weight cannot outweigh a real AUC difference). `stop_monitor` is the same on the
-    rows that choose the epoch (`stop_rows`; the validation rows when not given);
+    rows that choose the epoch (`fold_data.stop_rows`; the validation rows when None);
     EarlyStopping(restore_best_weights) watches it. List this callback before the ones
     that read these keys.
     """
 
-    def __init__(self, features: np.ndarray, views: list[int], rows: np.ndarray,
-                 y_true: np.ndarray, on_epoch: Callable[[int, dict], None] | None = None,
-                 stop_rows: np.ndarray | None = None, stop_labels: np.ndarray | None = None):
+    def __init__(self, fold_data: FoldData,
+                 on_epoch: Callable[[int, dict], None] | None = None):
         super().__init__()
-        self.features, self.views, self.rows, self.y_true = features, views, rows, y_true
-        self.on_epoch = on_epoch
-        self.stop_rows, self.stop_labels = stop_rows, stop_labels
+        self.fold_data, self.on_epoch = fold_data, on_epoch
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs if logs is not None else {}
-        result = self._score(self.rows, self.y_true)
+        data = self.fold_data
+        result = self._score(data.val_rows, data.val_labels)
         for key, value in result.items():
             logs[f"val_{key}"] = value
         logs["val_monitor"] = _monitor(result)
-        if self.stop_rows is None or self.stop_rows is self.rows:
+        if data.stop_rows is None or data.stop_rows is data.val_rows:
             logs["stop_monitor"] = logs["val_monitor"]
         else:
-            logs["stop_monitor"] = _monitor(self._score(self.stop_rows, self.stop_labels))
+            logs["stop_monitor"] = _monitor(self._score(data.stop_rows, data.stop_labels))
         logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         if self.on_epoch is not None:
             self.on_epoch(epoch, logs)
 
 
     def _score(self, rows: np.ndarray, labels: np.ndarray) -> dict:
-        return scores(labels, predict_views(self.model, self.features, self.views, rows))
+        data = self.fold_data
+        return scores(labels, predict_views(self.model, data.features, data.tta_views, rows))
 
 
 def _monitor(result: dict) -> float:

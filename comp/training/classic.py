@@ -9,6 +9,7 @@ predicts as the average over the TTA views. A fold takes seconds.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -119,10 +120,47 @@ def embed_images(spec, paths: list[str], decoding) -> np.ndarray:
     return np.concatenate(parts, axis=-1)
 
 
-def fit_classic(spec, features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
-                n_classes: int, weights: np.ndarray | None = None,
+@dataclass(frozen=True)
+class HeadRows:
+    """The rows a classic head fits on: (V, N, D) `features` (view 0: the image as is),
+    their class `labels`, their `groups` (one per image or near-duplicate group: inner
+    splits never part one) and loss `weights` (None: all ones)."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray
+    weights: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class _Candidates:
+    """What the inner CV chooses among: view subsets, column subsets (None: all) and the
+    head's grid values (fitted together and averaged when `average`)."""
+
+    views: dict[str, list[int]]
+    columns: dict[str, np.ndarray | None]
+    grid: list[dict]
+    average: bool
+
+    @property
+    def any_choice(self) -> bool:
+        return len(self.grid) > 1 or len(self.views) > 1 or len(self.columns) > 1
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """The chosen view subset, column subset and grid values, with their inner log loss
+    (None: nothing was scored)."""
+
+    views: str
+    columns: str
+    params: list[dict]
+    inner_loss: float | None
+
+
+def fit_classic(spec, rows: HeadRows, n_classes: int,
                 column_sets: dict[str, np.ndarray] | None = None):
-    """Fit the spec's head on the views of (V, N, D) `features` (view 0: the image as is).
+    """Fit the spec's head on the views of `rows`.
 
     An inner stratified group K-fold (one group per image or near-duplicate group)
     chooses whether the views help at all: all views, or view 0 alone (flips and
@@ -135,62 +173,93 @@ def fit_classic(spec, features: np.ndarray, labels: np.ndarray, groups: np.ndarr
     each image counts once). The chosen heads are then fitted on every chosen view;
     `estimator.comp_views_` records them, `comp_columns_` the columns (None: all).
     Returns (estimator, chosen settings, inner log loss)."""
-    from sklearn.model_selection import ParameterGrid, StratifiedGroupKFold
+    from sklearn.model_selection import ParameterGrid
 
     head = get_head(spec.head)
-    views, n, dims = features.shape
-    weights = np.ones(n) if weights is None else weights
-    grid = list(ParameterGrid(head.grid or {}))
-    average = spec.regularisation == "average"
-    candidates = {"all": list(range(views))} | ({"identity": [0]} if views > 1 else {})
-    columns = dict(column_sets or {}) or {"all depths": None}
-    view_choice, column_choice = "all", next(iter(columns))
-    picked, inner_loss = (grid if average else [{}]), None
-    counts = np.bincount(labels)
+    views, n, _ = rows.features.shape
+    if rows.weights is None:
+        rows = replace(rows, weights=np.ones(n))
+    candidates = _Candidates(
+        {"all": list(range(views))} | ({"identity": [0]} if views > 1 else {}),
+        dict(column_sets or {}) or {"all depths": None},
+        list(ParameterGrid(head.grid or {})), spec.regularisation == "average")
+    splits = _inner_splits(spec, rows, candidates)
+    if splits is None:
+        choice = _Choice("all", next(iter(candidates.columns)),
+                         candidates.grid if candidates.average else [{}], None)
+    else:
+        choice = _inner_choice(head, candidates, rows, n_classes, splits)
+    estimator = _fit_chosen(head, spec.seed, rows, candidates, choice)
+    chosen = {"views": choice.views, "regularisation": spec.regularisation,
+              "params": choice.params, **({"depths": choice.columns} if column_sets else {})}
+    return estimator, chosen, choice.inner_loss
+
+
+def _inner_splits(spec, rows: HeadRows, candidates: _Candidates) -> list | None:
+    """The inner CV's (fit, held) splits, or None where there is nothing to choose or a
+    class has too few images for two splits."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    counts = np.bincount(rows.labels)
     inner = min(spec.inner_folds, int(counts[counts > 0].min()))
-    if (len(grid) > 1 or len(candidates) > 1 or len(columns) > 1) and inner >= 2:
-        splits = list(StratifiedGroupKFold(inner, shuffle=True, random_state=spec.seed)
-                      .split(np.zeros(n), labels, groups))
-        probs = {}
-        for name, subset in candidates.items():
-            mean = features[subset].mean(axis=0)
-            for column_name, cols in columns.items():
-                chosen_columns = mean if cols is None else mean[:, cols]
-                for i, params in enumerate(grid):
-                    probs[name, column_name, i] = _inner_probs(
-                        head, params, chosen_columns, labels, weights, splits, n_classes)
-        members = [list(range(len(grid)))] if average else [[i] for i in range(len(grid))]
-        scored = [(_log_loss([probs[name, column_name, i] for i in group], labels),
-                   name, column_name, group)
-                  for name in candidates for column_name in columns for group in members]
-        inner_loss, view_choice, column_choice, group = min(scored, key=lambda item: item[0])
-        picked = [grid[i] for i in group]
-    kept, cols = candidates[view_choice], columns[column_choice]
-    chosen_features = features if cols is None else features[..., cols]
+    if not candidates.any_choice or inner < 2:
+        return None
+    return list(StratifiedGroupKFold(inner, shuffle=True, random_state=spec.seed)
+                .split(np.zeros(rows.features.shape[1]), rows.labels, rows.groups))
+
+
+def _inner_choice(head, candidates: _Candidates, rows: HeadRows, n_classes: int,
+                  splits: list) -> _Choice:
+    """The candidates with the lowest inner log loss (the first listed on a tie)."""
+    probs = {}
+    for name, subset in candidates.views.items():
+        mean = rows.features[subset].mean(axis=0)
+        for column_name, cols in candidates.columns.items():
+            chosen_columns = mean if cols is None else mean[:, cols]
+            for i, params in enumerate(candidates.grid):
+                probs[name, column_name, i] = _inner_probs(
+                    head, params, chosen_columns, rows, splits, n_classes)
+    indices = range(len(candidates.grid))
+    members = [list(indices)] if candidates.average else [[i] for i in indices]
+    scored = [(_log_loss([probs[name, column_name, i] for i in group], rows.labels),
+               name, column_name, group)
+              for name in candidates.views for column_name in candidates.columns
+              for group in members]
+    inner_loss, views, columns, group = min(scored, key=lambda item: item[0])
+    return _Choice(views, columns, [candidates.grid[i] for i in group], inner_loss)
+
+
+def _fit_chosen(head, seed: int, rows: HeadRows, candidates: _Candidates, choice: _Choice):
+    """The head fitted at the chosen grid values (averaged where several) on every chosen
+    view of `rows`, restricted to the chosen columns."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    kept, cols = candidates.views[choice.views], candidates.columns[choice.columns]
+    chosen_features = rows.features if cols is None else rows.features[..., cols]
     dims = chosen_features.shape[-1]
-    x = chosen_features[kept].reshape(len(kept) * n, dims)
-    y, g = np.tile(labels, len(kept)), np.tile(groups, len(kept))
+    x = chosen_features[kept].reshape(len(kept) * rows.features.shape[1], dims)
+    y, g = np.tile(rows.labels, len(kept)), np.tile(rows.groups, len(kept))
     calibration = 3
     if head.calibrate:  # group-aware splits: an image's views never straddle them
         calibration = list(StratifiedGroupKFold(
-            _calibration_folds(labels), shuffle=True, random_state=spec.seed).split(x, y, g))
+            _calibration_folds(rows.labels), shuffle=True, random_state=seed).split(x, y, g))
     fitted = []
-    for params in picked:
+    for params in choice.params:
         estimator = head_estimator(head, params, len(x), dims, calibration)
-        estimator.fit(x, y, **_weights(head, np.tile(weights, len(kept))))
+        estimator.fit(x, y, **_weights(head, np.tile(rows.weights, len(kept))))
         fitted.append(estimator)
     estimator = fitted[0] if len(fitted) == 1 else GridAverage(fitted)
     estimator.comp_views_ = kept
     estimator.comp_columns_ = cols
-    chosen = {"views": view_choice, "regularisation": spec.regularisation,
-              "params": picked, **({"depths": column_choice} if column_sets else {})}
-    return estimator, chosen, inner_loss
+    return estimator
 
 
-def _inner_probs(head, params: dict, features: np.ndarray, labels: np.ndarray,
-                 weights: np.ndarray, splits: list, n_classes: int) -> np.ndarray | None:
+def _inner_probs(head, params: dict, features: np.ndarray, rows: HeadRows, splits: list,
+                 n_classes: int) -> np.ndarray | None:
     """(N, n_classes) inner out-of-fold probabilities of `head` with `params` on (N, D)
-    `features`, or None where a fit fails (too few images of a class in a split)."""
+    `features` (the view-averaged, column-chosen features of `rows`), or None where a fit
+    fails (too few images of a class in a split)."""
+    labels, weights = rows.labels, rows.weights
     out = np.zeros((len(labels), n_classes))
     for fit_rows, held in splits:
         est = head_estimator(head, params, len(fit_rows), features.shape[1],
@@ -226,26 +295,22 @@ def _weights(head, weights: np.ndarray) -> dict:
 def train_classic_fold(featured: ClassicFeatures, spec, prepared, fold: int, pseudo,
                        out: Path, write_outputs) -> None:
     """Train and predict one unit (`fold`: a fold of one repeat) of a classic spec; write
-    its outputs into `out`."""
+    its outputs into `out`.
+
+    Why seven parameters: the trainer's unit loop hands over the unit's parts (`prepared`,
+    `fold`, `pseudo`, its fresh folder `out`) and its own `write_outputs`
+    (comp.training.trainer.write_fold_outputs), passed in because the trainer imports
+    this module."""
     started = time.time()
     classes = prepared.competition.classes
-    labels = prepared.labels
-    groups = prepared.folds["group"].to_numpy()
     rows, val = prepared.unit_train_rows(fold), prepared.unit_val_rows(fold)
     train = featured.features["train"]
-    x, y, g = train[:, rows], labels[rows], groups[rows]
-    w = np.ones(len(rows))
-    if pseudo is not None and len(pseudo.targets):
-        views = train.shape[0]
-        extra = pseudo.features[np.arange(views) % pseudo.features.shape[0]]
-        x = np.concatenate([x, extra], axis=1)
-        y = np.concatenate([y, pseudo.targets.argmax(1)])
-        g = np.concatenate([g, groups.max() + 1 + np.arange(len(pseudo.targets))])
-        w = np.concatenate([w, pseudo.weights])
+    head_rows = _head_rows(train, rows, prepared.labels, prepared.folds["group"].to_numpy(),
+                           pseudo)
     # one BLAS thread: OpenBLAS threads spin-wait against TensorFlow's and each other's on
     # a small machine (a PCA ran 6x slower with 2 threads than with 1 here)
     with threadpool_limits(1):
-        estimator, chosen, inner_score = fit_classic(spec, x, y, g, len(classes), w,
+        estimator, chosen, inner_score = fit_classic(spec, head_rows, len(classes),
                                                      featured.column_sets)
     seen = np.asarray(estimator.classes_)
     val_probs = view_average_proba(estimator, train[:, val], len(classes), seen)
@@ -257,3 +322,19 @@ def train_classic_fold(featured: ClassicFeatures, spec, prepared, fold: int, pse
         "best_epoch": None, "n_train": int(len(rows)), "chosen": chosen,
         "inner_log_loss": inner_score, "settings": spec.describe(),
     }, pseudo, started)
+
+
+def _head_rows(train: np.ndarray, rows: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+               pseudo) -> HeadRows:
+    """The unit's training `rows` of the (V, N, D) `train` embeddings, then its pseudo
+    rows (hard labels, one new group each, their weights), if any."""
+    x, y, g = train[:, rows], labels[rows], groups[rows]
+    w = np.ones(len(rows))
+    if pseudo is not None and len(pseudo.targets):
+        views = train.shape[0]
+        extra = pseudo.features[np.arange(views) % pseudo.features.shape[0]]
+        x = np.concatenate([x, extra], axis=1)
+        y = np.concatenate([y, pseudo.targets.argmax(1)])
+        g = np.concatenate([g, groups.max() + 1 + np.arange(len(pseudo.targets))])
+        w = np.concatenate([w, pseudo.weights])
+    return HeadRows(x, y, g, w)

@@ -104,47 +104,57 @@ def fit_fold(model, data: FoldData, train: dict, seed: int,
     Returns the per-epoch history and the kept epoch (0-based). With `log_dir`, Keras's
     TensorBoard callback writes event files there. `compute` picks the dtype policy, XLA
     and the distribution strategy (comp.training.compute).
+
+    Why seven parameters: the last three are independent optional hooks (the per-epoch
+    `on_epoch(epoch, logs)`, the TensorBoard folder, the compute settings) that each
+    caller sets or leaves alone on its own.
     """
     with model_scope(compute):
-        return _fit(model, data, train, seed, on_epoch, log_dir, jit_compile(compute))
+        jit = jit_compile(compute)
+        keras.utils.set_random_seed(seed)
+        model.compile(
+            optimizer=make_optimizer(train),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=train["label_smoothing"]),
+            jit_compile=jit,
+        )
+        stopper = _early_stopping(data, train)
+        result = model.fit(
+            training_dataset(data, train["batch_size"], seed),
+            epochs=train["epochs"],
+            shuffle=False,  # the dataset shuffles itself, seeded
+            verbose=0,
+            callbacks=_callbacks(data, train, on_epoch, log_dir, stopper),
+        )
+        history = pd.DataFrame(result.history)
+        history.insert(0, "epoch", np.arange(len(history)))
+        best = len(history) - 1 if stopper is None else int(stopper.best_epoch)
+        return history, best
 
 
-def _fit(model, data, train, seed, on_epoch, log_dir, jit) -> tuple[pd.DataFrame, int]:
-    keras.utils.set_random_seed(seed)
-    model.compile(
-        optimizer=make_optimizer(train),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=train["label_smoothing"]),
-        jit_compile=jit,
-    )
+def _early_stopping(data: FoldData, train: dict) -> keras.callbacks.EarlyStopping | None:
+    """Early stopping on the stop rows, restoring the best epoch (None: no stop rows)."""
+    if data.stop_rows is None:
+        return None
+    return keras.callbacks.EarlyStopping(
+        monitor="stop_monitor", mode="max", patience=train["patience"],
+        restore_best_weights=True)
+
+
+def _callbacks(data: FoldData, train: dict, on_epoch, log_dir: str | None,
+               stopper: keras.callbacks.EarlyStopping | None) -> list:
+    """The fit's callbacks, in the order they must run each epoch."""
     schedule = make_schedule(train["schedule"], train["lr"], train["lr_drop"],
                              train["lr_every"], train["epochs"], train.get("warmup", 0))
-    stopper = None
-    if data.stop_rows is not None:
-        stopper = keras.callbacks.EarlyStopping(
-            monitor="stop_monitor", mode="max", patience=train["patience"],
-            restore_best_weights=True)
-    result = model.fit(
-        training_dataset(data, train["batch_size"], seed),
-        epochs=train["epochs"],
-        shuffle=False,  # the dataset shuffles itself, seeded
-        verbose=0,
-        callbacks=[
-            keras.callbacks.LearningRateScheduler(schedule),
-            # scores each epoch (and early stopping restores) the EMA weights
-            *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if train.get("ema")
-              else []),
-            ValidationScores(data.features, data.tta_views, data.val_rows, data.val_labels,
-                             on_epoch, data.stop_rows, data.stop_labels),
-            *([stopper] if stopper is not None else []),
-            *([LastEpochsAverage(train["epochs"], train["average_last"])]
-              if train.get("average_last", 0) > 1 and stopper is None else []),
-            *([keras.callbacks.TensorBoard(log_dir=log_dir)] if log_dir else []),
-        ],
-    )
-    history = pd.DataFrame(result.history)
-    history.insert(0, "epoch", np.arange(len(history)))
-    best = len(history) - 1 if stopper is None else int(stopper.best_epoch)
-    return history, best
+    return [
+        keras.callbacks.LearningRateScheduler(schedule),
+        # scores each epoch (and early stopping restores) the EMA weights
+        *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if train.get("ema") else []),
+        ValidationScores(data, on_epoch),
+        *([stopper] if stopper is not None else []),
+        *([LastEpochsAverage(train["epochs"], train["average_last"])]
+          if train.get("average_last", 0) > 1 and stopper is None else []),
+        *([keras.callbacks.TensorBoard(log_dir=log_dir)] if log_dir else []),
+    ]
 
 
 def predict_tta(model, features: np.ndarray, tta_positions: list[int]) -> np.ndarray:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 ALL, IDENTITY = "all", "identity"
+INNER_FOLDS = 3  # splits of the inner CV (fewer where a class has fewer images)
 
 
 def probe_descriptors(features: np.ndarray, grid: int | None = None) -> np.ndarray:
@@ -45,8 +46,7 @@ def unit_descriptors(features: np.ndarray, rows: np.ndarray, chunk: int = 256) -
 
 
 def choose_views(descriptors: np.ndarray, train_views: list[int], tta_views: list[int],
-                 labels: np.ndarray, groups: np.ndarray | None, seed: int,
-                 inner_folds: int = 3) -> str:
+                 labels: np.ndarray, groups: np.ndarray | None, seed: int) -> str:
     """ALL or IDENTITY for (V, n, D) `descriptors` of a unit's training rows: the one
     with the lower inner-CV log loss (ties: ALL). View position 0 is the image itself."""
     from sklearn.linear_model import LogisticRegression
@@ -56,7 +56,7 @@ def choose_views(descriptors: np.ndarray, train_views: list[int], tta_views: lis
     from sklearn.preprocessing import StandardScaler
 
     counts = np.bincount(labels)
-    n_splits = min(inner_folds, int(counts[counts > 0].min()))
+    n_splits = min(INNER_FOLDS, int(counts[counts > 0].min()))
     if n_splits < 2 or len(train_views) < 2:
         return ALL
     groups = np.arange(len(labels)) if groups is None else groups

@@ -25,7 +25,7 @@ from comp.crashpoints import crash_point
 from comp.data.prepared import Prepared
 from comp.errors import CompError
 from comp.log import get_logger, progress, unit_done
-from comp.models.registry import get_backbone
+from comp.models.registry import Backbone, get_backbone
 from comp.models.spec import ModelSpec, make_spec, native_side, with_params
 from comp.training.fit import fit_fold
 from comp.training.trainer import FeaturedModel, fold_data
@@ -61,13 +61,34 @@ def tune_backbone(cfg: DictConfig, prepared: Prepared, backbone_name: str) -> di
     native = native_side(prepared.competition.train["path"].tolist())
     base = make_spec(cfg, backbone_name, prepared.folds_key, native=native)
     base = with_params(base, {"train.epochs": cfg.tune.epochs})
-    classes = prepared.competition.classes
+    names = list(cfg.tune.params)
+    started = time.time()
+    studies = _open_studies(cfg, prepared, backbone_name, base, names)
+    objective = _objective(cfg, prepared, base, backbone, names)
+    # first every study's open trials, then wait for other workers' running ones (and
+    # retry any whose worker died), so that every worker ends with the same summary
+    for wait in (False, True):
+        for fold, study, lock, splits in studies:
+            already = counted_trials(study.get_trials(deepcopy=False))
+            with progress(total=cfg.tune.n_trials, initial=min(already, cfg.tune.n_trials),
+                          desc=f"tune {backbone_name} fold {fold}") as bar:
+                work_on(study, partial(objective, fold=fold, splits=splits),
+                        cfg.tune.n_trials, lock, wait, on_trial=partial(_trial_done, bar))
+    summary = {}
+    for fold, study, lock, *_ in studies:
+        lock.close()
+        summary[str(fold)] = _fold_summary(study)
+    _write_and_report(cfg, prepared, backbone_name, summary, time.time() - started)
+    return summary
+
+
+def _open_studies(cfg: DictConfig, prepared: Prepared, backbone_name: str, base: ModelSpec,
+                  names: list[str]) -> list[tuple]:
+    """(unit, study, its lock, inner splits of the unit's training rows) per unit; a new
+    study gets the default settings as its first trial."""
+    backbone = get_backbone(backbone_name)
     labels = prepared.labels
     groups = prepared.folds["group"].to_numpy()
-    names = list(cfg.tune.params)
-    featured_models: dict[str, FeaturedModel] = {}
-    summary = {}
-    started = time.time()
     studies = []
     for fold in range(prepared.n_units):
         study = open_study(study_name(cfg, backbone_name, fold, prepared.folds_key),
@@ -83,6 +104,16 @@ def tune_backbone(cfg: DictConfig, prepared: Prepared, backbone_name: str) -> di
         splits = inner_splits(prepared.unit_train_rows(fold), labels, groups,
                               cfg.tune.inner_folds, cfg.tune.seed + fold)
         studies.append((fold, study, lock, splits))
+    return studies
+
+
+def _objective(cfg: DictConfig, prepared: Prepared, base: ModelSpec, backbone: Backbone,
+               names: list[str]):
+    """objective(trial, fold, splits): the trial's mean inner-CV score on the unit `fold`;
+    the featured models (one per features key) are shared by all the trials."""
+    classes = prepared.competition.classes
+    labels = prepared.labels
+    featured_models: dict[str, FeaturedModel] = {}
 
     def objective(trial: optuna.Trial, fold: int, splits) -> float:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
@@ -113,20 +144,7 @@ def tune_backbone(cfg: DictConfig, prepared: Prepared, backbone_name: str) -> di
         gc.collect()  # the trial's models go now, not at the end of the study
         return float(np.mean(values))
 
-    # first every study's open trials, then wait for other workers' running ones (and
-    # retry any whose worker died), so that every worker ends with the same summary
-    for wait in (False, True):
-        for fold, study, lock, splits in studies:
-            already = counted_trials(study.get_trials(deepcopy=False))
-            with progress(total=cfg.tune.n_trials, initial=min(already, cfg.tune.n_trials),
-                          desc=f"tune {backbone_name} fold {fold}") as bar:
-                work_on(study, partial(objective, fold=fold, splits=splits),
-                        cfg.tune.n_trials, lock, wait, on_trial=partial(_trial_done, bar))
-    for fold, study, lock, *_ in studies:
-        lock.close()
-        summary[str(fold)] = _fold_summary(study)
-    _write_and_report(cfg, prepared, backbone_name, summary, time.time() - started)
-    return summary
+    return objective
 
 
 def _trial_done(bar, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

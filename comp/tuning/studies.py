@@ -36,6 +36,7 @@ from comp.metrics import HIGHER_IS_BETTER
 from comp.tuning.space import PRUNERS
 
 JOURNAL = "journal:"  # tune.storage=journal:<path>: Optuna's JournalStorage on a file
+POLL_SECONDS = 1.0  # a waiting worker looks again at other workers' running trials this often
 
 
 def journal_path(storage_url: str) -> Path | None:
@@ -169,8 +170,7 @@ class StudyLock:
 
 
 def work_on(study: optuna.Study, objective: Callable[[optuna.Trial], float], n_trials: int,
-            lock: StudyLock, wait: bool, on_trial: Callable | None = None,
-            poll_seconds: float = 1.0) -> int:
+            lock: StudyLock, wait: bool, on_trial: Callable | None = None) -> int:
     """Run trials of `study` in this process until it holds `n_trials` counted trials;
     with `wait`, also until none is running anywhere (a stale one is failed and retried
     here). Returns the number of trials this process ran."""
@@ -204,7 +204,7 @@ def work_on(study: optuna.Study, objective: Callable[[optuna.Trial], float], n_t
             if held:
                 lock.release()
         if not claim:
-            time.sleep(poll_seconds)  # other workers' trials are still running
+            time.sleep(POLL_SECONDS)  # other workers' trials are still running
 
 
 def fail_dead_workers_trials(study: optuna.Study) -> list[int]:
