@@ -27,7 +27,7 @@ from comp.data.prepared import prepare  # noqa: E402
 from comp.data.views import dihedral_view  # noqa: E402
 from comp.models.spec import make_spec, with_params  # noqa: E402
 from comp.training.fit import FoldData, fit_fold  # noqa: E402
-from comp.training.trainer import FeaturedModel, fold_data  # noqa: E402
+from comp.training.trainer import FeaturedModel, RowSplit, fold_data  # noqa: E402
 
 
 def main() -> None:
@@ -70,7 +70,7 @@ def main() -> None:
         started = time.time()
         featured = FeaturedModel(spec, prepared)
         cache_seconds = time.time() - started
-        cached = fold_data(featured, spec, labels, rows, val, len(classes))
+        cached = fold_data(featured, spec, RowSplit(labels, len(classes), rows, val))
         started = time.time()
         head = featured.new_head(spec, len(classes), 0)
         history_cached, best_cached = fit_fold(head, cached, spec.train, 0)

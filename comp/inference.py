@@ -30,7 +30,7 @@ from comp.models.weights import ResolvedWeights, resolve_weights
 from comp.predictions import is_ensemble, read_prediction_set
 from comp.selection import best_entry
 from comp.training.compute import model_scope
-from comp.training.features import ViewPlan, compute_features
+from comp.training.features import Encoder, ViewPlan, ViewSet, compute_features
 from comp.training.fit import predict_tta
 from comp.training.viewchoice import IDENTITY, recorded_views
 from comp.workspace import RunDir
@@ -155,8 +155,8 @@ def predict_images(spec: ModelSpec, model_dir: Path, images: np.ndarray,
                 base = build_backbone(backbone, spec.image_size, spec.weights,
                                       spec.train["seed"])
                 split = split_backbone(base, backbone, fold_spec.model["unfreeze"])
-            shared[key] = (split, compute_features(images, split.prefix, backbone.preprocess,
-                                                   plan.tta, 0, fold_spec.augment, 0))
+            shared[key] = (split, compute_features(
+                images, Encoder(split.prefix, backbone.preprocess), ViewSet(plan.tta)))
         split, features = shared[key]
         with model_scope(spec.compute):
             head = create_head(split, fold_spec, n_classes, 0, online=False)

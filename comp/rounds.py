@@ -19,6 +19,7 @@ from comp.log import Deadline, progress
 from comp.models.spec import ModelSpec, make_classic_spec, make_spec, native_side
 from comp.predictions import read_table
 from comp.training.trainer import PseudoRows, train_spec
+from comp.training.units import TrainOptions
 
 
 def specs_for_round(cfg: DictConfig, prepared: Prepared, round_: int) -> list[ModelSpec]:
@@ -92,8 +93,7 @@ def train_round(cfg: DictConfig, prepared: Prepared, round_: int,
     results = []
     for spec in progress(specs, desc=f"models round {round_}", disable=len(specs) < 2 or None):
         result = train_spec(spec, prepared, {"round": round_},
-                            loader, folds, tensorboard=cfg.tensorboard,
-                            deadline=deadline)
+                            TrainOptions(loader, folds, cfg.tensorboard, deadline))
         if result is not None:
             results.append(result)
     return results

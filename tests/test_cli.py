@@ -205,13 +205,14 @@ def test_piped_feature_passes_log_a_line_per_view(comp_caplog):
 
     from comp.log import set_progress
     from comp.training.embeddings import embed, pixel_encoder
-    from comp.training.features import compute_features
+    from comp.training.features import Encoder, ViewSet, compute_features
 
     images = np.zeros((5, 16, 16, 3), np.uint8)
     set_progress("lines")
     try:
         embed(images, (0, 1, 2), pixel_encoder(), desc="embed pixels@16 train")
-        compute_features(images, None, lambda x: x / 2, (0, 4), 0, {}, 0, desc="features x")
+        compute_features(images, Encoder(None, lambda x: x / 2), ViewSet((0, 4)),
+                         desc="features x")
     finally:
         set_progress("auto")
     lines = [m for m in comp_caplog.messages if m.startswith("view done: ")]

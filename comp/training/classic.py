@@ -8,7 +8,6 @@ predicts as the average over the TTA views. A fold takes seconds.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -38,6 +37,7 @@ from comp.training.embeddings import (
     pixel_encoder,
     pooled_model,
 )
+from comp.training.units import Unit, UnitResult
 
 
 class ClassicFeatures:
@@ -292,16 +292,10 @@ def _weights(head, weights: np.ndarray) -> dict:
     return {name: weights} if name else {}
 
 
-def train_classic_fold(featured: ClassicFeatures, spec, prepared, fold: int, pseudo,
-                       out: Path, write_outputs) -> None:
-    """Train and predict one unit (`fold`: a fold of one repeat) of a classic spec; write
-    its outputs into `out`.
-
-    Why seven parameters: the trainer's unit loop hands over the unit's parts (`prepared`,
-    `fold`, `pseudo`, its fresh folder `out`) and its own `write_outputs`
-    (comp.training.trainer.write_fold_outputs), passed in because the trainer imports
-    this module."""
-    started = time.time()
+def train_classic_fold(featured: ClassicFeatures, spec, unit: Unit, out: Path) -> UnitResult:
+    """Train and predict `unit` (a fold of one repeat) of a classic spec; its fitted head
+    goes into the unit's fresh folder `out`."""
+    prepared, fold, pseudo = unit.prepared, unit.fold, unit.pseudo
     classes = prepared.competition.classes
     rows, val = prepared.unit_train_rows(fold), prepared.unit_val_rows(fold)
     train = featured.features["train"]
@@ -318,10 +312,10 @@ def train_classic_fold(featured: ClassicFeatures, spec, prepared, fold: int, pse
                    for s in ("test", "unlabeled")}
     with atomic_path(out / "model.joblib", suffix=".joblib") as tmp:
         joblib.dump(estimator, tmp)
-    write_outputs(out, prepared, fold, val_probs, split_probs, {
+    return UnitResult(val_probs, split_probs, {
         "best_epoch": None, "n_train": int(len(rows)), "chosen": chosen,
         "inner_log_loss": inner_score, "settings": spec.describe(),
-    }, pseudo, started)
+    })
 
 
 def _head_rows(train: np.ndarray, rows: np.ndarray, labels: np.ndarray, groups: np.ndarray,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import mmap
 import time
-from contextlib import ExitStack
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,39 +56,75 @@ class ViewPlan:
         return fixed + list(range(len(self.train_views), len(self.train_views) + self.n_random))
 
 
-def feature_cache(
-    cache_root: Path, key_parts: dict, split: str, images: np.ndarray, prefix, preprocess,
-    plan: ViewPlan, augment: dict, seed: int, data_key: str | None = None,
-) -> np.ndarray:
-    """Features of `images` for `split`: read from the cache, or computed and stored.
+@dataclass(frozen=True)
+class Encoder:
+    """What turns decoded images into features: `preprocess` (the backbone's), then its
+    frozen `prefix` (None: the preprocessed images themselves are the features)."""
 
-    `data_key` is the split's content fingerprint (`Prepared.split_key`: ids, content
-    hashes and order), so a replaced, added or reordered image is never read stale."""
-    key = {**key_parts, "comp": __version__, "split": split, "views": plan.views(split),
-           "random": _random_spec(plan, augment, seed) if split == "train" else None,
-           "data": data_key if data_key is not None else len(images)}
-    folder = cache_root / fingerprint(key, 12)
-    target = folder / f"{split}.npy"
-    if target.exists() and (folder / f"{split}.key.json").exists():
-        try:
-            if read_json(folder / f"{split}.key.json") == _jsonable(key):
-                return np.load(target, mmap_mode="r")
-        except (OSError, ValueError):
-            pass  # corrupt: rebuilt below
-    with atomic_path(target, suffix=".npy") as tmp:
-        compute_features(images, prefix, preprocess, plan.views(split),
-                         plan.n_random if split == "train" else 0, augment, seed,
-                         desc=f"features {key_parts.get('backbone', '')} {split}", out=tmp)
-    write_json(folder / f"{split}.key.json", key)
-    return np.load(target, mmap_mode="r")
+    prefix: object | None
+    preprocess: Callable[[np.ndarray], np.ndarray]
 
 
-def compute_features(
-    images: np.ndarray, prefix, preprocess, views: tuple[int, ...], n_random: int,
-    augment: dict, seed: int, batch_size: int = 128, desc: str = "features",
-    out: Path | None = None,
-) -> np.ndarray | None:
-    """Prefix outputs of each view of `images`: (len(views) + n_random, N, ...).
+@dataclass(frozen=True)
+class ViewSet:
+    """The views of every image to compute, in order: the dihedral views `views`, then
+    `n_random` random views drawn with `augment`'s strengths (rotation, zoom, brightness,
+    contrast) from `seed`."""
+
+    views: tuple[int, ...]
+    n_random: int = 0
+    augment: dict | None = None
+    seed: int = 0
+
+    @classmethod
+    def of_split(cls, plan: ViewPlan, split: str, augment: dict, seed: int) -> ViewSet:
+        """The views `plan` stores for `split` (random views for train only)."""
+        return cls(plan.views(split), plan.n_random if split == "train" else 0, augment, seed)
+
+    def random_identity(self) -> dict | None:
+        """What the random views depend on (None: there are none)."""
+        if not self.n_random:
+            return None
+        return {k: self.augment[k] for k in ("rotation", "zoom", "brightness", "contrast")} | {
+            "count": self.n_random, "seed": self.seed}
+
+
+@dataclass(frozen=True)
+class FeatureStore:
+    """A model's feature cache: `root` (the run's features/ folder) and `key_parts`, what
+    the features depend on besides the split, its views and its images."""
+
+    root: Path
+    key_parts: dict
+
+    def features(self, split: str, images: np.ndarray, encoder: Encoder, views: ViewSet,
+                 data_key: str | None = None) -> np.ndarray:
+        """Features of `images` for `split`: read from the cache, or computed and stored.
+
+        `data_key` is the split's content fingerprint (`Prepared.split_key`: ids, content
+        hashes and order), so a replaced, added or reordered image is never read stale."""
+        key = {**self.key_parts, "comp": __version__, "split": split, "views": views.views,
+               "random": views.random_identity(),
+               "data": data_key if data_key is not None else len(images)}
+        folder = self.root / fingerprint(key, 12)
+        target = folder / f"{split}.npy"
+        if target.exists() and (folder / f"{split}.key.json").exists():
+            try:
+                if read_json(folder / f"{split}.key.json") == _jsonable(key):
+                    return np.load(target, mmap_mode="r")
+            except (OSError, ValueError):
+                pass  # corrupt: rebuilt below
+        with atomic_path(target, suffix=".npy") as tmp:
+            compute_features(images, encoder, views, out=tmp,
+                             desc=f"features {self.key_parts.get('backbone', '')} {split}")
+        write_json(folder / f"{split}.key.json", key)
+        return np.load(target, mmap_mode="r")
+
+
+def compute_features(images: np.ndarray, encoder: Encoder, views: ViewSet,
+                     batch_size: int = 128, desc: str = "features",
+                     out: Path | None = None) -> np.ndarray | None:
+    """Encoder outputs of each view of `images`: (len(views.views) + views.n_random, N, ...).
 
     With no prefix (everything trains) the preprocessed image is the feature; it stays
     uint8 where preprocessing is the identity (the model rescales itself). With `out`, the
@@ -97,43 +133,66 @@ def compute_features(
     images (read batch by batch from their cache file) nor the features are mapped into
     this process while they are computed.
     """
-    extra = (
-        random_views(images, n_random, augment["rotation"], augment["zoom"],
-                     augment["brightness"], augment["contrast"], seed)
-        if n_random else []
-    )
-    sources = [("view", v) for v in views] + [("random", i) for i in range(n_random)]
-    result, handle = None, None
+    augment = views.augment or {}
+    extra = (random_views(images, views.n_random, augment["rotation"], augment["zoom"],
+                          augment["brightness"], augment["contrast"], views.seed)
+             if views.n_random else [])
+    sources = [("view", v) for v in views.views] + [("random", i) for i in range(views.n_random)]
     total = len(sources) * max(1, int(np.ceil(len(images) / batch_size)))
     started = time.time()
-    with progress(total=total, desc=desc) as bar, ExitStack() as stack:
+    with progress(total=total, desc=desc) as bar, _FeatureSink(out, len(sources),
+                                                                len(images)) as sink:
         for position, (source, which) in enumerate(sources):
             for start in range(0, len(images), batch_size):
                 stop = min(start + batch_size, len(images))
-                batch = (dihedral_view(read_rows(images, start, stop), which) if source == "view"
-                         else extra[which][start:stop])
-                batch = _prefix_outputs(batch, prefix, preprocess)
-                shape = (len(sources), len(images), *batch.shape[1:])
-                if out is not None:
-                    if handle is None:
-                        handle = stack.enter_context(open(out, "wb"))
-                        np.lib.format.write_array_header_1_0(handle, {
-                            "descr": np.lib.format.dtype_to_descr(batch.dtype),
-                            "fortran_order": False, "shape": shape})
-                    handle.write(np.ascontiguousarray(batch).tobytes())
-                else:
-                    if result is None:
-                        result = np.empty(shape, batch.dtype)
-                    result[position, start:stop] = batch
+                batch = (dihedral_view(read_rows(images, start, stop), which)
+                         if source == "view" else extra[which][start:stop])
+                sink.add(position, start, _prefix_outputs(batch, encoder))
                 bar.update(1)
             # piped logs get a line per view, not one silent stretch for the whole pass
             unit_done("view", of=desc, view=f"{position + 1}/{len(sources)}",
                       images=len(images), seconds=time.time() - started)
-    if out is not None:
-        if handle is None:  # no images
-            np.save(out, np.zeros((len(sources), 0), np.float16))
-        return None
-    return result if result is not None else np.zeros((len(sources), 0), np.float16)
+    return sink.result
+
+
+class _FeatureSink:
+    """Where computed feature batches go: an array in memory, or (with `out`) a .npy file
+    written batch by batch in C order; its shape is (n_sources, n_images, *batch shape)."""
+
+    def __init__(self, out: Path | None, n_sources: int, n_images: int):
+        self.out, self.n_sources, self.n_images = out, n_sources, n_images
+        self.array: np.ndarray | None = None
+        self.handle = None
+        self.result: np.ndarray | None = None
+
+    def __enter__(self) -> _FeatureSink:
+        return self
+
+    def add(self, position: int, start: int, batch: np.ndarray) -> None:
+        """Batch `batch` of source `position`, from image `start` on."""
+        shape = (self.n_sources, self.n_images, *batch.shape[1:])
+        if self.out is not None:
+            if self.handle is None:
+                self.handle = open(self.out, "wb")  # closed in __exit__
+                np.lib.format.write_array_header_1_0(self.handle, {
+                    "descr": np.lib.format.dtype_to_descr(batch.dtype),
+                    "fortran_order": False, "shape": shape})
+            self.handle.write(np.ascontiguousarray(batch).tobytes())
+            return
+        if self.array is None:
+            self.array = np.empty(shape, batch.dtype)
+        self.array[position, start:start + len(batch)] = batch
+
+    def __exit__(self, *failure) -> None:
+        if self.handle is not None:
+            self.handle.close()
+        if failure[0] is not None:
+            return
+        empty = np.zeros((self.n_sources, 0), np.float16)  # no images
+        if self.out is None:
+            self.result = self.array if self.array is not None else empty
+        elif self.handle is None:
+            np.save(self.out, empty)
 
 
 def unmap(array: np.ndarray) -> None:
@@ -159,11 +218,11 @@ def read_rows(images: np.ndarray, start: int, stop: int) -> np.ndarray:
     return np.asarray(images[start:stop])
 
 
-def _prefix_outputs(batch: np.ndarray, prefix, preprocess) -> np.ndarray:
-    if prefix is None and is_identity_preprocess(preprocess):
+def _prefix_outputs(batch: np.ndarray, encoder: Encoder) -> np.ndarray:
+    if encoder.prefix is None and is_identity_preprocess(encoder.preprocess):
         return batch  # uint8: the model rescales its input itself
-    x = preprocess(batch.astype(np.float32))
-    out = x if prefix is None else prefix.predict_on_batch(x)
+    x = encoder.preprocess(batch.astype(np.float32))
+    out = x if encoder.prefix is None else encoder.prefix.predict_on_batch(x)
     return np.asarray(out).astype(np.float16)
 
 
@@ -171,13 +230,6 @@ def is_identity_preprocess(preprocess) -> bool:
     """Whether a backbone's preprocessing leaves 0..255 pixel values as they are."""
     probe = np.array([[0.0, 127.0, 255.0]], dtype=np.float32)
     return bool(np.array_equal(preprocess(probe.copy()), probe))
-
-
-def _random_spec(plan: ViewPlan, augment: dict, seed: int) -> dict | None:
-    if not plan.n_random:
-        return None
-    return {k: augment[k] for k in ("rotation", "zoom", "brightness", "contrast")} | {
-        "count": plan.n_random, "seed": seed}
 
 
 def _jsonable(value):

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -31,8 +32,9 @@ from comp.predictions import SINGLE, probs_frame, read_table, write_prediction_s
 from comp.training.callbacks import predict_views
 from comp.training.classic import ClassicFeatures, train_classic_fold
 from comp.training.compute import model_scope
-from comp.training.features import ViewPlan, feature_cache
+from comp.training.features import Encoder, FeatureStore, ViewPlan, ViewSet
 from comp.training.fit import FoldData, class_weights, fit_fold, predict_tta
+from comp.training.units import TrainOptions, Unit, UnitResult
 from comp.training.viewchoice import ALL, IDENTITY, choose_views, unit_descriptors
 from comp.workspace import unit_lock
 
@@ -67,13 +69,14 @@ class FeaturedModel:
             key["init_seed"] = spec.train["seed"]  # a random prefix depends on its seed
         if spec.precision != "float32":
             key["precision"] = spec.precision
+        store = FeatureStore(prepared.run.feature_cache, key)
+        encoder = Encoder(self.split.prefix, backbone.preprocess)
         self.features: dict[str, np.ndarray] = {}
         for split in SPLITS:
             images = prepared.images(split, spec.image_size)  # keyed by content hashes
-            self.features[split] = feature_cache(
-                prepared.run.feature_cache, key, split, images, self.split.prefix,
-                backbone.preprocess, self.plan, spec.augment, spec.train["seed"],
-                data_key=prepared.split_key(split))
+            views = ViewSet.of_split(self.plan, split, spec.augment, spec.train["seed"])
+            self.features[split] = store.features(split, images, encoder, views,
+                                                  prepared.split_key(split))
 
     def new_head(self, spec: ModelSpec, n_classes: int, seed: int):
         """A fresh trainable model for one fold (body weights reset to the loaded ones)."""
@@ -84,23 +87,22 @@ class FeaturedModel:
 
 
 @dataclass(frozen=True)
-class Unit:
-    """One unit to train: unit `fold` of `prepared`, with its pseudo-labelled rows (or
-    None), the progress bar it reports to and whether it writes TensorBoard logs."""
+class RowSplit:
+    """The rows of the train split one fit uses: `train` to learn from and `val` to score,
+    with the labels of every train-split row, the number of classes and the rows'
+    near-duplicate `groups` (None: each row its own)."""
 
-    prepared: object
-    fold: int
-    pseudo: PseudoRows | None
-    bar: object
-    tensorboard: bool = False
+    labels: np.ndarray
+    n_classes: int
+    train: np.ndarray
+    val: np.ndarray
+    groups: np.ndarray | None = None
 
 
-def fold_data(featured: FeaturedModel, spec: ModelSpec, labels: np.ndarray,
-              rows: np.ndarray, val: np.ndarray, n_classes: int,
-              pseudo: PseudoRows | None = None, groups: np.ndarray | None = None,
-              views: str = ALL) -> FoldData:
-    """Training rows `rows` (+ pseudo rows) and validation rows `val` of the train split;
-    `views` IDENTITY trains and validates on the image alone (comp.training.viewchoice).
+def fold_data(featured: FeaturedModel, spec: ModelSpec, split: RowSplit,
+              pseudo: PseudoRows | None = None, views: str = ALL) -> FoldData:
+    """The training rows of `split` (+ pseudo rows) and its validation rows; `views`
+    IDENTITY trains and validates on the image alone (comp.training.viewchoice).
 
     `train.epoch_choice` says which rows choose the epoch: `last` (default) none (the
     last epoch is kept), `inner` an inner stratified group holdout of `rows`
@@ -108,12 +110,13 @@ def fold_data(featured: FeaturedModel, spec: ModelSpec, labels: np.ndarray,
     themselves (optimistic: the scored fold picks its own epoch).
     """
     plan, train = featured.plan, spec.train
+    labels, n_classes, rows, val = split.labels, split.n_classes, split.train, split.val
     choice = train["epoch_choice"]
     stop = None
     if choice == "outer":
         stop = val
     elif choice == "inner":
-        rows, stop = inner_holdout(rows, labels, groups, train["stop_fraction"],
+        rows, stop = inner_holdout(rows, labels, split.groups, train["stop_fraction"],
                                    train["seed"])
     per_class = class_weights(labels[rows], n_classes, train["class_weight"])
     targets = np.eye(n_classes)[labels]
@@ -192,16 +195,15 @@ def fold_done(folder, splits: dict | None = None) -> bool:
 
 
 def train_spec(spec: ModelSpec, prepared, info: dict,
-               pseudo_for_fold=None, folds_to_run: list[int] | None = None,
-               tensorboard: bool = False, deadline=None) -> dict | None:
+               options: TrainOptions | None = None) -> dict | None:
     """Train `spec` on every unfinished unit (fold of a repeat) and, when all are done,
     write its prediction set (preds/<model_id>/). Returns its cv.json content, or None
-    when some units are left (`folds_to_run` limits this call to those units)."""
+    when some units are left (`options.folds` limits this call to those units)."""
+    options = options or TrainOptions()
     run = prepared.run
-    model_dir = run.model_dir(spec.model_id)
-    write_json(model_dir / "spec.json", spec.describe())
+    write_json(run.model_dir(spec.model_id) / "spec.json", spec.describe())
     n_units = prepared.n_units
-    wanted = range(n_units) if folds_to_run is None else folds_to_run
+    wanted = range(n_units) if options.folds is None else options.folds
     splits = split_keys(prepared)
     todo = [k for k in wanted if not fold_done(run.fold_dir(spec.model_id, k), splits)]
     stale = [k for k in todo if fold_done(run.fold_dir(spec.model_id, k))]
@@ -211,27 +213,11 @@ def train_spec(spec: ModelSpec, prepared, info: dict,
     featured_models: dict[str, FeaturedModel] = {}
     bar = progress(todo, desc=f"train {spec.model_id}")
     for fold in bar:
-        if deadline is not None and deadline.passed(f"{spec.model_id} fold {fold}"):
+        if options.deadline is not None and options.deadline.passed(
+                f"{spec.model_id} fold {fold}"):
             break
-        with unit_lock(run.fold_lock(spec.model_id, fold)) as mine:
-            if not mine:
-                get_logger().info("train: %s fold %d is being trained by another process; "
-                                  "skipped", spec.model_id, fold)
-                continue
-            if fold_done(run.fold_dir(spec.model_id, fold), splits):  # finished meanwhile
-                continue
-            fold_spec = spec.for_fold(fold)
-            features, train_unit = KINDS[type(spec)]
-            key = fold_spec.features_key()
-            if key not in featured_models:
-                featured_models[key] = features(fold_spec, prepared)
-            featured = featured_models[key]
-            pseudo = pseudo_for_fold(fold, featured) if pseudo_for_fold else None
-            train_unit(featured, spec.model_id, fold_spec,
-                       Unit(prepared, fold, pseudo, bar, tensorboard))
-            metrics = read_json(run.fold_dir(spec.model_id, fold) / "metrics.json")
-            unit_done("fold", model=spec.model_id, fold=fold, best_epoch=metrics["best_epoch"],
-                      val_auc=round(metrics["auc"], 4), seconds=metrics["seconds"])
+        _train_unit(spec, Unit(prepared, spec.model_id, fold, None, bar, options.tensorboard),
+                    featured_models, options)
     done = [k for k in range(n_units) if fold_done(run.fold_dir(spec.model_id, k), splits)]
     if len(done) < n_units:
         return None
@@ -244,20 +230,47 @@ def train_spec(spec: ModelSpec, prepared, info: dict,
     return result
 
 
-def _train_fold(featured: FeaturedModel, model_id: str, spec: ModelSpec, unit: Unit) -> None:
-    """Train and predict `unit` (a fold of one repeat) of the fine-tuned model `model_id`
-    (`spec`: its settings for that unit)."""
+def _train_unit(spec, unit: Unit, featured_models: dict, options: TrainOptions) -> None:
+    """Train `unit` of `spec` under its lock, unless another process holds it or it has
+    finished meanwhile; `featured_models` keeps the features its units share."""
+    prepared, fold, run = unit.prepared, unit.fold, unit.prepared.run
+    with unit_lock(run.fold_lock(spec.model_id, fold)) as mine:
+        if not mine:
+            get_logger().info("train: %s fold %d is being trained by another process; "
+                              "skipped", spec.model_id, fold)
+            return
+        if fold_done(run.fold_dir(spec.model_id, fold), split_keys(prepared)):
+            return  # finished meanwhile
+        fold_spec = spec.for_fold(fold)
+        features, train_unit = KINDS[type(spec)]
+        key = fold_spec.features_key()
+        if key not in featured_models:
+            featured_models[key] = features(fold_spec, prepared)
+        featured = featured_models[key]
+        if options.pseudo_for_fold is not None:
+            unit = replace(unit, pseudo=options.pseudo_for_fold(fold, featured))
+        out = _fresh_fold_dir(run.fold_dir(spec.model_id, fold))
+        started = time.time()
+        write_fold_outputs(out, unit, train_unit(featured, fold_spec, unit, out),
+                           time.time() - started)
+        metrics = read_json(out / "metrics.json")
+        unit_done("fold", model=spec.model_id, fold=fold, best_epoch=metrics["best_epoch"],
+                  val_auc=round(metrics["auc"], 4), seconds=metrics["seconds"])
+
+
+def _train_fold(featured: FeaturedModel, spec: ModelSpec, unit: Unit, out: Path) -> UnitResult:
+    """Train and predict `unit` (a fold of one repeat) of a fine-tuned model (`spec`: its
+    settings for that unit) into its fresh folder `out`."""
     prepared, fold, pseudo, bar = unit.prepared, unit.fold, unit.pseudo, unit.bar
     labels = prepared.labels
-    out = _fresh_fold_dir(prepared.run.fold_dir(model_id, fold))
-    started = time.time()
     classes = prepared.competition.classes
     seed = spec.train["seed"] + fold
     model = featured.new_head(spec, len(classes), seed)
     val = prepared.unit_val_rows(fold)
     rows, groups = prepared.unit_train_rows(fold), prepared.folds["group"].to_numpy()
     views = unit_views(featured, spec, labels, rows, groups)
-    data = fold_data(featured, spec, labels, rows, val, len(classes), pseudo, groups, views)
+    data = fold_data(featured, spec, RowSplit(labels, len(classes), rows, val, groups), pseudo,
+                     views)
 
     def show(epoch: int, logs: dict) -> None:
         bar.set_postfix(fold=fold, epoch=epoch, val_auc=f"{logs['val_auc']:.3f}")
@@ -274,7 +287,7 @@ def _train_fold(featured: FeaturedModel, model_id: str, spec: ModelSpec, unit: U
         model.save_weights(tmp)
     write_csv(out / "history.csv", history)
     optimistic = int(history["val_monitor"].idxmax())
-    write_fold_outputs(out, prepared, fold, val_probs, split_probs, {
+    return UnitResult(val_probs, split_probs, {
         "best_epoch": best_epoch, "epochs_run": len(history),
         "epoch_choice": spec.train["epoch_choice"], "views": views,
         "n_train": int(len(data.rows)),
@@ -283,16 +296,8 @@ def _train_fold(featured: FeaturedModel, model_id: str, spec: ModelSpec, unit: U
             k: float(history[f"val_{k}"][optimistic])
             for k in ("accuracy", "macro_f1", "auc", "log_loss")}},
         # the fold's own settings (tuned folds differ) under the model's id
-        "settings": {**spec.describe(), "model_id": model_id},
-    }, pseudo, started)
-
-
-def _train_classic_unit(featured: ClassicFeatures, model_id: str, spec: ClassicSpec,
-                        unit: Unit) -> None:
-    """Train and predict `unit` of the classic model `model_id`."""
-    train_classic_fold(featured, spec, unit.prepared, unit.fold, unit.pseudo,
-                       _fresh_fold_dir(unit.prepared.run.fold_dir(model_id, unit.fold)),
-                       write_fold_outputs)
+        "settings": {**spec.describe(), "model_id": unit.model_id},
+    })
 
 
 def _fresh_fold_dir(out):
@@ -302,10 +307,11 @@ def _fresh_fold_dir(out):
     return out
 
 
-def write_fold_outputs(out, prepared, fold: int, val_probs: np.ndarray, split_probs: dict,
-                       extra: dict, pseudo: PseudoRows | None, started: float) -> None:
+def write_fold_outputs(out: Path, unit: Unit, result: UnitResult, seconds: float) -> None:
     """A finished unit's val/test/unlabeled predictions, then metrics.json (written last:
-    its presence marks the unit done). `fold` is the unit (fold of a repeat)."""
+    its presence marks the unit done)."""
+    prepared, fold, pseudo = unit.prepared, unit.fold, unit.pseudo
+    val_probs, split_probs = result.val, result.splits
     classes = prepared.competition.classes
     held = prepared.unit_val_mask(fold)
     val_ids = prepared.folds["id"].to_numpy()[held]
@@ -317,17 +323,17 @@ def write_fold_outputs(out, prepared, fold: int, val_probs: np.ndarray, split_pr
     write_json(out / "metrics.json", {
         **scores(prepared.labels[held], val_probs), "comp": __version__,
         "fold": fold, "repeat": fold // prepared.n_folds, "splits": split_keys(prepared),
-        **extra,
+        **result.record,
         "n_pseudo": 0 if pseudo is None else len(pseudo.targets),
         "pseudo_ids": [] if pseudo is None else list(pseudo.ids),
-        "seconds": round(time.time() - started, 2),
+        "seconds": round(seconds, 2),
     })
     crash_point(f"fold:{fold}")  # tests: COMP_CRASH_AT=fold:<k> dies here
 
 
 # per spec class: the features its units train on, and how one unit is trained
 KINDS = {ModelSpec: (FeaturedModel, _train_fold),
-         ClassicSpec: (ClassicFeatures, _train_classic_unit)}
+         ClassicSpec: (ClassicFeatures, train_classic_fold)}
 
 
 def read_ids_table(path) -> pd.DataFrame:

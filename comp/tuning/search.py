@@ -28,7 +28,7 @@ from comp.log import get_logger, progress, unit_done
 from comp.models.registry import Backbone, get_backbone
 from comp.models.spec import ModelSpec, make_spec, native_side, with_params
 from comp.training.fit import fit_fold
-from comp.training.trainer import FeaturedModel, fold_data
+from comp.training.trainer import FeaturedModel, RowSplit, fold_data
 from comp.tuning.space import default_trial, suggest
 from comp.tuning.studies import StudyLock, counted_trials, inner_splits, open_study, work_on
 
@@ -130,7 +130,7 @@ def _objective(cfg: DictConfig, prepared: Prepared, base: ModelSpec, backbone: B
         if spec.train.get("epoch_choice") != "last":
             spec = with_params(spec, {"train.epoch_choice": "outer"})
         for step, (fit_rows, held) in enumerate(splits):
-            data = fold_data(featured, spec, labels, fit_rows, held, len(classes))
+            data = fold_data(featured, spec, RowSplit(labels, len(classes), fit_rows, held))
             model = featured.new_head(spec, len(classes), spec.train["seed"] + fold)
             if step == 0:
                 crash_point(f"trial:{trial.number}")  # tests: COMP_CRASH_AT=trial:<n> dies
