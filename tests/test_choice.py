@@ -64,9 +64,10 @@ def test_only_the_bundled_file_gives_two_depths_of_it():
     assert choice.skipped["mobilenet_v3_large"] == "no weight file here and no network"
 
 
-def test_small_or_grayscale_images_add_the_cnn_from_scratch():
-    assert _choose(ImageTraits(32, False, 500), CPU2).names[-1] == FROM_SCRATCH
+def test_grayscale_images_add_the_cnn_from_scratch_and_small_colour_ones_do_not():
     assert _choose(ImageTraits(224, True, 500), CPU2).names[-1] == FROM_SCRATCH
+    assert _choose(ImageTraits(28, True, 500), CPU2).names[-1] == FROM_SCRATCH
+    assert FROM_SCRATCH not in _choose(ImageTraits(32, False, 500), CPU2).names
     assert _choose(COLOUR_224, CPU2, available=set()).names == [FROM_SCRATCH]
 
 
@@ -145,8 +146,10 @@ def test_backbones_auto_on_the_command_line_is_the_list():
 
 def test_stage_plan_with_auto_says_what_it_chose_and_plans_it(tmp_path, comp_caplog,
                                                               capsys, monkeypatch):
-    """Through the command line: small colour images, only the bundled MobileNet file, no
+    """Through the command line: small grayscale images, only the bundled MobileNet file, no
     network: two depths of MobileNet 0.25 and the CNN from scratch, said in one line."""
+    from PIL import Image
+
     from comp.models import weights
     from comp.run import main
     from tests.helpers import tiny_overrides
@@ -154,6 +157,8 @@ def test_stage_plan_with_auto_says_what_it_chose_and_plans_it(tmp_path, comp_cap
     monkeypatch.setattr(weights, "network_allows_downloads", lambda timeout=2.0: False)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty-keras"))
     competition = make_competition(tmp_path / "comp")
+    for path in competition.rglob("*.png"):
+        Image.open(path).convert("L").save(path)
     overrides = tiny_overrides(tmp_path, competition, backbones="auto", weights="imagenet",
                                quiet="false")
     assert main(["stage=plan", *overrides]) == 0

@@ -13,8 +13,9 @@ The rule (one function, `choose_backbones`, pure given its inputs):
    (`<backbone>-<point>`, its first other named point) is added, so the run still has
    several fine-tuned models to ensemble.
 4. `small_cnn` (trained from scratch, with online shifts) is added where ImageNet
-   features are weak: small images (side <= SMALL_SIDE) or grayscale ones, or where no
-   ImageNet backbone is left.
+   features are weak: grayscale images, or where no ImageNet backbone is left. Small
+   colour images do not get it: on the 48 px colour glyphs (26 classes, 100 a class) it
+   stayed at chance while MobileNet features scored 0.99+ AUC (bench/README.md).
 The choice and its reasons are one log line at the start of the run.
 """
 
@@ -31,7 +32,6 @@ from comp.models.registry import BACKBONES, Backbone
 
 AUTO = "auto"
 FROM_SCRATCH = "small_cnn"
-SMALL_SIDE = 64  # images up to this side (median) get the from-scratch CNN too
 # multiply-adds per second that comp's training and feature passes reach (measured on the
 # 2-core AVX-512 CPU of bench/README.md: ~20 G per core; a GPU is taken as 100x that)
 CPU_GMACS_PER_CORE = 20.0
@@ -178,11 +178,8 @@ def choose_backbones(
             chosen.append(f"{chosen[0]}-{other[0]}")
             reasons.append(f"only {chosen[0]} qualifies, so also a second unfreeze depth "
                            f"({other[0]})")
-    side = traits.native_side
-    if not chosen or traits.grayscale or (side is not None and side <= SMALL_SIDE):
-        why = ("grayscale images" if traits.grayscale
-               else f"small images ({side} px)" if side is not None and side <= SMALL_SIDE
-               else "no ImageNet backbone qualifies")
+    if not chosen or traits.grayscale:
+        why = "grayscale images" if traits.grayscale else "no ImageNet backbone qualifies"
         chosen.append(FROM_SCRATCH)
         reasons.append(f"{FROM_SCRATCH} from scratch: {why}")
     return BackboneChoice(chosen, reasons, skipped)
