@@ -250,8 +250,10 @@ class Competition:
         predict, evaluate, report or export."""
         from omegaconf import OmegaConf
 
+        from comp.workspace import RunDir
+
         root = Path(run_dir).expanduser().resolve()
-        saved_path = root / "config.yaml"
+        saved_path = RunDir(root).config_yaml
         if not saved_path.is_file():
             raise CompError(f"{root}: no config.yaml, not a run directory comp wrote; give "
                             "runs/<name>")

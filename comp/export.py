@@ -67,7 +67,7 @@ def export_model(cfg: DictConfig) -> Path:
                         "as Keras models (classic heads are scikit-learn: use stage=predict)")
     suffix = "" if cfg.export.tta else "-notta"
     out = Path(cfg.export.output) if cfg.export.output else (
-        run.root / "export" / f"{model_id}{suffix}")
+        run.export_dir(f"{model_id}{suffix}"))
     model, size, views = build_export_model(cfg, run, model_id, len(info["classes"]),
                                             cfg.export.tta)
     out.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ def make_pseudo_labels(cfg: DictConfig, prepared: Prepared, round_: int) -> dict
     voter_ids = _voter_ids(cfg, prepared, round_)
     run, classes = prepared.run, prepared.competition.classes
     settings = _round_settings(rules, voter_ids, prepared)
-    summary_path = run.root / "pseudo" / f"round{round_}" / "summary.json"
+    summary_path = run.pseudo_dir(round_) / "summary.json"
     if summary_path.exists() and read_json(summary_path).get("settings") == settings:
         return read_json(summary_path)  # same voters and rules: the files stand
     counts = prepared.folds["label"].value_counts().reindex(classes).fillna(0).to_numpy()

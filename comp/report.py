@@ -23,6 +23,7 @@ from comp.predictions import (  # noqa: E402
     read_prediction_set,
     read_table,
 )
+from comp.workspace import RunDir  # noqa: E402
 
 
 def _save(fig, target: Path) -> str:
@@ -195,27 +196,26 @@ def lever_rows(entries: dict[str, dict], rank_by: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def build_report(run_root: Path, leaderboard: pd.DataFrame, paths: dict[str, str],
+def build_report(run: RunDir, leaderboard: pd.DataFrame, paths: dict[str, str],
                  storage_url: str | None, headline: str | None = None) -> Path:
-    """Write run_root/report/index.html with its PNGs; return the page's path.
+    """Write the run's report/index.html with its PNGs; return the page's path.
     `headline`, shown first under the title: the selected pipeline's nested CV."""
-    out = run_root / "report"
+    out = run.report_dir
     out.mkdir(parents=True, exist_ok=True)
-    selection = run_root / "selection.json"
+    selection = run.selection_json
     record = read_json(selection) if selection.exists() else {}
     metric = record.get("metric", "accuracy")
     rank_by = record.get("rank_by", metric)  # selection.json before submit.rank_by
-    sets = {p.name: p for p in sorted((run_root / "preds").glob("*")) if (p / "cv.json").exists()}
-    ensembles = {f"ensemble-{p.name}": p for p in sorted((run_root / "ensemble").glob("*"))
-                 if (p / "cv.json").exists()}
+    sets = {p.name: p for p in run.single_sets()}
+    ensembles = {f"ensemble-{p.name}": p for p in run.ensemble_sets()}
     sections = [*_leaderboard_section(leaderboard, metric, rank_by),
                 *_lever_section(leaderboard, {**sets, **ensembles}, rank_by),
                 *_oof_sections(leaderboard, sets, ensembles, paths, out),
-                *_curve_section(run_root, sets, out),
-                *_pseudo_sections(run_root, out),
+                *_curve_section(run, sets, out),
+                *_pseudo_sections(run, out),
                 *_weight_sections(ensembles, out),
                 *_tuning_section(storage_url, out)]
-    write_text(out / "index.html", _page(run_root.name, headline, sections))
+    write_text(out / "index.html", _page(run.root.name, headline, sections))
     return out / "index.html"
 
 
@@ -265,17 +265,17 @@ def _oof_sections(leaderboard: pd.DataFrame, sets: dict[str, Path],
     return sections
 
 
-def _curve_section(run_root: Path, sets: dict[str, Path], out: Path) -> list[str]:
+def _curve_section(run: RunDir, sets: dict[str, Path], out: Path) -> list[str]:
     sections = ["<h2>Learning curves</h2>"]
     for name in sets:
-        if any((run_root / "models" / name).glob("fold*/history.csv")):  # fine-tuned only
-            sections.append(f"<img src='{learning_curves(run_root / 'models' / name, out)}'>")
+        if any(run.model_dir(name).glob("fold*/history.csv")):  # fine-tuned only
+            sections.append(f"<img src='{learning_curves(run.model_dir(name), out)}'>")
     return sections
 
 
-def _pseudo_sections(run_root: Path, out: Path) -> list[str]:
+def _pseudo_sections(run: RunDir, out: Path) -> list[str]:
     sections = []
-    for round_dir in sorted((run_root / "pseudo").glob("round*")):
+    for round_dir in run.pseudo_rounds():
         summary = read_json(round_dir / "summary.json")
         counts = pd.DataFrame({k: v["per_class"] for k, v in summary["folds"].items()})
         png = bar_chart(counts.mean(axis=1).to_dict(), f"pseudo-labels {round_dir.name}: "

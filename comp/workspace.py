@@ -30,6 +30,14 @@ class RunDir:
         return self.root / "folds.csv"
 
     @property
+    def config_yaml(self) -> Path:
+        """The settings of the run's last command (configs/<stage>.yaml: each stage's)."""
+        return self.root / "config.yaml"
+
+    def stage_yaml(self, stage: str) -> Path:
+        return self.root / "configs" / f"{stage}.yaml"
+
+    @property
     def data_json(self) -> Path:
         return self.root / "data.json"
 
@@ -51,6 +59,38 @@ class RunDir:
     def feature_cache(self) -> Path:
         return self.root / "cache" / "features"
 
+    @property
+    def embedding_cache(self) -> Path:
+        """Pooled embeddings of the classic heads, one folder per part (comp.training.classic)."""
+        return self.root / "cache" / "embeddings"
+
+    @property
+    def hashes_csv(self) -> Path:
+        """Every image's content hash, as prepare read it (comp.data.prepared)."""
+        return self.root / "hashes.csv"
+
+    @property
+    def selection_json(self) -> Path:
+        """stage=submit's rank 1 and the nested-selection figure."""
+        return self.root / "selection.json"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def predictions_dir(self) -> Path:
+        """stage=predict's CSVs where `predict.output` is not given."""
+        return self.root / "predictions"
+
+    def export_dir(self, name: str) -> Path:
+        """stage=export's folder of model `name` where `export.output` is not given."""
+        return self.root / "export" / name
+
+    def tuned_yaml(self, backbone: str) -> Path:
+        """Each fold's best tuned settings of `backbone` (comp.tuning.search)."""
+        return self.root / "tuned" / f"{backbone}.yaml"
+
     def model_dir(self, model_id: str) -> Path:
         return self.root / "models" / model_id
 
@@ -61,8 +101,13 @@ class RunDir:
         """Held while a process trains that fold (hidden: not matched by fold*)."""
         return self.model_dir(model_id) / f".fold{fold}.lock"
 
+    @property
+    def preds_root(self) -> Path:
+        """preds/: one prediction set per finished single model."""
+        return self.root / "preds"
+
     def preds_dir(self, model_id: str) -> Path:
-        return self.root / "preds" / model_id
+        return self.preds_root / model_id
 
     def ensemble_dir(self, method: str, members_key: str) -> Path:
         """ensemble/<method>-<members_key>/: other members are another folder, so an
@@ -82,7 +127,18 @@ class RunDir:
         return built[-1].parent if built else exact
 
     def pseudo_csv(self, round_: int, fold: int) -> Path:
-        return self.root / "pseudo" / f"round{round_}" / f"fold{fold}.csv"
+        return self.pseudo_dir(round_) / f"fold{fold}.csv"
+
+    def pseudo_dir(self, round_: int) -> Path:
+        return self.root / "pseudo" / f"round{round_}"
+
+    def pseudo_rounds(self) -> list[Path]:
+        """The pseudo-label rounds' folders, in order."""
+        return sorted(self.root.glob("pseudo/round*"), key=lambda p: int(p.name[5:]))
+
+    def model_dirs(self) -> list[Path]:
+        """Every model's folder (finished or not)."""
+        return sorted(p for p in (self.root / "models").glob("*") if p.is_dir())
 
     @property
     def optuna_db(self) -> Path:
@@ -90,11 +146,21 @@ class RunDir:
 
     def prediction_sets(self) -> list[Path]:
         """Finished prediction sets (single models and ensembles) with a cv.json."""
-        found = []
-        for parent in (self.root / "preds", self.root / "ensemble"):
-            if parent.is_dir():
-                found += sorted(p for p in parent.iterdir() if (p / "cv.json").exists())
-        return found
+        return self.single_sets() + self.ensemble_sets()
+
+    def single_sets(self) -> list[Path]:
+        """Finished single models' prediction sets (preds/<model_id>/ with a cv.json)."""
+        return self._finished(self.preds_root)
+
+    def ensemble_sets(self) -> list[Path]:
+        """Finished ensembles' prediction sets (ensemble/<name>/ with a cv.json)."""
+        return self._finished(self.root / "ensemble")
+
+    @staticmethod
+    def _finished(parent: Path) -> list[Path]:
+        if not parent.is_dir():
+            return []
+        return sorted(p for p in parent.iterdir() if (p / "cv.json").exists())
 
 
 def submissions_folder(submissions_dir: str | Path, name: str) -> Path:
@@ -168,7 +234,7 @@ def config_record(run: RunDir, stage: str, text: str, created: bool, exclusive: 
     stage about to run; if the stage then fails with a CompError before writing anything
     else, undo it: the previous record comes back, and a run directory this call created
     is removed, so a failed run leaves the record saying what was really run."""
-    paths = [run.root / "config.yaml", run.root / "configs" / f"{stage}.yaml"]
+    paths = [run.config_yaml, run.stage_yaml(stage)]
     before = {path: path.read_text() if path.exists() else None for path in paths}
     started = time.time()
     for path in paths:

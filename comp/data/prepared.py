@@ -17,7 +17,7 @@ from comp.data.images import Decoding, cached_images
 from comp.errors import CompError
 from comp.log import get_logger
 from comp.predictions import class_indices, read_table
-from comp.workspace import RunDir, run_dir
+from comp.workspace import RunDir, run_dir, run_root
 
 HASH_SIZE = 64  # images are hashed at 64 px: enough for a 32x32 perceptual hash
 
@@ -102,7 +102,7 @@ def load_competition(cfg: DictConfig) -> Competition:
     pixel-CSV competition's images are written into the run directory's cache."""
     return read_competition(cfg.data.dir, cfg.data.get("id_column"),
                             cfg.data.get("label_column"),
-                            RunDir(Path(cfg.runs_dir) / cfg.name).pixel_images)
+                            RunDir(run_root(cfg.runs_dir, cfg.name)).pixel_images)
 
 
 def train_key(train: pd.DataFrame) -> str:
@@ -118,7 +118,7 @@ def _old_train_key(train: pd.DataFrame) -> str:
 
 def hashes_csv(run: RunDir) -> Path:
     """runs/<name>/hashes.csv: split, id, hash of every image the run was prepared from."""
-    return run.root / "hashes.csv"
+    return run.hashes_csv
 
 
 def _write_hashes(run: RunDir, competition: Competition) -> None:

@@ -34,7 +34,7 @@ def run(cfg: DictConfig):
         tuned = cfg.copy()
         tuned.params, tuned.backbones = "best", chosen
         train_round(tuned, prepared, last, deadline)
-    if len(list(prepared.run.root.glob("preds/*/cv.json"))) > 1 and cfg.ensemble.methods:
+    if len(prepared.run.single_sets()) > 1 and cfg.ensemble.methods:
         ensemble.run(cfg)
     if deadline.reached and not prepared.run.prediction_sets():
         raise CompError(f"time_limit={cfg.time_limit} s was spent before any model finished "

@@ -43,7 +43,7 @@ class _Members:
 def run(cfg: DictConfig) -> list[dict]:
     """Build each method in ensemble.methods over the chosen finished single models."""
     prepared = prepare(cfg)
-    members = _members(prepared, _chosen_sets(cfg, prepared.run.root / "preds"))
+    members = _members(prepared, _chosen_sets(cfg, prepared.run))
     results = [_build(cfg, prepared, name, members) for name in cfg.ensemble.methods]
     best_single = max(s.info["cv"]["accuracy"] for s in members.sets)
     get_logger().info("ensemble: %d models; best single model CV accuracy %.4f",
@@ -51,11 +51,11 @@ def run(cfg: DictConfig) -> list[dict]:
     return results
 
 
-def _chosen_sets(cfg: DictConfig, folder) -> list:
-    """The finished prediction sets in `folder` that ensemble.members names (all where it
-    is empty); at least two."""
+def _chosen_sets(cfg: DictConfig, run) -> list:
+    """The run's finished single models' prediction sets that ensemble.members names (all
+    where it is empty); at least two."""
     chosen = set(cfg.ensemble.members)
-    sets = [read_prediction_set(p) for p in sorted(folder.glob("*")) if (p / "cv.json").exists()]
+    sets = [read_prediction_set(p) for p in run.single_sets()]
     known = {s.info["model_id"] for s in sets} | {s.info.get("backbone") for s in sets}
     unknown = sorted(chosen - known)
     if unknown:
@@ -64,8 +64,8 @@ def _chosen_sets(cfg: DictConfig, folder) -> list:
     sets = [s for s in sets if not chosen or s.info["model_id"] in chosen
             or s.info.get("backbone") in chosen]
     if len(sets) < 2:
-        raise CompError(f"{folder}: ensembling needs at least two finished models, found "
-                        f"{len(sets)}; train more backbones or set ensemble.members")
+        raise CompError(f"{run.preds_root}: ensembling needs at least two finished models, "
+                        f"found {len(sets)}; train more backbones or set ensemble.members")
     return sets
 
 

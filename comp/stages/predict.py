@@ -29,7 +29,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     frame.insert(1, "label", [classes[i] for i in probs.argmax(1)])
     file_name = f"{Path(cfg.predict.input).stem}__{using}.csv"
     output = cfg.predict.output
-    target = (run.root / "predictions" / file_name if not output
+    target = (run.predictions_dir / file_name if not output
               else Path(output) / file_name if is_folder_target(output) else Path(output))
     write_csv(target, frame)
     get_logger().info("predict: %d image(s) with %s -> %s", len(frame), using, target)

@@ -27,8 +27,8 @@ def run(cfg: DictConfig) -> Path:
                      strict=True))
     db = prepared.run.optuna_db
     storage = cfg.tune.storage or (f"sqlite:///{db.resolve()}" if db.exists() else None)
-    selection = prepared.run.root / "selection.json"
+    selection = prepared.run.selection_json
     headline = selection_headline(read_json(selection)) if selection.exists() else None
-    page = build_report(prepared.run.root, board, paths, storage, headline)
+    page = build_report(prepared.run, board, paths, storage, headline)
     get_logger().info("report: %s", page)
     return page

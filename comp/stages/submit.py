@@ -48,7 +48,7 @@ def run(cfg: DictConfig):
     board = write_leaderboard(leaderboard_path(cfg.submissions_dir, cfg.name), rows, rank_by)
     best = board.iloc[0]
     selected = uncertainty["__selected__"]
-    write_json(run.root / "selection.json", selected)
+    write_json(run.selection_json, selected)
     get_logger().info("submit: rank 1 by CV %s %s (%s) CV %s %.4f -> %s ; leaderboard: %s",
                       rank_by, best["name"], best["kind"], metric, best[f"cv_{metric}"],
                       folder / best["file"], leaderboard_path(cfg.submissions_dir, cfg.name))
@@ -58,5 +58,5 @@ def run(cfg: DictConfig):
 
 def headline(cfg: DictConfig) -> str | None:
     """The run's last log line: the selected pipeline's nested CV (selection.json)."""
-    path = run_dir(cfg.runs_dir, cfg.name).root / "selection.json"
+    path = run_dir(cfg.runs_dir, cfg.name).selection_json
     return selection_headline(read_json(path)) if path.exists() else None

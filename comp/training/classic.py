@@ -46,7 +46,7 @@ class ClassicFeatures:
 
     def __init__(self, spec, prepared):
         self.views = TTA_VIEWS[spec.views]
-        cache = prepared.run.root / "cache" / "embeddings"
+        cache = prepared.run.embedding_cache
         self.features = {}
         widths = []
         for split in SPLITS:

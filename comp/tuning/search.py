@@ -173,7 +173,7 @@ def _fold_summary(study: optuna.Study) -> dict:
 
 
 def _write_and_report(cfg, prepared, backbone_name, summary, seconds) -> None:
-    path = prepared.run.root / "tuned" / f"{backbone_name}.yaml"
+    path = prepared.run.tuned_yaml(backbone_name)
     write_yaml(path, {"backbone": backbone_name, "metric": cfg.tune.metric,
                       "storage": mask_url(storage_url(cfg, prepared)), "folds": summary})
     log = get_logger()
