@@ -483,6 +483,17 @@ def hydra_quote(text: str) -> str:
     return f"'{escaped}'"
 
 
+def _as_backbones(override: str) -> str:
+    """`backbones=auto` is the list [auto] (the key is a list), and `backbone=<name>` (one
+    backbone alone) is `backbones=[<name>]`."""
+    if override.lstrip("+~") == "backbones=auto":
+        return override.replace("backbones=auto", "backbones=[auto]", 1)
+    key, sep, value = override.partition("=")
+    if sep and key.lstrip("+~") == "backbone" and value and value[:1] not in "[{'\"$":
+        return f"backbones=[{value}]"
+    return override
+
+
 def _quote_non_ascii(override: str) -> str:
     """`name=expé` as `name='expé'`: Hydra's lexer takes non-ASCII text only when quoted;
     lists, dicts, interpolations and values already quoted are left as written."""
@@ -495,9 +506,7 @@ def _quote_non_ascii(override: str) -> str:
 def load_config(overrides: list[str], config_dir=CONFIG_DIR) -> DictConfig:
     """Compose the config from `configs/` and `key=value` overrides; raise CompError."""
     _register()
-    # `backbones=auto` is the list [auto] (the key is a list)
-    overrides = [f"{o}".replace("backbones=auto", "backbones=[auto]", 1)
-                 if f"{o}".lstrip("+~") == "backbones=auto" else o for o in overrides]
+    overrides = [_as_backbones(f"{o}") for o in overrides]
     overrides = [_quote_non_ascii(o) for o in overrides]
     try:
         with config_dir_path(config_dir) as folder, initialize_config_dir(

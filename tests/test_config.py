@@ -2,9 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from comp.config import CONFIG_DIR, load_config, model_settings
+from comp.config import load_config, model_settings
 from comp.errors import CompError
-from comp.models.registry import BACKBONES
 from comp.run import help_text, main
 
 
@@ -44,11 +43,11 @@ def test_help_lists_stages_and_keys(capsys):
     assert help_text() in out
 
 
-def test_every_backbone_has_a_config_group_entry():
-    names = {p.stem for p in (CONFIG_DIR / "backbone").glob("*.yaml")}
-    assert names == set(BACKBONES)
-    cfg = load_config(["backbone=vgg16"])
-    assert list(cfg.backbones) == ["vgg16"]
+def test_backbone_names_one_backbone_alone():
+    assert list(load_config(["backbone=vgg16"]).backbones) == ["vgg16"]
+    assert list(load_config(["backbones=auto"]).backbones) == ["auto"]
+    with pytest.raises(CompError, match="vggg16"):
+        load_config(["backbone=vggg16"])
 
 
 def test_variants_take_their_base_settings_then_their_own():
