@@ -387,7 +387,7 @@ class Config:
     # experiment name: runs/<name>/ and submissions/<name>/; None: default_run_name()
     name: str | None = setting(None, Text())
     # backbone entries to fine-tune; auto: the strongest whose ImageNet weights can be had
-    # here, sized to the machine and time_limit, + a CNN from scratch for small or
+    # here, sized to the machine and time_limit, + a CNN from scratch for
     # grayscale images (comp.models.choice)
     backbones: list[str] = setting(allowed=Each(Text()), factory=lambda: ["auto"])
     weights: str = setting(  # imagenet | none (random init) | <path to a .h5 weight file>

@@ -60,7 +60,7 @@ def help_text() -> str:
         + ", ".join(
             f"{g.name}=[{'|'.join(sorted(p.name[:-5] for p in g.iterdir() if p.name.endswith('.yaml')))}]"  # noqa: E501
             for g in groups
-        ),
+        ) + "; backbone=<name> trains that backbone alone (backbones=[<name>])",
         "",
         "ImageNet weights (weights=imagenet) are looked for in this order:",
         *[f"  {line}" for line in search_order_text().splitlines()],
