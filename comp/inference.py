@@ -23,7 +23,7 @@ from comp.ensemble import METHODS
 from comp.errors import CompError
 from comp.log import progress
 from comp.models.build import build_backbone, create_head, split_backbone
-from comp.models.classic import view_average_proba
+from comp.models.heads import view_average_proba
 from comp.models.registry import get_backbone
 from comp.models.spec import ClassicSpec, ModelSpec, spec_class
 from comp.models.weights import ResolvedWeights, resolve_weights

@@ -14,8 +14,9 @@ from omegaconf import DictConfig
 
 from comp.artifacts import fingerprint
 from comp.data.prepared import Prepared
+from comp.deadline import Deadline
 from comp.errors import CompError
-from comp.log import Deadline, progress
+from comp.log import progress
 from comp.models.spec import ModelSpec, make_classic_spec, make_spec, native_side
 from comp.predictions import read_table
 from comp.training.trainer import PseudoRows, train_spec

@@ -15,8 +15,9 @@ import sys
 import time
 from pathlib import Path
 
+from comp.deadline import stage_started
 from comp.errors import CompError
-from comp.log import get_logger, log_over_bars, quiet_tensorflow, set_progress, stage_started
+from comp.log import get_logger, log_over_bars, quiet_tensorflow, set_progress
 from comp.stages import STAGES
 
 _WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM}

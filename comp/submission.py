@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from comp.artifacts import write_csv
-from comp.data.folder import Competition
+from comp.data.folder import CompetitionFolder
 from comp.errors import CompError
 from comp.metrics import HIGHER_IS_BETTER
 from comp.predictions import PredictionSet, read_table
@@ -17,7 +17,7 @@ from comp.predictions import PredictionSet, read_table
 LEADERBOARD_METRICS = ["accuracy", "macro_f1", "balanced_accuracy", "auc", "log_loss"]
 
 
-def submission_frame(competition: Competition, predictions: PredictionSet) -> pd.DataFrame:
+def submission_frame(competition: CompetitionFolder, predictions: PredictionSet) -> pd.DataFrame:
     """The submission: the sample's ids and column names verbatim, and either labels or
     class probabilities, joined to the test predictions by id (never by position).
 
@@ -75,7 +75,7 @@ class SubmissionTarget:
 
     folder: Path
     experiment: str
-    competition: Competition
+    competition: CompetitionFolder
     metric: str
     rank_by: str | None = None
 

@@ -13,7 +13,7 @@ from sklearn.model_selection import ParameterGrid
 from comp.config import load_config
 from comp.data.views import dihedral_view
 from comp.errors import CompError
-from comp.models.classic import HEADS, view_average_proba
+from comp.models.heads import HEADS, view_average_proba
 from comp.models.registry import get_backbone
 from comp.models.spec import auto_size, make_classic_spec
 from comp.training.classic import HeadRows, depth_column_sets, fit_classic

@@ -24,10 +24,10 @@ def _error(capsys) -> str:
 def limit_spent_at_start(monkeypatch):
     """The stage's clock starts 5 s before the stage, so a 1 s time_limit is spent before
     the first unit whatever the machine's speed."""
-    import comp.log
+    from comp.deadline import stage_started
 
     monkeypatch.setattr("comp.run.stage_started",
-                        lambda when: comp.log.stage_started(None if when is None else when - 5))
+                        lambda when: stage_started(None if when is None else when - 5))
 
 
 def test_time_limit_holds_for_stage_train_alone(tmp_path, competition, comp_caplog,

@@ -1,7 +1,7 @@
 """Read and validate a competition folder (see README: train.csv + train/, test/, ...).
 
 Validation happens here, once, at the edge: every problem is a CompError naming the
-file and what to do. Inner code trusts a `Competition`.
+file and what to do. Inner code trusts a `CompetitionFolder`.
 
 Kaggle CSVs are read as they come: the id and label columns are found by name (or set
 with data.id_column / data.label_column), ids may omit the file extension, labels may
@@ -46,7 +46,7 @@ SPLITS = ("train", "test", "unlabeled")
 
 
 @dataclass(frozen=True)
-class Competition:
+class CompetitionFolder:
     """A validated competition folder.
 
     `train` has columns id, label, path, hash; `test` (in sample-submission order) has
@@ -78,7 +78,7 @@ class Competition:
 
 def read_competition(root: str | Path, id_column: str | None = None,
                      label_column: str | None = None,
-                     pixel_dir: Path | None = None) -> Competition:
+                     pixel_dir: Path | None = None) -> CompetitionFolder:
     """Read `root` as a competition folder; raise CompError on the first problem.
 
     `id_column` / `label_column` name train.csv's columns (None: found by name).
@@ -114,7 +114,7 @@ def read_competition(root: str | Path, id_column: str | None = None,
     for frame in (train, test, unlabeled):
         if "hash" not in frame:
             frame["hash"] = content_hashes(frame["path"].tolist()) if len(frame) else []
-    return Competition(root, classes, train, test, unlabeled, columns, submits_labels)
+    return CompetitionFolder(root, classes, train, test, unlabeled, columns, submits_labels)
 
 
 def check_id(image_id: object, source: str) -> str:

@@ -11,7 +11,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from comp.artifacts import fingerprint, read_json, write_csv, write_json
-from comp.data.folder import SPLITS, Competition, read_competition
+from comp.data.folder import SPLITS, CompetitionFolder, read_competition
 from comp.data.folds import duplicate_groups, make_folds, perceptual_hashes, repeat_column
 from comp.data.images import Decoding, cached_images
 from comp.errors import CompError
@@ -26,7 +26,7 @@ HASH_SIZE = 64  # images are hashed at 64 px: enough for a 32x32 perceptual hash
 class Prepared:
     """A validated competition and its folds."""
 
-    competition: Competition
+    competition: CompetitionFolder
     folds: pd.DataFrame  # id, label, fold, group[, fold_r1, ...], in train.csv order
     run: RunDir
     decoding: Decoding = Decoding(40_000_000)
@@ -97,7 +97,7 @@ def decoding(cfg: DictConfig) -> Decoding:
                     None if value_range is None else tuple(float(v) for v in value_range))
 
 
-def load_competition(cfg: DictConfig) -> Competition:
+def load_competition(cfg: DictConfig) -> CompetitionFolder:
     """The competition folder of `cfg` (data.dir, data.id_column, data.label_column); a
     pixel-CSV competition's images are written into the run directory's cache."""
     return read_competition(cfg.data.dir, cfg.data.get("id_column"),
@@ -121,7 +121,7 @@ def hashes_csv(run: RunDir) -> Path:
     return run.hashes_csv
 
 
-def _write_hashes(run: RunDir, competition: Competition) -> None:
+def _write_hashes(run: RunDir, competition: CompetitionFolder) -> None:
     write_csv(hashes_csv(run), pd.concat(
         [competition.frame(s)[["id", "hash"]].assign(split=s) for s in SPLITS]
     )[["split", "id", "hash"]])
@@ -181,7 +181,7 @@ def _fold_settings(cfg: DictConfig) -> dict:
             "max_distance": cfg.data.dedup_max_distance, "repeats": int(cfg.data.repeats)}
 
 
-def _recorded_folds(cfg: DictConfig, competition: Competition, run: RunDir) -> pd.DataFrame:
+def _recorded_folds(cfg: DictConfig, competition: CompetitionFolder, run: RunDir) -> pd.DataFrame:
     """folds.csv of an earlier prepare, checked to be made from the same training data
     with the same settings (else a CompError); what changed in the other splits is said
     and recorded."""
@@ -207,7 +207,7 @@ def _recorded_folds(cfg: DictConfig, competition: Competition, run: RunDir) -> p
     return folds
 
 
-def _write_folds(cfg: DictConfig, competition: Competition, run: RunDir,
+def _write_folds(cfg: DictConfig, competition: CompetitionFolder, run: RunDir,
                  train_images: np.ndarray) -> pd.DataFrame:
     """New folds of the training images (near-duplicates kept in one fold with
     data.dedup), written with hashes.csv and data.json."""
@@ -236,7 +236,7 @@ def _write_folds(cfg: DictConfig, competition: Competition, run: RunDir,
     return folds
 
 
-def _data_summary(cfg: DictConfig, competition: Competition, folds: pd.DataFrame,
+def _data_summary(cfg: DictConfig, competition: CompetitionFolder, folds: pd.DataFrame,
                   settings: dict) -> dict:
     """data.json: what the folds were made from and with, and the data's counts."""
     train = competition.train
@@ -258,7 +258,7 @@ def _with_repeats(settings: dict | None) -> dict | None:
     return settings if settings is None else {"repeats": 1, **settings}
 
 
-def _note_changes(recorded: dict, competition: Competition, run: RunDir) -> None:
+def _note_changes(recorded: dict, competition: CompetitionFolder, run: RunDir) -> None:
     """Say, in one line, which splits other than train changed since the last run (what
     depends on them is recomputed), and record the new keys."""
     keys = {split: competition.split_key(split) for split in SPLITS}

@@ -240,7 +240,7 @@ def make_classic_spec(cfg: DictConfig, entry: str, folds_key: str,
                       pseudo: dict | None = None, native: int | None = None) -> ClassicSpec:
     """The spec of a `classic.models` entry `<part>[+<part>...]+<head>` under `cfg`."""
     from comp.errors import CompError
-    from comp.models.classic import get_head
+    from comp.models.heads import get_head
     from comp.training.embeddings import COLOR, COLOR_SIZE, PIXELS, depth_names
 
     features, _, head = entry.rpartition("+")

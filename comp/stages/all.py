@@ -5,8 +5,8 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from comp.data.prepared import prepare
+from comp.deadline import Deadline
 from comp.errors import CompError
-from comp.log import Deadline
 from comp.pseudo_files import make_pseudo_labels
 from comp.rounds import train_round
 from comp.stages import ensemble, report, submit

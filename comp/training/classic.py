@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_limits
 from comp.artifacts import atomic_path
 from comp.data.folder import SPLITS
 from comp.data.views import TTA_VIEWS
-from comp.models.classic import (
+from comp.models.heads import (
     GridAverage,
     fit_weight_param,
     get_head,

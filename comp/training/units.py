@@ -43,7 +43,7 @@ class TrainOptions:
     """How comp.training.trainer.train_spec runs a model's units: `folds` (None: every
     unit), each unit's pseudo-labelled rows (`pseudo_for_fold(unit, featured)`, None: no
     pseudo-labels), TensorBoard logs or not, and the run's `deadline` (a
-    comp.log.Deadline; None: no limit)."""
+    comp.deadline.Deadline; None: no limit)."""
 
     pseudo_for_fold: Callable | None = None
     folds: list[int] | None = None
