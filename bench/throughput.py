@@ -1,0 +1,113 @@
+"""Forward-pass throughput of a backbone on this CPU under the knobs issue 24 names.
+
+usage: python bench/throughput.py [--size 224] [--images 1024] [--backbone mobilenet_025]
+       python bench/throughput.py --smoke      (32 px, 16 images: seconds, for CI)
+The same random-init network (no top, average pooling, a 4-class softmax) on the same
+random images, timed per setting after a warm-up call, each in a fresh subprocess so
+threading and dtype policies never leak from one row into the next:
+- Keras `predict_on_batch` (what comp's feature pass calls) at batch 32, 128 and 256;
+- a `tf.function` of the model call, without and with XLA (`jit_compile=True`);
+- the `mixed_bfloat16` policy (this CPU has AVX512_BF16 and AMX where the flags say so);
+- TensorFlow's inter-/intra-op thread counts (0 = TensorFlow's choice).
+Against the FLOP bound: a float32 matrix product's GFLOP/s on every core, and the network's
+FLOP per image from its layers' shapes (bench/inference.py's `model_flops`). Prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+SETTINGS = [  # (name, call, batch, policy, inter, intra)
+    ("predict_on_batch", "keras", 32, "float32", 0, 0),
+    ("predict_on_batch", "keras", 128, "float32", 0, 0),
+    ("predict_on_batch", "keras", 256, "float32", 0, 0),
+    ("tf.function", "function", 32, "float32", 0, 0),
+    ("tf.function", "function", 128, "float32", 0, 0),
+    ("tf.function + XLA", "xla", 128, "float32", 0, 0),
+    ("predict_on_batch", "keras", 128, "mixed_bfloat16", 0, 0),
+    ("tf.function", "function", 128, "mixed_bfloat16", 0, 0),
+    ("predict_on_batch, 1 inter / 2 intra", "keras", 128, "float32", 1, 2),
+    ("predict_on_batch, 2 inter / 1 intra", "keras", 128, "float32", 2, 1),
+]
+
+
+def measure(backbone: str, size: int, n_images: int, call: str, batch: int, policy: str,
+            inter: int, intra: int) -> dict:
+    """Views per second of one setting (run inside its own process)."""
+    import numpy as np
+    import tensorflow as tf
+
+    tf.config.threading.set_inter_op_parallelism_threads(inter)
+    tf.config.threading.set_intra_op_parallelism_threads(intra)
+    import keras
+
+    from bench.inference import model_flops
+    from comp.models.registry import get_backbone
+
+    keras.mixed_precision.set_global_policy(policy)
+    base = get_backbone(backbone).constructor(input_shape=(size, size, 3), weights=None)
+    inputs = keras.Input((size, size, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(base(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(4, activation="softmax",
+                                                   dtype="float32")(pooled))
+    images = np.random.default_rng(0).uniform(-1, 1, (n_images, size, size, 3)).astype("f4")
+    if call == "keras":
+        run = model.predict_on_batch
+    else:
+        compiled = tf.function(lambda x: model(x, training=False), jit_compile=call == "xla")
+        run = lambda x: compiled(tf.constant(x)).numpy()  # noqa: E731
+    run(images[:batch])  # warm-up: tracing, compilation
+    started = time.time()
+    for start in range(0, n_images, batch):
+        np.asarray(run(images[start:start + batch]))
+    seconds = time.time() - started
+    return {"views_per_s": n_images / seconds, "flops": model_flops(model)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--images", type=int, default=1024)
+    parser.add_argument("--backbone", default="mobilenet_025")
+    parser.add_argument("--smoke", action="store_true", help="32 px, 16 images (CI)")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # a setting, as JSON (internal)
+    args = parser.parse_args()
+    size, n_images = (32, 16) if args.smoke else (args.size, args.images)
+    if args.one:
+        print(json.dumps(measure(args.backbone, size, n_images, *json.loads(args.one))))
+        return
+    from bench.inference import matmul_gflops
+
+    gflops = matmul_gflops(256 if args.smoke else 2048)
+    rows = []
+    # the smoke mode runs one setting of each kind: keras, tf.function, XLA, bfloat16
+    settings = [SETTINGS[i] for i in (0, 3, 5, 6)] if args.smoke else SETTINGS
+    for name, call, batch, policy, inter, intra in settings:
+        argv = [sys.executable, __file__, "--one", json.dumps([call, batch, policy, inter, intra]),
+                "--backbone", args.backbone, "--size", str(size), "--images", str(n_images)]
+        done = subprocess.run(argv, capture_output=True, text=True, check=True)
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        bound = gflops * 1e9 / result["flops"]
+        rows.append((name, batch, policy, result["views_per_s"], result["views_per_s"] / bound,
+                     result["flops"]))
+    flops = rows[0][5]
+    print(f"\n{args.backbone} at {size} px, {n_images} random images, random init"
+          f"{' (smoke: not a measurement)' if args.smoke else ''}; FLOP bound: float32 matmul "
+          f"{gflops:.0f} GFLOP/s / {flops / 1e6:.1f} MFLOP per view = "
+          f"{gflops * 1e9 / flops:.0f} views/s\n")
+    print("| setting | batch | policy | views/s | share of the FLOP bound |")
+    print("|---|---|---|---|---|")
+    for name, batch, policy, speed, share, _ in rows:
+        print(f"| {name} | {batch} | {policy} | {speed:.0f} | {share:.1%} |")
+
+
+if __name__ == "__main__":
+    main()
