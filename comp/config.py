@@ -20,6 +20,7 @@ import tokenize
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -471,7 +472,10 @@ def close_key(key: str) -> str | None:
     return close[0] if close else None
 
 
+@cache
 def _register() -> None:
+    """Put the schema into Hydra's ConfigStore and `${comp_demo:}` into OmegaConf, once
+    a process (both are registries of the libraries, not comp's)."""
     ConfigStore.instance().store(name="comp_schema", node=Config)
     OmegaConf.register_new_resolver("comp_demo", lambda: str(DEMO_DIR), replace=True)
 

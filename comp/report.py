@@ -5,37 +5,40 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from PIL import Image
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from PIL import Image  # noqa: E402
-from sklearn.calibration import calibration_curve  # noqa: E402
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support  # noqa: E402
-
-from comp.artifacts import atomic_path, read_json, write_text  # noqa: E402
-from comp.predictions import (  # noqa: E402
+from comp.artifacts import atomic_path, read_json, write_text
+from comp.predictions import (
     class_indices,
     is_ensemble,
     prob_columns,
     read_prediction_set,
     read_table,
 )
-from comp.workspace import RunDir  # noqa: E402
+from comp.workspace import RunDir
 
 
 def _save(fig, target: Path) -> str:
+    """Write `fig` as a PNG (matplotlib's Agg renderer: a plain Figure needs no backend,
+    so importing comp never sets matplotlib's global one)."""
     with atomic_path(target, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    if fig.canvas.manager is not None:  # a pyplot figure (Optuna's plots): let it go
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
     return target.name
 
 
 def learning_curves(model_dir: Path, out: Path) -> str:
     """Loss, validation AUC and learning rate per epoch, one line per fold."""
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3))
+    fig = Figure(figsize=(12, 3))
+    axes = fig.subplots(1, 3)
     for history_csv in sorted(model_dir.glob("fold*/history.csv")):
         history = read_table(history_csv)
         label = history_csv.parent.name
@@ -56,7 +59,8 @@ def confusion_and_scores(oof: pd.DataFrame, classes: list[str], name: str, out: 
     probs = oof[prob_columns(classes)].to_numpy()
     predicted = probs.argmax(1)
     matrix = confusion_matrix(y, predicted, labels=range(len(classes)))
-    fig, ax = plt.subplots(figsize=(4.5, 4))
+    fig = Figure(figsize=(4.5, 4))
+    ax = fig.subplots()
     ax.imshow(matrix, cmap="Blues")
     for (i, j), value in np.ndenumerate(matrix):
         ax.text(j, i, str(value), ha="center", va="center")
@@ -66,7 +70,8 @@ def confusion_and_scores(oof: pd.DataFrame, classes: list[str], name: str, out: 
     ax.set_ylabel("true")
     ax.set_title(f"OOF confusion: {name}")
     confusion_png = _save(fig, out / f"confusion_{name}.png")
-    fig, ax = plt.subplots(figsize=(4, 4))
+    fig = Figure(figsize=(4, 4))
+    ax = fig.subplots()
     correct = (predicted == y).astype(int)
     frac, mean = calibration_curve(correct, probs.max(1), n_bins=8, strategy="quantile")
     ax.plot([0, 1], [0, 1], "k--", lw=1)
@@ -125,13 +130,16 @@ def optuna_plots(storage_url: str, out: Path) -> list[str]:
                 ax = ovm.plot_param_importances(study)
                 pngs.append(_save(ax.figure, out / f"optuna_importance_{summary.study_name}.png"))
             except (ValueError, RuntimeError):  # too few distinct values to rank
+                import matplotlib.pyplot as plt
+
                 plt.close("all")
     return pngs
 
 
 def bar_chart(values: dict, title: str, target: Path) -> str:
     """A simple bar chart PNG of {label: value}."""
-    fig, ax = plt.subplots(figsize=(6, 3))
+    fig = Figure(figsize=(6, 3))
+    ax = fig.subplots()
     ax.bar(list(map(str, values)), list(values.values()))
     ax.set_title(title)
     ax.tick_params(axis="x", rotation=30)
