@@ -429,6 +429,17 @@ class Config:
 _OVERRIDABLE_SECTIONS = {"model": ModelConfig, "train": TrainConfig, "augment": AugmentConfig}
 
 
+def schema_fields(cls: type, prefix: str = "") -> Iterator[tuple[str, type, dataclasses.Field]]:
+    """Every leaf key of the schema `cls`, in declaration order: (dotted key, the dataclass
+    that declares it, its field)."""
+    for item in dataclasses.fields(cls):
+        factory = item.default_factory
+        if isinstance(factory, type) and dataclasses.is_dataclass(factory):
+            yield from schema_fields(factory, f"{prefix}{item.name}.")
+        else:
+            yield prefix + item.name, cls, item
+
+
 def key_descriptions() -> dict[str, str]:
     """Every key of the schema (dotted, in declaration order) and what it does: the
     comment beside its field above, or else the comment lines just above the field
@@ -451,19 +462,10 @@ def key_descriptions() -> dict[str, str]:
             line -= 1
         return " ".join(above)
 
-    def walk(cls: type, prefix: str) -> dict[str, str]:
-        nodes = {n.target.id: n for n in classes[cls.__name__].body
-                 if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
-        found = {}
-        for item in dataclasses.fields(cls):
-            factory = item.default_factory
-            if isinstance(factory, type) and dataclasses.is_dataclass(factory):
-                found.update(walk(factory, f"{prefix}{item.name}."))
-            else:
-                found[prefix + item.name] = describe(nodes[item.name])
-        return found
-
-    return walk(Config, "")
+    nodes = {(cls.name, n.target.id): n for cls in classes.values() for n in cls.body
+             if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+    return {key: describe(nodes[owner.__name__, item.name])
+            for key, owner, item in schema_fields(Config)}
 
 
 def close_key(key: str) -> str | None:
@@ -538,19 +540,10 @@ def load_config(overrides: list[str], config_dir=CONFIG_DIR) -> DictConfig:
     return cfg
 
 
-def _constraints(cls: type, prefix: str = "") -> dict[str, Constraint]:
-    found = {}
-    for item in dataclasses.fields(cls):
-        factory = item.default_factory
-        if isinstance(factory, type) and dataclasses.is_dataclass(factory):
-            found.update(_constraints(factory, f"{prefix}{item.name}."))
-        elif item.metadata.get("allowed") is not None:
-            found[prefix + item.name] = item.metadata["allowed"]
-    return found
-
-
 # every key's rule, from the `setting(..., allowed)` beside its field
-CONSTRAINTS: dict[str, Constraint] = _constraints(Config)
+CONSTRAINTS: dict[str, Constraint] = {
+    key: item.metadata["allowed"] for key, _, item in schema_fields(Config)
+    if item.metadata.get("allowed") is not None}
 _PER_BACKBONE = tuple(f"{section}." for section in _OVERRIDABLE_SECTIONS)
 
 
