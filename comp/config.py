@@ -53,7 +53,7 @@ from comp.ensemble import METHODS
 from comp.errors import CompError
 from comp.log import PROGRESS_MODES
 from comp.metrics import HIGHER_IS_BETTER, TUNING_METRICS
-from comp.pseudo import POOL_SPLITS
+from comp.pseudo import POOL_SPLITS, TEACHERS
 from comp.training.compute import DISTRIBUTE, JIT_COMPILE, PRECISIONS
 from comp.training.optimizers import OPTIMIZERS
 from comp.training.schedules import SCHEDULES
@@ -267,6 +267,11 @@ class PseudoConfig:
     temperature: float = setting(1.0, POSITIVE)  # sharpening of soft targets: p ** (1 / T)
     weight: float = setting(0.5, Interval(0, None))  # sample weight of a pseudo-labelled image
     voters: list[str] = field(default_factory=list)  # backbones that vote; empty: all
+    # selected: per unit, the voter or ensemble of voters (ensemble.methods) best by
+    # submit.rank_by on the OOF rows outside the unit's validation rows, as the nested
+    # selection would pick it; mean: the plain mean of the voters' probabilities
+    teacher: str = setting(  # what labels the pool: the selected entry or the voters' mean
+        "selected", Options(*TEACHERS))
     truth: str | None = setting(  # optional CSV id,label of the unlabeled images, to score
         None, ExistingFile())
 

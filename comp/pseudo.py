@@ -16,17 +16,20 @@ if TYPE_CHECKING:
     import pandas as pd
 
 POOL_SPLITS = ("unlabeled", "test")  # pseudo.splits: the splits pseudo-labels may come from
+TEACHERS = ("selected", "mean")  # pseudo.teacher (comp.pseudo_files.Teacher)
 
 
 @dataclass(frozen=True)
 class Votes:
-    """The `voters`' (model ids) mean class probabilities `probs` (N, C) on the pool
-    images: image i is `ids[i]` of split `splits[i]`."""
+    """The teacher's class probabilities `probs` (N, C) on the pool images: image i is
+    `ids[i]` of split `splits[i]`. `voters` are the model ids behind them and `teacher`
+    names what combined them (a model id, `mean` or `ensemble-<method>`)."""
 
     ids: list[str]
     splits: list[str]
     probs: np.ndarray
     voters: list[str]
+    teacher: str = "mean"
 
 
 def sharpen(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -83,7 +86,7 @@ def select_by_quota(probs: np.ndarray, prior: np.ndarray, fraction: float,
 def pseudo_table(votes: Votes, classes: list[str], picked: np.ndarray, soft: bool,
                  temperature: float) -> pd.DataFrame:
     """The fold's pseudo-label file of the `picked` rows of `votes`: id, split, label,
-    p_<class>..., confidence, sources (the voters).
+    p_<class>..., confidence, sources (the voters behind the teacher).
 
     The p_ columns are the training targets: one-hot for hard labels, the (sharpened)
     vote for soft ones.

@@ -1,10 +1,15 @@
 """Pseudo-label files of a round, per unit, from the previous round's models of that unit.
 
 A unit is a fold of one repeat (unit u = repeat * K + fold; the folds with
-data.repeats=1). The votes of unit u's round r-1 models (which never saw unit u's
-validation images) on the pool splits are selected by the rules of comp.pseudo and
-written to pseudo/round<r>/fold<u>.csv with a summary.json; pool images that are
-near-duplicates of unit u's validation images are left out of unit u's file.
+data.repeats=1). Unit u's teacher is built from its round r-1 models (which never saw
+unit u's validation images): by default (`pseudo.teacher=selected`) the entry that the
+nested selection would pick for it, i.e. the voter or ensemble of voters
+(`ensemble.methods`) best by `submit.rank_by` on the OOF rows outside unit u's
+validation rows (a learned ensemble is fitted, and scored nested, on those rows only);
+`mean` is the plain mean of the voters. The teacher's probabilities on the pool splits
+are selected by the rules of comp.pseudo and written to pseudo/round<r>/fold<u>.csv
+with a summary.json; pool images that are near-duplicates of unit u's validation images
+are left out of unit u's file.
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from comp.artifacts import read_json, write_csv, write_json
 from comp.data.prepared import Prepared
+from comp.ensemble import METHODS, fit_method, nested_predictions
 from comp.errors import CompError
 from comp.log import get_logger
-from comp.predictions import read_table
+from comp.predictions import prob_columns, read_prediction_set, read_table
 from comp.pseudo import Votes, pseudo_table, select_by_quota, select_pseudo_labels
 from comp.rounds import specs_for_round
+from comp.selection import best_entry, metric_value, ranking_metric
 from comp.training.trainer import fold_done, split_keys
 
 
@@ -28,7 +35,8 @@ def make_pseudo_labels(cfg: DictConfig, prepared: Prepared, round_: int) -> dict
     rules = cfg.pseudo
     voter_ids = _voter_ids(cfg, prepared, round_)
     run, classes = prepared.run, prepared.competition.classes
-    settings = _round_settings(rules, voter_ids, prepared)
+    teacher = Teacher.of(cfg, prepared, voter_ids)
+    settings = _round_settings(rules, teacher, prepared)
     summary_path = run.pseudo_dir(round_) / "summary.json"
     if summary_path.exists() and read_json(summary_path).get("settings") == settings:
         return read_json(summary_path)  # same voters and rules: the files stand
@@ -37,14 +45,80 @@ def make_pseudo_labels(cfg: DictConfig, prepared: Prepared, round_: int) -> dict
     per_fold = {}
     twins = pool_twins(cfg, prepared, list(rules.splits))
     for fold in range(prepared.n_units):
-        table = _unit_table(prepared, rules, voter_ids, fold, twins)
+        votes = teacher.votes(fold, list(rules.splits))
+        table = _unit_table(prepared, rules, votes, fold, twins)
         write_csv(run.pseudo_csv(round_, fold), table)
-        per_fold[fold] = _fold_summary(table, classes, truth)
+        per_fold[fold] = {**_fold_summary(table, classes, truth), "teacher": votes.teacher}
     summary = {"round": round_, "settings": settings, "folds": per_fold,
                "labelled_counts": dict(zip(classes, counts.tolist(), strict=True))}
     write_json(summary_path, summary)
     _log_round(round_, voter_ids, per_fold)
     return summary
+
+
+class Teacher:
+    """What labels the pool for each unit: the plain mean of the voters' unit models, or
+    (`selected`) the entry the nested selection picks for the unit (module docstring)."""
+
+    def __init__(self, prepared: Prepared, voter_ids: list[str], rule: str, rank_by: str,
+                 methods: list[str], seed: int = 0):
+        self.prepared, self.voter_ids, self.rule = prepared, voter_ids, rule
+        self.rank_by, self.seed = rank_by, seed
+        self.methods = [m for m in methods if METHODS[m].labels]
+        self.oof = _voter_oof(prepared, voter_ids) if rule == "selected" else None
+
+    @classmethod
+    def of(cls, cfg: DictConfig, prepared: Prepared, voter_ids: list[str]) -> Teacher:
+        """The teacher `cfg.pseudo.teacher` describes, over `voter_ids`."""
+        return cls(prepared, voter_ids, cfg.pseudo.teacher,
+                   ranking_metric(cfg.submit.metric, cfg.submit.rank_by),
+                   list(cfg.ensemble.methods), int(cfg.tune.seed))
+
+    def settings(self) -> dict:
+        """What the teacher's votes depend on besides the voters and the pool."""
+        if self.rule != "selected":
+            return {"teacher": self.rule}
+        return {"teacher": self.rule, "rank_by": self.rank_by, "methods": self.methods}
+
+    def votes(self, unit: int, splits: list[str]) -> Votes:
+        """The teacher's probabilities for unit `unit` on the pool `splits`."""
+        classes = self.prepared.competition.classes
+        ids, names, pool = _pool_probs(self.prepared.run, self.voter_ids, unit, splits,
+                                       classes)
+        if self.rule != "selected" or len(self.voter_ids) < 2:
+            return Votes(ids, names, pool.mean(axis=0), self.voter_ids, "mean"
+                         if len(self.voter_ids) > 1 else self.voter_ids[0])
+        candidates = self._candidates(unit, pool)
+        y, rows = self.prepared.labels, ~self.prepared.unit_val_mask(unit)
+        best = best_entry({name: {self.rank_by: metric_value(self.rank_by, y[rows], oof,
+                                                             classes)}
+                           for name, (oof, _) in candidates.items()}, self.rank_by)
+        voters = [best] if best in self.voter_ids else self.voter_ids
+        return Votes(ids, names, candidates[best][1], voters, best)
+
+    def _candidates(self, unit: int, pool: np.ndarray) -> dict[str, tuple]:
+        """name -> (OOF on the rows outside unit `unit`'s validation rows, its pool
+        probabilities): each voter, and each ensemble method over them, fitted on those
+        rows and scored nested over their folds (the unit's repeat's other folds)."""
+        prepared = self.prepared
+        rows = ~prepared.unit_val_mask(unit)
+        oof, y = self.oof[:, rows], prepared.labels[rows]
+        inner = prepared.folds[prepared.unit_fold_column(unit)].to_numpy()[rows]
+        out = {name: (oof[i], pool[i]) for i, name in enumerate(self.voter_ids)}
+        for name in self.methods:
+            method = METHODS[name]
+            state = fit_method(method, oof, y, self.seed + unit)
+            out[f"ensemble-{name}"] = (nested_predictions(method, oof, y, inner, self.seed),
+                                       method.apply(pool, state))
+        return out
+
+
+def _voter_oof(prepared: Prepared, voter_ids: list[str]) -> np.ndarray:
+    """(M, N, C) OOF probabilities of the voters, in folds.csv order."""
+    ids = prepared.folds["id"].tolist()
+    columns = prob_columns(prepared.competition.classes)
+    return np.stack([read_prediction_set(prepared.run.preds_dir(m)).oof.set_index("id")
+                     .loc[ids, columns].to_numpy(dtype=float) for m in voter_ids])
 
 
 def _voter_ids(cfg: DictConfig, prepared: Prepared, round_: int) -> list[str]:
@@ -66,21 +140,21 @@ def _voter_ids(cfg: DictConfig, prepared: Prepared, round_: int) -> list[str]:
     return voter_ids
 
 
-def _round_settings(rules, voter_ids: list[str], prepared: Prepared) -> dict:
-    """What a round's files depend on: its voters, the rules and the pool images."""
+def _round_settings(rules, teacher: Teacher, prepared: Prepared) -> dict:
+    """What a round's files depend on: its voters and teacher, the rules and the pool
+    images."""
     plain = OmegaConf.to_container(rules)
-    return {"voters": voter_ids, **{k: plain[k] for k in (
+    return {"voters": teacher.voter_ids, **teacher.settings(), **{k: plain[k] for k in (
         "splits", "rule", "fraction", "min_confidence", "threshold", "top_fraction",
         "class_cap", "soft", "temperature")}, "twins": "excluded",
         "pool": {s: prepared.split_key(s) for s in rules.splits}}
 
 
-def _unit_table(prepared: Prepared, rules, voter_ids: list[str], unit: int,
+def _unit_table(prepared: Prepared, rules, votes: Votes, unit: int,
                 twins: dict[str, list[int]]) -> pd.DataFrame:
-    """Unit `unit`'s pseudo-label table: what the rules pick from its voters' votes, less
-    the pool images that are near-duplicates of its validation images (`twins`)."""
+    """Unit `unit`'s pseudo-label table: what the rules pick from its teacher's `votes`,
+    less the pool images that are near-duplicates of its validation images (`twins`)."""
     classes = prepared.competition.classes
-    votes = _vote(prepared.run, voter_ids, unit, list(rules.splits), classes)
     held = prepared.unit_val_mask(unit)
     unit_counts = pd.Series(~held).groupby(prepared.folds["label"].to_numpy()).sum()
     picked = _pick(rules, votes.probs,
@@ -106,26 +180,33 @@ def _pick(rules, probs: np.ndarray, counts: np.ndarray) -> np.ndarray:
 def _log_round(round_: int, voter_ids: list[str], per_fold: dict) -> None:
     chosen = pd.DataFrame({k: v["per_class"] for k, v in per_fold.items()}).mean(axis=1)
     scored = [v["accuracy_vs_truth"] for v in per_fold.values() if "accuracy_vs_truth" in v]
+    teachers = pd.Series([v["teacher"] for v in per_fold.values()]).value_counts()
     get_logger().info(
-        "pseudo: round %d, %d voter model(s); mean chosen per unit: %s; mean confidence %.3f%s",
-        round_, len(voter_ids), ", ".join(f"{c} {n:.1f}" for c, n in chosen.items()),
+        "pseudo: round %d, %d voter model(s), teacher %s; mean chosen per unit: %s; "
+        "mean confidence %.3f%s", round_, len(voter_ids),
+        ", ".join(f"{name} ({n} unit{'s' if n > 1 else ''})" for name, n in teachers.items()),
+        ", ".join(f"{c} {n:.1f}" for c, n in chosen.items()),
         float(np.mean([v["mean_confidence"] for v in per_fold.values()])),
         f"; accuracy vs truth {np.nanmean(scored):.3f}" if scored else "",
     )
 
 
-def _vote(run, voter_ids, fold, splits, classes) -> Votes:
-    """Mean probabilities of the voters' unit-`fold` models on the pseudo splits."""
-    columns = [f"p_{c}" for c in classes]
-    ids, names, total = [], [], None
+def _pool_probs(run, voter_ids: list[str], unit: int, splits: list[str],
+                classes: list[str]) -> tuple[list[str], list[str], np.ndarray]:
+    """The pool images' ids and splits, and each voter's unit-`unit` probabilities on
+    them: (M, P, C)."""
+    columns = prob_columns(classes)
+    ids, names, probs = [], [], []
     for model_id in voter_ids:
-        frames = [read_table(run.fold_dir(model_id, fold) / f"{s}.csv").assign(split=s)
+        frames = [read_table(run.fold_dir(model_id, unit) / f"{s}.csv").assign(split=s)
                   for s in splits]
         frame = pd.concat(frames, ignore_index=True)
-        probs = frame[columns].to_numpy()
-        total = probs if total is None else total + probs
+        if probs and frame["id"].tolist() != ids:
+            raise CompError(f"{run.fold_dir(model_id, unit)}: its pool predictions list "
+                            "other images than the other voters'; delete it and rerun")
+        probs.append(frame[columns].to_numpy(dtype=float))
         ids, names = frame["id"].tolist(), frame["split"].tolist()
-    return Votes(ids, names, total / len(voter_ids), voter_ids)
+    return ids, names, np.stack(probs)
 
 
 def _truth(path: str | None) -> dict | None:

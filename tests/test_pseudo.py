@@ -111,3 +111,74 @@ def test_ids_that_read_as_missing_stay_ids_through_a_pseudo_label_round(tmp_path
     submission = pd.read_csv(tmp_path / "submissions" / "tiny" / board.loc[0, "file"], dtype=str,
                              keep_default_na=False)
     assert submission["id"].tolist() == ids and {"NA", "nan"} <= set(ids)
+
+
+def _teacher_run(tmp_path, voters: dict[str, np.ndarray]):
+    """A Prepared of 8 labelled rows in 2 folds (2 classes) whose run directory holds
+    each voter's finished prediction set (OOF `voters[name]`) and unit pool files: on
+    unit u every voter gives unlabeled image `u` the probabilities [0.9, 0.1] if its name
+    sorts first, else [0.1, 0.9]."""
+    from types import SimpleNamespace
+
+    from comp.data.prepared import Prepared
+    from comp.predictions import probs_frame, write_prediction_set
+    from comp.workspace import RunDir
+
+    classes = ["x", "y"]
+    ids = [f"i{k}" for k in range(8)]
+    folds = pd.DataFrame({"id": ids, "label": ["x", "y"] * 4, "fold": [0] * 4 + [1] * 4,
+                          "group": range(8)})
+    run = RunDir(tmp_path / "run")
+    for rank, (name, oof) in enumerate(sorted(voters.items())):
+        write_prediction_set(run.preds_dir(name),
+                             probs_frame(ids, oof, classes, fold=folds.fold, label=folds.label),
+                             probs_frame([], np.zeros((0, 2)), classes), classes, {})
+        for unit in (0, 1):
+            folder = run.fold_dir(name, unit)
+            folder.mkdir(parents=True)
+            pool = [[0.9, 0.1]] if rank == 0 else [[0.1, 0.9]]
+            probs_frame([f"u{unit}"], np.array(pool), classes).to_csv(
+                folder / "unlabeled.csv", index=False)
+    competition = SimpleNamespace(classes=classes)
+    return Prepared(competition, folds, run)
+
+
+def test_the_selected_teacher_of_a_unit_is_chosen_on_the_other_units_rows_only(tmp_path):
+    from comp.pseudo_files import Teacher
+
+    right = np.eye(2)[[0, 1] * 4] * 0.8 + 0.1  # every row right, probability 0.9
+    # "a" is right on fold 0 and wrong on fold 1; "b" the other way round: a unit's own
+    # validation rows would pick the voter that is right on them, the other fold's rows
+    # pick the other one
+    a, b = right.copy(), right.copy()
+    a[4:] = a[4:, ::-1]
+    b[:4] = b[:4, ::-1]
+    prepared = _teacher_run(tmp_path, {"a": a, "b": b})
+    teacher = Teacher(prepared, ["a", "b"], "selected", "accuracy", ["mean"])
+    unit0, unit1 = teacher.votes(0, ["unlabeled"]), teacher.votes(1, ["unlabeled"])
+    assert (unit0.teacher, unit1.teacher) == ("b", "a")
+    assert unit0.voters == ["b"] and unit0.ids == ["u0"] and unit0.splits == ["unlabeled"]
+    assert unit0.probs.tolist() == [[0.1, 0.9]]  # b's unit-0 pool file
+    assert unit1.probs.tolist() == [[0.9, 0.1]]  # a's unit-1 pool file
+    mean = Teacher(prepared, ["a", "b"], "mean", "accuracy", ["mean"]).votes(0, ["unlabeled"])
+    assert mean.teacher == "mean" and mean.probs == pytest.approx(np.array([[0.5, 0.5]]))
+
+
+def test_an_ensemble_teacher_when_it_beats_every_voter_on_the_other_rows(tmp_path):
+    from comp.pseudo_files import Teacher
+
+    y = np.array([0, 1] * 4)
+    # each voter is wrong on a different half of every fold; their mean is right everywhere
+    a = np.full((8, 2), 0.1)
+    a[np.arange(8), y] = 0.9
+    b = a.copy()
+    wrong_a, wrong_b = [0, 4], [1, 5]
+    a[wrong_a] = [[0.4, 0.6], [0.4, 0.6]]  # wrong, unsure
+    b[wrong_b] = [[0.6, 0.4], [0.6, 0.4]]
+    prepared = _teacher_run(tmp_path, {"a": a, "b": b})
+    votes = Teacher(prepared, ["a", "b"], "selected", "accuracy", ["mean"]).votes(
+        0, ["unlabeled"])
+    assert votes.teacher == "ensemble-mean" and votes.voters == ["a", "b"]
+    assert votes.probs == pytest.approx(np.array([[0.5, 0.5]]))
+    singles = Teacher(prepared, ["a", "b"], "selected", "accuracy", []).votes(0, ["unlabeled"])
+    assert singles.teacher in ("a", "b")  # no ensemble method: a voter alone
