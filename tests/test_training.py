@@ -152,3 +152,20 @@ def test_warmup_adamw_and_ema_train_and_end_with_the_average():
     np.testing.assert_allclose(history["lr"].tolist()[:3], [0.05 / 3, 0.05 * 2 / 3, 0.05],
                                rtol=1e-6)
     assert best == len(history) - 1 and history["val_auc"].iloc[-1] > 0.6
+
+
+def test_learning_curves_use_the_first_view_alone_unless_they_choose_the_epoch():
+    from dataclasses import replace
+
+    from comp.training.callbacks import predict_views
+
+    data = replace(_data(views=2), tta_views=[0, 1])
+    last = replace(data, stop_rows=None, stop_labels=None)  # epoch_choice=last
+    for fold, views in ((last, [0]), (data, [0, 1])):
+        model = _model()
+        history, _ = fit_fold(model, fold, {**TRAIN, "epochs": 2}, seed=0)
+        probs = predict_views(model, fold.features, views, fold.val_rows)
+        assert history["val_auc"].iloc[-1] == macro_auc(fold.val_labels, probs)
+        other = predict_views(model, fold.features, [0, 1] if views == [0] else [0],
+                              fold.val_rows)
+        assert macro_auc(fold.val_labels, other) != macro_auc(fold.val_labels, probs)

@@ -379,8 +379,9 @@ def collect_predictions(spec: ModelSpec, prepared, info: dict) -> dict:
     if all(optimistic):  # fine-tuned units: each scored fold at its own best epoch too
         sizes = [prepared.unit_val_mask(u).sum() for u in range(prepared.n_units)]
         extra["cv_optimistic"] = {
-            "note": "each unit at the epoch best on its own validation rows (not honest); "
-                    "mean over units weighted by their sizes",
+            "note": "each unit at the epoch best on its own validation rows (not honest; "
+                    "scored on the first TTA view where epoch_choice=last); mean over "
+                    "units weighted by their sizes",
             **{k: float(np.average([o[k] for o in optimistic], weights=sizes))
                for k in ("accuracy", "macro_f1", "auc")}}
     return write_prediction_set(
