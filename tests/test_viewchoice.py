@@ -38,7 +38,27 @@ def test_orientation_labels_keep_the_image_alone_and_invariant_ones_all_views():
     oriented = probe_descriptors(_views(_images(labels, oriented=True)))
     invariant = probe_descriptors(_views(_images(labels, oriented=False)))
     views = list(range(8))
-    assert choose_views(oriented, views, views, labels, None, seed=0) == IDENTITY
-    assert choose_views(invariant, views, views, labels, None, seed=0) == ALL
+    arms = {ALL: (views, views), IDENTITY: ([0], [0])}
+    assert choose_views(oriented, arms, labels, None, seed=0) == IDENTITY
+    assert choose_views(invariant, arms, labels, None, seed=0) == ALL
     # one training view: nothing to choose
-    assert choose_views(oriented, [0], [0], labels, None, seed=0) == ALL
+    same = {ALL: ([0], [0]), IDENTITY: ([0], [0])}
+    assert choose_views(oriented, same, labels, None, seed=0) == ALL
+
+
+def test_random_views_keep_the_orientation_and_follow_their_strengths():
+    from comp.data.views import Jitter, random_views
+
+    images = _images(np.repeat([0, 1], 4), oriented=True)  # a bright bar at top or bottom
+    for jitter in (Jitter(), Jitter(shift=0.1, rotation=0.03, zoom=0.1, brightness=0.1,
+                                    contrast=0.1)):
+        for view in random_views(images, 3, jitter, seed=0):
+            top = view[:, :4].mean(axis=(1, 2, 3))
+            bottom = view[:, 12:].mean(axis=(1, 2, 3))
+            # no flip or half turn: the bar stays where it was
+            assert ((top > bottom) == (np.arange(8) < 4)).all()
+    plain = random_views(images, 1, Jitter(), seed=0)[0]
+    assert (plain == images).all()  # no strength: the image as it is
+    moved = random_views(images, 1, Jitter(shift=0.2), seed=0)[0]
+    assert not (moved == images).all()
+    assert Jitter.of({"shift": 0.1, "rotation": 0.05, "other": 1}) == Jitter(0.1, 0.05)

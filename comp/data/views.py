@@ -1,11 +1,15 @@
 """Augmentation views: the 8 flips/90-degree rotations, and seeded random views.
 
 View index v < 8 is the dihedral transform rot90(k = v % 4) followed by a horizontal
-flip when v >= 4. Indices from 8 on are random views (rotation, zoom, brightness,
-contrast, made with Keras preprocessing layers).
+flip when v >= 4. Indices from 8 on are random views (small shifts, turns and zooms,
+brightness and contrast, made with Keras preprocessing layers). Random views keep the
+image's orientation: flips and quarter turns are the dihedral views' part, which a unit
+uses only where they help (comp.training.viewchoice), since a 6 turned is a 9.
 """
 
 from __future__ import annotations
+
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -21,29 +25,53 @@ def dihedral_view(images: np.ndarray, view: int) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def random_views(
-    images: np.ndarray, count: int, rotation: float, zoom: float, brightness: float,
-    contrast: float, seed: int,
-) -> list[np.ndarray]:
-    """`count` randomly augmented copies of `images` (uint8), reproducible by `seed`.
+@dataclass(frozen=True)
+class Jitter:
+    """Strengths of the random views (augment.shift, rotation, zoom, brightness and
+    contrast; 0 leaves that layer out): a shift as a fraction of the side, a turn as a
+    fraction of a full turn, zoom, brightness and contrast as Keras's factors."""
 
-    Why seven parameters: the four strengths are the independent augment.rotation,
-    zoom, brightness and contrast settings (0 leaves that layer out), passed as numbers
-    so this module reads no config."""
+    shift: float = 0.0
+    rotation: float = 0.0
+    zoom: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+
+    @classmethod
+    def of(cls, augment: dict) -> Jitter:
+        """The strengths of an `augment` config section."""
+        return cls(**{key: float(augment.get(key, 0.0)) for key in cls.__dataclass_fields__})
+
+    def identity(self) -> dict:
+        """What the random views depend on (for cache keys)."""
+        return asdict(self)
+
+    def layers(self, seed: int) -> list:
+        """The Keras preprocessing layers of these strengths, seeded."""
+        from keras import layers
+
+        out = []
+        if self.shift > 0:
+            out.append(layers.RandomTranslation(self.shift, self.shift, fill_mode="reflect",
+                                                seed=seed))
+        if self.rotation > 0:
+            out.append(layers.RandomRotation(self.rotation, fill_mode="reflect", seed=seed + 1))
+        if self.zoom > 0:
+            out.append(layers.RandomZoom(self.zoom, fill_mode="reflect", seed=seed + 2))
+        if self.brightness > 0:
+            out.append(layers.RandomBrightness(self.brightness, value_range=(0, 255),
+                                               seed=seed + 3))
+        if self.contrast > 0:
+            out.append(layers.RandomContrast(self.contrast, seed=seed + 4))
+        return out
+
+
+def random_views(images: np.ndarray, count: int, jitter: Jitter, seed: int) -> list[np.ndarray]:
+    """`count` randomly augmented copies of `images` (uint8) under `jitter`, reproducible
+    by `seed`; each keeps the image's orientation (no flips, small turns only)."""
     import keras
 
-    layers = [keras.layers.RandomFlip("horizontal_and_vertical", seed=seed)]
-    if rotation > 0:
-        layers.append(keras.layers.RandomRotation(rotation, fill_mode="reflect", seed=seed + 1))
-    if zoom > 0:
-        layers.append(keras.layers.RandomZoom(zoom, fill_mode="reflect", seed=seed + 2))
-    if brightness > 0:
-        layers.append(
-            keras.layers.RandomBrightness(brightness, value_range=(0, 255), seed=seed + 3)
-        )
-    if contrast > 0:
-        layers.append(keras.layers.RandomContrast(contrast, seed=seed + 4))
-    augment = keras.Sequential(layers)
+    augment = keras.Sequential(jitter.layers(seed) or [keras.layers.Identity()])
     views = []
     for _ in range(count):
         batches = [

@@ -19,7 +19,7 @@ import numpy as np
 
 from comp import __version__
 from comp.artifacts import atomic_path, fingerprint, read_json, write_json
-from comp.data.views import DIHEDRAL, TTA_VIEWS, dihedral_view, random_views
+from comp.data.views import DIHEDRAL, TTA_VIEWS, Jitter, dihedral_view, random_views
 from comp.log import progress, unit_done
 
 
@@ -68,8 +68,8 @@ class Encoder:
 @dataclass(frozen=True)
 class ViewSet:
     """The views of every image to compute, in order: the dihedral views `views`, then
-    `n_random` random views drawn with `augment`'s strengths (rotation, zoom, brightness,
-    contrast) from `seed`."""
+    `n_random` random views drawn with `augment`'s strengths (comp.data.views.Jitter)
+    from `seed`."""
 
     views: tuple[int, ...]
     n_random: int = 0
@@ -85,8 +85,8 @@ class ViewSet:
         """What the random views depend on (None: there are none)."""
         if not self.n_random:
             return None
-        return {k: self.augment[k] for k in ("rotation", "zoom", "brightness", "contrast")} | {
-            "count": self.n_random, "seed": self.seed}
+        return Jitter.of(self.augment).identity() | {"count": self.n_random, "seed": self.seed,
+                                                      "orientation": "kept"}
 
 
 @dataclass(frozen=True)
@@ -133,9 +133,7 @@ def compute_features(images: np.ndarray, encoder: Encoder, views: ViewSet,
     images (read batch by batch from their cache file) nor the features are mapped into
     this process while they are computed.
     """
-    augment = views.augment or {}
-    extra = (random_views(images, views.n_random, augment["rotation"], augment["zoom"],
-                          augment["brightness"], augment["contrast"], views.seed)
+    extra = (random_views(images, views.n_random, Jitter.of(views.augment or {}), views.seed)
              if views.n_random else [])
     sources = [("view", v) for v in views.views] + [("random", i) for i in range(views.n_random)]
     total = len(sources) * max(1, int(np.ceil(len(images) / batch_size)))

@@ -102,7 +102,8 @@ class RowSplit:
 def fold_data(featured: FeaturedModel, spec: ModelSpec, split: RowSplit,
               pseudo: PseudoRows | None = None, views: str = ALL) -> FoldData:
     """The training rows of `split` (+ pseudo rows) and its validation rows; `views`
-    IDENTITY trains and validates on the image alone (comp.training.viewchoice).
+    IDENTITY trains on the image alone (and its random views) and validates on the image
+    alone (comp.training.viewchoice).
 
     `train.epoch_choice` says which rows choose the epoch: `last` (default) none (the
     last epoch is kept), `inner` an inner stratified group holdout of `rows`
@@ -128,10 +129,7 @@ def fold_data(featured: FeaturedModel, spec: ModelSpec, split: RowSplit,
         targets = np.concatenate([targets, pseudo.targets])
         soft_class = pseudo.targets.argmax(1)
         weights = np.concatenate([weights, pseudo.weights * per_class[soft_class]])
-    train_views, tta_views = plan.train_positions(spec.augment["dihedral"]), \
-        plan.tta_positions("train")
-    if views == IDENTITY:
-        train_views, tta_views = [0], [0]
+    train_views, tta_views = view_arms(plan, spec.augment)[views]
     return FoldData(featured.features["train"], train_views, rows, targets[rows],
                     weights[rows], val, labels[val], tta_views, pseudo_features, stop,
                     None if stop is None else labels[stop])
@@ -140,17 +138,24 @@ def fold_data(featured: FeaturedModel, spec: ModelSpec, split: RowSplit,
 def unit_views(featured: FeaturedModel, spec: ModelSpec, labels: np.ndarray,
                rows: np.ndarray, groups: np.ndarray | None, max_rows: int = 2000) -> str:
     """ALL or IDENTITY for one unit (`augment.choose_views`; ALL when it is off or
-    the model has one view): decided on the unit's training `rows` alone."""
-    plan = featured.plan
-    train_views = plan.train_positions(spec.augment["dihedral"])
-    if not spec.augment.get("choose_views") or len(train_views) < 2:
+    there is nothing to choose): decided on the unit's training `rows` alone."""
+    arms = view_arms(featured.plan, spec.augment)
+    if not spec.augment.get("choose_views") or arms[ALL] == arms[IDENTITY]:
         return ALL
     if len(rows) > max_rows:  # a stratified sample is enough for a linear probe
         rows = np.sort(np.random.default_rng(spec.train["seed"]).choice(rows, max_rows,
                                                                          replace=False))
     descriptors = unit_descriptors(featured.features["train"], rows)
-    return choose_views(descriptors, train_views, plan.tta_positions("train"), labels[rows],
+    return choose_views(descriptors, arms, labels[rows],
                         None if groups is None else groups[rows], spec.train["seed"])
+
+
+def view_arms(plan: ViewPlan, augment: dict) -> dict[str, tuple[list[int], list[int]]]:
+    """Per view choice, the positions on the train split's views axis that train and
+    that validate: ALL the configured views (dihedral where augment.dihedral, random
+    views) and TTA; IDENTITY the image and its random views, validated on the image."""
+    return {ALL: (plan.train_positions(augment["dihedral"]), plan.tta_positions("train")),
+            IDENTITY: (plan.train_positions(False), [0])}
 
 
 def split_positions(plan: ViewPlan, split: str, views: str) -> list[int]:

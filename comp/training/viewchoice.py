@@ -4,9 +4,10 @@ Some labels survive a flip or a quarter turn (a cell is a cell), others do not (
 is a 9). As the classic heads do, an inner stratified group K-fold of the unit's training
 rows decides, on cheap descriptors of the cached features (block means that keep the
 layout), whether a linear probe trained on all views and averaged over the TTA views
-beats one trained and predicting on the image alone. The unit's validation rows play no
-part, so its score stays honest. The choice is recorded in the unit's metrics.json
-(`views`), which prediction and export read.
+beats one trained and predicting on the image alone (with its orientation-keeping random
+views, where there are any). The unit's validation rows play no part, so its score stays
+honest. The choice is recorded in the unit's metrics.json (`views`), which prediction and
+export read.
 """
 
 from __future__ import annotations
@@ -45,10 +46,11 @@ def unit_descriptors(features: np.ndarray, rows: np.ndarray, chunk: int = 256) -
     return np.concatenate(parts, axis=1)
 
 
-def choose_views(descriptors: np.ndarray, train_views: list[int], tta_views: list[int],
+def choose_views(descriptors: np.ndarray, arms: dict[str, tuple[list[int], list[int]]],
                  labels: np.ndarray, groups: np.ndarray | None, seed: int) -> str:
     """ALL or IDENTITY for (V, n, D) `descriptors` of a unit's training rows: the one
-    with the lower inner-CV log loss (ties: ALL). View position 0 is the image itself."""
+    with the lower inner-CV log loss (ties: ALL). `arms` gives each its (training view
+    positions, prediction view positions); position 0 is the image itself."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
     from sklearn.model_selection import StratifiedGroupKFold
@@ -57,15 +59,14 @@ def choose_views(descriptors: np.ndarray, train_views: list[int], tta_views: lis
 
     counts = np.bincount(labels)
     n_splits = min(INNER_FOLDS, int(counts[counts > 0].min()))
-    if n_splits < 2 or len(train_views) < 2:
+    if n_splits < 2 or set(arms[ALL][0]) == set(arms[IDENTITY][0]):
         return ALL
     groups = np.arange(len(labels)) if groups is None else groups
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     classes = np.unique(labels)
     losses = {ALL: 0.0, IDENTITY: 0.0}
     for fit, held in splitter.split(descriptors[0], labels, groups):
-        for choice, fit_views, predict_views in ((ALL, train_views, tta_views),
-                                                 (IDENTITY, [0], [0])):
+        for choice, (fit_views, predict_views) in arms.items():
             model = make_pipeline(StandardScaler(),
                                   LogisticRegression(C=0.1, max_iter=500))
             x = np.concatenate([descriptors[v, fit] for v in fit_views])
