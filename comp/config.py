@@ -159,6 +159,11 @@ class TrainConfig:
     epochs: int = setting(40, Int(1))  # epochs per fold
     patience: int = setting(12, Int(0))  # early stopping on the epoch-choosing rows (inner, outer)
     batch_size: int = setting(32, Int(1))  # images per training batch
+    # where the training rows make more batches than this, an epoch is this many batches
+    # of a fresh random draw of them, so the schedule (in epochs) and a fold's time stay
+    # bounded as the data grows; None: every row once an epoch
+    max_batches: int | None = setting(  # at most this many batches an epoch; None: no cap
+        None, Optional(Int(1)))
     class_weight: str = setting(  # balanced: weight classes by inverse frequency; none
         "balanced", Options("balanced", "none"))
     label_smoothing: float = setting(  # label smoothing of the cross-entropy loss

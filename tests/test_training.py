@@ -169,3 +169,22 @@ def test_learning_curves_use_the_first_view_alone_unless_they_choose_the_epoch()
         other = predict_views(model, fold.features, [0, 1] if views == [0] else [0],
                               fold.val_rows)
         assert macro_auc(fold.val_labels, other) != macro_auc(fold.val_labels, probs)
+
+
+def test_max_batches_caps_an_epoch_and_draws_fresh_rows_across_epochs():
+    from comp.training.fit import epoch_batches
+
+    assert epoch_batches(60, 16, None) is None  # no cap: one pass (4 batches)
+    assert epoch_batches(60, 16, 4) is None  # the pass fits in the cap
+    assert epoch_batches(60, 16, 2) == 2
+    data = _data(n=60)
+    last = {**TRAIN, "epochs": 3, "max_batches": 2}
+    model = _model()
+    fit_fold(model, FoldData(data.features, data.train_views, data.rows, data.targets,
+                             data.weights, data.val_rows, data.val_labels, [0]), last, seed=0)
+    assert int(model.optimizer.iterations) == 3 * 2  # 2 batches an epoch, 3 epochs
+    plain = _model()
+    fit_fold(plain, FoldData(data.features, data.train_views, data.rows, data.targets,
+                             data.weights, data.val_rows, data.val_labels, [0]),
+             {**last, "max_batches": None}, seed=0)
+    assert int(plain.optimizer.iterations) == 3 * 4  # every row once an epoch

@@ -22,7 +22,9 @@ class ModelSpec:
 
     `model_id` = backbone + a hash of backbone, input size, weight file identity, the
     model/train/augment settings, the folds and the pseudo-label source: two settings
-    never share a folder, and unchanged settings find their finished folds again.
+    never share a folder, and unchanged settings find their finished folds again. A
+    setting at None (off, or automatic) is left out of the hash, so a key added later
+    with a None default keeps the ids, and the finished folds, of existing models.
     """
 
     backbone: str
@@ -39,10 +41,13 @@ class ModelSpec:
 
     @property
     def model_id(self) -> str:
-        return f"{self.backbone}-{fingerprint(self.identity())}"
+        hashed = self.identity()
+        for section in ("model", "train", "augment"):
+            hashed[section] = {k: v for k, v in hashed[section].items() if v is not None}
+        return f"{self.backbone}-{fingerprint(hashed)}"
 
     def identity(self) -> dict:
-        """The settings hashed into the model id."""
+        """The settings that make the model id (those at None are not hashed)."""
         identity = {
             "backbone": self.backbone, "image_size": self.image_size,
             "weights": self.weights.identity, "model": self.model, "train": self.train,

@@ -118,9 +118,14 @@ def fit_fold(model, data: FoldData, train: dict, seed: int,
             jit_compile=jit,
         )
         stopper = _early_stopping(data, train)
+        dataset = training_dataset(data, train["batch_size"], seed)
+        steps = epoch_batches(len(data.rows), train["batch_size"], train.get("max_batches"))
+        if steps is not None:
+            dataset = dataset.repeat()  # an epoch is `steps` batches of a running draw
         result = model.fit(
-            training_dataset(data, train["batch_size"], seed),
+            dataset,
             epochs=train["epochs"],
+            steps_per_epoch=steps,
             shuffle=False,  # the dataset shuffles itself, seeded
             verbose=0,
             callbacks=_callbacks(data, train, on_epoch, log_dir, stopper),
@@ -129,6 +134,14 @@ def fit_fold(model, data: FoldData, train: dict, seed: int,
         history.insert(0, "epoch", np.arange(len(history)))
         best = len(history) - 1 if stopper is None else int(stopper.best_epoch)
         return history, best
+
+
+def epoch_batches(n_rows: int, batch_size: int, max_batches: int | None) -> int | None:
+    """The batches of a capped epoch (train.max_batches), or None where every row fits in
+    at most `max_batches` batches (an epoch is then one pass over the rows)."""
+    if max_batches is None or -(-n_rows // batch_size) <= max_batches:
+        return None
+    return max_batches
 
 
 def _early_stopping(data: FoldData, train: dict) -> keras.callbacks.EarlyStopping | None:
