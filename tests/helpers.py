@@ -65,8 +65,8 @@ def make_competition(root: Path, per_class: dict[str, int] | None = None, n_test
 
 def tiny_overrides(tmp_path: Path, data_dir: Path, **extra: str) -> list[str]:
     """Overrides for a fast run: small CNN at 32 px, 2 folds, 2 epochs, random init, and
-    stage=all without pseudo-label rounds, tuning or classic heads unless `extra` asks for
-    them."""
+    stage=all without pseudo-label rounds, tuning, classic heads or the Optuna ensemble
+    unless `extra` asks for them."""
     settings = {
         "data.dir": str(data_dir), "runs_dir": str(tmp_path / "runs"),
         "submissions_dir": str(tmp_path / "submissions"), "name": "tiny",
@@ -74,6 +74,7 @@ def tiny_overrides(tmp_path: Path, data_dir: Path, **extra: str) -> list[str]:
         "train.epochs": "2", "train.patience": "2", "train.batch_size": "8",
         "augment.tta": "flips", "quiet": "true", "pseudo.rounds": "0", "tune.n_trials": "0",
         "backbone_overrides.small_cnn.model.image_size": "32", "classic.models": "[]",
+        "ensemble.methods": "[mean]",
     }
     settings.update(extra)
     return [f"{k}={v}" for k, v in settings.items()]
