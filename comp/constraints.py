@@ -1,7 +1,7 @@
 """The rules a config value can follow, in the style of scikit-learn's
 `_parameter_constraints`: each field of `comp.config`'s schema names its rule beside it,
 
-    lr: float = setting(0.003, POSITIVE)  # initial learning rate
+    lr: float = setting(0.01, POSITIVE)  # initial learning rate
     optimizer: str = setting("sgd", Options("sgd", "adam", "adamw"))
 
 and `comp.config.validate` checks them all before any work, raising one `CompError` line
