@@ -2,24 +2,21 @@
 pseudo-labelled rows, and training them unit by unit (resumable).
 
 Round r >= 1: each unit u (fold of a repeat; the folds with data.repeats=1) adds the
-pseudo-labelled images of pseudo/round<r>/fold<u>.csv (written by comp.pseudo_files) to
+pseudo-labelled images of pseudo/round<r>/fold<u>.csv (written by comp.pseudo.files) to
 its training rows.
 """
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
 from omegaconf import DictConfig
 
-from comp.artifacts import fingerprint
 from comp.data.prepared import Prepared
 from comp.deadline import Deadline
 from comp.errors import CompError
 from comp.log import progress
 from comp.models.spec import ModelSpec, make_classic_spec, make_spec, native_side
-from comp.predictions import read_table
-from comp.training.trainer import PseudoRows, train_spec
+from comp.pseudo.rows import pseudo_identity, pseudo_loader
+from comp.training.trainer import train_spec
 from comp.training.units import TrainOptions
 
 
@@ -35,40 +32,6 @@ def specs_for_round(cfg: DictConfig, prepared: Prepared, round_: int) -> list[Mo
              for name in cfg.backbones]
             + [make_classic_spec(cfg, entry, prepared.folds_key, pseudo, native)
                for entry in cfg.classic.models])
-
-
-def pseudo_identity(cfg: DictConfig, prepared: Prepared, round_: int) -> dict:
-    """What a round's pseudo-labels add to a model id: the files' content and weight."""
-    paths = [prepared.run.pseudo_csv(round_, k) for k in range(prepared.n_units)]
-    missing = [p for p in paths if not p.exists()]
-    if missing:
-        raise CompError(f"{missing[0]}: no pseudo-labels for round {round_}; run stage=pseudo "
-                        f"pseudo.round={round_} first")
-    return {"round": round_, "weight": cfg.pseudo.weight,
-            "files": fingerprint([p.read_text() for p in paths])}
-
-
-def pseudo_loader(prepared: Prepared, round_: int, weight: float):
-    """unit, featured model -> PseudoRows of that unit's pseudo-label file."""
-    classes = prepared.competition.classes
-    frames = {"test": prepared.competition.test, "unlabeled": prepared.competition.unlabeled}
-
-    def load(fold: int, featured) -> PseudoRows:
-        table = read_table(prepared.run.pseudo_csv(round_, fold))
-        parts = []
-        for split, rows in table.groupby("split", sort=False):
-            position = {i: n for n, i in enumerate(frames[split]["id"])}
-            index = [position[i] for i in rows["id"]]
-            parts.append((featured.features[split][:, index], rows))
-        if not parts:
-            return PseudoRows(np.zeros((1, 0)), np.zeros((0, len(classes))), np.zeros(0))
-        features = np.concatenate([p[0] for p in parts], axis=1)
-        rows = pd.concat([p[1] for p in parts])
-        targets = rows[[f"p_{c}" for c in classes]].to_numpy(dtype=np.float32)
-        return PseudoRows(features, targets, np.full(len(rows), weight, dtype=np.float32),
-                          rows["id"].tolist())
-
-    return load
 
 
 def train_round(cfg: DictConfig, prepared: Prepared, round_: int,

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from comp.pseudo import Votes, pseudo_table, select_pseudo_labels, sharpen
+from comp.pseudo.rules import Votes, pseudo_table, select_pseudo_labels, sharpen
 from tests.helpers import P_COLS, leaderboard, run_comp, tiny_overrides
 
 PROBS = np.array([
@@ -144,7 +144,7 @@ def _teacher_run(tmp_path, voters: dict[str, np.ndarray]):
 
 
 def test_the_selected_teacher_of_a_unit_is_chosen_on_the_other_units_rows_only(tmp_path):
-    from comp.pseudo_files import Teacher
+    from comp.pseudo.teacher import Teacher
 
     right = np.eye(2)[[0, 1] * 4] * 0.8 + 0.1  # every row right, probability 0.9
     # "a" is right on fold 0 and wrong on fold 1; "b" the other way round: a unit's own
@@ -165,7 +165,7 @@ def test_the_selected_teacher_of_a_unit_is_chosen_on_the_other_units_rows_only(t
 
 
 def test_an_ensemble_teacher_when_it_beats_every_voter_on_the_other_rows(tmp_path):
-    from comp.pseudo_files import Teacher
+    from comp.pseudo.teacher import Teacher
 
     y = np.array([0, 1] * 4)
     # each voter is wrong on a different half of every fold; their mean is right everywhere

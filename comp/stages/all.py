@@ -7,7 +7,7 @@ from omegaconf import DictConfig
 from comp.data.prepared import prepare
 from comp.deadline import Deadline
 from comp.errors import CompError
-from comp.pseudo_files import make_pseudo_labels
+from comp.pseudo.files import make_pseudo_labels
 from comp.rounds import train_round
 from comp.stages import ensemble, report, submit
 from comp.tuning.search import tune_backbone, tuned_backbones

@@ -5,7 +5,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from comp.data.prepared import prepare
-from comp.pseudo_files import make_pseudo_labels
+from comp.pseudo.files import make_pseudo_labels
 
 
 def run(cfg: DictConfig) -> dict:

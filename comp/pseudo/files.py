@@ -1,13 +1,9 @@
 """Pseudo-label files of a round, per unit, from the previous round's models of that unit.
 
 A unit is a fold of one repeat (unit u = repeat * K + fold; the folds with
-data.repeats=1). Unit u's teacher is built from its round r-1 models (which never saw
-unit u's validation images): by default (`pseudo.teacher=selected`) the entry that the
-nested selection would pick for it, i.e. the voter or ensemble of voters
-(`ensemble.methods`) best by `submit.rank_by` on the OOF rows outside unit u's
-validation rows (a learned ensemble is fitted, and scored nested, on those rows only);
-`mean` is the plain mean of the voters. The teacher's probabilities on the pool splits
-are selected by the rules of comp.pseudo and written to pseudo/round<r>/fold<u>.csv
+data.repeats=1). Unit u's teacher (comp.pseudo.teacher) is built from its round r-1
+models, which never saw unit u's validation images; its probabilities on the pool splits
+are selected by the rules of comp.pseudo.rules and written to pseudo/round<r>/fold<u>.csv
 with a summary.json; pool images that are near-duplicates of unit u's validation images
 are left out of unit u's file.
 """
@@ -20,13 +16,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from comp.artifacts import read_json, write_csv, write_json
 from comp.data.prepared import Prepared
-from comp.ensemble import METHODS, fit_method, nested_predictions
 from comp.errors import CompError
 from comp.log import get_logger
-from comp.predictions import prob_columns, read_prediction_set, read_table
-from comp.pseudo import Votes, pseudo_table, select_by_quota, select_pseudo_labels
+from comp.predictions import read_table
+from comp.pseudo.rules import Votes, pseudo_table, select_by_quota, select_pseudo_labels
+from comp.pseudo.teacher import Teacher
 from comp.rounds import specs_for_round
-from comp.selection import best_entry, metric_value, ranking_metric
 from comp.training.trainer import fold_done, split_keys
 
 
@@ -54,71 +49,6 @@ def make_pseudo_labels(cfg: DictConfig, prepared: Prepared, round_: int) -> dict
     write_json(summary_path, summary)
     _log_round(round_, voter_ids, per_fold)
     return summary
-
-
-class Teacher:
-    """What labels the pool for each unit: the plain mean of the voters' unit models, or
-    (`selected`) the entry the nested selection picks for the unit (module docstring)."""
-
-    def __init__(self, prepared: Prepared, voter_ids: list[str], rule: str, rank_by: str,
-                 methods: list[str], seed: int = 0):
-        self.prepared, self.voter_ids, self.rule = prepared, voter_ids, rule
-        self.rank_by, self.seed = rank_by, seed
-        self.methods = [m for m in methods if METHODS[m].labels]
-        self.oof = _voter_oof(prepared, voter_ids) if rule == "selected" else None
-
-    @classmethod
-    def of(cls, cfg: DictConfig, prepared: Prepared, voter_ids: list[str]) -> Teacher:
-        """The teacher `cfg.pseudo.teacher` describes, over `voter_ids`."""
-        return cls(prepared, voter_ids, cfg.pseudo.teacher,
-                   ranking_metric(cfg.submit.metric, cfg.submit.rank_by),
-                   list(cfg.ensemble.methods), int(cfg.tune.seed))
-
-    def settings(self) -> dict:
-        """What the teacher's votes depend on besides the voters and the pool."""
-        if self.rule != "selected":
-            return {"teacher": self.rule}
-        return {"teacher": self.rule, "rank_by": self.rank_by, "methods": self.methods}
-
-    def votes(self, unit: int, splits: list[str]) -> Votes:
-        """The teacher's probabilities for unit `unit` on the pool `splits`."""
-        classes = self.prepared.competition.classes
-        ids, names, pool = _pool_probs(self.prepared.run, self.voter_ids, unit, splits,
-                                       classes)
-        if self.rule != "selected" or len(self.voter_ids) < 2:
-            return Votes(ids, names, pool.mean(axis=0), self.voter_ids, "mean"
-                         if len(self.voter_ids) > 1 else self.voter_ids[0])
-        candidates = self._candidates(unit, pool)
-        y, rows = self.prepared.labels, ~self.prepared.unit_val_mask(unit)
-        best = best_entry({name: {self.rank_by: metric_value(self.rank_by, y[rows], oof,
-                                                             classes)}
-                           for name, (oof, _) in candidates.items()}, self.rank_by)
-        voters = [best] if best in self.voter_ids else self.voter_ids
-        return Votes(ids, names, candidates[best][1], voters, best)
-
-    def _candidates(self, unit: int, pool: np.ndarray) -> dict[str, tuple]:
-        """name -> (OOF on the rows outside unit `unit`'s validation rows, its pool
-        probabilities): each voter, and each ensemble method over them, fitted on those
-        rows and scored nested over their folds (the unit's repeat's other folds)."""
-        prepared = self.prepared
-        rows = ~prepared.unit_val_mask(unit)
-        oof, y = self.oof[:, rows], prepared.labels[rows]
-        inner = prepared.folds[prepared.unit_fold_column(unit)].to_numpy()[rows]
-        out = {name: (oof[i], pool[i]) for i, name in enumerate(self.voter_ids)}
-        for name in self.methods:
-            method = METHODS[name]
-            state = fit_method(method, oof, y, self.seed + unit)
-            out[f"ensemble-{name}"] = (nested_predictions(method, oof, y, inner, self.seed),
-                                       method.apply(pool, state))
-        return out
-
-
-def _voter_oof(prepared: Prepared, voter_ids: list[str]) -> np.ndarray:
-    """(M, N, C) OOF probabilities of the voters, in folds.csv order."""
-    ids = prepared.folds["id"].tolist()
-    columns = prob_columns(prepared.competition.classes)
-    return np.stack([read_prediction_set(prepared.run.preds_dir(m)).oof.set_index("id")
-                     .loc[ids, columns].to_numpy(dtype=float) for m in voter_ids])
 
 
 def _voter_ids(cfg: DictConfig, prepared: Prepared, round_: int) -> list[str]:
@@ -189,24 +119,6 @@ def _log_round(round_: int, voter_ids: list[str], per_fold: dict) -> None:
         float(np.mean([v["mean_confidence"] for v in per_fold.values()])),
         f"; accuracy vs truth {np.nanmean(scored):.3f}" if scored else "",
     )
-
-
-def _pool_probs(run, voter_ids: list[str], unit: int, splits: list[str],
-                classes: list[str]) -> tuple[list[str], list[str], np.ndarray]:
-    """The pool images' ids and splits, and each voter's unit-`unit` probabilities on
-    them: (M, P, C)."""
-    columns = prob_columns(classes)
-    ids, names, probs = [], [], []
-    for model_id in voter_ids:
-        frames = [read_table(run.fold_dir(model_id, unit) / f"{s}.csv").assign(split=s)
-                  for s in splits]
-        frame = pd.concat(frames, ignore_index=True)
-        if probs and frame["id"].tolist() != ids:
-            raise CompError(f"{run.fold_dir(model_id, unit)}: its pool predictions list "
-                            "other images than the other voters'; delete it and rerun")
-        probs.append(frame[columns].to_numpy(dtype=float))
-        ids, names = frame["id"].tolist(), frame["split"].tolist()
-    return ids, names, np.stack(probs)
 
 
 def _truth(path: str | None) -> dict | None:

@@ -1,4 +1,4 @@
-"""Choose pseudo-labels for unlabeled (and, by option, test) images — per fold.
+"""The rules that choose pseudo-labels for unlabeled (and, by option, test) images — per fold.
 
 The pseudo-labels that train fold k of round r come only from the round r-1 models of
 fold k, whose training never saw fold k's validation images; so fold k's validation
@@ -15,8 +15,6 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
-POOL_SPLITS = ("unlabeled", "test")  # pseudo.splits: the splits pseudo-labels may come from
-TEACHERS = ("selected", "mean")  # pseudo.teacher (comp.pseudo_files.Teacher)
 
 
 @dataclass(frozen=True)
