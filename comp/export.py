@@ -29,7 +29,7 @@ from comp import __version__
 from comp.artifacts import ensure_free_space, file_sha256, read_json, write_json, write_text
 from comp.errors import CompError
 from comp.log import get_logger
-from comp.predictions import is_ensemble, is_keras_model
+from comp.predictions import current_sets, is_ensemble, is_keras_model
 from comp.selection import best_entry, ranking_metric
 from comp.training.features import is_identity_preprocess
 from comp.workspace import RunDir, run_dir
@@ -107,8 +107,9 @@ def export_choice(run: RunDir, metric: str) -> tuple[str, str | None]:
 
 
 def best_single_model(run: RunDir, metric: str) -> str:
-    """The finished single model with the best CV `metric`."""
-    sets = [read_json(p / "cv.json") for p in run.prediction_sets()]
+    """The finished fine-tuned model with the best CV `metric` (each model at its latest
+    pseudo-label round)."""
+    sets = [read_json(p / "cv.json") for p in current_sets(run.prediction_sets())]
     singles = [s for s in sets if is_keras_model(s) and s.get("model_id")]
     if not singles:
         raise CompError(f"{run.root}: no finished fine-tuned model to export; set backbones "

@@ -27,7 +27,7 @@ from comp.models.heads import view_average_proba
 from comp.models.registry import get_backbone
 from comp.models.spec import ClassicSpec, ModelSpec, spec_class
 from comp.models.weights import ResolvedWeights, resolve_weights
-from comp.predictions import is_ensemble, read_prediction_set
+from comp.predictions import current_sets, is_ensemble, read_prediction_set
 from comp.selection import best_entry
 from comp.training.compute import model_scope
 from comp.training.features import Encoder, ViewPlan, ViewSet, compute_features
@@ -89,9 +89,9 @@ def _cv_info(folder: Path, metric: str) -> dict:
 def best_prediction_set(run: RunDir, rank_by: str) -> str:
     """The name of the finished model or ensemble that stage=submit ranks first: the best
     CV `rank_by` score (comp.selection.ranking_metric) among those that give
-    probabilities."""
+    probabilities, each model at its latest pseudo-label round."""
     sets = {info.get("model_id") or info["name"]: info["cv"]
-            for info in (_cv_info(p, rank_by) for p in run.prediction_sets())
+            for info in (_cv_info(p, rank_by) for p in current_sets(run.prediction_sets()))
             if info.get("labels", True)}
     if not sets:
         raise CompError(f"{run.root}: no finished models; run stage=train first")

@@ -36,6 +36,34 @@ def is_keras_model(info: dict) -> bool:
     return not is_ensemble(info) and info.get("model_kind", "finetune") == "finetune"
 
 
+def superseded(infos: dict[str, dict]) -> set[str]:
+    """The entries (name -> cv.json) that a later pseudo-label round replaced: a single
+    model of round r whose `lineage` (the id its settings have without pseudo-labels) has
+    a finished model of a later round, and an ensemble with such a member. A round's
+    models are their teachers' successors: ensembles, ranking and the selection take the
+    latest round of each model, and the levers table compares the two."""
+    latest: dict[str, int] = {}
+    for name, info in infos.items():
+        if not is_ensemble(info):
+            lineage = info.get("lineage", name)
+            latest[lineage] = max(latest.get(lineage, 0), int(info.get("round", 0)))
+    old = {name for name, info in infos.items() if not is_ensemble(info)
+           and int(info.get("round", 0)) < latest[info.get("lineage", name)]}
+    return old | {name for name, info in infos.items()
+                  if is_ensemble(info) and set(info.get("models", [])) & old}
+
+
+def current_sets(folders: list[Path]) -> list[Path]:
+    """The finished prediction sets in `folders` that no later pseudo-label round
+    replaced (superseded)."""
+    infos = {folder: read_json(folder / "cv.json") for folder in folders}
+    named = {info.get("model_id") or info.get("name") or str(folder): info
+             for folder, info in infos.items()}
+    gone = superseded(named)
+    return [folder for folder, info in infos.items()
+            if (info.get("model_id") or info.get("name") or str(folder)) not in gone]
+
+
 def read_table(path: str | Path, text_columns: tuple[str, ...] = TEXT_COLUMNS) -> pd.DataFrame:
     """Read a CSV that comp wrote, values as written: ids, labels and other names stay
     text (`0000`, `1`, `True`, `NA` and `None` are not numbers, booleans or missing),

@@ -19,6 +19,7 @@ from comp.predictions import (
     prob_columns,
     read_prediction_set,
     read_table,
+    superseded,
 )
 from comp.workspace import RunDir
 
@@ -170,7 +171,9 @@ def lever_rows(entries: dict[str, dict], rank_by: str) -> pd.DataFrame:
     the lever's entries against the same selection without them (paired bootstrap
     standard errors). `entries`: name -> {"oof": frame, "classes": [...], "info": cv.json}.
     Levers: ensembling (ensembles vs single models), each pseudo-label round r (entries
-    of rounds <= r vs rounds < r), tuning (tuned vs untuned models)."""
+    of rounds <= r vs rounds < r, each model at its latest round there: a round's models
+    replace their teachers, comp.predictions.superseded), tuning (tuned vs untuned
+    models)."""
     from comp.selection import nested_selection, paired_difference
 
     if not entries:
@@ -183,15 +186,20 @@ def lever_rows(entries: dict[str, dict], rank_by: str) -> pd.DataFrame:
     probs = {name: e["oof"].set_index("id").loc[ids, prob_columns(classes)].to_numpy(float)
              for name, e in entries.items() if e["info"].get("labels", True)}
     info = {name: entries[name]["info"] for name in probs}
+
+    def current(keep) -> dict[str, np.ndarray]:
+        names = {n: i for n, i in info.items() if keep(i)}
+        gone = superseded(names)
+        return {n: probs[n] for n in names if n not in gone}
+
     rounds = sorted({int(i.get("round", 0)) for i in info.values()})
-    levers = [("ensembling", lambda i: True, lambda i: not is_ensemble(i))]
-    levers += [(f"pseudo-label round {r}", lambda i, r=r: int(i.get("round", 0)) <= r,
-                lambda i, r=r: int(i.get("round", 0)) < r) for r in rounds if r > 0]
-    levers.append(("tuning", lambda i: True, lambda i: not i.get("tuned", False)))
+    levers = [("ensembling", current(lambda i: True), current(lambda i: not is_ensemble(i)))]
+    levers += [(f"pseudo-label round {r}", current(lambda i, r=r: int(i.get("round", 0)) <= r),
+                current(lambda i, r=r: int(i.get("round", 0)) < r)) for r in rounds if r > 0]
+    levers.append(("tuning", current(lambda i: True),
+                   current(lambda i: not i.get("tuned", False))))
     rows = []
-    for lever, with_it, without_it in levers:
-        a = {n: p for n, p in probs.items() if with_it(info[n])}
-        b = {n: p for n, p in probs.items() if without_it(info[n])}
+    for lever, a, b in levers:
         if not b or set(a) == set(b):
             continue  # the run did not use this lever
         with_oof, _ = nested_selection(a, y, folds, rank_by, classes)
@@ -217,7 +225,7 @@ def build_report(run: RunDir, leaderboard: pd.DataFrame, paths: dict[str, str],
     sets = {p.name: p for p in run.single_sets()}
     ensembles = {f"ensemble-{p.name}": p for p in run.ensemble_sets()}
     sections = [*_leaderboard_section(leaderboard, metric, rank_by),
-                *_lever_section(leaderboard, {**sets, **ensembles}, rank_by),
+                *_lever_section({**sets, **ensembles}, rank_by),
                 *_oof_sections(leaderboard, sets, ensembles, paths, out),
                 *_curve_section(run, sets, out),
                 *_pseudo_sections(run, out),
@@ -235,23 +243,22 @@ def _leaderboard_section(leaderboard: pd.DataFrame, metric: str, rank_by: str) -
             "nested CV above chooses the same way.</p>"]
 
 
-def _lever_section(leaderboard: pd.DataFrame, folders: dict[str, Path],
-                   rank_by: str) -> list[str]:
-    """The levers table of the leaderboard's entries (`folders`: name -> prediction set)."""
-    on_board = set(leaderboard["name"]) if "name" in leaderboard else set()
+def _lever_section(folders: dict[str, Path], rank_by: str) -> list[str]:
+    """The levers table of the run's finished prediction sets (`folders`: name -> set)."""
     found = {}
     for name, folder in folders.items():
-        if name in on_board:
-            prediction = read_prediction_set(folder)
-            found[name] = {"oof": prediction.oof, "classes": prediction.classes,
-                           "info": prediction.info}
+        prediction = read_prediction_set(folder)
+        found[name] = {"oof": prediction.oof, "classes": prediction.classes,
+                       "info": prediction.info}
     levers = lever_rows(found, rank_by)
     if levers.empty:
         return []
     return ["<h2>Levers: what each gained on the same folds</h2>",
             "<p>The nested selection (rank 1 chosen on the other folds) with the "
             "lever's entries against the same selection without them; paired "
-            "bootstrap standard errors.</p>", levers.to_html(index=False)]
+            "bootstrap standard errors. A pseudo-label round's models replace their "
+            "earlier rounds' (the leaderboard ranks the latest).</p>",
+            levers.to_html(index=False)]
 
 
 def _oof_sections(leaderboard: pd.DataFrame, sets: dict[str, Path],

@@ -51,11 +51,11 @@ def test_round_trip_and_no_fold_sees_its_own_validation_images(tmp_path, trained
     run = tmp_path / "runs" / "tiny"
     folds = pd.read_csv(run / "folds.csv")
     board = leaderboard(tmp_path)
-    assert set(board.kind) == {"single", "ensemble"}  # two models: ensembled too
-    board = board[board.kind == "single"]
-    assert sorted(board["round"].tolist()) == [0, 1]  # both rounds side by side
-    round0 = board.loc[board["round"] == 0, "name"].item()
-    round1 = board.loc[board["round"] == 1, "name"].item()
+    # the round-1 model replaces its round-0 teacher: one model left, nothing to ensemble
+    assert board["kind"].tolist() == ["single"] and board["round"].tolist() == [1]
+    round1 = board["name"].item()
+    round0 = next(p.name for p in (run / "preds").iterdir() if p.name != round1)
+    assert json.loads((run / "preds" / round1 / "cv.json").read_text())["lineage"] == round0
     spec1 = json.loads((run / "models" / round1 / "spec.json").read_text())
     assert spec1["pseudo"]["round"] == 1
     for fold in (0, 1):

@@ -73,3 +73,47 @@ def test_log_loss_choice_is_steadier_than_accuracy_when_two_entries_tie():
     assert (unsure.argmax(1) == y).mean() == (sure_flipped.argmax(1) == y).mean()
     _, by_log_loss = nested_selection(entries, y, folds, "log_loss")
     assert set(by_log_loss.values()) == {"sure"}
+
+
+def test_a_later_pseudo_label_round_replaces_its_models_and_their_ensembles():
+    from comp.predictions import superseded
+
+    infos = {
+        "cnn-a": {"kind": "single", "round": 0, "lineage": "cnn-a"},
+        "cnn-b": {"kind": "single", "round": 1, "lineage": "cnn-a"},  # cnn-a, round 1
+        "head-c": {"kind": "single", "round": 0, "lineage": "head-c"},  # no round 1
+        "old-d": {"kind": "single", "round": 1},  # recorded before lineage: kept
+        "ensemble-mean-0": {"kind": "ensemble", "round": 0, "models": ["cnn-a", "head-c"]},
+        "ensemble-mean-1": {"kind": "ensemble", "round": 1, "models": ["cnn-b", "head-c"]},
+    }
+    assert superseded(infos) == {"cnn-a", "ensemble-mean-0"}
+    # among round-0 entries alone nothing is replaced
+    assert superseded({k: v for k, v in infos.items() if v["round"] == 0}) == set()
+
+
+def test_the_levers_table_compares_a_rounds_models_with_the_ones_they_replace():
+    import pandas as pd
+
+    from comp.report import lever_rows
+
+    classes = ["x", "y"]
+    y = np.array([0, 1] * 10)
+    folds = np.repeat(np.arange(5), 4)
+    right, wrong = np.eye(2)[y] * 0.8 + 0.1, np.eye(2)[1 - y] * 0.8 + 0.1
+
+    def entry(probs, **info):
+        oof = pd.DataFrame({"id": [f"i{k}" for k in range(20)], "fold": folds,
+                            "label": [classes[k] for k in y]})
+        oof[["p_x", "p_y"]] = probs
+        return {"oof": oof, "classes": classes, "info": {"kind": "single", **info}}
+
+    half = np.where((np.arange(20) < 10)[:, None], right, wrong)
+    entries = {"a0": entry(half, round=0, lineage="a0"),
+               "b0": entry(wrong, round=0, lineage="b0"),
+               "a1": entry(right, round=1, lineage="a0"),  # a0 retrained: right everywhere
+               "b1": entry(wrong, round=1, lineage="b0")}
+    rows = lever_rows(entries, "accuracy").set_index("lever")
+    row = rows.loc["pseudo-label round 1"]
+    # with the round: a1 and b1 (a0 and b0 replaced); without it: a0 and b0
+    assert (row["entries with"], row["entries without"]) == (2, 2)
+    assert row["gain accuracy"].startswith("+0.5000")

@@ -94,6 +94,12 @@ class ModelSpec:
                    {**(compute or {}), "precision": recorded.get("precision", "float32")})
 
 
+def lineage(spec: ModelSpec | ClassicSpec) -> str:
+    """The model id `spec`'s settings have without pseudo-labels: what a pseudo-label
+    round's model replaces (comp.predictions.superseded)."""
+    return replace(spec, pseudo=None).model_id
+
+
 def with_params(spec: ModelSpec, params: dict) -> ModelSpec:
     """`spec` with flat {"section.key": value} settings (model/train/augment) replaced."""
     sections = {name: copy.deepcopy(getattr(spec, name)) for name in ("model", "train", "augment")}

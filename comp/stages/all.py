@@ -7,6 +7,7 @@ from omegaconf import DictConfig
 from comp.data.prepared import prepare
 from comp.deadline import Deadline
 from comp.errors import CompError
+from comp.predictions import current_sets
 from comp.pseudo.files import make_pseudo_labels
 from comp.rounds import train_round
 from comp.stages import ensemble, report, submit
@@ -34,7 +35,7 @@ def run(cfg: DictConfig):
         tuned = cfg.copy()
         tuned.params, tuned.backbones = "best", chosen
         train_round(tuned, prepared, last, deadline)
-    if len(prepared.run.single_sets()) > 1 and cfg.ensemble.methods:
+    if len(current_sets(prepared.run.single_sets())) > 1 and cfg.ensemble.methods:
         ensemble.run(cfg)
     if deadline.reached and not prepared.run.prediction_sets():
         raise CompError(f"time_limit={cfg.time_limit} s was spent before any model finished "

@@ -20,6 +20,7 @@ from comp.predictions import (
     mark_unfinished,
     probs_frame,
     read_prediction_set,
+    superseded,
     write_prediction_set,
 )
 
@@ -53,7 +54,8 @@ def run(cfg: DictConfig) -> list[dict]:
 
 def _chosen_sets(cfg: DictConfig, run) -> list:
     """The run's finished single models' prediction sets that ensemble.members names (all
-    where it is empty); at least two."""
+    where it is empty), each model at its latest pseudo-label round unless named by its
+    id; at least two."""
     chosen = set(cfg.ensemble.members)
     sets = [read_prediction_set(p) for p in run.single_sets()]
     known = {s.info["model_id"] for s in sets} | {s.info.get("backbone") for s in sets}
@@ -61,8 +63,10 @@ def _chosen_sets(cfg: DictConfig, run) -> list:
     if unknown:
         raise CompError(f"config: ensemble.members has {unknown[0]!r}, neither a finished "
                         f"model id nor its backbone; finished: {sorted(known - {None})}")
-    sets = [s for s in sets if not chosen or s.info["model_id"] in chosen
-            or s.info.get("backbone") in chosen]
+    gone = superseded({s.info["model_id"]: s.info for s in sets})
+    sets = [s for s in sets if s.info["model_id"] in chosen
+            or (s.info["model_id"] not in gone
+                and (not chosen or s.info.get("backbone") in chosen))]
     if len(sets) < 2:
         raise CompError(f"{run.preds_root}: ensembling needs at least two finished models, "
                         f"found {len(sets)}; train more backbones or set ensemble.members")

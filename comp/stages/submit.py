@@ -1,5 +1,6 @@
 """stage=submit: a submission per finished model/ensemble in submissions/<name>/, ranked
-in its leaderboard.csv."""
+in its leaderboard.csv (each model at its latest pseudo-label round:
+comp.predictions.superseded)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from comp.artifacts import read_json, write_json
 from comp.data.prepared import load_competition
 from comp.errors import CompError
 from comp.log import get_logger
-from comp.predictions import is_ensemble, read_prediction_set
+from comp.predictions import current_sets, is_ensemble, read_prediction_set
 from comp.selection import leaderboard_uncertainty, ranking_metric, selection_headline
 from comp.submission import (
     SubmissionTarget,
@@ -23,9 +24,14 @@ from comp.workspace import leaderboard_path, run_dir, submissions_folder
 def run(cfg: DictConfig):
     """Write submissions for every finished prediction set of this experiment."""
     run = run_dir(cfg.runs_dir, cfg.name)
-    sets = run.prediction_sets()
-    if not sets:
+    finished = run.prediction_sets()
+    if not finished:
         raise CompError(f"{run.root}: no finished models to submit; run stage=train first")
+    sets = current_sets(finished)
+    if len(sets) < len(finished):
+        get_logger().info("submit: %d entries of earlier pseudo-label rounds are replaced by "
+                          "their later rounds' models (the report's levers table compares "
+                          "them)", len(finished) - len(sets))
     competition = load_competition(cfg)
     folder = submissions_folder(cfg.submissions_dir, cfg.name)
     metric = cfg.submit.metric

@@ -27,7 +27,7 @@ from comp.log import get_logger, progress, unit_done
 from comp.metrics import scores
 from comp.models.build import build_backbone, create_head, split_backbone, weight_bytes
 from comp.models.registry import get_backbone
-from comp.models.spec import ClassicSpec, ModelSpec
+from comp.models.spec import ClassicSpec, ModelSpec, lineage
 from comp.predictions import SINGLE, probs_frame, read_table, write_prediction_set
 from comp.training.callbacks import predict_views
 from comp.training.classic import ClassicFeatures, train_classic_fold
@@ -226,7 +226,7 @@ def train_spec(spec: ModelSpec, prepared, info: dict,
     done = [k for k in range(n_units) if fold_done(run.fold_dir(spec.model_id, k), splits)]
     if len(done) < n_units:
         return None
-    result = collect_predictions(spec, prepared, info)
+    result = collect_predictions(spec, prepared, {**info, "lineage": lineage(spec)})
     cv = result["cv"]
     repeats = f" x {prepared.n_repeats} repeats" if prepared.n_repeats > 1 else ""
     get_logger().info(
