@@ -30,7 +30,9 @@ def test_report_page_and_its_images(tmp_path, trained):
                    "Ensemble weights", "Tuning", "confusion_", "reliability_", "curves_"):
         assert needle in text, needle
     board = leaderboard(tmp_path)
-    assert len(board) == 7 and all(name in text for name in board.name)  # every entry shown
+    # round 1 replaces round 0: 2 backbones + the first one tuned + 2 ensembles
+    assert len(board) == 5 and all(name in text for name in board.name)  # every entry shown
+    assert set(board.loc[board.kind == "single", "round"]) == {1}
     assert "http://" not in text and "https://" not in text  # opens offline
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
