@@ -8,9 +8,12 @@ difference to the round-0 fine-tuned model.
         [--truth TEST_LABELS_CSV] [-- extra comp overrides]
 
 The table of the defaults ends with the ensembling lever (the selection among round-0
-entries with their ensembles against the selection among single models only).
+entries with their ensembles against the selection among single models only) and, where
+stage=all ran pseudo-label rounds (pseudo.rounds=1 by default), the rounds' lever: the
+selected pipeline against the selection among round-0 entries, on the same rows.
 --tuned N / --pseudo N then run stage=all again in the same run directory with
-tune.n_trials=N / pseudo.rounds=N (levers that are off by default): what the lever does
+tune.n_trials=N / pseudo.rounds=N (given last: it wins over `-- pseudo.rounds=0`,
+which makes the first run round 0 alone): what the lever does
 in stage=all, so its rows are on the same folds; then the table again with the lever's
 paired gain (the selected pipeline with the lever against the defaults' selected
 pipeline, same rows) and, for tuning, each tuned fine-tune against the untuned one.
@@ -127,6 +130,9 @@ def table(run: Path, truth: Path | None) -> pd.DataFrame:
         "ensembling (round 0 selected, with its ensembles - singles only)":
             ("round 0: selected (nested)", "round 0: selected among single models (nested)"),
     }
+    if any(e["info"].get("round", 0) > 0 for e in found):  # stage=all ran pseudo rounds
+        pairs["pseudo-label rounds (selected pipeline - round 0 selected)"] = (
+            "selected pipeline (nested)", "round 0: selected (nested)")
     for lever, (a, b) in pairs.items():
         for m in ("accuracy", "macro_f1"):
             diff, se = paired_difference(m, y, extra[a], extra[b])
@@ -186,7 +192,8 @@ def main() -> None:
         # of the chain here to fall out of step with it
         lever = (f"tune.n_trials={args.tuned}" if args.tuned else
                  f"pseudo.rounds={args.pseudo}" if args.pseudo else args.lever)
-        lever_wall, lever_peak = run_comp(["stage=all", lever, *base])
+        # last, so that it wins over the same key in `-- overrides`
+        lever_wall, lever_peak = run_comp(["stage=all", *base, lever])
         print(f"\nstage=all {lever} (after the defaults): {lever_wall:.0f} s wall, peak RSS "
               f"{lever_peak:.0f} MiB (children)")
         after = table(run, args.truth)

@@ -19,7 +19,7 @@ def load_levers():
 def test_tuned_runs_stage_all_again_with_trials_and_keeps_overrides(tmp_path, monkeypatch,
                                                                      capsys):
     # --tuned used to train params=best with pseudo.round=1 hard-coded, which fails when
-    # pseudo.rounds=0 (the default): no round-1 pseudo-labels; and `-- overrides` after
+    # pseudo.rounds=0: no round-1 pseudo-labels; and `-- overrides` after
     # the options were rejected by argparse
     levers = load_levers()
     calls = []
@@ -34,8 +34,8 @@ def test_tuned_runs_stage_all_again_with_trials_and_keeps_overrides(tmp_path, mo
                                       "train.epochs=2", "pseudo.rounds=0"])
     levers.main()
     assert [c[0] for c in calls] == ["stage=all", "stage=all"]
-    assert calls[1][1] == "tune.n_trials=3"
-    assert calls[0][1:] == calls[1][2:]  # the same run directory and overrides
+    assert calls[1][-1] == "tune.n_trials=3"  # last: it wins over the overrides
+    assert calls[0][1:] == calls[1][1:-1]  # the same run directory and overrides
     assert calls[0][-2:] == ["train.epochs=2", "pseudo.rounds=0"]
     assert not any(o.startswith("pseudo.round=") for c in calls for o in c)
     out = capsys.readouterr().out
@@ -58,6 +58,10 @@ def test_tuned_lever_table_on_a_tiny_competition(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "tuning (small_cnn-" in out
     assert "tune.n_trials=1 (selected, with the lever - defaults)" in out
-    rows = [line.split() for line in out.splitlines() if line.lstrip().startswith("small_cnn-")]
-    tuned = {row[3] for row in rows[-2:]}  # the last table: the untuned and the tuned row
-    assert tuned == {"False", "True"}
+    # the defaults ran one pseudo-label round: its lever line, from the one run
+    defaults = out[:out.index("stage=all tune.n_trials=1")]
+    assert "pseudo-label rounds (selected pipeline - round 0 selected): accuracy" in defaults
+    last = out[out.index("stage=all tune.n_trials=1"):]
+    rows = [line.split() for line in last.splitlines() if line.lstrip().startswith("small_cnn-")]
+    assert {row[2] for row in rows} == {"0", "1"}  # entry kind round tuned ...
+    assert {row[3] for row in rows} == {"False", "True"}  # the tuned model beside them

@@ -78,7 +78,8 @@ def test_experiment_files_are_short_override_lists():
     assert best.pseudo.rounds == 2 and best.tune.n_trials == 6
     assert list(best.backbones) == ["auto"]
     assert "optuna" in best.ensemble.methods
-    assert load_config(["experiment=medium"]).pseudo.rounds == 1
+    assert load_config(["experiment=medium"]).pseudo.rounds == 0
+    assert load_config([]).pseudo.rounds == 1  # the defaults run one round
 
 
 def test_readme_config_reference_is_in_sync():

@@ -123,7 +123,7 @@ def test_no_unit_trains_on_its_validation_rows(tmp_path, monkeypatch):
     twin_row = int(np.nonzero(folds["id"].to_numpy() == train["id"].iloc[0])[0][0])
     for unit in units:
         table = pd.read_csv(run / "pseudo" / "round1" / f"fold{unit}.csv", dtype={"id": str})
-        assert set(table["split"]) <= {"unlabeled"}
+        assert set(table["split"]) <= {"unlabeled", "test"}  # pseudo.splits by default
         assert not set(table["id"]) & set(folds["id"])
         if twin_row in val_of[unit]:
             assert "twin.png" not in set(table["id"])
@@ -131,11 +131,12 @@ def test_no_unit_trains_on_its_validation_rows(tmp_path, monkeypatch):
         # the unit's teacher: one voter, or the voters' mean (the only ensemble method here)
         teacher, voters = summary["folds"][str(unit)]["teacher"], summary["settings"]["voters"]
         taught_by = [teacher] if teacher in voters else voters
-        votes = sum(pd.read_csv(run / "models" / v / f"fold{unit}" / "unlabeled.csv",
-                                dtype={"id": str}).set_index("id")
+        votes = sum(pd.concat({split: pd.read_csv(run / "models" / v / f"fold{unit}" /
+                                                  f"{split}.csv", dtype={"id": str})
+                               .set_index("id") for split in ("unlabeled", "test")})
                     for v in taught_by) / len(taught_by)
-        assert np.allclose(table["confidence"],
-                           votes.loc[table["id"]].to_numpy().max(axis=1))
+        chosen = list(zip(table["split"], table["id"], strict=True))
+        assert np.allclose(table["confidence"], votes.loc[chosen].to_numpy().max(axis=1))
     with_pseudo = 0
     for metrics in run.glob("models/*/fold*/metrics.json"):
         record = json.loads(metrics.read_text())
