@@ -113,7 +113,7 @@ def main() -> None:
     for stage, label, only in (
         ("train", "comp stage=train mobilenet_025 fine-tuned (round 0)",
          ["backbones=[mobilenet_025]", "classic.models=[]"]),
-        ("all", "comp stage=all defaults (fine-tune + classic heads, mean ensemble), "
+        ("all", "comp stage=all defaults (fine-tunes, classic heads, ensembles, a pseudo round), "
                 "selected pipeline (nested)", []),
     ):
         name = f"bench_{stage}"

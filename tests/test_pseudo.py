@@ -182,3 +182,21 @@ def test_an_ensemble_teacher_when_it_beats_every_voter_on_the_other_rows(tmp_pat
     assert votes.probs == pytest.approx(np.array([[0.5, 0.5]]))
     singles = Teacher(prepared, ["a", "b"], "selected", "accuracy", []).votes(0, ["unlabeled"])
     assert singles.teacher in ("a", "b")  # no ensemble method: a voter alone
+
+
+def test_with_two_folds_the_teacher_leaves_out_ensembles_it_cannot_score_nested(tmp_path):
+    # outside a unit's validation rows there is one fold: a learned ensemble fitted there
+    # cannot be scored nested (its inner fit would see no rows), so only the plain mean
+    # competes beside the voters; Optuna's study used to fail every trial here
+    from comp.pseudo.teacher import Teacher
+
+    y = np.array([0, 1] * 4)
+    a = np.full((8, 2), 0.1)
+    a[np.arange(8), y] = 0.9
+    b = a.copy()
+    a[[0, 4]] = [[0.4, 0.6], [0.4, 0.6]]
+    b[[1, 5]] = [[0.6, 0.4], [0.6, 0.4]]
+    prepared = _teacher_run(tmp_path, {"a": a, "b": b})
+    teacher = Teacher(prepared, ["a", "b"], "selected", "accuracy", ["optuna", "stacked", "mean"])
+    assert set(teacher._candidates(0, np.zeros((2, 1, 2)))) == {"a", "b", "ensemble-mean"}
+    assert teacher.votes(0, ["unlabeled"]).teacher == "ensemble-mean"

@@ -60,14 +60,19 @@ class Teacher:
     def _candidates(self, unit: int, pool: np.ndarray) -> dict[str, tuple]:
         """name -> (OOF on the rows outside unit `unit`'s validation rows, its pool
         probabilities): each voter, and each ensemble method over them, fitted on those
-        rows and scored nested over their folds (the unit's repeat's other folds)."""
+        rows and scored nested over their folds (the unit's repeat's other folds). With
+        2 folds those rows are one fold, on which a learned ensemble cannot be scored
+        nested: then only the methods that learn nothing (mean, geometric) compete."""
         prepared = self.prepared
         rows = ~prepared.unit_val_mask(unit)
         oof, y = self.oof[:, rows], prepared.labels[rows]
         inner = prepared.folds[prepared.unit_fold_column(unit)].to_numpy()[rows]
+        nestable = len(np.unique(inner)) > 1
         out = {name: (oof[i], pool[i]) for i, name in enumerate(self.voter_ids)}
         for name in self.methods:
             method = METHODS[name]
+            if method.fit is not None and not nestable:
+                continue
             state = fit_method(method, oof, y, self.seed + unit)
             out[f"ensemble-{name}"] = (nested_predictions(method, oof, y, inner, self.seed),
                                        method.apply(pool, state))
