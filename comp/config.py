@@ -179,6 +179,20 @@ class TrainConfig:
     # epoch_choice=last: end with the mean of the weights after each of the last this many
     # epochs (stochastic weight averaging); 0 or 1: the last epoch's weights
     average_last: int = setting(0, Int(0))
+    # epoch_choice=inner: end with the mean of the weights of the this many epochs best on
+    # the inner holdout (a soup of the top checkpoints); None: the best epoch's weights
+    average_top: int | None = setting(None, Optional(Int(2)))
+    # MixUp / CutMix of the training batches (Keras's layers), on the frozen prefix's
+    # feature maps or on the image where nothing is frozen; both set: one per batch
+    mixup: float | None = setting(  # MixUp's Beta alpha; None: off
+        None, Optional(Interval(0, 1, closed="right")))
+    cutmix: float | None = setting(  # CutMix's factor; None: off
+        None, Optional(Interval(0, 1, closed="right")))
+    # discriminative learning rates: the first trainable backbone layer learns at this
+    # fraction of train.lr, the layers above it geometrically closer to the full rate,
+    # which the head keeps; None: one rate for all
+    lr_depth_ratio: float | None = setting(
+        None, Optional(Interval(0, 1, closed="neither")))
     seed: int = setting(0, SEED)  # random seed of the fits
     # which rows choose the kept epoch: last (the end of the step-decay schedule; every
     # training row trains: honest, and the default since it scored best on wbc and digits),

@@ -188,3 +188,117 @@ def test_max_batches_caps_an_epoch_and_draws_fresh_rows_across_epochs():
                              data.weights, data.val_rows, data.val_labels, [0]),
              {**last, "max_batches": None}, seed=0)
     assert int(plain.optimizer.iterations) == 3 * 4  # every row once an epoch
+
+
+def _map_data(n=40, side=7):
+    """Feature maps whose every cell holds its row's number, targets one-hot by row: a
+    mixed map's mean is its targets' expected row number exactly when the targets are
+    mixed in the proportions the map is."""
+    from dataclasses import replace
+
+    features = np.zeros((2, n + 10, side, side, 1), "float16")
+    features[..., 0] = np.arange(n + 10)[None, :, None, None]
+    rows = np.arange(n)
+    return replace(_data(n=n), features=features, rows=rows, targets=np.eye(n)[rows],
+                   weights=np.ones(n))
+
+
+def test_mixup_and_cutmix_mix_targets_as_they_mix_the_feature_maps():
+    from comp.training.mixing import mixing_layers
+
+    data = _map_data()
+    for train in ({"mixup": 0.4}, {"cutmix": 1.0}, {"mixup": 0.4, "cutmix": 1.0}):
+        mixed = 0
+        for x, targets, weights in training_dataset(data, 8, 0, mixing_layers(train, 0)):
+            x, targets = x.numpy()[..., 0], targets.numpy()
+            expected = targets @ np.arange(targets.shape[1])
+            np.testing.assert_allclose(x.mean(axis=(1, 2)), expected, atol=0.02)
+            np.testing.assert_allclose(targets.sum(axis=1), 1, atol=1e-6)
+            assert (weights.numpy() == 1).all()
+            mixed += int((targets.max(axis=1) < 0.99).sum())
+        assert mixed >= 10, train  # most rows are mixed, not passed through
+    assert mixing_layers({"mixup": None, "cutmix": None}, 0) == []
+
+
+def test_cutmix_targets_follow_the_pasted_cells_on_small_maps():
+    """Keras's own CutMix weighs targets by the box's continuous area: on a 7 x 7 map
+    that leaves targets off by up to a row and a column of cells."""
+    import keras
+
+    from comp.training.mixing import AreaCutMix
+
+    x = np.zeros((16, 7, 7, 1), "float32") + np.arange(16)[:, None, None, None]
+    y = np.eye(16, dtype="float32")
+    errors = {}
+    for name, layer in (("keras", keras.layers.CutMix(factor=1.0, seed=3)),
+                        ("area", AreaCutMix(factor=1.0, seed=3))):
+        out = layer({"images": x, "labels": y}, training=True)
+        mean = np.asarray(out["images"]).mean(axis=(1, 2, 3))
+        errors[name] = np.abs(mean - np.asarray(out["labels"]) @ np.arange(16)).max()
+    assert errors["area"] < 1e-4 < errors["keras"]
+
+
+def test_depth_scales_grow_geometrically_to_the_head():
+    from comp.training.optimizers import depth_scales
+
+    scales = depth_scales(4, 0.1)
+    np.testing.assert_allclose(scales, [0.1, 0.1 ** 0.75, 0.1 ** 0.5, 0.1 ** 0.25])
+    assert depth_scales(3, 1.0) == [1.0, 1.0, 1.0]
+
+
+def _seeded_model(dim=6):
+    inputs = keras.Input((dim,))
+    return keras.Model(inputs, keras.layers.Dense(
+        3, activation="softmax", kernel_initializer=keras.initializers.GlorotUniform(0))(inputs))
+
+
+def _nested_model(dim=6, seed=0):
+    body_in = keras.Input((dim,))
+    hidden = keras.layers.Dense(dim, activation="relu", name="deep",
+                                kernel_initializer=keras.initializers.GlorotUniform(seed))(body_in)
+    hidden = keras.layers.Dense(dim, activation="relu", name="shallow",
+                                kernel_initializer=keras.initializers.GlorotUniform(seed + 1))(hidden)
+    body = keras.Model(body_in, hidden, name="body")
+    inputs = keras.Input((dim,))
+    outputs = keras.layers.Dense(3, activation="softmax", name="probabilities",
+                                 kernel_initializer=keras.initializers.GlorotUniform(seed + 2))(
+        body(inputs))
+    return keras.Model(inputs, outputs)
+
+
+def test_lr_depth_ratio_slows_the_deep_layers_and_not_the_head():
+    from comp.training.optimizers import depth_rate_scales
+
+    scales = depth_rate_scales(_nested_model(), 0.01)
+    assert sorted(scales.values()) == [0.01, 0.01, 0.1, 0.1]  # deep, shallow kernel + bias
+    assert not any("probabilities" in path for path in scales)
+    moved = {}
+    for ratio in (None, 0.01):
+        model = _nested_model()
+        start = {w.path: w.numpy().copy() for w in model.trainable_weights}
+        fit_fold(model, _last_epoch_data(), {**TRAIN, "epochs": 2, "lr": 0.05,
+                                              "lr_depth_ratio": ratio}, seed=0)
+        moved[ratio] = {path.split("/")[0]: np.abs(w.numpy() - start[w.path]).mean()
+                        for w in model.trainable_weights
+                        for path in [w.path] if path.endswith("kernel")}
+    assert moved[0.01]["deep"] < 0.05 * moved[None]["deep"]
+    assert moved[0.01]["shallow"] < 0.3 * moved[None]["shallow"]
+    assert moved[0.01]["probabilities"] > 0.3 * moved[None]["probabilities"]
+
+
+def test_average_top_ends_with_the_mean_of_the_best_inner_epochs():
+    from comp.training.callbacks import TopEpochsAverage
+
+    average, model = TopEpochsAverage(top=2), _Weights()
+    average.set_model(model)
+    for epoch, score in enumerate([0.5, 0.9, 0.7, 0.9, 0.1]):
+        model.value = [np.full(2, float(epoch))]
+        average.on_epoch_end(epoch, {"stop_monitor": score})
+    average.on_train_end()
+    assert average.epochs == [1, 3]  # the two 0.9s, the earlier first
+    np.testing.assert_allclose(model.value[0], [2.0, 2.0])
+    plain, averaged = _seeded_model(), _seeded_model()
+    _, best = fit_fold(plain, _data(), TRAIN, seed=0)
+    _, best_averaged = fit_fold(averaged, _data(), {**TRAIN, "average_top": 3}, seed=0)
+    assert best == best_averaged
+    assert not np.allclose(plain.get_weights()[0], averaged.get_weights()[0])

@@ -106,3 +106,34 @@ class LastEpochsAverage(keras.callbacks.Callback):
     def on_train_end(self, logs: dict | None = None) -> None:
         if self.count > 1:
             self.model.set_weights([t / self.count for t in self.total])
+
+
+class TopEpochsAverage(keras.callbacks.Callback):
+    """The model ends with the mean of its weights (BatchNorm statistics included) after
+    the `top` epochs that scored best on the rows choosing the epoch (`stop_monitor`:
+    the training rows' inner holdout with epoch_choice=inner, never the scored fold): a
+    greedy-free soup of the best checkpoints instead of the one best. List it after
+    EarlyStopping, whose restore it replaces."""
+
+    def __init__(self, top: int):
+        super().__init__()
+        self.top = top
+        self.kept: list[tuple[float, int, list[np.ndarray]]] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        score = (logs or {}).get("stop_monitor")
+        if score is None:
+            return
+        self.kept.append((float(score), -epoch, self.model.get_weights()))
+        # best first; among equal scores the earlier epoch
+        self.kept = sorted(self.kept, key=lambda kept: kept[:2], reverse=True)[: self.top]
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if len(self.kept) > 1:
+            self.model.set_weights([np.mean(stack, axis=0) for stack in
+                                    zip(*(weights for _, _, weights in self.kept), strict=True)])
+
+    @property
+    def epochs(self) -> list[int]:
+        """The averaged epochs (0-based), best first."""
+        return [-negative for _, negative, _ in self.kept]

@@ -10,10 +10,16 @@ import pandas as pd
 import tensorflow as tf
 from sklearn.utils.class_weight import compute_class_weight
 
-from comp.training.callbacks import LastEpochsAverage, ValidationScores, predict_views
+from comp.training.callbacks import (
+    LastEpochsAverage,
+    TopEpochsAverage,
+    ValidationScores,
+    predict_views,
+)
 from comp.training.compute import jit_compile, model_scope
 from comp.training.features import unmap
-from comp.training.optimizers import make_optimizer
+from comp.training.mixing import batch_mixer, mixing_layers
+from comp.training.optimizers import depth_rate_scales, make_optimizer
 from comp.training.schedules import make_schedule
 
 
@@ -66,11 +72,14 @@ def class_weights(labels: np.ndarray, n_classes: int, mode: str) -> np.ndarray:
     return weights
 
 
-def training_dataset(data: FoldData, batch_size: int, seed: int) -> tf.data.Dataset:
+def training_dataset(data: FoldData, batch_size: int, seed: int,
+                     mixing: list | None = None) -> tf.data.Dataset:
     """Shuffled batches; each epoch every row appears once, in a randomly drawn view.
 
     Rows and view draws are shuffled and batched in the graph; one NumPy gather per batch
-    reads their features, so a memory-mapped cache is never copied whole.
+    reads their features, so a memory-mapped cache is never copied whole. `mixing`
+    (`mixing_layers`) mixes each batch's features and targets with a shuffle of the same
+    batch, one of its layers drawn per batch.
     """
     items = tf.data.Dataset.from_tensor_slices(
         (data.rows.astype(np.int64), data.targets.astype(np.float32),
@@ -85,12 +94,11 @@ def training_dataset(data: FoldData, batch_size: int, seed: int) -> tf.data.Data
                                      stateful=False)
         return tf.ensure_shape(features, shape), targets, weights
 
-    return (
-        tf.data.Dataset.zip((items, draws))
-        .batch(batch_size)
-        .map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        .prefetch(tf.data.AUTOTUNE)
-    )
+    batches = (tf.data.Dataset.zip((items, draws)).batch(batch_size)
+               .map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+    if mixing:
+        batches = batches.map(batch_mixer(mixing, seed))
+    return batches.prefetch(tf.data.AUTOTUNE)
 
 
 def fit_fold(model, data: FoldData, train: dict, seed: int,
@@ -99,7 +107,10 @@ def fit_fold(model, data: FoldData, train: dict, seed: int,
     """Train `model` (compiled here) on `data` and leave it with the kept weights: the
     last epoch's (no `stop_rows`: epoch_choice=last; with `train.average_last`, the mean
     of the last epochs'; with `train.ema`, the moving average), or the best epoch on the
-    stop rows (early stopping restores it).
+    stop rows (early stopping restores it; with `train.average_top`, the mean of the
+    best epochs'). `train.mixup`/`train.cutmix` mix the training batches
+    (comp.training.mixing); `train.lr_depth_ratio` slows the deeper layers
+    (comp.training.optimizers.depth_rate_scales).
 
     Returns the per-epoch history and the kept epoch (0-based). With `log_dir`, Keras's
     TensorBoard callback writes event files there. `compute` picks the dtype policy, XLA
@@ -113,12 +124,13 @@ def fit_fold(model, data: FoldData, train: dict, seed: int,
         jit = jit_compile(compute)
         keras.utils.set_random_seed(seed)
         model.compile(
-            optimizer=make_optimizer(train),
+            optimizer=make_optimizer(
+                train, depth_rate_scales(model, train.get("lr_depth_ratio") or 1.0)),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=train["label_smoothing"]),
             jit_compile=jit,
         )
         stopper = _early_stopping(data, train)
-        dataset = training_dataset(data, train["batch_size"], seed)
+        dataset = training_dataset(data, train["batch_size"], seed, mixing_layers(train, seed))
         steps = epoch_batches(len(data.rows), train["batch_size"], train.get("max_batches"))
         if steps is not None:
             dataset = dataset.repeat()  # an epoch is `steps` batches of a running draw
@@ -164,6 +176,8 @@ def _callbacks(data: FoldData, train: dict, on_epoch, log_dir: str | None,
         *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if train.get("ema") else []),
         ValidationScores(data, on_epoch),
         *([stopper] if stopper is not None else []),
+        *([TopEpochsAverage(train["average_top"])]
+          if (train.get("average_top") or 0) > 1 and stopper is not None else []),
         *([LastEpochsAverage(train["epochs"], train["average_last"])]
           if train.get("average_last", 0) > 1 and stopper is None else []),
         *([keras.callbacks.TensorBoard(log_dir=log_dir)] if log_dir else []),
