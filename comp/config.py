@@ -234,6 +234,8 @@ class AugmentConfig:
     online_rotation: float = setting(  # online random rotation, a fraction of a full turn
         0.0, Interval(0, 0.5))
     online_zoom: float = setting(0.0, Interval(0, 1, closed="left"))  # online random zoom range
+    online_randaugment: float | None = setting(  # online RandAugment's magnitude; None: off
+        None, Optional(Interval(0, 1, closed="right")))
 
 
 @dataclass

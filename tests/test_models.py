@@ -91,7 +91,8 @@ def test_unfreeze_forms(spec, label):
         index = int(label.search(split.cut).group(1))
         assert round(0.9 * len(base.layers)) <= index < len(base.layers)
     spec = SimpleNamespace(model={"pooling": "max", "dense_units": 8, "dropout": 0.2,
-                                  "bn_trainable": True}, augment={"online_shift": 0.1})
+                                  "bn_trainable": True}, augment={"online_shift": 0.1},
+                           backbone="mobilenet_025")
     model = create_head(split, spec, 3, 0)
     assert model.output_shape == (None, 3)
     # online augmentation only where the model trains from the image itself, and never
@@ -100,6 +101,20 @@ def test_unfreeze_forms(spec, label):
     plain = create_head(split, spec, 3, 0, online=False)
     assert "online_shift" not in [layer.name for layer in plain.layers]
     assert len(plain.weights) == len(model.weights)  # the same weights load into both
+
+
+def test_online_randaugment_sees_the_backbones_value_range_in_training_only():
+    from comp.models.build import input_range, online_augmentation
+
+    assert input_range("mobilenet_025") == (-1.0, 1.0)
+    assert input_range("small_cnn") == (0.0, 255.0)
+    (layer,) = online_augmentation({"online_randaugment": 0.5}, 0, (-1.0, 1.0))
+    assert tuple(layer.value_range) == (-1.0, 1.0)
+    images = np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 3)).astype("float32")
+    trained = np.asarray(layer(images, training=True))
+    assert not np.allclose(trained, images)
+    assert trained.min() >= -1.0 - 1e-5 and trained.max() <= 1.0 + 1e-5
+    np.testing.assert_array_equal(np.asarray(layer(images, training=False)), images)
 
 
 def test_bad_unfreeze_points_are_clear():

@@ -253,15 +253,16 @@ def _seeded_model(dim=6):
 
 
 def _nested_model(dim=6, seed=0):
+    glorot = keras.initializers.GlorotUniform
     body_in = keras.Input((dim,))
     hidden = keras.layers.Dense(dim, activation="relu", name="deep",
-                                kernel_initializer=keras.initializers.GlorotUniform(seed))(body_in)
+                                kernel_initializer=glorot(seed))(body_in)
     hidden = keras.layers.Dense(dim, activation="relu", name="shallow",
-                                kernel_initializer=keras.initializers.GlorotUniform(seed + 1))(hidden)
+                                kernel_initializer=glorot(seed + 1))(hidden)
     body = keras.Model(body_in, hidden, name="body")
     inputs = keras.Input((dim,))
     outputs = keras.layers.Dense(3, activation="softmax", name="probabilities",
-                                 kernel_initializer=keras.initializers.GlorotUniform(seed + 2))(
+                                 kernel_initializer=glorot(seed + 2))(
         body(inputs))
     return keras.Model(inputs, outputs)
 

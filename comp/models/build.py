@@ -143,11 +143,12 @@ def create_head(split: SplitBackbone, spec, n_classes: int, seed: int, online: b
     training, prediction and export share (so saved weights always load back).
 
     prefix features -> [online augmentation] -> body -> pooling -> [dense] -> softmax.
-    Online augmentation (`augment.online_shift`, `online_rotation`, `online_zoom`: Keras
-    preprocessing layers, active in training only, a fresh draw every batch) applies where
-    the model trains from the image itself (no frozen prefix: `small_cnn`, unfreeze=all).
-    Its layers hold no weights, so `online=False` (prediction, export: a graph TFLite
-    converts) loads the same weights and gives the same probabilities.
+    Online augmentation (`augment.online_randaugment`, `online_shift`, `online_rotation`,
+    `online_zoom`: Keras preprocessing layers, active in training only, a fresh draw every
+    batch) applies where the model trains from the image itself (no frozen prefix:
+    `small_cnn`, unfreeze=all). Its layers hold no weights, so `online=False` (prediction,
+    export: a graph TFLite converts) loads the same weights and gives the same
+    probabilities.
     """
     import keras
     from keras import layers
@@ -157,7 +158,7 @@ def create_head(split: SplitBackbone, spec, n_classes: int, seed: int, online: b
     inputs = keras.Input(split.feature_shape, name="features")
     x = inputs
     if split.prefix is None and online:
-        for layer in online_augmentation(augment, seed):
+        for layer in online_augmentation(augment, seed, input_range(spec.backbone)):
             x = layer(x)
     if split.body is not None:
         for layer in split.body.layers:
@@ -177,11 +178,28 @@ def create_head(split: SplitBackbone, spec, n_classes: int, seed: int, online: b
     return keras.Model(inputs, outputs, name="head")
 
 
-def online_augmentation(augment: dict, seed: int) -> list:
-    """The Keras preprocessing layers of the online augmentation (see create_head)."""
+def input_range(backbone: str) -> tuple[float, float]:
+    """The lowest and highest value the backbone's preprocessing gives an RGB image (0..255
+    in): the value range the image-level augmentations see where nothing is frozen."""
+    from comp.models.registry import get_backbone
+
+    ends = get_backbone(backbone).preprocess(
+        np.array([[[[0.0, 0.0, 0.0], [255.0, 255.0, 255.0]]]], dtype=np.float32))
+    return float(np.min(ends)), float(np.max(ends))
+
+
+def online_augmentation(augment: dict, seed: int,
+                        value_range: tuple[float, float] = (0.0, 255.0)) -> list:
+    """The Keras preprocessing layers of the online augmentation (see create_head);
+    `value_range` is the range of the images they see (`input_range`)."""
     from keras import layers
 
     out = []
+    if augment.get("online_randaugment"):
+        # RandAugment's own colour, contrast, shear, translation etc. ops, 2 a batch
+        out.append(layers.RandAugment(value_range=value_range, num_ops=2,
+                                      factor=augment["online_randaugment"],
+                                      seed=seed + 3, name="online_randaugment"))
     shift = augment.get("online_shift", 0.0)
     if shift:
         out.append(layers.RandomTranslation(shift, shift, fill_mode="constant",
