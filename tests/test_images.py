@@ -154,3 +154,33 @@ def test_mixed_sizes_are_cached_at_each_size(tmp_path):
     images = cached_images(tmp_path / "cache", "train", paths, 48, DECODING)
     assert isinstance(images, np.ndarray) and images.shape == (2, 48, 48, 3)
     assert sorted(p.name.split("_")[1] for p in (tmp_path / "cache").glob("*.npy")) == ["48"]
+
+
+def test_cheap_large_decodes_are_read_from_the_files_not_cached(tmp_path, monkeypatch):
+    from comp.data import images as images_module
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(5):
+        path = tmp_path / f"im{i}.jpg"
+        Image.fromarray(rng.integers(0, 256, (90, 70, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    direct = np.stack([decode_image(p, 96, LIMIT) for p in paths])
+    cache = tmp_path / "cache"
+    lazy = cached_images(cache, "train", paths, 96, DECODING)  # 5 small JPEGs: cheap
+    assert isinstance(lazy, images_module.DecodedImages) and not list(cache.glob("*_96_*"))
+    assert lazy.shape == (5, 96, 96, 3) and lazy.dtype == np.uint8 and len(lazy) == 5
+    np.testing.assert_array_equal(np.asarray(lazy), direct)
+    np.testing.assert_array_equal(lazy[[4, 1]], direct[[4, 1]])
+    np.testing.assert_array_equal(lazy[2], direct[2])
+    np.testing.assert_array_equal(lazy[1:3], direct[1:3])
+    # small decodes are cached whatever they cost (hashes, pixels@32)
+    assert isinstance(cached_images(cache, "train", paths, 32, DECODING), np.memmap)
+    # slow decoding (here: any) is cached, with the same pixels
+    monkeypatch.setattr(images_module, "CHEAP_DECODE_SECONDS", -1.0)
+    cached = cached_images(cache, "train", paths, 96, DECODING)
+    assert isinstance(cached, np.memmap) and len(list(cache.glob("train_96_*.npy"))) == 1
+    np.testing.assert_array_equal(cached, direct)
+    # a cache file once written is read back, whatever the timing says now
+    monkeypatch.setattr(images_module, "CHEAP_DECODE_SECONDS", 1e9)
+    assert isinstance(cached_images(cache, "train", paths, 96, DECODING), np.memmap)

@@ -1,12 +1,17 @@
-"""Decode images once with Pillow into uint8 RGB arrays, cached on disk: at each size
-that shrinks an image, and, where every image of a split is N x N and a size enlarges
-them, once at N, resized on read (`ResizedImages`: the same pixels as decoding at that
-size, without an enlarged copy on disk)."""
+"""Decode images with Pillow into uint8 RGB arrays, cached on disk where that pays: at
+each size that shrinks an image, and, where every image of a split is N x N and a size
+enlarges them, once at N, resized on read (`ResizedImages`: the same pixels as decoding
+at that size, without an enlarged copy on disk). Where decoding is cheap (small JPEG or
+PNG files, timed on a sample) large sizes are not cached at all but decoded on read
+(`DecodedImages`): a 224 px image is 150 KB decoded against ~12 KB as a JPEG, and each
+consumer (the prefix features, the embeddings) reads a split once and caches its own
+result."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -154,19 +159,19 @@ def cached_images(cache_dir: Path, split: str, paths: list[str], size: int,
     if not paths:
         return np.zeros((0, size, size, 3), dtype=np.uint8)
     hashes = content_hashes(paths) if hashes is None else list(hashes)
-    side = common_side(cache_dir, split, paths, hashes)
-    if side is not None and size > side:  # enlarged: cached once at the images' own side
-        return ResizedImages(cached_images(cache_dir, split, paths, side, decoding, hashes),
-                             size)
-    value_range = decoding.intensity_range
-    key = fingerprint({"hashes": hashes, "size": size, "max_pixels": decoding.max_pixels,
-                       "range": None if value_range is None else list(value_range)}, 12)
-    target = cache_dir / f"{split}_{size}_{key}.npy"
+    target = _cache_file(cache_dir, split, size, decoding, hashes)
     if target.exists():
         try:
             return np.load(target, mmap_mode="r")
         except (OSError, ValueError):
             target.unlink()  # a corrupt cache is rebuilt, never trusted
+    if not worth_caching(paths, size, decoding):
+        return DecodedImages(paths, size, decoding)
+    side = common_side(cache_dir, split, paths, hashes)
+    if side is not None and size > side:  # enlarged: cached once at the images' own side
+        return ResizedImages(cached_images(cache_dir, split, paths, side, decoding, hashes),
+                             size)
+    value_range = decoding.intensity_range
     with atomic_path(target, suffix=".npy") as tmp, open(tmp, "wb") as handle:
         # decoded a chunk at a time and written in order: a large split never sits whole
         # in memory, nor mapped into this process
@@ -179,6 +184,37 @@ def cached_images(cache_dir: Path, split: str, paths: list[str], size: int,
                 handle.write(load_images(part, size, decoding.max_pixels, desc="", bar=bar,
                                          intensity_range=value_range).tobytes())
     return np.load(target, mmap_mode="r")
+
+
+def _cache_file(cache_dir: Path, split: str, size: int, decoding: Decoding,
+                hashes: list[str]) -> Path:
+    value_range = decoding.intensity_range
+    key = fingerprint({"hashes": hashes, "size": size, "max_pixels": decoding.max_pixels,
+                       "range": None if value_range is None else list(value_range)}, 12)
+    return cache_dir / f"{split}_{size}_{key}.npy"
+
+
+# decodes of at most this many bytes an image are always cached (the 32 px hashes and
+# `pixels` features: 3 KB an image, read again by several consumers)
+ALWAYS_CACHED_BYTES = 64 * 64 * 3
+# above it, a sample decoding faster than this per image is not cached: a 224 px JPEG
+# decodes in ~1-2 ms here, a fraction of the prefix pass that reads it (~25 ms a view)
+CHEAP_DECODE_SECONDS = 0.004
+TIMED_SAMPLE = 16
+
+
+def worth_caching(paths: list[str], size: int, decoding: Decoding) -> bool:
+    """Whether `paths` decoded at `size` go to a cache file: small decodes always, larger
+    ones where a sample of TIMED_SAMPLE images, spread over the split, decodes slower
+    than CHEAP_DECODE_SECONDS an image (large or high-bit-depth files). Either way the
+    pixels are the same; only disk use and read time differ."""
+    if size * size * 3 <= ALWAYS_CACHED_BYTES:
+        return True
+    sample = paths[:: max(1, len(paths) // TIMED_SAMPLE)][:TIMED_SAMPLE]
+    started = time.perf_counter()
+    for path in sample:
+        decode_image(path, size, decoding.max_pixels, decoding.intensity_range)
+    return (time.perf_counter() - started) / len(sample) > CHEAP_DECODE_SECONDS
 
 
 def common_side(cache_dir: Path, split: str, paths: list[str], hashes: list[str]) -> int | None:
@@ -204,15 +240,14 @@ def common_side(cache_dir: Path, split: str, paths: list[str], hashes: list[str]
     return side
 
 
-class ResizedImages:
-    """A read-only (N, size, size, 3) uint8 image array resized on read from `base`, the
-    decoded images at their own side (a memory map of its cache): rows are resized with
-    decode_image's own call, so they equal decoding the files at `size`. Indexing (an int,
-    a slice or an index array), len(), iteration and np.asarray() work as on an array."""
+class _RowImages:
+    """A read-only (N, size, size, 3) uint8 image array whose rows are made on read by
+    `_rows(indices)`. Indexing (an int, a slice or an index array), len(), iteration and
+    np.asarray() work as on an array."""
 
-    def __init__(self, base: np.ndarray, size: int):
-        self.base, self.size = base, size
-        self.shape = (len(base), size, size, 3)
+    def __init__(self, n: int, size: int):
+        self.size = size
+        self.shape = (n, size, size, 3)
         self.dtype, self.ndim = np.dtype(np.uint8), 4
 
     def __len__(self) -> int:
@@ -220,12 +255,8 @@ class ResizedImages:
 
     def __getitem__(self, index) -> np.ndarray:
         if isinstance(index, (int, np.integer)):
-            return self._resize(np.asarray(self.base[index]))
-        rows = np.asarray(self.base[index])
-        out = np.empty((len(rows), self.size, self.size, 3), np.uint8)
-        for i, row in enumerate(rows):
-            out[i] = self._resize(row)
-        return out
+            return self._rows(np.arange(len(self))[[index]])[0]
+        return self._rows(np.arange(len(self))[index])
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for start in range(0, len(self), 256):
@@ -234,6 +265,46 @@ class ResizedImages:
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         out = self[:]
         return out if dtype is None else out.astype(dtype)
+
+    def _rows(self, indices: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class DecodedImages(_RowImages):
+    """The images of `paths` at `size`, decoded from their files on every read (a few
+    threads per read of many rows): where decoding is cheap (`worth_caching`)."""
+
+    def __init__(self, paths: list[str], size: int, decoding: Decoding):
+        super().__init__(len(paths), size)
+        self.paths, self.decoding = list(paths), decoding
+
+    def _rows(self, indices: np.ndarray) -> np.ndarray:
+        out = np.empty((len(indices), self.size, self.size, 3), np.uint8)
+
+        def work(i: int) -> None:
+            out[i] = decode_image(self.paths[indices[i]], self.size, self.decoding.max_pixels,
+                                  self.decoding.intensity_range)
+
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+            list(pool.map(work, range(len(indices))))
+        return out
+
+
+class ResizedImages(_RowImages):
+    """The images of `base`, the decoded images at their own side (a memory map of its
+    cache), resized to `size` on read with decode_image's own call, so they equal
+    decoding the files at `size`."""
+
+    def __init__(self, base: np.ndarray, size: int):
+        super().__init__(len(base), size)
+        self.base = base
+
+    def _rows(self, indices: np.ndarray) -> np.ndarray:
+        rows = np.asarray(self.base[indices])
+        out = np.empty((len(rows), self.size, self.size, 3), np.uint8)
+        for i, row in enumerate(rows):
+            out[i] = self._resize(row)
+        return out
 
     def _resize(self, row: np.ndarray) -> np.ndarray:
         return np.asarray(Image.fromarray(row).resize(
