@@ -198,7 +198,8 @@ def test_with_two_folds_the_teacher_leaves_out_ensembles_it_cannot_score_nested(
     b[[1, 5]] = [[0.6, 0.4], [0.6, 0.4]]
     prepared = _teacher_run(tmp_path, {"a": a, "b": b})
     teacher = Teacher(prepared, ["a", "b"], "selected", "accuracy", ["optuna", "stacked", "mean"])
-    assert set(teacher._candidates(0, np.zeros((2, 1, 2)))) == {"a", "b", "ensemble-mean"}
+    pool = np.full((2, 1, 2), 0.5)  # the voters' probabilities on one pool image
+    assert set(teacher._candidates(0, pool)) == {"a", "b", "ensemble-mean"}
     assert teacher.votes(0, ["unlabeled"]).teacher == "ensemble-mean"
 
 
