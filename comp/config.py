@@ -512,10 +512,28 @@ def close_key(key: str) -> str | None:
 
 @cache
 def _register() -> None:
-    """Put the schema into Hydra's ConfigStore and `${comp_demo:}` into OmegaConf, once
-    a process (both are registries of the libraries, not comp's)."""
+    """Put the schema into Hydra's ConfigStore, once a process (Hydra finds a structured
+    schema nowhere else; its name, comp_schema, is comp's own)."""
     ConfigStore.instance().store(name="comp_schema", node=Config)
-    OmegaConf.register_new_resolver("comp_demo", lambda: str(DEMO_DIR), replace=True)
+
+
+DEMO_MARK = "${comp_demo:}"  # the bundled demo's folder in a config value (data/demo.yaml)
+
+
+def _demo_paths(node: DictConfig | ListConfig) -> None:
+    """Write the demo folder where a value says `${comp_demo:}`, before the config is
+    resolved: comp's own interpolation, replaced here rather than by a resolver put into
+    OmegaConf's registry, which is the whole process's."""
+    keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+    for key in keys:
+        child = node._get_node(key)
+        if isinstance(child, DictConfig | ListConfig):
+            if not child._is_none() and not child._is_missing():
+                _demo_paths(child)
+            continue
+        value = child._value()
+        if isinstance(value, str) and DEMO_MARK in value:
+            node[key] = value.replace(DEMO_MARK, str(DEMO_DIR))
 
 
 def hydra_quote(text: str) -> str:
@@ -558,6 +576,7 @@ def load_config(overrides: list[str], config_dir=CONFIG_DIR) -> DictConfig:
         choices = dict(cfg.hydra.runtime.choices)
         with open_dict(cfg):
             del cfg["hydra"]
+        _demo_paths(cfg)
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise CompError(f"config: {_short_message(exc, overrides)}") from None

@@ -94,14 +94,22 @@ def optuna_weights(members: np.ndarray, y: np.ndarray, seed: int = 0,
 
     With `storage` (a URL or an Optuna storage, see tuning.studies.optuna_storage) and
     `study_name` the study is kept there, and a study continued after a kill ends with
-    the same trials and weights as one that ran through.
+    the same trials and weights as one that ran through. Optuna logs warnings only while
+    it runs (quiet_optuna), as it did before afterwards.
     """
+    from comp.tuning.studies import quiet_optuna
+
+    if members.shape[0] == 1:
+        return np.ones(1)
+    with quiet_optuna():
+        return _optuna_weights(members, y, seed, n_trials, storage, study_name)
+
+
+def _optuna_weights(members: np.ndarray, y: np.ndarray, seed: int, n_trials: int, storage,
+                    study_name: str | None) -> np.ndarray:
     import optuna
 
     m = members.shape[0]
-    if m == 1:
-        return np.ones(1)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize", storage=storage, study_name=study_name,
                                 load_if_exists=True)
     if not study.trials:

@@ -5,6 +5,13 @@ Progress has four modes (`progress=` in the config): `bar` (tqdm bars), `lines` 
 line per finished unit: a fold, a tuning trial), `off`, and `auto` (the default: bars
 when stderr is a terminal, lines when it goes to a file or a pipe: Kaggle `!python`,
 Slurm, CI logs).
+
+What a stage changes in the process, it changes for the stage alone and gives back
+(`comp.run.run_stage` enters these contexts; a plain import of comp changes nothing):
+the progress mode (`using_progress`), the warnings Keras gives about comp's own use of
+it and TensorFlow's Python log level (`quiet_libraries`). The one lasting change is
+`quiet_tensorflow`'s: TensorFlow imported, with its C++ log level set in the environment
+(unless the caller set one), which TensorFlow reads as it starts.
 """
 
 from __future__ import annotations
@@ -13,15 +20,25 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 PROGRESS_MODES = ("auto", "bar", "lines", "off")
-_progress_mode = "auto"
+_progress_mode = "auto"  # "auto" outside a stage; set by using_progress for its while
 
 
-def set_progress(mode: str) -> None:
-    """Choose the progress mode, one of PROGRESS_MODES (see module docstring)."""
+@contextmanager
+def using_progress(mode: str) -> Iterator[None]:
+    """A context in which the progress mode is `mode`, one of PROGRESS_MODES (see the
+    module docstring); the earlier mode is back afterwards. A module setting rather
+    than an argument: bars and lines are drawn deep in data, training and inference
+    code that takes no config."""
     global _progress_mode
-    _progress_mode = mode
+    saved, _progress_mode = _progress_mode, mode
+    try:
+        yield
+    finally:
+        _progress_mode = saved
 
 
 def progress_mode() -> str:
@@ -72,12 +89,28 @@ def quiet_tensorflow() -> None:
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-    import tensorflow as tf
+    import tensorflow  # noqa: F401, F811 - an import error shows here, stderr back
 
-    tf.get_logger().setLevel("ERROR")  # e.g. retracing notices
-    warnings.filterwarnings("ignore", message=".*input_shape.*is not one of.*")
-    warnings.filterwarnings("ignore", message=".*Your `PyDataset` class should call.*")
-    warnings.filterwarnings("ignore", category=UserWarning, module="keras")
+
+@contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """A context (a stage's) in which the warnings Keras gives about comp's own, intended
+    use of it are ignored and TensorFlow's Python logger shows errors only (e.g. no
+    retracing notices); the warning filters and the log level are the caller's again
+    afterwards (warnings.catch_warnings), so a script or notebook that calls comp keeps
+    its own. While the context lasts the filters hold for the whole process, every
+    thread included: Python's warning filters are process-wide."""
+    tf_logger = logging.getLogger("tensorflow")  # tf.get_logger(), without importing TF
+    saved = tf_logger.level
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*input_shape.*is not one of.*")
+        warnings.filterwarnings("ignore", message=".*Your `PyDataset` class should call.*")
+        warnings.filterwarnings("ignore", category=UserWarning, module="keras")
+        tf_logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            tf_logger.setLevel(saved)
 
 
 def get_logger() -> logging.Logger:

@@ -108,16 +108,26 @@ def confident_mistakes(oof: pd.DataFrame, classes: list[str], paths: dict[str, s
 
 
 def optuna_plots(storage_url: str, out: Path) -> list[str]:
-    """Optimisation history (and parameter importances where possible) per study."""
+    """Optimisation history (and parameter importances where possible) per study.
+
+    Optuna's matplotlib plots are flagged experimental: that warning is ignored while
+    they are drawn (warnings.catch_warnings), not for the rest of the process."""
     import warnings
 
     import optuna
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        return _optuna_plots(storage_url, out)
+
+
+def _optuna_plots(storage_url: str, out: Path) -> list[str]:
+    import optuna
     from optuna.visualization import matplotlib as ovm
 
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    pngs = []
     from comp.tuning.studies import optuna_storage
 
+    pngs = []
     storage = optuna_storage(storage_url)
     for summary in optuna.get_all_study_summaries(storage):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)

@@ -11,13 +11,22 @@ from __future__ import annotations
 import difflib
 import errno
 import importlib
+import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from comp.deadline import stage_started
 from comp.errors import CompError
-from comp.log import get_logger, log_over_bars, quiet_tensorflow, set_progress
+from comp.log import (
+    get_logger,
+    log_over_bars,
+    quiet_libraries,
+    quiet_tensorflow,
+    using_progress,
+)
 from comp.stages import STAGES
 
 _WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM}
@@ -105,12 +114,31 @@ def run_stage(overrides: list[str]):
     """Compose the config from `overrides`, run its stage and return the stage's result.
 
     The one code path of the CLI and the Python API. Raises CompError for bad input,
-    a busy run directory or a run directory that cannot be written.
+    a busy run directory or a run directory that cannot be written. What it sets for the
+    stage (the progress mode, the `comp` logger's level, warning filters and TensorFlow's
+    log level: `_stage_settings`) is given back when it returns or raises, so a script
+    or notebook that calls it keeps its own settings.
     """
-    log = get_logger()
     cfg = _stage_config(overrides)
-    set_progress(cfg.progress)
-    log.setLevel("WARNING" if cfg.quiet else "INFO")
+    with _stage_settings(cfg):
+        return _run_stage(cfg)
+
+
+@contextmanager
+def _stage_settings(cfg) -> Iterator[None]:
+    """The process settings of one stage, each back to the caller's afterwards."""
+    log = get_logger()
+    level = log.level
+    log.setLevel(logging.WARNING if cfg.quiet else logging.INFO)
+    try:
+        with using_progress(cfg.progress), quiet_libraries():
+            yield
+    finally:
+        log.setLevel(level)
+
+
+def _run_stage(cfg):
+    log = get_logger()
     started = time.time()
     from comp.artifacts import disk_full
     from comp.workspace import run_root

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from comp.config import CONFIG_DIR, load_config
-from comp.run import main
-from tests.helpers import make_competition
+from comp.run import main, run_stage
+from tests.helpers import make_competition, tiny_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,9 +60,9 @@ def test_import_comp_stays_light():
 
 
 def test_progress_lines_when_stderr_is_not_a_terminal():
-    code = ("from comp.log import set_progress, unit_done\n"
-            "set_progress('{mode}')\n"
-            "unit_done('fold', model='m-1', fold=2, best_epoch=5, val_auc=0.91234, "
+    code = ("from comp.log import unit_done, using_progress\n"
+            "with using_progress('{mode}'):\n"
+            "    unit_done('fold', model='m-1', fold=2, best_epoch=5, val_auc=0.91234, "
             "seconds=3.21)\n")
     for mode in ("auto", "lines"):  # auto: stderr is a pipe here -> lines
         result = _python(code.format(mode=mode))
@@ -75,14 +75,11 @@ def test_progress_lines_when_stderr_is_not_a_terminal():
 
 
 def test_a_classic_model_prints_no_best_epoch(monkeypatch, comp_caplog):
-    from comp.log import set_progress, unit_done
+    from comp.log import unit_done, using_progress
 
-    set_progress("lines")
-    try:
+    with using_progress("lines"):
         unit_done("fold", model="pixels+logreg-1", fold=0, best_epoch=None, val_auc=0.5,
                   seconds=1.0)
-    finally:
-        set_progress("auto")
     assert comp_caplog.messages[-1] == ("fold done: model=pixels+logreg-1 fold=0 "
                                         "val_auc=0.5000 seconds=1.0")
 
@@ -91,7 +88,7 @@ def test_log_lines_are_not_printed_over_live_bars(monkeypatch):
     import io
     import logging
 
-    from comp.log import get_logger, log_over_bars, progress, set_progress
+    from comp.log import get_logger, log_over_bars, progress, using_progress
 
     def bar_then_log(redirect: bool) -> str:
         stream = io.StringIO()
@@ -109,12 +106,9 @@ def test_log_lines_are_not_printed_over_live_bars(monkeypatch):
         bar.close()
         return stream.getvalue()
 
-    set_progress("bar")
-    try:
+    with using_progress("bar"):
         assert "]comp: fold done" in bar_then_log(redirect=False)  # the old, split line
         text = bar_then_log(redirect=True)
-    finally:
-        set_progress("auto")
     assert "comp: fold done\n" in text and "]comp:" not in text
     assert any(line.startswith("comp: fold done") for line in text.replace("\r", "\n")
                .splitlines())
@@ -203,19 +197,36 @@ def test_piped_feature_passes_log_a_line_per_view(comp_caplog):
     """A long embedding or feature pass is not one silent stretch in a piped log."""
     import numpy as np
 
-    from comp.log import set_progress
+    from comp.log import using_progress
     from comp.training.embeddings import embed, pixel_encoder
     from comp.training.features import Encoder, ViewSet, compute_features
 
     images = np.zeros((5, 16, 16, 3), np.uint8)
-    set_progress("lines")
-    try:
+    with using_progress("lines"):
         embed(images, (0, 1, 2), pixel_encoder(), desc="embed pixels@16 train")
         compute_features(images, Encoder(None, lambda x: x / 2), ViewSet((0, 4)),
                          desc="features x")
-    finally:
-        set_progress("auto")
     lines = [m for m in comp_caplog.messages if m.startswith("view done: ")]
     assert lines[:3] == [f"view done: of=embed pixels@16 train view={k}/3 images=5 seconds="
                          + m.split("seconds=")[1] for k, m in zip((1, 2, 3), lines, strict=False)]
     assert [m.split(" view=")[1].split()[0] for m in lines[3:]] == ["1/2", "2/2"]
+
+
+def test_a_stage_gives_the_callers_process_settings_back(tmp_path, competition):
+    """A library call (run_stage, as the API makes it) of a stage that imports TensorFlow
+    leaves the caller's warning filters, TensorFlow's log level, the progress mode and
+    the `comp` logger's level as they were before it (it sets them for its own while)."""
+    import logging
+    import warnings
+
+    from comp import log
+
+    comp_level = log.get_logger().level
+    tf_logger = logging.getLogger("tensorflow")
+    tf_level = tf_logger.level
+    filters = list(warnings.filters)
+    run_stage(["stage=plan", "progress=lines",  # quiet=true: the comp logger at WARNING
+               *tiny_overrides(tmp_path, competition)])
+    assert warnings.filters == filters
+    assert tf_logger.level == tf_level and log.get_logger().level == comp_level
+    assert log._progress_mode == "auto"  # not the stage's `lines`

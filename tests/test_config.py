@@ -91,3 +91,20 @@ def test_readme_config_reference_is_in_sync():
     assert readme[start:end].strip() == config_reference().strip(), (
         "README's config reference is stale: paste the output of "
         "comp.run.config_reference() between the markers")
+
+
+def test_the_demo_folder_is_written_without_a_global_resolver():
+    """`${comp_demo:}` (the bundled demo's folder) is replaced by comp while it composes,
+    in the defaults and in an override alike; loading again gives the same config, and
+    OmegaConf's process-wide resolver registry is left without a comp entry."""
+    from omegaconf import OmegaConf
+
+    from comp.config import DEMO_DIR
+
+    first, again = load_config([]), load_config([])
+    assert first.data.dir == str(DEMO_DIR / "wbc") and first.weights_dir == str(
+        DEMO_DIR / "weights")
+    assert OmegaConf.to_container(again) == OmegaConf.to_container(first)
+    named = load_config(["data.dir=${comp_demo:}/wbc", "name=demo"])
+    assert named.data.dir == str(DEMO_DIR / "wbc")
+    assert not OmegaConf.has_resolver("comp_demo")

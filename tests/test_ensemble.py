@@ -88,6 +88,38 @@ def test_optuna_weights_continued_after_a_kill_equal_an_uninterrupted_study():
     assert not np.array_equal(other_seed, expected)  # the seed does reach the proposals
 
 
+def test_optuna_weights_leave_optuna_logging_as_the_caller_set_it():
+    """The weight study logs no line per trial, and Optuna's verbosity is the caller's
+    again afterwards (not lowered for the rest of the process)."""
+    import logging
+
+    import optuna
+
+    from comp.ensemble import optuna_weights
+
+    class Lines(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.DEBUG)
+            self.lines: list[str] = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
+    members, y = _synthetic(n=60)
+    before, lines = optuna.logging.get_verbosity(), Lines()
+    logging.getLogger("optuna").addHandler(lines)
+    optuna.logging.set_verbosity(optuna.logging.DEBUG)
+    try:
+        optuna_weights(members, y, seed=0, n_trials=3)
+        assert optuna.logging.get_verbosity() == optuna.logging.DEBUG
+        optuna.create_study().optimize(lambda trial: trial.suggest_float("x", 0, 1), 1)
+    finally:
+        optuna.logging.set_verbosity(before)
+        logging.getLogger("optuna").removeHandler(lines)
+    finished = [line for line in lines.lines if "finished with value" in line]
+    assert len(finished) == 1  # the caller's own study logs, the weight study did not
+
+
 @pytest.mark.parametrize("method", ["mean", "weighted", "rank", "geometric"])
 def test_combine_gives_distributions(method):
     members, _ = _synthetic(n=20)

@@ -117,6 +117,39 @@ def test_online_randaugment_sees_the_backbones_value_range_in_training_only():
     np.testing.assert_array_equal(np.asarray(layer(images, training=False)), images)
 
 
+def test_the_same_seed_builds_the_same_model_and_leaves_global_seeds_alone():
+    """A random backbone and its head are the same for the same seed (whatever the
+    process's seeds), differ for another seed, and building them changes no global
+    random state of the caller (Python's, NumPy's)."""
+    import random
+
+    import tensorflow as tf
+
+    backbone = get_backbone("small_cnn")
+    spec = SimpleNamespace(model={"pooling": "avg", "dense_units": 8, "dropout": 0.2,
+                                  "bn_trainable": True}, augment={},
+                           backbone="small_cnn")
+
+    def weights(seed: int) -> list:
+        base = build_backbone(backbone, 32, RANDOM, seed)
+        head = create_head(split_backbone(base, backbone, "all"), spec, 3, seed)
+        return [w.numpy() if hasattr(w, "numpy") else np.asarray(w) for w in head.weights]
+
+    random.seed(1), np.random.seed(1)
+    python, legacy = random.getstate(), np.random.get_state()[1].copy()
+    first = weights(7)
+    assert random.getstate() == python  # the caller's draws go on as before
+    assert np.array_equal(np.random.get_state()[1], legacy)
+    random.seed(2), np.random.seed(2), tf.random.set_seed(2)  # other global seeds
+    try:
+        again = weights(7)
+    finally:
+        tf.random.set_seed(None)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    other = weights(8)
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+
+
 def test_bad_unfreeze_points_are_clear():
     backbone = get_backbone("resnet50")
     base = _random_base("resnet50", 32)

@@ -198,5 +198,29 @@ def test_with_two_folds_the_teacher_leaves_out_ensembles_it_cannot_score_nested(
     b[[1, 5]] = [[0.6, 0.4], [0.6, 0.4]]
     prepared = _teacher_run(tmp_path, {"a": a, "b": b})
     teacher = Teacher(prepared, ["a", "b"], "selected", "accuracy", ["optuna", "stacked", "mean"])
-    assert set(teacher._candidates(0, np.zeros((2, 1, 2)))) == {"a", "b", "ensemble-mean"}
+    pool = np.full((2, 1, 2), 0.5)  # the voters' probabilities on one pool image
+    assert set(teacher._candidates(0, pool)) == {"a", "b", "ensemble-mean"}
     assert teacher.votes(0, ["unlabeled"]).teacher == "ensemble-mean"
+
+
+def test_a_round_without_known_labels_logs_no_empty_mean(comp_caplog):
+    """A round whose chosen images have no known label in any unit (accuracy vs truth nan
+    everywhere), or where a unit chose nothing, takes no mean of an empty set (numpy's
+    "Mean of empty slice"): the log line says n/a, or averages the units that have one."""
+    import warnings
+
+    from comp.pseudo.files import _log_round
+
+    def unit(n: int, confidence: float, accuracy: float) -> dict:
+        return {"per_class": {"a": n, "b": 0}, "mean_confidence": confidence,
+                "accuracy_vs_truth": accuracy, "teacher": "mean"}
+
+    nothing_known = {"0": unit(3, 0.9, float("nan")), "1": unit(0, float("nan"), float("nan"))}
+    some_known = {"0": unit(3, 0.9, 0.5), "1": unit(2, 0.7, float("nan"))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _log_round(1, ["m"], nothing_known)
+        _log_round(1, ["m"], some_known)
+    first, second = comp_caplog.messages[-2:]
+    assert "mean confidence 0.900; accuracy vs truth n/a" in first
+    assert "mean confidence 0.800; accuracy vs truth 0.500" in second

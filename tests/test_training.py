@@ -21,9 +21,12 @@ def _data(seed=0, n=60, views=2, dim=6, noise=2.0):
                     val_rows, val, [0], stop_rows=val_rows, stop_labels=val)
 
 
-def _model(dim=6):
+def _model(dim=6, seed=0):
+    """A seeded softmax layer: its initial weights never depend on the test order."""
     inputs = keras.Input((dim,))
-    return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs))
+    dense = keras.layers.Dense(3, activation="softmax",
+                               kernel_initializer=keras.initializers.GlorotUniform(seed))
+    return keras.Model(inputs, dense(inputs))
 
 
 TRAIN = {"optimizer": "sgd", "lr": 0.5, "momentum": 0.9, "schedule": "step", "lr_drop": 0.5,
@@ -54,10 +57,10 @@ def test_training_dataset_draws_each_row_once_per_epoch():
     data.features[:, :, 1] = np.arange(3)[:, None]
     data.rows = np.array([1, 3, 4, 6, 8, 9])  # a fold trains on some rows only
     data.targets, data.weights = np.eye(3)[data.rows % 3], data.rows / 10
-    dataset = training_dataset(data, batch_size=4, seed=1)
+    stream = iter(training_dataset(data, batch_size=4, seed=1))
     orders = []
-    for _ in range(2):  # two epochs
-        batches = list(dataset)
+    for _ in range(2):  # two epochs: a pass of 6 rows is 2 batches
+        batches = [next(stream) for _ in range(2)]
         x = np.concatenate([b[0].numpy() for b in batches])
         targets = np.concatenate([b[1].numpy() for b in batches])
         weights = np.concatenate([b[2].numpy() for b in batches])
@@ -67,10 +70,32 @@ def test_training_dataset_draws_each_row_once_per_epoch():
         assert (targets == np.eye(3)[rows % 3]).all()  # targets and weights follow their row
         assert np.allclose(weights, rows / 10)
         orders.append(rows.tolist())
-        assert len(batches) == 2 and len(batches[0][0]) == 4
+        assert len(batches[0][0]) == 4 and len(batches[1][0]) == 2  # a pass ends its batch
     assert orders[0] != orders[1]  # reshuffled each epoch
-    views = np.concatenate([b[0].numpy()[:, 1] for b in dataset])
+    views = np.concatenate([b[0].numpy()[:, 1] for b in batches])
     assert len(np.unique(views)) > 1  # views vary
+
+
+def test_training_dataset_depends_on_its_seed_alone():
+    """The same seed gives the same stream whatever the process-wide seeds say; another
+    seed gives another."""
+    import tensorflow as tf
+
+    data = _data(n=10, views=3)
+    data.features[:, :, 0] = np.arange(data.features.shape[1])[None, :]
+    data.features[:, :, 1] = np.arange(3)[:, None]
+
+    def stream(seed):
+        batches = training_dataset(data, batch_size=4, seed=seed).take(6)
+        return np.concatenate([b[0].numpy()[:, :2] for b in batches])
+
+    first = stream(1)
+    tf.random.set_seed(123)  # a caller's own global seed changes nothing
+    try:
+        assert np.array_equal(stream(1), first)
+    finally:
+        tf.random.set_seed(None)
+    assert not np.array_equal(stream(2), first)
 
 
 def test_balanced_class_weights():
@@ -86,7 +111,8 @@ def test_pseudo_rows_come_from_their_own_features():
     n_rows = data.features.shape[1]  # pseudo rows are numbered after every train row
     data.pseudo, data.rows = pseudo, np.concatenate([np.arange(10), n_rows + np.arange(4)])
     data.targets, data.weights = np.eye(3)[np.arange(14) % 3], np.ones(14)
-    x = np.concatenate([b[0].numpy() for b in training_dataset(data, batch_size=4, seed=0)])
+    x = np.concatenate([b[0].numpy()
+                        for b in training_dataset(data, batch_size=4, seed=0).take(4)])
     assert len(x) == 14 and (x[:, 0] == 7).sum() == 4 and (x[:, 0] == 0).sum() == 10
 
 
@@ -163,9 +189,9 @@ def test_learning_curves_use_the_first_view_alone_unless_they_choose_the_epoch()
     last = replace(data, stop_rows=None, stop_labels=None)  # epoch_choice=last
     for fold, views in ((last, [0]), (data, [0, 1])):
         model = _model()
-        history, _ = fit_fold(model, fold, {**TRAIN, "epochs": 2}, seed=0)
+        history, best = fit_fold(model, fold, {**TRAIN, "epochs": 2}, seed=0)
         probs = predict_views(model, fold.features, views, fold.val_rows)
-        assert history["val_auc"].iloc[-1] == macro_auc(fold.val_labels, probs)
+        assert history["val_auc"].iloc[best] == macro_auc(fold.val_labels, probs)
         other = predict_views(model, fold.features, [0, 1] if views == [0] else [0],
                               fold.val_rows)
         assert macro_auc(fold.val_labels, other) != macro_auc(fold.val_labels, probs)
@@ -174,8 +200,8 @@ def test_learning_curves_use_the_first_view_alone_unless_they_choose_the_epoch()
 def test_max_batches_caps_an_epoch_and_draws_fresh_rows_across_epochs():
     from comp.training.fit import epoch_batches
 
-    assert epoch_batches(60, 16, None) is None  # no cap: one pass (4 batches)
-    assert epoch_batches(60, 16, 4) is None  # the pass fits in the cap
+    assert epoch_batches(60, 16, None) == 4  # no cap: one pass
+    assert epoch_batches(60, 16, 4) == 4  # the pass fits in the cap
     assert epoch_batches(60, 16, 2) == 2
     data = _data(n=60)
     last = {**TRAIN, "epochs": 3, "max_batches": 2}
@@ -209,7 +235,7 @@ def test_mixup_and_cutmix_mix_targets_as_they_mix_the_feature_maps():
     data = _map_data()
     for train in ({"mixup": 0.4}, {"cutmix": 1.0}, {"mixup": 0.4, "cutmix": 1.0}):
         mixed = 0
-        for x, targets, weights in training_dataset(data, 8, 0, mixing_layers(train, 0)):
+        for x, targets, weights in training_dataset(data, 8, 0, mixing_layers(train, 0)).take(5):
             x, targets = x.numpy()[..., 0], targets.numpy()
             expected = targets @ np.arange(targets.shape[1])
             np.testing.assert_allclose(x.mean(axis=(1, 2)), expected, atol=0.02)
@@ -303,3 +329,22 @@ def test_average_top_ends_with_the_mean_of_the_best_inner_epochs():
     _, best_averaged = fit_fold(averaged, _data(), {**TRAIN, "average_top": 3}, seed=0)
     assert best == best_averaged
     assert not np.allclose(plain.get_weights()[0], averaged.get_weights()[0])
+
+
+def test_mixed_batches_depend_on_their_seed_alone():
+    import tensorflow as tf
+
+    from comp.training.mixing import mixing_layers
+
+    def first_batches(seed):
+        layers = mixing_layers({"mixup": 0.4, "cutmix": 1.0}, seed)
+        return [b[1].numpy() for b in training_dataset(_map_data(), 8, seed, layers).take(4)]
+
+    first = first_batches(0)
+    tf.random.set_seed(5)  # a process-wide seed changes nothing
+    try:
+        again = first_batches(0)
+    finally:
+        tf.random.set_seed(None)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, first_batches(1), strict=True))

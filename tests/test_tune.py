@@ -182,10 +182,9 @@ def test_a_killed_trial_is_failed_and_retried(tmp_path, competition):
 def test_pruners_stop_trials_within_three_inner_fits(tmp_path, pruner):
     # a trial reports one step per inner fit (tune.inner_folds=3): a warm-up (median) or
     # minimum resource (hyperband) of 5 steps never pruned anything
-    from comp.tuning.studies import open_study
+    from comp.tuning.studies import open_study, quiet_optuna
 
     study = open_study("s", f"sqlite:///{tmp_path / 'optuna.db'}", "auc", pruner, 0)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     def objective(trial):
         value = 0.9 if trial.number < 4 else 0.1  # later trials are worse at every step
@@ -195,7 +194,8 @@ def test_pruners_stop_trials_within_three_inner_fits(tmp_path, pruner):
                 raise optuna.TrialPruned()
         return value
 
-    study.optimize(objective, n_trials=16)
+    with quiet_optuna():  # no line per trial, and the worker's Optuna logging left alone
+        study.optimize(objective, n_trials=16)
     states = [t.state for t in study.trials]
     assert states[:4] == [COMPLETE] * 4
     assert optuna.trial.TrialState.PRUNED in states[4:]

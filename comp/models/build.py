@@ -8,6 +8,9 @@ fraction of the cost.
 
 from __future__ import annotations
 
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,20 +31,41 @@ class SplitBackbone:
     feature_shape: tuple[int, ...]
 
 
-def build_backbone(backbone: Backbone, size: int, weights: ResolvedWeights, seed: int):
-    """The no-top Keras model of `backbone` at `size`, with `weights` loaded."""
-    import keras
+@contextmanager
+def seeded_construction(seed: int) -> Iterator[None]:
+    """A context in which Keras layers built without a `seed=` get their seeds from `seed`.
 
+    Keras applications build their layers with initializers (and EfficientNet's dropout
+    with seed generators) that take no seed from the caller: each draws its seed from
+    Python's `random` module when it is constructed (`keras.random.make_default_seed`;
+    the random ops themselves are stateless, seeded by that draw). This seeds that module
+    for the construction alone and gives it back its earlier state afterwards, so a random
+    backbone is the same for the same seed without `keras.utils.set_random_seed`, which
+    would reset the caller's Python, NumPy and TensorFlow seeds for the whole process.
+    The one place comp seeds anything global; comp's own layers take `seed=` directly.
+    """
+    saved = random.getstate()
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(saved)
+
+
+def build_backbone(backbone: Backbone, size: int, weights: ResolvedWeights, seed: int):
+    """The no-top Keras model of `backbone` at `size`, with `weights` loaded; layers
+    without loaded weights are initialised from `seed` (see seeded_construction)."""
     if size < backbone.min_size:
         raise CompError(
             f"config: model.image_size={size} is below {backbone.name}'s minimum "
             f"{backbone.min_size}"
         )
-    keras.utils.set_random_seed(seed)
     try:
-        return backbone.constructor(
-            input_shape=(size, size, 3), weights=str(weights.path) if weights.path else None
-        )
+        with seeded_construction(seed):
+            return backbone.constructor(
+                input_shape=(size, size, 3),
+                weights=str(weights.path) if weights.path else None,
+            )
     except (ValueError, OSError) as exc:
         reason = str(exc).splitlines()[0][:200]
         raise CompError(
@@ -149,12 +173,16 @@ def create_head(split: SplitBackbone, spec, n_classes: int, seed: int, online: b
     `small_cnn`, unfreeze=all). Its layers hold no weights, so `online=False` (prediction,
     export: a graph TFLite converts) loads the same weights and gives the same
     probabilities.
+
+    Every random layer takes its seed from `seed` (the augmentation `seed`..`seed + 2`
+    and `seed + 7`, the head's dropout and initial weights `seed + 3`..`seed + 6`): the
+    same seed gives the same initial head and the same dropout draws, and no global seed
+    is set.
     """
     import keras
     from keras import layers
 
     m, augment = spec.model, spec.augment
-    keras.utils.set_random_seed(seed)
     inputs = keras.Input(split.feature_shape, name="features")
     x = inputs
     if split.prefix is None and online:
@@ -169,12 +197,14 @@ def create_head(split: SplitBackbone, spec, n_classes: int, seed: int, online: b
         pool = {"avg": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D}
         x = pool[m["pooling"]](name="pool")(x)
     if m["dense_units"] > 0:
-        x = layers.Dropout(m["dropout"], name="head_dropout1")(x)
-        x = layers.Dense(m["dense_units"], activation="relu", name="head_dense")(x)
-    x = layers.Dropout(m["dropout"], name="head_dropout")(x)
+        x = layers.Dropout(m["dropout"], seed=seed + 3, name="head_dropout1")(x)
+        x = layers.Dense(m["dense_units"], activation="relu", name="head_dense",
+                         kernel_initializer=keras.initializers.GlorotUniform(seed + 4))(x)
+    x = layers.Dropout(m["dropout"], seed=seed + 5, name="head_dropout")(x)
     # float32 probabilities whatever the dtype policy (mixed precision keeps softmax stable)
     outputs = layers.Dense(n_classes, activation="softmax", name="probabilities",
-                           dtype="float32")(x)
+                           dtype="float32",
+                           kernel_initializer=keras.initializers.GlorotUniform(seed + 6))(x)
     return keras.Model(inputs, outputs, name="head")
 
 
@@ -199,7 +229,7 @@ def online_augmentation(augment: dict, seed: int,
         # RandAugment's own colour, contrast, shear, translation etc. ops, 2 a batch
         out.append(layers.RandAugment(value_range=value_range, num_ops=2,
                                       factor=augment["online_randaugment"],
-                                      seed=seed + 3, name="online_randaugment"))
+                                      seed=seed + 7, name="online_randaugment"))
     shift = augment.get("online_shift", 0.0)
     if shift:
         out.append(layers.RandomTranslation(shift, shift, fill_mode="constant",

@@ -109,16 +109,28 @@ def _pick(rules, probs: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 def _log_round(round_: int, voter_ids: list[str], per_fold: dict) -> None:
     chosen = pd.DataFrame({k: v["per_class"] for k, v in per_fold.items()}).mean(axis=1)
+    # a unit that chose no image has no confidence, and no accuracy vs truth where none of
+    # its chosen images has a known label (nan in its summary): the means leave it out
+    confidence = _mean_of_known([v["mean_confidence"] for v in per_fold.values()])
     scored = [v["accuracy_vs_truth"] for v in per_fold.values() if "accuracy_vs_truth" in v]
+    accuracy = _mean_of_known(scored)
     teachers = pd.Series([v["teacher"] for v in per_fold.values()]).value_counts()
     get_logger().info(
         "pseudo: round %d, %d voter model(s), teacher %s; mean chosen per unit: %s; "
-        "mean confidence %.3f%s", round_, len(voter_ids),
+        "mean confidence %s%s", round_, len(voter_ids),
         ", ".join(f"{name} ({n} unit{'s' if n > 1 else ''})" for name, n in teachers.items()),
         ", ".join(f"{c} {n:.1f}" for c, n in chosen.items()),
-        float(np.mean([v["mean_confidence"] for v in per_fold.values()])),
-        f"; accuracy vs truth {np.nanmean(scored):.3f}" if scored else "",
+        "n/a (no image chosen)" if confidence is None else f"{confidence:.3f}",
+        "" if not scored else "; accuracy vs truth " + (
+            "n/a (no chosen image has a known label)" if accuracy is None
+            else f"{accuracy:.3f}"),
     )
+
+
+def _mean_of_known(values: list[float]) -> float | None:
+    """The mean of the values that are not nan; None where there is none."""
+    known = [float(v) for v in values if not np.isnan(v)]
+    return float(np.mean(known)) if known else None
 
 
 def _truth(path: str | None) -> dict | None:

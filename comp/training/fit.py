@@ -74,19 +74,35 @@ def class_weights(labels: np.ndarray, n_classes: int, mode: str) -> np.ndarray:
 
 def training_dataset(data: FoldData, batch_size: int, seed: int,
                      mixing: list | None = None) -> tf.data.Dataset:
-    """Shuffled batches; each epoch every row appears once, in a randomly drawn view.
+    """An endless stream of passes over the rows: pass p is every row once, in an order
+    and with views drawn from (`seed`, p), in batches (the last one of a pass may be
+    short). `fit_fold` reads one pass an epoch, or `train.max_batches` batches of the
+    running stream.
 
-    Rows and view draws are shuffled and batched in the graph; one NumPy gather per batch
-    reads their features, so a memory-mapped cache is never copied whole. `mixing`
-    (`mixing_layers`) mixes each batch's features and targets with a shuffle of the same
-    batch, one of its layers drawn per batch.
+    The order and the view draws are stateless random ops seeded with (`seed`, p), so
+    they depend on `seed` alone, never on a process-wide seed (tf.random.set_seed, which
+    tf.data's own shuffle would mix in). Rows are batched in the graph; one NumPy gather
+    per batch reads their features, so a memory-mapped cache is never copied whole.
+    `mixing` (`mixing_layers`) mixes each batch's features and targets with a shuffle of
+    the same batch, one of its layers drawn per batch (seeded by `seed` alone too).
     """
-    items = tf.data.Dataset.from_tensor_slices(
-        (data.rows.astype(np.int64), data.targets.astype(np.float32),
-         data.weights.astype(np.float32))
-    ).shuffle(len(data.rows), seed=seed, reshuffle_each_iteration=True)
-    draws = tf.data.Dataset.random(seed=seed + 1)
+    if len(data.rows) == 0:  # a pass of no batches: the stream would never yield one
+        raise ValueError("training_dataset: no rows to train on")
+    rows = tf.constant(data.rows.astype(np.int64))
+    targets = tf.constant(data.targets.astype(np.float32))
+    weights = tf.constant(data.weights.astype(np.float32))
+    n_rows = len(data.rows)
     shape = (None, *data.features.shape[2:])
+
+    def one_pass(number):
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(n_rows, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64),
+                                                              number]))
+        draws = tf.random.stateless_uniform(
+            [n_rows], seed=tf.stack([tf.constant(seed + 1, tf.int64), number]), minval=0,
+            maxval=2**31 - 1, dtype=tf.int64)
+        items = (tf.gather(rows, order), tf.gather(targets, order), tf.gather(weights, order))
+        return tf.data.Dataset.from_tensor_slices((items, draws)).batch(batch_size)
 
     def read(item, draw):
         rows, targets, weights = item
@@ -94,7 +110,7 @@ def training_dataset(data: FoldData, batch_size: int, seed: int,
                                      stateful=False)
         return tf.ensure_shape(features, shape), targets, weights
 
-    batches = (tf.data.Dataset.zip((items, draws)).batch(batch_size)
+    batches = (tf.data.Dataset.counter().flat_map(one_pass)
                .map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
     if mixing:
         batches = batches.map(batch_mixer(mixing, seed))
@@ -114,7 +130,9 @@ def fit_fold(model, data: FoldData, train: dict, seed: int,
 
     Returns the per-epoch history and the kept epoch (0-based). With `log_dir`, Keras's
     TensorBoard callback writes event files there. `compute` picks the dtype policy, XLA
-    and the distribution strategy (comp.training.compute).
+    and the distribution strategy (comp.training.compute). Every random draw of the fit
+    comes from `seed` (the data's order and views) or from the model's own seeded layers
+    (create_head); no global seed is set.
 
     Why seven parameters: the last three are independent optional hooks (the per-epoch
     `on_epoch(epoch, logs)`, the TensorBoard folder, the compute settings) that each
@@ -122,7 +140,6 @@ def fit_fold(model, data: FoldData, train: dict, seed: int,
     """
     with model_scope(compute):
         jit = jit_compile(compute)
-        keras.utils.set_random_seed(seed)
         model.compile(
             optimizer=make_optimizer(
                 train, depth_rate_scales(model, train.get("lr_depth_ratio") or 1.0)),
@@ -132,8 +149,6 @@ def fit_fold(model, data: FoldData, train: dict, seed: int,
         stopper = _early_stopping(data, train)
         dataset = training_dataset(data, train["batch_size"], seed, mixing_layers(train, seed))
         steps = epoch_batches(len(data.rows), train["batch_size"], train.get("max_batches"))
-        if steps is not None:
-            dataset = dataset.repeat()  # an epoch is `steps` batches of a running draw
         result = model.fit(
             dataset,
             epochs=train["epochs"],
@@ -148,12 +163,11 @@ def fit_fold(model, data: FoldData, train: dict, seed: int,
         return history, best
 
 
-def epoch_batches(n_rows: int, batch_size: int, max_batches: int | None) -> int | None:
-    """The batches of a capped epoch (train.max_batches), or None where every row fits in
-    at most `max_batches` batches (an epoch is then one pass over the rows)."""
-    if max_batches is None or -(-n_rows // batch_size) <= max_batches:
-        return None
-    return max_batches
+def epoch_batches(n_rows: int, batch_size: int, max_batches: int | None) -> int:
+    """The batches of an epoch: one pass over the rows, or `max_batches`
+    (train.max_batches) of the running stream where a pass has more batches than that."""
+    one_pass = -(-n_rows // batch_size)
+    return one_pass if max_batches is None else min(one_pass, max_batches)
 
 
 def _early_stopping(data: FoldData, train: dict) -> keras.callbacks.EarlyStopping | None:

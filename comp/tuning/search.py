@@ -30,7 +30,14 @@ from comp.models.spec import ModelSpec, make_spec, native_side, with_params
 from comp.training.fit import fit_fold
 from comp.training.trainer import FeaturedModel, RowSplit, fold_data
 from comp.tuning.space import default_trial, suggest
-from comp.tuning.studies import StudyLock, counted_trials, inner_splits, open_study, work_on
+from comp.tuning.studies import (
+    StudyLock,
+    counted_trials,
+    inner_splits,
+    open_study,
+    quiet_optuna,
+    work_on,
+)
 
 
 def storage_url(cfg: DictConfig, prepared: Prepared) -> str:
@@ -55,8 +62,13 @@ def tuned_backbones(cfg: DictConfig) -> list[str]:
 
 
 def tune_backbone(cfg: DictConfig, prepared: Prepared, backbone_name: str) -> dict:
-    """Bring each unit's study of `backbone_name` to tune.n_trials finished trials."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    """Bring each unit's study of `backbone_name` to tune.n_trials finished trials
+    (Optuna's own logging kept to warnings for the while: quiet_optuna)."""
+    with quiet_optuna():
+        return _tune_backbone(cfg, prepared, backbone_name)
+
+
+def _tune_backbone(cfg: DictConfig, prepared: Prepared, backbone_name: str) -> dict:
     backbone = get_backbone(backbone_name)
     native = native_side(prepared.competition.train["path"].tolist())
     base = make_spec(cfg, backbone_name, prepared.folds_key, native=native)

@@ -23,7 +23,8 @@ import inspect
 import time
 import warnings
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,20 @@ from comp.tuning.space import PRUNERS
 
 JOURNAL = "journal:"  # tune.storage=journal:<path>: Optuna's JournalStorage on a file
 POLL_SECONDS = 1.0  # a waiting worker looks again at other workers' running trials this often
+
+
+@contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """A context in which Optuna logs warnings only (not a line per study and trial: comp
+    says what it does in its own lines), its earlier verbosity given back afterwards, so
+    a caller's own Optuna logging is left as it was. Both users of Optuna studies (tuning
+    and the Optuna-weighted ensemble) run theirs inside it."""
+    saved = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(saved)
 
 
 def journal_path(storage_url: str) -> Path | None:
