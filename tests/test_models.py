@@ -187,3 +187,41 @@ def test_every_named_unfreeze_point_cuts_cleanly(name):
         cuts.add(split.cut)
     assert len(cuts) == len(backbone.unfreeze_points)  # every named point cuts elsewhere
     assert backbone.default_unfreeze in backbone.unfreeze_points
+
+
+@pytest.mark.parametrize("name", ["mobilenet_025", "resnet50"])
+def test_folded_batch_norms_give_the_prefix_outputs(name):
+    import keras
+
+    from comp.models.build import fold_batch_norms
+
+    backbone = get_backbone(name)
+    base = build_backbone(backbone, 32, RANDOM, 0)  # its own: the statistics are changed
+    prefix = split_backbone(base, backbone, None).prefix
+    rng = np.random.default_rng(0)
+    for layer in prefix.layers:  # statistics far from the identity, so folding shows
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rng.normal(0, 0.3, n))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, n))
+            layer.gamma.assign(rng.uniform(0.5, 1.5, n))
+    folded = fold_batch_norms(prefix)
+    kinds = [type(layer).__name__ for layer in folded.layers]
+    assert "BatchNormalization" not in kinds and "Folded" in kinds
+    x = backbone.preprocess(rng.uniform(0, 255, (3, 32, 32, 3)).astype("float32"))
+    expected = np.asarray(prefix.predict_on_batch(x))
+    np.testing.assert_allclose(np.asarray(folded.predict_on_batch(x)), expected,
+                               atol=1e-4 * np.abs(expected).max())
+    assert fold_batch_norms(folded) is folded  # nothing left to fold
+
+
+def test_a_convolution_read_elsewhere_is_not_folded():
+    import keras
+
+    from comp.models.build import fold_batch_norms
+
+    inputs = keras.Input((8, 8, 3))
+    conv = keras.layers.Conv2D(4, 3, use_bias=False, name="conv")(inputs)
+    normed = keras.layers.BatchNormalization(name="bn")(conv)
+    model = keras.Model(inputs, keras.layers.Concatenate()([conv, normed]))
+    assert fold_batch_norms(model) is model  # the raw convolution output is an output too

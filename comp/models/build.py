@@ -8,6 +8,7 @@ fraction of the cost.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -246,3 +247,93 @@ def online_augmentation(augment: dict, seed: int,
 def weight_bytes(model) -> int:
     """The bytes of a Keras model's weights (what its weights file needs, less overhead)."""
     return sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights)
+
+
+def fold_batch_norms(model):
+    """An inference copy of `model` (a frozen Keras functional model) in which each
+    BatchNormalization that is the one consumer of a Conv2D or DepthwiseConv2D output is
+    folded into that convolution's kernel and bias; `model` itself where none is.
+
+    The same outputs to float rounding (a BatchNormalization at inference is a fixed
+    per-channel affine map), one pass over the activations fewer per convolution: about
+    1.8x the views per second of MobileNet 0.25 on this 2-core CPU (bench/README.md).
+    Only for frozen layers: the copy's weights no longer train like the original's.
+    """
+    pairs = _foldable_pairs(model)
+    if not pairs:
+        return model
+    import keras
+
+    convs = {conv.name: bn for bn, conv in pairs}
+    folded_bns = {bn.name for bn, _ in pairs}
+
+    def clone(layer):
+        if layer.name in folded_bns:
+            return _folded_layer_class()(name=layer.name)
+        config = layer.get_config()
+        if layer.name in convs:
+            config["use_bias"] = True
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    for layer in model.layers:
+        if layer.name in folded_bns or not layer.weights:
+            continue
+        target = copy.get_layer(layer.name)
+        if layer.name in convs:
+            target.set_weights(_folded_weights(layer, convs[layer.name]))
+        else:
+            target.set_weights(layer.get_weights())
+    return copy
+
+
+def _foldable_pairs(model) -> list:
+    """(batch norm, convolution) pairs of `model` that fold exactly: a channels-last
+    convolution without activation, called once, whose one consumer is the batch norm
+    (normalising the channel axis, called once)."""
+    from keras import layers
+
+    pairs = []
+    for bn in model.layers:
+        if not isinstance(bn, layers.BatchNormalization) or len(bn._inbound_nodes) != 1:
+            continue
+        source = bn.input._keras_history.operation
+        if (isinstance(source, (layers.Conv2D, layers.DepthwiseConv2D))
+                and not isinstance(source, layers.SeparableConv2D)
+                and source.data_format == "channels_last"
+                and bn.axis in (-1, 3, [-1], [3])
+                and source.get_config().get("activation") in (None, "linear")
+                and len(source._inbound_nodes) == 1 and len(source._outbound_nodes) == 1):
+            pairs.append((bn, source))
+    return pairs
+
+
+def _folded_weights(conv, bn) -> list[np.ndarray]:
+    """The kernel and bias of `conv` followed by `bn` at inference, as one convolution."""
+    from keras import layers
+
+    mean, variance = np.asarray(bn.moving_mean), np.asarray(bn.moving_variance)
+    gamma = np.asarray(bn.gamma) if bn.scale else np.ones_like(mean)
+    beta = np.asarray(bn.beta) if bn.center else np.zeros_like(mean)
+    scale = gamma / np.sqrt(variance + bn.epsilon)
+    kernel = np.asarray(conv.kernel, dtype=np.float64)
+    bias = np.asarray(conv.bias, dtype=np.float64) if conv.use_bias else np.zeros_like(mean)
+    if isinstance(conv, layers.DepthwiseConv2D):  # output channel = input * multiplier + m
+        kernel = kernel * scale.reshape(1, 1, kernel.shape[2], kernel.shape[3])
+    else:
+        kernel = kernel * scale.reshape(1, 1, 1, -1)
+    return [kernel.astype(np.float32), ((bias - mean) * scale + beta).astype(np.float32)]
+
+
+@functools.cache
+def _folded_layer_class():
+    import keras
+
+    class Folded(keras.layers.Layer):
+        """Where a folded BatchNormalization was: passes its input on (it takes the
+        batch norm's call arguments, which Keras's Identity does not)."""
+
+        def call(self, inputs, training=None, mask=None):
+            return inputs
+
+    return Folded

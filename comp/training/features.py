@@ -64,6 +64,14 @@ class Encoder:
     prefix: object | None
     preprocess: Callable[[np.ndarray], np.ndarray]
 
+    @classmethod
+    def of(cls, prefix, preprocess: Callable[[np.ndarray], np.ndarray]) -> Encoder:
+        """The encoder of a frozen `prefix` (or None), its batch norms folded into their
+        convolutions for speed (comp.models.build.fold_batch_norms)."""
+        from comp.models.build import fold_batch_norms
+
+        return cls(None if prefix is None else fold_batch_norms(prefix), preprocess)
+
 
 @dataclass(frozen=True)
 class ViewSet:
