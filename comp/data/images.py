@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -288,6 +290,30 @@ class DecodedImages(_RowImages):
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
             list(pool.map(work, range(len(indices))))
         return out
+
+
+@contextmanager
+def decoded_once(images, folder: Path, passes: int) -> Iterator[np.ndarray]:
+    """`images` for a consumer that reads them `passes` times over (a pass per view): a
+    `DecodedImages` read more than once is decoded a single time into a temporary file
+    in `folder` (deleted at exit), so the run directory keeps no decoded copy and no
+    image is decoded once per view; any other array is passed as it is."""
+    if not isinstance(images, DecodedImages) or passes < 2:
+        yield images
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix="decoded-", suffix=".npy", dir=folder)
+    os.close(handle)
+    target = Path(name)
+    try:
+        with open(target, "wb") as out:
+            np.lib.format.write_array_header_1_0(out, {
+                "descr": "|u1", "fortran_order": False, "shape": images.shape})
+            for start in range(0, len(images), 256):
+                out.write(images[start : start + 256].tobytes())
+        yield np.load(target, mmap_mode="r")
+    finally:
+        target.unlink(missing_ok=True)
 
 
 class ResizedImages(_RowImages):

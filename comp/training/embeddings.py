@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from comp.artifacts import fingerprint, read_json, write_json, write_npy
+from comp.data.images import decoded_once
 from comp.data.views import dihedral_view
 from comp.errors import CompError
 from comp.log import progress, unit_done
@@ -139,7 +140,8 @@ def cached_embeddings(cache_root: Path, key: dict, split: str, images: np.ndarra
                 return np.load(target)
         except (OSError, ValueError):
             pass  # corrupt: rebuilt below
-    array = embed(images, views, make_encoder(), desc=f"embed {key['source']} {split}")
+    with decoded_once(images, folder, len(views)) as readable:
+        array = embed(readable, views, make_encoder(), desc=f"embed {key['source']} {split}")
     write_npy(target, array)
     write_json(key_file, full)
     return array

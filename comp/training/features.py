@@ -10,6 +10,7 @@ cache and a stale one is never read.
 from __future__ import annotations
 
 import mmap
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import numpy as np
 
 from comp import __version__
 from comp.artifacts import atomic_path, fingerprint, read_json, write_json
+from comp.data.images import decoded_once
 from comp.data.views import DIHEDRAL, TTA_VIEWS, Jitter, dihedral_view, random_views
 from comp.log import progress, unit_done
 
@@ -139,8 +141,17 @@ def compute_features(images: np.ndarray, encoder: Encoder, views: ViewSet,
     array goes batch by batch into that .npy file (in C order, so the writes are
     sequential) and None is returned: it never has to fit in memory, and neither the
     images (read batch by batch from their cache file) nor the features are mapped into
-    this process while they are computed.
+    this process while they are computed. Images decoded on read are decoded once for
+    all the views (comp.data.images.decoded_once).
     """
+    scratch = Path(out).parent if out is not None else Path(tempfile.gettempdir())
+    passes = len(views.views) + (1 if views.n_random else 0)
+    with decoded_once(images, scratch, passes) as readable:
+        return _compute(readable, encoder, views, batch_size, desc, out)
+
+
+def _compute(images: np.ndarray, encoder: Encoder, views: ViewSet, batch_size: int,
+             desc: str, out: Path | None) -> np.ndarray | None:
     extra = (random_views(images, views.n_random, Jitter.of(views.augment or {}), views.seed)
              if views.n_random else [])
     sources = [("view", v) for v in views.views] + [("random", i) for i in range(views.n_random)]
