@@ -184,3 +184,28 @@ def test_cheap_large_decodes_are_read_from_the_files_not_cached(tmp_path, monkey
     # a cache file once written is read back, whatever the timing says now
     monkeypatch.setattr(images_module, "CHEAP_DECODE_SECONDS", 1e9)
     assert isinstance(cached_images(cache, "train", paths, 96, DECODING), np.memmap)
+
+
+def test_decoded_once_decodes_each_image_a_single_time_for_many_passes(tmp_path, monkeypatch):
+    from comp.data import images as images_module
+
+    paths = []
+    for i in range(4):
+        path = tmp_path / f"im{i}.png"
+        Image.new("RGB", (20, 20), (10 * i, 0, 0)).save(path)
+        paths.append(str(path))
+    lazy = images_module.DecodedImages(paths, 80, DECODING)
+    decoded = []
+    real = images_module.decode_image
+    monkeypatch.setattr(images_module, "decode_image",
+                        lambda path, *args: decoded.append(path) or real(path, *args))
+    scratch = tmp_path / "scratch"
+    with images_module.decoded_once(lazy, scratch, passes=8) as once:
+        for _ in range(8):  # a pass per view
+            rows = np.asarray(once[0:4])
+        assert len(list(scratch.iterdir())) == 1
+    assert sorted(decoded) == sorted(paths)  # each file decoded once, not 8 times
+    np.testing.assert_array_equal(rows[:, 0, 0, 0], [0, 10, 20, 30])
+    assert list(scratch.iterdir()) == []  # the decoded copy is gone with the pass
+    with images_module.decoded_once(lazy, scratch, passes=1) as single:
+        assert single is lazy  # one pass: read straight from the files
