@@ -22,7 +22,7 @@ from comp.data.prepared import decoding
 from comp.ensemble import METHODS
 from comp.errors import CompError
 from comp.log import progress
-from comp.models.build import build_backbone, create_head, split_backbone
+from comp.models.build import build_backbone, create_head, fold_batch_norms, split_backbone
 from comp.models.heads import view_average_proba
 from comp.models.registry import get_backbone
 from comp.models.spec import ClassicSpec, ModelSpec, spec_class
@@ -161,6 +161,7 @@ def predict_images(spec: ModelSpec, model_dir: Path, images: np.ndarray,
         with model_scope(spec.compute):
             head = create_head(split, fold_spec, n_classes, 0, online=False)
         head.load_weights(model_dir / f"fold{fold}" / "model.weights.h5")
+        head = fold_batch_norms(head)  # the trained body's batch norms too: it predicts only
         positions = list(range(len(plan.tta)))  # view 0, the image itself, comes first
         if recorded_views(model_dir / f"fold{fold}") == IDENTITY:
             positions = positions[:1]

@@ -215,6 +215,29 @@ def test_folded_batch_norms_give_the_prefix_outputs(name):
     assert fold_batch_norms(folded) is folded  # nothing left to fold
 
 
+def test_a_heads_trained_body_folds_too():
+    import keras
+
+    from comp.models.build import fold_batch_norms
+
+    backbone = get_backbone("mobilenet_025")
+    split = split_backbone(build_backbone(backbone, 32, RANDOM, 0), backbone, None)
+    spec = SimpleNamespace(model={"pooling": "avg", "dense_units": 0, "dropout": 0.2,
+                                  "bn_trainable": True}, augment={}, backbone="mobilenet_025")
+    head = create_head(split, spec, 3, 0, online=False)
+    rng = np.random.default_rng(1)
+    for layer in split.body.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rng.normal(0, 0.3, n))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, n))
+    folded = fold_batch_norms(head)
+    body = next(layer for layer in folded.layers if isinstance(layer, keras.Model))
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in body.layers)
+    x = rng.normal(size=(4, *split.feature_shape)).astype("float32")
+    np.testing.assert_allclose(folded.predict_on_batch(x), head.predict_on_batch(x), atol=1e-5)
+
+
 def test_a_convolution_read_elsewhere_is_not_folded():
     import keras
 
