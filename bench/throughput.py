@@ -8,7 +8,9 @@ threading and dtype policies never leak from one row into the next:
 - Keras `predict_on_batch` (what comp's feature pass calls) at batch 32, 128 and 256;
 - a `tf.function` of the model call, without and with XLA (`jit_compile=True`);
 - the `mixed_bfloat16` policy (this CPU has AVX512_BF16 and AMX where the flags say so);
-- TensorFlow's inter-/intra-op thread counts (0 = TensorFlow's choice).
+- TensorFlow's inter-/intra-op thread counts (0 = TensorFlow's choice);
+- the batch norms folded into their convolutions (comp.models.build.fold_batch_norms,
+  what comp's feature pass and stage=predict run).
 Against the FLOP bound: a float32 matrix product's GFLOP/s on every core, and the network's
 FLOP per image from its layers' shapes (bench/inference.py's `model_flops`). Prints a table.
 """
@@ -36,6 +38,8 @@ SETTINGS = [  # (name, call, batch, policy, inter, intra)
     ("tf.function", "function", 128, "mixed_bfloat16", 0, 0),
     ("predict_on_batch, 1 inter / 2 intra", "keras", 128, "float32", 1, 2),
     ("predict_on_batch, 2 inter / 1 intra", "keras", 128, "float32", 2, 1),
+    ("predict_on_batch, batch norms folded", "folded", 128, "float32", 0, 0),
+    ("tf.function, batch norms folded", "folded_function", 128, "float32", 0, 0),
 ]
 
 
@@ -59,7 +63,12 @@ def measure(backbone: str, size: int, n_images: int, call: str, batch: int, poli
     model = keras.Model(inputs, keras.layers.Dense(4, activation="softmax",
                                                    dtype="float32")(pooled))
     images = np.random.default_rng(0).uniform(-1, 1, (n_images, size, size, 3)).astype("f4")
-    if call == "keras":
+    flops = model_flops(model)
+    if call.startswith("folded"):
+        from comp.models.build import fold_batch_norms
+
+        model = fold_batch_norms(model)
+    if call in ("keras", "folded"):
         run = model.predict_on_batch
     else:
         compiled = tf.function(lambda x: model(x, training=False), jit_compile=call == "xla")
@@ -69,7 +78,7 @@ def measure(backbone: str, size: int, n_images: int, call: str, batch: int, poli
     for start in range(0, n_images, batch):
         np.asarray(run(images[start:start + batch]))
     seconds = time.time() - started
-    return {"views_per_s": n_images / seconds, "flops": model_flops(model)}
+    return {"views_per_s": n_images / seconds, "flops": flops}
 
 
 def main() -> None:
@@ -88,8 +97,8 @@ def main() -> None:
 
     gflops = matmul_gflops(256 if args.smoke else 2048)
     rows = []
-    # the smoke mode runs one setting of each kind: keras, tf.function, XLA, bfloat16
-    settings = [SETTINGS[i] for i in (0, 3, 5, 6)] if args.smoke else SETTINGS
+    # the smoke mode runs one setting of each kind: keras, tf.function, XLA, bfloat16, folded
+    settings = [SETTINGS[i] for i in (0, 3, 5, 6, 10)] if args.smoke else SETTINGS
     for name, call, batch, policy, inter, intra in settings:
         argv = [sys.executable, __file__, "--one", json.dumps([call, batch, policy, inter, intra]),
                 "--backbone", args.backbone, "--size", str(size), "--images", str(n_images)]
