@@ -156,7 +156,7 @@ def predict_images(spec: ModelSpec, model_dir: Path, images: np.ndarray,
                                       spec.train["seed"])
                 split = split_backbone(base, backbone, fold_spec.model["unfreeze"])
             shared[key] = (split, compute_features(
-                images, Encoder.of(split.prefix, backbone.preprocess), ViewSet(plan.tta)))
+                images, Encoder(split.prefix, backbone.preprocess), ViewSet(plan.tta)))
         split, features = shared[key]
         with model_scope(spec.compute):
             head = create_head(split, fold_spec, n_classes, 0, online=False)

@@ -122,16 +122,22 @@ def test_cache_is_reused_and_invalidated(tmp_path):
     assert first[0, 0, 0, 0] == 255 and second[0, 0, 0, 2] == 255
 
 
+def _random_files(folder, n, shape, suffix):
+    """`n` files of random RGB pixels of `shape` (height, width) in `folder`; their paths."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        path = folder / f"im{i}{suffix}"
+        Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    return paths
+
+
 @pytest.mark.parametrize("suffix", [".jpg", ".png"])
 def test_enlarged_sizes_are_resized_on_read_from_one_cache_equal_to_decoding(tmp_path, suffix):
     # every image 24 x 24: sizes above 24 are resized from the 24 px cache on read, with
     # the same pixels as decoding each file at that size (what stage=predict does)
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(3):
-        path = tmp_path / f"im{i}{suffix}"
-        Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(path)
-        paths.append(str(path))
+    paths = _random_files(tmp_path, 3, (24, 24), suffix)
     cache = tmp_path / "cache"
     for size in (56, 24, 100):
         images = cached_images(cache, "train", paths, size, DECODING)
@@ -159,16 +165,11 @@ def test_mixed_sizes_are_cached_at_each_size(tmp_path):
 def test_cheap_large_decodes_are_read_from_the_files_not_cached(tmp_path, monkeypatch):
     from comp.data import images as images_module
 
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(5):
-        path = tmp_path / f"im{i}.jpg"
-        Image.fromarray(rng.integers(0, 256, (90, 70, 3), dtype=np.uint8)).save(path)
-        paths.append(str(path))
+    paths = _random_files(tmp_path, 5, (90, 70), ".jpg")
     direct = np.stack([decode_image(p, 96, LIMIT) for p in paths])
     cache = tmp_path / "cache"
     lazy = cached_images(cache, "train", paths, 96, DECODING)  # 5 small JPEGs: cheap
-    assert isinstance(lazy, images_module.DecodedImages) and not list(cache.glob("*_96_*"))
+    assert isinstance(lazy, images_module.DecodedImages) and not list(cache.glob("*_96_*.npy"))
     assert lazy.shape == (5, 96, 96, 3) and lazy.dtype == np.uint8 and len(lazy) == 5
     np.testing.assert_array_equal(np.asarray(lazy), direct)
     np.testing.assert_array_equal(lazy[[4, 1]], direct[[4, 1]])
@@ -178,12 +179,16 @@ def test_cheap_large_decodes_are_read_from_the_files_not_cached(tmp_path, monkey
     assert isinstance(cached_images(cache, "train", paths, 32, DECODING), np.memmap)
     # slow decoding (here: any) is cached, with the same pixels
     monkeypatch.setattr(images_module, "CHEAP_DECODE_SECONDS", -1.0)
-    cached = cached_images(cache, "train", paths, 96, DECODING)
-    assert isinstance(cached, np.memmap) and len(list(cache.glob("train_96_*.npy"))) == 1
+    # ... but the decision is taken once per cache file: the first stays uncached
+    assert isinstance(cached_images(cache, "train", paths, 96, DECODING),
+                      images_module.DecodedImages)
+    slow = tmp_path / "slow"
+    cached = cached_images(slow, "train", paths, 96, DECODING)
+    assert isinstance(cached, np.memmap) and len(list(slow.glob("train_96_*.npy"))) == 1
     np.testing.assert_array_equal(cached, direct)
     # a cache file once written is read back, whatever the timing says now
     monkeypatch.setattr(images_module, "CHEAP_DECODE_SECONDS", 1e9)
-    assert isinstance(cached_images(cache, "train", paths, 96, DECODING), np.memmap)
+    assert isinstance(cached_images(slow, "train", paths, 96, DECODING), np.memmap)
 
 
 def test_decoded_once_decodes_each_image_a_single_time_for_many_passes(tmp_path, monkeypatch):

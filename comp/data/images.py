@@ -167,7 +167,7 @@ def cached_images(cache_dir: Path, split: str, paths: list[str], size: int,
             return np.load(target, mmap_mode="r")
         except (OSError, ValueError):
             target.unlink()  # a corrupt cache is rebuilt, never trusted
-    if not worth_caching(paths, size, decoding):
+    if not _recorded_worth_caching(target, paths, size, decoding):
         return DecodedImages(paths, size, decoding)
     side = common_side(cache_dir, split, paths, hashes)
     if side is not None and size > side:  # enlarged: cached once at the images' own side
@@ -217,6 +217,21 @@ def worth_caching(paths: list[str], size: int, decoding: Decoding) -> bool:
     for path in sample:
         decode_image(path, size, decoding.max_pixels, decoding.intensity_range)
     return (time.perf_counter() - started) / len(sample) > CHEAP_DECODE_SECONDS
+
+
+def _recorded_worth_caching(target: Path, paths: list[str], size: int,
+                            decoding: Decoding) -> bool:
+    """`worth_caching`, decided once per cache file and kept beside it (`.decode.json`),
+    so later readers neither time the sample again nor decide otherwise."""
+    record = target.with_suffix(".decode.json")
+    if record.exists():
+        try:
+            return bool(read_json(record)["cache"])
+        except (OSError, ValueError, KeyError):
+            pass  # decided again below
+    cache = worth_caching(paths, size, decoding)
+    write_json(record, {"cache": cache})
+    return cache
 
 
 def common_side(cache_dir: Path, split: str, paths: list[str], hashes: list[str]) -> int | None:
@@ -294,11 +309,12 @@ class DecodedImages(_RowImages):
 
 @contextmanager
 def decoded_once(images, folder: Path, passes: int) -> Iterator[np.ndarray]:
-    """`images` for a consumer that reads them `passes` times over (a pass per view): a
-    `DecodedImages` read more than once is decoded a single time into a temporary file
-    in `folder` (deleted at exit), so the run directory keeps no decoded copy and no
-    image is decoded once per view; any other array is passed as it is."""
-    if not isinstance(images, DecodedImages) or passes < 2:
+    """`images` for a consumer that reads them `passes` times over (a pass per view):
+    images made on read (`DecodedImages`, `ResizedImages`) read more than once are made a
+    single time into a temporary file in `folder` (deleted at exit), so the run
+    directory keeps no extra copy and no image is decoded or resized once per view; an
+    array is passed as it is."""
+    if not isinstance(images, _RowImages) or passes < 2:
         yield images
         return
     folder.mkdir(parents=True, exist_ok=True)

@@ -66,13 +66,14 @@ class Encoder:
     prefix: object | None
     preprocess: Callable[[np.ndarray], np.ndarray]
 
-    @classmethod
-    def of(cls, prefix, preprocess: Callable[[np.ndarray], np.ndarray]) -> Encoder:
-        """The encoder of a frozen `prefix` (or None), its batch norms folded into their
-        convolutions for speed (comp.models.build.fold_batch_norms)."""
+    def folded(self) -> Encoder:
+        """This encoder with its frozen prefix's batch norms folded into their
+        convolutions for speed (comp.models.build.fold_batch_norms): what computing
+        features runs, so a run whose features are cached never builds the copy."""
         from comp.models.build import fold_batch_norms
 
-        return cls(None if prefix is None else fold_batch_norms(prefix), preprocess)
+        return Encoder(None if self.prefix is None else fold_batch_norms(self.prefix),
+                       self.preprocess)
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ def compute_features(images: np.ndarray, encoder: Encoder, views: ViewSet,
     scratch = Path(out).parent if out is not None else Path(tempfile.gettempdir())
     passes = len(views.views) + (1 if views.n_random else 0)
     with decoded_once(images, scratch, passes) as readable:
-        return _compute(readable, encoder, views, batch_size, desc, out)
+        return _compute(readable, encoder.folded(), views, batch_size, desc, out)
 
 
 def _compute(images: np.ndarray, encoder: Encoder, views: ViewSet, batch_size: int,

@@ -70,7 +70,7 @@ class FeaturedModel:
         if spec.precision != "float32":
             key["precision"] = spec.precision
         store = FeatureStore(prepared.run.feature_cache, key)
-        encoder = Encoder.of(self.split.prefix, backbone.preprocess)
+        encoder = Encoder(self.split.prefix, backbone.preprocess)
         self.features: dict[str, np.ndarray] = {}
         for split in SPLITS:
             images = prepared.images(split, spec.image_size)  # keyed by content hashes
