@@ -17,7 +17,13 @@ from comp.models.heads import HEADS, view_average_proba
 from comp.models.registry import get_backbone
 from comp.models.spec import auto_size, make_classic_spec
 from comp.training.classic import HeadRows, depth_column_sets, fit_classic
-from comp.training.embeddings import color_encoder, depth_widths, pixel_encoder
+from comp.training.embeddings import (
+    color_encoder,
+    depth_widths,
+    embed,
+    pixel_embeddings,
+    pixel_encoder,
+)
 from tests.helpers import ensemble_dir, run_comp, tiny_overrides
 
 
@@ -69,6 +75,19 @@ def test_colour_histograms_are_view_invariant_fractions():
         assert np.allclose(encode(dihedral_view(images, view)), base)
     assert pixel_encoder()(images).max() <= 1.0
 
+
+
+def test_pixel_embeddings_made_on_read_are_the_embedded_numbers():
+    """Pixel embeddings are not cached but made on read: the very numbers `embed` gives
+    (so the heads trained before this change predict as before), for every view, and for
+    an empty split."""
+    images = np.random.default_rng(0).integers(0, 256, (70, 8, 8, 3), dtype=np.uint8)
+    views = (0, 3, 5)
+    made = pixel_embeddings(images, views)
+    assert made.dtype == np.float32 and made.shape == (3, 70, 192)
+    np.testing.assert_array_equal(made, embed(images, views, pixel_encoder()))
+    assert not np.array_equal(made[0], made[1])  # the views differ
+    assert pixel_embeddings(images[:0], views).shape == (3, 0, 192)
 
 def _blobs(n=60, views=2, dim=5, seed=0):
     rng = np.random.default_rng(seed)

@@ -34,6 +34,7 @@ from comp.training.embeddings import (
     color_encoder,
     depth_widths,
     embed,
+    pixel_embeddings,
     pixel_encoder,
     pooled_model,
 )
@@ -53,6 +54,9 @@ class ClassicFeatures:
             parts = []
             for name, size in spec.parts:
                 images = prepared.images(split, size)
+                if name == PIXELS:
+                    parts.append(pixel_embeddings(images, self.views))
+                    continue
                 key = {"source": name, "size": size, "views_kind": spec.views,
                        **part_identity(spec, name), "n": len(images),
                        "data": prepared.split_key(split), "comp_embeddings": 2}

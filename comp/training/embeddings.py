@@ -6,8 +6,10 @@ Two sources:
   classic Keras recipes;
 - `pixels`: the image itself, downsampled, scaled to [0, 1] and flattened.
 
-Arrays are (views, images, dims) float32, stored in `cache/embeddings/<key>/<split>.npy`;
-the key covers everything that changes the numbers, including the split's content.
+Arrays are (views, images, dims) float32. Backbone and colour embeddings are stored in
+`cache/embeddings/<key>/<split>.npy` (the key covers everything that changes the numbers,
+including the split's content); pixel embeddings are made on read from the small decoded
+image (`pixel_embeddings`): a cache of them would hold 8 float32 copies of a uint8 image.
 """
 
 from __future__ import annotations
@@ -96,6 +98,15 @@ def pixel_encoder():
         return batch.reshape(len(batch), -1).astype(np.float32) / 255.0
 
     return encode
+
+
+def pixel_embeddings(images: np.ndarray, views: tuple[int, ...]) -> np.ndarray:
+    """(len(views), N, D) pixel embeddings of uint8 `images`: the same numbers as
+    `embed(images, views, pixel_encoder())`, made at once and without a progress line."""
+    images = np.asarray(images)
+    dims = int(np.prod(images.shape[1:]))
+    return np.stack([dihedral_view(images, view).reshape(len(images), dims)
+                     .astype(np.float32) / 255.0 for view in views])
 
 
 def color_encoder():
