@@ -57,11 +57,14 @@ class ClassicFeatures:
                 if name == PIXELS:
                     parts.append(pixel_embeddings(images, self.views))
                     continue
+                # colour histograms are the same in every dihedral view: made once
+                views = self.views[:1] if name == COLOR else self.views
                 key = {"source": name, "size": size, "views_kind": spec.views,
                        **part_identity(spec, name), "n": len(images),
                        "data": prepared.split_key(split), "comp_embeddings": 2}
-                parts.append(cached_embeddings(cache, key, split, images, self.views,
-                                               partial(part_encoder, spec, name, size)))
+                part = cached_embeddings(cache, key, split, images, views,
+                                         partial(part_encoder, spec, name, size))
+                parts.append(np.repeat(part, len(self.views) // len(views), axis=0))
             widths = widths or [part.shape[-1] for part in parts]
             self.features[split] = np.concatenate(parts, axis=-1)
         self.column_sets = (depth_column_sets(spec, widths)
