@@ -32,7 +32,7 @@ from comp.log import get_logger
 from comp.predictions import current_sets, is_ensemble, is_keras_model
 from comp.selection import best_entry, ranking_metric
 from comp.training.features import is_identity_preprocess
-from comp.workspace import RunDir, run_dir
+from comp.workspace import CV_JSON, FOLD_WEIGHTS, SPEC_JSON, RunDir, run_dir
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def export_model(cfg: DictConfig) -> Path:
     if model_id.startswith("ensemble-"):
         raise CompError(f"export.using={model_id}: ensembles are not exported yet; give "
                         "export.using=<model_id> of a single model (see the leaderboard)")
-    info_path = run.preds_dir(model_id) / "cv.json"
+    info_path = run.preds_dir(model_id) / CV_JSON
     if not info_path.exists():
         raise CompError(f"{info_path}: no finished model {model_id!r}; see "
                         "submissions/<name>/leaderboard.csv for the model ids")
@@ -95,7 +95,7 @@ def export_choice(run: RunDir, metric: str) -> tuple[str, str | None]:
     from comp.inference import best_prediction_set, prediction_folder
 
     first = best_prediction_set(run, metric)
-    info = read_json(prediction_folder(run, first) / "cv.json")
+    info = read_json(prediction_folder(run, first) / CV_JSON)
     if is_keras_model(info):
         return first, None
     what = "an ensemble" if is_ensemble(info) else "a classic (scikit-learn) head"
@@ -109,7 +109,7 @@ def export_choice(run: RunDir, metric: str) -> tuple[str, str | None]:
 def best_single_model(run: RunDir, metric: str) -> str:
     """The finished fine-tuned model with the best CV `metric` (each model at its latest
     pseudo-label round)."""
-    sets = [read_json(p / "cv.json") for p in current_sets(run.prediction_sets())]
+    sets = [read_json(p / CV_JSON) for p in current_sets(run.prediction_sets())]
     singles = [s for s in sets if is_keras_model(s) and s.get("model_id")]
     if not singles:
         raise CompError(f"{run.root}: no finished fine-tuned model to export; set backbones "
@@ -119,7 +119,7 @@ def best_single_model(run: RunDir, metric: str) -> str:
 
 def _folds(model_dir: Path) -> list[int]:
     return sorted(int(p.name[4:]) for p in model_dir.glob("fold*")
-                  if p.is_dir() and (p / "model.weights.h5").exists())
+                  if p.is_dir() and (p / FOLD_WEIGHTS).exists())
 
 
 def build_export_model(cfg: DictConfig, run: RunDir, model_id: str, n_classes: int,
@@ -185,7 +185,7 @@ def _fold_head(split, fold_spec, n_classes: int, fold_dir: Path, fold: int):
     from comp.models.build import create_head
 
     head = create_head(split, fold_spec, n_classes, 0, online=False)
-    head.load_weights(fold_dir / "model.weights.h5")
+    head.load_weights(fold_dir / FOLD_WEIGHTS)
     return keras.Model(head.input, head.output, name=f"fold{fold}")
 
 
@@ -251,7 +251,7 @@ def _write_tflite(saved_model: Path, target: Path) -> None:
 
 def model_card(run: RunDir, info: dict, exported: Exported, note: str | None = None) -> str:
     """MODEL_CARD.md: what the model is, how good (CV), how to call it."""
-    spec = read_json(run.model_dir(exported.model_id) / "spec.json")
+    spec = read_json(run.model_dir(exported.model_id) / SPEC_JSON)
     folds = _folds(run.model_dir(exported.model_id))
     return (_card_summary(spec, info, exported, len(folds), note)
             + _card_hashes(run, spec, exported, folds) + _card_versions()
@@ -285,8 +285,8 @@ as one Keras model that averages the {n_folds} fold models{
 
 def _card_hashes(run: RunDir, spec: dict, exported: Exported, folds: list[int]) -> str:
     fold_hashes = "\n".join(
-        f"| fold{k}/model.weights.h5 | "
-        f"`{file_sha256(run.fold_dir(exported.model_id, k) / 'model.weights.h5')[:16]}` |"
+        f"| fold{k}/{FOLD_WEIGHTS} | "
+        f"`{file_sha256(run.fold_dir(exported.model_id, k) / FOLD_WEIGHTS)[:16]}` |"
         for k in folds)
     return f"""## Hashes
 | file | sha256 |

@@ -33,7 +33,7 @@ from comp.training.compute import model_scope
 from comp.training.features import Encoder, ViewPlan, ViewSet, compute_features
 from comp.training.fit import predict_tta
 from comp.training.viewchoice import IDENTITY, recorded_views
-from comp.workspace import RunDir
+from comp.workspace import CV_JSON, ENSEMBLE_STATE, FOLD_ESTIMATOR, FOLD_WEIGHTS, SPEC_JSON, RunDir
 
 
 def prediction_folder(run: RunDir, using: str) -> Path:
@@ -41,7 +41,7 @@ def prediction_folder(run: RunDir, using: str) -> Path:
     (`ensemble-<method>-<members>`, or `ensemble-<method>`: the latest of that method)."""
     folder = run.find_ensemble(using) if using.startswith("ensemble-") else run.preds_dir(
         using)
-    if not (folder / "cv.json").exists():
+    if not (folder / CV_JSON).exists():
         raise CompError(f"{folder}: no finished model or ensemble {using!r}; see "
                         "submissions/<name>/leaderboard.csv for the names")
     return folder
@@ -51,7 +51,7 @@ def predict_paths(cfg: DictConfig, run: RunDir, using: str, paths: list[Path]
                   ) -> tuple[np.ndarray, list[str]]:
     """(probabilities, classes) of `using` (a model id or an ensemble entry) on `paths`."""
     folder = prediction_folder(run, using)
-    info = read_json(folder / "cv.json")
+    info = read_json(folder / CV_JSON)
     classes = info["classes"]
     if not info.get("labels", True):
         raise CompError(f"predict.using={using}: its scores are rank averages, not "
@@ -61,7 +61,7 @@ def predict_paths(cfg: DictConfig, run: RunDir, using: str, paths: list[Path]
         return predict_model(cfg, run, using, paths, len(classes)), classes
     members = np.stack([predict_model(cfg, run, m, paths, len(classes))
                         for m in info["models"]])
-    state = joblib.load(folder / "state.joblib")
+    state = joblib.load(folder / ENSEMBLE_STATE)
     return METHODS[info["method"]].apply(members, state), classes
 
 
@@ -82,7 +82,7 @@ def input_images(path: Path) -> list[Path]:
 
 def _cv_info(folder: Path, metric: str) -> dict:
     """cv.json of a prediction set, its scores recomputed where it predates `metric`."""
-    info = read_json(folder / "cv.json")
+    info = read_json(folder / CV_JSON)
     return info if metric in info["cv"] else read_prediction_set(folder).info
 
 
@@ -125,7 +125,7 @@ def _predict_classic(cfg: DictConfig, spec: ClassicSpec, model_dir: Path, paths:
 def predict_classic(model_dir: Path, features: np.ndarray, n_classes: int) -> np.ndarray:
     """Fold-averaged, view-averaged probabilities of a classic model's saved folds on
     (V, N, D) embeddings."""
-    folds = sorted(model_dir.glob("fold*/model.joblib"))
+    folds = sorted(model_dir.glob(f"fold*/{FOLD_ESTIMATOR}"))
     total = np.zeros((features.shape[1], n_classes))
     for path in folds:
         estimator = joblib.load(path)
@@ -160,7 +160,7 @@ def predict_images(spec: ModelSpec, model_dir: Path, images: np.ndarray,
         split, features = shared[key]
         with model_scope(spec.compute):
             head = create_head(split, fold_spec, n_classes, 0, online=False)
-        head.load_weights(model_dir / f"fold{fold}" / "model.weights.h5")
+        head.load_weights(model_dir / f"fold{fold}" / FOLD_WEIGHTS)
         head = fold_batch_norms(head)  # the trained body's batch norms too: it predicts only
         positions = list(range(len(plan.tta)))  # view 0, the image itself, comes first
         if recorded_views(model_dir / f"fold{fold}") == IDENTITY:
@@ -171,7 +171,7 @@ def predict_images(spec: ModelSpec, model_dir: Path, images: np.ndarray,
 
 def load_spec(cfg: DictConfig, run: RunDir, model_id: str) -> ModelSpec | ClassicSpec:
     """The spec recorded in spec.json, with its weight file found again on this machine."""
-    recorded = read_json(run.model_dir(model_id) / "spec.json")
+    recorded = read_json(run.model_dir(model_id) / SPEC_JSON)
     kind = spec_class(recorded)
     source = kind.weights_source(recorded)
     if recorded["weights"] in ("random-init", "none") or source == "pixels":

@@ -17,6 +17,7 @@ import pandas as pd
 
 from comp.artifacts import read_json, write_csv, write_json
 from comp.metrics import scores
+from comp.workspace import CV_JSON, OOF_CSV, TEST_CSV
 
 TEXT_COLUMNS = ("id", "label", "split", "submission_id", "hash", "name", "model_id",
                 "experiment", "kind", "models", "file", "backbone", "sources")
@@ -56,7 +57,7 @@ def superseded(infos: dict[str, dict]) -> set[str]:
 def current_sets(folders: list[Path]) -> list[Path]:
     """The finished prediction sets in `folders` that no later pseudo-label round
     replaced (superseded)."""
-    infos = {folder: read_json(folder / "cv.json") for folder in folders}
+    infos = {folder: read_json(folder / CV_JSON) for folder in folders}
     named = {info.get("model_id") or info.get("name") or str(folder): info
              for folder, info in infos.items()}
     gone = superseded(named)
@@ -137,10 +138,10 @@ def write_prediction_set(folder: Path, oof: pd.DataFrame, test: pd.DataFrame,
     Call mark_unfinished first when the set's other files (an ensemble's state) are
     rewritten before this."""
     mark_unfinished(folder)
-    write_csv(folder / "oof.csv", oof)
-    write_csv(folder / "test.csv", test)
+    write_csv(folder / OOF_CSV, oof)
+    write_csv(folder / TEST_CSV, test)
     result = {**cv_scores(oof, classes), "classes": classes, **info}
-    write_json(folder / "cv.json", result)
+    write_json(folder / CV_JSON, result)
     return result
 
 
@@ -148,15 +149,15 @@ def mark_unfinished(folder: Path) -> None:
     """Remove the set's cv.json before any of its files is rewritten, so that a kill in
     between leaves a set that no stage takes as done (never an old cv.json beside new
     files)."""
-    (folder / "cv.json").unlink(missing_ok=True)
+    (folder / CV_JSON).unlink(missing_ok=True)
 
 
 def read_prediction_set(folder: Path) -> PredictionSet:
     """Read a finished prediction set (its CV scores recomputed from oof.csv where
     cv.json was written before a metric existed, e.g. qwk)."""
-    info = read_json(folder / "cv.json")
+    info = read_json(folder / CV_JSON)
     classes = [str(c) for c in info["classes"]]
-    oof = read_table(folder / "oof.csv")
+    oof = read_table(folder / OOF_CSV)
     if "qwk" not in info["cv"]:
         info = {**info, **cv_scores(oof, classes)}
-    return PredictionSet(oof, read_table(folder / "test.csv"), classes, info)
+    return PredictionSet(oof, read_table(folder / TEST_CSV), classes, info)

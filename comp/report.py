@@ -21,7 +21,7 @@ from comp.predictions import (
     read_table,
     superseded,
 )
-from comp.workspace import RunDir
+from comp.workspace import CV_JSON, RunDir
 
 
 def _save(fig, target: Path) -> str:
@@ -313,7 +313,7 @@ def _pseudo_sections(run: RunDir, out: Path) -> list[str]:
 def _weight_sections(ensembles: dict[str, Path], out: Path) -> list[str]:
     sections = []
     for name, folder in ensembles.items():
-        weights = read_json(folder / "cv.json")["weights"] or {}  # a stacker has none
+        weights = read_json(folder / CV_JSON)["weights"] or {}  # a stacker has none
         if len(set(weights.values())) > 1:  # learned weights (greedy, weighted, optuna)
             png = bar_chart({str(k): v for k, v in weights.items()}, f"{name}: weights",
                             out / f"weights_{name}.png")

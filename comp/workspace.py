@@ -18,6 +18,18 @@ from comp.errors import CompError
 _EXCLUSIVE = portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
 _SHARED = portalocker.LockFlags.SHARED | portalocker.LockFlags.NON_BLOCKING
 
+# the files inside a model's folder (models/<id>/), its folds' (models/<id>/fold<k>/) and
+# a prediction set's (preds/<id>/, ensemble/<method>/): each name written here only
+SPEC_JSON = "spec.json"  # models/<id>/: what the model is (ModelSpec.describe)
+FOLD_WEIGHTS = "model.weights.h5"  # fold<k>/: a fine-tuned fold's trained head and body
+FOLD_ESTIMATOR = "model.joblib"  # fold<k>/: a classic fold's fitted scikit-learn head
+FOLD_HISTORY = "history.csv"  # fold<k>/: a fine-tuned fold's scores per epoch
+FOLD_METRICS = "metrics.json"  # fold<k>/: written last, so its presence marks the fold done
+CV_JSON = "cv.json"  # a prediction set's CV figures, written after its CSVs
+OOF_CSV = "oof.csv"  # a prediction set's out-of-fold probabilities
+TEST_CSV = "test.csv"  # a prediction set's test probabilities
+ENSEMBLE_STATE = "state.joblib"  # an ensemble's fitted weights or stacker
+
 
 @dataclass(frozen=True)
 class RunDir:
@@ -120,7 +132,7 @@ class RunDir:
         finished: the folder it would have, for the caller's error message)."""
         name = entry.removeprefix("ensemble-")
         exact = self.root / "ensemble" / name
-        if (exact / "cv.json").exists():
+        if (exact / CV_JSON).exists():
             return exact
         built = sorted(self.root.glob(f"ensemble/{name}-*/cv.json"),
                        key=lambda p: p.stat().st_mtime_ns)
@@ -160,7 +172,7 @@ class RunDir:
     def _finished(parent: Path) -> list[Path]:
         if not parent.is_dir():
             return []
-        return sorted(p for p in parent.iterdir() if (p / "cv.json").exists())
+        return sorted(p for p in parent.iterdir() if (p / CV_JSON).exists())
 
 
 def submissions_folder(submissions_dir: str | Path, name: str) -> Path:

@@ -23,6 +23,7 @@ from comp.predictions import (
     superseded,
     write_prediction_set,
 )
+from comp.workspace import ENSEMBLE_STATE
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def _build(cfg: DictConfig, prepared, name: str, members: _Members) -> dict:
     info = _info(name, method, state, members, prepared)
     target = prepared.run.ensemble_dir(name, members.key)
     mark_unfinished(target)
-    with atomic_path(target / "state.joblib", suffix=".joblib") as tmp:
+    with atomic_path(target / ENSEMBLE_STATE, suffix=".joblib") as tmp:
         joblib.dump(state, tmp)
     crash_point(f"ensemble:{name}")  # tests: a kill between an ensemble's files
     oof_frame = probs_frame(prepared.folds["id"].tolist(), honest, classes, fold=folds,

@@ -18,7 +18,7 @@ from comp.submission import (
     write_leaderboard,
     write_submission,
 )
-from comp.workspace import leaderboard_path, run_dir, submissions_folder
+from comp.workspace import SPEC_JSON, leaderboard_path, run_dir, submissions_folder
 
 
 def run(cfg: DictConfig):
@@ -40,9 +40,9 @@ def run(cfg: DictConfig):
     labelled = [p for p in predictions if p.gives_labels]
     if not labelled:
         raise CompError(f"{run.root}: no entry gives labels; add a model or another method")
-    specs = {p.name: read_json(run.model_dir(p.name) / "spec.json") for p in predictions
+    specs = {p.name: read_json(run.model_dir(p.name) / SPEC_JSON) for p in predictions
              if not is_ensemble(p.info)
-             and (run.model_dir(p.name) / "spec.json").exists()}
+             and (run.model_dir(p.name) / SPEC_JSON).exists()}
     settings = entry_settings(specs, {p.name: p.info for p in predictions
                                       if is_ensemble(p.info)})
     # rank averages are not probabilities: never turned into a submission (AUC in cv.json)

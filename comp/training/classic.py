@@ -39,6 +39,7 @@ from comp.training.embeddings import (
     pooled_model,
 )
 from comp.training.units import Unit, UnitResult
+from comp.workspace import FOLD_ESTIMATOR
 
 
 class ClassicFeatures:
@@ -317,7 +318,7 @@ def train_classic_fold(featured: ClassicFeatures, spec, unit: Unit, out: Path) -
     val_probs = view_average_proba(estimator, train[:, val], len(classes), seen)
     split_probs = {s: view_average_proba(estimator, featured.features[s], len(classes), seen)
                    for s in ("test", "unlabeled")}
-    with atomic_path(out / "model.joblib", suffix=".joblib") as tmp:
+    with atomic_path(out / FOLD_ESTIMATOR, suffix=".joblib") as tmp:
         joblib.dump(estimator, tmp)
     return UnitResult(val_probs, split_probs, {
         "best_epoch": None, "n_train": int(len(rows)), "chosen": chosen,

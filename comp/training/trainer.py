@@ -36,7 +36,7 @@ from comp.training.features import Encoder, FeatureStore, ViewPlan, ViewSet
 from comp.training.fit import FoldData, class_weights, fit_fold, predict_tta
 from comp.training.units import TrainOptions, Unit, UnitResult
 from comp.training.viewchoice import ALL, IDENTITY, choose_views, unit_descriptors
-from comp.workspace import unit_lock
+from comp.workspace import FOLD_HISTORY, FOLD_METRICS, FOLD_WEIGHTS, SPEC_JSON, TEST_CSV, unit_lock
 
 
 @dataclass
@@ -191,7 +191,7 @@ def fold_done(folder, splits: dict | None = None) -> bool:
     anything else (interrupted, corrupt, older version, changed test set) is trained
     again, so a stale prediction never reaches a submission."""
     try:
-        metrics = read_json(folder / "metrics.json")
+        metrics = read_json(folder / FOLD_METRICS)
     except (OSError, ValueError):
         return False
     if metrics.get("comp") != __version__:
@@ -206,7 +206,7 @@ def train_spec(spec: ModelSpec, prepared, info: dict,
     when some units are left (`options.folds` limits this call to those units)."""
     options = options or TrainOptions()
     run = prepared.run
-    write_json(run.model_dir(spec.model_id) / "spec.json", spec.describe())
+    write_json(run.model_dir(spec.model_id) / SPEC_JSON, spec.describe())
     n_units = prepared.n_units
     wanted = range(n_units) if options.folds is None else options.folds
     splits = split_keys(prepared)
@@ -258,7 +258,7 @@ def _train_unit(spec, unit: Unit, featured_models: dict, options: TrainOptions) 
         started = time.time()
         write_fold_outputs(out, unit, train_unit(featured, fold_spec, unit, out),
                            time.time() - started)
-        metrics = read_json(out / "metrics.json")
+        metrics = read_json(out / FOLD_METRICS)
         unit_done("fold", model=spec.model_id, fold=fold, best_epoch=metrics["best_epoch"],
                   val_auc=round(metrics["auc"], 4), seconds=metrics["seconds"])
 
@@ -287,10 +287,10 @@ def _train_fold(featured: FeaturedModel, spec: ModelSpec, unit: Unit, out: Path)
     split_probs = {split: predict_tta(model, featured.features[split],
                                       split_positions(featured.plan, split, views))
                    for split in ("test", "unlabeled")}
-    ensure_free_space(out / "model.weights.h5", weight_bytes(model))
-    with atomic_path(out / "model.weights.h5", suffix=".weights.h5") as tmp:
+    ensure_free_space(out / FOLD_WEIGHTS, weight_bytes(model))
+    with atomic_path(out / FOLD_WEIGHTS, suffix=".weights.h5") as tmp:
         model.save_weights(tmp)
-    write_csv(out / "history.csv", history)
+    write_csv(out / FOLD_HISTORY, history)
     optimistic = int(history["val_monitor"].idxmax())
     return UnitResult(val_probs, split_probs, {
         "best_epoch": best_epoch, "epochs_run": len(history),
@@ -325,7 +325,7 @@ def write_fold_outputs(out: Path, unit: Unit, result: UnitResult, seconds: float
                          ("unlabeled", prepared.competition.unlabeled)):
         write_csv(out / f"{split}.csv",
                   probs_frame(frame["id"].tolist(), split_probs[split], classes))
-    write_json(out / "metrics.json", {
+    write_json(out / FOLD_METRICS, {
         **scores(prepared.labels[held], val_probs), "comp": __version__,
         "fold": fold, "repeat": fold // prepared.n_folds, "splits": split_keys(prepared),
         **result.record,
@@ -361,7 +361,7 @@ def collect_predictions(spec: ModelSpec, prepared, info: dict) -> dict:
     optimistic = []
     for unit in range(prepared.n_units):
         folder = run.fold_dir(spec.model_id, unit)
-        metrics = folder / "metrics.json"
+        metrics = folder / FOLD_METRICS
         optimistic.append(read_json(metrics).get("optimistic") if metrics.exists() else None)
         val = read_ids_table(folder / "val.csv").set_index("id")
         expected = ids[prepared.unit_val_mask(unit)]
@@ -369,7 +369,7 @@ def collect_predictions(spec: ModelSpec, prepared, info: dict) -> dict:
             raise CompError(f"{folder / 'val.csv'}: not the validation images of unit "
                             f"{unit}; delete {folder} and rerun")
         oof_sum.loc[expected, cols] += val.loc[expected, cols].to_numpy()
-        test = read_ids_table(folder / "test.csv").set_index("id")
+        test = read_ids_table(folder / TEST_CSV).set_index("id")
         missing = sorted(set(test_ids) - set(test.index))
         if missing:
             raise CompError(f"{folder / 'test.csv'}: no prediction for {len(missing)} test "

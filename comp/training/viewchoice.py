@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from comp.workspace import FOLD_METRICS
+
 ALL, IDENTITY = "all", "identity"
 INNER_FOLDS = 3  # splits of the inner CV (fewer where a class has fewer images)
 
@@ -82,7 +84,7 @@ def recorded_views(fold_dir) -> str:
     from comp.artifacts import read_json
 
     try:
-        return read_json(fold_dir / "metrics.json").get("views", ALL)
+        return read_json(fold_dir / FOLD_METRICS).get("views", ALL)
     except (OSError, ValueError):
         return ALL
 
