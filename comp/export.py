@@ -32,7 +32,7 @@ from comp.log import get_logger
 from comp.predictions import current_sets, is_ensemble, is_keras_model
 from comp.selection import best_entry, ranking_metric
 from comp.training.features import is_identity_preprocess
-from comp.workspace import CV_JSON, FOLD_WEIGHTS, SPEC_JSON, RunDir, run_dir
+from comp.workspace import CV_JSON, FOLD_WEIGHTS, SPEC_JSON, RunDir, fold_paths, run_dir
 
 
 @dataclass(frozen=True)
@@ -118,8 +118,7 @@ def best_single_model(run: RunDir, metric: str) -> str:
 
 
 def _folds(model_dir: Path) -> list[int]:
-    return sorted(int(p.name[4:]) for p in model_dir.glob("fold*")
-                  if p.is_dir() and (p / FOLD_WEIGHTS).exists())
+    return list(fold_paths(model_dir, FOLD_WEIGHTS))
 
 
 def build_export_model(cfg: DictConfig, run: RunDir, model_id: str, n_classes: int,

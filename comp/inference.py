@@ -33,7 +33,16 @@ from comp.training.compute import model_scope
 from comp.training.features import Encoder, ViewPlan, ViewSet, compute_features
 from comp.training.fit import predict_tta
 from comp.training.viewchoice import IDENTITY, recorded_views
-from comp.workspace import CV_JSON, ENSEMBLE_STATE, FOLD_ESTIMATOR, FOLD_WEIGHTS, SPEC_JSON, RunDir
+from comp.workspace import (
+    CV_JSON,
+    ENSEMBLE_STATE,
+    FOLD_ESTIMATOR,
+    FOLD_WEIGHTS,
+    SPEC_JSON,
+    RunDir,
+    fold_path,
+    fold_paths,
+)
 
 
 def prediction_folder(run: RunDir, using: str) -> Path:
@@ -125,7 +134,7 @@ def _predict_classic(cfg: DictConfig, spec: ClassicSpec, model_dir: Path, paths:
 def predict_classic(model_dir: Path, features: np.ndarray, n_classes: int) -> np.ndarray:
     """Fold-averaged, view-averaged probabilities of a classic model's saved folds on
     (V, N, D) embeddings."""
-    folds = sorted(model_dir.glob(f"fold*/{FOLD_ESTIMATOR}"))
+    folds = [p / FOLD_ESTIMATOR for p in fold_paths(model_dir, FOLD_ESTIMATOR).values()]
     total = np.zeros((features.shape[1], n_classes))
     for path in folds:
         estimator = joblib.load(path)
@@ -143,7 +152,7 @@ def predict_images(spec: ModelSpec, model_dir: Path, images: np.ndarray,
     then runs on those features.
     """
     backbone = get_backbone(spec.backbone)
-    folds = sorted(int(p.name[4:]) for p in model_dir.glob("fold*") if p.is_dir())
+    folds = list(fold_paths(model_dir))
     total = np.zeros((len(images), n_classes))
     shared: dict[str, tuple] = {}
     for fold in progress(folds, desc=f"predict {model_dir.name}"):
@@ -160,10 +169,10 @@ def predict_images(spec: ModelSpec, model_dir: Path, images: np.ndarray,
         split, features = shared[key]
         with model_scope(spec.compute):
             head = create_head(split, fold_spec, n_classes, 0, online=False)
-        head.load_weights(model_dir / f"fold{fold}" / FOLD_WEIGHTS)
+        head.load_weights(fold_path(model_dir, fold) / FOLD_WEIGHTS)
         head = fold_batch_norms(head)  # the trained body's batch norms too: it predicts only
         positions = list(range(len(plan.tta)))  # view 0, the image itself, comes first
-        if recorded_views(model_dir / f"fold{fold}") == IDENTITY:
+        if recorded_views(fold_path(model_dir, fold)) == IDENTITY:
             positions = positions[:1]
         total += predict_tta(head, features, positions)
     return total / len(folds)

@@ -21,7 +21,7 @@ from comp.predictions import (
     read_table,
     superseded,
 )
-from comp.workspace import CV_JSON, RunDir
+from comp.workspace import CV_JSON, FOLD_HISTORY, RunDir, fold_paths
 
 
 def _save(fig, target: Path) -> str:
@@ -40,7 +40,8 @@ def learning_curves(model_dir: Path, out: Path) -> str:
     """Loss, validation AUC and learning rate per epoch, one line per fold."""
     fig = Figure(figsize=(12, 3))
     axes = fig.subplots(1, 3)
-    for history_csv in sorted(model_dir.glob("fold*/history.csv")):
+    for fold_dir in fold_paths(model_dir, FOLD_HISTORY).values():
+        history_csv = fold_dir / FOLD_HISTORY
         history = read_table(history_csv)
         label = history_csv.parent.name
         for ax, column in zip(axes, ("loss", "val_auc", "lr"), strict=True):
@@ -293,7 +294,7 @@ def _oof_sections(leaderboard: pd.DataFrame, sets: dict[str, Path],
 def _curve_section(run: RunDir, sets: dict[str, Path], out: Path) -> list[str]:
     sections = ["<h2>Learning curves</h2>"]
     for name in sets:
-        if any(run.model_dir(name).glob("fold*/history.csv")):  # fine-tuned only
+        if fold_paths(run.model_dir(name), FOLD_HISTORY):  # fine-tuned only
             sections.append(f"<img src='{learning_curves(run.model_dir(name), out)}'>")
     return sections
 

@@ -31,6 +31,20 @@ TEST_CSV = "test.csv"  # a prediction set's test probabilities
 ENSEMBLE_STATE = "state.joblib"  # an ensemble's fitted weights or stacker
 
 
+def fold_path(model_dir: Path, fold: int) -> Path:
+    """Unit `fold`'s folder inside the model folder `model_dir`."""
+    return model_dir / f"fold{fold}"
+
+
+def fold_paths(model_dir: Path, holding: str | None = None) -> dict[int, Path]:
+    """The fold folders of `model_dir` by unit, in order; with `holding`, only those that
+    hold that file (e.g. FOLD_WEIGHTS)."""
+    found = {int(p.name.removeprefix("fold")): p for p in model_dir.glob("fold*")
+             if p.is_dir() and p.name.removeprefix("fold").isdigit()}
+    return {k: found[k] for k in sorted(found)
+            if holding is None or (found[k] / holding).exists()}
+
+
 @dataclass(frozen=True)
 class RunDir:
     """Paths of one experiment's run directory (see DESIGN.md's layout)."""
@@ -107,7 +121,7 @@ class RunDir:
         return self.root / "models" / model_id
 
     def fold_dir(self, model_id: str, fold: int) -> Path:
-        return self.model_dir(model_id) / f"fold{fold}"
+        return fold_path(self.model_dir(model_id), fold)
 
     def fold_lock(self, model_id: str, fold: int) -> Path:
         """Held while a process trains that fold (hidden: not matched by fold*)."""

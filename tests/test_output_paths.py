@@ -161,3 +161,16 @@ def test_predict_and_export_from_a_read_only_run(tmp_path, trained, monkeypatch)
     finally:
         for path in [run, *run.rglob("*")]:
             path.chmod(path.stat().st_mode | stat.S_IWUSR)
+
+
+def test_fold_paths_are_the_fold_folders_in_unit_order(tmp_path):
+    from comp.workspace import FOLD_WEIGHTS, fold_path, fold_paths
+
+    for fold in (10, 2, 0):
+        fold_path(tmp_path, fold).mkdir()
+    (tmp_path / ".fold3.lock").touch()  # a lock, not a fold
+    (tmp_path / "fold7").touch()  # a file, not a folder
+    (tmp_path / "folds").mkdir()  # not a unit
+    (fold_path(tmp_path, 2) / FOLD_WEIGHTS).touch()
+    assert list(fold_paths(tmp_path)) == [0, 2, 10]
+    assert fold_paths(tmp_path, FOLD_WEIGHTS) == {2: tmp_path / "fold2"}
