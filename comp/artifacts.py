@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,10 +103,30 @@ def write_csv(target: str | Path, frame: pd.DataFrame) -> None:
         frame.to_csv(tmp, index=False)
 
 
-def write_npy(target: str | Path, array: np.ndarray) -> None:
-    """Write a NumPy array atomically."""
-    with atomic_path(target) as tmp, open(tmp, "wb") as handle:
-        np.save(handle, array)
+def cached_npy(root: Path, key: dict, name: str, write: Callable[[Path], None],
+               mmap_mode: str | None = None) -> np.ndarray:
+    """The keyed array cache of comp's feature and embedding caches.
+
+    The entry lives in `root/<fingerprint(key)>/<name>.npy` beside `<name>.key.json`, the
+    key it was made under. A recorded key equal to `key` (after a JSON round trip) returns
+    the stored array; otherwise `write(tmp)` writes a .npy file at the temporary path `tmp`,
+    which replaces the entry atomically before the key is recorded (so a kill never leaves
+    an entry that matches), and the new array is returned. A damaged entry is rebuilt.
+    """
+    recorded = json.loads(json.dumps(key, default=_json_default))  # as write_json stores it
+    folder = Path(root) / fingerprint(key, 12)
+    target, key_file = folder / f"{name}.npy", folder / f"{name}.key.json"
+    if target.exists() and key_file.exists():
+        try:
+            if read_json(key_file) == recorded:
+                return np.load(target, mmap_mode=mmap_mode)
+        except (OSError, ValueError):
+            pass  # damaged: rebuilt below
+    key_file.unlink(missing_ok=True)
+    with atomic_path(target, suffix=".npy") as tmp:
+        write(tmp)
+    write_json(key_file, key)
+    return np.load(target, mmap_mode=mmap_mode)
 
 
 def file_sha256(path: str | Path) -> str:

@@ -1,9 +1,11 @@
 """Atomic writes: a reader never sees half a file, and files get the user's usual mode."""
 
+import json
 import os
 import stat
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -56,3 +58,34 @@ def test_too_little_free_space_is_the_full_disk_error_before_any_write(tmp_path,
     assert raised.value.errno == errno.ENOSPC and disk_full(raised.value)
     assert raised.value.filename == str(tmp_path / "w.h5") and "about 2097152" in str(raised.value)
     assert not (tmp_path / "w.h5").exists()
+
+
+def test_cached_npy_returns_the_entry_made_under_the_same_key_and_rebuilds_otherwise(tmp_path):
+    from comp.artifacts import cached_npy
+
+    made = []
+
+    def write(value):
+        def into(tmp):
+            made.append(value)
+            np.save(tmp, np.full(3, value, dtype=np.float16))
+        return into
+
+    key = {"source": "x", "views": (0, 1), "n": np.int64(3)}
+    first = cached_npy(tmp_path, key, "train", write(1.0))
+    again = cached_npy(tmp_path, {"source": "x", "views": [0, 1], "n": 3}, "train", write(2.0))
+    assert made == [1.0] and first.dtype == np.float16 and np.all(again == 1.0)
+    assert np.all(cached_npy(tmp_path, {**key, "n": 4}, "train", write(3.0)) == 3.0)
+    (key_file,) = [p for p in tmp_path.glob("*/train.key.json")
+                   if json.loads(p.read_text())["n"] == 3]
+    key_file.write_text("{damaged")
+    assert np.all(cached_npy(tmp_path, key, "train", write(4.0), mmap_mode="r") == 4.0)
+
+    def killed(tmp):
+        np.save(tmp, np.zeros(3))
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cached_npy(tmp_path, key | {"n": 5}, "train", killed)
+    assert np.all(cached_npy(tmp_path, key | {"n": 5}, "train", write(5.0)) == 5.0)
+    assert made == [1.0, 3.0, 4.0, 5.0]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from comp.artifacts import fingerprint, read_json, write_json, write_npy
+from comp.artifacts import cached_npy
 from comp.data.images import decoded_once
 from comp.data.views import dihedral_view
 from comp.errors import CompError
@@ -143,16 +143,10 @@ def cached_embeddings(cache_root: Path, key: dict, split: str, images: np.ndarra
                       views: tuple[int, ...], make_encoder) -> np.ndarray:
     """Embeddings of `split` from the cache, or computed with `make_encoder()` and stored."""
     full = {**key, "split": split, "views": list(views)}
-    folder = cache_root / fingerprint(full, 12)
-    target, key_file = folder / f"{split}.npy", folder / f"{split}.key.json"
-    if target.exists() and key_file.exists():
-        try:
-            if read_json(key_file) == full:
-                return np.load(target)
-        except (OSError, ValueError):
-            pass  # corrupt: rebuilt below
-    with decoded_once(images, folder, len(views)) as readable:
-        array = embed(readable, views, make_encoder(), desc=f"embed {key['source']} {split}")
-    write_npy(target, array)
-    write_json(key_file, full)
-    return array
+
+    def write(tmp: Path) -> None:
+        with decoded_once(images, tmp.parent, len(views)) as readable:
+            array = embed(readable, views, make_encoder(), desc=f"embed {key['source']} {split}")
+        np.save(tmp, array)
+
+    return cached_npy(cache_root, full, split, write)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from comp import __version__
-from comp.artifacts import atomic_path, fingerprint, read_json, write_json
+from comp.artifacts import cached_npy
 from comp.data.images import decoded_once
 from comp.data.views import DIHEDRAL, TTA_VIEWS, Jitter, dihedral_view, random_views
 from comp.log import progress, unit_done
@@ -117,19 +117,11 @@ class FeatureStore:
         key = {**self.key_parts, "comp": __version__, "split": split, "views": views.views,
                "random": views.random_identity(),
                "data": data_key if data_key is not None else len(images)}
-        folder = self.root / fingerprint(key, 12)
-        target = folder / f"{split}.npy"
-        if target.exists() and (folder / f"{split}.key.json").exists():
-            try:
-                if read_json(folder / f"{split}.key.json") == _jsonable(key):
-                    return np.load(target, mmap_mode="r")
-            except (OSError, ValueError):
-                pass  # corrupt: rebuilt below
-        with atomic_path(target, suffix=".npy") as tmp:
-            compute_features(images, encoder, views, out=tmp,
-                             desc=f"features {self.key_parts.get('backbone', '')} {split}")
-        write_json(folder / f"{split}.key.json", key)
-        return np.load(target, mmap_mode="r")
+        desc = f"features {self.key_parts.get('backbone', '')} {split}"
+        return cached_npy(self.root, key, split,
+                          lambda tmp: compute_features(images, encoder, views, out=tmp,
+                                                       desc=desc),
+                          mmap_mode="r")
 
 
 def compute_features(images: np.ndarray, encoder: Encoder, views: ViewSet,
@@ -248,9 +240,3 @@ def is_identity_preprocess(preprocess) -> bool:
     """Whether a backbone's preprocessing leaves 0..255 pixel values as they are."""
     probe = np.array([[0.0, 127.0, 255.0]], dtype=np.float32)
     return bool(np.array_equal(preprocess(probe.copy()), probe))
-
-
-def _jsonable(value):
-    import json
-
-    return json.loads(json.dumps(value, default=str))
