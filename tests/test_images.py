@@ -214,3 +214,27 @@ def test_decoded_once_decodes_each_image_a_single_time_for_many_passes(tmp_path,
     assert list(scratch.iterdir()) == []  # the decoded copy is gone with the pass
     with images_module.decoded_once(lazy, scratch, passes=1) as single:
         assert single is lazy  # one pass: read straight from the files
+
+
+@pytest.mark.parametrize("view", range(8))
+def test_the_tensor_view_is_the_numpy_view(view):
+    from comp.data.views import dihedral_view, dihedral_view_tensor
+
+    images = np.random.default_rng(view).integers(0, 256, (3, 5, 5, 2), dtype=np.uint8)
+    np.testing.assert_array_equal(np.asarray(dihedral_view_tensor(images, view)),
+                                  dihedral_view(images, view))
+
+
+def test_network_inputs_are_numpys_numbers_to_the_bit():
+    """Every registered backbone's preprocessing, run as eager TensorFlow ops on the
+    feature pass's way into the network, gives what NumPy gives (a graph would not)."""
+    from comp.data.views import dihedral_view
+    from comp.models.registry import BACKBONES
+    from comp.training.features import network_input
+
+    images = np.random.default_rng(0).integers(0, 256, (2, 9, 9, 3), dtype=np.uint8)
+    for name, backbone in BACKBONES.items():
+        for view in (0, 5):
+            expected = backbone.preprocess(dihedral_view(images, view).astype(np.float32))
+            got = np.asarray(network_input(images, view, backbone.preprocess))
+            assert got.dtype == np.float32 and np.array_equal(got, expected), (name, view)

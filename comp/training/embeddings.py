@@ -133,8 +133,10 @@ def color_encoder():
 
 def backbone_encoder(model, preprocess):
     """uint8 images -> the pooled model's outputs."""
+    from comp.training.features import network_input
+
     def encode(batch: np.ndarray) -> np.ndarray:
-        return model.predict_on_batch(preprocess(batch.astype(np.float32)))
+        return model.predict_on_batch(network_input(batch, 0, preprocess))
 
     return encode
 
