@@ -11,7 +11,9 @@ counting every view as an image:
 - raw Keras: the same network as one `keras.Model` (frozen prefix + trained head, the
   fold's weights) and `model.predict(batch_size=128)` on the preprocessed views, the
   model built before the clock starts.
-Both with 1 fold and with all folds (the submission case). Prints a table.
+Both with 1 fold and with all folds (the submission case), each side timed `--repeats`
+times (default 3), comp and raw Keras interleaved so that a slow spell of the machine
+slows both; the table shows the median times and each repeat's ratio.
 `--smoke` runs the same code on a tiny competition made in a temporary folder (2 folds,
 32 px, 16 images): seconds, for CI, not a measurement.
 """
@@ -79,10 +81,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("n_images", nargs="?", type=int, default=256)
     parser.add_argument("size", nargs="?", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed repeats of each side, interleaved; medians are shown")
     parser.add_argument("--smoke", action="store_true",
                         help="a tiny synthetic competition, 32 px, 16 images (CI)")
     args = parser.parse_args()
     n_images, size = (16, 32) if args.smoke else (args.n_images, args.size)
+    args.repeats = 1 if args.smoke else args.repeats
     from comp.config import load_config
     from comp.data.images import load_images
     from comp.data.prepared import load_competition
@@ -126,36 +131,43 @@ def main() -> None:
     for label, folder, folds in (("1 fold", one_fold, [0]),
                                  (f"{n_folds} folds", model_dir, range(n_folds))):
         predict_images(spec, folder, images[:8], n_classes)  # warm-up (graph tracing)
-        started = time.time()
-        comp_probs = predict_images(spec, folder, images, n_classes)
-        comp_s = time.time() - started
-        raw_s, raw_total = 0.0, np.zeros_like(comp_probs)
-        for fold in folds:
+        fulls = []
+        for fold in folds:  # raw Keras: built (and warmed up) before any clock starts
             base = build_backbone(backbone, size, spec.weights, spec.train["seed"])
             split = split_backbone(base, backbone, spec.model["unfreeze"])
             head = create_head(split, spec, n_classes, 0, online=False)
             head.load_weights(model_dir / f"fold{fold}" / "model.weights.h5")
             inputs = keras.Input((size, size, 3))
             full = keras.Model(inputs, head(split.prefix(inputs)))
-            full.predict(views[:8], batch_size=128, verbose=0)  # warm-up
+            full.predict(views[:8], batch_size=128, verbose=0)
+            fulls.append(full)
+        comp_times, raw_times = [], []
+        for _ in range(args.repeats):  # interleaved: a slow spell of the machine hits both
             started = time.time()
-            probs = full.predict(views, batch_size=128, verbose=0)
-            raw_s += time.time() - started
-            raw_total += probs.reshape(8, n_images, -1).mean(axis=0)
-        raw_total /= len(list(folds))
+            comp_probs = predict_images(spec, folder, images, n_classes)
+            comp_times.append(time.time() - started)
+            started = time.time()
+            raw_total = sum(full.predict(views, batch_size=128, verbose=0)
+                            .reshape(8, n_images, -1).mean(axis=0) for full in fulls)
+            raw_times.append(time.time() - started)
+        raw_total /= len(fulls)
         n_views = 8 * n_images
-        rows.append((label, comp_s, raw_s, n_views, np.abs(comp_probs - raw_total).max()))
-        flops = model_flops(full)
+        rows.append((label, float(np.median(comp_times)), float(np.median(raw_times)), n_views,
+                     np.abs(comp_probs - raw_total).max(),
+                     [r / c for c, r in zip(comp_times, raw_times, strict=True)]))
+        flops = model_flops(fulls[0])
 
     print(f"\nmobilenet_025 at {size} px, {n_images} images x 8 TTA views, batch 128, "
-          f"TF {__import__('tensorflow').__version__}, {spec.model['unfreeze'] or 'default'} cut"
+          f"TF {__import__('tensorflow').__version__}, {spec.model['unfreeze'] or 'default'} cut, "
+          f"median of {args.repeats} interleaved repeats"
           f"{' (smoke: a tiny synthetic competition, not a measurement)' if args.smoke else ''}\n")
     print("| folds | comp s | comp images/s | raw Keras predict s | raw images/s | comp / raw "
-          "throughput | max abs prob diff |")
-    print("|---|---|---|---|---|---|---|")
-    for label, comp_s, raw_s, n_views, diff in rows:
+          "throughput | each repeat's ratio | max abs prob diff |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label, comp_s, raw_s, n_views, diff, ratios in rows:
         print(f"| {label} | {comp_s:.2f} | {n_views / comp_s:.0f} | {raw_s:.2f} | "
-              f"{n_views / raw_s:.0f} | {raw_s / comp_s:.2f}x | {diff:.1e} |")
+              f"{n_views / raw_s:.0f} | {raw_s / comp_s:.2f}x | "
+              f"{' '.join(f'{r:.2f}' for r in ratios)} | {diff:.1e} |")
     gflops = matmul_gflops(256 if args.smoke else 2048)
     bound = gflops * 1e9 / flops
     one_fold = rows[0][3] / rows[0][1]
