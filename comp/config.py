@@ -408,8 +408,9 @@ class SubmitConfig:
 class ComputeConfig:
     """How models run: the same code on CPU and GPU, these options for GPUs."""
 
-    precision: str = setting(  # float32 | mixed_float16 (GPU) | mixed_bfloat16 (CPU/TPU)
-        "float32", Options(*PRECISIONS))
+    # auto (mixed_float16 where a GPU is seen, else float32) | float32 | mixed_float16 |
+    # mixed_bfloat16 (CPU/TPU)
+    precision: str = setting("auto", Options(*PRECISIONS))
     jit_compile: str = setting(  # XLA: auto (Keras decides) | true | false
         "auto", Options(*JIT_COMPILE))
     distribute: str = setting(  # none | mirrored (tf.distribute.MirroredStrategy, all GPUs)

@@ -45,3 +45,41 @@ def test_a_bad_compute_value_is_one_line(tmp_path, competition, capsys):
     assert len(err) == 1 and err[0].startswith("comp: error: ")
     assert "compute.precision='half'" in err[0]
     assert not list(tmp_path.glob("runs/tiny/models/*/fold*/metrics.json"))
+
+
+def test_precision_auto_is_mixed_float16_with_a_gpu_and_float32_without():
+    from comp.training.compute import check
+
+    assert check({"precision": "auto"}, gpus=1)["precision"] == "mixed_float16"
+    assert check({"precision": "auto"}, gpus=0)["precision"] == "float32"
+    assert check(None, gpus=2)["precision"] == "mixed_float16"  # auto is the default
+    assert check({"precision": "mixed_bfloat16"}, gpus=0)["precision"] == "mixed_bfloat16"
+    assert check({"precision": "float32"}, gpus=1)["precision"] == "float32"
+
+
+def test_the_default_precision_keeps_a_cpu_runs_model_ids():
+    """On this CPU machine `auto` resolves to float32, which the model id leaves out: the
+    same id as an explicit float32, another one with mixed float16."""
+    from comp.config import load_config
+    from comp.models.spec import make_spec
+
+    def model_id(*overrides: str) -> str:
+        cfg = load_config(["weights=none", "backbones=[small_cnn]", *overrides])
+        return make_spec(cfg, "small_cnn", "folds0").model_id
+
+    default = model_id()
+    assert default == model_id("compute.precision=float32")
+    assert default != model_id("compute.precision=mixed_float16")
+
+
+@pytest.mark.slow
+def test_mixed_float16_trains_and_predicts_on_this_cpu(tmp_path, competition):
+    """The GPU default's dtype policy, run here on the CPU: the fit (with Keras's loss
+    scaling) and the prediction give finite probabilities from a float32 output."""
+    overrides = tiny_overrides(tmp_path, competition)
+    assert run_comp("stage=train", *overrides, "compute.precision=mixed_float16") == 0
+    (model,) = (tmp_path / "runs/tiny/models").iterdir()
+    assert json.loads((model / "spec.json").read_text())["precision"] == "mixed_float16"
+    probs = pd.read_csv(tmp_path / "runs/tiny/preds" / model.name / "oof.csv"
+                        ).filter(like="p_").to_numpy()
+    assert np.isfinite(probs).all() and np.allclose(probs.sum(1), 1, atol=1e-3)

@@ -107,13 +107,13 @@ class BackboneChoice:
 
 def detect_hardware() -> Hardware:
     """GPUs TensorFlow sees and the CPU cores this process may use."""
-    import tensorflow as tf
+    from comp.training.compute import visible_gpus
 
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
-    return Hardware(len(tf.config.list_physical_devices("GPU")), cpus)
+    return Hardware(visible_gpus(), cpus)
 
 
 def image_traits(paths: list[str], sample: int = 64) -> ImageTraits:

@@ -2,7 +2,10 @@
 
 The same code runs on CPU and GPU; `compute.*` only picks Keras's dtype policy, the
 compile's `jit_compile` and, with `distribute=mirrored`, a MirroredStrategy over every
-visible GPU (one replica on a CPU machine).
+visible GPU (one replica on a CPU machine). The defaults follow the machine: mixed
+float16 where TensorFlow sees a GPU (`precision=auto`, resolved when a model's spec is
+made), and Keras's own `jit_compile="auto"`, which turns XLA on with a GPU and off on a
+CPU (where it made the fine-tune's training steps 2-9x slower here, bench/README.md).
 """
 
 from __future__ import annotations
@@ -11,15 +14,29 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from functools import cache
 
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # compute.precision
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")  # compute.precision
 JIT_COMPILE = ("auto", True, False)  # compute.jit_compile
 DISTRIBUTE = ("none", "mirrored")  # compute.distribute
 
 
-def check(compute: dict | None) -> dict:
-    """`compute` with defaults filled in (its values are checked with the config)."""
-    return {"precision": "float32", "jit_compile": "auto", "distribute": "none",
-            **(compute or {})}
+def check(compute: dict | None, gpus: int | None = None) -> dict:
+    """`compute` with defaults filled in (its values are checked with the config) and
+    `precision=auto` resolved for a machine with `gpus` GPUs (None: those TensorFlow sees):
+    mixed_float16 with a GPU, float32 without (a CPU's float16 and bfloat16 kernels were
+    slower than float32 here, bench/README.md "throughput.py")."""
+    filled = {"precision": "auto", "jit_compile": "auto", "distribute": "none",
+              **(compute or {})}
+    if filled["precision"] == "auto":
+        has_gpu = visible_gpus() if gpus is None else gpus
+        filled["precision"] = "mixed_float16" if has_gpu else "float32"
+    return filled
+
+
+def visible_gpus() -> int:
+    """The number of GPUs TensorFlow sees."""
+    import tensorflow as tf
+
+    return len(tf.config.list_physical_devices("GPU"))
 
 
 def jit_compile(compute: dict | None) -> bool | str:
