@@ -1,0 +1,94 @@
+"""A fine-tune's training step on this machine under compute.precision and jit_compile.
+
+usage: python bench/fit_step.py [--sizes 96 224] [--rows 1024] [--repeats 2]
+       python bench/fit_step.py --smoke      (32 px, 64 rows: seconds, for CI)
+What comp's fit trains: the trainable body and head of mobilenet_025 after its default
+cut (`create_head`, random-init weights: the step's cost does not depend on them), fed
+the frozen prefix's feature maps (random numbers of the right shape), SGD with momentum,
+batch 32, one epoch over `--rows` rows after a warm-up epoch, compiled with each setting:
+- `jit_compile=False` (what Keras's `auto` picks on a CPU-only machine) and `True` (XLA,
+  what `auto` picks where a GPU is seen);
+- the dtype policies `compute.precision` can name (`auto` is mixed_float16 with a GPU,
+  float32 without).
+Rows alternate between the settings `--repeats` times, so a slow spell of the machine
+hits all of them. Prints ms per step (median over the repeats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+SETTINGS = [  # (jit_compile, precision)
+    (False, "float32"),
+    (True, "float32"),
+    (False, "mixed_bfloat16"),
+    (False, "mixed_float16"),
+]
+
+
+def step_ms(size: int, rows: int, jit: bool, precision: str) -> float:
+    """Milliseconds per training step of the body and head at `size` px."""
+    import keras
+
+    from comp.models.build import build_backbone, create_head, split_backbone
+    from comp.models.registry import get_backbone
+    from comp.models.weights import ResolvedWeights
+    from comp.training.compute import model_scope
+
+    backbone = get_backbone("mobilenet_025")
+    spec = SimpleNamespace(model={"pooling": "avg", "dense_units": 0, "dropout": 0.2,
+                                  "bn_trainable": True}, augment={}, backbone=backbone.name)
+    with model_scope({"precision": precision}):
+        base = build_backbone(backbone, size, ResolvedWeights(None, "random-init"), 0)
+        split = split_backbone(base, backbone, None)
+        model = create_head(split, spec, 4, 0)
+        model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                      loss="categorical_crossentropy", jit_compile=jit)
+        rng = np.random.default_rng(0)
+        x = rng.uniform(0, 6, (rows, *split.feature_shape)).astype("float32")
+        y = keras.utils.to_categorical(np.arange(rows) % 4, 4)
+        model.fit(x[:64], y[:64], batch_size=32, epochs=1, verbose=0)  # warm-up, tracing
+        started = time.time()
+        model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+        return (time.time() - started) / (rows // 32) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[96, 224])
+    parser.add_argument("--rows", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true", help="32 px, 64 rows (CI)")
+    args = parser.parse_args()
+    sizes, rows, repeats = ([32], 64, 1) if args.smoke else (args.sizes, args.rows,
+                                                               args.repeats)
+    times: dict[tuple, list[float]] = {}
+    for _ in range(repeats):
+        for size in sizes:
+            for jit, precision in SETTINGS:
+                ms = step_ms(size, rows, jit, precision)
+                times.setdefault((size, jit, precision), []).append(ms)
+                print(f"measured: {size} px, jit_compile={jit}, {precision}: {ms:.1f} ms/step",
+                      flush=True)
+    print(f"\nmobilenet_025 body + head after the default cut, batch 32, {rows} rows, "
+          f"median of {repeats}{' (smoke: not a measurement)' if args.smoke else ''}\n")
+    print("| size | jit_compile | precision | ms / step | vs no XLA, float32 |")
+    print("|---|---|---|---|---|")
+    for size in sizes:
+        base = float(np.median(times[size, False, "float32"]))
+        for jit, precision in SETTINGS:
+            ms = float(np.median(times[size, jit, precision]))
+            print(f"| {size} | {jit} | {precision} | {ms:.1f} | {ms / base:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
