@@ -86,6 +86,12 @@ class RunDir:
         return self.root / "cache" / "features"
 
     @property
+    def view_choice_cache(self) -> Path:
+        """Each unit's `augment.choose_views` decision, keyed by what decides it (a pseudo-label
+        round's units decide on the same rows as round 0's: comp.training.trainer.unit_views)."""
+        return self.root / "cache" / "view_choice"
+
+    @property
     def embedding_cache(self) -> Path:
         """Pooled embeddings of the classic heads, one folder per part (comp.training.classic)."""
         return self.root / "cache" / "embeddings"

@@ -62,3 +62,34 @@ def test_random_views_keep_the_orientation_and_follow_their_strengths():
     moved = random_views(images, 1, Jitter(shift=0.2), seed=0)[0]
     assert not (moved == images).all()
     assert Jitter.of({"shift": 0.1, "rotation": 0.05, "other": 1}) == Jitter(0.1, 0.05)
+
+
+def test_a_unit_decides_its_views_once_for_the_same_features_and_rows(tmp_path, monkeypatch):
+    """A pseudo-label round's unit asks the same question of the same cached features and
+    rows as round 0's: the decision is read back from the run's cache, not probed again;
+    other rows (another fold) are probed."""
+    from types import SimpleNamespace
+
+    from comp.training import trainer
+    from comp.training.features import ViewPlan
+
+    labels = np.repeat([0, 1], 30)
+    features = _views(_images(labels, oriented=True))
+    augment = {"dihedral": True, "tta": "dihedral", "random_views": 0, "choose_views": True}
+    featured = SimpleNamespace(plan=ViewPlan.from_augment(augment), features={"train": features},
+                               train_key={"backbone": "test"}, choice_cache=tmp_path)
+    spec = SimpleNamespace(augment=augment, train={"seed": 0})
+    probes = []
+    real = trainer.choose_views
+
+    def counted(*args, **kwargs):
+        probes.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "choose_views", counted)
+    rows = np.arange(60)
+    assert trainer.unit_views(featured, spec, labels, rows, None) == IDENTITY
+    assert trainer.unit_views(featured, spec, labels, rows, None) == IDENTITY
+    assert len(probes) == 1
+    assert trainer.unit_views(featured, spec, labels, rows[::2], None) == IDENTITY
+    assert len(probes) == 2

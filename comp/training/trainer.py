@@ -19,7 +19,15 @@ import numpy as np
 import pandas as pd
 
 from comp import __version__
-from comp.artifacts import atomic_path, ensure_free_space, read_json, write_csv, write_json
+from comp.artifacts import (
+    atomic_path,
+    cached_npy,
+    ensure_free_space,
+    fingerprint,
+    read_json,
+    write_csv,
+    write_json,
+)
 from comp.crashpoints import crash_point
 from comp.data.folder import SPLITS
 from comp.errors import CompError
@@ -35,7 +43,7 @@ from comp.training.compute import model_scope
 from comp.training.features import Encoder, FeatureStore, ViewPlan, ViewSet
 from comp.training.fit import FoldData, class_weights, fit_fold, predict_tta
 from comp.training.units import TrainOptions, Unit, UnitResult
-from comp.training.viewchoice import ALL, IDENTITY, choose_views, unit_descriptors
+from comp.training.viewchoice import ALL, IDENTITY, PROBE_TOL, choose_views, unit_descriptors
 from comp.workspace import FOLD_HISTORY, FOLD_METRICS, FOLD_WEIGHTS, SPEC_JSON, TEST_CSV, unit_lock
 
 
@@ -70,6 +78,9 @@ class FeaturedModel:
         if spec.precision != "float32":
             key["precision"] = spec.precision
         store = FeatureStore(prepared.run.feature_cache, key)
+        # what the train split's features are, for the caches of choices made on them
+        self.train_key = {**key, "train": prepared.split_key("train")}
+        self.choice_cache = prepared.run.view_choice_cache
         encoder = Encoder(self.split.prefix, backbone.preprocess)
         self.features: dict[str, np.ndarray] = {}
         for split in SPLITS:
@@ -138,16 +149,27 @@ def fold_data(featured: FeaturedModel, spec: ModelSpec, split: RowSplit,
 def unit_views(featured: FeaturedModel, spec: ModelSpec, labels: np.ndarray,
                rows: np.ndarray, groups: np.ndarray | None, max_rows: int = 2000) -> str:
     """ALL or IDENTITY for one unit (`augment.choose_views`; ALL when it is off or
-    there is nothing to choose): decided on the unit's training `rows` alone."""
+    there is nothing to choose): decided on the unit's training `rows` alone, once for
+    every spec and round that asks it of the same features and rows (the run's
+    view-choice cache)."""
     arms = view_arms(featured.plan, spec.augment)
     if not spec.augment.get("choose_views") or arms[ALL] == arms[IDENTITY]:
         return ALL
+    seed = spec.train["seed"]
     if len(rows) > max_rows:  # a stratified sample is enough for a linear probe
-        rows = np.sort(np.random.default_rng(spec.train["seed"]).choice(rows, max_rows,
-                                                                         replace=False))
-    descriptors = unit_descriptors(featured.features["train"], rows)
-    return choose_views(descriptors, arms, labels[rows],
-                        None if groups is None else groups[rows], spec.train["seed"])
+        rows = np.sort(np.random.default_rng(seed).choice(rows, max_rows, replace=False))
+    unit_groups = None if groups is None else groups[rows]
+
+    def decide(path: Path) -> None:
+        descriptors = unit_descriptors(featured.features["train"], rows)
+        choice = choose_views(descriptors, arms, labels[rows], unit_groups, seed)
+        np.save(path, np.array(choice == IDENTITY))
+
+    key = {"features": featured.train_key, "arms": arms, "seed": seed, "probe_tol": PROBE_TOL,
+           "rows": fingerprint(rows.tolist(), 16), "labels": fingerprint(labels[rows].tolist(), 16),
+           "groups": None if unit_groups is None else fingerprint(unit_groups.tolist(), 16)}
+    identity = cached_npy(featured.choice_cache, key, "views", decide)
+    return IDENTITY if bool(identity) else ALL
 
 
 def view_arms(plan: ViewPlan, augment: dict) -> dict[str, tuple[list[int], list[int]]]:
