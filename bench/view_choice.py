@@ -8,7 +8,8 @@ For every backbone entry (default: mobilenet_025 at its default cut and at block
 two fine-tunes `backbones=auto` trains with the bundled weights) and every fold, the
 probe's descriptors of the unit's training rows (as comp.training.trainer.unit_views
 samples them) are scored under each tolerance: the inner log loss of training on all
-views and of the image alone, the choice, the seconds, and the probe's iterations. The
+views and of the image alone (comp.training.viewchoice.probe_losses), the choice and
+the seconds. The
 features come from the run directory's cache (computed on first use). The last lines
 say whether every tolerance chose as the first one did, the largest change of a loss
 and the smallest margin between the two choices.
@@ -30,37 +31,6 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
-
-
-def probe_losses(descriptors: np.ndarray, arms: dict, labels: np.ndarray,
-                 groups: np.ndarray | None, seed: int, tol: float) -> tuple[dict, list]:
-    """Mean inner log loss of each choice (as comp.training.viewchoice.choose_views
-    computes it, with the tolerance `tol`) and the probe fits' iteration counts."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import log_loss
-    from sklearn.model_selection import StratifiedGroupKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    from comp.training.viewchoice import INNER_FOLDS, _proba
-
-    counts = np.bincount(labels)
-    splitter = StratifiedGroupKFold(n_splits=min(INNER_FOLDS, int(counts[counts > 0].min())),
-                                    shuffle=True, random_state=seed)
-    classes = np.unique(labels)
-    losses, iterations = dict.fromkeys(arms, 0.0), []
-    groups = np.arange(len(labels)) if groups is None else groups
-    for fit, held in splitter.split(descriptors[0], labels, groups):
-        for choice, (fit_views, predict_views) in arms.items():
-            model = make_pipeline(StandardScaler(),
-                                  LogisticRegression(C=0.1, tol=tol, max_iter=500))
-            model.fit(np.concatenate([descriptors[v, fit] for v in fit_views]),
-                      np.tile(labels[fit], len(fit_views)))
-            iterations.append(int(np.max(model[-1].n_iter_)))
-            probs = np.mean([_proba(model, descriptors[v, held], classes)
-                             for v in predict_views], axis=0)
-            losses[choice] += log_loss(labels[held], probs, labels=classes) * len(held)
-    return {k: v / len(labels) for k, v in losses.items()}, iterations
 
 
 def main() -> None:
@@ -91,7 +61,7 @@ def measure(args: argparse.Namespace, extra: list[str]) -> pd.DataFrame:
     from comp.data.prepared import prepare
     from comp.rounds import specs_for_round
     from comp.training.trainer import FeaturedModel, view_arms
-    from comp.training.viewchoice import ALL, IDENTITY, unit_descriptors
+    from comp.training.viewchoice import ALL, IDENTITY, probe_losses, unit_descriptors
 
     cfg = load_config(["data=folder", f"data.dir={args.data_dir}", f"name={args.name}",
                        f"runs_dir={args.runs_dir}", f"backbones=[{','.join(args.backbones)}]",
@@ -113,14 +83,13 @@ def measure(args: argparse.Namespace, extra: list[str]) -> pd.DataFrame:
             descriptors = unit_descriptors(featured.features["train"], rows)
             for tol in args.tols:
                 started = time.perf_counter()
-                losses, iterations = probe_losses(descriptors, arms, labels[rows], groups[rows],
-                                                  fold_spec.train["seed"], tol)
+                losses = probe_losses(descriptors, arms, labels[rows], groups[rows],
+                                      fold_spec.train["seed"], tol)
                 rows_out.append({
                     "model": spec.model_id, "unit": unit, "tol": tol, "rows": len(rows),
                     "loss_all": round(losses[ALL], 4), "loss_image": round(losses[IDENTITY], 4),
                     "choice": IDENTITY if losses[IDENTITY] < losses[ALL] else ALL,
-                    "seconds": round(time.perf_counter() - started, 1),
-                    "max_iter_used": max(iterations)})
+                    "seconds": round(time.perf_counter() - started, 1)})
     return pd.DataFrame(rows_out)
 
 

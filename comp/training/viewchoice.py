@@ -56,8 +56,23 @@ def unit_descriptors(features: np.ndarray, rows: np.ndarray, chunk: int = 256) -
 def choose_views(descriptors: np.ndarray, arms: dict[str, tuple[list[int], list[int]]],
                  labels: np.ndarray, groups: np.ndarray | None, seed: int) -> str:
     """ALL or IDENTITY for (V, n, D) `descriptors` of a unit's training rows: the one
-    with the lower inner-CV log loss (ties: ALL). `arms` gives each its (training view
-    positions, prediction view positions); position 0 is the image itself."""
+    with the lower inner-CV log loss (`probe_losses`; ties: ALL). `arms` gives each its
+    (training view positions, prediction view positions); position 0 is the image itself."""
+    counts = np.bincount(labels)
+    if (min(INNER_FOLDS, int(counts[counts > 0].min())) < 2
+            or set(arms[ALL][0]) == set(arms[IDENTITY][0])):
+        return ALL
+    losses = probe_losses(descriptors, arms, labels, groups, seed)
+    return IDENTITY if losses[IDENTITY] < losses[ALL] else ALL
+
+
+def probe_losses(descriptors: np.ndarray, arms: dict[str, tuple[list[int], list[int]]],
+                 labels: np.ndarray, groups: np.ndarray | None, seed: int,
+                 tol: float = PROBE_TOL) -> dict[str, float]:
+    """Each arm's mean inner-CV log loss of a linear probe (standardised logistic
+    regression, C=0.1, stopping at `tol`) trained on its training views and averaged over
+    its prediction views, on a stratified group K-fold of the rows (INNER_FOLDS, fewer
+    where a class has fewer rows; at least 2)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
     from sklearn.model_selection import StratifiedGroupKFold
@@ -65,23 +80,21 @@ def choose_views(descriptors: np.ndarray, arms: dict[str, tuple[list[int], list[
     from sklearn.preprocessing import StandardScaler
 
     counts = np.bincount(labels)
-    n_splits = min(INNER_FOLDS, int(counts[counts > 0].min()))
-    if n_splits < 2 or set(arms[ALL][0]) == set(arms[IDENTITY][0]):
-        return ALL
+    n_splits = max(2, min(INNER_FOLDS, int(counts[counts > 0].min())))
     groups = np.arange(len(labels)) if groups is None else groups
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     classes = np.unique(labels)
-    losses = {ALL: 0.0, IDENTITY: 0.0}
+    losses = dict.fromkeys(arms, 0.0)
     for fit, held in splitter.split(descriptors[0], labels, groups):
         for choice, (fit_views, predict_views) in arms.items():
             model = make_pipeline(StandardScaler(),
-                                  LogisticRegression(C=0.1, tol=PROBE_TOL, max_iter=200))
+                                  LogisticRegression(C=0.1, tol=tol, max_iter=200))
             x = np.concatenate([descriptors[v, fit] for v in fit_views])
             model.fit(x, np.tile(labels[fit], len(fit_views)))
             probs = np.mean([_proba(model, descriptors[v, held], classes)
                              for v in predict_views], axis=0)
             losses[choice] += log_loss(labels[held], probs, labels=classes) * len(held)
-    return IDENTITY if losses[IDENTITY] < losses[ALL] else ALL
+    return {choice: total / len(labels) for choice, total in losses.items()}
 
 
 def recorded_views(fold_dir) -> str:
