@@ -21,7 +21,7 @@ INNER_FOLDS = 3  # splits of the inner CV (fewer where a class has fewer images)
 # The probe's stopping tolerance: at sklearn's 1e-4 a probe of 2,000 glyph rows took 45 s a
 # unit on this 2-core machine; at 1e-3 it takes 14 s, its inner log losses move by at most
 # 0.021 while the two choices' losses differ by at least 0.11, and all 30 units of wbc,
-# digits and the glyphs choose as before (bench/README.md, "View choice").
+# digits and the glyphs choose as before (bench/README.md, "view_choice.py").
 PROBE_TOL = 1e-3
 
 
@@ -58,12 +58,16 @@ def choose_views(descriptors: np.ndarray, arms: dict[str, tuple[list[int], list[
     """ALL or IDENTITY for (V, n, D) `descriptors` of a unit's training rows: the one
     with the lower inner-CV log loss (`probe_losses`; ties: ALL). `arms` gives each its
     (training view positions, prediction view positions); position 0 is the image itself."""
-    counts = np.bincount(labels)
-    if (min(INNER_FOLDS, int(counts[counts > 0].min())) < 2
-            or set(arms[ALL][0]) == set(arms[IDENTITY][0])):
+    if inner_splits(labels) < 2 or set(arms[ALL][0]) == set(arms[IDENTITY][0]):
         return ALL
     losses = probe_losses(descriptors, arms, labels, groups, seed)
     return IDENTITY if losses[IDENTITY] < losses[ALL] else ALL
+
+
+def inner_splits(labels: np.ndarray) -> int:
+    """The probe's inner folds: INNER_FOLDS, fewer where a class has fewer rows."""
+    counts = np.bincount(labels)
+    return min(INNER_FOLDS, int(counts[counts > 0].min()))
 
 
 def probe_losses(descriptors: np.ndarray, arms: dict[str, tuple[list[int], list[int]]],
@@ -79,8 +83,7 @@ def probe_losses(descriptors: np.ndarray, arms: dict[str, tuple[list[int], list[
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    counts = np.bincount(labels)
-    n_splits = max(2, min(INNER_FOLDS, int(counts[counts > 0].min())))
+    n_splits = max(2, inner_splits(labels))
     groups = np.arange(len(labels)) if groups is None else groups
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     classes = np.unique(labels)
