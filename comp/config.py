@@ -297,6 +297,11 @@ class PseudoConfig:
     soft: bool = False  # soft targets (the vote, sharpened) instead of hard labels
     temperature: float = setting(1.0, POSITIVE)  # sharpening of soft targets: p ** (1 / T)
     weight: float = setting(0.5, Interval(0, None))  # sample weight of a pseudo-labelled image
+    # round r's fine-tunes start from the weights of the models they replace (round r-1,
+    # same unit: trained without that unit's validation rows) and run only the last this
+    # many epochs of train.epochs' schedule; None: from the ImageNet weights, every epoch
+    warm_epochs: int | None = setting(  # warm-started rounds: the schedule's last epochs
+        None, Optional(Int(1)))
     voters: list[str] = field(default_factory=list)  # backbones that vote; empty: all
     # selected: per unit, the voter or ensemble of voters (ensemble.methods) best by
     # submit.rank_by on the OOF rows outside the unit's validation rows, as the nested

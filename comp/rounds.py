@@ -8,6 +8,8 @@ its training rows.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from omegaconf import DictConfig
 
 from comp.data.prepared import Prepared
@@ -23,15 +25,32 @@ from comp.training.units import TrainOptions
 def specs_for_round(cfg: DictConfig, prepared: Prepared, round_: int) -> list[ModelSpec]:
     """The model specs of every configured backbone for pseudo-label round `round_`."""
     pseudo = None if round_ == 0 else pseudo_identity(cfg, prepared, round_)
+    native = native_side(prepared.competition.train["path"].tolist())
     if cfg.params == "best":
         from comp.tuning.search import tuned_spec
 
-        return [tuned_spec(cfg, prepared, name, pseudo) for name in cfg.backbones]
-    native = native_side(prepared.competition.train["path"].tolist())
-    return ([make_spec(cfg, name, prepared.folds_key, pseudo, native=native)
-             for name in cfg.backbones]
-            + [make_classic_spec(cfg, entry, prepared.folds_key, pseudo, native)
-               for entry in cfg.classic.models])
+        finetuned = [tuned_spec(cfg, prepared, name, pseudo) for name in cfg.backbones]
+        classic = []
+    else:
+        finetuned = [make_spec(cfg, name, prepared.folds_key, pseudo, native=native)
+                     for name in cfg.backbones]
+        classic = [make_classic_spec(cfg, entry, prepared.folds_key, pseudo, native)
+                   for entry in cfg.classic.models]
+    if round_ > 0 and cfg.pseudo.warm_epochs is not None:
+        finetuned = warm_started(finetuned, specs_for_round(cfg, prepared, round_ - 1),
+                                 int(cfg.pseudo.warm_epochs))
+    return finetuned + classic
+
+
+def warm_started(specs: list[ModelSpec], previous: list[ModelSpec],
+                 epochs: int) -> list[ModelSpec]:
+    """`specs` (fine-tunes of a round r >= 1) each marked to start, unit by unit, from the
+    weights of the model of `previous` (round r - 1) it replaces, and to run the last
+    `epochs` epochs of its schedule (pseudo.warm_epochs; comp.training.trainer). The mark
+    is part of the pseudo settings, so it is in the model id."""
+    replaced = {spec.backbone: spec.model_id for spec in previous}
+    return [replace(spec, pseudo={**spec.pseudo, "warm_start": {
+        "from": replaced[spec.backbone], "epochs": epochs}}) for spec in specs]
 
 
 def train_round(cfg: DictConfig, prepared: Prepared, round_: int,

@@ -1,6 +1,7 @@
 """Pseudo-label selection rules, and that no fold's validation images feed its labels."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -224,3 +225,53 @@ def test_a_round_without_known_labels_logs_no_empty_mean(comp_caplog):
     first, second = comp_caplog.messages[-2:]
     assert "mean confidence 0.900; accuracy vs truth n/a" in first
     assert "mean confidence 0.800; accuracy vs truth 0.500" in second
+
+
+def test_a_warm_start_loads_the_replaced_units_weights_and_runs_the_schedules_end(tmp_path):
+    import keras
+
+    from comp.errors import CompError
+    from comp.training.trainer import warm_start
+    from comp.workspace import FOLD_WEIGHTS, RunDir
+
+    def model(seed):
+        return keras.Sequential([keras.Input((3,)), keras.layers.Dense(
+            2, kernel_initializer=keras.initializers.GlorotUniform(seed))])
+
+    run = RunDir(tmp_path / "run")
+    teacher = model(1)
+    run.fold_dir("cnn-round0", 1).mkdir(parents=True)
+    teacher.save_weights(run.fold_dir("cnn-round0", 1) / FOLD_WEIGHTS)
+    warm = {"round": 1, "warm_start": {"from": "cnn-round0", "epochs": 3}}
+    spec = SimpleNamespace(pseudo=warm, train={"epochs": 10}, backbone="cnn")
+    student = model(2)
+    assert not np.allclose(student.get_weights()[0], teacher.get_weights()[0])
+    assert warm_start(student, spec, run, 1) == 7
+    assert np.allclose(student.get_weights()[0], teacher.get_weights()[0])
+    # a cold start (round 0, or a round without warm_epochs) leaves the model as built
+    cold = model(2)
+    before = cold.get_weights()[0].copy()
+    assert warm_start(cold, SimpleNamespace(pseudo={"round": 1}, train={}, backbone="cnn"),
+                      run, 1) == 0
+    assert np.allclose(cold.get_weights()[0], before)
+    # the replaced unit not trained: one line naming the file and what to do
+    with pytest.raises(CompError, match=r"fold0.*train round 0 first, or unset"):
+        warm_start(model(2), spec, run, 0)
+
+
+@pytest.mark.slow
+def test_a_warm_started_round_starts_from_round_zero_and_runs_its_last_epochs(tmp_path,
+                                                                               trained):
+    overrides = tiny_overrides(tmp_path, trained, **{
+        "pseudo.rounds": "1", "pseudo.splits": "[unlabeled,test]",
+        "pseudo.warm_epochs": "1"})
+    assert run_comp("stage=all", *overrides) == 0
+    run = tmp_path / "runs" / "tiny"
+    board = leaderboard(tmp_path)
+    round1 = board.loc[board["round"] == 1, "name"].item()
+    round0 = json.loads((run / "preds" / round1 / "cv.json").read_text())["lineage"]
+    spec1 = json.loads((run / "models" / round1 / "spec.json").read_text())
+    assert spec1["pseudo"]["warm_start"] == {"from": round0, "epochs": 1}
+    for fold in (0, 1):
+        history = pd.read_csv(run / "models" / round1 / f"fold{fold}" / "history.csv")
+        assert history["epoch"].tolist() == [spec1["train"]["epochs"] - 1]

@@ -119,7 +119,7 @@ def training_dataset(data: FoldData, batch_size: int, seed: int,
 
 def fit_fold(model, data: FoldData, train: dict, seed: int,
              on_epoch=None, log_dir: str | None = None,
-             compute: dict | None = None) -> tuple[pd.DataFrame, int]:
+             compute: dict | None = None, first_epoch: int = 0) -> tuple[pd.DataFrame, int]:
     """Train `model` (compiled here) on `data` and leave it with the kept weights: the
     last epoch's (no `stop_rows`: epoch_choice=last; with `train.average_last`, the mean
     of the last epochs'; with `train.ema`, the moving average), or the best epoch on the
@@ -128,15 +128,18 @@ def fit_fold(model, data: FoldData, train: dict, seed: int,
     (comp.training.mixing); `train.lr_depth_ratio` slows the deeper layers
     (comp.training.optimizers.depth_rate_scales).
 
-    Returns the per-epoch history and the kept epoch (0-based). With `log_dir`, Keras's
+    Training runs epochs `first_epoch`..`train.epochs - 1` of the schedule (a warm start,
+    pseudo.warm_epochs, runs only its last epochs). Returns the per-epoch history (its
+    `epoch` column counts from `first_epoch`) and the kept epoch's row in it. With
+    `log_dir`, Keras's
     TensorBoard callback writes event files there. `compute` picks the dtype policy, XLA
     and the distribution strategy (comp.training.compute). Every random draw of the fit
     comes from `seed` (the data's order and views) or from the model's own seeded layers
     (create_head); no global seed is set.
 
-    Why seven parameters: the last three are independent optional hooks (the per-epoch
-    `on_epoch(epoch, logs)`, the TensorBoard folder, the compute settings) that each
-    caller sets or leaves alone on its own.
+    Why eight parameters: the last four are independent optional hooks (the per-epoch
+    `on_epoch(epoch, logs)`, the TensorBoard folder, the compute settings, the first
+    epoch) that each caller sets or leaves alone on its own.
     """
     with model_scope(compute):
         jit = jit_compile(compute)
@@ -152,14 +155,16 @@ def fit_fold(model, data: FoldData, train: dict, seed: int,
         result = model.fit(
             dataset,
             epochs=train["epochs"],
+            initial_epoch=first_epoch,
             steps_per_epoch=steps,
             shuffle=False,  # the dataset shuffles itself, seeded
             verbose=0,
             callbacks=_callbacks(data, train, on_epoch, log_dir, stopper),
         )
         history = pd.DataFrame(result.history)
-        history.insert(0, "epoch", np.arange(len(history)))
-        best = len(history) - 1 if stopper is None else int(stopper.best_epoch)
+        history.insert(0, "epoch", first_epoch + np.arange(len(history)))
+        best = (len(history) - 1 if stopper is None
+                else int(stopper.best_epoch) - first_epoch)  # Keras counts from epoch 0
         return history, best
 
 

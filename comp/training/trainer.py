@@ -293,6 +293,7 @@ def _train_fold(featured: FeaturedModel, spec: ModelSpec, unit: Unit, out: Path)
     classes = prepared.competition.classes
     seed = spec.train["seed"] + fold
     model = featured.new_head(spec, len(classes), seed)
+    first_epoch = warm_start(model, spec, prepared.run, fold)
     val = prepared.unit_val_rows(fold)
     rows, groups = prepared.unit_train_rows(fold), prepared.folds["group"].to_numpy()
     views = unit_views(featured, spec, labels, rows, groups)
@@ -304,7 +305,7 @@ def _train_fold(featured: FeaturedModel, spec: ModelSpec, unit: Unit, out: Path)
 
     history, best_epoch = fit_fold(model, data, spec.train, seed, show,
                                    str(out / "logs") if unit.tensorboard else None,
-                                   spec.compute)
+                                   spec.compute, first_epoch)
     val_probs = predict_views(model, featured.features["train"], data.tta_views, val)
     split_probs = {split: predict_tta(model, featured.features[split],
                                       split_positions(featured.plan, split, views))
@@ -325,6 +326,23 @@ def _train_fold(featured: FeaturedModel, spec: ModelSpec, unit: Unit, out: Path)
         # the fold's own settings (tuned folds differ) under the model's id
         "settings": {**spec.describe(), "model_id": unit.model_id},
     })
+
+
+def warm_start(model, spec: ModelSpec, run, fold: int) -> int:
+    """Where a fine-tune of unit `fold` starts (pseudo.warm_epochs): with the spec's
+    pseudo settings marking a warm start, `model` takes the weights of that unit of the
+    model it replaces, and the schedule begins its last epochs; returns the first epoch
+    (0: a cold start, the model as built)."""
+    warm = (spec.pseudo or {}).get("warm_start")
+    if warm is None:
+        return 0
+    weights = run.fold_dir(warm["from"], fold) / FOLD_WEIGHTS
+    if not weights.exists():
+        raise CompError(f"{weights}: missing; pseudo.warm_epochs starts round "
+                        f"{spec.pseudo['round']}'s {spec.backbone} from it: train round "
+                        f"{spec.pseudo['round'] - 1} first, or unset pseudo.warm_epochs")
+    model.load_weights(weights)
+    return max(0, spec.train["epochs"] - warm["epochs"])
 
 
 def _fresh_fold_dir(out):
