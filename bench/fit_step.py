@@ -39,14 +39,16 @@ def step_ms(size: int, rows: int, jit: bool, precision: str) -> float:
     """Milliseconds per training step of the body and head at `size` px."""
     import keras
 
+    from comp.config import AugmentSettings, ModelSettings
     from comp.models.build import build_backbone, create_head, split_backbone
     from comp.models.registry import get_backbone
     from comp.models.weights import ResolvedWeights
     from comp.training.compute import model_scope
 
     backbone = get_backbone("mobilenet_025")
-    spec = SimpleNamespace(model={"pooling": "avg", "dense_units": 0, "dropout": 0.2,
-                                  "bn_trainable": True}, augment={}, backbone=backbone.name)
+    spec = SimpleNamespace(model=ModelSettings(pooling="avg", dense_units=0, dropout=0.2,
+                                               bn_trainable=True),
+                           augment=AugmentSettings(), backbone=backbone.name)
     with model_scope({"precision": precision}):
         base = build_backbone(backbone, size, ResolvedWeights(None, "random-init"), 0)
         split = split_backbone(base, backbone, None)

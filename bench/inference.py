@@ -133,8 +133,8 @@ def main() -> None:
         predict_images(spec, folder, images[:8], n_classes)  # warm-up (graph tracing)
         fulls = []
         for fold in folds:  # raw Keras: built (and warmed up) before any clock starts
-            base = build_backbone(backbone, size, spec.weights, spec.train["seed"])
-            split = split_backbone(base, backbone, spec.model["unfreeze"])
+            base = build_backbone(backbone, size, spec.weights, spec.train.seed)
+            split = split_backbone(base, backbone, spec.model.unfreeze)
             head = create_head(split, spec, n_classes, 0, online=False)
             head.load_weights(model_dir / f"fold{fold}" / "model.weights.h5")
             inputs = keras.Input((size, size, 3))
@@ -158,7 +158,7 @@ def main() -> None:
         flops = model_flops(fulls[0])
 
     print(f"\nmobilenet_025 at {size} px, {n_images} images x 8 TTA views, batch 128, "
-          f"TF {__import__('tensorflow').__version__}, {spec.model['unfreeze'] or 'default'} cut, "
+          f"TF {__import__('tensorflow').__version__}, {spec.model.unfreeze or 'default'} cut, "
           f"median of {args.repeats} interleaved repeats"
           f"{' (smoke: a tiny synthetic competition, not a measurement)' if args.smoke else ''}\n")
     print("| folds | comp s | comp images/s | raw Keras predict s | raw images/s | comp / raw "

@@ -77,14 +77,14 @@ def measure(args: argparse.Namespace, extra: list[str]) -> pd.DataFrame:
             fold_spec = spec.for_fold(unit)
             rows = prepared.unit_train_rows(unit)
             if len(rows) > 2000:  # as unit_views samples them
-                rows = np.sort(np.random.default_rng(fold_spec.train["seed"]).choice(
+                rows = np.sort(np.random.default_rng(fold_spec.train.seed).choice(
                     rows, 2000, replace=False))
             arms = view_arms(featured.plan, fold_spec.augment)
             descriptors = unit_descriptors(featured.features["train"], rows)
             for tol in args.tols:
                 started = time.perf_counter()
                 losses = probe_losses(descriptors, arms, labels[rows], groups[rows],
-                                      fold_spec.train["seed"], tol)
+                                      fold_spec.train.seed, tol)
                 rows_out.append({
                     "model": spec.model_id, "unit": unit, "tol": tol, "rows": len(rows),
                     "loss_all": round(losses[ALL], 4), "loss_image": round(losses[IDENTITY], 4),

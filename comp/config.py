@@ -471,6 +471,66 @@ class Config:
 _OVERRIDABLE_SECTIONS = {"model": ModelConfig, "train": TrainConfig, "augment": AugmentConfig}
 
 
+class Settings:
+    """One section (model, train or augment) of one model's settings, read-only: the
+    frozen twin of the section's schema dataclass (`frozen_settings`), whose fields and
+    defaults it takes. Code reads attributes (`spec.train.lr`).
+
+    `absent` names the keys that a spec.json written by an older comp does not record
+    (keys added since): they read as their defaults but stay out of `as_dict`, which
+    ModelSpec hashes, so such a model keeps its recorded id.
+    """
+
+    absent: frozenset[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        """{key: value} of the settings in schema order, the absent keys left out."""
+        return {item.name: getattr(self, item.name) for item in dataclasses.fields(self)
+                if item.name != "absent" and item.name not in self.absent}
+
+    def replaced(self, values: dict[str, Any]) -> Settings:
+        """These settings with `values` ({key: value}) in place (a key given is not
+        absent any more); an unknown key is a TypeError."""
+        return dataclasses.replace(self, **values, absent=self.absent - values.keys())
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str) -> Settings:
+        """The settings a spec.json recorded as {key: value} (`where` names the section
+        in errors): keys it lacks take their defaults and are absent; a key this comp
+        does not know (a newer comp's) is a CompError."""
+        known = {item.name for item in dataclasses.fields(cls)} - {"absent"}
+        unknown = sorted(values.keys() - known)
+        if unknown:
+            raise CompError(f"{where}: unknown setting(s) {unknown}; was it written by a "
+                            "newer comp? Use that version")
+        return cls(**values, absent=frozenset(known - values.keys()))
+
+
+def frozen_settings(schema: type) -> type[Settings]:
+    """The frozen twin of the schema dataclass `schema` (`TrainConfig` -> `TrainSettings`):
+    the same fields with the same defaults, plus `absent` (see Settings). The schema
+    itself stays mutable: OmegaConf makes the config of a frozen dataclass read-only,
+    and Hydra writes the overrides into it."""
+    items = [(item.name, item.type, field(default=item.default,
+                                          default_factory=item.default_factory,
+                                          metadata=item.metadata))
+             for item in dataclasses.fields(schema)]
+    items.append(("absent", "frozenset[str]", field(default=frozenset(), repr=False)))
+    name = schema.__name__.replace("Config", "Settings")
+    twin = dataclasses.make_dataclass(name, items, bases=(Settings,), frozen=True)
+    twin.__module__, twin.__qualname__ = __name__, name  # pickled by reference, like a class
+    twin.__doc__ = f"{schema.__doc__} Read-only (comp.config.Settings)."
+    return twin
+
+
+ModelSettings = frozen_settings(ModelConfig)
+TrainSettings = frozen_settings(TrainConfig)
+AugmentSettings = frozen_settings(AugmentConfig)
+# section -> its settings class, as in _OVERRIDABLE_SECTIONS
+SETTINGS: dict[str, type[Settings]] = {
+    "model": ModelSettings, "train": TrainSettings, "augment": AugmentSettings}
+
+
 def schema_fields(cls: type, prefix: str = "") -> Iterator[tuple[str, type, dataclasses.Field]]:
     """Every leaf key of the schema `cls`, in declaration order: (dotted key, the dataclass
     that declares it, its field)."""
@@ -732,6 +792,13 @@ def model_settings(cfg: DictConfig, backbone: str) -> DictConfig:
                 f"config: backbone_overrides.{backbone}.{section}: {_short_message(exc)}"
             ) from None
     return merged
+
+
+def frozen_sections(merged: DictConfig) -> dict[str, Settings]:
+    """The sections of `merged` (what `model_settings` returns) as read-only settings
+    objects: {"model": ModelSettings, "train": TrainSettings, "augment": AugmentSettings}."""
+    return {name: settings(**OmegaConf.to_container(merged[name], resolve=True))
+            for name, settings in SETTINGS.items()}
 
 
 def _short_message(exc: Exception, overrides: list[str] = ()) -> str:

@@ -138,7 +138,7 @@ def build_export_model(cfg: DictConfig, run: RunDir, model_id: str, n_classes: i
     folds = _folds(run.model_dir(model_id))
     if not folds:
         raise CompError(f"{run.model_dir(model_id)}: no trained fold weights to export")
-    views = tuple(TTA_VIEWS[spec.augment["tta"]]) if tta else (0,)
+    views = tuple(TTA_VIEWS[spec.augment.tta]) if tta else (0,)
     size = spec.image_size
     image = keras.Input((size, size, 3), name="image")
     x = _preprocess_layer(backbone.preprocess, backbone.name)
@@ -149,8 +149,8 @@ def build_export_model(cfg: DictConfig, run: RunDir, model_id: str, n_classes: i
     flat = []
     for fold in folds:
         fold_spec = spec.for_fold(fold)
-        base = build_backbone(backbone, size, spec.weights, spec.train["seed"])
-        split = split_backbone(base, backbone, fold_spec.model["unfreeze"])
+        base = build_backbone(backbone, size, spec.weights, spec.train.seed)
+        split = split_backbone(base, backbone, fold_spec.model.unfreeze)
         if split.cut not in shared:
             shared[split.cut] = [_prefix_features(_dihedral(x, view, flip), split, round_features)
                                  for view in views]

@@ -158,12 +158,12 @@ def predict_images(spec: ModelSpec, model_dir: Path, images: np.ndarray,
     for fold in progress(folds, desc=f"predict {model_dir.name}"):
         fold_spec = spec.for_fold(fold)
         plan = ViewPlan.from_augment(fold_spec.augment)
-        key = f"{fold_spec.model['unfreeze']}|{plan.tta}"
+        key = f"{fold_spec.model.unfreeze}|{plan.tta}"
         if key not in shared:
             with model_scope(spec.compute):
                 base = build_backbone(backbone, spec.image_size, spec.weights,
-                                      spec.train["seed"])
-                split = split_backbone(base, backbone, fold_spec.model["unfreeze"])
+                                      spec.train.seed)
+                split = split_backbone(base, backbone, fold_spec.model.unfreeze)
             shared[key] = (split, compute_features(
                 images, Encoder(split.prefix, backbone.preprocess), ViewSet(plan.tta)))
         split, features = shared[key]

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from comp.config import DEMO_DIR
+from comp.config import DEMO_DIR, AugmentSettings, ModelSettings
 from comp.errors import CompError
 from comp.models.build import build_backbone, create_head, split_backbone
 from comp.models.registry import BACKBONES, get_backbone
@@ -90,9 +90,8 @@ def test_unfreeze_forms(spec, label):
     else:  # a depth fraction: the first clean cut at or after 90% of the layers
         index = int(label.search(split.cut).group(1))
         assert round(0.9 * len(base.layers)) <= index < len(base.layers)
-    spec = SimpleNamespace(model={"pooling": "max", "dense_units": 8, "dropout": 0.2,
-                                  "bn_trainable": True}, augment={"online_shift": 0.1},
-                           backbone="mobilenet_025")
+    spec = SimpleNamespace(model=ModelSettings(pooling="max", dense_units=8, dropout=0.2),
+                           augment=AugmentSettings(online_shift=0.1), backbone="mobilenet_025")
     model = create_head(split, spec, 3, 0)
     assert model.output_shape == (None, 3)
     # online augmentation only where the model trains from the image itself, and never
@@ -108,7 +107,7 @@ def test_online_randaugment_sees_the_backbones_value_range_in_training_only():
 
     assert input_range("mobilenet_025") == (-1.0, 1.0)
     assert input_range("small_cnn") == (0.0, 255.0)
-    (layer,) = online_augmentation({"online_randaugment": 0.5}, 0, (-1.0, 1.0))
+    (layer,) = online_augmentation(AugmentSettings(online_randaugment=0.5), 0, (-1.0, 1.0))
     assert tuple(layer.value_range) == (-1.0, 1.0)
     images = np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 3)).astype("float32")
     trained = np.asarray(layer(images, training=True))
@@ -126,9 +125,8 @@ def test_the_same_seed_builds_the_same_model_and_leaves_global_seeds_alone():
     import tensorflow as tf
 
     backbone = get_backbone("small_cnn")
-    spec = SimpleNamespace(model={"pooling": "avg", "dense_units": 8, "dropout": 0.2,
-                                  "bn_trainable": True}, augment={},
-                           backbone="small_cnn")
+    spec = SimpleNamespace(model=ModelSettings(pooling="avg", dense_units=8, dropout=0.2),
+                           augment=AugmentSettings(), backbone="small_cnn")
 
     def weights(seed: int) -> list:
         base = build_backbone(backbone, 32, RANDOM, seed)
@@ -222,8 +220,8 @@ def test_a_heads_trained_body_folds_too():
 
     backbone = get_backbone("mobilenet_025")
     split = split_backbone(build_backbone(backbone, 32, RANDOM, 0), backbone, None)
-    spec = SimpleNamespace(model={"pooling": "avg", "dense_units": 0, "dropout": 0.2,
-                                  "bn_trainable": True}, augment={}, backbone="mobilenet_025")
+    spec = SimpleNamespace(model=ModelSettings(pooling="avg", dense_units=0, dropout=0.2),
+                           augment=AugmentSettings(), backbone="mobilenet_025")
     head = create_head(split, spec, 3, 0, online=False)
     rng = np.random.default_rng(1)
     for layer in split.body.layers:

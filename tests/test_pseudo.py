@@ -243,7 +243,7 @@ def test_a_warm_start_loads_the_replaced_units_weights_and_runs_the_schedules_en
     run.fold_dir("cnn-round0", 1).mkdir(parents=True)
     teacher.save_weights(run.fold_dir("cnn-round0", 1) / FOLD_WEIGHTS)
     warm = {"round": 1, "warm_start": {"from": "cnn-round0", "epochs": 3}}
-    spec = SimpleNamespace(pseudo=warm, train={"epochs": 10}, backbone="cnn")
+    spec = SimpleNamespace(pseudo=warm, train=SimpleNamespace(epochs=10), backbone="cnn")
     student = model(2)
     assert not np.allclose(student.get_weights()[0], teacher.get_weights()[0])
     assert warm_start(student, spec, run, 1) == 7
@@ -251,7 +251,7 @@ def test_a_warm_start_loads_the_replaced_units_weights_and_runs_the_schedules_en
     # a cold start (round 0, or a round without warm_epochs) leaves the model as built
     cold = model(2)
     before = cold.get_weights()[0].copy()
-    assert warm_start(cold, SimpleNamespace(pseudo={"round": 1}, train={}, backbone="cnn"),
+    assert warm_start(cold, SimpleNamespace(pseudo={"round": 1}, train=None, backbone="cnn"),
                       run, 1) == 0
     assert np.allclose(cold.get_weights()[0], before)
     # the replaced unit not trained: one line naming the file and what to do

@@ -1,8 +1,11 @@
 """fit_fold keeps the best-validation-AUC epoch; class weights; the tf.data pipeline."""
 
+from dataclasses import replace
+
 import keras
 import numpy as np
 
+from comp.config import TrainSettings
 from comp.metrics import macro_auc
 from comp.training.fit import FoldData, class_weights, fit_fold, training_dataset
 
@@ -29,8 +32,8 @@ def _model(dim=6, seed=0):
     return keras.Model(inputs, dense(inputs))
 
 
-TRAIN = {"optimizer": "sgd", "lr": 0.5, "momentum": 0.9, "schedule": "step", "lr_drop": 0.5,
-         "lr_every": 3, "epochs": 8, "patience": 8, "batch_size": 16, "label_smoothing": 0.0}
+TRAIN = TrainSettings(optimizer="sgd", lr=0.5, momentum=0.9, schedule="step", lr_drop=0.5,
+                      lr_every=3, epochs=8, patience=8, batch_size=16, label_smoothing=0.0)
 
 
 def test_checkpoint_keeps_the_best_auc_epoch():
@@ -44,7 +47,7 @@ def test_checkpoint_keeps_the_best_auc_epoch():
 
 
 def test_early_stopping_on_auc():
-    train = {**TRAIN, "epochs": 30, "patience": 2, "lr": 0.0}  # nothing learns: AUC flat
+    train = replace(TRAIN, epochs=30, patience=2, lr=0.0)  # nothing learns: AUC flat
     history, best = fit_fold(_model(), _data(), train, seed=0)
     assert len(history) == 3 and best == 0
 
@@ -120,7 +123,7 @@ def test_without_stop_rows_the_last_epoch_is_kept():
     data = _data()
     data.stop_rows = data.stop_labels = None  # train.epoch_choice=last
     history, best = fit_fold(_model(), data, TRAIN, seed=0)
-    assert len(history) == TRAIN["epochs"] and best == TRAIN["epochs"] - 1
+    assert len(history) == TRAIN.epochs and best == TRAIN.epochs - 1
 
 
 def test_inner_holdout_chooses_the_epoch_without_the_scored_rows():
@@ -167,29 +170,27 @@ def test_average_last_ends_with_the_mean_of_the_last_epochs():
     # in a real fit: other weights than the last epoch's
     plain, averaged = _model(), _model()
     fit_fold(plain, _last_epoch_data(), TRAIN, seed=0)
-    fit_fold(averaged, _last_epoch_data(), {**TRAIN, "average_last": 3}, seed=0)
+    fit_fold(averaged, _last_epoch_data(), replace(TRAIN, average_last=3), seed=0)
     assert not np.allclose(plain.get_weights()[0], averaged.get_weights()[0])
 
 
 def test_warmup_adamw_and_ema_train_and_end_with_the_average():
     history, best = fit_fold(_model(), _last_epoch_data(),
-                             {**TRAIN, "optimizer": "adamw", "lr": 0.05, "weight_decay": 0.01,
-                              "warmup": 2, "ema": True, "ema_momentum": 0.5}, seed=0)
+                             replace(TRAIN, optimizer="adamw", lr=0.05, weight_decay=0.01,
+                                     warmup=2, ema=True, ema_momentum=0.5), seed=0)
     np.testing.assert_allclose(history["lr"].tolist()[:3], [0.05 / 3, 0.05 * 2 / 3, 0.05],
                                rtol=1e-6)
     assert best == len(history) - 1 and history["val_auc"].iloc[-1] > 0.6
 
 
 def test_learning_curves_use_the_first_view_alone_unless_they_choose_the_epoch():
-    from dataclasses import replace
-
     from comp.training.callbacks import predict_views
 
     data = replace(_data(views=2), tta_views=[0, 1])
     last = replace(data, stop_rows=None, stop_labels=None)  # epoch_choice=last
     for fold, views in ((last, [0]), (data, [0, 1])):
         model = _model()
-        history, best = fit_fold(model, fold, {**TRAIN, "epochs": 2}, seed=0)
+        history, best = fit_fold(model, fold, replace(TRAIN, epochs=2), seed=0)
         probs = predict_views(model, fold.features, views, fold.val_rows)
         assert history["val_auc"].iloc[best] == macro_auc(fold.val_labels, probs)
         other = predict_views(model, fold.features, [0, 1] if views == [0] else [0],
@@ -204,7 +205,7 @@ def test_max_batches_caps_an_epoch_and_draws_fresh_rows_across_epochs():
     assert epoch_batches(60, 16, 4) == 4  # the pass fits in the cap
     assert epoch_batches(60, 16, 2) == 2
     data = _data(n=60)
-    last = {**TRAIN, "epochs": 3, "max_batches": 2}
+    last = replace(TRAIN, epochs=3, max_batches=2)
     model = _model()
     fit_fold(model, FoldData(data.features, data.train_views, data.rows, data.targets,
                              data.weights, data.val_rows, data.val_labels, [0]), last, seed=0)
@@ -212,7 +213,7 @@ def test_max_batches_caps_an_epoch_and_draws_fresh_rows_across_epochs():
     plain = _model()
     fit_fold(plain, FoldData(data.features, data.train_views, data.rows, data.targets,
                              data.weights, data.val_rows, data.val_labels, [0]),
-             {**last, "max_batches": None}, seed=0)
+             replace(last, max_batches=None), seed=0)
     assert int(plain.optimizer.iterations) == 3 * 4  # every row once an epoch
 
 
@@ -233,7 +234,8 @@ def test_mixup_and_cutmix_mix_targets_as_they_mix_the_feature_maps():
     from comp.training.mixing import mixing_layers
 
     data = _map_data()
-    for train in ({"mixup": 0.4}, {"cutmix": 1.0}, {"mixup": 0.4, "cutmix": 1.0}):
+    for train in (TrainSettings(mixup=0.4), TrainSettings(cutmix=1.0),
+                  TrainSettings(mixup=0.4, cutmix=1.0)):
         mixed = 0
         for x, targets, weights in training_dataset(data, 8, 0, mixing_layers(train, 0)).take(5):
             x, targets = x.numpy()[..., 0], targets.numpy()
@@ -243,7 +245,7 @@ def test_mixup_and_cutmix_mix_targets_as_they_mix_the_feature_maps():
             assert (weights.numpy() == 1).all()
             mixed += int((targets.max(axis=1) < 0.99).sum())
         assert mixed >= 10, train  # most rows are mixed, not passed through
-    assert mixing_layers({"mixup": None, "cutmix": None}, 0) == []
+    assert mixing_layers(TrainSettings(mixup=None, cutmix=None), 0) == []
 
 
 def test_cutmix_targets_follow_the_pasted_cells_on_small_maps():
@@ -303,8 +305,8 @@ def test_lr_depth_ratio_slows_the_deep_layers_and_not_the_head():
     for ratio in (None, 0.01):
         model = _nested_model()
         start = {w.path: w.numpy().copy() for w in model.trainable_weights}
-        fit_fold(model, _last_epoch_data(), {**TRAIN, "epochs": 2, "lr": 0.05,
-                                              "lr_depth_ratio": ratio}, seed=0)
+        fit_fold(model, _last_epoch_data(), replace(TRAIN, epochs=2, lr=0.05,
+                                                     lr_depth_ratio=ratio), seed=0)
         moved[ratio] = {path.split("/")[0]: np.abs(w.numpy() - start[w.path]).mean()
                         for w in model.trainable_weights
                         for path in [w.path] if path.endswith("kernel")}
@@ -326,7 +328,7 @@ def test_average_top_ends_with_the_mean_of_the_best_inner_epochs():
     np.testing.assert_allclose(model.value[0], [2.0, 2.0])
     plain, averaged = _seeded_model(), _seeded_model()
     _, best = fit_fold(plain, _data(), TRAIN, seed=0)
-    _, best_averaged = fit_fold(averaged, _data(), {**TRAIN, "average_top": 3}, seed=0)
+    _, best_averaged = fit_fold(averaged, _data(), replace(TRAIN, average_top=3), seed=0)
     assert best == best_averaged
     assert not np.allclose(plain.get_weights()[0], averaged.get_weights()[0])
 
@@ -337,7 +339,7 @@ def test_mixed_batches_depend_on_their_seed_alone():
     from comp.training.mixing import mixing_layers
 
     def first_batches(seed):
-        layers = mixing_layers({"mixup": 0.4, "cutmix": 1.0}, seed)
+        layers = mixing_layers(TrainSettings(mixup=0.4, cutmix=1.0), seed)
         return [b[1].numpy() for b in training_dataset(_map_data(), 8, seed, layers).take(4)]
 
     first = first_batches(0)

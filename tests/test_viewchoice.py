@@ -3,6 +3,7 @@ flip/rotation views help (pure functions; the end-to-end path is in test_predict
 
 import numpy as np
 
+from comp.config import AugmentSettings, TrainSettings
 from comp.data.views import DIHEDRAL, dihedral_view
 from comp.training.viewchoice import ALL, IDENTITY, choose_views, probe_descriptors
 
@@ -61,7 +62,9 @@ def test_random_views_keep_the_orientation_and_follow_their_strengths():
     assert (plain == images).all()  # no strength: the image as it is
     moved = random_views(images, 1, Jitter(shift=0.2), seed=0)[0]
     assert not (moved == images).all()
-    assert Jitter.of({"shift": 0.1, "rotation": 0.05, "other": 1}) == Jitter(0.1, 0.05)
+    augment = AugmentSettings(shift=0.1, rotation=0.05, zoom=0.0, brightness=0.0, contrast=0.0)
+    assert Jitter.of(augment) == Jitter(0.1, 0.05)
+    assert Jitter.of(None) == Jitter()
 
 
 def test_a_unit_decides_its_views_once_for_the_same_features_and_rows(tmp_path, monkeypatch):
@@ -75,10 +78,10 @@ def test_a_unit_decides_its_views_once_for_the_same_features_and_rows(tmp_path, 
 
     labels = np.repeat([0, 1], 30)
     features = _views(_images(labels, oriented=True))
-    augment = {"dihedral": True, "tta": "dihedral", "random_views": 0, "choose_views": True}
+    augment = AugmentSettings(dihedral=True, tta="dihedral", random_views=0, choose_views=True)
     featured = SimpleNamespace(plan=ViewPlan.from_augment(augment), features={"train": features},
                                train_key={"backbone": "test"}, choice_cache=tmp_path)
-    spec = SimpleNamespace(augment=augment, train={"seed": 0})
+    spec = SimpleNamespace(augment=augment, train=TrainSettings(seed=0))
     probes = []
     real = trainer.choose_views
 

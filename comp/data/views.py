@@ -9,9 +9,13 @@ uses only where they help (comp.training.viewchoice), since a 6 turned is a 9.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from comp.config import AugmentSettings
 
 DIHEDRAL = tuple(range(8))
 TTA_VIEWS = {"none": (0,), "flips": (0, 2, 4, 6), "dihedral": DIHEDRAL}
@@ -47,9 +51,11 @@ class Jitter:
     contrast: float = 0.0
 
     @classmethod
-    def of(cls, augment: dict) -> Jitter:
-        """The strengths of an `augment` config section."""
-        return cls(**{key: float(augment.get(key, 0.0)) for key in cls.__dataclass_fields__})
+    def of(cls, augment: AugmentSettings | None) -> Jitter:
+        """The strengths of a model's `augment` settings (None: none, all 0)."""
+        if augment is None:
+            return cls()
+        return cls(**{item.name: float(getattr(augment, item.name)) for item in fields(cls)})
 
     def identity(self) -> dict:
         """What the random views depend on (for cache keys)."""

@@ -13,12 +13,17 @@ import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from comp.errors import CompError
 from comp.models.registry import Backbone
 from comp.models.weights import ResolvedWeights
+
+if TYPE_CHECKING:
+    from comp.config import AugmentSettings
+    from comp.models.spec import ModelSpec
 
 
 @dataclass
@@ -163,7 +168,8 @@ def _unknown_layer(backbone: Backbone, spec: str, name: str) -> CompError:
     )
 
 
-def create_head(split: SplitBackbone, spec, n_classes: int, seed: int, online: bool = True):
+def create_head(split: SplitBackbone, spec: ModelSpec, n_classes: int, seed: int,
+                online: bool = True):
     """The trainable model of `spec` (a ModelSpec) on `split`: the one assembly that
     training, prediction and export share (so saved weights always load back).
 
@@ -192,16 +198,16 @@ def create_head(split: SplitBackbone, spec, n_classes: int, seed: int, online: b
     if split.body is not None:
         for layer in split.body.layers:
             if isinstance(layer, layers.BatchNormalization):
-                layer.trainable = m["bn_trainable"]
+                layer.trainable = m.bn_trainable
         x = split.body(x)
     if len(x.shape) == 4:
         pool = {"avg": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D}
-        x = pool[m["pooling"]](name="pool")(x)
-    if m["dense_units"] > 0:
-        x = layers.Dropout(m["dropout"], seed=seed + 3, name="head_dropout1")(x)
-        x = layers.Dense(m["dense_units"], activation="relu", name="head_dense",
+        x = pool[m.pooling](name="pool")(x)
+    if m.dense_units > 0:
+        x = layers.Dropout(m.dropout, seed=seed + 3, name="head_dropout1")(x)
+        x = layers.Dense(m.dense_units, activation="relu", name="head_dense",
                          kernel_initializer=keras.initializers.GlorotUniform(seed + 4))(x)
-    x = layers.Dropout(m["dropout"], seed=seed + 5, name="head_dropout")(x)
+    x = layers.Dropout(m.dropout, seed=seed + 5, name="head_dropout")(x)
     # float32 probabilities whatever the dtype policy (mixed precision keeps softmax stable)
     outputs = layers.Dense(n_classes, activation="softmax", name="probabilities",
                            dtype="float32",
@@ -219,27 +225,27 @@ def input_range(backbone: str) -> tuple[float, float]:
     return float(np.min(ends)), float(np.max(ends))
 
 
-def online_augmentation(augment: dict, seed: int,
+def online_augmentation(augment: AugmentSettings, seed: int,
                         value_range: tuple[float, float] = (0.0, 255.0)) -> list:
     """The Keras preprocessing layers of the online augmentation (see create_head);
     `value_range` is the range of the images they see (`input_range`)."""
     from keras import layers
 
     out = []
-    if augment.get("online_randaugment"):
+    if augment.online_randaugment:
         # RandAugment's own colour, contrast, shear, translation etc. ops, 2 a batch
         out.append(layers.RandAugment(value_range=value_range, num_ops=2,
-                                      factor=augment["online_randaugment"],
+                                      factor=augment.online_randaugment,
                                       seed=seed + 7, name="online_randaugment"))
-    shift = augment.get("online_shift", 0.0)
+    shift = augment.online_shift
     if shift:
         out.append(layers.RandomTranslation(shift, shift, fill_mode="constant",
                                             seed=seed, name="online_shift"))
-    if augment.get("online_rotation", 0.0):
-        out.append(layers.RandomRotation(augment["online_rotation"], fill_mode="constant",
+    if augment.online_rotation:
+        out.append(layers.RandomRotation(augment.online_rotation, fill_mode="constant",
                                          seed=seed + 1, name="online_rotation"))
-    if augment.get("online_zoom", 0.0):
-        out.append(layers.RandomZoom(augment["online_zoom"], fill_mode="constant",
+    if augment.online_zoom:
+        out.append(layers.RandomZoom(augment.online_zoom, fill_mode="constant",
                                      seed=seed + 2, name="online_zoom"))
     return out
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import dataclass, replace
 
@@ -10,7 +9,14 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from comp.artifacts import fingerprint
-from comp.config import model_settings
+from comp.config import (
+    SETTINGS,
+    AugmentSettings,
+    ModelSettings,
+    TrainSettings,
+    frozen_sections,
+    model_settings,
+)
 from comp.models.registry import get_backbone
 from comp.models.weights import ResolvedWeights, resolve_weights
 from comp.training.compute import check
@@ -25,14 +31,16 @@ class ModelSpec:
     never share a folder, and unchanged settings find their finished folds again. A
     setting at None (off, or automatic) is left out of the hash, so a key added later
     with a None default keeps the ids, and the finished folds, of existing models.
+    `model`, `train` and `augment` are read-only settings objects (comp.config.Settings:
+    `spec.train.lr`); a key an older spec.json lacks is absent from the hash.
     """
 
     backbone: str
     image_size: int
     weights: ResolvedWeights
-    model: dict
-    train: dict
-    augment: dict
+    model: ModelSettings
+    train: TrainSettings
+    augment: AugmentSettings
     folds_key: str
     pseudo: dict | None = None
     fold_params: dict | None = None  # tuned: {"<fold>": {"section.key": value}}
@@ -42,7 +50,7 @@ class ModelSpec:
     @property
     def model_id(self) -> str:
         hashed = self.identity()
-        for section in ("model", "train", "augment"):
+        for section in SETTINGS:
             hashed[section] = {k: v for k, v in hashed[section].items() if v is not None}
         return f"{self.backbone}-{fingerprint(hashed)}"
 
@@ -50,8 +58,9 @@ class ModelSpec:
         """The settings that make the model id (those at None are not hashed)."""
         identity = {
             "backbone": self.backbone, "image_size": self.image_size,
-            "weights": self.weights.identity, "model": self.model, "train": self.train,
-            "augment": self.augment, "folds": self.folds_key, "pseudo": self.pseudo,
+            "weights": self.weights.identity, "model": self.model.as_dict(),
+            "train": self.train.as_dict(), "augment": self.augment.as_dict(),
+            "folds": self.folds_key, "pseudo": self.pseudo,
         }
         if self.fold_params is not None:
             identity["fold_params"] = self.fold_params
@@ -65,7 +74,7 @@ class ModelSpec:
 
     def features_key(self) -> str:
         """Specs with equal keys train on the same features (same cut and training views)."""
-        return json.dumps([self.model["unfreeze"], self.augment], sort_keys=True)
+        return json.dumps([self.model.unfreeze, self.augment.as_dict()], sort_keys=True)
 
     @staticmethod
     def weights_source(recorded: dict) -> str:
@@ -87,11 +96,18 @@ class ModelSpec:
     def from_json(cls, recorded: dict, weights: ResolvedWeights,
                   compute: dict | None = None) -> ModelSpec:
         """The spec that describe() recorded, with `weights` found again and this
-        machine's compute options (the recorded precision kept: it changes the numbers)."""
-        return cls(recorded["backbone"], recorded["image_size"], weights, recorded["model"],
-                   recorded["train"], recorded["augment"], recorded["folds"],
-                   recorded["pseudo"], recorded.get("fold_params"),
-                   {**(compute or {}), "precision": recorded.get("precision", "float32")})
+        machine's compute options (the recorded precision kept: it changes the numbers).
+        A setting the recording lacks (an older comp's) reads as its default and stays
+        out of the id (comp.config.Settings.from_dict)."""
+        where = f"{recorded.get('model_id', recorded['backbone'])} spec.json"
+        sections = {name: settings.from_dict(recorded[name], f"{where} {name}")
+                    for name, settings in SETTINGS.items()}
+        return cls(recorded["backbone"], recorded["image_size"], weights,
+                   folds_key=recorded["folds"], pseudo=recorded["pseudo"],
+                   fold_params=recorded.get("fold_params"),
+                   compute={**(compute or {}),
+                            "precision": recorded.get("precision", "float32")},
+                   **sections)
 
 
 def lineage(spec: ModelSpec | ClassicSpec) -> str:
@@ -101,12 +117,16 @@ def lineage(spec: ModelSpec | ClassicSpec) -> str:
 
 
 def with_params(spec: ModelSpec, params: dict) -> ModelSpec:
-    """`spec` with flat {"section.key": value} settings (model/train/augment) replaced."""
-    sections = {name: copy.deepcopy(getattr(spec, name)) for name in ("model", "train", "augment")}
+    """`spec` with flat {"section.key": value} settings (model/train/augment) replaced
+    (dataclasses.replace: `spec` itself is left as it is)."""
+    changes: dict[str, dict] = {}
     for dotted, value in params.items():
         section, key = dotted.split(".", 1)
-        sections[section][key] = value
-    return replace(spec, **sections)
+        if section not in SETTINGS:
+            raise KeyError(f"{dotted}: not a model, train or augment setting")
+        changes.setdefault(section, {})[key] = value
+    return replace(spec, **{section: getattr(spec, section).replaced(values)
+                            for section, values in changes.items()})
 
 
 def native_side(paths: list[str], sample: int = 200) -> int | None:
@@ -147,12 +167,12 @@ def make_spec(cfg: DictConfig, backbone_name: str, folds_key: str,
     settings = model_settings(cfg, backbone_name)
     for dotted, value in (params or {}).items():
         OmegaConf.update(settings, dotted, value, merge=False)
-    plain = OmegaConf.to_container(settings, resolve=True)
-    size = plain["model"]["image_size"] or backbone_size(backbone, native)
+    sections = frozen_sections(settings)
+    size = sections["model"].image_size or backbone_size(backbone, native)
     weights = resolve_weights(backbone, size, cfg.weights, cfg.weights_dir)
-    return ModelSpec(backbone_name, int(size), weights, plain["model"], plain["train"],
-                     plain["augment"], folds_key, pseudo,
-                     compute=check(OmegaConf.to_container(cfg.compute, resolve=True)))
+    return ModelSpec(backbone_name, int(size), weights, folds_key=folds_key, pseudo=pseudo,
+                     compute=check(OmegaConf.to_container(cfg.compute, resolve=True)),
+                     **sections)
 
 
 @dataclass(frozen=True)

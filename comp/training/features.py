@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,6 +32,9 @@ from comp.data.views import (
 )
 from comp.log import progress, unit_done
 
+if TYPE_CHECKING:
+    from comp.config import AugmentSettings
+
 
 @dataclass(frozen=True)
 class ViewPlan:
@@ -42,12 +46,12 @@ class ViewPlan:
     n_random: int
 
     @classmethod
-    def from_augment(cls, augment: dict) -> ViewPlan:
-        """The view plan of an `augment` config section."""
-        tta = TTA_VIEWS[augment["tta"]]
-        base = DIHEDRAL if augment["dihedral"] else (0,)
+    def from_augment(cls, augment: AugmentSettings) -> ViewPlan:
+        """The view plan of a model's `augment` settings."""
+        tta = TTA_VIEWS[augment.tta]
+        base = DIHEDRAL if augment.dihedral else (0,)
         train = tuple(sorted(set(base) | set(tta)))
-        return cls(train, tta, int(augment["random_views"]))
+        return cls(train, tta, int(augment.random_views))
 
     def views(self, split: str) -> tuple[int, ...]:
         """Dihedral view ids stored for `split` (random views follow them for train)."""
@@ -91,11 +95,12 @@ class ViewSet:
 
     views: tuple[int, ...]
     n_random: int = 0
-    augment: dict | None = None
+    augment: AugmentSettings | None = None
     seed: int = 0
 
     @classmethod
-    def of_split(cls, plan: ViewPlan, split: str, augment: dict, seed: int) -> ViewSet:
+    def of_split(cls, plan: ViewPlan, split: str, augment: AugmentSettings,
+                 seed: int) -> ViewSet:
         """The views `plan` stores for `split` (random views for train only)."""
         return cls(plan.views(split), plan.n_random if split == "train" else 0, augment, seed)
 
@@ -152,7 +157,7 @@ def compute_features(images: np.ndarray, encoder: Encoder, views: ViewSet,
 
 def _compute(images: np.ndarray, encoder: Encoder, views: ViewSet, batch_size: int,
              desc: str, out: Path | None) -> np.ndarray | None:
-    extra = (random_views(images, views.n_random, Jitter.of(views.augment or {}), views.seed)
+    extra = (random_views(images, views.n_random, Jitter.of(views.augment), views.seed)
              if views.n_random else [])
     sources = [("view", v) for v in views.views] + [("random", i) for i in range(views.n_random)]
     total = len(sources) * max(1, int(np.ceil(len(images) / batch_size)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -21,6 +22,9 @@ from comp.training.features import unmap
 from comp.training.mixing import batch_mixer, mixing_layers
 from comp.training.optimizers import depth_rate_scales, make_optimizer
 from comp.training.schedules import make_schedule
+
+if TYPE_CHECKING:
+    from comp.config import TrainSettings
 
 
 @dataclass
@@ -117,7 +121,7 @@ def training_dataset(data: FoldData, batch_size: int, seed: int,
     return batches.prefetch(tf.data.AUTOTUNE)
 
 
-def fit_fold(model, data: FoldData, train: dict, seed: int,
+def fit_fold(model, data: FoldData, train: TrainSettings, seed: int,
              on_epoch=None, log_dir: str | None = None,
              compute: dict | None = None, first_epoch: int = 0) -> tuple[pd.DataFrame, int]:
     """Train `model` (compiled here) on `data` and leave it with the kept weights: the
@@ -145,16 +149,16 @@ def fit_fold(model, data: FoldData, train: dict, seed: int,
         jit = jit_compile(compute)
         model.compile(
             optimizer=make_optimizer(
-                train, depth_rate_scales(model, train.get("lr_depth_ratio") or 1.0)),
-            loss=keras.losses.CategoricalCrossentropy(label_smoothing=train["label_smoothing"]),
+                train, depth_rate_scales(model, train.lr_depth_ratio or 1.0)),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
             jit_compile=jit,
         )
         stopper = _early_stopping(data, train)
-        dataset = training_dataset(data, train["batch_size"], seed, mixing_layers(train, seed))
-        steps = epoch_batches(len(data.rows), train["batch_size"], train.get("max_batches"))
+        dataset = training_dataset(data, train.batch_size, seed, mixing_layers(train, seed))
+        steps = epoch_batches(len(data.rows), train.batch_size, train.max_batches)
         result = model.fit(
             dataset,
-            epochs=train["epochs"],
+            epochs=train.epochs,
             initial_epoch=first_epoch,
             steps_per_epoch=steps,
             shuffle=False,  # the dataset shuffles itself, seeded
@@ -175,30 +179,31 @@ def epoch_batches(n_rows: int, batch_size: int, max_batches: int | None) -> int:
     return one_pass if max_batches is None else min(one_pass, max_batches)
 
 
-def _early_stopping(data: FoldData, train: dict) -> keras.callbacks.EarlyStopping | None:
+def _early_stopping(data: FoldData,
+                    train: TrainSettings) -> keras.callbacks.EarlyStopping | None:
     """Early stopping on the stop rows, restoring the best epoch (None: no stop rows)."""
     if data.stop_rows is None:
         return None
     return keras.callbacks.EarlyStopping(
-        monitor="stop_monitor", mode="max", patience=train["patience"],
+        monitor="stop_monitor", mode="max", patience=train.patience,
         restore_best_weights=True)
 
 
-def _callbacks(data: FoldData, train: dict, on_epoch, log_dir: str | None,
+def _callbacks(data: FoldData, train: TrainSettings, on_epoch, log_dir: str | None,
                stopper: keras.callbacks.EarlyStopping | None) -> list:
     """The fit's callbacks, in the order they must run each epoch."""
-    schedule = make_schedule(train["schedule"], train["lr"], train["lr_drop"],
-                             train["lr_every"], train["epochs"], train.get("warmup", 0))
+    schedule = make_schedule(train.schedule, train.lr, train.lr_drop, train.lr_every,
+                             train.epochs, train.warmup)
     return [
         keras.callbacks.LearningRateScheduler(schedule),
         # scores each epoch (and early stopping restores) the EMA weights
-        *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if train.get("ema") else []),
+        *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if train.ema else []),
         ValidationScores(data, on_epoch),
         *([stopper] if stopper is not None else []),
-        *([TopEpochsAverage(train["average_top"])]
-          if (train.get("average_top") or 0) > 1 and stopper is not None else []),
-        *([LastEpochsAverage(train["epochs"], train["average_last"])]
-          if train.get("average_last", 0) > 1 and stopper is None else []),
+        *([TopEpochsAverage(train.average_top)]
+          if (train.average_top or 0) > 1 and stopper is not None else []),
+        *([LastEpochsAverage(train.epochs, train.average_last)]
+          if train.average_last > 1 and stopper is None else []),
         *([keras.callbacks.TensorBoard(log_dir=log_dir)] if log_dir else []),
     ]
 

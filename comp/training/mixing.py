@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import keras
 import tensorflow as tf
+
+if TYPE_CHECKING:
+    from comp.config import TrainSettings
 
 
 class AreaCutMix(keras.layers.CutMix):
@@ -19,7 +24,7 @@ class AreaCutMix(keras.layers.CutMix):
         return masks, 1.0 - pasted
 
 
-def mixing_layers(train: dict, seed: int) -> list:
+def mixing_layers(train: TrainSettings, seed: int) -> list:
     """Keras's MixUp (`train.mixup`: its Beta alpha) and CutMix (`train.cutmix`: its
     factor) layers, for the batches of a fit; none where both are None.
 
@@ -28,10 +33,10 @@ def mixing_layers(train: dict, seed: int) -> list:
     image itself where nothing is frozen. Targets are mixed in the same proportions.
     """
     out = []
-    if train.get("mixup"):
-        out.append(keras.layers.MixUp(alpha=train["mixup"], seed=seed + 2))
-    if train.get("cutmix"):
-        out.append(AreaCutMix(factor=train["cutmix"], seed=seed + 3))
+    if train.mixup:
+        out.append(keras.layers.MixUp(alpha=train.mixup, seed=seed + 2))
+    if train.cutmix:
+        out.append(AreaCutMix(factor=train.cutmix, seed=seed + 3))
     return out
 
 

@@ -4,39 +4,42 @@ Keras is imported only when one is made, so the config can name them without it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from comp.config import TrainSettings
 
 
-def _sgd(train: dict, ema: dict):
+def _sgd(train: TrainSettings, ema: dict):
     import keras
 
-    return keras.optimizers.SGD(train["lr"], momentum=train["momentum"], nesterov=True, **ema)
+    return keras.optimizers.SGD(train.lr, momentum=train.momentum, nesterov=True, **ema)
 
 
-def _adam(train: dict, ema: dict):
+def _adam(train: TrainSettings, ema: dict):
     import keras
 
-    return keras.optimizers.Adam(train["lr"], **ema)
+    return keras.optimizers.Adam(train.lr, **ema)
 
 
-def _adamw(train: dict, ema: dict):
+def _adamw(train: TrainSettings, ema: dict):
     import keras
 
-    return keras.optimizers.AdamW(train["lr"], weight_decay=train["weight_decay"], **ema)
+    return keras.optimizers.AdamW(train.lr, weight_decay=train.weight_decay, **ema)
 
 
 # sgd: Nesterov momentum; adam; adamw: decoupled weight decay (train.weight_decay)
-OPTIMIZERS: dict[str, Callable[[dict, dict], object]] = {
+OPTIMIZERS: dict[str, Callable[[TrainSettings, dict], object]] = {
     "sgd": _sgd, "adam": _adam, "adamw": _adamw}
 
 
-def make_optimizer(train: dict, rate_scales: dict[str, float] | None = None):
-    """The Keras optimizer of a `train` config section; with `train.ema`, it keeps an
+def make_optimizer(train: TrainSettings, rate_scales: dict[str, float] | None = None):
+    """The Keras optimizer of a model's `train` settings; with `train.ema`, it keeps an
     exponential moving average of the weights (Keras's use_ema), which the model ends
     with. `rate_scales` (variable path -> factor, `depth_rate_scales`) scales the
     learning rate of those variables (discriminative learning rates)."""
-    ema = ({"use_ema": True, "ema_momentum": train["ema_momentum"]}
-           if train.get("ema") else {})
-    optimizer = OPTIMIZERS[train["optimizer"]](train, ema)
+    ema = {"use_ema": True, "ema_momentum": train.ema_momentum} if train.ema else {}
+    optimizer = OPTIMIZERS[train.optimizer](train, ema)
     if rate_scales and any(scale != 1.0 for scale in rate_scales.values()):
         optimizer.__class__ = _scaled_class(type(optimizer))
         optimizer.rate_scales = dict(rate_scales)

@@ -28,6 +28,7 @@ from comp.artifacts import (
     write_csv,
     write_json,
 )
+from comp.config import AugmentSettings
 from comp.crashpoints import crash_point
 from comp.data.folder import SPLITS
 from comp.errors import CompError
@@ -67,14 +68,14 @@ class FeaturedModel:
     def __init__(self, spec: ModelSpec, prepared):
         backbone = get_backbone(spec.backbone)
         with model_scope(spec.compute):
-            base = build_backbone(backbone, spec.image_size, spec.weights, spec.train["seed"])
-            self.split = split_backbone(base, backbone, spec.model["unfreeze"])
+            base = build_backbone(backbone, spec.image_size, spec.weights, spec.train.seed)
+            self.split = split_backbone(base, backbone, spec.model.unfreeze)
         self.initial_body = self.split.body.get_weights() if self.split.body is not None else []
         self.plan = ViewPlan.from_augment(spec.augment)
         key = {"backbone": spec.backbone, "size": spec.image_size,
                "weights": spec.weights.identity, "cut": self.split.cut}
         if spec.weights.path is None:
-            key["init_seed"] = spec.train["seed"]  # a random prefix depends on its seed
+            key["init_seed"] = spec.train.seed  # a random prefix depends on its seed
         if spec.precision != "float32":
             key["precision"] = spec.precision
         store = FeatureStore(prepared.run.feature_cache, key)
@@ -85,7 +86,7 @@ class FeaturedModel:
         self.features: dict[str, np.ndarray] = {}
         for split in SPLITS:
             images = prepared.images(split, spec.image_size)  # keyed by content hashes
-            views = ViewSet.of_split(self.plan, split, spec.augment, spec.train["seed"])
+            views = ViewSet.of_split(self.plan, split, spec.augment, spec.train.seed)
             self.features[split] = store.features(split, images, encoder, views,
                                                   prepared.split_key(split))
 
@@ -123,14 +124,13 @@ def fold_data(featured: FeaturedModel, spec: ModelSpec, split: RowSplit,
     """
     plan, train = featured.plan, spec.train
     labels, n_classes, rows, val = split.labels, split.n_classes, split.train, split.val
-    choice = train["epoch_choice"]
+    choice = train.epoch_choice
     stop = None
     if choice == "outer":
         stop = val
     elif choice == "inner":
-        rows, stop = inner_holdout(rows, labels, split.groups, train["stop_fraction"],
-                                   train["seed"])
-    per_class = class_weights(labels[rows], n_classes, train["class_weight"])
+        rows, stop = inner_holdout(rows, labels, split.groups, train.stop_fraction, train.seed)
+    per_class = class_weights(labels[rows], n_classes, train.class_weight)
     targets = np.eye(n_classes)[labels]
     weights = per_class[labels]
     pseudo_features = None
@@ -153,9 +153,9 @@ def unit_views(featured: FeaturedModel, spec: ModelSpec, labels: np.ndarray,
     every spec and round that asks it of the same features and rows (the run's
     view-choice cache)."""
     arms = view_arms(featured.plan, spec.augment)
-    if not spec.augment.get("choose_views") or arms[ALL] == arms[IDENTITY]:
+    if not spec.augment.choose_views or arms[ALL] == arms[IDENTITY]:
         return ALL
-    seed = spec.train["seed"]
+    seed = spec.train.seed
     if len(rows) > max_rows:  # a stratified sample is enough for a linear probe
         rows = np.sort(np.random.default_rng(seed).choice(rows, max_rows, replace=False))
     unit_groups = None if groups is None else groups[rows]
@@ -172,11 +172,12 @@ def unit_views(featured: FeaturedModel, spec: ModelSpec, labels: np.ndarray,
     return IDENTITY if bool(identity) else ALL
 
 
-def view_arms(plan: ViewPlan, augment: dict) -> dict[str, tuple[list[int], list[int]]]:
+def view_arms(plan: ViewPlan,
+              augment: AugmentSettings) -> dict[str, tuple[list[int], list[int]]]:
     """Per view choice, the positions on the train split's views axis that train and
     that validate: ALL the configured views (dihedral where augment.dihedral, random
     views) and TTA; IDENTITY the image and its random views, validated on the image."""
-    return {ALL: (plan.train_positions(augment["dihedral"]), plan.tta_positions("train")),
+    return {ALL: (plan.train_positions(augment.dihedral), plan.tta_positions("train")),
             IDENTITY: (plan.train_positions(False), [0])}
 
 
@@ -291,7 +292,7 @@ def _train_fold(featured: FeaturedModel, spec: ModelSpec, unit: Unit, out: Path)
     prepared, fold, pseudo, bar = unit.prepared, unit.fold, unit.pseudo, unit.bar
     labels = prepared.labels
     classes = prepared.competition.classes
-    seed = spec.train["seed"] + fold
+    seed = spec.train.seed + fold
     model = featured.new_head(spec, len(classes), seed)
     first_epoch = warm_start(model, spec, prepared.run, fold)
     val = prepared.unit_val_rows(fold)
@@ -317,7 +318,7 @@ def _train_fold(featured: FeaturedModel, spec: ModelSpec, unit: Unit, out: Path)
     optimistic = int(history["val_monitor"].idxmax())
     return UnitResult(val_probs, split_probs, {
         "best_epoch": best_epoch, "epochs_run": len(history),
-        "epoch_choice": spec.train["epoch_choice"], "views": views,
+        "epoch_choice": spec.train.epoch_choice, "views": views,
         "n_train": int(len(data.rows)),
         "n_stop": 0 if data.stop_rows is None else int(len(data.stop_rows)),
         "optimistic": {"epoch": optimistic, **{
@@ -342,7 +343,7 @@ def warm_start(model, spec: ModelSpec, run, fold: int) -> int:
                         f"{spec.pseudo['round']}'s {spec.backbone} from it: train round "
                         f"{spec.pseudo['round'] - 1} first, or unset pseudo.warm_epochs")
     model.load_weights(weights)
-    return max(0, spec.train["epochs"] - warm["epochs"])
+    return max(0, spec.train.epochs - warm["epochs"])
 
 
 def _fresh_fold_dir(out):

@@ -110,9 +110,7 @@ def _open_studies(cfg: DictConfig, prepared: Prepared, backbone_name: str, base:
         lock = StudyLock(storage_url(cfg, prepared), study.study_name)
         with lock:  # one default trial however many workers start together
             if cfg.tune.n_trials > 0 and not study.get_trials(deepcopy=False):
-                study.enqueue_trial(default_trial(
-                    {"model": base.model, "train": base.train, "augment": base.augment},
-                    names, backbone))
+                study.enqueue_trial(default_trial(base, names, backbone))
         splits = inner_splits(prepared.unit_train_rows(fold), labels, groups,
                               cfg.tune.inner_folds, cfg.tune.seed + fold)
         studies.append((fold, study, lock, splits))
@@ -139,15 +137,15 @@ def _objective(cfg: DictConfig, prepared: Prepared, base: ModelSpec, backbone: B
         # inner stratified group K-fold of the outer fold's training rows, each inner fit
         # scored on its held rows: at the last epoch when the folds train that way (the
         # same rule as the final fit), else at the best epoch on those rows
-        if spec.train.get("epoch_choice") != "last":
+        if spec.train.epoch_choice != "last":
             spec = with_params(spec, {"train.epoch_choice": "outer"})
         for step, (fit_rows, held) in enumerate(splits):
             data = fold_data(featured, spec, RowSplit(labels, len(classes), fit_rows, held))
-            model = featured.new_head(spec, len(classes), spec.train["seed"] + fold)
+            model = featured.new_head(spec, len(classes), spec.train.seed + fold)
             if step == 0:
                 crash_point(f"trial:{trial.number}")  # tests: COMP_CRASH_AT=trial:<n> dies
             history, best_epoch = fit_fold(model, data, spec.train,
-                                           spec.train["seed"] + fold, compute=spec.compute)
+                                           spec.train.seed + fold, compute=spec.compute)
             values.append(float(history[f"val_{metric}"][best_epoch]))
             del model
             trial.report(float(np.mean(values)), step)

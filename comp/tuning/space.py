@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     import optuna
 
     from comp.models.registry import Backbone
+    from comp.models.spec import ModelSpec
 
 SPACE: dict[str, Callable[[optuna.Trial, Backbone], object]] = {
     "model.dropout": lambda t, b: t.suggest_float("model.dropout", 0.0, 0.6),
@@ -61,12 +62,13 @@ def suggest(trial: optuna.Trial, backbone: Backbone, names: list[str]) -> dict:
     return {name: SPACE[name](trial, backbone) for name in names}
 
 
-def default_trial(defaults: dict, names: list[str], backbone: Backbone) -> dict:
-    """The default settings as a trial to enqueue (values outside the space are left out)."""
+def default_trial(defaults: ModelSpec, names: list[str], backbone: Backbone) -> dict:
+    """The settings of the spec `defaults` as a trial to enqueue (values outside the space
+    are left out)."""
     params = {}
     for name in names:
         section, key = name.split(".", 1)
-        value = defaults[section][key]
+        value = getattr(getattr(defaults, section), key)
         if name == "model.unfreeze":
             value = value or backbone.default_unfreeze
             if value not in backbone.unfreeze_points and value != "none":
