@@ -523,12 +523,11 @@ def frozen_settings(schema: type) -> type[Settings]:
     return twin
 
 
-ModelSettings = frozen_settings(ModelConfig)
-TrainSettings = frozen_settings(TrainConfig)
-AugmentSettings = frozen_settings(AugmentConfig)
-# section -> its settings class, as in _OVERRIDABLE_SECTIONS
+# section -> its settings class: the frozen twin of each of _OVERRIDABLE_SECTIONS
 SETTINGS: dict[str, type[Settings]] = {
-    "model": ModelSettings, "train": TrainSettings, "augment": AugmentSettings}
+    name: frozen_settings(schema) for name, schema in _OVERRIDABLE_SECTIONS.items()}
+ModelSettings, TrainSettings, AugmentSettings = (
+    SETTINGS["model"], SETTINGS["train"], SETTINGS["augment"])
 
 
 def schema_fields(cls: type, prefix: str = "") -> Iterator[tuple[str, type, dataclasses.Field]]:

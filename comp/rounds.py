@@ -25,13 +25,13 @@ from comp.training.units import TrainOptions
 def specs_for_round(cfg: DictConfig, prepared: Prepared, round_: int) -> list[ModelSpec]:
     """The model specs of every configured backbone for pseudo-label round `round_`."""
     pseudo = None if round_ == 0 else pseudo_identity(cfg, prepared, round_)
-    native = native_side(prepared.competition.train["path"].tolist())
     if cfg.params == "best":
         from comp.tuning.search import tuned_spec
 
         finetuned = [tuned_spec(cfg, prepared, name, pseudo) for name in cfg.backbones]
         classic = []
     else:
+        native = native_side(prepared.competition.train["path"].tolist())
         finetuned = [make_spec(cfg, name, prepared.folds_key, pseudo, native=native)
                      for name in cfg.backbones]
         classic = [make_classic_spec(cfg, entry, prepared.folds_key, pseudo, native)
