@@ -576,9 +576,11 @@ def close_key(key: str) -> str | None:
 
 
 @cache
+@cache
 def _register() -> None:
     """Put the schema into Hydra's ConfigStore, once a process (Hydra finds a structured
-    schema nowhere else; its name, comp_schema, is comp's own)."""
+    schema nowhere else; its name, comp_schema, is comp's own). Cached: turning the schema
+    into a config node takes tens of milliseconds, and every load would pay it again."""
     ConfigStore.instance().store(name="comp_schema", node=Config)
 
 
@@ -670,19 +672,20 @@ _PER_BACKBONE = tuple(f"{section}." for section in _OVERRIDABLE_SECTIONS)
 def validate(cfg: DictConfig) -> None:
     """Check every key of `CONSTRAINTS` in `cfg` (and each backbone's merged settings);
     raise one CompError line naming the first bad key, its value and the rule."""
+    plain = OmegaConf.to_container(cfg)  # plain dicts: a key lookup costs nanoseconds
     for key, constraint in CONSTRAINTS.items():
-        value = _get(cfg, key)
+        value = _get(plain, key)
         if value is not _MISSING:
             check_setting(key, value, constraint)
-    if "backbone_overrides" not in cfg:
+    if "backbone_overrides" not in plain:
         return
     # bases before variants, so a bad value is named where it was set
-    for backbone in sorted(cfg.backbone_overrides, key=lambda b: ("-" in b, b)):
-        merged = model_settings(cfg, backbone)
+    for backbone in sorted(plain["backbone_overrides"], key=lambda b: ("-" in b, b)):
+        merged = OmegaConf.to_container(model_settings(cfg, backbone))
         for key, constraint in CONSTRAINTS.items():
             if key.startswith(_PER_BACKBONE):
                 value = _get(merged, key)
-                if value is not _MISSING and value != _get(cfg, key):
+                if value is not _MISSING and value != _get(plain, key):
                     check_setting(f"backbone_overrides.{backbone}.{key}", value, constraint)
 
 
@@ -695,14 +698,12 @@ def describe_constraint(key: str) -> str | None:
 _MISSING = object()
 
 
-def _get(cfg: DictConfig, key: str) -> Any:
-    node: Any = cfg
+def _get(plain: dict, key: str) -> Any:
+    node: Any = plain
     for part in key.split("."):
-        if not isinstance(node, DictConfig) or part not in node:
+        if not isinstance(node, dict) or part not in node:
             return _MISSING
         node = node[part]
-    if isinstance(node, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(node)
     return node
 
 
@@ -782,15 +783,22 @@ def model_settings(cfg: DictConfig, backbone: str) -> DictConfig:
                 f"config: backbone_overrides.{backbone}.{section} is not a section; "
                 f"use one of {sorted(_OVERRIDABLE_SECTIONS)}"
             )
-        schema = OmegaConf.structured(_OVERRIDABLE_SECTIONS[section])
-        OmegaConf.set_struct(schema, True)
         try:
-            merged[section] = OmegaConf.merge(schema, merged[section], values)
+            merged[section] = OmegaConf.merge(_section_schema(section), merged[section], values)
         except OmegaConfBaseException as exc:
             raise CompError(
                 f"config: backbone_overrides.{backbone}.{section}: {_short_message(exc)}"
             ) from None
     return merged
+
+
+@cache
+def _section_schema(section: str) -> DictConfig:
+    """The schema of an overridable section as a struct config node, made once: merge
+    copies it and never changes it."""
+    schema = OmegaConf.structured(_OVERRIDABLE_SECTIONS[section])
+    OmegaConf.set_struct(schema, True)
+    return schema
 
 
 def frozen_sections(merged: DictConfig) -> dict[str, Settings]:
