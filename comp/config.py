@@ -441,7 +441,8 @@ class Config:
         "submissions", Text())
     quiet: bool = False  # log warnings and errors only
     # seconds; once spent, no new fold, round or tuning starts, and stage=all still
-    # ensembles and submits what finished. None: no limit
+    # ensembles and submits what finished; stage=all skips a pseudo-label round that
+    # would not finish in the time left (estimated from the round before). None: no limit
     time_limit: int | None = setting(  # seconds; once spent, no new fold, round or tuning starts
         None, Optional(Int(1)))
     progress: str = setting(  # auto (bars on a terminal, else lines) | bar | lines | off

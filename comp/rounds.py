@@ -12,14 +12,16 @@ from dataclasses import replace
 
 from omegaconf import DictConfig
 
+from comp.artifacts import read_json
 from comp.data.prepared import Prepared
 from comp.deadline import Deadline
 from comp.errors import CompError
 from comp.log import progress
 from comp.models.spec import ModelSpec, make_classic_spec, make_spec, native_side
 from comp.pseudo.rows import pseudo_identity, pseudo_loader
-from comp.training.trainer import train_spec
+from comp.training.trainer import fold_done, split_keys, train_spec
 from comp.training.units import TrainOptions
+from comp.workspace import FOLD_METRICS
 
 
 def specs_for_round(cfg: DictConfig, prepared: Prepared, round_: int) -> list[ModelSpec]:
@@ -80,6 +82,33 @@ def train_round(cfg: DictConfig, prepared: Prepared, round_: int,
         if result is not None:
             results.append(result)
     return results
+
+
+def round_seconds(cfg: DictConfig, prepared: Prepared, round_: int) -> float | None:
+    """About how many seconds training round `round_` (>= 1) still needs: for each unit
+    of each round `round_ - 1` model that round `round_` has not finished, the seconds
+    the unit took then (its metrics.json); 0 when the round is done, None when no unit
+    left recorded its seconds. Pseudo-labelled rows make a unit a little slower, prefix
+    features cached in the first round a little faster: an estimate for `time_limit`."""
+    run, splits = prepared.run, split_keys(prepared)
+    try:
+        again = {spec.backbone: spec for spec in specs_for_round(cfg, prepared, round_)}
+    except CompError:  # the round's pseudo-labels are not written yet: nothing of it is done
+        again = {}
+    seconds, left = [], 0
+    for spec in specs_for_round(cfg, prepared, round_ - 1):
+        replacement = again.get(spec.backbone)
+        for unit in range(prepared.n_units):
+            if replacement is not None and fold_done(
+                    run.fold_dir(replacement.model_id, unit), splits):
+                continue
+            left += 1
+            try:
+                seconds.append(float(read_json(
+                    run.fold_dir(spec.model_id, unit) / FOLD_METRICS)["seconds"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # never trained, or written by an older comp: no figure
+    return sum(seconds) if seconds else (0.0 if left == 0 else None)
 
 
 def only_specs(cfg: DictConfig, specs: list[ModelSpec]) -> list[ModelSpec]:

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from comp import Competition
-from comp.artifacts import read_json
+from comp.artifacts import read_json, write_json
 from comp.crashpoints import EXIT_CODE
 from comp.errors import CompError
 from comp.run import main
@@ -132,3 +132,43 @@ def test_a_kill_between_an_ensembles_files_leaves_no_finished_ensemble(tmp_path,
     assert main(["stage=ensemble", *overrides]) == 0
     info = read_json(second / "cv.json")
     assert len(info["models"]) == 3 and sorted(info["weights"]) == info["models"]
+
+
+def _unit_seconds(tmp_path, seconds: float) -> list:
+    """Each trained unit's metrics.json now says it took `seconds`; their paths."""
+    paths = sorted(run_path(tmp_path).glob("models/*/fold*/metrics.json"))
+    for path in paths:
+        write_json(path, {**read_json(path), "seconds": seconds})
+    return paths
+
+
+def test_a_pseudo_round_that_cannot_finish_in_time_is_not_started(tmp_path, trained,
+                                                                  comp_caplog):
+    units = _unit_seconds(tmp_path, 1000.0)  # round 0: two units of 1,000 s each
+    assert len(units) == 2
+    overrides = tiny_overrides(tmp_path, trained, time_limit="600", quiet="false",
+                               **{"pseudo.rounds": "1"})
+    assert main(["stage=all", *overrides]) == 0
+    skipped = [r.getMessage() for r in comp_caplog.records
+               if "pseudo-label round 1 not started" in r.getMessage()]
+    assert len(skipped) == 1 and "about 2000 s" in skipped[0], skipped
+    assert not (run_path(tmp_path) / "pseudo").exists()  # no teacher ran, nothing labelled
+    assert (tmp_path / "submissions" / "tiny" / "leaderboard.csv").exists()
+
+
+def test_the_round_estimate_counts_the_units_the_round_has_left(tmp_path, trained):
+    from comp.config import load_config
+    from comp.data.prepared import prepare
+    from comp.pseudo.files import make_pseudo_labels
+    from comp.rounds import round_seconds, specs_for_round
+
+    cfg = load_config(tiny_overrides(tmp_path, trained, **{"pseudo.rounds": "1"}))
+    prepared = prepare(cfg)
+    units = _unit_seconds(tmp_path, 30.0)
+    assert round_seconds(cfg, prepared, 1) == 60.0  # both units still to train
+    make_pseudo_labels(cfg, prepared, 1)
+    [again] = specs_for_round(cfg, prepared, 1)
+    shutil.copytree(units[0].parent, prepared.run.fold_dir(again.model_id, 0))
+    assert round_seconds(cfg, prepared, 1) == 30.0  # unit 0 of round 1 is done
+    shutil.copytree(units[1].parent, prepared.run.fold_dir(again.model_id, 1))
+    assert round_seconds(cfg, prepared, 1) == 0.0  # the round is done

@@ -9,7 +9,7 @@ from comp.deadline import Deadline
 from comp.errors import CompError
 from comp.predictions import current_sets
 from comp.pseudo.files import make_pseudo_labels
-from comp.rounds import train_round
+from comp.rounds import round_seconds, train_round
 from comp.stages import ensemble, report, submit
 from comp.tuning.search import tune_backbone, tuned_backbones
 
@@ -24,7 +24,9 @@ def run(cfg: DictConfig):
     train_round(cfg, prepared, 0, deadline)
     last = cfg.pseudo.rounds
     for round_ in range(1, last + 1):
-        if deadline.passed("pseudo-label round"):
+        if deadline.passed("pseudo-label round") or not deadline.allows(
+                round_seconds(cfg, prepared, round_), f"pseudo-label round {round_}",
+                f"what round {round_ - 1}'s units took"):
             break
         make_pseudo_labels(cfg, prepared, round_)
         train_round(cfg, prepared, round_, deadline)
