@@ -1,6 +1,7 @@
 """Stages read only complete artifacts, AUC-only ensembles never label, and time_limit
 holds for every stage that trains and names itself when it stops everything."""
 
+import re
 import shutil
 
 import pandas as pd
@@ -150,25 +151,34 @@ def test_a_pseudo_round_that_cannot_finish_in_time_is_not_started(tmp_path, trai
                                **{"pseudo.rounds": "1"})
     assert main(["stage=all", *overrides]) == 0
     skipped = [r.getMessage() for r in comp_caplog.records
-               if "pseudo-label round 1 not started" in r.getMessage()]
-    assert len(skipped) == 1 and "about 2000 s" in skipped[0], skipped
-    assert not (run_path(tmp_path) / "pseudo").exists()  # no teacher ran, nothing labelled
+               if "pseudo-label round 1's training not started" in r.getMessage()]
+    assert len(skipped) == 1, skipped
+    estimate = float(re.search(r"about (\d+) s", skipped[0]).group(1))
+    assert estimate >= 2000  # more rows than round 0 (pseudo-labels), never fewer
+    assert sorted(run_path(tmp_path).glob("models/*/fold*/metrics.json")) == units
     assert (tmp_path / "submissions" / "tiny" / "leaderboard.csv").exists()
 
 
-def test_the_round_estimate_counts_the_units_the_round_has_left(tmp_path, trained):
+def test_the_round_estimate_scales_the_units_the_round_has_left(tmp_path, trained):
     from comp.config import load_config
     from comp.data.prepared import prepare
+    from comp.predictions import read_table
     from comp.pseudo.files import make_pseudo_labels
     from comp.rounds import round_seconds, specs_for_round
 
     cfg = load_config(tiny_overrides(tmp_path, trained, **{"pseudo.rounds": "1"}))
     prepared = prepare(cfg)
     units = _unit_seconds(tmp_path, 30.0)
-    assert round_seconds(cfg, prepared, 1) == 60.0  # both units still to train
     make_pseudo_labels(cfg, prepared, 1)
+    share = []  # 30 s times the unit's rows with its pseudo-labels over its rows without
+    for unit in range(2):
+        labelled = len(prepared.unit_train_rows(unit))
+        added = len(read_table(prepared.run.pseudo_csv(1, unit)))
+        assert added > 0
+        share.append(30.0 * (labelled + added) / labelled)
+    assert round_seconds(cfg, prepared, 1) == pytest.approx(sum(share))
     [again] = specs_for_round(cfg, prepared, 1)
     shutil.copytree(units[0].parent, prepared.run.fold_dir(again.model_id, 0))
-    assert round_seconds(cfg, prepared, 1) == 30.0  # unit 0 of round 1 is done
+    assert round_seconds(cfg, prepared, 1) == pytest.approx(share[1])  # unit 0 is done
     shutil.copytree(units[1].parent, prepared.run.fold_dir(again.model_id, 1))
     assert round_seconds(cfg, prepared, 1) == 0.0  # the round is done

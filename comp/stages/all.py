@@ -24,11 +24,13 @@ def run(cfg: DictConfig):
     train_round(cfg, prepared, 0, deadline)
     last = cfg.pseudo.rounds
     for round_ in range(1, last + 1):
-        if deadline.passed("pseudo-label round") or not deadline.allows(
-                round_seconds(cfg, prepared, round_), f"pseudo-label round {round_}",
-                f"what round {round_ - 1}'s units took"):
+        if deadline.passed("pseudo-label round"):
             break
         make_pseudo_labels(cfg, prepared, round_)
+        if not deadline.allows(round_seconds(cfg, prepared, round_),
+                               f"pseudo-label round {round_}'s training",
+                               f"round {round_ - 1}'s units, scaled by their rows"):
+            break
         train_round(cfg, prepared, round_, deadline)
     if cfg.tune.n_trials > 0 and not deadline.passed("tuning"):
         chosen = tuned_backbones(cfg)
