@@ -7,6 +7,8 @@ allowed (`fold:*`). Units that comp names:
                model's prediction set may not be);
 - `ensemble:<method>` after an ensemble's state.joblib is written, before its prediction
                files and cv.json;
+- `pseudo:<u>` right after unit u's pseudo-label file of a round is written, before
+               the round's summary.json;
 - `trial:<n>`  at the start of Optuna trial number n of a study (a RUNNING trial is left
                behind, as when a tuning worker is killed).
 

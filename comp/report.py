@@ -21,7 +21,7 @@ from comp.predictions import (
     read_table,
     superseded,
 )
-from comp.workspace import CV_JSON, FOLD_HISTORY, RunDir, fold_paths
+from comp.workspace import CV_JSON, FOLD_HISTORY, PSEUDO_SUMMARY, RunDir, fold_paths
 
 
 def _save(fig, target: Path) -> str:
@@ -302,7 +302,9 @@ def _curve_section(run: RunDir, sets: dict[str, Path], out: Path) -> list[str]:
 def _pseudo_sections(run: RunDir, out: Path) -> list[str]:
     sections = []
     for round_dir in run.pseudo_rounds():
-        summary = read_json(round_dir / "summary.json")
+        if not (round_dir / PSEUDO_SUMMARY).exists():
+            continue  # its files are being written, or their writing was interrupted
+        summary = read_json(round_dir / PSEUDO_SUMMARY)
         counts = pd.DataFrame({k: v["per_class"] for k, v in summary["folds"].items()})
         png = bar_chart(counts.mean(axis=1).to_dict(), f"pseudo-labels {round_dir.name}: "
                         "mean chosen per fold", out / f"pseudo_{round_dir.name}.png")

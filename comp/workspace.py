@@ -29,6 +29,7 @@ CV_JSON = "cv.json"  # a prediction set's CV figures, written after its CSVs
 OOF_CSV = "oof.csv"  # a prediction set's out-of-fold probabilities
 TEST_CSV = "test.csv"  # a prediction set's test probabilities
 ENSEMBLE_STATE = "state.joblib"  # an ensemble's fitted weights or stacker
+PSEUDO_SUMMARY = "summary.json"  # pseudo/round<r>/: written last: the round's files are complete
 
 
 def fold_path(model_dir: Path, fold: int) -> Path:
@@ -163,6 +164,9 @@ class RunDir:
 
     def pseudo_dir(self, round_: int) -> Path:
         return self.root / "pseudo" / f"round{round_}"
+
+    def pseudo_summary(self, round_: int) -> Path:
+        return self.pseudo_dir(round_) / PSEUDO_SUMMARY
 
     def pseudo_rounds(self) -> list[Path]:
         """The pseudo-label rounds' folders, in order."""

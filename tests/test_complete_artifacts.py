@@ -182,3 +182,23 @@ def test_the_round_estimate_scales_the_units_the_round_has_left(tmp_path, traine
     assert round_seconds(cfg, prepared, 1) == pytest.approx(share[1])  # unit 0 is done
     shutil.copytree(units[1].parent, prepared.run.fold_dir(again.model_id, 1))
     assert round_seconds(cfg, prepared, 1) == 0.0  # the round is done
+
+
+def test_a_kill_between_two_units_pseudo_labels_leaves_no_round_to_train_on(tmp_path,
+                                                                           trained, capsys):
+    run = run_path(tmp_path)
+    hard = tiny_overrides(tmp_path, trained, **{"pseudo.round": "1"})
+    assert main(["stage=pseudo", *hard]) == 0
+    first = (run / "pseudo" / "round1" / "fold0.csv").read_text()
+    soft = [*hard, "pseudo.soft=true"]  # other rules: the files are written again
+    killed = run_comp_process("stage=pseudo", *soft, crash_at="pseudo:0")
+    assert killed.returncode == EXIT_CODE, killed.stderr
+    assert (run / "pseudo" / "round1" / "fold0.csv").read_text() != first  # unit 0: soft
+    assert not (run / "pseudo" / "round1" / "summary.json").exists()  # unit 1: still hard
+    assert main(["stage=train", *hard]) == 2  # round 1 would train on a mix: refused
+    line = _error(capsys)
+    assert "summary.json: missing" in line and "run stage=pseudo" in line, line
+    assert main(["stage=submit", *hard]) == 0
+    assert main(["stage=report", *hard]) == 0  # the report leaves the round out
+    assert main(["stage=pseudo", *hard]) == 0  # the hard rules again: every unit rewritten
+    assert (run / "pseudo" / "round1" / "fold0.csv").read_text() == first

@@ -15,6 +15,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from comp.artifacts import read_json, write_csv, write_json
+from comp.crashpoints import crash_point
 from comp.data.prepared import Prepared
 from comp.errors import CompError
 from comp.log import get_logger
@@ -32,9 +33,12 @@ def make_pseudo_labels(cfg: DictConfig, prepared: Prepared, round_: int) -> dict
     run, classes = prepared.run, prepared.competition.classes
     teacher = Teacher.of(cfg, prepared, voter_ids)
     settings = _round_settings(rules, teacher, prepared)
-    summary_path = run.pseudo_dir(round_) / "summary.json"
+    summary_path = run.pseudo_summary(round_)
     if summary_path.exists() and read_json(summary_path).get("settings") == settings:
         return read_json(summary_path)  # same voters and rules: the files stand
+    # summary.json marks the round's files complete (written last): gone while they are
+    # rewritten, so a kill between two units never leaves old and new files under it
+    summary_path.unlink(missing_ok=True)
     counts = prepared.folds["label"].value_counts().reindex(classes).fillna(0).to_numpy()
     truth = _truth(rules.truth)
     per_fold = {}
@@ -43,6 +47,7 @@ def make_pseudo_labels(cfg: DictConfig, prepared: Prepared, round_: int) -> dict
         votes = teacher.votes(fold, list(rules.splits))
         table = _unit_table(prepared, rules, votes, fold, twins)
         write_csv(run.pseudo_csv(round_, fold), table)
+        crash_point(f"pseudo:{fold}")  # tests: a kill between two units' files
         per_fold[fold] = {**_fold_summary(table, classes, truth), "teacher": votes.teacher}
     summary = {"round": round_, "settings": settings, "folds": per_fold,
                "labelled_counts": dict(zip(classes, counts.tolist(), strict=True))}

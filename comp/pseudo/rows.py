@@ -21,6 +21,10 @@ def pseudo_identity(cfg: DictConfig, prepared: Prepared, round_: int) -> dict:
     if missing:
         raise CompError(f"{missing[0]}: no pseudo-labels for round {round_}; run stage=pseudo "
                         f"pseudo.round={round_} first")
+    if not prepared.run.pseudo_summary(round_).exists():  # written last: a kill came between
+        raise CompError(f"{prepared.run.pseudo_summary(round_)}: missing, so round {round_}'s "
+                        f"pseudo-label files are incomplete; run stage=pseudo "
+                        f"pseudo.round={round_} again")
     return {"round": round_, "weight": cfg.pseudo.weight,
             "files": fingerprint([p.read_text() for p in paths])}
 
