@@ -53,6 +53,30 @@ def atomic_path(target: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
             tmp_path.unlink()
 
 
+@contextlib.contextmanager
+def atomic_dir(target: str | Path) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside `target`; on success it takes `target`'s
+    place (a folder already there is moved aside first, then removed), so a reader finds
+    the earlier folder whole or the new one whole, never a half-written one; on failure
+    it is removed and `target` is left as it was."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, new_file_mode() | 0o111)  # a folder's mode, as mkdir would give it
+        aside = None
+        if target.exists():
+            aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+            os.replace(target, aside / target.name)
+        os.replace(tmp, target)
+        if aside is not None:
+            shutil.rmtree(aside)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
 def ensure_free_space(target: str | Path, nbytes: int) -> None:
     """Raise the full-disk OSError before writing about `nbytes` to `target` where its disk
     has less free (with 10% and 1 MiB to spare). h5py can crash the process outright when

@@ -12,7 +12,9 @@ output is rounded to float16, as in comp's feature cache that the heads were tra
 evaluated on, so the export reproduces stage=predict's probabilities.
 
 Writes `model.keras`, `saved_model/` (Keras 3 `Model.export`), optionally
-`model.tflite`, `classes.json` and `MODEL_CARD.md`. Ensembles are not exported yet.
+`model.tflite`, `classes.json` and `MODEL_CARD.md`, into a temporary folder that then
+takes the export folder's place (artifacts.atomic_dir: an interrupted export leaves the
+earlier one whole). Ensembles are not exported yet.
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ import numpy as np
 from omegaconf import DictConfig
 
 from comp import __version__
-from comp.artifacts import ensure_free_space, file_sha256, read_json, write_json, write_text
+from comp.artifacts import (
+    atomic_dir,
+    ensure_free_space,
+    file_sha256,
+    read_json,
+    write_json,
+    write_text,
+)
 from comp.errors import CompError
 from comp.log import get_logger
 from comp.predictions import current_sets, is_ensemble, is_keras_model
@@ -70,17 +79,17 @@ def export_model(cfg: DictConfig) -> Path:
         run.export_dir(f"{model_id}{suffix}"))
     model, size, views = build_export_model(cfg, run, model_id, len(info["classes"]),
                                             cfg.export.tta)
-    out.mkdir(parents=True, exist_ok=True)
     from comp.models.build import weight_bytes
 
-    ensure_free_space(out / "model.keras", 3 * weight_bytes(model))  # .keras, SavedModel, TFLite
-    model.save(out / "model.keras")
-    model.export(str(out / "saved_model"), verbose=False)
-    if cfg.export.tflite:
-        _write_tflite(out / "saved_model", out / "model.tflite")
-    write_json(out / "classes.json", info["classes"])
-    write_text(out / "MODEL_CARD.md",
-               model_card(run, info, Exported(model_id, size, views, out), note))
+    ensure_free_space(out, 3 * weight_bytes(model))  # .keras, SavedModel, TFLite
+    with atomic_dir(out) as folder:  # a kill leaves the earlier export whole, or none
+        model.save(folder / "model.keras")
+        model.export(str(folder / "saved_model"), verbose=False)
+        if cfg.export.tflite:
+            _write_tflite(folder / "saved_model", folder / "model.tflite")
+        write_json(folder / "classes.json", info["classes"])
+        write_text(folder / "MODEL_CARD.md",
+                   model_card(run, info, Exported(model_id, size, views, folder), note))
     get_logger().info("export: %s (%d folds%s) -> %s", model_id,
                       len(_folds(run.model_dir(model_id))),
                       f", TTA over {len(views)} views" if len(views) > 1 else "", out)

@@ -89,3 +89,23 @@ def test_cached_npy_returns_the_entry_made_under_the_same_key_and_rebuilds_other
         cached_npy(tmp_path, key | {"n": 5}, "train", killed)
     assert np.all(cached_npy(tmp_path, key | {"n": 5}, "train", write(5.0)) == 5.0)
     assert made == [1.0, 3.0, 4.0, 5.0]
+
+
+def test_atomic_dir_replaces_a_folder_whole_or_leaves_it_whole(tmp_path, umask):
+    from comp.artifacts import atomic_dir
+
+    umask(0o022)
+    target = tmp_path / "export"
+    with atomic_dir(target) as folder:
+        (folder / "model.keras").write_text("first")
+        assert not target.exists()  # nothing at the target while it is written
+    assert (target / "model.keras").read_text() == "first" and _mode(target) == 0o755
+    with pytest.raises(RuntimeError), atomic_dir(target) as folder:  # killed half-way
+        (folder / "model.keras").write_text("second")
+        raise RuntimeError
+    assert [p.name for p in target.iterdir()] == ["model.keras"]
+    assert (target / "model.keras").read_text() == "first"
+    with atomic_dir(target) as folder:
+        (folder / "classes.json").write_text("[]")
+    assert [p.name for p in target.iterdir()] == ["classes.json"]  # the new folder, alone
+    assert [p.name for p in tmp_path.iterdir()] == ["export"]  # no temporary folder left
