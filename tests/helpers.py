@@ -77,6 +77,8 @@ def tiny_overrides(tmp_path: Path, data_dir: Path, **extra: str) -> list[str]:
         "ensemble.methods": "[mean]",
     }
     settings.update(extra)
+    for key in ("epochs", "patience"):  # else small_cnn's own schedule (config.yaml, 40) wins
+        settings.setdefault(f"backbone_overrides.small_cnn.train.{key}", settings[f"train.{key}"])
     return [f"{k}={v}" for k, v in settings.items()]
 
 
