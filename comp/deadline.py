@@ -39,16 +39,18 @@ class Deadline:
         get_logger().info("time_limit reached: %s not started", what)
         return True
 
+    def seconds_left(self) -> float | None:
+        """Seconds until the deadline (0 once passed); None without a limit."""
+        return None if self.end is None else max(self.end - time.time(), 0.0)
+
     def allows(self, seconds: float | None, what: str, basis: str) -> bool:
         """False (and one log line saying what is skipped and why) when `what`, expected
         to take `seconds` (`basis` says where the figure comes from), would not finish
         before the deadline; True without a limit or an estimate."""
-        if self.end is None or seconds is None:
-            return True
-        left = self.end - time.time()
-        if seconds <= left:
+        left = self.seconds_left()
+        if left is None or seconds is None or seconds <= left:
             return True
         self.reached = True
         get_logger().info("time_limit: %s not started: it should take about %.0f s (%s) "
-                          "and %.0f s are left", what, seconds, basis, max(left, 0.0))
+                          "and %.0f s are left", what, seconds, basis, left)
         return False

@@ -234,12 +234,13 @@ def build_report(run: RunDir, leaderboard: pd.DataFrame, paths: dict[str, str],
     metric = record.get("metric", "accuracy")
     rank_by = record.get("rank_by", metric)  # selection.json before submit.rank_by
     sets = {p.name: p for p in run.single_sets()}
+    trained_rounds = {int(read_json(p / CV_JSON).get("round", 0)) for p in sets.values()}
     ensembles = {f"ensemble-{p.name}": p for p in run.ensemble_sets()}
     sections = [*_leaderboard_section(leaderboard, metric, rank_by),
                 *_lever_section({**sets, **ensembles}, rank_by),
                 *_oof_sections(leaderboard, sets, ensembles, paths, out),
                 *_curve_section(run, sets, out),
-                *_pseudo_sections(run, out),
+                *_pseudo_sections(run, trained_rounds, out),
                 *_weight_sections(ensembles, out),
                 *_tuning_section(storage_url, out)]
     write_text(out / "index.html", _page(run.root.name, headline, sections))
@@ -299,7 +300,9 @@ def _curve_section(run: RunDir, sets: dict[str, Path], out: Path) -> list[str]:
     return sections
 
 
-def _pseudo_sections(run: RunDir, out: Path) -> list[str]:
+def _pseudo_sections(run: RunDir, trained_rounds: set[int], out: Path) -> list[str]:
+    """Each pseudo-label round's labels per class, and whether models were trained on
+    them (`trained_rounds`: the rounds of the run's finished prediction sets)."""
     sections = []
     for round_dir in run.pseudo_rounds():
         if not (round_dir / PSEUDO_SUMMARY).exists():
@@ -308,9 +311,27 @@ def _pseudo_sections(run: RunDir, out: Path) -> list[str]:
         counts = pd.DataFrame({k: v["per_class"] for k, v in summary["folds"].items()})
         png = bar_chart(counts.mean(axis=1).to_dict(), f"pseudo-labels {round_dir.name}: "
                         "mean chosen per fold", out / f"pseudo_{round_dir.name}.png")
-        sections += [f"<h2>Pseudo-labels {round_dir.name}</h2>", f"<img src='{png}'>",
-                     counts.T.to_html()]
+        sections += [f"<h2>Pseudo-labels {round_dir.name}</h2>",
+                     *_untrained_round(run, int(round_dir.name[5:]), trained_rounds),
+                     f"<img src='{png}'>", counts.T.to_html()]
     return sections
+
+
+def _untrained_round(run: RunDir, round_: int, trained_rounds: set[int]) -> list[str]:
+    """A paragraph saying why no model learned from round `round_`'s labels; none when
+    one did."""
+    if round_ in trained_rounds:
+        return []
+    note = run.pseudo_not_trained(round_)
+    if note.exists():
+        skipped = read_json(note)
+        return [f"<p><b>No model was trained on these labels</b>: the round should have "
+                f"taken about {skipped['estimated_seconds']} s and "
+                f"time_limit={skipped['time_limit']} s left {skipped['seconds_left']} s, "
+                "so stage=all did not start it. Raise time_limit (or unset it) and rerun: "
+                "finished work is kept.</p>"]
+    return [f"<p><b>No model has been trained on these labels yet</b> (run stage=train "
+            f"pseudo.round={round_}).</p>"]
 
 
 def _weight_sections(ensembles: dict[str, Path], out: Path) -> list[str]:

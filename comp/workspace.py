@@ -30,6 +30,7 @@ OOF_CSV = "oof.csv"  # a prediction set's out-of-fold probabilities
 TEST_CSV = "test.csv"  # a prediction set's test probabilities
 ENSEMBLE_STATE = "state.joblib"  # an ensemble's fitted weights or stacker
 PSEUDO_SUMMARY = "summary.json"  # pseudo/round<r>/: written last: the round's files are complete
+PSEUDO_NOT_TRAINED = "not_trained.json"  # pseudo/round<r>/: why stage=all left the round untrained
 
 
 def fold_path(model_dir: Path, fold: int) -> Path:
@@ -167,6 +168,10 @@ class RunDir:
 
     def pseudo_summary(self, round_: int) -> Path:
         return self.pseudo_dir(round_) / PSEUDO_SUMMARY
+
+    def pseudo_not_trained(self, round_: int) -> Path:
+        """Why stage=all did not train round `round_` on its pseudo-labels (time_limit)."""
+        return self.pseudo_dir(round_) / PSEUDO_NOT_TRAINED
 
     def pseudo_rounds(self) -> list[Path]:
         """The pseudo-label rounds' folders, in order."""

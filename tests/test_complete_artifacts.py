@@ -157,6 +157,14 @@ def test_a_pseudo_round_that_cannot_finish_in_time_is_not_started(tmp_path, trai
     assert estimate >= 2000  # more rows than round 0 (pseudo-labels), never fewer
     assert sorted(run_path(tmp_path).glob("models/*/fold*/metrics.json")) == units
     assert (tmp_path / "submissions" / "tiny" / "leaderboard.csv").exists()
+    page = (run_path(tmp_path) / "report" / "index.html").read_text()
+    said = re.search(r"No model was trained on these labels</b>: the round should have "
+                     r"taken about (\d+) s and time_limit=600 s left (\d+) s", page)
+    assert said and float(said.group(1)) == estimate and int(said.group(2)) <= 600, page
+    assert main(["stage=train", *overrides, "pseudo.round=1"]) == 0  # trained after all
+    assert main(["stage=report", *overrides]) == 0
+    page = (run_path(tmp_path) / "report" / "index.html").read_text()
+    assert "Pseudo-labels round1" in page and "No model was trained" not in page
 
 
 def test_the_round_estimate_scales_the_units_the_round_has_left(tmp_path, trained):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from comp.artifacts import write_json
 from comp.data.prepared import prepare
 from comp.deadline import Deadline
 from comp.errors import CompError
@@ -27,10 +28,15 @@ def run(cfg: DictConfig):
         if deadline.passed("pseudo-label round"):
             break
         make_pseudo_labels(cfg, prepared, round_)
-        if not deadline.allows(round_seconds(cfg, prepared, round_),
-                               f"pseudo-label round {round_}'s training",
+        not_trained = prepared.run.pseudo_not_trained(round_)
+        seconds = round_seconds(cfg, prepared, round_)
+        if not deadline.allows(seconds, f"pseudo-label round {round_}'s training",
                                f"round {round_ - 1}'s units, scaled by their rows"):
+            write_json(not_trained, {"time_limit": cfg.time_limit,  # for the report
+                                     "estimated_seconds": round(seconds),
+                                     "seconds_left": round(deadline.seconds_left())})
             break
+        not_trained.unlink(missing_ok=True)
         train_round(cfg, prepared, round_, deadline)
     if cfg.tune.n_trials > 0 and not deadline.passed("tuning"):
         chosen = tuned_backbones(cfg)
