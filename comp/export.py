@@ -12,9 +12,10 @@ output is rounded to float16, as in comp's feature cache that the heads were tra
 evaluated on, so the export reproduces stage=predict's probabilities.
 
 Writes `model.keras`, `saved_model/` (Keras 3 `Model.export`), optionally
-`model.tflite`, `classes.json` and `MODEL_CARD.md`, into a temporary folder that then
-takes the export folder's place (artifacts.atomic_dir: an interrupted export leaves the
-earlier one whole). Ensembles are not exported yet.
+`model.tflite`, `classes.json`, `MODEL_CARD.md` and `exported.json` (the model and
+settings inside, so a second call with the same ones does nothing), into a temporary
+folder that then takes the export folder's place (artifacts.atomic_dir: an interrupted
+export leaves the earlier one whole). Ensembles are not exported yet.
 """
 
 from __future__ import annotations
@@ -41,7 +42,15 @@ from comp.log import get_logger
 from comp.predictions import current_sets, is_ensemble, is_keras_model
 from comp.selection import best_entry, ranking_metric
 from comp.training.features import is_identity_preprocess
-from comp.workspace import CV_JSON, FOLD_WEIGHTS, SPEC_JSON, RunDir, fold_paths, run_dir
+from comp.workspace import (
+    CV_JSON,
+    EXPORTED_JSON,
+    FOLD_WEIGHTS,
+    SPEC_JSON,
+    RunDir,
+    fold_paths,
+    run_dir,
+)
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,12 @@ def export_model(cfg: DictConfig) -> Path:
     suffix = "" if cfg.export.tta else "-notta"
     out = Path(cfg.export.output) if cfg.export.output else (
         run.export_dir(f"{model_id}{suffix}"))
+    what = {"model_id": model_id, "tta": bool(cfg.export.tta),
+            "tflite": bool(cfg.export.tflite), "comp": __version__}
+    if (out / EXPORTED_JSON).exists() and read_json(out / EXPORTED_JSON) == what:
+        get_logger().info("export: %s is already there (the same model and settings); "
+                          "delete it to export again", out)
+        return out
     model, size, views = build_export_model(cfg, run, model_id, len(info["classes"]),
                                             cfg.export.tta)
     from comp.models.build import weight_bytes
@@ -90,6 +105,7 @@ def export_model(cfg: DictConfig) -> Path:
         write_json(folder / "classes.json", info["classes"])
         write_text(folder / "MODEL_CARD.md",
                    model_card(run, info, Exported(model_id, size, views, folder), note))
+        write_json(folder / EXPORTED_JSON, what)  # what is inside, for the next call
     get_logger().info("export: %s (%d folds%s) -> %s", model_id,
                       len(_folds(run.model_dir(model_id))),
                       f", TTA over {len(views)} views" if len(views) > 1 else "", out)

@@ -30,6 +30,7 @@ OOF_CSV = "oof.csv"  # a prediction set's out-of-fold probabilities
 TEST_CSV = "test.csv"  # a prediction set's test probabilities
 ENSEMBLE_STATE = "state.joblib"  # an ensemble's fitted weights or stacker
 PSEUDO_SUMMARY = "summary.json"  # pseudo/round<r>/: written last: the round's files are complete
+EXPORTED_JSON = "exported.json"  # export/<id>/: the model and settings the export holds
 PSEUDO_NOT_TRAINED = "not_trained.json"  # pseudo/round<r>/: why stage=all left the round untrained
 
 

@@ -69,6 +69,15 @@ def test_export_reproduces_predict_in_plain_keras(tmp_path, competition, tta):
     assert result.returncode == 0, result.stderr[-2000:]
     card_probs = np.array(json.loads(result.stdout.strip().splitlines()[-1]))
     assert np.abs(card_probs - expected[0]).max() < 1e-4
+    # the same export again: nothing redone; other settings: exported again
+    written = {p: p.stat().st_mtime_ns for p in export.rglob("*")}
+    assert main(["stage=export", *overrides, f"export.tflite={tta == 'none'}",
+                 f"export.output={export}"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in export.rglob("*")} == written
+    assert main(["stage=export", *overrides, f"export.tflite={tta != 'none'}",
+                 f"export.output={export}"]) == 0
+    assert (export / "model.tflite").exists() == (tta != "none")
+    assert (export / "model.keras").stat().st_mtime_ns != written[export / "model.keras"]
 
 
 def test_export_refuses_an_ensemble_in_one_line(tmp_path, competition, capsys):
