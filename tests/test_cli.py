@@ -210,6 +210,11 @@ def test_piped_feature_passes_log_a_line_per_view(comp_caplog):
     assert lines[:3] == [f"view done: of=embed pixels@16 train view={k}/3 images=5 seconds="
                          + m.split("seconds=")[1] for k, m in zip((1, 2, 3), lines, strict=False)]
     assert [m.split(" view=")[1].split()[0] for m in lines[3:]] == ["1/2", "2/2"]
+    with using_progress("lines"):  # an empty split (no unlabeled images) says nothing
+        embed(images[:0], (0, 1), pixel_encoder(), desc="embed empty")
+        compute_features(images[:0], Encoder(None, lambda x: x / 2), ViewSet((0, 4)),
+                         desc="features empty")
+    assert not [m for m in comp_caplog.messages if " empty view=" in m]
 
 
 def test_a_stage_gives_the_callers_process_settings_back(tmp_path, competition):

@@ -84,9 +84,9 @@ def embed(images: np.ndarray, views: tuple[int, ...], encode, batch_size: int = 
                 chunks.append(np.asarray(encode(batch), dtype=np.float32))
                 bar.update(1)
             parts.append(np.concatenate(chunks) if chunks else None)
-            # piped logs get a line per view, not one silent stretch for the whole pass
-            unit_done("view", of=desc, view=f"{position + 1}/{len(views)}",
-                      images=len(images), seconds=time.time() - started)
+            if len(images):  # piped logs get a line per view, not one silent stretch
+                unit_done("view", of=desc, view=f"{position + 1}/{len(views)}",
+                          images=len(images), seconds=time.time() - started)
     if not len(images):
         return np.zeros((len(views), 0, 0), np.float32)
     return np.stack(parts)

@@ -171,9 +171,9 @@ def _compute(images: np.ndarray, encoder: Encoder, views: ViewSet, batch_size: i
                                else (extra[which][start:stop], 0))
                 sink.add(position, start, _prefix_outputs(batch, view, encoder))
                 bar.update(1)
-            # piped logs get a line per view, not one silent stretch for the whole pass
-            unit_done("view", of=desc, view=f"{position + 1}/{len(sources)}",
-                      images=len(images), seconds=time.time() - started)
+            if len(images):  # piped logs get a line per view, not one silent stretch
+                unit_done("view", of=desc, view=f"{position + 1}/{len(sources)}",
+                          images=len(images), seconds=time.time() - started)
     return sink.result
 
 
