@@ -187,22 +187,57 @@ def test_every_named_unfreeze_point_cuts_cleanly(name):
     assert backbone.default_unfreeze in backbone.unfreeze_points
 
 
-@pytest.mark.parametrize("name", ["mobilenet_025", "resnet50"])
-def test_folded_batch_norms_give_the_prefix_outputs(name):
+def _randomise_batch_norms(model, rng) -> None:
+    """Statistics far from the identity, so that folding them shows."""
     import keras
 
-    from comp.models.build import fold_batch_norms
-
-    backbone = get_backbone(name)
-    base = build_backbone(backbone, 32, RANDOM, 0)  # its own: the statistics are changed
-    prefix = split_backbone(base, backbone, None).prefix
-    rng = np.random.default_rng(0)
-    for layer in prefix.layers:  # statistics far from the identity, so folding shows
+    for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             n = layer.moving_mean.shape[0]
             layer.moving_mean.assign(rng.normal(0, 0.3, n))
             layer.moving_variance.assign(rng.uniform(0.5, 2.0, n))
             layer.gamma.assign(rng.uniform(0.5, 1.5, n))
+            layer.beta.assign(rng.normal(0, 0.3, n))
+
+
+def test_a_residual_block_folds_what_it_can():
+    """ResNet's arrangement in small: convolutions with and without bias, a depthwise one,
+    two branches meeting in an Add, and a batch norm that is the model's output (kept:
+    its input is read by nothing else, but an output is not folded into)."""
+    import keras
+
+    from comp.models.build import fold_batch_norms
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(6, 3, padding="same", use_bias=True, name="c1")(inputs)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization(name="b1")(x))
+    x = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="d2")(x)
+    x = keras.layers.BatchNormalization(name="b2")(x)
+    shortcut = keras.layers.BatchNormalization(name="bs")(
+        keras.layers.Conv2D(6, 1, use_bias=False, name="cs")(inputs))
+    x = keras.layers.Add()([x, shortcut])
+    out = keras.layers.BatchNormalization(name="b3")(keras.layers.ReLU()(x))
+    model = keras.Model(inputs, out)
+    _randomise_batch_norms(model, np.random.default_rng(2))
+    folded = fold_batch_norms(model)
+    kept = {layer.name for layer in folded.layers
+            if isinstance(layer, keras.layers.BatchNormalization)}
+    assert kept == {"b3"}  # b1, b2 and bs folded into c1, d2 and cs
+    x = np.random.default_rng(3).normal(size=(2, 8, 8, 3)).astype("float32")
+    expected = np.asarray(model.predict_on_batch(x))
+    np.testing.assert_allclose(np.asarray(folded.predict_on_batch(x)), expected,
+                               atol=1e-5 * np.abs(expected).max())
+
+
+def test_folded_batch_norms_give_the_prefix_outputs():
+
+    from comp.models.build import fold_batch_norms
+
+    backbone = get_backbone("mobilenet_025")
+    base = build_backbone(backbone, 32, RANDOM, 0)  # its own: the statistics are changed
+    prefix = split_backbone(base, backbone, None).prefix
+    rng = np.random.default_rng(0)
+    _randomise_batch_norms(prefix, rng)
     folded = fold_batch_norms(prefix)
     kinds = [type(layer).__name__ for layer in folded.layers]
     assert "BatchNormalization" not in kinds and "Folded" in kinds
