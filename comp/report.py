@@ -21,7 +21,7 @@ from comp.predictions import (
     read_table,
     superseded,
 )
-from comp.workspace import CV_JSON, FOLD_HISTORY, PSEUDO_SUMMARY, RunDir, fold_paths
+from comp.workspace import CV_JSON, FOLD_HISTORY, RunDir, fold_paths
 
 
 def _save(fig, target: Path) -> str:
@@ -304,15 +304,16 @@ def _pseudo_sections(run: RunDir, trained_rounds: set[int], out: Path) -> list[s
     """Each pseudo-label round's labels per class, and whether models were trained on
     them (`trained_rounds`: the rounds of the run's finished prediction sets)."""
     sections = []
-    for round_dir in run.pseudo_rounds():
-        if not (round_dir / PSEUDO_SUMMARY).exists():
+    for round_ in run.pseudo_rounds():
+        if not run.pseudo_summary(round_).exists():
             continue  # its files are being written, or their writing was interrupted
-        summary = read_json(round_dir / PSEUDO_SUMMARY)
+        summary = read_json(run.pseudo_summary(round_))
         counts = pd.DataFrame({k: v["per_class"] for k, v in summary["folds"].items()})
-        png = bar_chart(counts.mean(axis=1).to_dict(), f"pseudo-labels {round_dir.name}: "
-                        "mean chosen per fold", out / f"pseudo_{round_dir.name}.png")
-        sections += [f"<h2>Pseudo-labels {round_dir.name}</h2>",
-                     *_untrained_round(run, int(round_dir.name[5:]), trained_rounds),
+        name = run.pseudo_dir(round_).name
+        png = bar_chart(counts.mean(axis=1).to_dict(), f"pseudo-labels {name}: "
+                        "mean chosen per fold", out / f"pseudo_{name}.png")
+        sections += [f"<h2>Pseudo-labels {name}</h2>",
+                     *_untrained_round(run, round_, trained_rounds),
                      f"<img src='{png}'>", counts.T.to_html()]
     return sections
 

@@ -174,9 +174,9 @@ class RunDir:
         """Why stage=all did not train round `round_` on its pseudo-labels (time_limit)."""
         return self.pseudo_dir(round_) / PSEUDO_NOT_TRAINED
 
-    def pseudo_rounds(self) -> list[Path]:
-        """The pseudo-label rounds' folders, in order."""
-        return sorted(self.root.glob("pseudo/round*"), key=lambda p: int(p.name[5:]))
+    def pseudo_rounds(self) -> list[int]:
+        """The pseudo-label rounds that have a folder (pseudo/round<r>/), in order."""
+        return sorted(int(p.name.removeprefix("round")) for p in self.root.glob("pseudo/round*"))
 
     def model_dirs(self) -> list[Path]:
         """Every model's folder (finished or not)."""
