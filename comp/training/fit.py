@@ -153,6 +153,9 @@ def fit_fold(model, data: FoldData, train: TrainSettings, seed: int,
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
             jit_compile=jit,
         )
+        # Keras builds the optimizer while tracing the first step without a strategy,
+        # and TensorFlow then traces that step again; built here, it is traced once.
+        model.optimizer.build(model.trainable_variables)
         stopper = _early_stopping(data, train)
         dataset = training_dataset(data, train.batch_size, seed, mixing_layers(train, seed))
         steps = epoch_batches(len(data.rows), train.batch_size, train.max_batches)
