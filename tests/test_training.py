@@ -350,3 +350,22 @@ def test_mixed_batches_depend_on_their_seed_alone():
         tf.random.set_seed(None)
     assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
     assert not all(np.array_equal(a, b) for a, b in zip(first, first_batches(1), strict=True))
+
+
+def test_a_fit_traces_its_train_step_once(monkeypatch):
+    """The optimizer's slots exist before the first step: were they made while tracing
+    it, TensorFlow would trace every fit's step a second time (seconds per fit)."""
+    traced = []
+    train_step = keras.Model.train_step
+
+    def counting(self, data):
+        traced.append(len(self.optimizer.variables))
+        return train_step(self, data)
+
+    monkeypatch.setattr(keras.Model, "train_step", counting)
+    for train in (TRAIN, replace(TRAIN, optimizer="adamw", ema=True, lr=0.01),
+                  replace(TRAIN, lr_depth_ratio=0.1)):
+        traced.clear()
+        model = _nested_model() if train.lr_depth_ratio else _model()
+        fit_fold(model, _data(), replace(train, epochs=2), seed=0)
+        assert len(traced) == 1 and traced[0] > 1, (train.optimizer, traced)
