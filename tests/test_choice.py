@@ -92,7 +92,8 @@ def test_image_traits_tell_grayscale_and_size(tmp_path):
     assert image_traits(paths).grayscale and image_traits(paths).native_side == 20
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v3_small", "efficientnetv2_b0"])
+@pytest.mark.parametrize("name", [  # EfficientNetV2-B0 builds in 5 s: the slow run
+    "mobilenet_v3_small", pytest.param("efficientnetv2_b0", marks=pytest.mark.slow)])
 def test_weight_files_in_the_keras_cache_are_chosen(tmp_path, monkeypatch, name):
     """A user's Keras cache with one modern file: auto takes it (saved from a random-init
     model under Keras's own file name, so the real loading path is exercised)."""

@@ -143,6 +143,7 @@ def _unit_seconds(tmp_path, seconds: float) -> list:
     return paths
 
 
+@pytest.mark.slow  # trains (round 1; the session's trained fixture)
 def test_a_pseudo_round_that_cannot_finish_in_time_is_not_started(tmp_path, trained,
                                                                   comp_caplog):
     units = _unit_seconds(tmp_path, 1000.0)  # round 0: two units of 1,000 s each
@@ -167,6 +168,7 @@ def test_a_pseudo_round_that_cannot_finish_in_time_is_not_started(tmp_path, trai
     assert "Pseudo-labels round1" in page and "No model was trained" not in page
 
 
+@pytest.mark.slow  # the session's trained fixture trains
 def test_the_round_estimate_scales_the_units_the_round_has_left(tmp_path, trained):
     from comp.config import load_config
     from comp.data.prepared import prepare
@@ -192,6 +194,7 @@ def test_the_round_estimate_scales_the_units_the_round_has_left(tmp_path, traine
     assert round_seconds(cfg, prepared, 1) == 0.0  # the round is done
 
 
+@pytest.mark.slow  # trains (round 1; the session's trained fixture)
 def test_a_kill_between_two_units_pseudo_labels_leaves_no_round_to_train_on(tmp_path,
                                                                            trained, capsys):
     run = run_path(tmp_path)

@@ -159,10 +159,11 @@ def test_bad_unfreeze_points_are_clear():
     assert split.cut == "after:conv4_block6_out"
 
 
-# 3-40 s each to build here: their cut points are checked in the slow run
+# 1.7-40 s each to build here (half-speed day): their cut points are checked in the slow run
 LARGE = {"inception_resnet_v2", "inception_v3", "densenet121", "convnext_tiny", "convnext_small",
-         "efficientnetv2_b1", "efficientnetv2_b2", "efficientnetv2_b3", "efficientnetv2_s",
-         "resnet50v2", "resnet101v2"}
+         "efficientnet_b0", "efficientnetv2_b0", "efficientnetv2_b1", "efficientnetv2_b2",
+         "efficientnetv2_b3", "efficientnetv2_s", "mobilenet_v3_large", "resnet50v2",
+         "resnet101v2", "xception"}
 
 
 @pytest.mark.parametrize("name", [
