@@ -194,7 +194,7 @@ def test_the_round_estimate_scales_the_units_the_round_has_left(tmp_path, traine
     assert round_seconds(cfg, prepared, 1) == 0.0  # the round is done
 
 
-@pytest.mark.slow  # trains (round 1; the session's trained fixture)
+@pytest.mark.slow  # the session's trained fixture trains
 def test_a_kill_between_two_units_pseudo_labels_leaves_no_round_to_train_on(tmp_path,
                                                                            trained, capsys):
     run = run_path(tmp_path)
