@@ -305,9 +305,10 @@ def _pseudo_sections(run: RunDir, trained_rounds: set[int], out: Path) -> list[s
     them (`trained_rounds`: the rounds of the run's finished prediction sets)."""
     sections = []
     for round_ in run.pseudo_rounds():
-        if not run.pseudo_summary(round_).exists():
+        summary_path = run.pseudo_summary(round_)
+        if not summary_path.exists():
             continue  # its files are being written, or their writing was interrupted
-        summary = read_json(run.pseudo_summary(round_))
+        summary = read_json(summary_path)
         counts = pd.DataFrame({k: v["per_class"] for k, v in summary["folds"].items()})
         name = run.pseudo_dir(round_).name
         png = bar_chart(counts.mean(axis=1).to_dict(), f"pseudo-labels {name}: "

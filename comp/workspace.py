@@ -176,7 +176,8 @@ class RunDir:
 
     def pseudo_rounds(self) -> list[int]:
         """The pseudo-label rounds that have a folder (pseudo/round<r>/), in order."""
-        return sorted(int(p.name.removeprefix("round")) for p in self.root.glob("pseudo/round*"))
+        numbers = (p.name.removeprefix("round") for p in self.root.glob("pseudo/round*"))
+        return sorted(int(n) for n in numbers if n.isdigit())  # not a stray round_old/
 
     def model_dirs(self) -> list[Path]:
         """Every model's folder (finished or not)."""

@@ -174,3 +174,11 @@ def test_fold_paths_are_the_fold_folders_in_unit_order(tmp_path):
     (fold_path(tmp_path, 2) / FOLD_WEIGHTS).touch()
     assert list(fold_paths(tmp_path)) == [0, 2, 10]
     assert fold_paths(tmp_path, FOLD_WEIGHTS) == {2: tmp_path / "fold2"}
+
+
+def test_pseudo_rounds_are_numbered_folders_in_numeric_order(tmp_path):
+    from comp.workspace import RunDir
+
+    for name in ("round2", "round10", "round1", "round_old", ".round3.partial"):
+        (tmp_path / "pseudo" / name).mkdir(parents=True)
+    assert RunDir(tmp_path).pseudo_rounds() == [1, 2, 10]
