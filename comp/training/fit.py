@@ -135,15 +135,13 @@ def fit_fold(model, data: FoldData, train: TrainSettings, seed: int,
     Training runs epochs `first_epoch`..`train.epochs - 1` of the schedule (a warm start,
     pseudo.warm_epochs, runs only its last epochs). Returns the per-epoch history (its
     `epoch` column counts from `first_epoch`) and the kept epoch's row in it. With
-    `log_dir`, Keras's
-    TensorBoard callback writes event files there. `compute` picks the dtype policy, XLA
-    and the distribution strategy (comp.training.compute). Every random draw of the fit
-    comes from `seed` (the data's order and views) or from the model's own seeded layers
-    (create_head); no global seed is set.
+    `log_dir`, Keras's TensorBoard callback writes event files there. `compute` picks the
+    dtype policy, XLA and the distribution strategy (comp.training.compute). Every random
+    draw comes from `seed` (the data's order and views) or from the model's own seeded
+    layers (create_head); no global seed is set.
 
-    Why eight parameters: the last four are independent optional hooks (the per-epoch
-    `on_epoch(epoch, logs)`, the TensorBoard folder, the compute settings, the first
-    epoch) that each caller sets or leaves alone on its own.
+    Why eight parameters: the last four are independent optional hooks (`on_epoch(epoch,
+    logs)`, the TensorBoard folder, compute settings, first epoch) each caller sets alone.
     """
     with model_scope(compute):
         jit = jit_compile(compute)
