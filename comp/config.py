@@ -116,6 +116,10 @@ class DataConfig:
     dedup: bool = True  # group near-duplicates (also flipped/rotated) into one fold
     dedup_max_distance: int = setting(  # max Hamming distance of 64-bit perceptual hashes
         6, Int(0, 64))
+    # and the least correlation of the two images' 32x32 grayscale pixels (in the view
+    # the hashes match): copies of one image keep it, look-alike drawings (digits) do not
+    dedup_min_correlation: float = setting(  # -1: the hashes alone decide
+        0.95, Interval(-1, 1))
     max_image_pixels: int = setting(  # larger images are refused (decompression bombs)
         40_000_000, Int(1, closed="both"))
     id_column: str | None = setting(  # train.csv's id column; None: id, image_id, image, ...

@@ -57,7 +57,7 @@ def test_a_class_folder_with_only_hidden_files_is_named(tmp_path, competition, c
 
 def test_a_dedup_distance_joining_every_image_is_one_line(tmp_path, competition, capsys):
     code = main(["stage=prepare", *tiny_overrides(tmp_path, competition),
-                 "data.dedup_max_distance=64"])
+                 "data.dedup_max_distance=64", "data.dedup_min_correlation=-1"])
     line = _error(capsys)
     assert code == 2 and "data.dedup_max_distance" in line and "1 group(s)" in line
     assert "n_splits" not in line

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from comp.data.folds import duplicate_groups, make_folds, perceptual_hashes
+from comp.data.folds import duplicate_groups, fingerprints, make_folds
 from comp.data.views import DIHEDRAL, dihedral_view
 from comp.errors import CompError
 from tests.helpers import synthetic_image
@@ -22,9 +22,32 @@ def test_dihedral_views_are_the_eight_symmetries():
 def test_flipped_and_rotated_copies_are_grouped():
     images = _images(12)
     copies = np.stack([dihedral_view(images[:1], 5)[0], dihedral_view(images[1:2], 2)[0]])
-    groups = duplicate_groups(perceptual_hashes(np.concatenate([images, copies])), 6)
+    groups = duplicate_groups(fingerprints(np.concatenate([images, copies])), 6, 0.95)
     assert groups[12] == groups[0] and groups[13] == groups[1]
     assert len(set(groups[:12])) == 12  # distinct images stay apart
+
+
+def _strokes(n: int, seed: int) -> np.ndarray:
+    """n different 28 px "ones": a vertical stroke, each with its own position, slant and
+    width, as different writers draw it."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((n, 28, 28, 3), np.uint8)
+    yy, xx = np.mgrid[0:28, 0:28]
+    for image in images:
+        x0, slant, width = 14 + rng.uniform(-3, 3), rng.uniform(-0.3, 0.3), rng.uniform(1.5, 3)
+        image[(np.abs(xx - (x0 + slant * (yy - 14))) < width) & (yy > 4) & (yy < 24)] = 255
+    return images
+
+
+def test_look_alike_drawings_are_not_chained_into_one_group_but_copies_are_joined():
+    strokes = _strokes(40, seed=0)
+    # the hashes alone chain different strokes into a group that no fold split can balance
+    assert np.bincount(duplicate_groups(fingerprints(strokes), 6, -1.0)).max() >= 10
+    copies = np.concatenate([strokes, dihedral_view(strokes[:1], 5),  # a flipped copy
+                             strokes[1:2] // 2 + 60])  # a darker, lower-contrast copy
+    groups = duplicate_groups(fingerprints(copies), 6, 0.95)
+    assert groups[40] == groups[0] and groups[41] == groups[1]
+    assert len(set(groups[:40])) == 40  # the 40 different strokes stay apart
 
 
 def test_folds_are_stratified_and_keep_groups_together():

@@ -15,7 +15,7 @@ import comp.training.classic as classic
 import comp.training.trainer as trainer
 import comp.tuning.search as tune_search
 from comp.config import load_config
-from comp.data.folds import duplicate_groups, perceptual_hashes
+from comp.data.folds import duplicate_groups, fingerprints
 from comp.data.prepared import prepare
 from comp.ensemble import METHODS, fit_method, nested_predictions
 from comp.metrics import scores
@@ -175,10 +175,10 @@ def test_near_duplicates_share_a_fold_both_ways():
     images = rng.integers(0, 255, size=(6, 64, 64, 3), dtype=np.uint8)
     images[3] = np.rot90(images[0], k=1)  # a rotated copy
     images[5] = images[2][:, ::-1]  # a mirrored copy
-    groups = duplicate_groups(perceptual_hashes(images), max_distance=6)
+    groups = duplicate_groups(fingerprints(images), 6, 0.95)
     assert groups[3] == groups[0] and groups[5] == groups[2]
     assert len(set(groups)) == 4
-    flipped_order = duplicate_groups(perceptual_hashes(images[::-1]), max_distance=6)[::-1]
+    flipped_order = duplicate_groups(fingerprints(images[::-1]), 6, 0.95)[::-1]
     assert (pd.Series(flipped_order).factorize()[0] == pd.Series(groups).factorize()[0]).all()
 
 

@@ -103,7 +103,7 @@ def test_changing_repeats_on_a_run_directory_is_one_line(tmp_path, competition, 
     assert main(["stage=prepare", *overrides, "data.repeats=2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("comp: error: "), err
-    assert "other fold settings" in err[0] and "'repeats': 1" in err[0]
+    assert "other fold settings (repeats 1 then, 2 now)" in err[0]
     # a run directory prepared before data.repeats existed counts as one repeat
     data_json = run_path(tmp_path) / "data.json"
     recorded = json.loads(data_json.read_text())
@@ -111,6 +111,14 @@ def test_changing_repeats_on_a_run_directory_is_one_line(tmp_path, competition, 
     data_json.write_text(json.dumps(recorded))
     assert main(["stage=prepare", *overrides]) == 0
     assert main(["stage=prepare", *overrides, "data.repeats=3"]) == 2
+    # one prepared before data.dedup_min_correlation was grouped by the hashes alone
+    del recorded["settings"]["min_correlation"]
+    data_json.write_text(json.dumps(recorded))
+    capsys.readouterr()
+    assert main(["stage=prepare", *overrides]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "min_correlation -1.0 then, 0.95 now" in err[0], err
+    assert main(["stage=prepare", *overrides, "data.dedup_min_correlation=-1"]) == 0
 
 
 def test_only_fold_names_a_unit(tmp_path, competition, capsys):

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from comp.artifacts import fingerprint, read_json, write_csv, write_json
 from comp.data.folder import SPLITS, CompetitionFolder, read_competition
-from comp.data.folds import duplicate_groups, make_folds, perceptual_hashes, repeat_column
+from comp.data.folds import duplicate_groups, fingerprints, make_folds, repeat_column
 from comp.data.images import Decoding, cached_images
 from comp.errors import CompError
 from comp.log import get_logger
@@ -178,7 +178,9 @@ def prepare(cfg: DictConfig) -> Prepared:
 def _fold_settings(cfg: DictConfig) -> dict:
     """The data.* settings the folds are made with (recorded in data.json)."""
     return {"folds": cfg.data.folds, "seed": cfg.data.fold_seed, "dedup": cfg.data.dedup,
-            "max_distance": cfg.data.dedup_max_distance, "repeats": int(cfg.data.repeats)}
+            "max_distance": cfg.data.dedup_max_distance,
+            "min_correlation": float(cfg.data.dedup_min_correlation),
+            "repeats": int(cfg.data.repeats)}
 
 
 def _recorded_folds(cfg: DictConfig, competition: CompetitionFolder, run: RunDir) -> pd.DataFrame:
@@ -195,10 +197,14 @@ def _recorded_folds(cfg: DictConfig, competition: CompetitionFolder, run: RunDir
             f"({change}); its models were trained on "
             "those folds: use another name=<experiment> (or delete that run directory)"
         )
-    if _with_repeats(recorded.get("settings")) != _fold_settings(cfg):
+    then, now = _with_defaults(recorded.get("settings")), _fold_settings(cfg)
+    if then != now:
+        changed = ", ".join(f"{key} {(then or {}).get(key)} then, {value} now"
+                            for key, value in now.items() if (then or {}).get(key) != value)
         raise CompError(
-            f"{run.folds_csv}: written with other fold settings {recorded.get('settings')}; "
-            "folds are fixed once models train on them: use another name=<experiment>"
+            f"{run.folds_csv}: written with other fold settings ({changed}); folds are "
+            "fixed once models train on them: use another name=<experiment>, or set the "
+            "data.* keys back"
         )
     if recorded.get("data_key") != data_key:  # an older run directory: record hashes
         recorded = {**recorded, "data_key": data_key}
@@ -214,8 +220,8 @@ def _write_folds(cfg: DictConfig, competition: CompetitionFolder, run: RunDir,
     settings = _fold_settings(cfg)
     train = competition.train
     if cfg.data.dedup:
-        groups = duplicate_groups(perceptual_hashes(train_images),
-                                  cfg.data.dedup_max_distance)
+        groups = duplicate_groups(fingerprints(train_images), cfg.data.dedup_max_distance,
+                                  cfg.data.dedup_min_correlation)
     else:
         groups = pd.RangeIndex(len(train)).to_numpy()
     folds = make_folds(train["id"].tolist(), train["label"].tolist(), groups,
@@ -252,10 +258,12 @@ def _data_summary(cfg: DictConfig, competition: CompetitionFolder, folds: pd.Dat
     }
 
 
-def _with_repeats(settings: dict | None) -> dict | None:
+def _with_defaults(settings: dict | None) -> dict | None:
     """Recorded fold settings, where run directories prepared before data.repeats
-    existed count as one repeat."""
-    return settings if settings is None else {"repeats": 1, **settings}
+    existed count as one repeat, and those before data.dedup_min_correlation as grouped
+    by the hashes alone (-1)."""
+    return settings if settings is None else {"repeats": 1, "min_correlation": -1.0,
+                                              **settings}
 
 
 def _note_changes(recorded: dict, competition: CompetitionFolder, run: RunDir) -> None:

@@ -162,14 +162,14 @@ def _fold_summary(table: pd.DataFrame, classes: list[str], truth: dict | None) -
 
 def pool_twins(cfg: DictConfig, prepared: Prepared, splits: list[str]) -> dict[str, list[int]]:
     """For each pool image ("<split>/<id>"), the training rows it is a near-duplicate of
-    (perceptual hashes of all 8 views, compared both ways)."""
-    from comp.data.folds import cross_duplicates, perceptual_hashes
+    (comp.data.folds.near_duplicate_pairs, as the folds group them)."""
+    from comp.data.folds import cross_duplicates, fingerprints
     from comp.data.prepared import HASH_SIZE
 
     if not cfg.data.dedup:
         return {}
     frames = {"test": prepared.competition.test, "unlabeled": prepared.competition.unlabeled}
-    train = perceptual_hashes(prepared.images("train", HASH_SIZE))
+    train = fingerprints(prepared.images("train", HASH_SIZE))
     position = {i: n for n, i in enumerate(prepared.competition.train["id"])}
     order = np.array([position[i] for i in prepared.folds["id"]])  # train.csv -> folds rows
     back = np.argsort(order)
@@ -178,7 +178,8 @@ def pool_twins(cfg: DictConfig, prepared: Prepared, splits: list[str]) -> dict[s
         frame = frames[split]
         if frame.empty:
             continue
-        pool = perceptual_hashes(prepared.images(split, HASH_SIZE))
-        for p, t in cross_duplicates(pool, train, cfg.data.dedup_max_distance):
+        pool = fingerprints(prepared.images(split, HASH_SIZE))
+        for p, t in cross_duplicates(pool, train, cfg.data.dedup_max_distance,
+                                     cfg.data.dedup_min_correlation):
             twins.setdefault(f"{split}/{frame['id'].iloc[p]}", []).append(int(back[t]))
     return twins
