@@ -66,11 +66,11 @@ def near_duplicate_pairs(a: Fingerprints, b: Fingerprints, max_distance: int,
     keep their pixels: on the wbc photographs they correlate >= 0.985, while MNIST's
     look-alike pairs reach 0.98 at most (bench/README.md)."""
     i, j = hamming_within(a.hashes, b.hashes, max_distance)
-    keep = _best_correlation(a.thumbs, b.thumbs, i, j) >= min_correlation
+    keep = best_view_correlation(a.thumbs, b.thumbs, i, j) >= min_correlation
     return i[keep], j[keep]
 
 
-def _best_correlation(a: np.ndarray, b: np.ndarray, i: np.ndarray, j: np.ndarray,
+def best_view_correlation(a: np.ndarray, b: np.ndarray, i: np.ndarray, j: np.ndarray,
                       chunk: int = 4096) -> np.ndarray:
     """The correlation of thumbnails a[i] and b[j], the best over b's dihedral views."""
     best = np.full(len(i), -1.0, dtype=np.float32)
