@@ -116,8 +116,8 @@ class DataConfig:
     dedup: bool = True  # group near-duplicates (also flipped/rotated) into one fold
     dedup_max_distance: int = setting(  # max Hamming distance of 64-bit perceptual hashes
         6, Int(0, 64))
-    # and the least correlation of the two images' 32x32 grayscale pixels (in the view
-    # the hashes match): copies of one image keep it, look-alike drawings (digits) do not
+    # and the least correlation of the two images' 32x32 grayscale pixels (in their best
+    # dihedral view): copies of one image keep it, look-alike drawings (digits) do not
     dedup_min_correlation: float = setting(  # -1: the hashes alone decide
         0.95, Interval(-1, 1))
     max_image_pixels: int = setting(  # larger images are refused (decompression bombs)
