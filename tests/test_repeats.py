@@ -103,7 +103,7 @@ def test_changing_repeats_on_a_run_directory_is_one_line(tmp_path, competition, 
     assert main(["stage=prepare", *overrides, "data.repeats=2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("comp: error: "), err
-    assert "other fold settings (repeats 1 then, 2 now)" in err[0]
+    assert "other fold settings (data.repeats=2, made with 1)" in err[0]
     # a run directory prepared before data.repeats existed counts as one repeat
     data_json = run_path(tmp_path) / "data.json"
     recorded = json.loads(data_json.read_text())
@@ -117,7 +117,7 @@ def test_changing_repeats_on_a_run_directory_is_one_line(tmp_path, competition, 
     capsys.readouterr()
     assert main(["stage=prepare", *overrides]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "min_correlation -1.0 then, 0.95 now" in err[0], err
+    assert len(err) == 1 and "data.dedup_min_correlation=0.95, made with -1.0" in err[0], err
     assert main(["stage=prepare", *overrides, "data.dedup_min_correlation=-1"]) == 0
 
 

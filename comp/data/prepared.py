@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from comp.artifacts import fingerprint, read_json, write_csv, write_json
 from comp.data.folder import SPLITS, CompetitionFolder, read_competition
@@ -175,12 +175,15 @@ def prepare(cfg: DictConfig) -> Prepared:
     return Prepared(competition, folds, run, prepared.decoding)
 
 
+# the settings the folds are made with: their names in data.json -> their config keys
+FOLD_SETTINGS = {"folds": "data.folds", "seed": "data.fold_seed", "dedup": "data.dedup",
+                 "max_distance": "data.dedup_max_distance",
+                 "min_correlation": "data.dedup_min_correlation", "repeats": "data.repeats"}
+
+
 def _fold_settings(cfg: DictConfig) -> dict:
     """The data.* settings the folds are made with (recorded in data.json)."""
-    return {"folds": cfg.data.folds, "seed": cfg.data.fold_seed, "dedup": cfg.data.dedup,
-            "max_distance": cfg.data.dedup_max_distance,
-            "min_correlation": float(cfg.data.dedup_min_correlation),
-            "repeats": int(cfg.data.repeats)}
+    return {name: OmegaConf.select(cfg, key) for name, key in FOLD_SETTINGS.items()}
 
 
 def _recorded_folds(cfg: DictConfig, competition: CompetitionFolder, run: RunDir) -> pd.DataFrame:
@@ -199,8 +202,8 @@ def _recorded_folds(cfg: DictConfig, competition: CompetitionFolder, run: RunDir
         )
     then, now = _with_defaults(recorded.get("settings")), _fold_settings(cfg)
     if then != now:
-        changed = ", ".join(f"{key} {(then or {}).get(key)} then, {value} now"
-                            for key, value in now.items() if (then or {}).get(key) != value)
+        changed = ", ".join(f"{FOLD_SETTINGS[name]}={value}, made with {(then or {}).get(name)}"
+                            for name, value in now.items() if (then or {}).get(name) != value)
         raise CompError(
             f"{run.folds_csv}: written with other fold settings ({changed}); folds are "
             "fixed once models train on them: use another name=<experiment>, or set the "
