@@ -118,7 +118,7 @@ class DataConfig:
         6, Int(0, 64))
     # and the least correlation of the two images' 32x32 grayscale pixels (in their best
     # dihedral view): copies of one image keep it, look-alike drawings (digits) do not
-    dedup_min_correlation: float = setting(  # -1: the hashes alone decide
+    dedup_min_correlation: float = setting(  # least 32x32 pixel correlation; -1: hashes alone
         0.95, Interval(-1, 1))
     max_image_pixels: int = setting(  # larger images are refused (decompression bombs)
         40_000_000, Int(1, closed="both"))
