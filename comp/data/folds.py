@@ -76,9 +76,10 @@ def best_view_correlation(a: np.ndarray, b: np.ndarray, i: np.ndarray, j: np.nda
     best = np.full(len(i), -1.0, dtype=np.float32)
     for start in range(0, len(i), chunk):
         left, right = a[i[start:start + chunk]], b[j[start:start + chunk]][..., None]
-        best[start:start + chunk] = np.max(
-            [(left * dihedral_view(right, view)[..., 0]).sum(axis=(1, 2))
-             for view in DIHEDRAL], axis=0)
+        for view in DIHEDRAL:
+            best[start:start + chunk] = np.maximum(
+                best[start:start + chunk],
+                (left * dihedral_view(right, view)[..., 0]).sum(axis=(1, 2)))
     return best
 
 
