@@ -424,6 +424,10 @@ class ComputeConfig:
         "auto", Options(*JIT_COMPILE))
     distribute: str = setting(  # none | mirrored (tf.distribute.MirroredStrategy, all GPUs)
         "none", Options(*DISTRIBUTE))
+    # training units (model, fold) run at once, each in a worker process with the cores
+    # shared out; auto: 1 with a GPU, else one per core (at most 4, memory allowing)
+    workers: Any = setting(  # auto | units trained at once, one process each
+        "auto", AnyOf(Options("auto"), Int(1)))
 
 
 @dataclass

@@ -16,12 +16,20 @@ from comp.artifacts import read_json
 from comp.data.prepared import Prepared
 from comp.deadline import Deadline
 from comp.errors import CompError
-from comp.log import progress
+from comp.log import get_logger, progress, progress_mode
 from comp.models.spec import ModelSpec, make_classic_spec, make_spec, native_side
 from comp.predictions import read_table
 from comp.pseudo.rows import pseudo_identity, pseudo_loader
-from comp.training.trainer import fold_done, split_keys, train_spec
+from comp.training.compute import available_memory, worker_count
+from comp.training.trainer import (
+    fold_done,
+    pending_units,
+    split_keys,
+    train_spec,
+    warm_features,
+)
 from comp.training.units import TrainOptions
+from comp.training.workers import WorkerSetup, train_in_workers
 from comp.workspace import FOLD_METRICS
 
 
@@ -76,6 +84,13 @@ def train_round(cfg: DictConfig, prepared: Prepared, round_: int,
         folds = [cfg.only.fold]
     loader = None if round_ == 0 else pseudo_loader(prepared, round_, cfg.pseudo.weight)
     deadline = deadline or Deadline.start(cfg.time_limit)  # one for all models
+    pending = pending_units(specs, prepared, folds)
+    workers = min(unit_workers(cfg), len(pending))
+    if workers > 1:  # the units run there; the loop below finds them done and collects
+        warm_features(pending, prepared)
+        train_in_workers(pending, WorkerSetup(
+            prepared, round_, cfg.pseudo.weight, cfg.tensorboard, progress_mode(),
+            get_logger().level), workers, deadline)
     results = []
     for spec in progress(specs, desc=f"models round {round_}", disable=len(specs) < 2 or None):
         result = train_spec(spec, prepared, {"round": round_},
@@ -83,6 +98,15 @@ def train_round(cfg: DictConfig, prepared: Prepared, round_: int,
         if result is not None:
             results.append(result)
     return results
+
+
+def unit_workers(cfg: DictConfig) -> int:
+    """How many units this machine trains at once (compute.workers, resolved)."""
+    from comp.models.choice import detect_hardware
+
+    hardware = detect_hardware()
+    return worker_count(cfg.compute.workers, hardware.gpus, hardware.cpus,
+                        cfg.compute.distribute, available_memory())
 
 
 def round_seconds(cfg: DictConfig, prepared: Prepared, round_: int) -> float | None:

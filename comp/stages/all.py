@@ -10,7 +10,7 @@ from comp.deadline import Deadline
 from comp.errors import CompError
 from comp.predictions import current_sets
 from comp.pseudo.files import make_pseudo_labels
-from comp.rounds import round_seconds, train_round
+from comp.rounds import round_seconds, train_round, unit_workers
 from comp.stages import ensemble, report, submit
 from comp.tuning.search import tune_backbone, tuned_backbones
 
@@ -29,9 +29,12 @@ def run(cfg: DictConfig):
             break
         make_pseudo_labels(cfg, prepared, round_)
         not_trained = prepared.run.pseudo_not_trained(round_)
-        seconds = round_seconds(cfg, prepared, round_)
+        seconds, workers = round_seconds(cfg, prepared, round_), unit_workers(cfg)
+        if seconds is not None:
+            seconds /= workers  # units run side by side (compute.workers)
         if not deadline.allows(seconds, f"pseudo-label round {round_}'s training",
-                               f"round {round_ - 1}'s units, scaled by their rows"):
+                               f"round {round_ - 1}'s units, scaled by their rows, "
+                               f"on {workers} worker{'s' if workers > 1 else ''}"):
             write_json(not_trained, {"time_limit": cfg.time_limit,  # for the report
                                      "estimated_seconds": round(seconds),
                                      "seconds_left": round(deadline.seconds_left())})

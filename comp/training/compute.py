@@ -17,6 +17,8 @@ from functools import cache
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")  # compute.precision
 JIT_COMPILE = ("auto", True, False)  # compute.jit_compile
 DISTRIBUTE = ("none", "mirrored")  # compute.distribute
+MODEL_KEYS = ("precision", "jit_compile", "distribute")  # what a model's spec records
+WORKER_MEMORY = 1.5 * 2**30  # bytes a training worker may grow to (TensorFlow + one model)
 
 
 def check(compute: dict | None, gpus: int | None = None) -> dict:
@@ -24,12 +26,43 @@ def check(compute: dict | None, gpus: int | None = None) -> dict:
     `precision=auto` resolved for a machine with `gpus` GPUs (None: those TensorFlow sees):
     mixed_float16 with a GPU, float32 without (a CPU's float16 and bfloat16 kernels were
     slower than float32 here, bench/README.md "throughput.py")."""
-    filled = {"precision": "auto", "jit_compile": "auto", "distribute": "none",
-              **(compute or {})}
+    given = {k: v for k, v in (compute or {}).items() if k in MODEL_KEYS}
+    filled = {"precision": "auto", "jit_compile": "auto", "distribute": "none", **given}
     if filled["precision"] == "auto":
         has_gpu = visible_gpus() if gpus is None else gpus
         filled["precision"] = "mixed_float16" if has_gpu else "float32"
     return filled
+
+
+def worker_count(setting: str | int, gpus: int, cpus: int, distribute: str = "none",
+                 memory: float | None = None) -> int:
+    """How many training units run at once (`compute.workers`), each in its own process
+    (comp.training.workers). A number is taken as it is. `auto`: one where models run on
+    GPUs (or `distribute=mirrored`), since one process fills them; on a CPU one per core,
+    at most 4 and at most one per WORKER_MEMORY of the `memory` bytes available (None:
+    unknown, no cap). Small models do not keep several cores busy from one process: two
+    one-thread workers trained mnist2k's round 0 in 510 s against 691 s for one process
+    on this 2-core machine (bench/README.md "Training workers")."""
+    if str(setting) != "auto":
+        return int(setting)
+    if gpus or distribute == "mirrored":
+        return 1
+    count = max(1, min(4, cpus))
+    if memory is not None:
+        count = min(count, max(1, int(memory // WORKER_MEMORY)))
+    return count
+
+
+def available_memory() -> float | None:
+    """Bytes of memory available to new processes (Linux's MemAvailable); None elsewhere."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def visible_gpus() -> int:

@@ -10,7 +10,9 @@ cleared and trained again.
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -258,6 +260,58 @@ def train_spec(spec: ModelSpec, prepared, info: dict,
     return result
 
 
+def pending_units(specs: list, prepared, folds: list[int] | None = None) -> list[tuple]:
+    """The (spec, unit) pairs of `specs` not yet done (of `folds`; None: every unit), in
+    the order the one-process loop trains them."""
+    splits = split_keys(prepared)
+    wanted = range(prepared.n_units) if folds is None else folds
+    return [(spec, unit) for spec in specs for unit in wanted
+            if not fold_done(prepared.run.fold_dir(spec.model_id, unit), splits)]
+
+
+def warm_features(units: list[tuple], prepared) -> None:
+    """Compute into the run's caches the features each (spec, unit) of `units` trains on,
+    each set once, so worker processes only read them (comp.training.workers); also
+    writes each spec's spec.json, as train_spec does."""
+    import gc
+
+    done = set()
+    for spec, unit in units:
+        if spec.model_id not in {model for model, _ in done}:
+            write_json(prepared.run.model_dir(spec.model_id) / SPEC_JSON, spec.describe())
+        fold_spec = spec.for_fold(unit)
+        key = (spec.model_id, fold_spec.features_key())
+        if key not in done:
+            KINDS[type(spec)][0](fold_spec, prepared)
+            done.add(key)
+            gc.collect()  # the backbone and the mapped features are not kept
+
+
+class UnitTrainer:
+    """A worker process's trainer (comp.training.workers): `trainer(spec, unit)` trains
+    one unit as the one-process loop would, keeping the features of the model it trained
+    last (one model's in memory at a time)."""
+
+    def __init__(self, setup):
+        from comp.pseudo.rows import pseudo_loader
+
+        self.setup = setup
+        self.options = TrainOptions(
+            None if setup.round_ == 0 else pseudo_loader(setup.prepared, setup.round_,
+                                                         setup.pseudo_weight),
+            tensorboard=setup.tensorboard)
+        self.featured_models: dict = {}
+        self.model_id = None
+
+    def __call__(self, spec, unit: int) -> None:
+        if spec.model_id != self.model_id:
+            self.featured_models.clear()
+            self.model_id = spec.model_id
+        bar = progress(total=0, disable=True)
+        _train_unit(spec, Unit(self.setup.prepared, spec.model_id, unit, None, bar,
+                               self.setup.tensorboard), self.featured_models, self.options)
+
+
 def _train_unit(spec, unit: Unit, featured_models: dict, options: TrainOptions) -> None:
     """Train `unit` of `spec` under its lock, unless another process holds it or it has
     finished meanwhile; `featured_models` keeps the features its units share."""
@@ -373,6 +427,7 @@ def write_fold_outputs(out: Path, unit: Unit, result: UnitResult, seconds: float
         "n_pseudo": 0 if pseudo is None else len(pseudo.targets),
         "pseudo_ids": [] if pseudo is None else list(pseudo.ids),
         "seconds": round(seconds, 2),
+        "process": f"{socket.gethostname()}:{os.getpid()}",  # which worker trained it
     })
     crash_point(f"fold:{fold}")  # tests: COMP_CRASH_AT=fold:<k> dies here
 

@@ -1,0 +1,205 @@
+"""Training units on several worker processes at once (`compute.workers`).
+
+The small models comp trains (a CNN from scratch, a fine-tune's body on cached prefix
+features, a scikit-learn head) do not keep several cores busy from one process, so a
+round's units are handed to N worker processes, each with cores / N threads. The frozen
+prefix's features are computed first, here, with every core (each model's once: the
+workers read them from the run's cache). Each worker trains a unit exactly as the one-process
+loop does (comp.training.trainer, under the unit's lock, resumable) and keeps one model's
+features in memory between its units.
+
+A worker is a fresh interpreter (`python -c`, running `main` here), never a fork (threads
+and TensorFlow do not survive one) nor multiprocessing's spawn (which reruns the calling
+script's top level, so a plain script calling comp.api without a main guard would start
+itself again). Requests and replies are pickles on the worker's stdin and on a copy of its
+stdout; the worker's own fd 1 points at stderr, so nothing a library prints reaches the
+replies.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import threading
+import traceback
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from comp.errors import CompError
+from comp.log import get_logger, progress
+
+# the worker's command: the current folder is dropped from the import path first (it may
+# hold a folder named comp, e.g. a competition; python -c would import that instead)
+_WORKER_MAIN = "import sys; sys.path.pop(0); from comp.training.workers import main; main()"
+# per-library thread settings a worker's environment gets (read as each library starts)
+_THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS",
+                     "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What every worker of a round is given once: the prepared competition, the round
+    (its pseudo-label files and `pseudo_weight`), TensorBoard logs or not, and the
+    progress mode and log level it reports with."""
+
+    prepared: object
+    round_: int
+    pseudo_weight: float
+    tensorboard: bool
+    progress: str
+    log_level: int
+
+
+def train_in_workers(units: list[tuple], setup: WorkerSetup, workers: int,
+                     deadline=None, cpus: int | None = None) -> None:
+    """Train `units` ((spec, unit) pairs, in the order given) on `workers` worker
+    processes sharing `cpus` cores (None: those this process may use). The `deadline`
+    (a comp.deadline.Deadline) is checked before each unit starts. A unit that fails
+    stops the others from starting new units; its error is raised once the running
+    units have finished (a CompError stays one; a worker that died says how)."""
+    if not units:
+        return
+    cpus = cpus or _usable_cpus()
+    threads = max(1, cpus // workers)
+    queue, lock, stop = deque(units), threading.Lock(), threading.Event()
+    get_logger().info("train: %d units on %d workers of %d thread%s each", len(units),
+                      workers, threads, "" if threads == 1 else "s")
+    bar = progress(total=len(units), desc=f"train round {setup.round_}")
+
+    def next_unit():
+        with lock:
+            if stop.is_set() or not queue:
+                return None
+            spec, unit = queue.popleft()
+            if deadline is not None and deadline.passed(f"{spec.model_id} fold {unit}"):
+                queue.clear()
+                return None
+            return spec, unit
+
+    def drive(index: int) -> None:
+        try:
+            with Worker(setup, threads, index) as worker:
+                while (task := next_unit()) is not None:
+                    worker.train(*task)
+                    bar.update(1)
+        except BaseException:
+            stop.set()
+            raise
+
+    with bar, ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(drive, index) for index in range(1, workers + 1)]
+        try:
+            errors = [f.exception() for f in futures]
+        except BaseException:  # Ctrl-C here: the workers had it too; take no new units
+            stop.set()
+            raise
+    raised = next((e for e in errors if e is not None), None)
+    if raised is not None:
+        raise raised
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class Worker:
+    """One worker process with `threads` threads; `train(spec, unit)` trains one unit
+    there and returns once it is done (raising what went wrong)."""
+
+    def __init__(self, setup: WorkerSetup, threads: int, index: int):
+        self.index = index
+        package_root = str(Path(__file__).resolve().parents[2])  # comp/ is importable there
+        env = {**os.environ, **dict.fromkeys(_THREAD_VARIABLES, str(threads)),
+               "PYTHONPATH": os.pathsep.join(
+                   p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
+        self.process = subprocess.Popen([sys.executable, "-c", _WORKER_MAIN],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self._send(setup)
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def train(self, spec, unit: int) -> None:
+        """Train `unit` of `spec` in this worker."""
+        where = f"{spec.model_id} fold {unit}"
+        self._send((spec, unit))
+        try:
+            kind, *detail = pickle.load(self.process.stdout)
+        except (EOFError, pickle.UnpicklingError, OSError):
+            code = self.process.wait()
+            raise CompError(f"training worker {self.index} ended (exit code {code}) while "
+                            f"training {where}; rerun the same command: finished units "
+                            "are kept") from None
+        if kind == "error":
+            raise CompError(detail[0])
+        if kind == "failed":
+            raise RuntimeError(f"training worker {self.index} failed on {where}:\n{detail[0]}")
+
+    def close(self) -> None:
+        """Ask the worker to end, and make sure it has."""
+        try:
+            self._send(None)
+            self.process.stdin.close()
+            self.process.wait(timeout=60)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            self.process.kill()
+            self.process.wait()
+
+    def _send(self, message) -> None:
+        try:
+            pickle.dump(message, self.process.stdin)
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            pass  # the worker is gone; the reply's EOF says how
+
+
+def serve(requests, replies, train_unit: Callable) -> None:
+    """A worker's loop: read (spec, unit) requests until None, call `train_unit(spec,
+    unit)` for each, and reply ("done",), ("error", message) for a CompError or
+    ("failed", traceback) for anything else."""
+    while (request := pickle.load(requests)) is not None:
+        try:
+            train_unit(*request)
+            reply = ("done",)
+        except CompError as exc:
+            reply = ("error", str(exc))
+        except Exception:
+            reply = ("failed", traceback.format_exc())
+        pickle.dump(reply, replies)
+        replies.flush()
+
+
+def main() -> None:
+    """A worker process's entry (see _WORKER_MAIN); Ctrl-C ends it quietly (the whole
+    process group has it: the parent says what to do)."""
+    try:
+        _serve_requests()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _serve_requests() -> None:
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # a library's print goes to stderr, never into the replies
+    requests = sys.stdin.buffer
+    setup: WorkerSetup = pickle.load(requests)
+    from comp.log import log_over_bars, quiet_libraries, quiet_tensorflow, using_progress
+
+    quiet_tensorflow()
+    get_logger().setLevel(setup.log_level)
+    from comp.training.trainer import UnitTrainer
+
+    with using_progress(setup.progress), quiet_libraries(), log_over_bars():
+        serve(requests, replies, UnitTrainer(setup))
+

@@ -1,0 +1,117 @@
+"""compute.workers: training units on several worker processes at once (comp.training.workers).
+
+How many workers `auto` means is a pure function of the machine; the worker's request loop
+is tested with an in-memory pipe; the slow tests train on real worker processes."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+
+import pandas as pd
+import pytest
+
+from comp.crashpoints import ENV as CRASH_ENV
+from comp.errors import CompError
+from comp.training.compute import WORKER_MEMORY, check, worker_count
+from comp.training.workers import serve
+from tests.helpers import run_comp, tiny_overrides
+
+
+def test_auto_is_one_worker_per_core_on_a_cpu_and_one_with_gpus():
+    assert worker_count("auto", gpus=0, cpus=2) == 2
+    assert worker_count("auto", gpus=0, cpus=1) == 1
+    assert worker_count("auto", gpus=0, cpus=64) == 4  # at most 4
+    assert worker_count("auto", gpus=1, cpus=16) == 1  # one process fills the GPU
+    assert worker_count("auto", gpus=0, cpus=8, distribute="mirrored") == 1
+    assert worker_count(3, gpus=1, cpus=2) == 3  # a number is taken as it is
+
+
+def test_auto_workers_fit_in_the_memory_available():
+    assert worker_count("auto", gpus=0, cpus=4, memory=2.5 * WORKER_MEMORY) == 2
+    assert worker_count("auto", gpus=0, cpus=4, memory=0.1 * WORKER_MEMORY) == 1
+
+
+def test_workers_stay_out_of_a_models_compute_settings():
+    filled = check({"precision": "float32", "workers": 2})
+    assert "workers" not in filled  # spec.json and model ids do not depend on it
+    assert filled["precision"] == "float32"
+
+
+def _served(requests: list, train_unit) -> list:
+    inbox = io.BytesIO()
+    for request in [*requests, None]:
+        pickle.dump(request, inbox)
+    inbox.seek(0)
+    outbox = io.BytesIO()
+    serve(inbox, outbox, train_unit)
+    outbox.seek(0)
+    replies = []
+    while outbox.tell() < len(outbox.getvalue()):
+        replies.append(pickle.load(outbox))
+    return replies
+
+
+def test_a_worker_replies_done_or_says_what_went_wrong():
+    trained = []
+
+    def train_unit(spec, unit):
+        if unit == 1:
+            raise CompError("runs/x/pseudo/round1/fold1.csv: missing; rerun stage=pseudo")
+        if unit == 2:
+            raise ValueError("a bug")
+        trained.append((spec, unit))
+
+    replies = _served([("a", 0), ("a", 1), ("a", 2), ("b", 3)], train_unit)
+    assert trained == [("a", 0), ("b", 3)]  # a failed unit does not end the worker
+    assert replies[0] == ("done",) and replies[3] == ("done",)
+    assert replies[1] == ("error", "runs/x/pseudo/round1/fold1.csv: missing; rerun stage=pseudo")
+    assert replies[2][0] == "failed" and "ValueError: a bug" in replies[2][1]
+
+
+def _unit_metrics(run) -> dict:
+    return {path.parent.parent.name + "/" + path.parent.name: json.loads(path.read_text())
+            for path in sorted((run / "models").glob("*/fold*/metrics.json"))}
+
+
+@pytest.mark.slow
+def test_two_workers_train_every_unit_of_every_round(tmp_path, competition, monkeypatch):
+    """stage=all with a pseudo-label round and a classic head on two worker processes:
+    every unit is trained by a worker (not this process), both workers take units, and
+    round 1's units get their pseudo-labelled rows there."""
+    monkeypatch.chdir(tmp_path)  # the workers inherit it: runs_dir is relative here
+    overrides = tiny_overrides(tmp_path, competition, **{
+        "runs_dir": "runs", "compute.workers": "2", "pseudo.rounds": "1",
+        "pseudo.fraction": "1.0", "pseudo.min_confidence": "0",
+        "classic.models": "[pixels+logreg]"})
+    assert run_comp("stage=all", *overrides) == 0
+    metrics = _unit_metrics(tmp_path / "runs/tiny")
+    assert len(metrics) == 8  # (small_cnn + pixels+logreg) x 2 folds x rounds 0 and 1
+    here = f"{os.uname().nodename}:{os.getpid()}"
+    processes = {m["process"] for m in metrics.values()}
+    assert here not in processes and len(processes) == 4  # 2 workers in each round
+    assert sum(m["n_pseudo"] for m in metrics.values()) > 0
+    models = {path.name for path in (tmp_path / "runs/tiny/models").iterdir()}
+    predicted = {path.name for path in (tmp_path / "runs/tiny/preds").iterdir()}
+    assert len(models) == 4 and models <= predicted
+    assert len(pd.read_csv(tmp_path / "submissions/tiny/leaderboard.csv")) >= 1
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_is_one_line_and_a_rerun_resumes(tmp_path, competition, capsys,
+                                                           monkeypatch):
+    overrides = tiny_overrides(tmp_path, competition, **{
+        "compute.workers": "2", "quiet": "false", "progress": "lines"})
+    monkeypatch.setenv(CRASH_ENV, "fold:1")  # the worker training fold 1 dies (kill -9)
+    assert run_comp("stage=train", *overrides) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("comp: error: training worker")
+    assert "exit code 137" in error and "fold 1" in error and "rerun" in error
+    monkeypatch.delenv(CRASH_ENV)
+    folds = sorted((tmp_path / "runs/tiny/models").glob("*/fold*/metrics.json"))
+    before = {p: p.stat().st_mtime_ns for p in folds}
+    assert run_comp("stage=train", *overrides) == 0
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # not trained again
+    assert len(list((tmp_path / "runs/tiny/preds").iterdir())) == 1
