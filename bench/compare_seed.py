@@ -4,7 +4,8 @@ usage: python bench/compare_seed.py DATA_DIR WEIGHTS_DIR SEED_RECIPE_PY [size] [
 
 Runs the seed recipe (its own script, unmodified; its OOF array is captured in memory)
 and `python -m comp.run stage=all` from a cold run directory, each as a child process
-timed with its own peak RSS (os.wait4), and prints one table of CV scores and costs.
+timed with the peak memory (summed PSS) of its process tree (bench/proctree.py), and
+prints one table of CV scores and costs.
 `python bench/compare_seed.py --smoke` runs the same code on a tiny synthetic competition
 (bundled weights, 32 px, 2 folds, 1 epoch) against a stand-in seed recipe that predicts
 the class prior: seconds, for CI, not a comparison.
@@ -13,15 +14,14 @@ the class prior: seconds, for CI, not a comparison.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from proctree import run_measured  # bench/proctree.py
 
 from comp.metrics import scores
 
@@ -44,17 +44,14 @@ np.save(OUT, [m for m in made if m.ndim == 2][1])  # made in order: test_pred, o
 
 
 def run_child(command: list[str], env: dict | None = None) -> tuple[float, float, str]:
-    """Run `command`; return (wall seconds, peak RSS MiB, output)."""
-    started = time.time()
+    """Run `command`; return (wall seconds, peak PSS MiB of its process tree, output)."""
     with tempfile.TemporaryFile("w+") as log:
-        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(child.pid, 0)
-        wall = time.time() - started
+        code, wall, peak = run_measured(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.seek(0)
         output = log.read()
-    if os.waitstatus_to_exitcode(status) != 0:
+    if code != 0:
         raise SystemExit(f"failed: {' '.join(command)}\n{output[-2000:]}")
-    return wall, usage.ru_maxrss / 1024, output
+    return wall, peak, output
 
 
 # the seed recipe's interface (argv, the two np.zeros arrays in order) without its model
@@ -133,7 +130,7 @@ def main() -> None:
 
     print(f"\ndata {data}, MobileNet 0.25 ImageNet, {size} px, 5 folds; extra: {extra or '-'}")
     print("| pipeline | CV accuracy | macro-F1 | balanced acc | macro AUC | log loss "
-          "| wall s | peak RSS MiB |")
+          "| wall s | peak memory MiB (PSS) |")
     print("|---|---|---|---|---|---|---|---|")
     for name, s, wall, rss in rows:
         print(f"| {name} | {s['accuracy']:.4f} | {s['macro_f1']:.4f} | "

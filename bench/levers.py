@@ -27,26 +27,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from proctree import run_measured  # bench/proctree.py
 
 from comp.metrics import scores
 from comp.selection import bootstrap_se, nested_selection, paired_difference
 
 
 def run_comp(overrides: list[str]) -> tuple[float, float]:
-    """Run comp in a child process; (wall seconds, peak RSS MiB of the children)."""
-    started = time.time()
-    subprocess.run([sys.executable, "-m", "comp.run", *overrides], check=True)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return time.time() - started, peak
+    """Run comp in a child process; (wall seconds, peak memory MiB: the summed PSS of it
+    and its training workers, bench/proctree.py)."""
+    command = [sys.executable, "-m", "comp.run", *overrides]
+    code, wall, peak = run_measured(command)
+    if code != 0:
+        raise subprocess.CalledProcessError(code, command)
+    return wall, peak
 
 
 def entries(run: Path) -> list[dict]:
@@ -182,7 +183,8 @@ def main() -> None:
             *args.extra]
     run = Path(args.runs_dir) / name
     wall, peak = run_comp(["stage=all", *base])
-    print(f"\nstage=all defaults: {wall:.0f} s wall, peak RSS {peak:.0f} MiB (children)")
+    print(f"\nstage=all defaults: {wall:.0f} s wall, peak memory {peak:.0f} MiB "
+          "(PSS of the process tree)")
     before = table(run, args.truth)
     print_table(before)
     if sum(map(bool, (args.tuned, args.pseudo, args.lever))) > 1:
@@ -194,8 +196,8 @@ def main() -> None:
                  f"pseudo.rounds={args.pseudo}" if args.pseudo else args.lever)
         # last, so that it wins over the same key in `-- overrides`
         lever_wall, lever_peak = run_comp(["stage=all", *base, lever])
-        print(f"\nstage=all {lever} (after the defaults): {lever_wall:.0f} s wall, peak RSS "
-              f"{lever_peak:.0f} MiB (children)")
+        print(f"\nstage=all {lever} (after the defaults): {lever_wall:.0f} s wall, peak "
+              f"memory {lever_peak:.0f} MiB (PSS of the process tree)")
         after = table(run, args.truth)
         after.attrs["levers"] = selected_gain(lever, before, after)
         if args.tuned:
