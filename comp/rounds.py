@@ -26,7 +26,6 @@ from comp.training.trainer import (
     pending_units,
     split_keys,
     train_spec,
-    warm_features,
 )
 from comp.training.units import TrainOptions
 from comp.training.workers import WorkerSetup, train_in_workers
@@ -87,7 +86,6 @@ def train_round(cfg: DictConfig, prepared: Prepared, round_: int,
     pending = pending_units(specs, prepared, folds)
     workers = min(unit_workers(cfg), len(pending))
     if workers > 1:  # the units run there; the loop below finds them done and collects
-        warm_features(pending, prepared)
         train_in_workers(pending, WorkerSetup(
             prepared, round_, cfg.pseudo.weight, cfg.tensorboard, progress_mode(),
             get_logger().level), workers, deadline)

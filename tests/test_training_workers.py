@@ -40,13 +40,13 @@ def test_workers_stay_out_of_a_models_compute_settings():
     assert filled["precision"] == "float32"
 
 
-def _served(requests: list, train_unit) -> list:
+def _served(requests: list, handler) -> list:
     inbox = io.BytesIO()
     for request in [*requests, None]:
         pickle.dump(request, inbox)
     inbox.seek(0)
     outbox = io.BytesIO()
-    serve(inbox, outbox, train_unit)
+    serve(inbox, outbox, handler)
     outbox.seek(0)
     replies = []
     while outbox.tell() < len(outbox.getvalue()):
@@ -57,14 +57,16 @@ def _served(requests: list, train_unit) -> list:
 def test_a_worker_replies_done_or_says_what_went_wrong():
     trained = []
 
-    def train_unit(spec, unit):
-        if unit == 1:
-            raise CompError("runs/x/pseudo/round1/fold1.csv: missing; rerun stage=pseudo")
-        if unit == 2:
-            raise ValueError("a bug")
-        trained.append((spec, unit))
+    class Handler:
+        def train(self, spec, unit):
+            if unit == 1:
+                raise CompError("runs/x/pseudo/round1/fold1.csv: missing; rerun stage=pseudo")
+            if unit == 2:
+                raise ValueError("a bug")
+            trained.append((spec, unit))
 
-    replies = _served([("a", 0), ("a", 1), ("a", 2), ("b", 3)], train_unit)
+    replies = _served([("train", (spec, unit)) for spec, unit in
+                       (("a", 0), ("a", 1), ("a", 2), ("b", 3))], Handler())
     assert trained == [("a", 0), ("b", 3)]  # a failed unit does not end the worker
     assert replies[0] == ("done",) and replies[3] == ("done",)
     assert replies[1] == ("error", "runs/x/pseudo/round1/fold1.csv: missing; rerun stage=pseudo")

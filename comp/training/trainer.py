@@ -284,13 +284,14 @@ def warm_features(units: list[tuple], prepared) -> None:
         if key not in done:
             KINDS[type(spec)][0](fold_spec, prepared)
             done.add(key)
-            gc.collect()  # the backbone and the mapped features are not kept
+            gc.collect()  # one backbone and its mapped features at a time
 
 
 class UnitTrainer:
-    """A worker process's trainer (comp.training.workers): `trainer(spec, unit)` trains
-    one unit as the one-process loop would, keeping the features of the model it trained
-    last (one model's in memory at a time)."""
+    """What a worker process does (comp.training.workers): `train(spec, unit)` trains one
+    unit as the one-process loop would, keeping the features of the model it trained
+    last (one model's in memory at a time); `warm(units)` computes the features of
+    (spec, unit) pairs into the run's caches (warm_features)."""
 
     def __init__(self, setup):
         from comp.pseudo.rows import pseudo_loader
@@ -303,7 +304,12 @@ class UnitTrainer:
         self.featured_models: dict = {}
         self.model_id = None
 
-    def __call__(self, spec, unit: int) -> None:
+    def warm(self, units: list[tuple]) -> None:
+        """warm_features(units) on this worker's prepared competition."""
+        warm_features(units, self.setup.prepared)
+
+    def train(self, spec, unit: int) -> None:
+        """Train `unit` of `spec` (unless done or locked by another process)."""
         if spec.model_id != self.model_id:
             self.featured_models.clear()
             self.model_id = spec.model_id

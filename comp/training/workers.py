@@ -2,11 +2,13 @@
 
 The small models comp trains (a CNN from scratch, a fine-tune's body on cached prefix
 features, a scikit-learn head) do not keep several cores busy from one process, so a
-round's units are handed to N worker processes, each with cores / N threads. The frozen
-prefix's features are computed first, here, with every core (each model's once: the
-workers read them from the run's cache). Each worker trains a unit exactly as the one-process
-loop does (comp.training.trainer, under the unit's lock, resumable) and keeps one model's
-features in memory between its units.
+round's units are handed to N worker processes, each with cores / N threads. Before them,
+one worker with every core computes the features all the units train on into the run's
+caches (each model's once: the training workers only read them) and ends, so neither
+the backbones it built nor its TensorFlow memory stay in any process while the units
+train. Each training worker trains a unit exactly as the one-process loop does
+(comp.training.trainer, under the unit's lock, resumable) and keeps one model's features
+in memory between its units.
 
 A worker is a fresh interpreter (`python -c`, running `main` here), never a fork (threads
 and TensorFlow do not survive one) nor multiprocessing's spawn (which reruns the calling
@@ -25,7 +27,6 @@ import sys
 import threading
 import traceback
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,8 @@ def train_in_workers(units: list[tuple], setup: WorkerSetup, workers: int,
     if not units:
         return
     cpus = cpus or _usable_cpus()
+    with Worker(setup, cpus, 0) as worker:  # the features first, with every core
+        worker.request("warm", (units,), f"the features of {len(units)} units")
     threads = max(1, cpus // workers)
     queue, lock, stop = deque(units), threading.Lock(), threading.Event()
     get_logger().info("train: %d units on %d workers of %d thread%s each", len(units),
@@ -85,7 +88,8 @@ def train_in_workers(units: list[tuple], setup: WorkerSetup, workers: int,
         try:
             with Worker(setup, threads, index) as worker:
                 while (task := next_unit()) is not None:
-                    worker.train(*task)
+                    spec, unit = task
+                    worker.request("train", task, f"{spec.model_id} fold {unit}")
                     bar.update(1)
         except BaseException:
             stop.set()
@@ -111,8 +115,9 @@ def _usable_cpus() -> int:
 
 
 class Worker:
-    """One worker process with `threads` threads; `train(spec, unit)` trains one unit
-    there and returns once it is done (raising what went wrong)."""
+    """One worker process with `threads` threads (`index` names it in messages; 0: the
+    features worker). `request(method, args, what)` runs a comp.training.trainer
+    UnitTrainer method there and returns once it is done, raising what went wrong."""
 
     def __init__(self, setup: WorkerSetup, threads: int, index: int):
         self.index = index
@@ -130,21 +135,20 @@ class Worker:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def train(self, spec, unit: int) -> None:
-        """Train `unit` of `spec` in this worker."""
-        where = f"{spec.model_id} fold {unit}"
-        self._send((spec, unit))
+    def request(self, method: str, args: tuple, what: str) -> None:
+        """Run the worker's `method(*args)`; `what` says what it does, for messages."""
+        self._send((method, args))
         try:
             kind, *detail = pickle.load(self.process.stdout)
         except (EOFError, pickle.UnpicklingError, OSError):
             code = self.process.wait()
-            raise CompError(f"training worker {self.index} ended (exit code {code}) while "
-                            f"training {where}; rerun the same command: finished units "
-                            "are kept") from None
+            raise CompError(f"training worker {self.index} ended (exit code {code}) during "
+                            f"{what}; rerun the same command: finished units are kept"
+                            ) from None
         if kind == "error":
             raise CompError(detail[0])
         if kind == "failed":
-            raise RuntimeError(f"training worker {self.index} failed on {where}:\n{detail[0]}")
+            raise RuntimeError(f"training worker {self.index} failed on {what}:\n{detail[0]}")
 
     def close(self) -> None:
         """Ask the worker to end, and make sure it has."""
@@ -164,13 +168,14 @@ class Worker:
             pass  # the worker is gone; the reply's EOF says how
 
 
-def serve(requests, replies, train_unit: Callable) -> None:
-    """A worker's loop: read (spec, unit) requests until None, call `train_unit(spec,
-    unit)` for each, and reply ("done",), ("error", message) for a CompError or
-    ("failed", traceback) for anything else."""
+def serve(requests, replies, handler) -> None:
+    """A worker's loop: read (method, args) requests until None, call
+    `handler.<method>(*args)` for each, and reply ("done",), ("error", message) for a
+    CompError or ("failed", traceback) for anything else."""
     while (request := pickle.load(requests)) is not None:
+        method, args = request
         try:
-            train_unit(*request)
+            getattr(handler, method)(*args)
             reply = ("done",)
         except CompError as exc:
             reply = ("error", str(exc))
