@@ -34,7 +34,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from proctree import run_measured  # bench/proctree.py
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, also when imported
+from proctree import run_measured  # noqa: E402 (bench/proctree.py)
 
 from comp.metrics import scores
 from comp.selection import bootstrap_se, nested_selection, paired_difference
