@@ -41,8 +41,8 @@ def worker_count(setting: str | int, gpus: int, cpus: int, distribute: str = "no
     GPUs (or `distribute=mirrored`), since one process fills them; on a CPU one per core,
     at most 4 and at most one per WORKER_MEMORY of the `memory` bytes available (None:
     unknown, no cap). Small models do not keep several cores busy from one process: two
-    one-thread workers trained mnist2k's round 0 in 510 s against 691 s for one process
-    on this 2-core machine (bench/README.md "Training workers")."""
+    one-thread workers trained mnist2k's round 0 in 478 s against 691 s for one process
+    on a 2-core machine (bench/README.md "Training workers")."""
     if str(setting) != "auto":
         return int(setting)
     if gpus or distribute == "mirrored":

@@ -28,15 +28,16 @@ import threading
 import traceback
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from comp.errors import CompError
 from comp.log import get_logger, progress
 
-# the worker's command: the current folder is dropped from the import path first (it may
-# hold a folder named comp, e.g. a competition; python -c would import that instead)
-_WORKER_MAIN = "import sys; sys.path.pop(0); from comp.training.workers import main; main()"
+# the worker's command: the current folder ('' first on python -c's path) is dropped from
+# the import path first (it may hold a folder named comp, e.g. a competition)
+_WORKER_MAIN = ("import sys; sys.path[:1] = [p for p in sys.path[:1] if p]; "
+                "from comp.training.workers import main; main()")
 # per-library thread settings a worker's environment gets (read as each library starts)
 _THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS",
                      "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -121,6 +122,8 @@ class Worker:
 
     def __init__(self, setup: WorkerSetup, threads: int, index: int):
         self.index = index
+        if index > 0 and setup.progress == "bar":  # the main process draws the one bar
+            setup = replace(setup, progress="off")
         package_root = str(Path(__file__).resolve().parents[2])  # comp/ is importable there
         env = {**os.environ, **dict.fromkeys(_THREAD_VARIABLES, str(threads)),
                "PYTHONPATH": os.pathsep.join(
