@@ -96,14 +96,19 @@ def _cv_info(folder: Path, metric: str) -> dict:
 
 
 def best_prediction_set(run: RunDir, rank_by: str) -> str:
-    """The name of the finished model or ensemble that stage=submit ranks first: the best
-    CV `rank_by` score (comp.selection.ranking_metric) among those that give
-    probabilities, each model at its latest pseudo-label round."""
+    """The name of the finished model or ensemble that stage=submit ranks first: the entry
+    it picked (selection.json, comp.selection.pick_entry) where that is still a current
+    entry, else the best CV `rank_by` score (comp.selection.ranking_metric) among those
+    that give probabilities, each model at its latest pseudo-label round."""
     sets = {info.get("model_id") or info["name"]: info["cv"]
             for info in (_cv_info(p, rank_by) for p in current_sets(run.prediction_sets()))
             if info.get("labels", True)}
     if not sets:
         raise CompError(f"{run.root}: no finished models; run stage=train first")
+    if run.selection_json.exists():
+        selected = read_json(run.selection_json)
+        if selected.get("rank_by") == rank_by and selected.get("final_choice") in sets:
+            return selected["final_choice"]
     return best_entry(sets, rank_by)
 
 

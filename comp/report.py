@@ -213,8 +213,9 @@ def lever_rows(entries: dict[str, dict], rank_by: str) -> pd.DataFrame:
     for lever, a, b in levers:
         if not b or set(a) == set(b):
             continue  # the run did not use this lever
-        with_oof, _ = nested_selection(a, y, folds, rank_by, classes)
-        without_oof, _ = nested_selection(b, y, folds, rank_by, classes)
+        ensembles = frozenset(n for n in a if is_ensemble(info[n]))
+        with_oof, _ = nested_selection(a, y, folds, rank_by, classes, ensembles)
+        without_oof, _ = nested_selection(b, y, folds, rank_by, classes, ensembles)
         row = {"lever": lever, "entries with": len(a), "entries without": len(b)}
         for m in ("accuracy", "macro_f1"):
             diff, se = paired_difference(m, y, with_oof, without_oof, classes=classes)

@@ -150,12 +150,17 @@ def entry_settings(specs: dict[str, dict], ensembles: dict[str, dict]) -> dict[s
     return out
 
 
-def write_leaderboard(path: Path, rows: list[dict], rank_by: str) -> pd.DataFrame:
+def write_leaderboard(path: Path, rows: list[dict], rank_by: str,
+                      first: str | None = None) -> pd.DataFrame:
     """Write one experiment's leaderboard.csv: its `rows` ranked 1.. by the CV `rank_by`
-    score (comp.selection.ranking_metric)."""
+    score (comp.selection.ranking_metric), except that the entry named `first` (the one
+    comp.selection.pick_entry picks, whose choice the selected pipeline's nested CV
+    scores) is rank 1."""
     board = pd.DataFrame(rows)
     column = f"cv_{rank_by}"
     board = board.sort_values(column, ascending=not HIGHER_IS_BETTER[rank_by], kind="stable")
+    if first is not None and first in set(board["name"]):
+        board = pd.concat([board[board["name"] == first], board[board["name"] != first]])
     board.insert(0, "rank", range(1, len(board) + 1))
     write_csv(path, board.reset_index(drop=True))
     return board.reset_index(drop=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from comp.selection import best_entry, nested_selection, ranking_metric
+from comp.selection import best_entry, nested_selection, pick_entry, ranking_metric
 
 
 def _probs(y: np.ndarray, correct: np.ndarray, n_classes: int = 3) -> np.ndarray:
@@ -117,3 +117,34 @@ def test_the_levers_table_compares_a_rounds_models_with_the_ones_they_replace():
     # with the round: a1 and b1 (a0 and b0 replaced); without it: a0 and b0
     assert (row["entries with"], row["entries without"]) == (2, 2)
     assert row["gain accuracy"].startswith("+0.5000")
+
+
+def test_an_ensemble_is_picked_only_by_more_than_one_standard_error():
+    """pick_entry's one-standard-error rule: an ensemble that leads the best single model
+    by one image out of 200 (well inside a paired SE) gives way to it; one that leads by
+    25 images is kept; without the ensemble names the plain best is taken."""
+    y, close = _entries(extra_right=1)
+    assert best_entry({n: {"accuracy": (p.argmax(1) == y).mean()}
+                       for n, p in close.items()}, "accuracy") == "ensemble"
+    assert pick_entry(close, y, "accuracy", ensembles=frozenset({"ensemble"})) == "single"
+    assert pick_entry(close, y, "accuracy") == "ensemble"
+    y, clear = _entries(extra_right=25)
+    assert pick_entry(clear, y, "accuracy", ensembles=frozenset({"ensemble"})) == "ensemble"
+    only = {"ensemble": close["ensemble"]}
+    assert pick_entry(only, y, "accuracy", ensembles=frozenset({"ensemble"})) == "ensemble"
+    folds = np.arange(len(y)) % 4
+    _, chosen = nested_selection(close, y, folds, "accuracy", ensembles=frozenset({"ensemble"}))
+    assert set(chosen.values()) == {"single"}
+
+
+def test_the_picked_entry_is_rank_1_of_the_leaderboard(tmp_path):
+    from comp.submission import write_leaderboard
+
+    rows = [{"name": "ensemble-optuna-1", "cv_accuracy": 0.9860},
+            {"name": "small_cnn-2", "cv_accuracy": 0.9855},
+            {"name": "mobilenet-3", "cv_accuracy": 0.9700}]
+    plain = write_leaderboard(tmp_path / "a.csv", rows, "accuracy")
+    assert plain["name"].tolist() == ["ensemble-optuna-1", "small_cnn-2", "mobilenet-3"]
+    picked = write_leaderboard(tmp_path / "b.csv", rows, "accuracy", first="small_cnn-2")
+    assert picked["name"].tolist() == ["small_cnn-2", "ensemble-optuna-1", "mobilenet-3"]
+    assert picked["rank"].tolist() == [1, 2, 3]

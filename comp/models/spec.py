@@ -19,7 +19,7 @@ from comp.config import (
 )
 from comp.models.registry import get_backbone
 from comp.models.weights import ResolvedWeights, resolve_weights
-from comp.training.compute import check
+from comp.training.compute import MODEL_KEYS, check
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ class ModelSpec:
         return cls(recorded["backbone"], recorded["image_size"], weights,
                    folds_key=recorded["folds"], pseudo=recorded["pseudo"],
                    fold_params=recorded.get("fold_params"),
-                   compute={**(compute or {}),
+                   compute={**{k: v for k, v in (compute or {}).items() if k in MODEL_KEYS},
                             "precision": recorded.get("precision", "float32")},
                    **sections)
 

@@ -14,7 +14,7 @@ from comp.ensemble import METHODS, fit_method, nested_predictions
 from comp.errors import CompError
 from comp.predictions import prob_columns, read_prediction_set, read_table
 from comp.pseudo.rules import Votes
-from comp.selection import best_entry, metric_value, ranking_metric
+from comp.selection import pick_entry, ranking_metric
 
 
 class Teacher:
@@ -39,7 +39,8 @@ class Teacher:
         """What the teacher's votes depend on besides the voters and the pool."""
         if self.rule != "selected":
             return {"teacher": self.rule}
-        return {"teacher": self.rule, "rank_by": self.rank_by, "methods": self.methods}
+        return {"teacher": self.rule, "rank_by": self.rank_by, "methods": self.methods,
+                "pick": "one-se"}  # comp.selection.pick_entry's rule
 
     def votes(self, unit: int, splits: list[str]) -> Votes:
         """The teacher's probabilities for unit `unit` on the pool `splits`."""
@@ -51,9 +52,9 @@ class Teacher:
                          if len(self.voter_ids) > 1 else self.voter_ids[0])
         candidates = self._candidates(unit, pool)
         y, rows = self.prepared.labels, ~self.prepared.unit_val_mask(unit)
-        best = best_entry({name: {self.rank_by: metric_value(self.rank_by, y[rows], oof,
-                                                             classes)}
-                           for name, (oof, _) in candidates.items()}, self.rank_by)
+        best = pick_entry({name: oof for name, (oof, _) in candidates.items()}, y[rows],
+                          self.rank_by, classes,
+                          frozenset(name for name in candidates if name not in self.voter_ids))
         voters = [best] if best in self.voter_ids else self.voter_ids
         return Votes(ids, names, candidates[best][1], voters, best)
 

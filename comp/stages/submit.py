@@ -51,11 +51,13 @@ def run(cfg: DictConfig):
     uncertainty = leaderboard_uncertainty(predictions, metric, rank_by)
     for row in rows:
         row.update(uncertainty.get(row["name"], {}))
-    board = write_leaderboard(leaderboard_path(cfg.submissions_dir, cfg.name), rows, rank_by)
-    best = board.iloc[0]
     selected = uncertainty["__selected__"]
+    board = write_leaderboard(leaderboard_path(cfg.submissions_dir, cfg.name), rows, rank_by,
+                              selected["final_choice"])
+    best = board.iloc[0]
     write_json(run.selection_json, selected)
-    get_logger().info("submit: rank 1 by CV %s %s (%s) CV %s %.4f -> %s ; leaderboard: %s",
+    get_logger().info("submit: rank 1 (picked by CV %s) %s (%s) CV %s %.4f -> %s ; "
+                      "leaderboard: %s",
                       rank_by, best["name"], best["kind"], metric, best[f"cv_{metric}"],
                       folder / best["file"], leaderboard_path(cfg.submissions_dir, cfg.name))
     return board
