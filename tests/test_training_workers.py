@@ -68,9 +68,28 @@ def test_a_worker_replies_done_or_says_what_went_wrong():
     replies = _served([("train", (spec, unit)) for spec, unit in
                        (("a", 0), ("a", 1), ("a", 2), ("b", 3))], Handler())
     assert trained == [("a", 0), ("b", 3)]  # a failed unit does not end the worker
-    assert replies[0] == ("done",) and replies[3] == ("done",)
-    assert replies[1] == ("error", "runs/x/pseudo/round1/fold1.csv: missing; rerun stage=pseudo")
+    assert replies[0] == ("done", []) and replies[3] == ("done", [])
+    assert replies[1] == ("error", "runs/x/pseudo/round1/fold1.csv: missing; rerun stage=pseudo",
+                          [])
     assert replies[2][0] == "failed" and "ValueError: a bug" in replies[2][1]
+
+
+def test_a_workers_log_lines_come_back_with_its_reply():
+    logged: list = []
+
+    class Handler:
+        def train(self, spec, unit):
+            logged.append((20, f"fold done: model={spec} fold={unit}"))
+
+    inbox, outbox = io.BytesIO(), io.BytesIO()
+    for request in [("train", ("m", 0)), ("train", ("m", 1)), None]:
+        pickle.dump(request, inbox)
+    inbox.seek(0)
+    serve(inbox, outbox, Handler(), logged)
+    outbox.seek(0)
+    first, second = pickle.load(outbox), pickle.load(outbox)
+    assert first == ("done", [(20, "fold done: model=m fold=0")])
+    assert second == ("done", [(20, "fold done: model=m fold=1")])  # each line once
 
 
 def _unit_metrics(run) -> dict:

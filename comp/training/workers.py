@@ -15,11 +15,13 @@ and TensorFlow do not survive one) nor multiprocessing's spawn (which reruns the
 script's top level, so a plain script calling comp.api without a main guard would start
 itself again). Requests and replies are pickles on the worker's stdin and on a copy of its
 stdout; the worker's own fd 1 points at stderr, so nothing a library prints reaches the
-replies.
+replies. A reply carries the `comp` log lines of its request, which the main process logs
+through its own handlers (a script's or a notebook's see per-unit lines as before).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import subprocess
@@ -142,12 +144,14 @@ class Worker:
         """Run the worker's `method(*args)`; `what` says what it does, for messages."""
         self._send((method, args))
         try:
-            kind, *detail = pickle.load(self.process.stdout)
+            kind, *detail, logged = pickle.load(self.process.stdout)
         except (EOFError, pickle.UnpicklingError, OSError):
             code = self.process.wait()
             raise CompError(f"training worker {self.index} ended (exit code {code}) during "
                             f"{what}; rerun the same command: finished units are kept"
                             ) from None
+        for level, message in logged:  # through this process's handlers
+            get_logger().log(level, "%s", message)
         if kind == "error":
             raise CompError(detail[0])
         if kind == "failed":
@@ -171,10 +175,12 @@ class Worker:
             pass  # the worker is gone; the reply's EOF says how
 
 
-def serve(requests, replies, handler) -> None:
+def serve(requests, replies, handler, logged: list | None = None) -> None:
     """A worker's loop: read (method, args) requests until None, call
-    `handler.<method>(*args)` for each, and reply ("done",), ("error", message) for a
-    CompError or ("failed", traceback) for anything else."""
+    `handler.<method>(*args)` for each, and reply ("done", log), ("error", message, log)
+    for a CompError or ("failed", traceback, log) for anything else, where log is what
+    the request logged: the (level, message) pairs taken from `logged` (LogRecords)."""
+    logged = [] if logged is None else logged
     while (request := pickle.load(requests)) is not None:
         method, args = request
         try:
@@ -184,8 +190,21 @@ def serve(requests, replies, handler) -> None:
             reply = ("error", str(exc))
         except Exception:
             reply = ("failed", traceback.format_exc())
-        pickle.dump(reply, replies)
+        lines, logged[:] = list(logged), []
+        pickle.dump((*reply, lines), replies)
         replies.flush()
+
+
+class _Collected(logging.Handler):
+    """A worker's `comp` log: (level, message) pairs kept for the next reply, so the main
+    process logs them through its own handlers (a notebook's or a script's included)."""
+
+    def __init__(self, into: list):
+        super().__init__()
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append((record.levelno, record.getMessage()))
 
 
 def main() -> None:
@@ -205,9 +224,11 @@ def _serve_requests() -> None:
     from comp.log import log_over_bars, quiet_libraries, quiet_tensorflow, using_progress
 
     quiet_tensorflow()
-    get_logger().setLevel(setup.log_level)
+    logger, logged = get_logger(), []
+    logger.setLevel(setup.log_level)
+    logger.handlers[:] = [_Collected(logged)]  # sent back with each reply
     from comp.training.trainer import UnitTrainer
 
     with using_progress(setup.progress), quiet_libraries(), log_over_bars():
-        serve(requests, replies, UnitTrainer(setup))
+        serve(requests, replies, UnitTrainer(setup), logged)
 
