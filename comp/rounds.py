@@ -17,6 +17,7 @@ from comp.data.prepared import Prepared
 from comp.deadline import Deadline
 from comp.errors import CompError
 from comp.log import get_logger, progress, progress_mode
+from comp.models.choice import Hardware, detect_hardware
 from comp.models.spec import ModelSpec, make_classic_spec, make_spec, native_side
 from comp.predictions import read_table
 from comp.pseudo.rows import pseudo_identity, pseudo_loader
@@ -84,11 +85,12 @@ def train_round(cfg: DictConfig, prepared: Prepared, round_: int,
     loader = None if round_ == 0 else pseudo_loader(prepared, round_, cfg.pseudo.weight)
     deadline = deadline or Deadline.start(cfg.time_limit)  # one for all models
     pending = pending_units(specs, prepared, folds)
-    workers = min(unit_workers(cfg), len(pending))
+    hardware = detect_hardware()
+    workers = min(unit_workers(cfg, hardware), len(pending))
     if workers > 1:  # the units run there; the loop below finds them done and collects
         train_in_workers(pending, WorkerSetup(
             prepared, round_, cfg.pseudo.weight, cfg.tensorboard, progress_mode(),
-            get_logger().level), workers, deadline)
+            get_logger().level), workers, hardware.cpus, deadline)
     results = []
     for spec in progress(specs, desc=f"models round {round_}", disable=len(specs) < 2 or None):
         result = train_spec(spec, prepared, {"round": round_},
@@ -98,11 +100,10 @@ def train_round(cfg: DictConfig, prepared: Prepared, round_: int,
     return results
 
 
-def unit_workers(cfg: DictConfig) -> int:
-    """How many units this machine trains at once (compute.workers, resolved)."""
-    from comp.models.choice import detect_hardware
-
-    hardware = detect_hardware()
+def unit_workers(cfg: DictConfig, hardware: Hardware | None = None) -> int:
+    """How many units this machine (`hardware`; None: detect_hardware's) trains at once
+    (compute.workers, resolved)."""
+    hardware = hardware or detect_hardware()
     return worker_count(cfg.compute.workers, hardware.gpus, hardware.cpus,
                         cfg.compute.distribute, available_memory())
 

@@ -271,14 +271,11 @@ def pending_units(specs: list, prepared, folds: list[int] | None = None) -> list
 
 def warm_features(units: list[tuple], prepared) -> None:
     """Compute into the run's caches the features each (spec, unit) of `units` trains on,
-    each set once, so worker processes only read them (comp.training.workers); also
-    writes each spec's spec.json, as train_spec does."""
+    each set once, so worker processes only read them (comp.training.workers)."""
     import gc
 
     done = set()
     for spec, unit in units:
-        if spec.model_id not in {model for model, _ in done}:
-            write_json(prepared.run.model_dir(spec.model_id) / SPEC_JSON, spec.describe())
         fold_spec = spec.for_fold(unit)
         key = (spec.model_id, fold_spec.features_key())
         if key not in done:

@@ -59,16 +59,15 @@ class WorkerSetup:
     log_level: int
 
 
-def train_in_workers(units: list[tuple], setup: WorkerSetup, workers: int,
-                     deadline=None, cpus: int | None = None) -> None:
+def train_in_workers(units: list[tuple], setup: WorkerSetup, workers: int, cpus: int,
+                     deadline=None) -> None:
     """Train `units` ((spec, unit) pairs, in the order given) on `workers` worker
-    processes sharing `cpus` cores (None: those this process may use). The `deadline`
+    processes sharing `cpus` cores. The `deadline`
     (a comp.deadline.Deadline) is checked before each unit starts. A unit that fails
     stops the others from starting new units; its error is raised once the running
     units have finished (a CompError stays one; a worker that died says how)."""
     if not units:
         return
-    cpus = cpus or _usable_cpus()
     with Worker(setup, cpus, 0) as worker:  # the features first, with every core
         worker.request("warm", (units,), f"the features of {len(units)} units")
     threads = max(1, cpus // workers)
@@ -108,13 +107,6 @@ def train_in_workers(units: list[tuple], setup: WorkerSetup, workers: int,
     raised = next((e for e in errors if e is not None), None)
     if raised is not None:
         raise raised
-
-
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 class Worker:
