@@ -16,7 +16,7 @@ from comp.errors import CompError
 from comp.models.heads import HEADS, view_average_proba
 from comp.models.registry import get_backbone
 from comp.models.spec import auto_size, make_classic_spec
-from comp.training.classic import HeadRows, depth_column_sets, fit_classic
+from comp.training.classic import HeadRows, _views_of, depth_column_sets, fit_classic
 from comp.training.embeddings import (
     color_encoder,
     depth_widths,
@@ -88,6 +88,19 @@ def test_pixel_embeddings_made_on_read_are_the_embedded_numbers():
     np.testing.assert_array_equal(made, embed(images, views, pixel_encoder()))
     assert not np.array_equal(made[0], made[1])  # the views differ
     assert pixel_embeddings(images[:0], views).shape == (3, 0, 192)
+
+def test_a_run_of_views_is_taken_without_a_copy():
+    """A head's view choices (all views, view 0 alone) read the (V, N, D) features in place:
+    a pixel head's 8 views of 2,000 images are 200 MB a copy."""
+    features = np.arange(8 * 5 * 3, dtype=np.float32).reshape(8, 5, 3)
+    for views in ([0, 1, 2, 3, 4, 5, 6, 7], [0], [2, 3]):
+        taken = _views_of(features, views)
+        np.testing.assert_array_equal(taken, features[views])
+        assert np.shares_memory(taken, features)
+    scattered = _views_of(features, [0, 4])
+    np.testing.assert_array_equal(scattered, features[[0, 4]])
+    assert not np.shares_memory(scattered, features)
+
 
 def _blobs(n=60, views=2, dim=5, seed=0):
     rng = np.random.default_rng(seed)

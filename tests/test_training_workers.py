@@ -16,7 +16,7 @@ import pytest
 from comp.crashpoints import ENV as CRASH_ENV
 from comp.errors import CompError
 from comp.training.compute import WORKER_MEMORY, check, worker_count
-from comp.training.workers import serve
+from comp.training.workers import next_unit_index, serve
 from tests.helpers import run_comp, tiny_overrides
 
 
@@ -38,6 +38,17 @@ def test_workers_stay_out_of_a_models_compute_settings():
     filled = check({"precision": "float32", "workers": 2})
     assert "workers" not in filled  # spec.json and model ids do not depend on it
     assert filled["precision"] == "float32"
+
+
+def test_workers_take_different_models_and_keep_to_their_own():
+    pending = ["svm", "svm", "svm", "cnn", "cnn", "logreg"]
+    assert next_unit_index(pending, None, set()) == 0  # the first worker: the first unit
+    assert next_unit_index(pending, None, {"svm"}) == 3  # the second: another model
+    assert next_unit_index(pending, "cnn", {"svm"}) == 3  # its own model's next fold
+    assert next_unit_index(pending, "svm", {"cnn"}) == 0
+    # its model is done: the first of a model nobody holds, else the first unit
+    assert next_unit_index(["cnn", "cnn", "logreg"], "svm", {"cnn"}) == 2
+    assert next_unit_index(["cnn", "cnn"], "svm", {"cnn"}) == 0
 
 
 def _served(requests: list, handler) -> list:

@@ -105,8 +105,11 @@ def pixel_embeddings(images: np.ndarray, views: tuple[int, ...]) -> np.ndarray:
     `embed(images, views, pixel_encoder())`, made at once and without a progress line."""
     images = np.asarray(images)
     dims = int(np.prod(images.shape[1:]))
-    return np.stack([dihedral_view(images, view).reshape(len(images), dims)
-                     .astype(np.float32) / 255.0 for view in views])
+    out = np.empty((len(views), len(images), dims), np.float32)
+    for index, view in enumerate(views):  # into `out`: one view's float copy at a time
+        np.divide(dihedral_view(images, view).reshape(len(images), dims), np.float32(255.0),
+                  out=out[index], dtype=np.float32)
+    return out
 
 
 def color_encoder():

@@ -28,7 +28,6 @@ import subprocess
 import sys
 import threading
 import traceback
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -71,16 +70,20 @@ def train_in_workers(units: list[tuple], setup: WorkerSetup, workers: int, cpus:
     with Worker(setup, cpus, 0) as worker:  # the features first, with every core
         worker.request("warm", (units,), f"the features of {len(units)} units")
     threads = max(1, cpus // workers)
-    queue, lock, stop = deque(units), threading.Lock(), threading.Event()
+    queue, lock, stop = list(units), threading.Lock(), threading.Event()
+    holding: dict[int, str] = {}  # worker index -> the model whose features it holds
     get_logger().info("train: %d units on %d workers of %d thread%s each", len(units),
                       workers, threads, "" if threads == 1 else "s")
     bar = progress(total=len(units), desc=f"train round {setup.round_}")
 
-    def next_unit():
+    def next_unit(index: int):
         with lock:
             if stop.is_set() or not queue:
                 return None
-            spec, unit = queue.popleft()
+            others = {model for worker, model in holding.items() if worker != index}
+            spec, unit = queue.pop(next_unit_index(
+                [spec.model_id for spec, _ in queue], holding.get(index), others))
+            holding[index] = spec.model_id
             if deadline is not None and deadline.passed(f"{spec.model_id} fold {unit}"):
                 queue.clear()
                 return None
@@ -89,7 +92,7 @@ def train_in_workers(units: list[tuple], setup: WorkerSetup, workers: int, cpus:
     def drive(index: int) -> None:
         try:
             with Worker(setup, threads, index) as worker:
-                while (task := next_unit()) is not None:
+                while (task := next_unit(index)) is not None:
                     spec, unit = task
                     worker.request("train", task, f"{spec.model_id} fold {unit}")
                     bar.update(1)
@@ -107,6 +110,19 @@ def train_in_workers(units: list[tuple], setup: WorkerSetup, workers: int, cpus:
     raised = next((e for e in errors if e is not None), None)
     if raised is not None:
         raise raised
+
+
+def next_unit_index(models: list[str], held: str | None, others: set[str]) -> int:
+    """Which of the pending units (their `models`, in queue order) a worker takes next:
+    the first of the model whose features it holds (`held`), else the first of a model no
+    other worker holds (`others`), else the first. So workers train different models side
+    by side: one model's features are never in memory twice, and two units of a heavy
+    model (a pixel head's 8 views) do not train at once while other work is pending."""
+    for wanted in (lambda model: model == held, lambda model: model not in others):
+        index = next((i for i, model in enumerate(models) if wanted(model)), None)
+        if index is not None:
+            return index
+    return 0
 
 
 class Worker:
