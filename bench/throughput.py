@@ -10,7 +10,10 @@ threading and dtype policies never leak from one row into the next:
 - the `mixed_bfloat16` policy (this CPU has AVX512_BF16 and AMX where the flags say so);
 - TensorFlow's inter-/intra-op thread counts (0 = TensorFlow's choice);
 - the batch norms folded into their convolutions (comp.models.build.fold_batch_norms,
-  what comp's feature pass and stage=predict run).
+  what comp's feature pass and stage=predict run);
+- that folded network converted to TFLite and run by its interpreter (XNNPACK's CPU
+  kernels, every core; `tf.lite.Interpreter`, which TensorFlow marks deprecated in favour
+  of the ai-edge-litert package); the conversion's seconds are in the set-up column, not in views/s.
 Against the FLOP bound: a float32 matrix product's GFLOP/s on every core, and the network's
 FLOP per image from its layers' shapes (bench/inference.py's `model_flops`). Prints a table.
 """
@@ -40,6 +43,8 @@ SETTINGS = [  # (name, call, batch, policy, inter, intra)
     ("predict_on_batch, 2 inter / 1 intra", "keras", 128, "float32", 2, 1),
     ("predict_on_batch, batch norms folded", "folded", 128, "float32", 0, 0),
     ("tf.function, batch norms folded", "folded_function", 128, "float32", 0, 0),
+    ("predict_on_batch, batch norms folded", "folded", 32, "float32", 0, 0),
+    ("TFLite (XNNPACK), batch norms folded", "tflite", 32, "float32", 0, 0),
 ]
 
 
@@ -64,21 +69,53 @@ def measure(backbone: str, size: int, n_images: int, call: str, batch: int, poli
                                                    dtype="float32")(pooled))
     images = np.random.default_rng(0).uniform(-1, 1, (n_images, size, size, 3)).astype("f4")
     flops = model_flops(model)
-    if call.startswith("folded"):
+    if call.startswith("folded") or call == "tflite":
         from comp.models.build import fold_batch_norms
 
         model = fold_batch_norms(model)
-    if call in ("keras", "folded"):
+    started = time.time()
+    if call == "tflite":
+        run = _tflite_runner(model, batch, size)
+    elif call in ("keras", "folded"):
         run = model.predict_on_batch
     else:
         compiled = tf.function(lambda x: model(x, training=False), jit_compile=call == "xla")
         run = lambda x: compiled(tf.constant(x)).numpy()  # noqa: E731
     run(images[:batch])  # warm-up: tracing, compilation
+    setup = time.time() - started
     started = time.time()
     for start in range(0, n_images, batch):
         np.asarray(run(images[start:start + batch]))
     seconds = time.time() - started
-    return {"views_per_s": n_images / seconds, "flops": flops}
+    return {"views_per_s": n_images / seconds, "flops": flops, "setup_s": setup}
+
+
+def _tflite_runner(model, batch: int, size: int):
+    """`model` converted to TFLite: a function of a (batch, size, size, 3) float32 batch."""
+    import os
+    import warnings
+
+    import tensorflow as tf
+
+    converted = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    with warnings.catch_warnings():  # the deprecation notice
+        warnings.simplefilter("ignore")
+        interpreter = tf.lite.Interpreter(model_content=converted,
+                                          num_threads=len(os.sched_getaffinity(0)))
+    source = interpreter.get_input_details()[0]["index"]
+    target = interpreter.get_output_details()[0]["index"]
+    interpreter.resize_tensor_input(source, [batch, size, size, 3])
+    interpreter.allocate_tensors()
+
+    def run(x):
+        if len(x) != batch:  # the last, short batch
+            interpreter.resize_tensor_input(source, [len(x), size, size, 3])
+            interpreter.allocate_tensors()
+        interpreter.set_tensor(source, x)
+        interpreter.invoke()
+        return interpreter.get_tensor(target).copy()
+
+    return run
 
 
 def main() -> None:
@@ -97,8 +134,9 @@ def main() -> None:
 
     gflops = matmul_gflops(256 if args.smoke else 2048)
     rows = []
-    # the smoke mode runs one setting of each kind: keras, tf.function, XLA, bfloat16, folded
-    settings = [SETTINGS[i] for i in (0, 3, 5, 6, 10)] if args.smoke else SETTINGS
+    # the smoke mode runs one setting of each kind: keras, tf.function, XLA, bfloat16, folded,
+    # TFLite
+    settings = [SETTINGS[i] for i in (0, 3, 5, 6, 10, 13)] if args.smoke else SETTINGS
     for name, call, batch, policy, inter, intra in settings:
         argv = [sys.executable, __file__, "--one", json.dumps([call, batch, policy, inter, intra]),
                 "--backbone", args.backbone, "--size", str(size), "--images", str(n_images)]
@@ -106,16 +144,18 @@ def main() -> None:
         result = json.loads(done.stdout.strip().splitlines()[-1])
         bound = gflops * 1e9 / result["flops"]
         rows.append((name, batch, policy, result["views_per_s"], result["views_per_s"] / bound,
-                     result["flops"]))
+                     result["flops"], result["setup_s"]))
     flops = rows[0][5]
     print(f"\n{args.backbone} at {size} px, {n_images} random images, random init"
           f"{' (smoke: not a measurement)' if args.smoke else ''}; FLOP bound: float32 matmul "
           f"{gflops:.0f} GFLOP/s / {flops / 1e6:.1f} MFLOP per view = "
           f"{gflops * 1e9 / flops:.0f} views/s\n")
-    print("| setting | batch | policy | views/s | share of the FLOP bound |")
-    print("|---|---|---|---|---|")
-    for name, batch, policy, speed, share, _ in rows:
-        print(f"| {name} | {batch} | {policy} | {speed:.0f} | {share:.1%} |")
+    print("| setting | batch | policy | views/s | share of the FLOP bound | set-up s |")
+    print("|---|---|---|---|---|---|")
+    for name, batch, policy, speed, share, _, setup in rows:
+        print(f"| {name} | {batch} | {policy} | {speed:.0f} | {share:.1%} | {setup:.1f} |")
+    print("\nset-up: the first batch's call with what precedes it (tracing, XLA's compilation, "
+          "TFLite's conversion), not in views/s")
 
 
 if __name__ == "__main__":
