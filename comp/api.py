@@ -274,7 +274,7 @@ class Competition:
         names (the paths given, where two share a name) or, for arrays and PIL images,
         their positions 0..N-1 (a 3-D array whose last axis is 1, 3 or 4 is one H,W,C
         image, any other a stack N,H,W). `using`: a model id or ensemble-<method>
-        (default: rank 1 by CV, submit.rank_by)."""
+        (default: the leaderboard's rank 1)."""
         extra = [] if using is None else [f"predict.using={_value(using)}"]
         if isinstance(images, str | Path):
             return self.run("predict", f"predict.input={_value(str(Path(images).resolve()))}",

@@ -113,10 +113,10 @@ def export_model(cfg: DictConfig) -> Path:
 
 
 def export_choice(run: RunDir, metric: str) -> tuple[str, str | None]:
-    """The model stage=export takes by default: (model id, None) where the entry ranked
-    first by the CV `metric` that ranks (comp.selection.ranking_metric, as stage=submit
-    and stage=predict rank) is a fine-tuned model; else (the best fine-tuned model, a
-    sentence saying why rank 1 was not exported)."""
+    """The model stage=export takes by default: (model id, None) where the leaderboard's
+    rank 1 (best by the CV `metric` that ranks, comp.selection.ranking_metric, under the
+    one-SE rule: comp.inference.best_prediction_set) is a fine-tuned model; else (the best
+    fine-tuned model, a sentence saying why rank 1 was not exported)."""
     from comp.inference import best_prediction_set, prediction_folder
 
     first = best_prediction_set(run, metric)
@@ -125,7 +125,7 @@ def export_choice(run: RunDir, metric: str) -> tuple[str, str | None]:
         return first, None
     what = "an ensemble" if is_ensemble(info) else "a classic (scikit-learn) head"
     best = best_single_model(run, metric)
-    return best, (f"rank 1 by CV {metric} is {first}, {what}, which is not a Keras model; "
+    return best, (f"rank 1 on the leaderboard is {first}, {what}, which is not a Keras model; "
                   f"exported the best fine-tuned model {best} instead "
                   f"(CV {metric} {read_json(run.preds_dir(best) / 'cv.json')['cv'][metric]:.4f}"
                   f" against {info['cv'][metric]:.4f})")

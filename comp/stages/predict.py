@@ -17,7 +17,7 @@ from comp.workspace import is_folder_target, run_dir
 
 
 def run(cfg: DictConfig) -> pd.DataFrame:
-    """Predict `predict.input` with `predict.using` (default: rank 1 by CV, submit.rank_by)."""
+    """Predict `predict.input` with `predict.using` (default: the leaderboard's rank 1)."""
     if not cfg.predict.input:
         raise CompError("config: predict.input is not set; give an image file or a folder")
     run = run_dir(cfg.runs_dir, cfg.name, writable=not cfg.predict.output)
