@@ -49,6 +49,9 @@ def test_workers_take_different_models_and_keep_to_their_own():
     # its model is done: the first of a model nobody holds, else the first unit
     assert next_unit_index(["cnn", "cnn", "logreg"], "svm", {"cnn"}) == 2
     assert next_unit_index(["cnn", "cnn"], "svm", {"cnn"}) == 0
+    # under a time limit the queue's order: a model's folds finish before the next starts
+    assert next_unit_index(pending, None, {"svm"}, in_order=True) == 0
+    assert next_unit_index(pending, "cnn", {"svm"}, in_order=True) == 0
 
 
 def _served(requests: list, handler) -> list:

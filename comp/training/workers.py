@@ -60,11 +60,14 @@ class WorkerSetup:
 
 def train_in_workers(units: list[tuple], setup: WorkerSetup, workers: int, cpus: int,
                      deadline=None) -> None:
-    """Train `units` ((spec, unit) pairs, in the order given) on `workers` worker
-    processes sharing `cpus` cores. The `deadline`
-    (a comp.deadline.Deadline) is checked before each unit starts. A unit that fails
-    stops the others from starting new units; its error is raised once the running
-    units have finished (a CompError stays one; a worker that died says how)."""
+    """Train `units` ((spec, unit) pairs) on `workers` worker processes sharing `cpus`
+    cores, each worker keeping to one model where it can (next_unit_index). The
+    `deadline` (a comp.deadline.Deadline) is checked before each unit starts; where it
+    has an end (`time_limit`), the units go in the order given instead, so that the
+    models finish one after another (a model with a missing fold is not collected). A
+    unit that fails stops the others from starting new units; its error is raised once
+    the running units have finished (a CompError stays one; a worker that died says
+    how)."""
     if not units:
         return
     with Worker(setup, cpus, 0) as worker:  # the features first, with every core
@@ -72,6 +75,8 @@ def train_in_workers(units: list[tuple], setup: WorkerSetup, workers: int, cpus:
     threads = max(1, cpus // workers)
     queue, lock, stop = list(units), threading.Lock(), threading.Event()
     holding: dict[int, str] = {}  # worker index -> the model whose features it holds
+    # under a time_limit the units go in order, so models finish one after another
+    timed = deadline is not None and deadline.end is not None
     get_logger().info("train: %d units on %d workers of %d thread%s each", len(units),
                       workers, threads, "" if threads == 1 else "s")
     bar = progress(total=len(units), desc=f"train round {setup.round_}")
@@ -82,7 +87,7 @@ def train_in_workers(units: list[tuple], setup: WorkerSetup, workers: int, cpus:
                 return None
             others = {model for worker, model in holding.items() if worker != index}
             spec, unit = queue.pop(next_unit_index(
-                [spec.model_id for spec, _ in queue], holding.get(index), others))
+                [spec.model_id for spec, _ in queue], holding.get(index), others, timed))
             holding[index] = spec.model_id
             if deadline is not None and deadline.passed(f"{spec.model_id} fold {unit}"):
                 queue.clear()
@@ -112,12 +117,16 @@ def train_in_workers(units: list[tuple], setup: WorkerSetup, workers: int, cpus:
         raise raised
 
 
-def next_unit_index(models: list[str], held: str | None, others: set[str]) -> int:
+def next_unit_index(models: list[str], held: str | None, others: set[str],
+                    in_order: bool = False) -> int:
     """Which of the pending units (their `models`, in queue order) a worker takes next:
     the first of the model whose features it holds (`held`), else the first of a model no
     other worker holds (`others`), else the first. So workers train different models side
     by side: one model's features are never in memory twice, and two units of a heavy
-    model (a pixel head's 8 views) do not train at once while other work is pending."""
+    model (a pixel head's 8 views) do not train at once while other work is pending.
+    `in_order` (a time limit): the first, so that models finish one after another."""
+    if in_order:
+        return 0
     for wanted in (lambda model: model == held, lambda model: model not in others):
         index = next((i for i, model in enumerate(models) if wanted(model)), None)
         if index is not None:
