@@ -16,7 +16,13 @@ from comp.errors import CompError
 from comp.models.heads import HEADS, view_average_proba
 from comp.models.registry import get_backbone
 from comp.models.spec import auto_size, make_classic_spec
-from comp.training.classic import HeadRows, _views_of, depth_column_sets, fit_classic
+from comp.training.classic import (
+    HeadRows,
+    _head_rows,
+    _views_of,
+    depth_column_sets,
+    fit_classic,
+)
 from comp.training.embeddings import (
     color_encoder,
     depth_widths,
@@ -100,6 +106,25 @@ def test_a_run_of_views_is_taken_without_a_copy():
     scattered = _views_of(features, [0, 4])
     np.testing.assert_array_equal(scattered, features[[0, 4]])
     assert not np.shares_memory(scattered, features)
+
+
+def test_a_units_rows_are_its_training_rows_then_its_pseudo_rows():
+    """Each view holds the unit's rows, then the pool's (a one-view pool repeated over
+    the views), with the pool's hard labels, new groups and weights."""
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(4, 10, 3)).astype(np.float32)
+    labels, groups, rows = np.arange(10) % 3, np.arange(10) // 2, np.array([7, 1, 4, 2])
+    pseudo = SimpleNamespace(features=rng.normal(size=(1, 2, 3)).astype(np.float32),
+                             targets=np.eye(3)[[2, 0]], weights=np.array([0.5, 0.25]))
+    made = _head_rows(train, rows, labels, groups, pseudo)
+    expected = np.concatenate([train[:, rows], np.repeat(pseudo.features, 4, axis=0)], axis=1)
+    np.testing.assert_array_equal(made.features, expected)
+    np.testing.assert_array_equal(made.labels, [1, 1, 1, 2, 2, 0])
+    np.testing.assert_array_equal(made.groups, [3, 0, 2, 1, 5, 6])
+    np.testing.assert_array_equal(made.weights, [1, 1, 1, 1, 0.5, 0.25])
+    alone = _head_rows(train, rows, labels, groups, None)
+    np.testing.assert_array_equal(alone.features, train[:, rows])
+    assert len(alone.labels) == 4
 
 
 def _blobs(n=60, views=2, dim=5, seed=0):
