@@ -75,8 +75,7 @@ def train_in_workers(units: list[tuple], setup: WorkerSetup, workers: int, cpus:
     threads = max(1, cpus // workers)
     queue, lock, stop = list(units), threading.Lock(), threading.Event()
     holding: dict[int, str] = {}  # worker index -> the model whose features it holds
-    # under a time_limit the units go in order, so models finish one after another
-    timed = deadline is not None and deadline.end is not None
+    timed = deadline is not None and deadline.end is not None  # a time_limit: in order
     get_logger().info("train: %d units on %d workers of %d thread%s each", len(units),
                       workers, threads, "" if threads == 1 else "s")
     bar = progress(total=len(units), desc=f"train round {setup.round_}")
@@ -125,12 +124,13 @@ def next_unit_index(models: list[str], held: str | None, others: set[str],
     by side: one model's features are never in memory twice, and two units of a heavy
     model (a pixel head's 8 views) do not train at once while other work is pending.
     `in_order` (a time limit): the first, so that models finish one after another."""
-    if in_order:
-        return 0
-    for wanted in (lambda model: model == held, lambda model: model not in others):
-        index = next((i for i, model in enumerate(models) if wanted(model)), None)
-        if index is not None:
-            return index
+    if not in_order:
+        for index, model in enumerate(models):
+            if model == held:
+                return index
+        for index, model in enumerate(models):
+            if model not in others:
+                return index
     return 0
 
 
@@ -196,7 +196,8 @@ def serve(requests, replies, handler, logged: list | None = None) -> None:
     """A worker's loop: read (method, args) requests until None, call
     `handler.<method>(*args)` for each, and reply ("done", log), ("error", message, log)
     for a CompError or ("failed", traceback, log) for anything else, where log is what
-    the request logged: the (level, message) pairs taken from `logged` (LogRecords)."""
+    the request logged: the (level, message) pairs taken from `logged` (which a
+    _Collected handler fills)."""
     logged = [] if logged is None else logged
     while (request := pickle.load(requests)) is not None:
         method, args = request
