@@ -9,7 +9,7 @@ counting every view as an image:
 - comp: `comp.inference.predict_images` (what stage=predict runs after decoding):
   timed end to end, building the backbone and loading each fold's head included;
 - raw Keras: the same network as one `keras.Model` (frozen prefix + trained head, the
-  fold's weights) and `model.predict(batch_size=128)` on the preprocessed views, the
+  fold's weights) and `model.predict(batch_size=batch)` on the preprocessed views, the
   model built before the clock starts.
 Both with 1 fold and with all folds (the submission case), each side timed `--repeats`
 times (default 3), comp and raw Keras interleaved so that a slow spell of the machine
@@ -96,6 +96,7 @@ def main() -> None:
     from comp.models.build import build_backbone, create_head, split_backbone
     from comp.models.registry import get_backbone
     from comp.run import main as comp_main
+    from comp.training.compute import frozen_batch_size
 
     runs = Path(tempfile.mkdtemp(prefix="comp-infer-"))
     test_dir = ROOT / "comp/demo/wbc/test"
@@ -125,6 +126,7 @@ def main() -> None:
     (one_fold / "fold0").symlink_to(model_dir / "fold0")
 
     backbone = get_backbone("mobilenet_025")
+    batch = frozen_batch_size()  # comp's batch for a frozen pass on this machine, both sides
     views = np.concatenate([backbone.preprocess(dihedral_view(images, v).astype("float32"))
                             for v in range(8)])
     rows = []
@@ -139,7 +141,7 @@ def main() -> None:
             head.load_weights(model_dir / f"fold{fold}" / "model.weights.h5")
             inputs = keras.Input((size, size, 3))
             full = keras.Model(inputs, head(split.prefix(inputs)))
-            full.predict(views[:8], batch_size=128, verbose=0)
+            full.predict(views[:8], batch_size=batch, verbose=0)
             fulls.append(full)
         comp_times, raw_times = [], []
         for _ in range(args.repeats):  # interleaved: a slow spell of the machine hits both
@@ -147,7 +149,7 @@ def main() -> None:
             comp_probs = predict_images(spec, folder, images, n_classes)
             comp_times.append(time.time() - started)
             started = time.time()
-            raw_total = sum(full.predict(views, batch_size=128, verbose=0)
+            raw_total = sum(full.predict(views, batch_size=batch, verbose=0)
                             .reshape(8, n_images, -1).mean(axis=0) for full in fulls)
             raw_times.append(time.time() - started)
         raw_total /= len(fulls)
@@ -157,7 +159,8 @@ def main() -> None:
                      [r / c for c, r in zip(comp_times, raw_times, strict=True)]))
         flops = model_flops(fulls[0])
 
-    print(f"\nmobilenet_025 at {size} px, {n_images} images x 8 TTA views, batch 128, "
+    print(f"\nmobilenet_025 at {size} px, {n_images} images x 8 TTA views, batch {batch} "
+          "(comp's and raw Keras's), "
           f"TF {__import__('tensorflow').__version__}, {spec.model.unfreeze or 'default'} cut, "
           f"median of {args.repeats} interleaved repeats"
           f"{' (smoke: a tiny synthetic competition, not a measurement)' if args.smoke else ''}\n")

@@ -13,7 +13,11 @@ threading and dtype policies never leak from one row into the next:
   what comp's feature pass and stage=predict run);
 - that folded network converted to TFLite and run by its interpreter (XNNPACK's CPU
   kernels, every core; `tf.lite.Interpreter`, which TensorFlow marks deprecated in favour
-  of the ai-edge-litert package); the conversion's seconds are in the set-up column, not in views/s.
+  of the ai-edge-litert package); the conversion's seconds are in the set-up column, not in views/s;
+- comp's own feature pass (comp.training.features.frozen_forward on the folded network):
+  uint8 images in, the dihedral view, float cast and preprocessing inside its one graph,
+  float16 out, and the eager ops around `predict_on_batch` it replaced; these rows do more
+  work per view than the others, which take the preprocessed float32 images.
 Against the FLOP bound: a float32 matrix product's GFLOP/s on every core, and the network's
 FLOP per image from its layers' shapes (bench/inference.py's `model_flops`). Prints a table.
 """
@@ -45,6 +49,12 @@ SETTINGS = [  # (name, call, batch, policy, inter, intra)
     ("tf.function, batch norms folded", "folded_function", 128, "float32", 0, 0),
     ("predict_on_batch, batch norms folded", "folded", 32, "float32", 0, 0),
     ("TFLite (XNNPACK), batch norms folded", "tflite", 32, "float32", 0, 0),
+    ("eager view, cast, preprocessing + predict_on_batch (uint8 in: comp's pass before), "
+     "folded", "eager", 128, "float32", 0, 0),
+    ("comp's frozen_forward (uint8 in: view 5, cast, preprocessing in the graph), folded",
+     "comp", 32, "float32", 0, 0),
+    ("comp's frozen_forward (uint8 in: view 5, cast, preprocessing in the graph), folded",
+     "comp", 128, "float32", 0, 0),
 ]
 
 
@@ -69,13 +79,24 @@ def measure(backbone: str, size: int, n_images: int, call: str, batch: int, poli
                                                    dtype="float32")(pooled))
     images = np.random.default_rng(0).uniform(-1, 1, (n_images, size, size, 3)).astype("f4")
     flops = model_flops(model)
-    if call.startswith("folded") or call == "tflite":
+    if call.startswith("folded") or call in ("tflite", "comp", "eager"):
         from comp.models.build import fold_batch_norms
 
         model = fold_batch_norms(model)
     started = time.time()
     if call == "tflite":
         run = _tflite_runner(model, batch, size)
+    elif call == "comp":
+        from comp.training.features import frozen_forward
+
+        forward = frozen_forward(model, get_backbone(backbone).preprocess)
+        images = ((images + 1) * 127.5).astype("uint8")
+        run = lambda x: forward(x, 5)  # noqa: E731
+    elif call == "eager":  # the eager ops comp ran around predict_on_batch until stop 38
+        preprocess = get_backbone(backbone).preprocess
+        images = ((images + 1) * 127.5).astype("uint8")
+        run = lambda x: model.predict_on_batch(preprocess(tf.cast(  # noqa: E731
+            tf.reverse(tf.image.rot90(tf.convert_to_tensor(x), k=1), axis=[2]), tf.float32)))
     elif call in ("keras", "folded"):
         run = model.predict_on_batch
     else:
@@ -135,8 +156,8 @@ def main() -> None:
     gflops = matmul_gflops(256 if args.smoke else 2048)
     rows = []
     # the smoke mode runs one setting of each kind: keras, tf.function, XLA, bfloat16, folded,
-    # TFLite
-    settings = [SETTINGS[i] for i in (0, 3, 5, 6, 10, 13)] if args.smoke else SETTINGS
+    # TFLite, comp's own pass
+    settings = [SETTINGS[i] for i in (0, 3, 5, 6, 10, 13, 14, 15)] if args.smoke else SETTINGS
     for name, call, batch, policy, inter, intra in settings:
         argv = [sys.executable, __file__, "--one", json.dumps([call, batch, policy, inter, intra]),
                 "--backbone", args.backbone, "--size", str(size), "--images", str(n_images)]

@@ -216,25 +216,26 @@ def test_decoded_once_decodes_each_image_a_single_time_for_many_passes(tmp_path,
         assert single is lazy  # one pass: read straight from the files
 
 
-@pytest.mark.parametrize("view", range(8))
-def test_the_tensor_view_is_the_numpy_view(view):
-    from comp.data.views import dihedral_view, dihedral_view_tensor
+def test_frozen_forward_takes_the_view_and_preprocessing_in_its_graph():
+    """Every registered backbone's preprocessing and each dihedral view, run inside the
+    feature pass's one traced graph (an identity network here), give NumPy's numbers to
+    within an ulp, for batches of any size from the one trace."""
+    import keras
 
-    images = np.random.default_rng(view).integers(0, 256, (3, 5, 5, 2), dtype=np.uint8)
-    np.testing.assert_array_equal(np.asarray(dihedral_view_tensor(images, view)),
-                                  dihedral_view(images, view))
-
-
-def test_network_inputs_are_numpys_numbers_to_the_bit():
-    """Every registered backbone's preprocessing, run as eager TensorFlow ops on the
-    feature pass's way into the network, gives what NumPy gives (a graph would not)."""
-    from comp.data.views import dihedral_view
+    from comp.data.views import DIHEDRAL, dihedral_view
     from comp.models.registry import BACKBONES
-    from comp.training.features import network_input
+    from comp.training.features import frozen_forward
 
-    images = np.random.default_rng(0).integers(0, 256, (2, 9, 9, 3), dtype=np.uint8)
+    images = np.random.default_rng(0).integers(0, 256, (3, 9, 9, 3), dtype=np.uint8)
+    inputs = keras.Input((9, 9, 3))
+    identity = keras.Model(inputs, keras.layers.Identity()(inputs))
     for name, backbone in BACKBONES.items():
-        for view in (0, 5):
-            expected = backbone.preprocess(dihedral_view(images, view).astype(np.float32))
-            got = np.asarray(network_input(images, view, backbone.preprocess))
-            assert got.dtype == np.float32 and np.array_equal(got, expected), (name, view)
+        forward = frozen_forward(identity, backbone.preprocess, "float32")
+        for view in DIHEDRAL:
+            for count in (3, 1):
+                batch = images[:count]
+                expected = backbone.preprocess(dihedral_view(batch, view).astype(np.float32))
+                got = forward(batch, view)
+                assert got.dtype == np.float32 and got.shape == expected.shape, (name, view)
+                np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6,
+                                           err_msg=f"{name} view {view}")

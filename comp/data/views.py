@@ -29,15 +29,6 @@ def dihedral_view(images: np.ndarray, view: int) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def dihedral_view_tensor(images, view: int):
-    """`dihedral_view` with TensorFlow's ops (multi-threaded; the same pixels), for a
-    batch on its way into a network."""
-    import tensorflow as tf
-
-    out = tf.image.rot90(tf.convert_to_tensor(images), k=view % 4)
-    return tf.reverse(out, axis=[2]) if view >= 4 else out
-
-
 @dataclass(frozen=True)
 class Jitter:
     """Strengths of the random views (augment.shift, rotation, zoom, brightness and

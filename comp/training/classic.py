@@ -62,7 +62,7 @@ class ClassicFeatures:
                 views = self.views[:1] if name == COLOR else self.views
                 key = {"source": name, "size": size, "views_kind": spec.views,
                        **part_identity(spec, name), "n": len(images),
-                       "data": prepared.split_key(split), "comp_embeddings": 2}
+                       "data": prepared.split_key(split), "comp_embeddings": 3}
                 part = cached_embeddings(cache, key, split, images, views,
                                          partial(part_encoder, spec, name, size))
                 parts.append(np.repeat(part, len(self.views) // len(views), axis=0))

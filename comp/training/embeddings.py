@@ -135,11 +135,14 @@ def color_encoder():
 
 
 def backbone_encoder(model, preprocess):
-    """uint8 images -> the pooled model's outputs."""
-    from comp.training.features import network_input
+    """uint8 images -> the pooled model's float32 outputs (comp.training.features.
+    frozen_forward: one traced graph from the uint8 batch on)."""
+    from comp.training.features import frozen_forward
+
+    forward = frozen_forward(model, preprocess, "float32")
 
     def encode(batch: np.ndarray) -> np.ndarray:
-        return model.predict_on_batch(network_input(batch, 0, preprocess))
+        return forward(batch, 0)
 
     return encode
 

@@ -27,10 +27,13 @@ from comp.data.views import (
     TTA_VIEWS,
     Jitter,
     dihedral_view,
-    dihedral_view_tensor,
     random_views,
 )
 from comp.log import progress, unit_done
+from comp.training.compute import frozen_batch_size
+
+# the feature pass's arithmetic, in cache keys: 2 is frozen_forward's one graph
+FORWARD_PASS = 2
 
 if TYPE_CHECKING:
     from comp.config import AugmentSettings
@@ -126,7 +129,8 @@ class FeatureStore:
 
         `data_key` is the split's content fingerprint (`Prepared.split_key`: ids, content
         hashes and order), so a replaced, added or reordered image is never read stale."""
-        key = {**self.key_parts, "comp": __version__, "split": split, "views": views.views,
+        key = {**self.key_parts, "comp": __version__, "pass": FORWARD_PASS, "split": split,
+               "views": views.views,
                "random": views.random_identity(),
                "data": data_key if data_key is not None else len(images)}
         desc = f"features {self.key_parts.get('backbone', '')} {split}"
@@ -137,7 +141,7 @@ class FeatureStore:
 
 
 def compute_features(images: np.ndarray, encoder: Encoder, views: ViewSet,
-                     batch_size: int = 128, desc: str = "features",
+                     batch_size: int | None = None, desc: str = "features",
                      out: Path | None = None) -> np.ndarray | None:
     """Encoder outputs of each view of `images`: (len(views.views) + views.n_random, N, ...).
 
@@ -147,12 +151,14 @@ def compute_features(images: np.ndarray, encoder: Encoder, views: ViewSet,
     sequential) and None is returned: it never has to fit in memory, and neither the
     images (read batch by batch from their cache file) nor the features are mapped into
     this process while they are computed. Images decoded on read are decoded once for
-    all the views (comp.data.images.decoded_once).
+    all the views (comp.data.images.decoded_once). `batch_size` None: the machine's
+    (comp.training.compute.frozen_batch_size).
     """
     scratch = Path(out).parent if out is not None else Path(tempfile.gettempdir())
     passes = len(views.views) + (1 if views.n_random else 0)
     with decoded_once(images, scratch, passes) as readable:
-        return _compute(readable, encoder.folded(), views, batch_size, desc, out)
+        return _compute(readable, encoder.folded(), views,
+                        batch_size or frozen_batch_size(), desc, out)
 
 
 def _compute(images: np.ndarray, encoder: Encoder, views: ViewSet, batch_size: int,
@@ -162,6 +168,7 @@ def _compute(images: np.ndarray, encoder: Encoder, views: ViewSet, batch_size: i
     sources = [("view", v) for v in views.views] + [("random", i) for i in range(views.n_random)]
     total = len(sources) * max(1, int(np.ceil(len(images) / batch_size)))
     started = time.time()
+    outputs = _outputs_of(encoder)
     with progress(total=total, desc=desc) as bar, _FeatureSink(out, len(sources),
                                                                 len(images)) as sink:
         for position, (source, which) in enumerate(sources):
@@ -169,12 +176,29 @@ def _compute(images: np.ndarray, encoder: Encoder, views: ViewSet, batch_size: i
                 stop = min(start + batch_size, len(images))
                 batch, view = ((read_rows(images, start, stop), which) if source == "view"
                                else (extra[which][start:stop], 0))
-                sink.add(position, start, _prefix_outputs(batch, view, encoder))
+                sink.add(position, start, outputs(batch, view))
                 bar.update(1)
             if len(images):  # piped logs get a line per view, not one silent stretch
                 unit_done("view", of=desc, view=f"{position + 1}/{len(sources)}",
                           images=len(images), seconds=time.time() - started)
     return sink.result
+
+
+def _outputs_of(encoder: Encoder) -> Callable[[np.ndarray, int], np.ndarray]:
+    """(uint8 batch, dihedral view) -> the batch's features: float16 prefix outputs, or
+    with no prefix the preprocessed view (uint8 where preprocessing is the identity: the
+    model rescales its input itself)."""
+    if encoder.prefix is not None:
+        return frozen_forward(encoder.prefix, encoder.preprocess)
+    identity = is_identity_preprocess(encoder.preprocess)
+
+    def preprocessed(batch: np.ndarray, view: int) -> np.ndarray:
+        viewed = dihedral_view(batch, view)
+        if identity:
+            return viewed
+        return encoder.preprocess(viewed.astype(np.float32)).astype(np.float16)
+
+    return preprocessed
 
 
 class _FeatureSink:
@@ -240,28 +264,27 @@ def read_rows(images: np.ndarray, start: int, stop: int) -> np.ndarray:
     return np.asarray(images[start:stop])
 
 
-def _prefix_outputs(batch: np.ndarray, view: int, encoder: Encoder) -> np.ndarray:
-    """The features of dihedral `view` of the uint8 `batch`: float16 encoder outputs."""
-    if encoder.prefix is None:
-        viewed = dihedral_view(batch, view)
-        if is_identity_preprocess(encoder.preprocess):
-            return viewed  # uint8: the model rescales its input itself
-        return encoder.preprocess(viewed.astype(np.float32)).astype(np.float16)
+def frozen_forward(model, preprocess: Callable, dtype: str = "float16"
+                   ) -> Callable[[np.ndarray, int], np.ndarray]:
+    """A function (uint8 batch, dihedral view) -> `model`'s outputs as `dtype`: the view,
+    the float cast, `preprocess`, the forward pass and the cast run as one graph, traced
+    once for every batch size and view (the view is a tensor). 1.2-1.3x the eager ops
+    around `predict_on_batch` at 224 px, and one trace instead of one per batch shape
+    (bench/README.md, "inference.py"). Graph optimisation may move a preprocessed value
+    by one float32 ulp (`x / 127.5 - 1`), so features differ from NumPy's arithmetic in
+    the last bit of a few float16 values; training and prediction share this function."""
     import tensorflow as tf
 
-    out = encoder.prefix.predict_on_batch(network_input(batch, view, encoder.preprocess))
-    return tf.cast(out, tf.float16).numpy()
+    channels = model.input_shape[-1]
 
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, channels], tf.uint8),
+                                  tf.TensorSpec([], tf.int32)])
+    def forward(batch, view):
+        turned = tf.image.rot90(batch, k=view % 4)
+        turned = tf.cond(view >= 4, lambda: tf.reverse(turned, axis=[2]), lambda: turned)
+        return tf.cast(model(preprocess(tf.cast(turned, tf.float32)), training=False), dtype)
 
-def network_input(batch: np.ndarray, view: int, preprocess: Callable):
-    """The backbone's input for dihedral `view` of the uint8 `batch`: the view, the float
-    cast and `preprocess` as eager TensorFlow ops, multi-threaded (1.5x the feature pass
-    of NumPy's single thread at 224 px) and giving NumPy's numbers to the bit. Eager, not
-    a tf.function: graph optimisation rewrites `x / 127.5 - 1` and moves results by an
-    ulp (bench/README.md, "inference.py")."""
-    import tensorflow as tf
-
-    return preprocess(tf.cast(dihedral_view_tensor(batch, view), tf.float32))
+    return lambda batch, view: forward(batch, tf.constant(view, tf.int32)).numpy()
 
 
 def is_identity_preprocess(preprocess) -> bool:
