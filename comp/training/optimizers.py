@@ -10,25 +10,26 @@ if TYPE_CHECKING:
     from comp.config import TrainSettings
 
 
-def _sgd(train: TrainSettings, ema: dict):
+def _sgd(train: TrainSettings, shared: dict):
     import keras
 
-    return keras.optimizers.SGD(train.lr, momentum=train.momentum, nesterov=True, **ema)
+    return keras.optimizers.SGD(train.lr, momentum=train.momentum, nesterov=True, **shared)
 
 
-def _adam(train: TrainSettings, ema: dict):
+def _adam(train: TrainSettings, shared: dict):
     import keras
 
-    return keras.optimizers.Adam(train.lr, **ema)
+    return keras.optimizers.Adam(train.lr, **shared)
 
 
-def _adamw(train: TrainSettings, ema: dict):
+def _adamw(train: TrainSettings, shared: dict):
     import keras
 
-    return keras.optimizers.AdamW(train.lr, weight_decay=train.weight_decay, **ema)
+    return keras.optimizers.AdamW(train.lr, weight_decay=train.weight_decay, **shared)
 
 
-# sgd: Nesterov momentum; adam; adamw: decoupled weight decay (train.weight_decay)
+# sgd: Nesterov momentum; adam; adamw: decoupled weight decay (train.weight_decay); each
+# takes the options every optimizer shares (EMA, gradient clipping) as keyword arguments
 OPTIMIZERS: dict[str, Callable[[TrainSettings, dict], object]] = {
     "sgd": _sgd, "adam": _adam, "adamw": _adamw}
 
@@ -37,9 +38,13 @@ def make_optimizer(train: TrainSettings, rate_scales: dict[str, float] | None = 
     """The Keras optimizer of a model's `train` settings; with `train.ema`, it keeps an
     exponential moving average of the weights (Keras's use_ema), which the model ends
     with. `rate_scales` (variable path -> factor, `depth_rate_scales`) scales the
-    learning rate of those variables (discriminative learning rates)."""
-    ema = {"use_ema": True, "ema_momentum": train.ema_momentum} if train.ema else {}
-    optimizer = OPTIMIZERS[train.optimizer](train, ema)
+    learning rate of those variables (discriminative learning rates). With
+    `train.clipnorm`, each step's gradients are scaled down to that global norm where
+    they exceed it (Keras's `global_clipnorm`)."""
+    shared = {"use_ema": True, "ema_momentum": train.ema_momentum} if train.ema else {}
+    if train.clipnorm is not None:
+        shared["global_clipnorm"] = train.clipnorm
+    optimizer = OPTIMIZERS[train.optimizer](train, shared)
     if rate_scales and any(scale != 1.0 for scale in rate_scales.values()):
         optimizer.__class__ = _scaled_class(type(optimizer))
         optimizer.rate_scales = dict(rate_scales)
