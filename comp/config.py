@@ -97,10 +97,15 @@ def _copy_tree(source, target: Path) -> None:
 
 
 def setting(default: Any = dataclasses.MISSING, allowed: Constraint | None = None, *,
-            factory: Any = dataclasses.MISSING) -> Any:
+            factory: Any = dataclasses.MISSING, before: Any = dataclasses.MISSING) -> Any:
     """A schema field with its rule beside it: `default` (or a `factory` for lists), and
-    the `Constraint` its value must follow, which `validate` checks."""
-    return field(default=default, default_factory=factory, metadata={"allowed": allowed})
+    the `Constraint` its value must follow, which `validate` checks. `before`: for a model
+    setting added with a default that changes training, what a spec.json written before
+    it (which lacks the key) reads it as: the way that model was trained (Settings)."""
+    metadata = {"allowed": allowed}
+    if before is not dataclasses.MISSING:
+        metadata["before"] = before
+    return field(default=default, default_factory=factory, metadata=metadata)
 
 
 @dataclass
@@ -179,7 +184,7 @@ class TrainConfig:
     warmup: int = setting(0, Int(0))  # epochs of linear learning-rate warm-up before the schedule
     # clip each step's gradients to this global norm (None: never): a loose bound that
     # only an exploding step reaches; it saved a fine-tune fold that diverged at lr 0.01
-    clipnorm: float | None = setting(10.0, Optional(POSITIVE))
+    clipnorm: float | None = setting(10.0, Optional(POSITIVE), before=None)
     ema: bool = False  # keep, score and end with an exponential moving average of the weights
     ema_momentum: float = setting(  # train.ema: momentum of the moving average
         0.99, Interval(0, 1, closed="neither"))
@@ -489,8 +494,9 @@ class Settings:
     defaults it takes. Code reads attributes (`spec.train.lr`).
 
     `absent` names the keys that a spec.json written by an older comp does not record
-    (keys added since): they read as their defaults but stay out of `as_dict`, which
-    ModelSpec hashes, so such a model keeps its recorded id.
+    (keys added since): they read as their defaults (or, for a key whose default changed
+    training, as the schema's `before` value: how that model was trained) but stay out of
+    `as_dict`, which ModelSpec hashes, so such a model keeps its recorded id.
     """
 
     absent: frozenset[str]
@@ -515,7 +521,10 @@ class Settings:
         if unknown:
             raise CompError(f"{where}: unknown setting(s) {unknown}; was it written by a "
                             "newer comp? Use that version")
-        return cls(**values, absent=frozenset(known - values.keys()))
+        absent = known - values.keys()
+        before = {item.name: item.metadata["before"] for item in dataclasses.fields(cls)
+                  if item.name in absent and "before" in item.metadata}
+        return cls(**values, **before, absent=frozenset(absent))
 
 
 def frozen_settings(schema: type) -> type[Settings]:

@@ -13,9 +13,16 @@ from comp.config import _OVERRIDABLE_SECTIONS, SETTINGS, load_config
 from comp.errors import CompError
 from comp.models.spec import ModelSpec, make_spec, with_params
 
-# computed before ModelSpec held typed settings (its model/train/augment were dicts);
-# float32 is what `auto` gives on a CPU, and leaves the precision out of the id
+# float32 is what `auto` gives on a CPU, and leaves the precision out of the id. The
+# default ids changed once on purpose, when train.clipnorm=10 changed how every fine-tune
+# trains; `train.clipnorm=null` gives the ids before it (PINNED_BEFORE_CLIPNORM, computed
+# before ModelSpec held typed settings, when its model/train/augment were dicts)
 PINNED = {
+    "small_cnn": "small_cnn-6ab9c8f2",
+    "mobilenet_025": "mobilenet_025-fadbb69c",
+    "mobilenet_025-block12": "mobilenet_025-block12-a174ba54",
+}
+PINNED_BEFORE_CLIPNORM = {
     "small_cnn": "small_cnn-eb05e8e9",
     "mobilenet_025": "mobilenet_025-9dbd0f3e",
     "mobilenet_025-block12": "mobilenet_025-block12-28b05367",
@@ -24,7 +31,7 @@ PINNED = {
 NEWER = {
     "train": ("max_batches", "weight_decay", "warmup", "ema", "ema_momentum", "average_last",
               "average_top", "mixup", "cutmix", "lr_depth_ratio", "epoch_choice",
-              "stop_fraction"),
+              "stop_fraction", "clipnorm"),
     "augment": ("shift", "choose_views", "online_shift", "online_rotation", "online_zoom",
                 "online_randaugment"),
 }
@@ -40,14 +47,20 @@ def test_the_default_configs_model_ids_are_pinned(cfg, backbone):
     assert make_spec(cfg, backbone, "folds0").model_id == PINNED[backbone]
 
 
+@pytest.mark.parametrize("backbone", sorted(PINNED_BEFORE_CLIPNORM))
+def test_clipnorm_off_gives_the_ids_from_before_it(backbone):
+    cfg = load_config(["compute.precision=float32", "train.clipnorm=null"])
+    assert make_spec(cfg, backbone, "folds0").model_id == PINNED_BEFORE_CLIPNORM[backbone]
+
+
 def test_tuned_params_and_pseudo_labels_keep_their_ids(cfg):
     spec = make_spec(cfg, "mobilenet_025", "folds0")
     tuned = with_params(spec, {"train.lr": 0.02, "model.unfreeze": "block12",
                                "augment.random_views": 4})
-    assert tuned.model_id == "mobilenet_025-8eb3be56"
+    assert tuned.model_id == "mobilenet_025-c943d63a"
     assert spec.model_id == PINNED["mobilenet_025"]  # with_params leaves `spec` alone
     pseudo = make_spec(cfg, "small_cnn", "folds0", pseudo={"round": 1, "source": "x"})
-    assert pseudo.model_id == "small_cnn-bf714930"
+    assert pseudo.model_id == "small_cnn-583d9223"
 
 
 def test_a_spec_json_reads_back_with_its_id(cfg):
@@ -66,6 +79,7 @@ def test_an_older_spec_json_keeps_its_recorded_id_and_settings(cfg):
             del old[section][key]
     loaded = ModelSpec.from_json(old, spec.weights, {})
     assert loaded.model_id == "mobilenet_025-07413f19"  # as it was hashed when written
+    assert loaded.train.clipnorm is None  # trained before clipping: read back without it
     described = loaded.describe()
     for section in ("model", "train", "augment"):
         assert described[section] == old[section]  # no key added to the recording
