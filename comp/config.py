@@ -182,8 +182,8 @@ class TrainConfig:
     weight_decay: float = setting(  # optimizer=adamw: decoupled weight decay
         0.004, Interval(0, 1, closed="left"))
     warmup: int = setting(0, Int(0))  # epochs of linear learning-rate warm-up before the schedule
-    # clip each step's gradients to this global norm (None: never): a loose bound that
-    # only an exploding step reaches; it saved a fine-tune fold that diverged at lr 0.01
+    # clip each step's gradients to this global norm (None: never): a loose bound meant
+    # for exploding steps; it saved a fine-tune fold that diverged at lr 0.01
     clipnorm: float | None = setting(10.0, Optional(POSITIVE), before=None)
     ema: bool = False  # keep, score and end with an exponential moving average of the weights
     ema_momentum: float = setting(  # train.ema: momentum of the moving average

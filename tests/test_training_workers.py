@@ -150,3 +150,14 @@ def test_a_worker_that_dies_is_one_line_and_a_rerun_resumes(tmp_path, competitio
     assert run_comp("stage=train", *overrides) == 0
     assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # not trained again
     assert len(list((tmp_path / "runs/tiny/preds").iterdir())) == 1
+
+
+def test_frozen_batches_are_small_on_a_cpu_and_larger_with_a_gpu(monkeypatch):
+    """The frozen pass's batch follows the machine: 32 where TensorFlow sees no GPU (a
+    batch's activations stay in the CPU's caches), 128 where it sees one."""
+    from comp.training import compute
+
+    monkeypatch.setattr(compute, "visible_gpus", lambda: 0)
+    assert compute.frozen_batch_size() == 32
+    monkeypatch.setattr(compute, "visible_gpus", lambda: 1)
+    assert compute.frozen_batch_size() == 128

@@ -74,9 +74,9 @@ def visible_gpus() -> int:
 
 def frozen_batch_size() -> int:
     """Images per batch of a frozen forward pass (features, embeddings, prediction's
-    prefix): 32 on a CPU, where a batch's activations stay in the caches (1,859 views/s
-    against 1,581 at 128 for MobileNet 0.25 at 224 px here, bench/README.md
-    "inference.py"), 128 where a GPU wants larger batches."""
+    prefix): 32 on a CPU, where a batch's activations stay in the caches (1,328 views/s
+    against 1,137 at 128 for MobileNet 0.25 at 224 px here, bench/README.md "The feature
+    pass as one graph"), 128 where a GPU wants larger batches."""
     return 128 if visible_gpus() else 32
 
 

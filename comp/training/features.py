@@ -270,9 +270,10 @@ def frozen_forward(model, preprocess: Callable, dtype: str = "float16"
     the float cast, `preprocess`, the forward pass and the cast run as one graph, traced
     once for every batch size and view (the view is a tensor). 1.2-1.3x the eager ops
     around `predict_on_batch` at 224 px, and one trace instead of one per batch shape
-    (bench/README.md, "inference.py"). Graph optimisation may move a preprocessed value
-    by one float32 ulp (`x / 127.5 - 1`), so features differ from NumPy's arithmetic in
-    the last bit of a few float16 values; training and prediction share this function."""
+    (bench/README.md, "The feature pass as one graph"). Graph optimisation may move a
+    preprocessed value by one float32 ulp (`x / 127.5 - 1`), so features differ from
+    NumPy's arithmetic in the last bit of a few float16 values; training and prediction
+    share this function."""
     import tensorflow as tf
 
     channels = model.input_shape[-1]
