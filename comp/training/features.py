@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -80,14 +81,27 @@ class Encoder:
     prefix: object | None
     preprocess: Callable[[np.ndarray], np.ndarray]
 
-    def folded(self) -> Encoder:
-        """This encoder with its frozen prefix's batch norms folded into their
-        convolutions for speed (comp.models.build.fold_batch_norms): what computing
-        features runs, so a run whose features are cached never builds the copy."""
-        from comp.models.build import fold_batch_norms
+    @cached_property
+    def outputs(self) -> Callable[[np.ndarray, int], np.ndarray]:
+        """(uint8 batch, dihedral view) -> the batch's features: the prefix with its batch
+        norms folded into their convolutions for speed (comp.models.build.
+        fold_batch_norms), run by frozen_forward; or with no prefix the preprocessed view
+        (uint8 where preprocessing is the identity: the model rescales its input itself).
+        Made on first use, so a run whose features are cached never builds the folded
+        copy, and kept, so every split this encoder computes shares one copy and trace."""
+        if self.prefix is not None:
+            from comp.models.build import fold_batch_norms
 
-        return Encoder(None if self.prefix is None else fold_batch_norms(self.prefix),
-                       self.preprocess)
+            return frozen_forward(fold_batch_norms(self.prefix), self.preprocess)
+        identity = is_identity_preprocess(self.preprocess)
+
+        def preprocessed(batch: np.ndarray, view: int) -> np.ndarray:
+            viewed = dihedral_view(batch, view)
+            if identity:
+                return viewed
+            return self.preprocess(viewed.astype(np.float32)).astype(np.float16)
+
+        return preprocessed
 
 
 @dataclass(frozen=True)
@@ -157,7 +171,7 @@ def compute_features(images: np.ndarray, encoder: Encoder, views: ViewSet,
     scratch = Path(out).parent if out is not None else Path(tempfile.gettempdir())
     passes = len(views.views) + (1 if views.n_random else 0)
     with decoded_once(images, scratch, passes) as readable:
-        return _compute(readable, encoder.folded(), views,
+        return _compute(readable, encoder, views,
                         batch_size or frozen_batch_size(), desc, out)
 
 
@@ -168,7 +182,6 @@ def _compute(images: np.ndarray, encoder: Encoder, views: ViewSet, batch_size: i
     sources = [("view", v) for v in views.views] + [("random", i) for i in range(views.n_random)]
     total = len(sources) * max(1, int(np.ceil(len(images) / batch_size)))
     started = time.time()
-    outputs = _outputs_of(encoder)
     with progress(total=total, desc=desc) as bar, _FeatureSink(out, len(sources),
                                                                 len(images)) as sink:
         for position, (source, which) in enumerate(sources):
@@ -176,29 +189,12 @@ def _compute(images: np.ndarray, encoder: Encoder, views: ViewSet, batch_size: i
                 stop = min(start + batch_size, len(images))
                 batch, view = ((read_rows(images, start, stop), which) if source == "view"
                                else (extra[which][start:stop], 0))
-                sink.add(position, start, outputs(batch, view))
+                sink.add(position, start, encoder.outputs(batch, view))
                 bar.update(1)
             if len(images):  # piped logs get a line per view, not one silent stretch
                 unit_done("view", of=desc, view=f"{position + 1}/{len(sources)}",
                           images=len(images), seconds=time.time() - started)
     return sink.result
-
-
-def _outputs_of(encoder: Encoder) -> Callable[[np.ndarray, int], np.ndarray]:
-    """(uint8 batch, dihedral view) -> the batch's features: float16 prefix outputs, or
-    with no prefix the preprocessed view (uint8 where preprocessing is the identity: the
-    model rescales its input itself)."""
-    if encoder.prefix is not None:
-        return frozen_forward(encoder.prefix, encoder.preprocess)
-    identity = is_identity_preprocess(encoder.preprocess)
-
-    def preprocessed(batch: np.ndarray, view: int) -> np.ndarray:
-        viewed = dihedral_view(batch, view)
-        if identity:
-            return viewed
-        return encoder.preprocess(viewed.astype(np.float32)).astype(np.float16)
-
-    return preprocessed
 
 
 class _FeatureSink:
