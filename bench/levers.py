@@ -99,7 +99,9 @@ def table(run: Path, truth: Path | None) -> pd.DataFrame:
               if e["info"].get("labels", True) and e["info"].get("round", 0) == 0}
     round0_singles = {e["name"]: probs[e["name"]] for e in singles
                       if e["info"].get("round", 0) == 0}
-    extra["round 0: selected (nested)"] = nested_selection(round0, y, folds, rank_by)[0]
+    ensembles = frozenset(e["name"] for e in found if e["info"]["kind"] != "single")
+    extra["round 0: selected (nested)"] = nested_selection(round0, y, folds, rank_by, None,
+                                                           ensembles)[0]
     extra["round 0: selected among single models (nested)"] = nested_selection(
         round0_singles, y, folds, rank_by)[0]
     for e in [*found, *({"name": name, "info": {"kind": "selection", "round": ""},

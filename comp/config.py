@@ -419,6 +419,11 @@ class SubmitConfig:
     # the CV score that ranks the leaderboard and so picks rank 1 (submit, predict, export);
     # auto: submit.metric; log_loss: a steadier choice that favours calibrated ensembles
     rank_by: str = setting("auto", Options("auto", *HIGHER_IS_BETTER))
+    # where pseudo-label rounds ran: the latest rounds' pick replaces round 0's pick only
+    # if better by more than this many paired bootstrap standard errors of rank_by on the
+    # OOF rows (per outer fold in the nested CV); null: the latest rounds always
+    round_margin: float | None = setting(  # evidence a pseudo-label round needs to be picked
+        0.5, Optional(Interval(0, None)))
 
 
 @dataclass

@@ -27,7 +27,7 @@ from comp.models.heads import view_average_proba
 from comp.models.registry import get_backbone
 from comp.models.spec import ClassicSpec, ModelSpec, spec_class
 from comp.models.weights import ResolvedWeights, resolve_weights
-from comp.predictions import current_sets, is_ensemble, read_prediction_set
+from comp.predictions import current_sets, is_ensemble, read_prediction_set, round_zero_sets
 from comp.selection import best_entry
 from comp.training.compute import model_scope
 from comp.training.features import Encoder, ViewPlan, ViewSet, compute_features
@@ -97,8 +97,8 @@ def _cv_info(folder: Path, metric: str) -> dict:
 
 def best_prediction_set(run: RunDir, rank_by: str) -> str:
     """The name of the finished model or ensemble that stage=submit ranks first: the entry
-    it picked (selection.json, comp.selection.pick_entry) where that is still a current
-    entry, else the best CV `rank_by` score (comp.selection.ranking_metric) among those
+    it picked (selection.json, comp.selection.pick_round) where that is still a current
+    entry or round 0's, else the best CV `rank_by` score (comp.selection.ranking_metric) among those
     that give probabilities, each model at its latest pseudo-label round."""
     sets = {info.get("model_id") or info["name"]: info["cv"]
             for info in (_cv_info(p, rank_by) for p in current_sets(run.prediction_sets()))
@@ -107,7 +107,11 @@ def best_prediction_set(run: RunDir, rank_by: str) -> str:
         raise CompError(f"{run.root}: no finished models; run stage=train first")
     if run.selection_json.exists():
         selected = read_json(run.selection_json)
-        if selected.get("rank_by") == rank_by and selected.get("final_choice") in sets:
+        kept = {info.get("model_id") or info["name"]  # round 0's pick, where it stayed
+                for info in map(read_json, (p / CV_JSON for p in
+                                            round_zero_sets(run.prediction_sets())))}
+        if (selected.get("rank_by") == rank_by
+                and selected.get("final_choice") in set(sets) | kept):
             return selected["final_choice"]
     return best_entry(sets, rank_by)
 

@@ -65,6 +65,17 @@ def current_sets(folders: list[Path]) -> list[Path]:
             if (info.get("model_id") or info.get("name") or str(folder)) not in gone]
 
 
+def round_zero_sets(folders: list[Path]) -> list[Path]:
+    """The finished prediction sets of round 0 (models trained without pseudo-labels and
+    ensembles of them) where a later pseudo-label round finished too; else none. They
+    compete with the latest rounds' entries in the choice of rank 1
+    (comp.selection.pick_round)."""
+    rounds = {folder: int(read_json(folder / CV_JSON).get("round", 0)) for folder in folders}
+    if not any(rounds.values()):
+        return []
+    return [folder for folder, round_ in rounds.items() if round_ == 0]
+
+
 def read_table(path: str | Path, text_columns: tuple[str, ...] = TEXT_COLUMNS) -> pd.DataFrame:
     """Read a CSV that comp wrote, values as written: ids, labels and other names stay
     text (`0000`, `1`, `True`, `NA` and `None` are not numbers, booleans or missing),

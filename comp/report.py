@@ -176,15 +176,17 @@ def shown_leaderboard(leaderboard: pd.DataFrame, metric: str = "accuracy",
                                                         if c not in _SHOWN]]
 
 
-def lever_rows(entries: dict[str, dict], rank_by: str) -> pd.DataFrame:
+def lever_rows(entries: dict[str, dict], rank_by: str,
+               round_margin: float | None = None) -> pd.DataFrame:
     """What each lever the run used gained, on the same folds: the nested selection (by
     the CV `rank_by` score, as stage=submit chooses) with
     the lever's entries against the same selection without them (paired bootstrap
     standard errors). `entries`: name -> {"oof": frame, "classes": [...], "info": cv.json}.
     Levers: ensembling (ensembles vs single models), each pseudo-label round r (entries
     of rounds <= r vs rounds < r, each model at its latest round there: a round's models
-    replace their teachers, comp.predictions.superseded), tuning (tuned vs untuned
-    models)."""
+    replace their teachers, comp.predictions.superseded, and round 0's pick stays where
+    the round's is not ahead by `round_margin` standard errors, comp.selection.pick_round),
+    tuning (tuned vs untuned models)."""
     from comp.selection import nested_selection, paired_difference
 
     if not entries:
@@ -203,19 +205,26 @@ def lever_rows(entries: dict[str, dict], rank_by: str) -> pd.DataFrame:
         gone = superseded(names)
         return {n: probs[n] for n in names if n not in gone}
 
+    def round_zero(keep) -> dict[str, np.ndarray]:
+        return {n: probs[n] for n, i in info.items() if keep(i) and not int(i.get("round", 0))}
+
     rounds = sorted({int(i.get("round", 0)) for i in info.values()})
-    levers = [("ensembling", current(lambda i: True), current(lambda i: not is_ensemble(i)))]
-    levers += [(f"pseudo-label round {r}", current(lambda i, r=r: int(i.get("round", 0)) <= r),
-                current(lambda i, r=r: int(i.get("round", 0)) < r)) for r in rounds if r > 0]
-    levers.append(("tuning", current(lambda i: True),
-                   current(lambda i: not i.get("tuned", False))))
+    levers = [("ensembling", lambda i: True, lambda i: not is_ensemble(i))]
+    levers += [(f"pseudo-label round {r}", lambda i, r=r: int(i.get("round", 0)) <= r,
+                lambda i, r=r: int(i.get("round", 0)) < r) for r in rounds if r > 0]
+    levers.append(("tuning", lambda i: True, lambda i: not i.get("tuned", False)))
+    ensembles = frozenset(n for n in probs if is_ensemble(info[n]))
     rows = []
-    for lever, a, b in levers:
+    for lever, keep_with, keep_without in levers:
+        a, b = current(keep_with), current(keep_without)
         if not b or set(a) == set(b):
             continue  # the run did not use this lever
-        ensembles = frozenset(n for n in a if is_ensemble(info[n]))
-        with_oof, _ = nested_selection(a, y, folds, rank_by, classes, ensembles)
-        without_oof, _ = nested_selection(b, y, folds, rank_by, classes, ensembles)
+        # each side chosen as stage=submit chooses: round 0's pick stays unless a
+        # pseudo-label round's is ahead by round_margin (comp.selection.pick_round)
+        with_oof, _ = nested_selection(a, y, folds, rank_by, classes, ensembles,
+                                       round_zero(keep_with), round_margin)
+        without_oof, _ = nested_selection(b, y, folds, rank_by, classes, ensembles,
+                                          round_zero(keep_without), round_margin)
         row = {"lever": lever, "entries with": len(a), "entries without": len(b)}
         for m in ("accuracy", "macro_f1"):
             diff, se = paired_difference(m, y, with_oof, without_oof, classes=classes)
@@ -238,7 +247,7 @@ def build_report(run: RunDir, leaderboard: pd.DataFrame, paths: dict[str, str],
     trained_rounds = {int(read_json(p / CV_JSON).get("round", 0)) for p in sets.values()}
     ensembles = {f"ensemble-{p.name}": p for p in run.ensemble_sets()}
     sections = [*_leaderboard_section(leaderboard, metric, rank_by),
-                *_lever_section({**sets, **ensembles}, rank_by),
+                *_lever_section({**sets, **ensembles}, rank_by, record.get("round_margin")),
                 *_oof_sections(leaderboard, sets, ensembles, paths, out),
                 *_curve_section(run, sets, out),
                 *_pseudo_sections(run, trained_rounds, out),
@@ -256,21 +265,24 @@ def _leaderboard_section(leaderboard: pd.DataFrame, metric: str, rank_by: str) -
             "nested CV above chooses the same way.</p>"]
 
 
-def _lever_section(folders: dict[str, Path], rank_by: str) -> list[str]:
+def _lever_section(folders: dict[str, Path], rank_by: str,
+                   round_margin: float | None) -> list[str]:
     """The levers table of the run's finished prediction sets (`folders`: name -> set)."""
     found = {}
     for name, folder in folders.items():
         prediction = read_prediction_set(folder)
         found[name] = {"oof": prediction.oof, "classes": prediction.classes,
                        "info": prediction.info}
-    levers = lever_rows(found, rank_by)
+    levers = lever_rows(found, rank_by, round_margin)
     if levers.empty:
         return []
     return ["<h2>Levers: what each gained on the same folds</h2>",
             "<p>The nested selection (rank 1 chosen on the other folds) with the "
             "lever's entries against the same selection without them; paired "
             "bootstrap standard errors. A pseudo-label round's models replace their "
-            "earlier rounds' (the leaderboard ranks the latest).</p>",
+            "earlier rounds' (the leaderboard ranks the latest), except that round 0's "
+            "pick stays rank 1 where the round's is not clearly ahead "
+            "(submit.round_margin).</p>",
             levers.to_html(index=False)]
 
 

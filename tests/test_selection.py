@@ -148,3 +148,81 @@ def test_the_picked_entry_is_rank_1_of_the_leaderboard(tmp_path):
     picked = write_leaderboard(tmp_path / "b.csv", rows, "accuracy", first="small_cnn-2")
     assert picked["name"].tolist() == ["small_cnn-2", "ensemble-optuna-1", "mobilenet-3"]
     assert picked["rank"].tolist() == [1, 2, 3]
+
+
+def test_a_pseudo_label_rounds_pick_replaces_round_0s_only_by_the_margin():
+    """pick_round: the round's entry, one image ahead of round 0's on 200 rows (inside
+    half a paired SE), leaves round 0's pick in place; 25 images ahead, it is taken; with
+    margin None the latest round is taken as before. The nested selection scores each
+    fold with the entry the same rule picks on the other folds."""
+    from comp.selection import pick_round
+
+    y, close = _entries(extra_right=1)
+    latest, earlier = {"r1": close["ensemble"]}, {"r0": close["single"]}
+    assert pick_round(latest, earlier, y, "accuracy", margin=0.5) == "r0"
+    assert pick_round(latest, earlier, y, "accuracy", margin=None) == "r1"
+    assert pick_round(latest, {}, y, "accuracy", margin=0.5) == "r1"
+    folds = np.arange(len(y)) % 4
+    oof, chosen = nested_selection(latest, y, folds, "accuracy", earlier=earlier, margin=0.5)
+    every = {**latest, **earlier}
+    for fold, name in chosen.items():
+        others = folds != fold
+        assert name == pick_round({"r1": latest["r1"][others]}, {"r0": earlier["r0"][others]},
+                                  y[others], "accuracy", margin=0.5)
+        assert np.array_equal(oof[folds == fold], every[name][folds == fold])
+    assert "r0" in chosen.values()
+    y, clear = _entries(extra_right=25)
+    assert pick_round({"r1": clear["ensemble"]}, {"r0": clear["single"]}, y, "accuracy",
+                      margin=0.5) == "r1"
+
+
+def _round_pair(run, competition, fixed: int, broken: int) -> None:
+    """preds/ of a run with a round-0 model (right on 16 of the 24 rows) and its round-1
+    successor, which fixes `fixed` of its wrong rows and breaks `broken` right ones."""
+    import pandas as pd
+
+    from comp.predictions import probs_frame, write_prediction_set
+
+    train = pd.read_csv(competition / "train.csv", dtype=str)
+    classes = sorted(train["label"].unique())
+    y = train["label"].map(classes.index).to_numpy()
+    right0 = np.arange(len(y)) < 16
+    right1 = right0.copy()
+    right1[16:16 + fixed] = True
+    right1[:broken] = False
+    test_ids = sorted(p.name for p in (competition / "test").iterdir())
+    test = np.full((len(test_ids), len(classes)), 1 / len(classes))
+    for name, right, round_ in (("cnn-r0", right0, 0), ("cnn-r1", right1, 1)):
+        oof = probs_frame(train["id"].tolist(), _probs(y, right, len(classes)), classes,
+                          fold=np.arange(len(y)) % 2, label=train["label"].tolist())
+        write_prediction_set(run / "preds" / name, oof, probs_frame(test_ids, test, classes),
+                             classes, {"model_id": name, "kind": "single", "round": round_,
+                                       "lineage": "cnn-r0"})
+
+
+def test_round_0s_pick_stays_rank_1_where_the_round_is_not_clearly_ahead(tmp_path,
+                                                                        competition):
+    from comp.artifacts import read_json
+    from comp.inference import best_prediction_set
+    from comp.workspace import run_dir
+    from tests.helpers import leaderboard, run_comp, submissions, tiny_overrides
+
+    overrides = tiny_overrides(tmp_path, competition)
+    run = run_dir(str(tmp_path / "runs"), "tiny")
+    _round_pair(run.root, competition, fixed=3, broken=2)  # one row ahead of 24: noise
+    assert run_comp("stage=submit", *overrides) == 0
+    board = leaderboard(tmp_path)
+    assert board["name"].tolist() == ["cnn-r0", "cnn-r1"]  # round 0 kept, first
+    assert (submissions(tmp_path) / board["file"][0]).exists()
+    assert read_json(run.selection_json)["final_choice"] == "cnn-r0"
+    assert best_prediction_set(run, "accuracy") == "cnn-r0"  # what stage=predict uses
+    assert run_comp("stage=submit", *overrides, "submit.round_margin=null") == 0
+    assert leaderboard(tmp_path)["name"].tolist()[0] == "cnn-r1"  # the latest round, as before
+
+
+def test_a_round_clearly_ahead_replaces_round_0(tmp_path, competition):
+    from tests.helpers import leaderboard, run_comp, tiny_overrides
+
+    _round_pair(tmp_path / "runs" / "tiny", competition, fixed=8, broken=0)
+    assert run_comp("stage=submit", *tiny_overrides(tmp_path, competition)) == 0
+    assert leaderboard(tmp_path)["name"].tolist() == ["cnn-r1"]  # round 0 replaced

@@ -10,7 +10,7 @@ from comp.artifacts import read_json, write_json
 from comp.data.prepared import load_competition
 from comp.errors import CompError
 from comp.log import get_logger
-from comp.predictions import current_sets, is_ensemble, read_prediction_set
+from comp.predictions import current_sets, is_ensemble, read_prediction_set, round_zero_sets
 from comp.selection import leaderboard_uncertainty, ranking_metric, selection_headline
 from comp.submission import (
     SubmissionTarget,
@@ -37,21 +37,29 @@ def run(cfg: DictConfig):
     metric = cfg.submit.metric
     rank_by = ranking_metric(metric, cfg.submit.rank_by)
     predictions = [read_prediction_set(s) for s in sets]
-    labelled = [p for p in predictions if p.gives_labels]
-    if not labelled:
+    if not any(p.gives_labels for p in predictions):
         raise CompError(f"{run.root}: no entry gives labels; add a model or another method")
-    specs = {p.name: read_json(run.model_dir(p.name) / SPEC_JSON) for p in predictions
+    earlier = [read_prediction_set(s) for s in round_zero_sets(finished)]
+    uncertainty = leaderboard_uncertainty(predictions, metric, rank_by, earlier,
+                                          cfg.submit.round_margin)
+    selected = uncertainty["__selected__"]
+    kept = [p for p in earlier if p.name == selected["final_choice"]
+            and p.name not in {q.name for q in predictions}]
+    if kept:
+        get_logger().info("submit: round 0's %s stays rank 1: the pseudo-label round's best "
+                          "is not ahead by more than %s paired standard errors "
+                          "(submit.round_margin)", kept[0].name, cfg.submit.round_margin)
+    shown = [*predictions, *kept]
+    specs = {p.name: read_json(run.model_dir(p.name) / SPEC_JSON) for p in shown
              if not is_ensemble(p.info)
              and (run.model_dir(p.name) / SPEC_JSON).exists()}
-    settings = entry_settings(specs, {p.name: p.info for p in predictions
-                                      if is_ensemble(p.info)})
+    settings = entry_settings(specs, {p.name: p.info for p in shown if is_ensemble(p.info)})
     # rank averages are not probabilities: never turned into a submission (AUC in cv.json)
     target = SubmissionTarget(folder, cfg.name, competition, metric, rank_by)
-    rows = [write_submission(target, p, settings.get(p.name, "")) for p in labelled]
-    uncertainty = leaderboard_uncertainty(predictions, metric, rank_by)
+    rows = [write_submission(target, p, settings.get(p.name, ""))
+            for p in shown if p.gives_labels]
     for row in rows:
         row.update(uncertainty.get(row["name"], {}))
-    selected = uncertainty["__selected__"]
     board = write_leaderboard(leaderboard_path(cfg.submissions_dir, cfg.name), rows, rank_by,
                               selected["final_choice"])
     best = board.iloc[0]
