@@ -16,7 +16,7 @@ from comp.artifacts import read_json
 from comp.data.prepared import Prepared
 from comp.deadline import Deadline
 from comp.errors import CompError
-from comp.log import get_logger, progress, progress_mode
+from comp.log import get_logger, progress, progress_mode, quiet_tensorflow
 from comp.models.choice import Hardware, detect_hardware
 from comp.models.spec import ModelSpec, make_classic_spec, make_spec, native_side
 from comp.predictions import read_table
@@ -87,6 +87,8 @@ def train_round(cfg: DictConfig, prepared: Prepared, round_: int,
     pending = pending_units(specs, prepared, folds)
     hardware = detect_hardware()
     workers = min(unit_workers(cfg, hardware), len(pending))
+    if workers <= 1 and pending:
+        quiet_tensorflow()  # the units train in this process
     if workers > 1:  # the units run there; the loop below finds them done and collects
         train_in_workers(pending, WorkerSetup(
             prepared, round_, cfg.pseudo.weight, cfg.tensorboard, progress_mode(),

@@ -30,8 +30,10 @@ from comp.log import (
 from comp.stages import STAGES
 
 _WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM}
-# stages that build Keras models: TensorFlow is imported (quietly) just before they run
-TF_STAGES = {"train", "plan", "pseudo", "tune", "predict", "export", "all"}
+# stages that build Keras models: TensorFlow is imported (quietly) just before they run,
+# except in those that may hand all their training to worker processes, which import it
+# where a unit trains in this process (comp.rounds.train_round, comp.tuning.search)
+TF_STAGES = {"plan", "pseudo", "tune", "predict", "export"}
 # stages that read the competition folder (predict and export use the run directory only)
 DATA_STAGES = {"all", "ensemble", "plan", "prepare", "pseudo", "report", "submit", "train",
                "tune"}

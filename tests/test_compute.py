@@ -83,3 +83,29 @@ def test_mixed_float16_trains_and_predicts_on_this_cpu(tmp_path, competition):
     probs = pd.read_csv(tmp_path / "runs/tiny/preds" / model.name / "oof.csv"
                         ).filter(like="p_").to_numpy()
     assert np.isfinite(probs).all() and np.allclose(probs.sum(1), 1, atol=1e-3)
+
+
+def test_a_gpu_driver_is_told_by_its_device_files(tmp_path):
+    from comp.training.compute import gpu_driver_present
+
+    assert not gpu_driver_present(tmp_path)
+    (tmp_path / "nvidiactl").touch()
+    assert gpu_driver_present(tmp_path)
+
+
+def test_the_main_process_plans_a_run_without_loading_tensorflow():
+    """stage=all's and stage=train's modules import without TensorFlow, and on a machine
+    without a GPU driver the GPU count needs none: the main process hands training to
+    workers and never holds TensorFlow's 0.45 GB (the units import it where they train)."""
+    import subprocess
+    import sys
+
+    from comp.training.compute import gpu_driver_present
+
+    check = ("import sys; import comp.run, comp.stages.all, comp.stages.train, comp.rounds, "
+             "comp.tuning.search, comp.pseudo.files; "
+             "from comp.models.choice import detect_hardware; gpus = detect_hardware().gpus; "
+             "print('tensorflow' in sys.modules, gpus)")
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out[0] == ("True" if gpu_driver_present() else "False")

@@ -10,9 +10,13 @@ CPU (where it made the fine-tune's training steps 2-9x slower here, bench/README
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from functools import cache
+from pathlib import Path
+
+from comp.log import quiet_tensorflow
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")  # compute.precision
 JIT_COMPILE = ("auto", True, False)  # compute.jit_compile
@@ -66,10 +70,24 @@ def available_memory() -> float | None:
 
 
 def visible_gpus() -> int:
-    """The number of GPUs TensorFlow sees."""
+    """The number of GPUs TensorFlow sees; 0 without importing it on a Linux machine with
+    no GPU driver's device files, so a process that only plans units and hands them to
+    workers does not load TensorFlow for the question (0.45 GB)."""
+    if "tensorflow" not in sys.modules and not gpu_driver_present():
+        return 0
+    quiet_tensorflow()
     import tensorflow as tf
 
     return len(tf.config.list_physical_devices("GPU"))
+
+
+def gpu_driver_present(dev: Path = Path("/dev")) -> bool:
+    """Whether a GPU driver's device files are in `dev` (NVIDIA's, AMD ROCm's /dev/kfd,
+    WSL's /dev/dxg), without which TensorFlow sees no GPU on Linux; True where that cannot
+    be told (not Linux: TensorFlow is asked)."""
+    if not sys.platform.startswith("linux"):
+        return True
+    return any((dev / name).exists() for name in ("nvidiactl", "nvidia0", "kfd", "dxg"))
 
 
 def frozen_batch_size() -> int:

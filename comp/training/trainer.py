@@ -16,6 +16,7 @@ import socket
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -34,20 +35,31 @@ from comp.config import AugmentSettings
 from comp.crashpoints import crash_point
 from comp.data.folder import SPLITS
 from comp.errors import CompError
-from comp.log import get_logger, progress, unit_done
+from comp.log import get_logger, progress, quiet_tensorflow, unit_done
 from comp.metrics import scores
 from comp.models.build import build_backbone, create_head, split_backbone, weight_bytes
 from comp.models.registry import get_backbone
 from comp.models.spec import ClassicSpec, ModelSpec, lineage
 from comp.predictions import SINGLE, probs_frame, read_table, write_prediction_set
-from comp.training.callbacks import predict_views
 from comp.training.classic import ClassicFeatures, train_classic_fold
 from comp.training.compute import model_scope
 from comp.training.features import Encoder, FeatureStore, ViewPlan, ViewSet
-from comp.training.fit import FoldData, class_weights, fit_fold, predict_tta
 from comp.training.units import TrainOptions, Unit, UnitResult
 from comp.training.viewchoice import ALL, IDENTITY, PROBE_TOL, choose_views, unit_descriptors
 from comp.workspace import FOLD_HISTORY, FOLD_METRICS, FOLD_WEIGHTS, SPEC_JSON, TEST_CSV, unit_lock
+
+if TYPE_CHECKING:
+    from comp.training.fit import FoldData
+
+
+def fit_module():
+    """comp.training.fit (Keras and TensorFlow), imported where a fold trains, with
+    TensorFlow's start-up lines silenced: a process that only plans units and hands
+    them to workers never loads TensorFlow (0.45 GB)."""
+    quiet_tensorflow()
+    from comp.training import fit
+
+    return fit
 
 
 @dataclass
@@ -132,7 +144,8 @@ def fold_data(featured: FeaturedModel, spec: ModelSpec, split: RowSplit,
         stop = val
     elif choice == "inner":
         rows, stop = inner_holdout(rows, labels, split.groups, train.stop_fraction, train.seed)
-    per_class = class_weights(labels[rows], n_classes, train.class_weight)
+    fit = fit_module()
+    per_class = fit.class_weights(labels[rows], n_classes, train.class_weight)
     targets = np.eye(n_classes)[labels]
     weights = per_class[labels]
     pseudo_features = None
@@ -143,7 +156,7 @@ def fold_data(featured: FeaturedModel, spec: ModelSpec, split: RowSplit,
         soft_class = pseudo.targets.argmax(1)
         weights = np.concatenate([weights, pseudo.weights * per_class[soft_class]])
     train_views, tta_views = view_arms(plan, spec.augment)[views]
-    return FoldData(featured.features["train"], train_views, rows, targets[rows],
+    return fit.FoldData(featured.features["train"], train_views, rows, targets[rows],
                     weights[rows], val, labels[val], tta_views, pseudo_features, stop,
                     None if stop is None else labels[stop])
 
@@ -361,11 +374,12 @@ def _train_fold(featured: FeaturedModel, spec: ModelSpec, unit: Unit, out: Path)
     def show(epoch: int, logs: dict) -> None:
         bar.set_postfix(fold=fold, epoch=epoch, val_auc=f"{logs['val_auc']:.3f}")
 
-    history, best_epoch = fit_fold(model, data, spec.train, seed, show,
+    fit = fit_module()
+    history, best_epoch = fit.fit_fold(model, data, spec.train, seed, show,
                                    str(out / "logs") if unit.tensorboard else None,
                                    spec.compute, first_epoch)
-    val_probs = predict_views(model, featured.features["train"], data.tta_views, val)
-    split_probs = {split: predict_tta(model, featured.features[split],
+    val_probs = fit.predict_views(model, featured.features["train"], data.tta_views, val)
+    split_probs = {split: fit.predict_tta(model, featured.features[split],
                                       split_positions(featured.plan, split, views))
                    for split in ("test", "unlabeled")}
     ensure_free_space(out / FOLD_WEIGHTS, weight_bytes(model))

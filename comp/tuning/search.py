@@ -24,11 +24,10 @@ from comp.config import mask_url
 from comp.crashpoints import crash_point
 from comp.data.prepared import Prepared
 from comp.errors import CompError
-from comp.log import get_logger, progress, unit_done
+from comp.log import get_logger, progress, quiet_tensorflow, unit_done
 from comp.models.registry import Backbone, get_backbone
 from comp.models.spec import ModelSpec, make_spec, native_side, with_params
-from comp.training.fit import fit_fold
-from comp.training.trainer import FeaturedModel, RowSplit, fold_data
+from comp.training.trainer import FeaturedModel, RowSplit, fit_module, fold_data
 from comp.tuning.space import default_trial, suggest
 from comp.tuning.studies import (
     StudyLock,
@@ -64,6 +63,7 @@ def tuned_backbones(cfg: DictConfig) -> list[str]:
 def tune_backbone(cfg: DictConfig, prepared: Prepared, backbone_name: str) -> dict:
     """Bring each unit's study of `backbone_name` to tune.n_trials finished trials
     (Optuna's own logging kept to warnings for the while: quiet_optuna)."""
+    quiet_tensorflow()  # the trials train in this process
     with quiet_optuna():
         return _tune_backbone(cfg, prepared, backbone_name)
 
@@ -144,7 +144,7 @@ def _objective(cfg: DictConfig, prepared: Prepared, base: ModelSpec, backbone: B
             model = featured.new_head(spec, len(classes), spec.train.seed + fold)
             if step == 0:
                 crash_point(f"trial:{trial.number}")  # tests: COMP_CRASH_AT=trial:<n> dies
-            history, best_epoch = fit_fold(model, data, spec.train,
+            history, best_epoch = fit_module().fit_fold(model, data, spec.train,
                                            spec.train.seed + fold, compute=spec.compute)
             values.append(float(history[f"val_{metric}"][best_epoch]))
             del model
