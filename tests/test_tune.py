@@ -70,7 +70,17 @@ def test_studies_resume_and_count_trials_once(tmp_path, tuned):
 
 @pytest.mark.slow
 def test_params_best_trains_each_fold_with_its_own_settings(tmp_path, tuned):
-    assert run_comp("stage=train", "params=best", *tuned) == 0
+    import logging
+
+    optuna_lines = []  # Optuna's own INFO lines ("Using an existing study ...") stay quiet
+    handler = logging.Handler()
+    handler.emit = optuna_lines.append
+    logging.getLogger("optuna").addHandler(handler)
+    try:
+        assert run_comp("stage=train", "params=best", *tuned) == 0
+    finally:
+        logging.getLogger("optuna").removeHandler(handler)
+    assert not [r.getMessage() for r in optuna_lines if r.levelno < logging.WARNING]
     board_models = list((run_path(tmp_path) / "preds").iterdir())
     assert len(board_models) == 1
     spec = json.loads((run_path(tmp_path) / "models" / board_models[0].name / "spec.json")

@@ -207,10 +207,11 @@ def tuned_spec(cfg: DictConfig, prepared: Prepared, backbone_name: str,
                      native=native_side(prepared.competition.train["path"].tolist()))
     fold_params = {}
     for fold in range(prepared.n_units):
-        study = open_study(study_name(cfg, backbone_name, fold, prepared.folds_key),
-                           storage_url(cfg, prepared),
-                           cfg.tune.metric, cfg.tune.pruner, cfg.tune.seed + fold,
-                           cfg.tune.heartbeat_grace)
+        with quiet_optuna():  # no "Using an existing study" line per unit
+            study = open_study(study_name(cfg, backbone_name, fold, prepared.folds_key),
+                               storage_url(cfg, prepared),
+                               cfg.tune.metric, cfg.tune.pruner, cfg.tune.seed + fold,
+                               cfg.tune.heartbeat_grace)
         try:
             fold_params[str(fold)] = study.best_trial.params
         except ValueError:
