@@ -5,6 +5,7 @@ rounds), ensembles report the nested figure, near-duplicates stay in one fold.""
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,7 @@ import pytest
 from PIL import Image
 
 import comp.training.classic as classic
-import comp.training.trainer as trainer
+import comp.training.fit as fit
 import comp.tuning.search as tune_search
 from comp.config import load_config
 from comp.data.folds import duplicate_groups, fingerprints
@@ -26,17 +27,18 @@ from tests.helpers import TUNE_FAST, make_competition, tiny_overrides
 def _record_fits(monkeypatch) -> list[dict]:
     """Wrap every fit the product makes and record which rows it trained on."""
     calls: list[dict] = []
-    real_fit, real_classic = trainer.fit_fold, classic.fit_classic
+    real_fit, real_classic = fit.fit_fold, classic.fit_classic
     real_features = classic.ClassicFeatures.__init__
 
-    def recorder(kind: str):
-        def fit_fold(model, data, *args, **kwargs):
-            calls.append({"kind": kind, "rows": np.asarray(data.rows).copy(),
-                          "n_labelled": data.features.shape[1],
-                          "val": np.asarray(data.val_rows),
-                          "stop": None if data.stop_rows is None else np.asarray(data.stop_rows)})
-            return real_fit(model, data, *args, **kwargs)
-        return fit_fold
+    def fit_fold(model, data, *args, **kwargs):
+        # the one fit every fine-tune and tuning trial makes; the caller says which
+        caller = sys._getframe(1).f_code.co_filename
+        calls.append({"kind": "tune" if caller == tune_search.__file__ else "finetune",
+                      "rows": np.asarray(data.rows).copy(),
+                      "n_labelled": data.features.shape[1],
+                      "val": np.asarray(data.val_rows),
+                      "stop": None if data.stop_rows is None else np.asarray(data.stop_rows)})
+        return real_fit(model, data, *args, **kwargs)
 
     def fit_classic(spec, rows, *args, **kwargs):
         calls.append({"kind": "classic", "n_rows": rows.features.shape[1],
@@ -47,8 +49,7 @@ def _record_fits(monkeypatch) -> list[dict]:
         real_features(self, *args, **kwargs)
         calls.append({"kind": "embeddings", "train": np.asarray(self.features["train"][0])})
 
-    monkeypatch.setattr(trainer, "fit_fold", recorder("finetune"))
-    monkeypatch.setattr(tune_search, "fit_fold", recorder("tune"))
+    monkeypatch.setattr(fit, "fit_fold", fit_fold)
     monkeypatch.setattr(classic, "fit_classic", fit_classic)
     monkeypatch.setattr(classic.ClassicFeatures, "__init__", classic_features)
     return calls
