@@ -146,9 +146,9 @@ def pick_round(candidates: dict[str, np.ndarray], earlier: dict[str, np.ndarray]
     pick (pick_entry) is taken where it beats round 0's pick by more than `margin`
     paired bootstrap standard errors of `rank_by` on these rows, else round 0's pick;
     `margin` None, or no `earlier` entries: the latest rounds' pick. On wbc the round's
-    near-tied models made the per-fold pick flip among them (the selected pipeline -0.020
-    on average over four runs, three negative); with a margin of half a standard error
-    -0.003, while the glyphs, mnist2k and digits keep most of their gains
+    near-tied models made the per-fold pick flip among them (the selected pipeline -0.017
+    on average over five runs, four negative); with a margin of half a standard error
+    -0.004, while the glyphs, mnist2k and digits keep most of their gains
     (bench/README.md, "A pseudo-label round must earn its place")."""
     latest = pick_entry(candidates, y, rank_by, classes, ensembles)
     if margin is None or not earlier or set(earlier) == set(candidates):
