@@ -87,12 +87,12 @@ def train_round(cfg: DictConfig, prepared: Prepared, round_: int,
     pending = pending_units(specs, prepared, folds)
     hardware = detect_hardware()
     workers = min(unit_workers(cfg, hardware), len(pending))
-    if workers <= 1 and pending:
-        quiet_tensorflow()  # the units train in this process
     if workers > 1:  # the units run there; the loop below finds them done and collects
         train_in_workers(pending, WorkerSetup(
             prepared, round_, cfg.pseudo.weight, cfg.tensorboard, progress_mode(),
             get_logger().level), workers, hardware.cpus, deadline)
+    elif pending:
+        quiet_tensorflow()  # the units train in this process
     results = []
     for spec in progress(specs, desc=f"models round {round_}", disable=len(specs) < 2 or None):
         result = train_spec(spec, prepared, {"round": round_},

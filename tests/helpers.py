@@ -240,10 +240,12 @@ def make_pixel_competition(root: Path, side: int = 8, per_class: int = 10, n_tes
 
 
 def fake_prediction_set(run: Path, competition: Path, model_id: str = "small_cnn-fake",
-                        seed: int = 0) -> Path:
+                        seed: int = 0, oof_probs: np.ndarray | None = None,
+                        **info: object) -> Path:
     """Write preds/<model_id>/ into run directory `run` as training would (oof.csv,
-    test.csv, cv.json last), with random probabilities for `competition`'s images: enough
-    for stage=submit, ensemble and the leaderboard without training a model."""
+    test.csv, cv.json last), with random probabilities for `competition`'s images (or
+    `oof_probs` for the train rows, in train.csv's order) and `info` added to cv.json:
+    enough for stage=submit, ensemble and the leaderboard without training a model."""
     from comp.predictions import probs_frame, write_prediction_set
 
     rng = np.random.default_rng(seed)
@@ -251,9 +253,12 @@ def fake_prediction_set(run: Path, competition: Path, model_id: str = "small_cnn
     test_ids = sorted(p.name for p in (competition / "test").iterdir())
     classes = sorted(train["label"].unique())
     folds = np.arange(len(train)) % 2
-    oof = probs_frame(train["id"].tolist(), rng.dirichlet(np.ones(len(classes)), len(train)),
-                      classes, fold=folds, label=train["label"].tolist())
+    if oof_probs is None:
+        oof_probs = rng.dirichlet(np.ones(len(classes)), len(train))
+    oof = probs_frame(train["id"].tolist(), oof_probs, classes, fold=folds,
+                      label=train["label"].tolist())
     test = probs_frame(test_ids, rng.dirichlet(np.ones(len(classes)), len(test_ids)), classes)
     folder = run / "preds" / model_id
-    write_prediction_set(folder, oof, test, classes, {"model_id": model_id, "kind": "single"})
+    write_prediction_set(folder, oof, test, classes,
+                         {"model_id": model_id, "kind": "single", **info})
     return folder

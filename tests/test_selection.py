@@ -181,7 +181,7 @@ def _round_pair(run, competition, fixed: int, broken: int) -> None:
     successor, which fixes `fixed` of its wrong rows and breaks `broken` right ones."""
     import pandas as pd
 
-    from comp.predictions import probs_frame, write_prediction_set
+    from tests.helpers import fake_prediction_set
 
     train = pd.read_csv(competition / "train.csv", dtype=str)
     classes = sorted(train["label"].unique())
@@ -190,14 +190,9 @@ def _round_pair(run, competition, fixed: int, broken: int) -> None:
     right1 = right0.copy()
     right1[16:16 + fixed] = True
     right1[:broken] = False
-    test_ids = sorted(p.name for p in (competition / "test").iterdir())
-    test = np.full((len(test_ids), len(classes)), 1 / len(classes))
     for name, right, round_ in (("cnn-r0", right0, 0), ("cnn-r1", right1, 1)):
-        oof = probs_frame(train["id"].tolist(), _probs(y, right, len(classes)), classes,
-                          fold=np.arange(len(y)) % 2, label=train["label"].tolist())
-        write_prediction_set(run / "preds" / name, oof, probs_frame(test_ids, test, classes),
-                             classes, {"model_id": name, "kind": "single", "round": round_,
-                                       "lineage": "cnn-r0"})
+        fake_prediction_set(run, competition, name, oof_probs=_probs(y, right, len(classes)),
+                            round=round_, lineage="cnn-r0")
 
 
 def test_round_0s_pick_stays_rank_1_where_the_round_is_not_clearly_ahead(tmp_path,

@@ -72,7 +72,7 @@ def available_memory() -> float | None:
 def visible_gpus() -> int:
     """The number of GPUs TensorFlow sees; 0 without importing it on a Linux machine with
     no GPU driver's device files, so a process that only plans units and hands them to
-    workers does not load TensorFlow for the question (0.45 GB)."""
+    workers does not load TensorFlow for the question."""
     if "tensorflow" not in sys.modules and not gpu_driver_present():
         return 0
     quiet_tensorflow()

@@ -55,7 +55,8 @@ if TYPE_CHECKING:
 def fit_module():
     """comp.training.fit (Keras and TensorFlow), imported where a fold trains, with
     TensorFlow's start-up lines silenced: a process that only plans units and hands
-    them to workers never loads TensorFlow (0.45 GB)."""
+    them to workers never loads TensorFlow (84-194 MiB less peak memory on the bench
+    folders, bench/README.md "The four folders at this stop's HEAD")."""
     quiet_tensorflow()
     from comp.training import fit
 
