@@ -79,6 +79,32 @@ def test_round_trip_and_no_fold_sees_its_own_validation_images(tmp_path, trained
     assert summary["folds"]["0"]["n"] == 10
 
 
+@pytest.mark.slow
+def test_round_two_is_taught_by_round_zero_or_round_one_as_the_selection_would_pick(
+        tmp_path, trained):
+    overrides = tiny_overrides(tmp_path, trained, **{  # round 0 is trained there
+        "pseudo.rounds": "2", "pseudo.rule": "threshold", "pseudo.threshold": "0.0",
+        "pseudo.class_cap": "10"})
+    assert run_comp("stage=all", *overrides) == 0
+    run = tmp_path / "runs" / "tiny"
+    by_round = {(json.loads(p.read_text())["pseudo"] or {}).get("round", 0): p.parent.name
+                for p in (run / "models").glob("*/spec.json")}
+    assert sorted(by_round) == [0, 1, 2]
+    summary = json.loads((run / "pseudo" / "round2" / "summary.json").read_text())
+    settings = summary["settings"]
+    assert settings["voters"] == [by_round[1]] and settings["round_zero"] == [by_round[0]]
+    assert settings["round_margin"] == 0.5
+    for unit in ("0", "1"):
+        teacher = summary["folds"][unit]["teacher"]
+        assert teacher in (by_round[0], by_round[1])
+        table = pd.read_csv(run / "pseudo" / "round2" / f"fold{unit}.csv")
+        assert set(table.sources) == {teacher}
+        fold_dir = run / "models" / teacher / f"fold{unit}"
+        vote = pd.concat([pd.read_csv(fold_dir / "unlabeled.csv"),
+                          pd.read_csv(fold_dir / "test.csv")]).set_index("id")
+        assert np.allclose(vote.loc[table.id, P_COLS].max(axis=1), table.confidence)
+
+
 def test_training_a_round_without_its_files_is_a_clear_error(tmp_path, competition, capsys):
     assert run_comp("stage=train", "pseudo.round=2", *tiny_overrides(tmp_path, competition)) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -185,6 +211,28 @@ def test_an_ensemble_teacher_when_it_beats_every_voter_on_the_other_rows(tmp_pat
     assert singles.teacher in ("a", "b")  # no ensemble method: a voter alone
 
 
+@pytest.mark.parametrize(("margin", "expected"), [(None, "a"), (0.0, "a"), (2.0, "r0")])
+def test_a_later_rounds_teacher_keeps_round_zeros_pick_as_the_selection_does(
+        tmp_path, margin, expected):
+    # round 2's teacher: the round-1 voters a and b, round 0's r0; on unit 0's other rows
+    # (fold 1) a is right on all 4, r0 on 3, b on none: a leads r0 by one row of 4 (paired
+    # bootstrap SE about 0.22), which clears a margin of 0 standard errors, not one of 2
+    from comp.pseudo.teacher import Teacher
+
+    right = np.eye(2)[[0, 1] * 4] * 0.8 + 0.1
+    a, b, r0 = right.copy(), right.copy(), right.copy()
+    b[4:] = b[4:, ::-1]
+    r0[5] = r0[5, ::-1]
+    prepared = _teacher_run(tmp_path, {"a": a, "b": b, "r0": r0})
+    teacher = Teacher(prepared, ["a", "b"], "selected", "accuracy", [], earlier_ids=["r0"],
+                      margin=margin)
+    votes = teacher.votes(0, ["unlabeled"])
+    assert (votes.teacher, votes.voters) == (expected, [expected])
+    # the pool file of the chosen model's unit 0: a sorts first ([0.9, 0.1]), r0 does not
+    assert votes.probs.tolist() == ([[0.9, 0.1]] if expected == "a" else [[0.1, 0.9]])
+    assert teacher.settings().get("round_margin") == margin  # part of the round's files' key
+
+
 def test_with_two_folds_the_teacher_leaves_out_ensembles_it_cannot_score_nested(tmp_path):
     # outside a unit's validation rows there is one fold: a learned ensemble fitted there
     # cannot be scored nested (its inner fit would see no rows), so only the plain mean
@@ -200,7 +248,8 @@ def test_with_two_folds_the_teacher_leaves_out_ensembles_it_cannot_score_nested(
     prepared = _teacher_run(tmp_path, {"a": a, "b": b})
     teacher = Teacher(prepared, ["a", "b"], "selected", "accuracy", ["optuna", "stacked", "mean"])
     pool = np.full((2, 1, 2), 0.5)  # the voters' probabilities on one pool image
-    assert set(teacher._candidates(0, pool)) == {"a", "b", "ensemble-mean"}
+    assert set(teacher._candidates(0, ["a", "b"], teacher.oof, pool)) == {
+        "a", "b", "ensemble-mean"}
     assert teacher.votes(0, ["unlabeled"]).teacher == "ensemble-mean"
 
 

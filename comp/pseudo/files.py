@@ -2,10 +2,11 @@
 
 A unit is a fold of one repeat (unit u = repeat * K + fold; the folds with
 data.repeats=1). Unit u's teacher (comp.pseudo.teacher) is built from its round r-1
-models, which never saw unit u's validation images; its probabilities on the pool splits
-are selected by the rules of comp.pseudo.rules and written to pseudo/round<r>/fold<u>.csv
-with a summary.json; pool images that are near-duplicates of unit u's validation images
-are left out of unit u's file.
+models (from round 2 on, also its round 0 models, which the selection may keep:
+submit.round_margin), none of which saw unit u's validation images; its probabilities on
+the pool splits are selected by the rules of comp.pseudo.rules and written to
+pseudo/round<r>/fold<u>.csv with a summary.json; pool images that are near-duplicates of
+unit u's validation images are left out of unit u's file.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ def make_pseudo_labels(cfg: DictConfig, prepared: Prepared, round_: int) -> dict
     rules = cfg.pseudo
     voter_ids = _voter_ids(cfg, prepared, round_)
     run, classes = prepared.run, prepared.competition.classes
-    teacher = Teacher.of(cfg, prepared, voter_ids)
+    # from round 2 on, round 0's models compete as the selection lets them (pick_round)
+    earlier_ids = _voter_ids(cfg, prepared, 1) if round_ >= 2 else None
+    teacher = Teacher.of(cfg, prepared, voter_ids, earlier_ids)
     settings = _round_settings(rules, teacher, prepared)
     summary_path = run.pseudo_summary(round_)
     if summary_path.exists() and read_json(summary_path).get("settings") == settings:
