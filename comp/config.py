@@ -309,6 +309,12 @@ class PseudoConfig:
     soft: bool = False  # soft targets (the vote, sharpened) instead of hard labels
     temperature: float = setting(1.0, POSITIVE)  # sharpening of soft targets: p ** (1 / T)
     weight: float = setting(0.5, Interval(0, None))  # sample weight of a pseudo-labelled image
+    # knowledge distillation in a round's fine-tunes: each labelled training row of unit
+    # u trains twice, on its label and (with this sample weight) on unit u's teacher's
+    # probabilities for it, sharpened by `temperature`; the teacher's models trained on
+    # those rows (their train.csv), never on unit u's validation rows; None: off
+    distill: float | None = setting(  # weight of the teacher's targets on labelled rows
+        None, Optional(Interval(0, None, closed="neither")))
     # round r's fine-tunes start from the weights of the models they replace (round r-1,
     # same unit: trained without that unit's validation rows) and run only the last this
     # many epochs of train.epochs' schedule; None: from the ImageNet weights, every epoch

@@ -82,15 +82,16 @@ def train_round(cfg: DictConfig, prepared: Prepared, round_: int,
             raise CompError(f"config: only.fold={cfg.only.fold} is outside "
                             f"0..{prepared.n_units - 1}{units}")
         folds = [cfg.only.fold]
-    loader = None if round_ == 0 else pseudo_loader(prepared, round_, cfg.pseudo.weight)
+    loader = None if round_ == 0 else pseudo_loader(prepared, round_, cfg.pseudo.weight,
+                                                    cfg.pseudo.distill)
     deadline = deadline or Deadline.start(cfg.time_limit)  # one for all models
     pending = pending_units(specs, prepared, folds)
     hardware = detect_hardware()
     workers = min(unit_workers(cfg, hardware), len(pending))
     if workers > 1:  # the units run there; the loop below finds them done and collects
         train_in_workers(pending, WorkerSetup(
-            prepared, round_, cfg.pseudo.weight, cfg.tensorboard, progress_mode(),
-            get_logger().level), workers, hardware.cpus, deadline)
+            prepared, round_, cfg.pseudo.weight, cfg.pseudo.distill, cfg.tensorboard,
+            progress_mode(), get_logger().level), workers, hardware.cpus, deadline)
     elif pending:
         quiet_tensorflow()  # the units train in this process
     results = []

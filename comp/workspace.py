@@ -25,6 +25,9 @@ FOLD_WEIGHTS = "model.weights.h5"  # fold<k>/: a fine-tuned fold's trained head 
 FOLD_ESTIMATOR = "model.joblib"  # fold<k>/: a classic fold's fitted scikit-learn head
 FOLD_HISTORY = "history.csv"  # fold<k>/: a fine-tuned fold's scores per epoch
 FOLD_METRICS = "metrics.json"  # fold<k>/: written last, so its presence marks the fold done
+# fold<k>/<split>.csv: a unit's probabilities on the test and unlabeled images, and on its
+# own training rows (in-sample, split DISTILL_SPLIT: a later round's distillation targets)
+DISTILL_SPLIT = "train"
 CV_JSON = "cv.json"  # a prediction set's CV figures, written after its CSVs
 OOF_CSV = "oof.csv"  # a prediction set's out-of-fold probabilities
 TEST_CSV = "test.csv"  # a prediction set's test probabilities

@@ -105,6 +105,50 @@ def test_round_two_is_taught_by_round_zero_or_round_one_as_the_selection_would_p
         assert np.allclose(vote.loc[table.id, P_COLS].max(axis=1), table.confidence)
 
 
+@pytest.mark.slow
+def test_distillation_targets_are_each_units_own_training_rows_taught_in_sample(
+        tmp_path, trained, capsys):
+    overrides = tiny_overrides(tmp_path, trained, **{  # round 0 is trained there
+        "pseudo.rounds": "1", "pseudo.distill": "0.7", "pseudo.soft": "true",
+        "classic.models": "[pixels@8+logreg]", "pseudo.voters": "[small_cnn]"})
+    run = tmp_path / "runs" / "tiny"
+    round0 = next((run / "models").iterdir())  # the template's small_cnn
+    # a unit trained before comp wrote its in-sample probabilities: one line, nothing lost
+    kept = (round0 / "fold1" / "train.csv").read_bytes()
+    (round0 / "fold1" / "train.csv").unlink()
+    assert run_comp("stage=all", *overrides) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fold1/train.csv: missing (pseudo.distill" in err[0], err
+    (round0 / "fold1" / "train.csv").write_bytes(kept)
+    assert run_comp("stage=all", *overrides) == 0
+    folds = pd.read_csv(run / "folds.csv", dtype={"id": str})
+    by_round = {(json.loads(p.read_text())["pseudo"] or {}).get("round", 0): p.parent
+                for p in (run / "models").glob("small_cnn-*/spec.json")}
+    round1 = by_round[1]
+    classic1 = next(p.parent for p in (run / "models").glob("pixels*/spec.json")
+                    if json.loads(p.read_text())["pseudo"])
+    for unit in (0, 1):
+        table = pd.read_csv(run / "pseudo" / "round1" / f"fold{unit}.csv", dtype={"id": str})
+        labelled = table[table.split == "train"].set_index("id")
+        # every training row of the unit, none of its validation rows
+        assert sorted(labelled.index) == sorted(folds.id[folds.fold != unit])
+        # targets: the round-0 unit's in-sample probabilities on them (its only voter)
+        in_sample = pd.read_csv(round0 / f"fold{unit}" / "train.csv",
+                                dtype={"id": str}).set_index("id")
+        assert np.allclose(labelled[P_COLS], in_sample.loc[labelled.index, P_COLS])
+        metrics = json.loads((round1 / f"fold{unit}" / "metrics.json").read_text())
+        assert sorted(metrics["pseudo_ids"]) == sorted(table.id)
+        assert metrics["n_pseudo"] == len(table) > len(labelled)
+        # a classic head learns from the pool's hard labels alone
+        classic = json.loads((classic1 / f"fold{unit}" / "metrics.json").read_text())
+        assert sorted(classic["pseudo_ids"]) == sorted(table.id[table.split != "train"])
+        summary = json.loads((run / "pseudo" / "round1" / "summary.json").read_text())
+        assert summary["folds"][str(unit)]["n_distill"] == len(labelled)
+        assert summary["settings"]["distill"] == 0.7
+    spec = json.loads((round1 / "spec.json").read_text())
+    assert spec["pseudo"]["distill"] == 0.7
+
+
 def test_training_a_round_without_its_files_is_a_clear_error(tmp_path, competition, capsys):
     assert run_comp("stage=train", "pseudo.round=2", *tiny_overrides(tmp_path, competition)) == 2
     err = capsys.readouterr().err.strip().splitlines()

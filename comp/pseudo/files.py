@@ -6,7 +6,9 @@ models (from round 2 on, also its round 0 models, which the selection may keep:
 submit.round_margin), none of which saw unit u's validation images; its probabilities on
 the pool splits are selected by the rules of comp.pseudo.rules and written to
 pseudo/round<r>/fold<u>.csv with a summary.json; pool images that are near-duplicates of
-unit u's validation images are left out of unit u's file.
+unit u's validation images are left out of unit u's file. With pseudo.distill the file
+also holds unit u's training rows (split `train`) with the same teacher's in-sample
+probabilities as soft targets: knowledge distillation for the round's fine-tunes.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from comp.pseudo.rules import Votes, pseudo_table, select_by_quota, select_pseud
 from comp.pseudo.teacher import Teacher
 from comp.rounds import specs_for_round
 from comp.training.trainer import fold_done, split_keys
+from comp.workspace import DISTILL_SPLIT
 
 
 def make_pseudo_labels(cfg: DictConfig, prepared: Prepared, round_: int) -> dict:
@@ -46,12 +49,19 @@ def make_pseudo_labels(cfg: DictConfig, prepared: Prepared, round_: int) -> dict
     truth = _truth(rules.truth)
     per_fold = {}
     twins = pool_twins(cfg, prepared, list(rules.splits))
+    pool = list(rules.splits)
     for fold in range(prepared.n_units):
-        votes = teacher.votes(fold, list(rules.splits))
-        table = _unit_table(prepared, rules, votes, fold, twins)
+        votes = teacher.votes(fold, pool + ([DISTILL_SPLIT] if rules.distill else []))
+        table = _unit_table(prepared, rules, votes.of_splits(pool), fold, twins)
+        per_fold[fold] = {**_fold_summary(table, classes, truth), "teacher": votes.teacher}
+        if rules.distill:  # every training row of the unit, its teacher's soft target
+            labelled = votes.of_splits([DISTILL_SPLIT])
+            table = pd.concat([table, pseudo_table(labelled, classes,
+                                                   np.arange(len(labelled.ids)), True,
+                                                   rules.temperature)], ignore_index=True)
+            per_fold[fold]["n_distill"] = len(labelled.ids)
         write_csv(run.pseudo_csv(round_, fold), table)
         crash_point(f"pseudo:{fold}")  # tests: a kill between two units' files
-        per_fold[fold] = {**_fold_summary(table, classes, truth), "teacher": votes.teacher}
     summary = {"round": round_, "settings": settings, "folds": per_fold,
                "labelled_counts": dict(zip(classes, counts.tolist(), strict=True))}
     write_json(summary_path, summary)
@@ -82,9 +92,10 @@ def _round_settings(rules, teacher: Teacher, prepared: Prepared) -> dict:
     """What a round's files depend on: its voters and teacher, the rules and the pool
     images."""
     plain = OmegaConf.to_container(rules)
+    distill = {} if rules.distill is None else {"distill": rules.distill}  # older files stand
     return {"voters": teacher.voter_ids, **teacher.settings(), **{k: plain[k] for k in (
         "splits", "rule", "fraction", "min_confidence", "threshold", "top_fraction",
-        "class_cap", "soft", "temperature")}, "twins": "excluded",
+        "class_cap", "soft", "temperature")}, **distill, "twins": "excluded",
         "pool": {s: prepared.split_key(s) for s in rules.splits}}
 
 

@@ -12,6 +12,7 @@ from comp.data.prepared import Prepared
 from comp.errors import CompError
 from comp.predictions import read_table
 from comp.training.trainer import PseudoRows
+from comp.workspace import DISTILL_SPLIT
 
 
 def pseudo_identity(cfg: DictConfig, prepared: Prepared, round_: int) -> dict:
@@ -25,19 +26,26 @@ def pseudo_identity(cfg: DictConfig, prepared: Prepared, round_: int) -> dict:
         raise CompError(f"{prepared.run.pseudo_summary(round_)}: missing, so round {round_}'s "
                         f"pseudo-label files are incomplete; run stage=pseudo "
                         f"pseudo.round={round_} again")
-    return {"round": round_, "weight": cfg.pseudo.weight,
+    distill = {} if cfg.pseudo.distill is None else {"distill": cfg.pseudo.distill}
+    return {"round": round_, "weight": cfg.pseudo.weight, **distill,
             "files": fingerprint([p.read_text() for p in paths])}
 
 
-def pseudo_loader(prepared: Prepared, round_: int, weight: float):
-    """unit, featured model -> PseudoRows of that unit's pseudo-label file."""
+def pseudo_loader(prepared: Prepared, round_: int, weight: float,
+                  distill: float | None = None):
+    """unit, featured model -> PseudoRows of that unit's pseudo-label file: pool rows of
+    sample weight `weight`, the labelled rows' distillation targets of weight `distill`."""
     classes = prepared.competition.classes
-    frames = {"test": prepared.competition.test, "unlabeled": prepared.competition.unlabeled}
+    # the labelled rows' features (split "train") are in folds.csv order
+    frames = {"test": prepared.competition.test, "unlabeled": prepared.competition.unlabeled,
+              DISTILL_SPLIT: prepared.folds}
 
     def load(fold: int, featured) -> PseudoRows:
         table = read_table(prepared.run.pseudo_csv(round_, fold))
         parts = []
         for split, rows in table.groupby("split", sort=False):
+            if split == DISTILL_SPLIT and not featured.distils:
+                continue  # a classic head learns from hard labels only
             position = {i: n for n, i in enumerate(frames[split]["id"])}
             index = [position[i] for i in rows["id"]]
             parts.append((featured.features[split][:, index], rows))
@@ -46,7 +54,9 @@ def pseudo_loader(prepared: Prepared, round_: int, weight: float):
         features = np.concatenate([p[0] for p in parts], axis=1)
         rows = pd.concat([p[1] for p in parts])
         targets = rows[[f"p_{c}" for c in classes]].to_numpy(dtype=np.float32)
-        return PseudoRows(features, targets, np.full(len(rows), weight, dtype=np.float32),
-                          rows["id"].tolist())
+        splits = rows["split"].tolist()
+        weights = np.array([weight if s != DISTILL_SPLIT else distill or 0.0 for s in splits],
+                           dtype=np.float32)
+        return PseudoRows(features, targets, weights, rows["id"].tolist(), splits)
 
     return load

@@ -29,6 +29,13 @@ class Votes:
     voters: list[str]
     teacher: str = "mean"
 
+    def of_splits(self, splits: list[str]) -> Votes:
+        """These votes on the images of `splits` only."""
+        keep = np.array([s in splits for s in self.splits], dtype=bool)
+        return Votes([i for i, k in zip(self.ids, keep, strict=True) if k],
+                     [s for s, k in zip(self.splits, keep, strict=True) if k],
+                     self.probs[keep], self.voters, self.teacher)
+
 
 def sharpen(probs: np.ndarray, temperature: float) -> np.ndarray:
     """p ** (1 / T), renormalised: T < 1 sharpens, T = 1 leaves `probs` as they are."""

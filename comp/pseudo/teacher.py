@@ -132,8 +132,13 @@ def _pool_probs(run, voter_ids: list[str], unit: int, splits: list[str],
     columns = prob_columns(classes)
     ids, names, probs = [], [], []
     for model_id in voter_ids:
-        frames = [read_table(run.fold_dir(model_id, unit) / f"{s}.csv").assign(split=s)
-                  for s in splits]
+        files = [run.fold_dir(model_id, unit) / f"{s}.csv" for s in splits]
+        missing = [f for f in files if not f.exists()]
+        if missing:  # a unit trained before comp wrote its in-sample train.csv
+            raise CompError(f"{missing[0]}: missing (pseudo.distill needs the unit's "
+                            f"probabilities on its training rows); delete "
+                            f"{missing[0].parent} and rerun, or unset pseudo.distill")
+        frames = [read_table(f).assign(split=s) for f, s in zip(files, splits, strict=True)]
         frame = pd.concat(frames, ignore_index=True)
         if probs and frame["id"].tolist() != ids:
             raise CompError(f"{run.fold_dir(model_id, unit)}: its pool predictions list "

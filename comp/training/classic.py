@@ -39,12 +39,14 @@ from comp.training.embeddings import (
     pooled_model,
 )
 from comp.training.units import Unit, UnitResult
-from comp.workspace import FOLD_ESTIMATOR
+from comp.workspace import DISTILL_SPLIT, FOLD_ESTIMATOR
 
 
 class ClassicFeatures:
     """The embeddings of every split for a classic spec: `features[split]` (V, N, D), the
     spec's parts concatenated."""
+
+    distils = False  # hard labels only: no distillation targets (pseudo.distill)
 
     def __init__(self, spec, prepared):
         self.views = TTA_VIEWS[spec.views]
@@ -330,6 +332,9 @@ def train_classic_fold(featured: ClassicFeatures, spec, unit: Unit, out: Path) -
     val_probs = view_average_proba(estimator, train[:, val], len(classes), seen)
     split_probs = {s: view_average_proba(estimator, featured.features[s], len(classes), seen)
                    for s in ("test", "unlabeled")}
+    # in-sample, for a later round's distillation (pseudo.distill)
+    split_probs[DISTILL_SPLIT] = view_average_proba(estimator, train[:, rows], len(classes),
+                                                    seen)
     with atomic_path(out / FOLD_ESTIMATOR, suffix=".joblib") as tmp:
         joblib.dump(estimator, tmp)
     return UnitResult(val_probs, split_probs, {

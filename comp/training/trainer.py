@@ -46,7 +46,15 @@ from comp.training.compute import model_scope
 from comp.training.features import Encoder, FeatureStore, ViewPlan, ViewSet
 from comp.training.units import TrainOptions, Unit, UnitResult
 from comp.training.viewchoice import ALL, IDENTITY, PROBE_TOL, choose_views, unit_descriptors
-from comp.workspace import FOLD_HISTORY, FOLD_METRICS, FOLD_WEIGHTS, SPEC_JSON, TEST_CSV, unit_lock
+from comp.workspace import (
+    DISTILL_SPLIT,
+    FOLD_HISTORY,
+    FOLD_METRICS,
+    FOLD_WEIGHTS,
+    SPEC_JSON,
+    TEST_CSV,
+    unit_lock,
+)
 
 if TYPE_CHECKING:
     from comp.training.fit import FoldData
@@ -65,12 +73,14 @@ def fit_module():
 
 @dataclass
 class PseudoRows:
-    """Extra training rows for one fold: features (V, M, ...), soft targets, weights."""
+    """Extra training rows for one fold: features (V, M, ...), soft targets, weights, and
+    each row's image id and split (`train`: a labelled row's distillation target)."""
 
     features: np.ndarray
     targets: np.ndarray
     weights: np.ndarray
     ids: list[str] = field(default_factory=list)
+    splits: list[str] = field(default_factory=list)
 
 
 class FeaturedModel:
@@ -79,6 +89,8 @@ class FeaturedModel:
     Built once per spec; `new_head(seed)` resets the body to its loaded weights and puts
     a fresh head on it for one fold.
     """
+
+    distils = True  # a pseudo round's distillation targets train it (pseudo.distill)
 
     def __init__(self, spec: ModelSpec, prepared):
         backbone = get_backbone(spec.backbone)
@@ -310,7 +322,8 @@ class UnitTrainer:
         self.setup = setup
         self.options = TrainOptions(
             None if setup.round_ == 0 else pseudo_loader(setup.prepared, setup.round_,
-                                                         setup.pseudo_weight),
+                                                         setup.pseudo_weight,
+                                                         setup.pseudo_distill),
             tensorboard=setup.tensorboard)
         self.featured_models: dict = {}
         self.model_id = None
@@ -383,6 +396,9 @@ def _train_fold(featured: FeaturedModel, spec: ModelSpec, unit: Unit, out: Path)
     split_probs = {split: fit.predict_tta(model, featured.features[split],
                                       split_positions(featured.plan, split, views))
                    for split in ("test", "unlabeled")}
+    # in-sample, for a later round's distillation (pseudo.distill): the unit's own rows
+    split_probs[DISTILL_SPLIT] = fit.predict_views(model, featured.features["train"],
+                                                   data.tta_views, rows)
     ensure_free_space(out / FOLD_WEIGHTS, weight_bytes(model))
     with atomic_path(out / FOLD_WEIGHTS, suffix=".weights.h5") as tmp:
         model.save_weights(tmp)
@@ -438,6 +454,9 @@ def write_fold_outputs(out: Path, unit: Unit, result: UnitResult, seconds: float
                          ("unlabeled", prepared.competition.unlabeled)):
         write_csv(out / f"{split}.csv",
                   probs_frame(frame["id"].tolist(), split_probs[split], classes))
+    train_ids = prepared.folds["id"].to_numpy()[prepared.unit_train_rows(fold)]
+    write_csv(out / f"{DISTILL_SPLIT}.csv",
+              probs_frame(train_ids, split_probs[DISTILL_SPLIT], classes))
     write_json(out / FOLD_METRICS, {
         **scores(prepared.labels[held], val_probs), "comp": __version__,
         "fold": fold, "repeat": fold // prepared.n_folds, "splits": split_keys(prepared),

@@ -47,12 +47,13 @@ _THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NU
 @dataclass(frozen=True)
 class WorkerSetup:
     """What every worker of a round is given once: the prepared competition, the round
-    (its pseudo-label files and `pseudo_weight`), TensorBoard logs or not, and the
-    progress mode and log level it reports with."""
+    (its pseudo-label files, `pseudo_weight` and `pseudo_distill`), TensorBoard logs or
+    not, and the progress mode and log level it reports with."""
 
     prepared: object
     round_: int
     pseudo_weight: float
+    pseudo_distill: float | None
     tensorboard: bool
     progress: str
     log_level: int
