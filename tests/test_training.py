@@ -218,6 +218,28 @@ def test_max_batches_caps_an_epoch_and_draws_fresh_rows_across_epochs():
     assert int(plain.optimizer.iterations) == 3 * 4  # every row once an epoch
 
 
+def test_a_training_stream_does_not_keep_its_rows_alive_after_the_fit():
+    """TensorFlow keeps a numpy_function's Python function with the graphs that traced
+    it; the stream must not keep a unit's rows (pseudo-labelled rows are a copy) alive
+    through it once the unit's fit has let them go: a worker grew by every unit's."""
+    import gc
+    import weakref
+    from dataclasses import replace
+
+    base = _data()
+    pseudo = np.ones((2, 5, 6), "float16")
+    data = replace(base, rows=np.concatenate([base.rows, 90 + np.arange(5)]),
+                   targets=np.concatenate([base.targets, np.eye(3)[[0] * 5]]),
+                   weights=np.ones(65), pseudo=pseudo)
+    stream = training_dataset(data, batch_size=65, seed=0)
+    first = next(iter(stream))
+    assert first[0].shape[0] == 65  # the pseudo rows were read
+    gone = weakref.ref(pseudo)
+    del data, pseudo, first
+    gc.collect()
+    assert gone() is None  # the stream (still here) holds no reference to the rows
+
+
 def _map_data(n=40, side=7):
     """Feature maps whose every cell holds its row's number, targets one-hot by row: a
     mixed map's mean is its targets' expected row number exactly when the targets are
@@ -364,7 +386,8 @@ def test_mixed_batches_depend_on_their_seed_alone():
 
     def first_batches(seed):
         layers = mixing_layers(TrainSettings(mixup=0.4, cutmix=1.0), seed)
-        return [b[1].numpy() for b in training_dataset(_map_data(), 8, seed, layers).take(4)]
+        data = _map_data()  # held while the stream is read
+        return [b[1].numpy() for b in training_dataset(data, 8, seed, layers).take(4)]
 
     first = first_batches(0)
     tf.random.set_seed(5)  # a process-wide seed changes nothing
