@@ -118,7 +118,8 @@ def test_distillation_targets_are_each_units_own_training_rows_taught_in_sample(
     (round0 / "fold1" / "train.csv").unlink()
     assert run_comp("stage=all", *overrides) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "fold1/train.csv: missing (pseudo.distill" in err[0], err
+    assert len(err) == 1 and "fold1/train.csv: missing; delete" in err[0], err
+    assert "pseudo.distill needs" in err[0]
     (round0 / "fold1" / "train.csv").write_bytes(kept)
     assert run_comp("stage=all", *overrides) == 0
     folds = pd.read_csv(run / "folds.csv", dtype={"id": str})

@@ -18,6 +18,7 @@ from comp.errors import CompError
 from comp.predictions import prob_columns, read_prediction_set, read_table
 from comp.pseudo.rules import Votes
 from comp.selection import pick_round, ranking_metric
+from comp.workspace import DISTILL_SPLIT
 
 ROUND_ZERO = "@round0"  # marks round 0's ensembles among a later round's candidates
 
@@ -134,10 +135,11 @@ def _pool_probs(run, voter_ids: list[str], unit: int, splits: list[str],
     for model_id in voter_ids:
         files = [run.fold_dir(model_id, unit) / f"{s}.csv" for s in splits]
         missing = [f for f in files if not f.exists()]
-        if missing:  # a unit trained before comp wrote its in-sample train.csv
-            raise CompError(f"{missing[0]}: missing (pseudo.distill needs the unit's "
-                            f"probabilities on its training rows); delete "
-                            f"{missing[0].parent} and rerun, or unset pseudo.distill")
+        if missing:  # e.g. a unit trained before comp wrote its in-sample train.csv
+            why = (" (pseudo.distill needs the unit's probabilities on its training rows; "
+                   "or unset pseudo.distill)" if missing[0].stem == DISTILL_SPLIT else "")
+            raise CompError(f"{missing[0]}: missing; delete {missing[0].parent} and rerun"
+                            f"{why}")
         frames = [read_table(f).assign(split=s) for f, s in zip(files, splits, strict=True)]
         frame = pd.concat(frames, ignore_index=True)
         if probs and frame["id"].tolist() != ids:
