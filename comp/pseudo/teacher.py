@@ -64,22 +64,15 @@ class Teacher:
     def votes(self, unit: int, splits: list[str]) -> Votes:
         """The teacher's probabilities for unit `unit` on the pool `splits`."""
         classes = self.prepared.competition.classes
-        ids, names, pool = _pool_probs(self.prepared.run, self.voter_ids, unit, splits,
-                                       classes)
+        ids, names, probs = _pool_probs(self.prepared.run, self.voter_ids + self.earlier_ids,
+                                        unit, splits, classes)
+        pool, earlier_pool = probs[:len(self.voter_ids)], probs[len(self.voter_ids):]
         if self.rule != "selected" or (len(self.voter_ids) < 2 and not self.earlier_ids):
             return Votes(ids, names, pool.mean(axis=0), self.voter_ids, "mean"
                          if len(self.voter_ids) > 1 else self.voter_ids[0])
         candidates = self._candidates(unit, self.voter_ids, self.oof, pool)
-        earlier = {}
-        if self.earlier_ids:
-            earlier_ids, _, earlier_pool = _pool_probs(self.prepared.run, self.earlier_ids,
-                                                       unit, splits, classes)
-            if earlier_ids != ids:
-                raise CompError(f"{self.prepared.run.fold_dir(self.earlier_ids[0], unit)}: its "
-                                "pool predictions list other images than the voters'; delete "
-                                "it and rerun")
-            earlier = self._candidates(unit, self.earlier_ids, self.earlier_oof, earlier_pool,
-                                       ROUND_ZERO)
+        earlier = (self._candidates(unit, self.earlier_ids, self.earlier_oof, earlier_pool,
+                                    ROUND_ZERO) if self.earlier_ids else {})
         y, rows = self.prepared.labels, ~self.prepared.unit_val_mask(unit)
         ensembles = frozenset(name for name in {**candidates, **earlier}
                               if name not in self.voter_ids + self.earlier_ids)
