@@ -97,7 +97,8 @@ def train_round(cfg: DictConfig, prepared: Prepared, round_: int,
     results = []
     for spec in progress(specs, desc=f"models round {round_}", disable=len(specs) < 2 or None):
         result = train_spec(spec, prepared, {"round": round_},
-                            TrainOptions(loader, folds, cfg.tensorboard, deadline))
+                            TrainOptions(loader, folds, cfg.tensorboard, deadline,
+                                         in_sample=cfg.pseudo.distill is not None))
         if result is not None:
             results.append(result)
     return results

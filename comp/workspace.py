@@ -26,7 +26,8 @@ FOLD_ESTIMATOR = "model.joblib"  # fold<k>/: a classic fold's fitted scikit-lear
 FOLD_HISTORY = "history.csv"  # fold<k>/: a fine-tuned fold's scores per epoch
 FOLD_METRICS = "metrics.json"  # fold<k>/: written last, so its presence marks the fold done
 # fold<k>/<split>.csv: a unit's probabilities on the test and unlabeled images, and on its
-# own training rows (in-sample, split DISTILL_SPLIT: a later round's distillation targets)
+# own training rows where pseudo.distill is set (in-sample, split DISTILL_SPLIT: a later
+# round's distillation targets)
 DISTILL_SPLIT = "train"
 CV_JSON = "cv.json"  # a prediction set's CV figures, written after its CSVs
 OOF_CSV = "oof.csv"  # a prediction set's out-of-fold probabilities

@@ -1,6 +1,7 @@
 """Pseudo-label selection rules, and that no fold's validation images feed its labels."""
 
 import json
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -113,15 +114,15 @@ def test_distillation_targets_are_each_units_own_training_rows_taught_in_sample(
         "classic.models": "[pixels@8+logreg]", "pseudo.voters": "[small_cnn]"})
     run = tmp_path / "runs" / "tiny"
     round0 = next((run / "models").iterdir())  # the template's small_cnn
-    # a unit trained before comp wrote its in-sample probabilities: one line, nothing lost
-    kept = (round0 / "fold1" / "train.csv").read_bytes()
-    (round0 / "fold1" / "train.csv").unlink()
+    # trained without pseudo.distill, its units have no in-sample probabilities: one line
+    assert not list(round0.glob("fold*/train.csv"))
     assert run_comp("stage=all", *overrides) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "fold1/train.csv: missing; delete" in err[0], err
-    assert "pseudo.distill needs" in err[0]
-    (round0 / "fold1" / "train.csv").write_bytes(kept)
+    assert len(err) == 1 and "fold0/train.csv: missing; pseudo.distill needs" in err[0], err
+    assert f"delete {round0} and rerun" in err[0]
+    shutil.rmtree(round0)  # as the line says; round 0 trains again, writing them
     assert run_comp("stage=all", *overrides) == 0
+    assert len(list(round0.glob("fold*/train.csv"))) == 2
     folds = pd.read_csv(run / "folds.csv", dtype={"id": str})
     by_round = {(json.loads(p.read_text())["pseudo"] or {}).get("round", 0): p.parent
                 for p in (run / "models").glob("small_cnn-*/spec.json")}

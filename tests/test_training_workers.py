@@ -115,15 +115,17 @@ def _unit_metrics(run) -> dict:
 def test_two_workers_train_every_unit_of_every_round(tmp_path, competition, monkeypatch):
     """stage=all with a pseudo-label round and a classic head on two worker processes:
     every unit is trained by a worker (not this process), both workers take units, and
-    round 1's units get their pseudo-labelled rows there."""
+    round 1's units get their pseudo-labelled rows there (with pseudo.distill, each unit
+    writes its in-sample probabilities there too)."""
     monkeypatch.chdir(tmp_path)  # the workers inherit it: runs_dir is relative here
     overrides = tiny_overrides(tmp_path, competition, **{
         "runs_dir": "runs", "compute.workers": "2", "pseudo.rounds": "1",
         "pseudo.fraction": "1.0", "pseudo.min_confidence": "0",
-        "classic.models": "[pixels+logreg]"})
+        "classic.models": "[pixels+logreg]", "pseudo.distill": "0.5"})
     assert run_comp("stage=all", *overrides) == 0
     metrics = _unit_metrics(tmp_path / "runs/tiny")
     assert len(metrics) == 8  # (small_cnn + pixels+logreg) x 2 folds x rounds 0 and 1
+    assert len(list((tmp_path / "runs/tiny/models").glob("*/fold*/train.csv"))) == 8
     here = f"{os.uname().nodename}:{os.getpid()}"
     processes = {m["process"] for m in metrics.values()}
     assert here not in processes and len(processes) == 4  # 2 workers in each round

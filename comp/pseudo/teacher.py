@@ -128,11 +128,13 @@ def _pool_probs(run, voter_ids: list[str], unit: int, splits: list[str],
     for model_id in voter_ids:
         files = [run.fold_dir(model_id, unit) / f"{s}.csv" for s in splits]
         missing = [f for f in files if not f.exists()]
-        if missing:  # e.g. a unit trained before comp wrote its in-sample train.csv
-            why = (" (pseudo.distill needs the unit's probabilities on its training rows; "
-                   "or unset pseudo.distill)" if missing[0].stem == DISTILL_SPLIT else "")
-            raise CompError(f"{missing[0]}: missing; delete {missing[0].parent} and rerun"
-                            f"{why}")
+        if missing and missing[0].stem == DISTILL_SPLIT:  # trained without pseudo.distill
+            raise CompError(f"{missing[0]}: missing; pseudo.distill needs each voter unit's "
+                            "probabilities on its training rows, which a unit writes only "
+                            "where pseudo.distill is set: delete "
+                            f"{run.model_dir(model_id)} and rerun, or unset pseudo.distill")
+        if missing:
+            raise CompError(f"{missing[0]}: missing; delete {missing[0].parent} and rerun")
         frames = [read_table(f).assign(split=s) for f, s in zip(files, splits, strict=True)]
         frame = pd.concat(frames, ignore_index=True)
         if probs and frame["id"].tolist() != ids:

@@ -332,9 +332,9 @@ def train_classic_fold(featured: ClassicFeatures, spec, unit: Unit, out: Path) -
     val_probs = view_average_proba(estimator, train[:, val], len(classes), seen)
     split_probs = {s: view_average_proba(estimator, featured.features[s], len(classes), seen)
                    for s in ("test", "unlabeled")}
-    # in-sample, for a later round's distillation (pseudo.distill)
-    split_probs[DISTILL_SPLIT] = view_average_proba(estimator, train[:, rows], len(classes),
-                                                    seen)
+    if unit.in_sample:  # a later round's distillation targets (pseudo.distill)
+        split_probs[DISTILL_SPLIT] = view_average_proba(estimator, train[:, rows],
+                                                        len(classes), seen)
     with atomic_path(out / FOLD_ESTIMATOR, suffix=".joblib") as tmp:
         joblib.dump(estimator, tmp)
     return UnitResult(val_probs, split_probs, {

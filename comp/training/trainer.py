@@ -272,8 +272,8 @@ def train_spec(spec: ModelSpec, prepared, info: dict,
         if options.deadline is not None and options.deadline.passed(
                 f"{spec.model_id} fold {fold}"):
             break
-        _train_unit(spec, Unit(prepared, spec.model_id, fold, None, bar, options.tensorboard),
-                    featured_models, options)
+        _train_unit(spec, Unit(prepared, spec.model_id, fold, None, bar, options.tensorboard,
+                               options.in_sample), featured_models, options)
     done = [k for k in range(n_units) if fold_done(run.fold_dir(spec.model_id, k), splits)]
     if len(done) < n_units:
         return None
@@ -324,7 +324,7 @@ class UnitTrainer:
             None if setup.round_ == 0 else pseudo_loader(setup.prepared, setup.round_,
                                                          setup.pseudo_weight,
                                                          setup.pseudo_distill),
-            tensorboard=setup.tensorboard)
+            tensorboard=setup.tensorboard, in_sample=setup.pseudo_distill is not None)
         self.featured_models: dict = {}
         self.model_id = None
 
@@ -339,7 +339,8 @@ class UnitTrainer:
             self.model_id = spec.model_id
         bar = progress(total=0, disable=True)
         _train_unit(spec, Unit(self.setup.prepared, spec.model_id, unit, None, bar,
-                               self.setup.tensorboard), self.featured_models, self.options)
+                               self.options.tensorboard, self.options.in_sample),
+                    self.featured_models, self.options)
 
 
 def _train_unit(spec, unit: Unit, featured_models: dict, options: TrainOptions) -> None:
@@ -396,9 +397,9 @@ def _train_fold(featured: FeaturedModel, spec: ModelSpec, unit: Unit, out: Path)
     split_probs = {split: fit.predict_tta(model, featured.features[split],
                                       split_positions(featured.plan, split, views))
                    for split in ("test", "unlabeled")}
-    # in-sample, for a later round's distillation (pseudo.distill): the unit's own rows
-    split_probs[DISTILL_SPLIT] = fit.predict_views(model, featured.features["train"],
-                                                   data.tta_views, rows)
+    if unit.in_sample:  # a later round's distillation targets (pseudo.distill)
+        split_probs[DISTILL_SPLIT] = fit.predict_views(model, featured.features["train"],
+                                                       data.tta_views, rows)
     ensure_free_space(out / FOLD_WEIGHTS, weight_bytes(model))
     with atomic_path(out / FOLD_WEIGHTS, suffix=".weights.h5") as tmp:
         model.save_weights(tmp)
@@ -454,9 +455,10 @@ def write_fold_outputs(out: Path, unit: Unit, result: UnitResult, seconds: float
                          ("unlabeled", prepared.competition.unlabeled)):
         write_csv(out / f"{split}.csv",
                   probs_frame(frame["id"].tolist(), split_probs[split], classes))
-    train_ids = prepared.folds["id"].to_numpy()[prepared.unit_train_rows(fold)]
-    write_csv(out / f"{DISTILL_SPLIT}.csv",
-              probs_frame(train_ids, split_probs[DISTILL_SPLIT], classes))
+    if DISTILL_SPLIT in split_probs:
+        train_ids = prepared.folds["id"].to_numpy()[prepared.unit_train_rows(fold)]
+        write_csv(out / f"{DISTILL_SPLIT}.csv",
+                  probs_frame(train_ids, split_probs[DISTILL_SPLIT], classes))
     write_json(out / FOLD_METRICS, {
         **scores(prepared.labels[held], val_probs), "comp": __version__,
         "fold": fold, "repeat": fold // prepared.n_folds, "splits": split_keys(prepared),
