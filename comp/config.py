@@ -48,6 +48,7 @@ from comp.constraints import (
     Text,
     check_setting,
 )
+from comp.data.folder import SUBMISSION_VALUES
 from comp.data.views import TTA_VIEWS
 from comp.ensemble import METHODS
 from comp.errors import CompError
@@ -130,6 +131,15 @@ class DataConfig:
     id_column: str | None = setting(  # train.csv's id column; None: id, image_id, image, ...
         None, Optional(Text()))
     label_column: str | None = setting(  # train.csv's label column(s); None: label, target, ...
+        None, Optional(Text()))
+    # a sample submission's one value column: auto (the positive class's probability where
+    # there are two classes and the sample's values are fractions such as 0.5, as in
+    # AUC-scored competitions; else labels) | labels | probability
+    submission_values: str = setting(  # what a one-column submission holds
+        "auto", Options(*SUBMISSION_VALUES))
+    # the class whose probability a one-column two-class submission holds; None: the class
+    # the column is named after, the larger of two numbers (1 of 0/1), or true/yes/positive
+    positive_class: str | None = setting(  # the positive class of two; None: found
         None, Optional(Text()))
     # float images: the value range mapped to 0..255 (values outside are clipped);
     # None: [0, 1] when every value lies there, else clipped to 0..255 as they are

@@ -52,11 +52,27 @@ def submission_frame(competition: CompetitionFolder, predictions: PredictionSet)
     if competition.submits_labels:
         frame[columns[1]] = [predictions.classes[i] for i in probs.argmax(1)]
     else:
-        for column in columns[1:]:
-            frame[column] = probs[:, predictions.classes.index(column.strip())]
+        for column, label in competition.probability_columns.items():
+            frame[column] = probs[:, predictions.classes.index(label)]
     if frame[columns[0]].tolist() != competition.test["submission_id"].tolist():
         raise CompError(f"{name}: submission ids differ from the sample submission's")
     return frame
+
+
+def values_note(competition: CompetitionFolder, metric: str) -> str | None:
+    """One line on what a two-class competition's one submission column holds and how to
+    change it (None for other competitions): labels lose to probabilities on AUC."""
+    columns = competition.submission_columns
+    if len(columns) != 2 or len(competition.classes) != 2:
+        return None
+    column = columns[1]
+    if competition.submits_labels:
+        return (f"submit: {column!r} holds labels (the sample's values are not fractions); "
+                "for an AUC-scored competition set data.submission_values=probability")
+    ranked = "" if metric == "auc" else "; submit.metric=auc ranks the entries by AUC"
+    return (f"submit: {column!r} holds the probability of class "
+            f"{competition.probability_columns[column]!r} (data.submission_values=labels "
+            f"writes labels){ranked}")
 
 
 def submission_name(name: str, metric: str, score: float) -> str:

@@ -222,3 +222,85 @@ def test_ids_with_their_folder_prefix(tmp_path):
     _rewrite(root, train.assign(id="images/" + train["id"]))
     with pytest.raises(CompError, match="not a plain file name"):
         read_competition(root)
+
+
+def _binary(tmp_path, labels=("0", "1"), column="has_cactus", sample_value="0.5"):
+    """A two-class folder in the Aerial Cactus layout: id,<column> with `labels`, and a
+    sample of one `column` filled with `sample_value`."""
+    root = make_competition(tmp_path / "b", per_class={"alpha": 6, "beta": 6})
+    train = pd.read_csv(root / "train.csv", dtype=str)
+    codes = dict(zip(["alpha", "beta"], labels, strict=True))
+    sample = pd.read_csv(root / "sample_submission.csv", dtype=str)
+    _rewrite(root, pd.DataFrame({"id": train["id"], column: train["label"].map(codes)}),
+             pd.DataFrame({"id": sample["id"], column: sample_value}))
+    return root
+
+
+def test_a_two_class_sample_of_fractions_takes_the_positive_class_probability(tmp_path):
+    """Aerial Cactus: id,has_cactus 0/1 and a sample of 0.5: AUC-scored, so the one column
+    holds the probability of class 1, not a label (hard labels lose AUC)."""
+    comp = read_competition(_binary(tmp_path))
+    assert comp.classes == ["0", "1"] and comp.probability_columns == {"has_cactus": "1"}
+    assert not comp.submits_labels
+    predictions = _fake_predictions(comp)
+    sub = submission_frame(comp, predictions)
+    expected = predictions.test.set_index("id").loc[comp.test["id"], "p_1"].to_numpy()
+    assert sub.columns.tolist() == ["id", "has_cactus"]
+    assert np.allclose(sub["has_cactus"].to_numpy(dtype=float), expected)
+
+
+def test_a_two_class_sample_of_whole_numbers_takes_labels_unless_told(tmp_path):
+    """A sample of 0s (as Histopathologic Cancer's) reads as labels; the key says otherwise,
+    and labels can be asked for where the sample holds fractions."""
+    root = _binary(tmp_path, column="label", sample_value="0")
+    assert read_competition(root).submits_labels
+    told = read_competition(root, submission_values="probability")
+    assert told.probability_columns == {"label": "1"}
+    fractions = _binary(tmp_path / "f")
+    assert read_competition(fractions, submission_values="labels").submits_labels
+
+
+@pytest.mark.parametrize(("labels", "column", "positive"), [
+    (("-1", "1"), "target", "1"), (("no", "yes"), "target", "yes"),
+    (("False", "True"), "label", "True"), (("cat", "dog"), "dog", "dog")])
+def test_the_positive_class_is_found_by_number_word_or_column_name(tmp_path, labels, column,
+                                                                   positive):
+    comp = read_competition(_binary(tmp_path, labels, column))
+    assert comp.probability_columns == {column: positive}
+
+
+def test_an_unclear_positive_class_or_a_wrong_one_is_one_clear_error(tmp_path):
+    root = _binary(tmp_path, ("cat", "dog"), "label")
+    with pytest.raises(CompError, match="name no positive one; set data.positive_class"):
+        read_competition(root)
+    assert read_competition(root, positive_class="cat").probability_columns == {"label": "cat"}
+    with pytest.raises(CompError, match=r"data.positive_class='cow' is not a class"):
+        read_competition(root, positive_class="cow")
+    multi = make_competition(tmp_path / "m")
+    with pytest.raises(CompError, match="3 classes; data.submission_values=probability"):
+        read_competition(multi, submission_values="probability")
+    with pytest.raises(CompError, match="submission_values=labels needs one label column"):
+        classes = read_competition(multi).classes
+        sample = pd.read_csv(multi / "sample_submission.csv", dtype=str)
+        _rewrite(multi, sample=pd.DataFrame({"id": sample["id"], **{c: "0.3" for c in classes}}))
+        read_competition(multi, submission_values="labels")
+
+
+def test_a_multi_class_sample_of_fractions_in_one_column_still_takes_labels(tmp_path):
+    root = make_competition(tmp_path / "m")
+    sample = pd.read_csv(root / "sample_submission.csv", dtype=str)
+    _rewrite(root, sample=sample.assign(label="0.5"))
+    assert read_competition(root).submits_labels
+
+
+def test_a_two_class_submission_says_what_its_column_holds(tmp_path):
+    from comp.submission import values_note
+
+    probability = read_competition(_binary(tmp_path))
+    assert values_note(probability, "accuracy") == (
+        "submit: 'has_cactus' holds the probability of class '1' (data.submission_values="
+        "labels writes labels); submit.metric=auc ranks the entries by AUC")
+    assert values_note(probability, "auc").endswith("writes labels)")
+    labels = read_competition(_binary(tmp_path / "l", column="label", sample_value="0"))
+    assert "set data.submission_values=probability" in values_note(labels, "auc")
+    assert values_note(read_competition(make_competition(tmp_path / "m")), "auc") is None

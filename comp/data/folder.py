@@ -43,6 +43,11 @@ ID_COLUMNS = ("id", "image_id", "image", "id_code", "file", "filename", "file_na
 LABEL_COLUMNS = ("label", "target", "class", "category", "diagnosis", "labels", "class_name",
                  "species", "breed", "y")
 SPLITS = ("train", "test", "unlabeled")
+# data.submission_values: what a sample submission's one value column holds
+SUBMISSION_VALUES = ("auto", "labels", "probability")
+# a class named so is the positive one of two, whose probability a one-column submission
+# holds (beside numbers: the larger of two numeric classes)
+POSITIVE_NAMES = ("true", "yes", "positive", "pos", "y")
 
 
 @dataclass(frozen=True)
@@ -53,8 +58,10 @@ class CompetitionFolder:
     id, submission_id, path, hash; `unlabeled` has id, path, hash. `id` is the image's
     file name, `submission_id` the sample submission's id as written (maybe without
     extension), `hash` the file's content hash. `submission_columns` are the sample
-    submission's columns; `submits_labels` is true for one label column, false for one
-    probability column per class.
+    submission's columns; `probability_columns` maps each value column that holds a
+    probability to its class: every class's column, or a two-class competition's one
+    column (the positive class's probability, as AUC-scored competitions take it); empty
+    where the one value column takes labels.
     """
 
     root: Path
@@ -63,7 +70,12 @@ class CompetitionFolder:
     test: pd.DataFrame
     unlabeled: pd.DataFrame
     submission_columns: list[str]
-    submits_labels: bool
+    probability_columns: dict[str, str]
+
+    @property
+    def submits_labels(self) -> bool:
+        """Whether the submission's one value column takes labels (else probabilities)."""
+        return not self.probability_columns
 
     def frame(self, split: str) -> pd.DataFrame:
         """The frame of `split` (train, test or unlabeled)."""
@@ -78,10 +90,15 @@ class CompetitionFolder:
 
 def read_competition(root: str | Path, id_column: str | None = None,
                      label_column: str | None = None,
-                     pixel_dir: Path | None = None) -> CompetitionFolder:
+                     pixel_dir: Path | None = None, submission_values: str = "auto",
+                     positive_class: str | None = None) -> CompetitionFolder:
     """Read `root` as a competition folder; raise CompError on the first problem.
 
     `id_column` / `label_column` name train.csv's columns (None: found by name).
+    `submission_values` says what a sample submission's one value column takes (auto:
+    the probability of the positive class where there are two classes and the sample's
+    values are fractions such as 0.5, else labels), `positive_class` which class that is
+    (None: the class the column is named after, the larger of two numbers, or true/yes).
     A folder in the pixel-CSV layout (no train/ folder, pixel columns in train.csv; see
     comp.data.pixels) has its rows written as PNG images under `pixel_dir` once."""
     root = Path(root)
@@ -105,16 +122,21 @@ def read_competition(root: str | Path, id_column: str | None = None,
             f"{root}: only one class ({classes[0]!r}) in the training labels; "
             "a classifier needs at least two"
         )
+    if positive_class is not None and positive_class not in classes:
+        raise CompError(f"config: data.positive_class={positive_class!r} is not a class of "
+                        f"{root}; the classes are {classes}")
+    wanted = (classes, submission_values, positive_class)  # _read_sample's
     if pixels:
-        test, columns, submits_labels = _read_pixel_test(root, classes, train_pixels, pixel_dir)
+        test, sample = _read_pixel_test(root, wanted, train_pixels, pixel_dir)
         unlabeled = pd.DataFrame(columns=["id", "path", "hash"])
     else:
-        test, columns, submits_labels = _read_test(root, classes)
+        test, sample = _read_test(root, wanted)
         unlabeled = _read_unlabeled(root)
     for frame in (train, test, unlabeled):
         if "hash" not in frame:
             frame["hash"] = content_hashes(frame["path"].tolist()) if len(frame) else []
-    return CompetitionFolder(root, classes, train, test, unlabeled, columns, submits_labels)
+    return CompetitionFolder(root, classes, train, test, unlabeled, list(sample.columns),
+                             sample.attrs["probability_columns"])
 
 
 def check_id(image_id: object, source: str) -> str:
@@ -358,8 +380,10 @@ def _read_train(root: Path, id_column: str | None, label_column: str | None) -> 
     return frame
 
 
-def _read_sample(root: Path, classes: list[str]) -> tuple[pd.DataFrame, list[str], str]:
-    """sample_submission.csv, its columns and whether it takes labels (else probabilities)."""
+def _read_sample(root: Path, classes: list[str], values: str,
+                 positive: str | None) -> pd.DataFrame:
+    """sample_submission.csv, with `attrs["probability_columns"]`: each value column that
+    takes a probability, and its class (empty: one label column)."""
     sample_path = root / "sample_submission.csv"
     if not sample_path.exists():
         raise CompError(
@@ -377,15 +401,56 @@ def _read_sample(root: Path, classes: list[str]) -> tuple[pd.DataFrame, list[str
             f"written in the sample's column order); put {named_id!r} first"
         )
     if sorted(c.strip() for c in columns[1:]) == classes:
-        submits_labels = False
+        if values == "labels":
+            raise CompError(f"{sample_path}: columns {columns[1:]} are the classes, one "
+                            "probability each; data.submission_values=labels needs one "
+                            "label column")
+        probability_columns = {c: c.strip() for c in columns[1:]}
     elif len(columns) == 2:
-        submits_labels = True
+        probability_columns = _one_column(sample[columns[1]], classes, values, positive,
+                                          sample_path)
     else:
         raise CompError(
             f"{sample_path}: columns {columns[1:]} are neither one label column nor the "
             f"classes {classes}"
         )
-    return sample, columns, submits_labels
+    sample.attrs["probability_columns"] = probability_columns
+    return sample
+
+
+def _one_column(values: pd.Series, classes: list[str], wanted: str, positive: str | None,
+                sample_path: Path) -> dict[str, str]:
+    """What a sample's one value column takes: {} for labels, {column: class} for the
+    probability of that class (data.submission_values, data.positive_class)."""
+    column = str(values.name)
+    numbers = pd.to_numeric(values.str.strip(), errors="coerce")
+    fractions = bool(numbers.notna().all() and numbers.between(0, 1).all()
+                     and (numbers % 1 != 0).any())
+    if wanted == "labels" or (wanted == "auto" and not (fractions and len(classes) == 2)):
+        return {}
+    if len(classes) != 2:
+        raise CompError(f"{sample_path}: its one column {column!r} holds one probability, but "
+                        f"there are {len(classes)} classes; data.submission_values=probability "
+                        "needs two (or a sample with one column per class)")
+    if positive is None:
+        positive = _positive_class(classes, column)
+    if positive is None:
+        raise CompError(f"{sample_path}: its one column {column!r} takes a probability, and "
+                        f"the classes {classes} name no positive one; set "
+                        "data.positive_class=<class> (or data.submission_values=labels)")
+    return {column: positive}
+
+
+def _positive_class(classes: list[str], column: str) -> str | None:
+    """The positive one of two classes: the one the column is named after, the larger of
+    two numbers, or the one named true/yes/positive; None where none says so."""
+    if column.strip() in classes:
+        return column.strip()
+    numbers = pd.to_numeric(pd.Series(classes), errors="coerce")
+    if numbers.notna().all():
+        return classes[int(numbers.idxmax())]
+    named = [c for c in classes if c.lower() in POSITIVE_NAMES]
+    return named[0] if len(named) == 1 else None
 
 
 def _listed_images(listed: pd.Series, folder: Path, csv_path: Path, missing: str,
@@ -405,17 +470,19 @@ def _listed_images(listed: pd.Series, folder: Path, csv_path: Path, missing: str
     return ids
 
 
-def _read_test(root: Path, classes: list[str]) -> tuple[pd.DataFrame, list[str], str]:
+def _read_test(root: Path, wanted: tuple) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The test frame in sample-submission order, and the sample (`wanted`: the classes,
+    data.submission_values and data.positive_class, for _read_sample)."""
     sample_path, folder = root / "sample_submission.csv", root / "test"
     if sample_path.exists() and not folder.is_dir():
         raise CompError(f"{folder}: test image folder not found; see the README's layout")
-    sample, columns, submits_labels = _read_sample(root, classes)
-    id_column = columns[0]
+    sample = _read_sample(root, *wanted)
+    id_column = sample.columns[0]
     ids = _listed_images(sample[id_column], folder, sample_path, "id(s) have no image in",
                          "are not in sample_submission.csv and are not predicted")
     test = pd.DataFrame({"id": ids, "submission_id": sample[id_column].to_numpy(),
                          "path": [str(folder / i) for i in ids]})
-    return test, columns, submits_labels
+    return test, sample
 
 
 def _read_unlabeled(root: Path) -> pd.DataFrame:
@@ -470,15 +537,17 @@ def _read_pixel_train(root: Path, id_column: str | None, label_column: str | Non
     return frame, pixels
 
 
-def _read_pixel_test(root: Path, classes: list[str], train_pixels: list[str],
-                     pixel_dir: Path) -> tuple[pd.DataFrame, list[str], str]:
-    """test.csv of pixel rows as the test frame in sample-submission order. The sample's
-    ids are test.csv's id column where it has one, else its row numbers 1..N."""
+def _read_pixel_test(root: Path, wanted: tuple, train_pixels: list[str],
+                     pixel_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """test.csv of pixel rows as the test frame in sample-submission order, and the
+    sample (`wanted`: as for _read_test). The sample's ids are test.csv's id column where
+    it has one, else its row numbers 1..N."""
     csv_path = root / "test.csv"
     if not csv_path.is_file():
         raise CompError(f"{csv_path}: not found; a pixel-CSV competition gives its test "
                         "images as pixel rows in test.csv")
-    sample, columns, submits_labels = _read_sample(root, classes)
+    sample = _read_sample(root, *wanted)
+    columns = list(sample.columns)
     sample_path = root / "sample_submission.csv"
     header = _csv_header(csv_path)
     pixels = pixel_columns(header)
@@ -519,4 +588,4 @@ def _read_pixel_test(root: Path, classes: list[str], train_pixels: list[str],
                                image_side(pixels, csv_path), hashes)
     test = pd.DataFrame({"id": wanted.to_numpy(), "submission_id": sample[columns[0]].to_numpy(),
                          "path": paths, "hash": hashes})
-    return test, columns, submits_labels
+    return test, sample

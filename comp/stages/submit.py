@@ -15,6 +15,7 @@ from comp.selection import leaderboard_uncertainty, ranking_metric, selection_he
 from comp.submission import (
     SubmissionTarget,
     entry_settings,
+    values_note,
     write_leaderboard,
     write_submission,
 )
@@ -64,6 +65,9 @@ def run(cfg: DictConfig):
                               selected["final_choice"])
     best = board.iloc[0]
     write_json(run.selection_json, selected)
+    note = values_note(competition, metric)
+    if note:
+        get_logger().info(note)
     get_logger().info("submit: rank 1 (picked by CV %s) %s (%s) CV %s %.4f -> %s ; "
                       "leaderboard: %s",
                       rank_by, best["name"], best["kind"], metric, best[f"cv_{metric}"],
