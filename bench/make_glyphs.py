@@ -10,7 +10,10 @@ background colour, with pixel noise: `--per-class` labelled RGB PNGs per letter 
 OUT/test_labels.csv, as a competition does) and a tenth as many in unlabeled/. The fonts
 are data inside the installed package (no download; matplotlib is one of comp's own
 dependencies); the licences are in bench/README.md. Prints each split's class counts.
-`python bench/make_glyphs.py --smoke` writes 4 images per letter into a temporary folder.
+`--pair Q O` writes a two-class competition of those letters instead, in Aerial Cactus's
+layout: train.csv `id,is_Q` of 1 (Q) and 0 (O), and a sample submission of 0.5 (the
+probability of 1, scored by AUC). `python bench/make_glyphs.py --smoke` writes 4 images
+per letter into a temporary folder.
 """
 
 from __future__ import annotations
@@ -77,6 +80,8 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--size", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pair", nargs=2, metavar=("POSITIVE", "NEGATIVE"),
+                        choices=CLASSES, help="two letters: a two-class competition (1, 0)")
     parser.add_argument("--smoke", action="store_true",
                         help="4 images per letter into a temporary folder (CI: seconds)")
     args = parser.parse_args()
@@ -87,12 +92,13 @@ def main() -> None:
         parser.error("OUT is required (or --smoke)")
     fonts = usable_fonts()
     rng = np.random.default_rng(args.seed)
+    classes = args.pair or CLASSES
     counts = {"train": args.per_class, "test": max(1, args.per_class // 5),
               "unlabeled": max(1, args.per_class // 10)}
     labels: dict[str, list[tuple[str, str]]] = {}
     for split, per_class in counts.items():
         (args.out / split).mkdir(parents=True, exist_ok=True)
-        letters = [c for c in CLASSES for _ in range(per_class)]
+        letters = [c for c in classes for _ in range(per_class)]
         order = rng.permutation(len(letters))  # ids say nothing about the class
         rows = []
         for number, index in enumerate(order):
@@ -100,11 +106,15 @@ def main() -> None:
             render(rng, letters[index], fonts, args.size).save(args.out / split / name)
             rows.append((name, letters[index]))
         labels[split] = sorted(rows)
-    pd.DataFrame(labels["train"], columns=["id", "label"]).to_csv(args.out / "train.csv",
-                                                                   index=False)
-    test = pd.DataFrame(labels["test"], columns=["id", "label"])
-    test.to_csv(args.out / "test_labels.csv", index=False)
-    test.assign(label=CLASSES[0]).to_csv(args.out / "sample_submission.csv", index=False)
+    column = f"is_{args.pair[0]}" if args.pair else "label"
+    frames = {split: pd.DataFrame(rows, columns=["id", column]) for split, rows in labels.items()}
+    if args.pair:  # 1 for the first letter, 0 for the second
+        for frame in frames.values():
+            frame[column] = (frame[column] == args.pair[0]).astype(int)
+    frames["train"].to_csv(args.out / "train.csv", index=False)
+    frames["test"].to_csv(args.out / "test_labels.csv", index=False)
+    frames["test"].assign(**{column: 0.5 if args.pair else CLASSES[0]}).to_csv(
+        args.out / "sample_submission.csv", index=False)
     table = pd.DataFrame({split: pd.Series([label for _, label in rows]).value_counts()
                           for split, rows in labels.items()}).sort_index()
     print(f"{args.out}: {len(fonts)} fonts from {FONT_DIR}, {args.size} px RGB")
