@@ -23,6 +23,26 @@ def test_reads_folder_per_class_layout(tmp_path):
     assert all(path.split("/")[-2] == label for path, label in pairs)
 
 
+@pytest.mark.parametrize("layout", ["csv", "folders"])
+def test_kaggles_split_images_folders_are_read_as_they_come(tmp_path, layout):
+    """train_images/, test_images/ and unlabeled_images/ (APTOS, Cassava), ids carrying
+    the folder too; where neither name exists the error names both."""
+    root = make_competition(tmp_path / "k", layout=layout)
+    for split in ("train", "test", "unlabeled"):
+        (root / split).rename(root / f"{split}_images")
+    if layout == "csv":
+        train = pd.read_csv(root / "train.csv", dtype=str)
+        train.assign(id="train_images/" + train["id"]).to_csv(root / "train.csv", index=False)
+    comp = read_competition(root)
+    assert len(comp.train) == 24 and len(comp.test) == 6 and len(comp.unlabeled) == 4
+    assert all("/train_images/" in p for p in comp.train.path)
+    assert all("/test_images/" in p for p in comp.test.path)
+    (root / "test_images").rename(root / "elsewhere")
+    with pytest.raises(CompError, match=r"/test: test image folder not found \(nor "
+                                         r"test_images/\)"):
+        read_competition(root)
+
+
 def test_probability_submission_detected(competition):
     sample = pd.read_csv(competition / "sample_submission.csv")
     pd.DataFrame({"id": sample.id, **{c: 0.0 for c in CLASSES}}).to_csv(

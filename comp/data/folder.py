@@ -198,6 +198,20 @@ def _check_ids(ids: pd.Series, source: Path) -> None:
         )
 
 
+def image_folder(root: Path, split: str) -> Path:
+    """The folder of `split`'s images: `<split>/`, or Kaggle's `<split>_images/` (APTOS,
+    Cassava) where only that exists; `<split>/` where neither does (for the error)."""
+    for folder in (root / split, root / f"{split}_images"):
+        if folder.is_dir():
+            return folder
+    return root / split
+
+
+def _not_found(folder: Path, what: str) -> CompError:
+    return CompError(f"{folder}: {what} image folder not found (nor {folder.name}_images/); "
+                     "see the README's layout")
+
+
 def _without_folder(ids: pd.Series, folder: Path) -> pd.Series:
     """Ids written as `<folder>/<name>` (e.g. train/abc.jpg) as the plain name."""
     prefix = f"{folder.name}/"
@@ -330,9 +344,9 @@ def _labels(frame: pd.DataFrame, id_column: str, label_column: str | None,
 
 
 def _read_train(root: Path, id_column: str | None, label_column: str | None) -> pd.DataFrame:
-    csv_path, folder = root / "train.csv", root / "train"
+    csv_path, folder = root / "train.csv", image_folder(root, "train")
     if not folder.is_dir():
-        raise CompError(f"{folder}: training image folder not found; see the README's layout")
+        raise _not_found(folder, "training")
     if csv_path.exists():
         frame = _read_csv(csv_path, [])
         columns = list(frame.columns)
@@ -473,9 +487,9 @@ def _listed_images(listed: pd.Series, folder: Path, csv_path: Path, missing: str
 def _read_test(root: Path, wanted: tuple) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The test frame in sample-submission order, and the sample (`wanted`: the classes,
     data.submission_values and data.positive_class, for _read_sample)."""
-    sample_path, folder = root / "sample_submission.csv", root / "test"
+    sample_path, folder = root / "sample_submission.csv", image_folder(root, "test")
     if sample_path.exists() and not folder.is_dir():
-        raise CompError(f"{folder}: test image folder not found; see the README's layout")
+        raise _not_found(folder, "test")
     sample = _read_sample(root, *wanted)
     id_column = sample.columns[0]
     ids = _listed_images(sample[id_column], folder, sample_path, "id(s) have no image in",
@@ -486,7 +500,7 @@ def _read_test(root: Path, wanted: tuple) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _read_unlabeled(root: Path) -> pd.DataFrame:
-    folder = root / "unlabeled"
+    folder = image_folder(root, "unlabeled")
     files = image_files(folder) if folder.is_dir() else {}
     return pd.DataFrame(
         {"id": list(files), "path": [str(p) for p in files.values()]}, columns=["id", "path"]
@@ -497,7 +511,8 @@ def is_pixel_layout(root: Path) -> bool:
     """Whether `root` is a pixel-CSV competition: no train/ folder, and a train.csv with
     pixel columns (comp.data.pixels)."""
     csv_path = root / "train.csv"
-    return not (root / "train").is_dir() and csv_path.is_file() and is_pixel_csv(csv_path)
+    return (not image_folder(root, "train").is_dir() and csv_path.is_file()
+            and is_pixel_csv(csv_path))
 
 
 def _csv_header(path: Path) -> list[str]:
