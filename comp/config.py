@@ -132,6 +132,10 @@ class DataConfig:
         None, Optional(Text()))
     label_column: str | None = setting(  # train.csv's label column(s); None: label, target, ...
         None, Optional(Text()))
+    # train.csv's column of groups (patient, slide, plate): images of one group share a
+    # fold, so no fold validates on a group its model trained on; None: no such column
+    group_column: str | None = setting(  # train.csv's group column (patient, slide); None
+        None, Optional(Text()))
     # a sample submission's one value column: auto (the positive class's probability where
     # there are two classes and the sample's values are fractions such as 0.5, as in
     # AUC-scored competitions; else labels) | labels | probability

@@ -63,3 +63,47 @@ def test_folds_are_stratified_and_keep_groups_together():
 def test_class_smaller_than_folds_is_an_error():
     with pytest.raises(CompError, match="class 'b' has 2 image"):
         make_folds(["1", "2", "3", "4", "5", "6"], ["a"] * 4 + ["b"] * 2, np.arange(6), 3, 0)
+
+
+def test_joined_groups_join_duplicates_and_keys_transitively():
+    from comp.data.folds import joined_groups
+
+    groups = joined_groups(np.array([0, 1, 1, 2, 3, 4]), np.array(["a", "b", "c", "c", "d", "a"]))
+    # 0 and 5 share a key; 1-2 are duplicates and 2-3 share a key; 4 is alone
+    assert groups[0] == groups[5] and groups[1] == groups[2] == groups[3]
+    assert len({groups[0], groups[1], groups[4]}) == 3
+
+
+def test_a_group_column_keeps_each_patients_images_in_one_fold(tmp_path, capsys, comp_caplog):
+    """data.group_column: every group (here 8 patients, each with images of every class)
+    lies in one fold; a changed value after the folds exist, a missing column and an empty
+    value are each one line."""
+    import pandas as pd
+
+    from tests.helpers import make_competition, run_comp, tiny_overrides
+
+    root = make_competition(tmp_path / "g")
+    train = pd.read_csv(root / "train.csv", dtype=str)
+    train["patient"] = [f"p{i % 8}" for i in range(len(train))]
+    train.to_csv(root / "train.csv", index=False)
+    overrides = tiny_overrides(tmp_path, root, **{"data.folds": "3"})
+    assert run_comp("stage=prepare", *overrides, "data.group_column=patient",
+                    "quiet=false") == 0
+    assert "8 groups of 'patient', each in one fold" in comp_caplog.text
+    folds = pd.read_csv(tmp_path / "runs/tiny/folds.csv", dtype=str).merge(train, on="id")
+    assert (folds.groupby("patient")["fold"].nunique() == 1).all()
+    assert folds["fold"].nunique() == 3
+    assert run_comp("stage=prepare", *overrides) == 2  # the folds were made with groups
+    assert "data.group_column=None, made with patient" in capsys.readouterr().err
+    other = [*overrides, "name=other"]
+    assert run_comp("stage=prepare", *other, "data.group_column=slide") == 2
+    assert "no column 'slide' (data.group_column)" in capsys.readouterr().err
+    train.loc[3, "patient"] = " "
+    train.to_csv(root / "train.csv", index=False)
+    assert run_comp("stage=prepare", *other, "data.group_column=patient") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.csv line 5: empty 'patient'" in err[0], err
+    train.loc[3, "patient"] = "p1"  # a group changed after the folds were made
+    train.to_csv(root / "train.csv", index=False)
+    assert run_comp("stage=prepare", *overrides, "data.group_column=patient") == 2
+    assert "(its data.group_column values differ)" in capsys.readouterr().err

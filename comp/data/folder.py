@@ -91,7 +91,8 @@ class CompetitionFolder:
 def read_competition(root: str | Path, id_column: str | None = None,
                      label_column: str | None = None,
                      pixel_dir: Path | None = None, submission_values: str = "auto",
-                     positive_class: str | None = None) -> CompetitionFolder:
+                     positive_class: str | None = None,
+                     group_column: str | None = None) -> CompetitionFolder:
     """Read `root` as a competition folder; raise CompError on the first problem.
 
     `id_column` / `label_column` name train.csv's columns (None: found by name).
@@ -99,6 +100,8 @@ def read_competition(root: str | Path, id_column: str | None = None,
     the probability of the positive class where there are two classes and the sample's
     values are fractions such as 0.5, else labels), `positive_class` which class that is
     (None: the class the column is named after, the larger of two numbers, or true/yes).
+    `group_column` names a train.csv column of groups (patient, slide) whose images share
+    a fold: the train frame's `group_key`.
     A folder in the pixel-CSV layout (no train/ folder, pixel columns in train.csv; see
     comp.data.pixels) has its rows written as PNG images under `pixel_dir` once."""
     root = Path(root)
@@ -107,10 +110,13 @@ def read_competition(root: str | Path, id_column: str | None = None,
     pixels = is_pixel_layout(root)
     if pixels and pixel_dir is None:
         raise ValueError(f"{root} holds pixel CSVs: give pixel_dir, where their images go")
+    if pixels and group_column is not None:
+        raise CompError(f"config: data.group_column={group_column!r} needs a train.csv of "
+                        f"image files; {root} holds pixel rows")
     if pixels:
         train, train_pixels = _read_pixel_train(root, id_column, label_column, pixel_dir)
     else:
-        train = _read_train(root, id_column, label_column)
+        train = _read_train(root, id_column, label_column, group_column)
     classes = sorted(train["label"].unique())
     lowered = pd.Series(classes).str.lower()
     if lowered.duplicated().any():
@@ -210,6 +216,20 @@ def image_folder(root: Path, split: str) -> Path:
 def _not_found(folder: Path, what: str) -> CompError:
     return CompError(f"{folder}: {what} image folder not found (nor {folder.name}_images/); "
                      "see the README's layout")
+
+
+def _group_keys(frame: pd.DataFrame, column: str, csv_path: Path) -> np.ndarray:
+    """train.csv's data.group_column values, stripped; a missing column or an empty value
+    is a CompError naming it."""
+    if column not in frame.columns:
+        raise CompError(f"{csv_path}: no column {column!r} (data.group_column); its columns "
+                        f"are {list(frame.columns)}")
+    keys = frame[column].fillna("").astype(str).str.strip()
+    empty = np.flatnonzero(keys.to_numpy() == "")
+    if len(empty):
+        raise CompError(f"{csv_path} line {empty[0] + 2}: empty {column!r} (data.group_column); "
+                        "give every image its group")
+    return keys.to_numpy()
 
 
 def _without_folder(ids: pd.Series, folder: Path) -> pd.Series:
@@ -343,7 +363,8 @@ def _labels(frame: pd.DataFrame, id_column: str, label_column: str | None,
     return hot.idxmax(axis=1).str.strip()
 
 
-def _read_train(root: Path, id_column: str | None, label_column: str | None) -> pd.DataFrame:
+def _read_train(root: Path, id_column: str | None, label_column: str | None,
+                group_column: str | None = None) -> pd.DataFrame:
     csv_path, folder = root / "train.csv", image_folder(root, "train")
     if not folder.is_dir():
         raise _not_found(folder, "training")
@@ -364,8 +385,14 @@ def _read_train(root: Path, id_column: str | None, label_column: str | None) -> 
         ids = _listed_images(frame[id_col], folder, csv_path, "listed image(s) missing from",
                              "are not in train.csv and are ignored")
         labels = _labels(frame, id_col, label_col, csv_path)
-        return pd.DataFrame({"id": ids, "label": labels.to_numpy(),
-                             "path": [str(folder / i) for i in ids]})
+        train = pd.DataFrame({"id": ids, "label": labels.to_numpy(),
+                              "path": [str(folder / i) for i in ids]})
+        if group_column is not None:
+            train["group_key"] = _group_keys(frame, group_column, csv_path)
+        return train
+    if group_column is not None:
+        raise CompError(f"config: data.group_column={group_column!r} needs a train.csv with "
+                        f"that column; {folder} is read by its class folders")
     class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise CompError(

@@ -94,6 +94,20 @@ def duplicate_groups(prints: Fingerprints, max_distance: int,
     return connected_components(graph, directed=False)[1]
 
 
+def joined_groups(groups: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Group ids (N,) joining the images that share a group in `groups` (e.g.
+    duplicate_groups) or a key in `keys` (e.g. a patient id), transitively."""
+    n = len(groups)
+    _, group_codes = np.unique(groups, return_inverse=True)
+    _, key_codes = np.unique(keys, return_inverse=True)
+    images = np.arange(n)
+    # images and the two labelings' values as one graph's nodes: image -> its group, its key
+    links = np.concatenate([n + group_codes, n + group_codes.max() + 1 + key_codes])
+    graph = coo_matrix((np.ones(2 * n), (np.concatenate([images, images]), links)),
+                       shape=(links.max() + 1,) * 2)
+    return connected_components(graph, directed=False)[1][:n]
+
+
 def hamming_within(a: np.ndarray, b: np.ndarray, max_distance: int,
                    chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (i, j) of images whose (8, N) dihedral hashes `a` and (8, M) `b` differ in

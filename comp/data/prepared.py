@@ -12,7 +12,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from comp.artifacts import fingerprint, read_json, write_csv, write_json
 from comp.data.folder import SPLITS, CompetitionFolder, read_competition
-from comp.data.folds import duplicate_groups, fingerprints, make_folds, repeat_column
+from comp.data.folds import (
+    duplicate_groups,
+    fingerprints,
+    joined_groups,
+    make_folds,
+    repeat_column,
+)
 from comp.data.images import Decoding, cached_images
 from comp.errors import CompError
 from comp.log import get_logger
@@ -105,13 +111,15 @@ def load_competition(cfg: DictConfig) -> CompetitionFolder:
                             cfg.data.get("label_column"),
                             RunDir(run_root(cfg.runs_dir, cfg.name)).pixel_images,
                             cfg.data.get("submission_values", "auto"),
-                            cfg.data.get("positive_class"))
+                            cfg.data.get("positive_class"), cfg.data.get("group_column"))
 
 
 def train_key(train: pd.DataFrame) -> str:
-    """What the folds depend on: train ids, labels and image contents, in order."""
+    """What the folds depend on: train ids, labels and image contents, in order (and the
+    images' groups, data.group_column, where given)."""
+    groups = {"groups": train["group_key"].tolist()} if "group_key" in train else {}
     return fingerprint({"ids": train["id"].tolist(), "labels": train["label"].tolist(),
-                        "hashes": train["hash"].tolist()})
+                        "hashes": train["hash"].tolist(), **groups})
 
 
 def _old_train_key(train: pd.DataFrame) -> str:
@@ -130,9 +138,11 @@ def _write_hashes(run: RunDir, competition: CompetitionFolder) -> None:
     )[["split", "id", "hash"]])
 
 
-def describe_change(old: pd.DataFrame, new: pd.DataFrame) -> str:
+def describe_change(old: pd.DataFrame, new: pd.DataFrame,
+                    otherwise: str = "the data differs") -> str:
     """One phrase naming how `new` differs from `old` (frames of id, hash and maybe
-    label): images replaced, relabelled, added, removed, or only reordered."""
+    label): images replaced, relabelled, added, removed, or only reordered; `otherwise`
+    where none of these."""
     old, new = old.set_index("id"), new.set_index("id")
     both = [i for i in new.index if i in old.index]
     changes = {
@@ -146,7 +156,7 @@ def describe_change(old: pd.DataFrame, new: pd.DataFrame) -> str:
              if ids]
     if not parts and old.index.tolist() != new.index.tolist():
         parts.append("the same images in another order")
-    return "; ".join(parts) or "the data differs"
+    return "; ".join(parts) or otherwise
 
 
 def _recorded(run: RunDir, split: str, folds: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -181,7 +191,8 @@ def prepare(cfg: DictConfig) -> Prepared:
 # the settings the folds are made with: their names in data.json -> their config keys
 FOLD_SETTINGS = {"folds": "data.folds", "seed": "data.fold_seed", "dedup": "data.dedup",
                  "max_distance": "data.dedup_max_distance",
-                 "min_correlation": "data.dedup_min_correlation", "repeats": "data.repeats"}
+                 "min_correlation": "data.dedup_min_correlation", "repeats": "data.repeats",
+                 "group_column": "data.group_column"}
 
 
 def _fold_settings(cfg: DictConfig) -> dict:
@@ -196,21 +207,23 @@ def _recorded_folds(cfg: DictConfig, competition: CompetitionFolder, run: RunDir
     data_key = train_key(competition.train)
     recorded = read_json(run.data_json)
     folds = read_table(run.folds_csv)
-    if recorded.get("data_key") not in (data_key, _old_train_key(competition.train)):
-        change = describe_change(_recorded(run, "train", folds), competition.train)
-        raise CompError(
-            f"{run.root}: was prepared from other training data than {cfg.data.dir} "
-            f"({change}); its models were trained on "
-            "those folds: use another name=<experiment> (or delete that run directory)"
-        )
     then, now = _with_defaults(recorded.get("settings")), _fold_settings(cfg)
-    if then != now:
+    if then != now:  # first: a changed data.group_column changes the data key too
         changed = ", ".join(f"{FOLD_SETTINGS[name]}={value}, made with {(then or {}).get(name)}"
                             for name, value in now.items() if (then or {}).get(name) != value)
         raise CompError(
             f"{run.folds_csv}: written with other fold settings ({changed}); folds are "
             "fixed once models train on them: use another name=<experiment>, or set the "
             "data.* keys back"
+        )
+    if recorded.get("data_key") not in (data_key, _old_train_key(competition.train)):
+        change = describe_change(_recorded(run, "train", folds), competition.train,
+                                 *(["its data.group_column values differ"]
+                                   if "group_key" in competition.train else []))
+        raise CompError(
+            f"{run.root}: was prepared from other training data than {cfg.data.dir} "
+            f"({change}); its models were trained on "
+            "those folds: use another name=<experiment> (or delete that run directory)"
         )
     if recorded.get("data_key") != data_key:  # an older run directory: record hashes
         recorded = {**recorded, "data_key": data_key}
@@ -222,7 +235,8 @@ def _recorded_folds(cfg: DictConfig, competition: CompetitionFolder, run: RunDir
 def _write_folds(cfg: DictConfig, competition: CompetitionFolder, run: RunDir,
                  train_images: np.ndarray) -> pd.DataFrame:
     """New folds of the training images (near-duplicates kept in one fold with
-    data.dedup), written with hashes.csv and data.json."""
+    data.dedup, and the images of one data.group_column value), written with hashes.csv
+    and data.json."""
     settings = _fold_settings(cfg)
     train = competition.train
     if cfg.data.dedup:
@@ -230,6 +244,8 @@ def _write_folds(cfg: DictConfig, competition: CompetitionFolder, run: RunDir,
                                   cfg.data.dedup_min_correlation)
     else:
         groups = pd.RangeIndex(len(train)).to_numpy()
+    if "group_key" in train:  # data.group_column: a patient's or slide's images share a fold
+        groups = joined_groups(groups, train["group_key"].to_numpy())
     folds = make_folds(train["id"].tolist(), train["label"].tolist(), groups,
                        cfg.data.folds, cfg.data.fold_seed, settings["repeats"])
     summary = _data_summary(cfg, competition, folds, settings)
@@ -238,12 +254,13 @@ def _write_folds(cfg: DictConfig, competition: CompetitionFolder, run: RunDir,
     write_json(run.data_json, summary)
     get_logger().info(
         "prepare: %d train / %d test / %d unlabeled images, %d classes, %d folds%s; "
-        "%d near-duplicate group(s) holding %d images kept within one fold -> %s",
+        "%d near-duplicate group(s) holding %d images kept within one fold%s -> %s",
         len(train), len(competition.test), len(competition.unlabeled),
         len(competition.classes), cfg.data.folds,
         f" x {settings['repeats']} repeats" if settings["repeats"] > 1 else "",
-        summary["duplicate_groups"],
-        summary["images_in_duplicate_groups"], run.folds_csv,
+        summary["duplicate_groups"], summary["images_in_duplicate_groups"],
+        f"; {train['group_key'].nunique()} groups of {settings['group_column']!r}, each in "
+        "one fold" if "group_key" in train else "", run.folds_csv,
     )
     return folds
 
@@ -266,10 +283,10 @@ def _data_summary(cfg: DictConfig, competition: CompetitionFolder, folds: pd.Dat
 
 def _with_defaults(settings: dict | None) -> dict | None:
     """Recorded fold settings, where run directories prepared before data.repeats
-    existed count as one repeat, and those before data.dedup_min_correlation as grouped
-    by the hashes alone (-1)."""
+    existed count as one repeat, those before data.dedup_min_correlation as grouped
+    by the hashes alone (-1), and those before data.group_column without one."""
     return settings if settings is None else {"repeats": 1, "min_correlation": -1.0,
-                                              **settings}
+                                              "group_column": None, **settings}
 
 
 def _note_changes(recorded: dict, competition: CompetitionFolder, run: RunDir) -> None:
