@@ -304,3 +304,16 @@ def test_a_two_class_submission_says_what_its_column_holds(tmp_path):
     labels = read_competition(_binary(tmp_path / "l", column="label", sample_value="0"))
     assert "set data.submission_values=probability" in values_note(labels, "auc")
     assert values_note(read_competition(make_competition(tmp_path / "m")), "auc") is None
+
+
+def test_a_group_column_beside_one_hot_labels_is_no_class(tmp_path):
+    root = make_competition(tmp_path / "h")
+    train = pd.read_csv(root / "train.csv", dtype=str)
+    hot = pd.get_dummies(train["label"]).astype(int)
+    pd.concat([train[["id"]], hot, pd.DataFrame({"patient": [f"p{i % 5}" for i in
+                                                             range(len(train))]})],
+              axis=1).to_csv(root / "train.csv", index=False)
+    comp = read_competition(root, group_column="patient")
+    assert comp.classes == sorted(train["label"].unique())
+    assert comp.train["label"].tolist() == train["label"].tolist()
+    assert comp.train["group_key"].nunique() == 5

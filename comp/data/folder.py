@@ -370,6 +370,10 @@ def _read_train(root: Path, id_column: str | None, label_column: str | None,
         raise _not_found(folder, "training")
     if csv_path.exists():
         frame = _read_csv(csv_path, [])
+        groups = None
+        if group_column is not None:  # read apart: never an id, label or one-hot column
+            groups = _group_keys(frame, group_column, csv_path)
+            frame = frame.drop(columns=[group_column])
         columns = list(frame.columns)
         id_col = _find_column(columns, id_column, ID_COLUMNS, "data.id_column", csv_path)
         if id_col is None:
@@ -387,8 +391,8 @@ def _read_train(root: Path, id_column: str | None, label_column: str | None,
         labels = _labels(frame, id_col, label_col, csv_path)
         train = pd.DataFrame({"id": ids, "label": labels.to_numpy(),
                               "path": [str(folder / i) for i in ids]})
-        if group_column is not None:
-            train["group_key"] = _group_keys(frame, group_column, csv_path)
+        if groups is not None:
+            train["group_key"] = groups
         return train
     if group_column is not None:
         raise CompError(f"config: data.group_column={group_column!r} needs a train.csv with "
