@@ -20,15 +20,15 @@ from comp.log import get_logger, progress, progress_mode, quiet_tensorflow
 from comp.models.choice import Hardware, detect_hardware
 from comp.models.spec import ModelSpec, make_classic_spec, make_spec, native_side
 from comp.predictions import read_table
-from comp.pseudo.rows import pseudo_identity, pseudo_loader
+from comp.pseudo.rows import pseudo_identity
 from comp.training.compute import available_memory, worker_count
 from comp.training.trainer import (
     fold_done,
     pending_units,
+    round_options,
     split_keys,
     train_spec,
 )
-from comp.training.units import TrainOptions
 from comp.training.workers import WorkerSetup, train_in_workers
 from comp.workspace import FOLD_METRICS
 
@@ -82,23 +82,20 @@ def train_round(cfg: DictConfig, prepared: Prepared, round_: int,
             raise CompError(f"config: only.fold={cfg.only.fold} is outside "
                             f"0..{prepared.n_units - 1}{units}")
         folds = [cfg.only.fold]
-    loader = None if round_ == 0 else pseudo_loader(prepared, round_, cfg.pseudo.weight,
-                                                    cfg.pseudo.distill)
     deadline = deadline or Deadline.start(cfg.time_limit)  # one for all models
+    setup = WorkerSetup(prepared, round_, cfg.pseudo.weight, cfg.pseudo.distill,
+                        cfg.tensorboard, progress_mode(), get_logger().level)
     pending = pending_units(specs, prepared, folds)
     hardware = detect_hardware()
     workers = min(unit_workers(cfg, hardware), len(pending))
     if workers > 1:  # the units run there; the loop below finds them done and collects
-        train_in_workers(pending, WorkerSetup(
-            prepared, round_, cfg.pseudo.weight, cfg.pseudo.distill, cfg.tensorboard,
-            progress_mode(), get_logger().level), workers, hardware.cpus, deadline)
+        train_in_workers(pending, setup, workers, hardware.cpus, deadline)
     elif pending:
         quiet_tensorflow()  # the units train in this process
+    options = round_options(setup, folds, deadline)
     results = []
     for spec in progress(specs, desc=f"models round {round_}", disable=len(specs) < 2 or None):
-        result = train_spec(spec, prepared, {"round": round_},
-                            TrainOptions(loader, folds, cfg.tensorboard, deadline,
-                                         in_sample=cfg.pseudo.distill is not None))
+        result = train_spec(spec, prepared, {"round": round_}, options)
         if result is not None:
             results.append(result)
     return results

@@ -133,16 +133,17 @@ def read_competition(root: str | Path, id_column: str | None = None,
                         f"{root}; the classes are {classes}")
     wanted = (classes, submission_values, positive_class)  # _read_sample's
     if pixels:
-        test, sample = _read_pixel_test(root, wanted, train_pixels, pixel_dir)
+        test, columns, probability_columns = _read_pixel_test(root, wanted, train_pixels,
+                                                              pixel_dir)
         unlabeled = pd.DataFrame(columns=["id", "path", "hash"])
     else:
-        test, sample = _read_test(root, wanted)
+        test, columns, probability_columns = _read_test(root, wanted)
         unlabeled = _read_unlabeled(root)
     for frame in (train, test, unlabeled):
         if "hash" not in frame:
             frame["hash"] = content_hashes(frame["path"].tolist()) if len(frame) else []
-    return CompetitionFolder(root, classes, train, test, unlabeled, list(sample.columns),
-                             sample.attrs["probability_columns"])
+    return CompetitionFolder(root, classes, train, test, unlabeled, columns,
+                             probability_columns)
 
 
 def check_id(image_id: object, source: str) -> str:
@@ -426,9 +427,9 @@ def _read_train(root: Path, id_column: str | None, label_column: str | None,
 
 
 def _read_sample(root: Path, classes: list[str], values: str,
-                 positive: str | None) -> pd.DataFrame:
-    """sample_submission.csv, with `attrs["probability_columns"]`: each value column that
-    takes a probability, and its class (empty: one label column)."""
+                 positive: str | None) -> tuple[pd.DataFrame, dict[str, str]]:
+    """sample_submission.csv, and each of its value columns that takes a probability,
+    with its class (empty: one label column)."""
     sample_path = root / "sample_submission.csv"
     if not sample_path.exists():
         raise CompError(
@@ -459,8 +460,7 @@ def _read_sample(root: Path, classes: list[str], values: str,
             f"{sample_path}: columns {columns[1:]} are neither one label column nor the "
             f"classes {classes}"
         )
-    sample.attrs["probability_columns"] = probability_columns
-    return sample
+    return sample, probability_columns
 
 
 def _one_column(values: pd.Series, classes: list[str], wanted: str, positive: str | None,
@@ -515,19 +515,20 @@ def _listed_images(listed: pd.Series, folder: Path, csv_path: Path, missing: str
     return ids
 
 
-def _read_test(root: Path, wanted: tuple) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The test frame in sample-submission order, and the sample (`wanted`: the classes,
-    data.submission_values and data.positive_class, for _read_sample)."""
+def _read_test(root: Path, wanted: tuple) -> tuple[pd.DataFrame, list[str], dict[str, str]]:
+    """The test frame in sample-submission order, the sample's columns and its probability
+    columns (`wanted`: the classes, data.submission_values and data.positive_class, for
+    _read_sample)."""
     sample_path, folder = root / "sample_submission.csv", image_folder(root, "test")
     if sample_path.exists() and not folder.is_dir():
         raise _not_found(folder, "test")
-    sample = _read_sample(root, *wanted)
+    sample, probability_columns = _read_sample(root, *wanted)
     id_column = sample.columns[0]
     ids = _listed_images(sample[id_column], folder, sample_path, "id(s) have no image in",
                          "are not in sample_submission.csv and are not predicted")
     test = pd.DataFrame({"id": ids, "submission_id": sample[id_column].to_numpy(),
                          "path": [str(folder / i) for i in ids]})
-    return test, sample
+    return test, list(sample.columns), probability_columns
 
 
 def _read_unlabeled(root: Path) -> pd.DataFrame:
@@ -584,15 +585,15 @@ def _read_pixel_train(root: Path, id_column: str | None, label_column: str | Non
 
 
 def _read_pixel_test(root: Path, wanted: tuple, train_pixels: list[str],
-                     pixel_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """test.csv of pixel rows as the test frame in sample-submission order, and the
-    sample (`wanted`: as for _read_test). The sample's ids are test.csv's id column where
-    it has one, else its row numbers 1..N."""
+                     pixel_dir: Path) -> tuple[pd.DataFrame, list[str], dict[str, str]]:
+    """test.csv of pixel rows as the test frame in sample-submission order, the sample's
+    columns and its probability columns (`wanted`: as for _read_test). The sample's ids
+    are test.csv's id column where it has one, else its row numbers 1..N."""
     csv_path = root / "test.csv"
     if not csv_path.is_file():
         raise CompError(f"{csv_path}: not found; a pixel-CSV competition gives its test "
                         "images as pixel rows in test.csv")
-    sample = _read_sample(root, *wanted)
+    sample, probability_columns = _read_sample(root, *wanted)
     columns = list(sample.columns)
     sample_path = root / "sample_submission.csv"
     header = _csv_header(csv_path)
@@ -634,4 +635,4 @@ def _read_pixel_test(root: Path, wanted: tuple, train_pixels: list[str],
                                image_side(pixels, csv_path), hashes)
     test = pd.DataFrame({"id": wanted.to_numpy(), "submission_id": sample[columns[0]].to_numpy(),
                          "path": paths, "hash": hashes})
-    return test, sample
+    return test, columns, probability_columns

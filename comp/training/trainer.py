@@ -310,6 +310,18 @@ def warm_features(units: list[tuple], prepared) -> None:
             gc.collect()  # one backbone and its mapped features at a time
 
 
+def round_options(setup, folds: list[int] | None = None, deadline=None) -> TrainOptions:
+    """How a round's units train (`setup`: a comp.training.workers.WorkerSetup), in this
+    process or a worker alike: from round 1 on with the round's pseudo-label files, and
+    predicting their own training rows where the run distils (pseudo.distill)."""
+    from comp.pseudo.rows import pseudo_loader
+
+    loader = None if setup.round_ == 0 else pseudo_loader(
+        setup.prepared, setup.round_, setup.pseudo_weight, setup.pseudo_distill)
+    return TrainOptions(loader, folds, setup.tensorboard, deadline,
+                        in_sample=setup.pseudo_distill is not None)
+
+
 class UnitTrainer:
     """What a worker process does (comp.training.workers): `train(spec, unit)` trains one
     unit as the one-process loop would, keeping the features of the model it trained
@@ -317,14 +329,8 @@ class UnitTrainer:
     (spec, unit) pairs into the run's caches (warm_features)."""
 
     def __init__(self, setup):
-        from comp.pseudo.rows import pseudo_loader
-
         self.setup = setup
-        self.options = TrainOptions(
-            None if setup.round_ == 0 else pseudo_loader(setup.prepared, setup.round_,
-                                                         setup.pseudo_weight,
-                                                         setup.pseudo_distill),
-            tensorboard=setup.tensorboard, in_sample=setup.pseudo_distill is not None)
+        self.options = round_options(setup)
         self.featured_models: dict = {}
         self.model_id = None
 
