@@ -7,7 +7,9 @@ model, whatever `classic.models` defaults to) for one epoch on each of the bundl
 5 folds at `size` px, then predicts `n_images` decoded images with 8 dihedral TTA views,
 counting every view as an image:
 - comp: `comp.inference.predict_images` (what stage=predict runs after decoding):
-  timed end to end, building the backbone and loading each fold's head included;
+  timed end to end, building the backbone and loading each fold's head included; on a
+  CPU its frozen prefix runs through TFLite, converted by the training's feature pass
+  and read from the run's cache (`cache/lite/`), as in stage=predict;
 - raw Keras: the same network as one `keras.Model` (frozen prefix + trained head, the
   fold's weights) and `model.predict(batch_size=batch)` on the preprocessed views, the
   model built before the clock starts.
@@ -97,6 +99,7 @@ def main() -> None:
     from comp.models.registry import get_backbone
     from comp.run import main as comp_main
     from comp.training.compute import frozen_batch_size
+    from comp.workspace import RunDir
 
     runs = Path(tempfile.mkdtemp(prefix="comp-infer-"))
     test_dir = ROOT / "comp/demo/wbc/test"
@@ -113,6 +116,7 @@ def main() -> None:
     assert comp_main(["stage=train", *overrides]) == 0
     cfg = load_config(overrides)
     run_root = runs / "infer"
+    lite_cache = RunDir(run_root).lite_cache  # as stage=predict passes it
     model_dir = finetuned_model(run_root / "models")
     n_folds = len(list(model_dir.glob("fold*")))
     spec = load_spec(cfg, type("R", (), {"model_dir": lambda self, m: run_root / "models" / m})(),
@@ -132,7 +136,9 @@ def main() -> None:
     rows = []
     for label, folder, folds in (("1 fold", one_fold, [0]),
                                  (f"{n_folds} folds", model_dir, range(n_folds))):
-        predict_images(spec, folder, images[:8], n_classes)  # warm-up (graph tracing)
+        # warm-up (graph tracing); the run's frozen prefix, converted to TFLite where the
+        # training's feature pass ran it (comp.training.lite), is read from the run's cache
+        predict_images(spec, folder, images[:8], n_classes, lite_cache)
         fulls = []
         for fold in folds:  # raw Keras: built (and warmed up) before any clock starts
             base = build_backbone(backbone, size, spec.weights, spec.train.seed)
@@ -146,7 +152,7 @@ def main() -> None:
         comp_times, raw_times = [], []
         for _ in range(args.repeats):  # interleaved: a slow spell of the machine hits both
             started = time.time()
-            comp_probs = predict_images(spec, folder, images, n_classes)
+            comp_probs = predict_images(spec, folder, images, n_classes, lite_cache)
             comp_times.append(time.time() - started)
             started = time.time()
             raw_total = sum(full.predict(views, batch_size=batch, verbose=0)

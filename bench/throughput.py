@@ -15,9 +15,11 @@ threading and dtype policies never leak from one row into the next:
   kernels, every core; `tf.lite.Interpreter`, which TensorFlow marks deprecated in favour
   of the ai-edge-litert package); the conversion's seconds are in the set-up column, not in views/s;
 - comp's own feature pass (comp.training.features.frozen_forward on the folded network):
-  uint8 images in, the dihedral view, float cast and preprocessing inside its one graph,
-  float16 out, and the eager ops around `predict_on_batch` it replaced; these rows do more
-  work per view than the others, which take the preprocessed float32 images.
+  uint8 images in, the dihedral view, float cast and preprocessing, float16 out; on a CPU
+  that is TFLite (comp.training.lite: the view in NumPy, the rest converted, 4 images a
+  call, whatever batch it is handed), else one TensorFlow graph; and the eager ops around
+  `predict_on_batch` comp ran before; these rows do more work per view than the others,
+  which take the preprocessed float32 images.
 Against the FLOP bound: a float32 matrix product's GFLOP/s on every core, and the network's
 FLOP per image from its layers' shapes (bench/inference.py's `model_flops`). Prints a table.
 """
@@ -49,6 +51,7 @@ SETTINGS = [  # (name, call, batch, policy, inter, intra)
     ("tf.function, batch norms folded", "folded_function", 128, "float32", 0, 0),
     ("predict_on_batch, batch norms folded", "folded", 32, "float32", 0, 0),
     ("TFLite (XNNPACK), batch norms folded", "tflite", 32, "float32", 0, 0),
+    ("TFLite (XNNPACK), batch norms folded", "tflite", 4, "float32", 0, 0),
     ("eager view, cast, preprocessing + predict_on_batch (uint8 in: comp's pass before), "
      "folded", "eager", 128, "float32", 0, 0),
     ("comp's frozen_forward (uint8 in: view 5, cast, preprocessing in the graph), folded",

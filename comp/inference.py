@@ -120,23 +120,27 @@ def predict_model(cfg: DictConfig, run: RunDir, model_id: str, paths: list[Path]
                   n_classes: int) -> np.ndarray:
     """Fold-averaged TTA probabilities of one trained model on `paths`."""
     spec = load_spec(cfg, run, model_id)
-    return PREDICTORS[type(spec)](cfg, spec, run.model_dir(model_id), paths, n_classes)
+    # with predict.output set nothing is written into the run directory (it may be
+    # read-only): the frozen networks are converted again instead of kept there
+    lite_cache = None if cfg.predict.output else run.lite_cache
+    return PREDICTORS[type(spec)](cfg, spec, run.model_dir(model_id), paths, n_classes,
+                                  lite_cache)
 
 
 def _predict_finetuned(cfg: DictConfig, spec: ModelSpec, model_dir: Path, paths: list[Path],
-                       n_classes: int) -> np.ndarray:
+                       n_classes: int, lite_cache: Path | None) -> np.ndarray:
     settings = decoding(cfg)
     images = load_images([str(p) for p in paths], spec.image_size, settings.max_pixels,
                          desc=f"decode {spec.image_size}px",
                          intensity_range=settings.intensity_range)
-    return predict_images(spec, model_dir, images, n_classes)
+    return predict_images(spec, model_dir, images, n_classes, lite_cache)
 
 
 def _predict_classic(cfg: DictConfig, spec: ClassicSpec, model_dir: Path, paths: list[Path],
-                     n_classes: int) -> np.ndarray:
+                     n_classes: int, lite_cache: Path | None) -> np.ndarray:
     from comp.training.classic import embed_images
 
-    features = embed_images(spec, [str(p) for p in paths], decoding(cfg))
+    features = embed_images(spec, [str(p) for p in paths], decoding(cfg), lite_cache)
     return predict_classic(model_dir, features, n_classes)
 
 
@@ -153,7 +157,7 @@ def predict_classic(model_dir: Path, features: np.ndarray, n_classes: int) -> np
 
 
 def predict_images(spec: ModelSpec, model_dir: Path, images: np.ndarray,
-                   n_classes: int) -> np.ndarray:
+                   n_classes: int, lite_cache: Path | None = None) -> np.ndarray:
     """Fold-averaged TTA probabilities of the model in `model_dir` on decoded `images`.
 
     The frozen prefix runs once per image and view for every fold that shares its cut
@@ -174,7 +178,8 @@ def predict_images(spec: ModelSpec, model_dir: Path, images: np.ndarray,
                                       spec.train.seed)
                 split = split_backbone(base, backbone, fold_spec.model.unfreeze)
             shared[key] = (split, compute_features(
-                images, Encoder(split.prefix, backbone.preprocess), ViewSet(plan.tta)))
+                images, Encoder(split.prefix, backbone.preprocess, lite_cache),
+                ViewSet(plan.tta)))
         split, features = shared[key]
         with model_scope(spec.compute):
             head = create_head(split, fold_spec, n_classes, 0, online=False)

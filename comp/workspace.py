@@ -99,6 +99,11 @@ class RunDir:
         return self.root / "cache" / "view_choice"
 
     @property
+    def lite_cache(self) -> Path:
+        """Frozen networks converted to TFLite, one file per network (comp.training.lite)."""
+        return self.root / "cache" / "lite"
+
+    @property
     def embedding_cache(self) -> Path:
         """Pooled embeddings of the classic heads, one folder per part (comp.training.classic)."""
         return self.root / "cache" / "embeddings"

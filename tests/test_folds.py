@@ -19,6 +19,22 @@ def test_dihedral_views_are_the_eight_symmetries():
     assert len(views) == 8
 
 
+@pytest.mark.parametrize("shape,dtype", [((3, 6, 6, 3), np.uint8), ((2, 5, 5, 1), np.uint8),
+                                         ((2, 4, 4, 5), np.float16)])
+def test_dihedral_views_move_whole_pixels(shape, dtype):
+    """The views move each pixel's channels as one item: the same arrays as turning and
+    flipping the channels one by one, for colour, grayscale and feature maps."""
+    images = np.random.default_rng(1).integers(0, 256, shape).astype(dtype)
+    for view in DIHEDRAL:
+        expected = np.rot90(images, k=view % 4, axes=(1, 2))
+        expected = expected[:, :, ::-1] if view >= 4 else expected
+        got = dihedral_view(images[:, :, :], view)
+        assert got.dtype == dtype and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, expected, err_msg=f"view {view}")
+    strided = images[:, ::-1]  # a non-contiguous batch
+    np.testing.assert_array_equal(dihedral_view(strided, 1), np.rot90(strided, 1, (1, 2)))
+
+
 def test_flipped_and_rotated_copies_are_grouped():
     images = _images(12)
     copies = np.stack([dihedral_view(images[:1], 5)[0], dihedral_view(images[1:2], 2)[0]])

@@ -64,9 +64,10 @@ class ClassicFeatures:
                 views = self.views[:1] if name == COLOR else self.views
                 key = {"source": name, "size": size, "views_kind": spec.views,
                        **part_identity(spec, name), "n": len(images),
-                       "data": prepared.split_key(split), "comp_embeddings": 3}
+                       "data": prepared.split_key(split), "comp_embeddings": 4}
                 part = cached_embeddings(cache, key, split, images, views,
-                                         partial(part_encoder, spec, name, size))
+                                         partial(part_encoder, spec, name, size,
+                                                 prepared.run.lite_cache))
                 parts.append(np.repeat(part, len(self.views) // len(views), axis=0))
             widths = widths or [part.shape[-1] for part in parts]
             self.features[split] = (parts[0] if len(parts) == 1
@@ -103,8 +104,9 @@ def part_identity(spec, name: str) -> dict:
     return {"depths": list(spec.depths), "weights": spec.weights.identity}
 
 
-def part_encoder(spec, name: str, size: int):
-    """The encoder of one embedding part: uint8 images at `size` -> (N, D) floats."""
+def part_encoder(spec, name: str, size: int, lite_cache: Path | None = None):
+    """The encoder of one embedding part: uint8 images at `size` -> (N, D) floats (a
+    backbone's frozen pass converted to TFLite is kept in `lite_cache`, where given)."""
     if name == PIXELS:
         return pixel_encoder()
     if name == COLOR:
@@ -115,10 +117,11 @@ def part_encoder(spec, name: str, size: int):
     backbone = get_backbone(name)
     base = build_backbone(backbone, size, spec.weights, spec.seed)
     return backbone_encoder(pooled_model(base, backbone, list(spec.depths)),
-                            backbone.preprocess)
+                            backbone.preprocess, lite_cache)
 
 
-def embed_images(spec, paths: list[str], decoding) -> np.ndarray:
+def embed_images(spec, paths: list[str], decoding, lite_cache: Path | None = None
+                 ) -> np.ndarray:
     """(V, N, D) embeddings of image files for a classic spec (for prediction)."""
     from comp.data.images import load_images
 
@@ -126,7 +129,8 @@ def embed_images(spec, paths: list[str], decoding) -> np.ndarray:
     for name, size in spec.parts:
         images = load_images(paths, size, decoding.max_pixels, desc=f"decode {size}px",
                              intensity_range=decoding.intensity_range)
-        parts.append(embed(images, TTA_VIEWS[spec.views], part_encoder(spec, name, size),
+        parts.append(embed(images, TTA_VIEWS[spec.views],
+                           part_encoder(spec, name, size, lite_cache),
                            desc=f"embed {name}"))
     return np.concatenate(parts, axis=-1)
 

@@ -138,12 +138,12 @@ def color_encoder():
     return encode
 
 
-def backbone_encoder(model, preprocess):
+def backbone_encoder(model, preprocess, lite_cache: Path | None = None):
     """uint8 images -> the pooled model's float32 outputs (comp.training.features.
     frozen_forward: one traced graph from the uint8 batch on)."""
     from comp.training.features import frozen_forward
 
-    forward = frozen_forward(model, preprocess, "float32")
+    forward = frozen_forward(model, preprocess, "float32", lite_cache)
 
     def encode(batch: np.ndarray) -> np.ndarray:
         return forward(batch, 0)

@@ -33,8 +33,9 @@ from comp.data.views import (
 from comp.log import progress, unit_done
 from comp.training.compute import frozen_batch_size
 
-# the feature pass's arithmetic, in cache keys: 2 is frozen_forward's one graph
-FORWARD_PASS = 2
+# the feature pass's arithmetic, in cache keys: 2 is frozen_forward's one graph, 3 its
+# TFLite form on a CPU
+FORWARD_PASS = 3
 
 if TYPE_CHECKING:
     from comp.config import AugmentSettings
@@ -80,6 +81,7 @@ class Encoder:
 
     prefix: object | None
     preprocess: Callable[[np.ndarray], np.ndarray]
+    lite_cache: Path | None = None  # where its TFLite form is kept (comp.training.lite)
 
     @cached_property
     def outputs(self) -> Callable[[np.ndarray, int], np.ndarray]:
@@ -92,7 +94,8 @@ class Encoder:
         if self.prefix is not None:
             from comp.models.build import fold_batch_norms
 
-            return frozen_forward(fold_batch_norms(self.prefix), self.preprocess)
+            return frozen_forward(fold_batch_norms(self.prefix), self.preprocess,
+                                  cache=self.lite_cache)
         identity = is_identity_preprocess(self.preprocess)
 
         def preprocessed(batch: np.ndarray, view: int) -> np.ndarray:
@@ -260,8 +263,8 @@ def read_rows(images: np.ndarray, start: int, stop: int) -> np.ndarray:
     return np.asarray(images[start:stop])
 
 
-def frozen_forward(model, preprocess: Callable, dtype: str = "float16"
-                   ) -> Callable[[np.ndarray, int], np.ndarray]:
+def frozen_forward(model, preprocess: Callable, dtype: str = "float16",
+                   cache: Path | None = None) -> Callable[[np.ndarray, int], np.ndarray]:
     """A function (uint8 batch, dihedral view) -> `model`'s outputs as `dtype`: the view,
     the float cast, `preprocess`, the forward pass and the cast run as one graph, traced
     once for every batch size and view (the view is a tensor). 1.2-1.3x the eager ops
@@ -269,7 +272,17 @@ def frozen_forward(model, preprocess: Callable, dtype: str = "float16"
     (bench/README.md, "The feature pass as one graph"). Graph optimisation may move a
     preprocessed value by one float32 ulp (`x / 127.5 - 1`), so features differ from
     NumPy's arithmetic in the last bit of a few float16 values; training and prediction
-    share this function."""
+    share this function. On a machine without a GPU the same function runs through
+    TFLite's XNNPACK kernels where the model converts and agrees with Keras on a probe
+    batch (comp.training.lite: about twice TensorFlow's views per second here), its
+    converted form kept in `cache` where given."""
+    from comp.training.compute import visible_gpus
+    from comp.training.lite import lite_forward, process_threads
+
+    if not visible_gpus():
+        lite = lite_forward(model, preprocess, dtype, process_threads(), cache)
+        if lite is not None:
+            return lite
     import tensorflow as tf
 
     channels = model.input_shape[-1]

@@ -109,7 +109,7 @@ class FeaturedModel:
         # what the train split's features are, for the caches of choices made on them
         self.train_key = {**key, "train": prepared.split_key("train")}
         self.choice_cache = prepared.run.view_choice_cache
-        encoder = Encoder(self.split.prefix, backbone.preprocess)
+        encoder = Encoder(self.split.prefix, backbone.preprocess, prepared.run.lite_cache)
         self.features: dict[str, np.ndarray] = {}
         for split in SPLITS:
             images = prepared.images(split, spec.image_size)  # keyed by content hashes

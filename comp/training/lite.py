@@ -1,0 +1,189 @@
+"""Frozen forward passes through TFLite's XNNPACK kernels, for a CPU.
+
+A frozen network (a backbone's prefix up to its cut, or a pooled embedding network) gives
+the same outputs every epoch and fold, so comp computes them once per image and view;
+on a CPU TensorFlow's own kernels run MobileNet 0.25 at 224 px at 23-28% of this
+machine's matrix-product rate, TFLite's XNNPACK kernels at about 55% in calls of a few
+images (bench/README.md, "Frozen passes through TFLite"). The network, with its uint8
+input's float cast and the backbone's preprocessing, is converted once per process and
+pass; the dihedral view is taken in NumPy first. A network that does not convert to
+TFLite's built-in operators, or whose converted outputs differ from Keras's on a probe
+batch, is run by TensorFlow as before (None from `lite_forward`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from comp.artifacts import atomic_path
+from comp.data.views import dihedral_view
+from comp.log import get_logger
+
+LITE_ROWS = 4  # images per interpreter call: 3,200 views/s at 1-8, 2,270 at 32 (224 px)
+PROBE_TOLERANCE = 1e-3  # largest difference to Keras's outputs, relative to their scale
+
+
+def lite_forward(model, preprocess: Callable, dtype: str, threads: int,
+                 cache: Path | None = None) -> Callable[[np.ndarray, int], np.ndarray] | None:
+    """A function (uint8 batch, dihedral view) -> `model`'s outputs as `dtype`, run by a
+    TFLite interpreter on `threads` threads; None where TFLite is not installed, the
+    model's input size is not fixed, the conversion fails or its outputs on a probe batch
+    differ from Keras's by more than PROBE_TOLERANCE of their scale (the reason is one
+    info line; TensorFlow then runs the model). With `cache` (a folder), the converted
+    network is kept there under a hash of its weights, layers and preprocessing
+    (`network_key`), so the prediction after training, or a second run's pass, reads it
+    instead of converting again (1-2 s a network)."""
+    interpreter_class = _interpreter_class()
+    shape = tuple(model.input_shape[1:])
+    if interpreter_class is None or None in shape:
+        return None
+    stored = cache / f"{network_key(model, preprocess)}.tflite" if cache is not None else None
+    if stored is not None and stored.exists():
+        content = stored.read_bytes()
+    else:
+        content = _converted(model, preprocess, shape)
+        if content is None:
+            return None
+    try:
+        with warnings.catch_warnings():  # tf.lite.Interpreter's deprecation notice
+            warnings.simplefilter("ignore")
+            interpreter = interpreter_class(model_content=content, num_threads=threads)
+        interpreter.allocate_tensors()
+    except Exception as error:  # noqa: BLE001 - an interpreter that cannot load it
+        _fallback(model, f"its interpreter does not load it ({type(error).__name__})")
+        return None
+    source = interpreter.get_input_details()[0]["index"]
+    target = interpreter.get_output_details()[0]["index"]
+
+    def run(viewed: np.ndarray) -> np.ndarray:
+        out = None
+        for start in range(0, len(viewed), LITE_ROWS):
+            chunk = viewed[start:start + LITE_ROWS]
+            rows = len(chunk)
+            if rows < LITE_ROWS:  # the last, short chunk: padded, one tensor shape
+                chunk = np.concatenate([chunk, np.zeros((LITE_ROWS - rows, *shape),
+                                                        np.uint8)])
+            interpreter.set_tensor(source, chunk)
+            interpreter.invoke()
+            result = interpreter.get_tensor(target)
+            if out is None:
+                out = np.empty((len(viewed), *result.shape[1:]), dtype)
+            out[start:start + rows] = result[:rows]
+        if out is None:  # no images
+            out = np.empty((0, *tuple(model.output_shape[1:])), dtype)
+        return out
+
+    if stored is None or not stored.exists():
+        probe = np.random.default_rng(0).integers(0, 256, (LITE_ROWS, *shape), dtype=np.uint8)
+        expected = _keras_network(model, preprocess, shape).predict_on_batch(probe)
+        got = run(probe)
+        scale = max(1.0, float(np.abs(expected).max()))
+        if (got.shape != expected.shape
+                or not np.abs(got - expected).max() <= PROBE_TOLERANCE * scale):
+            _fallback(model, "its outputs differ from Keras's on a probe batch")
+            return None
+        if stored is not None:
+            with atomic_path(stored) as tmp:
+                tmp.write_bytes(content)
+    return lambda batch, view: run(dihedral_view(np.asarray(batch, np.uint8), view))
+
+
+def network_key(model, preprocess: Callable) -> str:
+    """What a converted network depends on, hashed: TensorFlow's version, the input
+    shape, each layer's kind and each weight's shape and values, and the preprocessing's
+    output on a fixed probe (the layer names Keras numbers per process are left out)."""
+    import tensorflow as tf
+
+    digest = hashlib.sha256(f"{tf.__version__}|{LITE_ROWS}|{model.input_shape}".encode())
+    for layer in model.layers:
+        digest.update(type(layer).__name__.encode())
+    for weight in model.get_weights():
+        digest.update(str(weight.shape).encode())
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    probe = np.arange(256, dtype=np.float32).reshape(1, 1, -1, 1)
+    digest.update(np.asarray(preprocess(probe)).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _keras_network(model, preprocess: Callable, shape: tuple):
+    """`model` behind its uint8 input's float cast and `preprocess`, as one Keras model
+    of LITE_ROWS images (TFLite's converter reads Keras 3 variables right through
+    from_keras_model; from a tf.function of the model, every output was NaN)."""
+    import keras
+    import tensorflow as tf
+
+    images = keras.Input(shape, batch_size=LITE_ROWS, dtype="uint8")
+    return keras.Model(images, model(keras.layers.Lambda(
+        lambda batch: preprocess(tf.cast(batch, tf.float32)))(images)))
+
+
+def _converted(model, preprocess: Callable, shape: tuple) -> bytes | None:
+    """The TFLite flatbuffer of `model` behind its preprocessing (TFLite's built-in
+    operators only); None, with the reason in one info line, where it does not convert."""
+    import tensorflow as tf
+
+    try:
+        converter = tf.lite.TFLiteConverter.from_keras_model(
+            _keras_network(model, preprocess, shape))
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        with _silenced_output():
+            return converter.convert()
+    except Exception as error:  # noqa: BLE001 - any converter failure: Keras runs it
+        _fallback(model, f"it does not convert ({type(error).__name__})")
+        return None
+
+
+def process_threads() -> int:
+    """Cores this process may use: TensorFlow's intra-op thread count where the
+    environment sets it (a training worker's share, comp.training.workers), else the CPUs
+    the process may run on."""
+    configured = os.environ.get("TF_NUM_INTRAOP_THREADS", "")
+    if configured.isdigit() and int(configured) > 0:
+        return int(configured)
+    return len(os.sched_getaffinity(0))
+
+
+def _interpreter_class():
+    """LiteRT's Interpreter where that package is installed, else TensorFlow's (which it
+    marks deprecated); None where neither is there."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter
+    except ImportError:
+        pass
+    import tensorflow as tf
+
+    return getattr(getattr(tf, "lite", None), "Interpreter", None)
+
+
+def _fallback(model, reason: str) -> None:
+    get_logger().info(f"frozen pass of {getattr(model, 'name', 'the model')}: TensorFlow "
+                      f"runs it, not TFLite: {reason}")
+
+
+@contextmanager
+def _silenced_output() -> Iterator[None]:
+    """stdout and stderr pointed at /dev/null at the file-descriptor level: TFLite's
+    converter prints from C++, which Python's redirections do not reach."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for handle in saved:
+            os.close(handle)

@@ -1,0 +1,120 @@
+"""Frozen passes through TFLite (comp.training.lite): the same numbers as Keras, for
+every view and batch size, and Keras where TFLite cannot run the network."""
+
+import numpy as np
+import pytest
+
+from comp.data.views import DIHEDRAL, dihedral_view
+
+
+def _network(size=24, channels=3):
+    import keras
+
+    inputs = keras.Input((size, size, channels))
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(inputs)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu6")(x)
+    x = keras.layers.BatchNormalization()(x)
+    return keras.Model(inputs, keras.layers.Conv2D(4, 1)(x))
+
+
+def _preprocess(x):
+    return x / 127.5 - 1.0
+
+
+def _keras_outputs(model, batch, view):
+    return model.predict_on_batch(_preprocess(dihedral_view(batch, view).astype(np.float32)))
+
+
+def test_lite_pass_gives_keras_numbers_for_every_view_and_batch_size():
+    from comp.training.lite import LITE_ROWS, lite_forward
+
+    model = _network()
+    forward = lite_forward(model, _preprocess, "float32", 1)
+    assert forward is not None
+    images = np.random.default_rng(0).integers(0, 256, (2 * LITE_ROWS + 1, 24, 24, 3),
+                                               dtype=np.uint8)
+    for view in DIHEDRAL:
+        for count in (len(images), 1, LITE_ROWS):  # short chunks are padded
+            got = forward(images[:count], view)
+            expected = _keras_outputs(model, images[:count], view)
+            assert got.shape == expected.shape and got.dtype == np.float32
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4,
+                                       err_msg=f"view {view}, {count} images")
+    assert forward(images[:0], 0).shape == (0, 12, 12, 4)
+    half = lite_forward(model, _preprocess, "float16", 2)(images, 3)
+    assert half.dtype == np.float16
+    np.testing.assert_allclose(half, _keras_outputs(model, images, 3), rtol=2e-3, atol=2e-3)
+
+
+def test_keras_runs_what_tflite_cannot(monkeypatch, comp_caplog):
+    """No interpreter, or outputs that disagree with Keras on the probe batch: None from
+    lite_forward (the second with its reason in one line), and frozen_forward runs the
+    network in TensorFlow with the same numbers."""
+    import comp.training.lite as lite
+    from comp.training.features import frozen_forward
+
+    model = _network()
+    monkeypatch.setattr(lite, "_interpreter_class", lambda: None)
+    assert lite.lite_forward(model, _preprocess, "float32", 1) is None
+    monkeypatch.undo()
+    monkeypatch.setattr(lite, "PROBE_TOLERANCE", -1.0)  # no difference passes
+    assert lite.lite_forward(model, _preprocess, "float32", 1) is None
+    assert any("TensorFlow runs it, not TFLite: its outputs differ from Keras's" in r.message
+               for r in comp_caplog.records)
+    images = np.random.default_rng(1).integers(0, 256, (3, 24, 24, 3), dtype=np.uint8)
+    np.testing.assert_allclose(frozen_forward(model, _preprocess, "float32")(images, 6),
+                               _keras_outputs(model, images, 6), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("gpus,lite_used", [(0, True), (1, False)])
+def test_frozen_forward_uses_tflite_on_a_cpu_only(monkeypatch, gpus, lite_used):
+    import comp.training.compute as compute
+    import comp.training.lite as lite
+    from comp.training.features import frozen_forward
+
+    calls = []
+    real = lite.lite_forward
+    monkeypatch.setattr(compute, "visible_gpus", lambda: gpus)
+    monkeypatch.setattr(lite, "lite_forward",
+                        lambda *args: calls.append(args[3]) or real(*args))
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "1")  # a worker's share of the cores
+    model = _network(16, 1)
+    images = np.random.default_rng(2).integers(0, 256, (5, 16, 16, 1), dtype=np.uint8)
+    got = frozen_forward(model, _preprocess, "float32")(images, 5)
+    assert calls == ([1] if lite_used else [])
+    np.testing.assert_allclose(got, _keras_outputs(model, images, 5), rtol=1e-4, atol=1e-4)
+
+
+def test_process_threads_follow_the_workers_share(monkeypatch):
+    import os
+
+    from comp.training.lite import process_threads
+
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "3")
+    assert process_threads() == 3
+    monkeypatch.delenv("TF_NUM_INTRAOP_THREADS")
+    assert process_threads() == len(os.sched_getaffinity(0))
+
+
+def test_a_converted_network_is_kept_and_read_back(tmp_path, monkeypatch):
+    """With a cache folder the converted network is written once, under a key of its
+    weights; a second pass reads it back without converting (a converter that fails
+    proves it) and gives the same numbers; other weights get a file of their own."""
+    import comp.training.lite as lite
+
+    model = _network()
+    images = np.random.default_rng(3).integers(0, 256, (5, 24, 24, 3), dtype=np.uint8)
+    first = lite.lite_forward(model, _preprocess, "float32", 1, tmp_path)(images, 2)
+    assert [p.suffix for p in tmp_path.iterdir()] == [".tflite"]
+
+    def no_conversion(*args):
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(lite, "_converted", no_conversion)
+    again = lite.lite_forward(model, _preprocess, "float32", 1, tmp_path)(images, 2)
+    np.testing.assert_array_equal(again, first)
+    monkeypatch.undo()
+    other = _network()  # other random weights
+    assert lite.network_key(other, _preprocess) != lite.network_key(model, _preprocess)
+    lite.lite_forward(other, _preprocess, "float32", 1, tmp_path)
+    assert len(list(tmp_path.iterdir())) == 2
