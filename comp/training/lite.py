@@ -53,10 +53,11 @@ def lite_forward(model, preprocess: Callable, dtype: str, threads: int,
         if content is None:
             return None
     try:
-        with warnings.catch_warnings():  # tf.lite.Interpreter's deprecation notice
+        # tf.lite.Interpreter's deprecation notice; XNNPACK's "Created delegate" line
+        with warnings.catch_warnings(), _silenced_output():
             warnings.simplefilter("ignore")
             interpreter = interpreter_class(model_content=content, num_threads=threads)
-        interpreter.allocate_tensors()
+            interpreter.allocate_tensors()
     except Exception as error:  # noqa: BLE001 - an interpreter that cannot load it
         _fallback(model, f"its interpreter does not load it ({type(error).__name__})")
         return None
