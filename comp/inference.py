@@ -32,6 +32,7 @@ from comp.selection import best_entry
 from comp.training.compute import model_scope
 from comp.training.features import Encoder, ViewPlan, ViewSet, compute_features
 from comp.training.fit import predict_tta
+from comp.training.lite import lite_folder
 from comp.training.viewchoice import IDENTITY, recorded_views
 from comp.workspace import (
     CV_JSON,
@@ -178,7 +179,8 @@ def predict_images(spec: ModelSpec, model_dir: Path, images: np.ndarray,
                                       spec.train.seed)
                 split = split_backbone(base, backbone, fold_spec.model.unfreeze)
             shared[key] = (split, compute_features(
-                images, Encoder(split.prefix, backbone.preprocess, lite_cache),
+                images, Encoder(split.prefix, backbone.preprocess,
+                                lite_folder(backbone, lite_cache)),
                 ViewSet(plan.tta)))
         split, features = shared[key]
         with model_scope(spec.compute):

@@ -62,26 +62,38 @@ def test_keras_runs_what_tflite_cannot(monkeypatch, comp_caplog):
     assert any("TensorFlow runs it, not TFLite: its outputs differ from Keras's" in r.message
                for r in comp_caplog.records)
     images = np.random.default_rng(1).integers(0, 256, (3, 24, 24, 3), dtype=np.uint8)
-    np.testing.assert_allclose(frozen_forward(model, _preprocess, "float32")(images, 6),
+    np.testing.assert_allclose(frozen_forward(model, _preprocess, "float32", None)(images, 6),
                                _keras_outputs(model, images, 6), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("gpus,lite_used", [(0, True), (1, False)])
-def test_frozen_forward_uses_tflite_on_a_cpu_only(monkeypatch, gpus, lite_used):
+@pytest.mark.parametrize("gpus,backbone,lite_used", [(0, "mobilenet_025", True),
+                                                     (1, "mobilenet_025", False),
+                                                     (0, "resnet50", False)])
+def test_tflite_runs_frozen_passes_on_a_cpu_for_backbones_it_speeds_up(
+        tmp_path, monkeypatch, gpus, backbone, lite_used):
+    """lite_folder gives the cache folder on a machine without a GPU for a backbone
+    marked `lite` (MobileNet), None with a GPU or for a backbone TFLite does not speed up
+    (ResNet50); frozen_forward then converts (on the worker's threads) or runs Keras,
+    with the same numbers either way."""
     import comp.training.compute as compute
     import comp.training.lite as lite
+    from comp.models.registry import get_backbone
     from comp.training.features import frozen_forward
 
+    monkeypatch.setattr(compute, "visible_gpus", lambda: gpus)
+    folder = lite.lite_folder(get_backbone(backbone), tmp_path)
+    assert folder == (tmp_path if lite_used else None)
+    assert lite.lite_folder(get_backbone(backbone), None) is None  # nothing may be written
     calls = []
     real = lite.lite_forward
-    monkeypatch.setattr(compute, "visible_gpus", lambda: gpus)
     monkeypatch.setattr(lite, "lite_forward",
                         lambda *args: calls.append(args[3]) or real(*args))
     monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "1")  # a worker's share of the cores
     model = _network(16, 1)
     images = np.random.default_rng(2).integers(0, 256, (5, 16, 16, 1), dtype=np.uint8)
-    got = frozen_forward(model, _preprocess, "float32")(images, 5)
+    got = frozen_forward(model, _preprocess, "float32", folder)(images, 5)
     assert calls == ([1] if lite_used else [])
+    assert len(list(tmp_path.iterdir())) == (1 if lite_used else 0)
     np.testing.assert_allclose(got, _keras_outputs(model, images, 5), rtol=1e-4, atol=1e-4)
 
 

@@ -282,3 +282,27 @@ def test_a_convolution_read_elsewhere_is_not_folded():
     normed = keras.layers.BatchNormalization(name="bn")(conv)
     model = keras.Model(inputs, keras.layers.Concatenate()([conv, normed]))
     assert fold_batch_norms(model) is model  # the raw convolution output is an output too
+
+
+def test_a_sequential_block_inside_is_kept_as_it_is():
+    """ConvNeXt holds Sequential blocks (its stem), which have no functional graph to
+    fold: the block is kept whole, the batch norms around it still fold, and the outputs
+    are the model's (before: AttributeError '_nodes_by_depth' on every ConvNeXt pass)."""
+    import keras
+
+    from comp.models.build import fold_batch_norms
+
+    stem = keras.Sequential([keras.layers.Conv2D(4, 2, strides=2),
+                             keras.layers.LayerNormalization()], name="stem")
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False, name="conv")(stem(inputs))
+    model = keras.Model(inputs, keras.layers.BatchNormalization(name="bn")(
+        keras.layers.ReLU()(keras.layers.BatchNormalization(name="b0")(x))))
+    _randomise_batch_norms(model, np.random.default_rng(4))
+    folded = fold_batch_norms(model)
+    assert folded.get_layer("stem") is stem
+    assert {type(layer).__name__ for layer in folded.layers} >= {"Folded", "Sequential"}
+    x = np.random.default_rng(5).normal(size=(2, 8, 8, 3)).astype("float32")
+    expected = np.asarray(model.predict_on_batch(x))
+    np.testing.assert_allclose(np.asarray(folded.predict_on_batch(x)), expected,
+                               atol=1e-5 * np.abs(expected).max())

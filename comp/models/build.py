@@ -268,6 +268,8 @@ def fold_batch_norms(model):
     """
     import keras
 
+    if not hasattr(model, "_nodes_by_depth"):  # not a functional graph (a Sequential
+        return model  # block inside ConvNeXt): kept as it is, one opaque layer
     pairs = _foldable_pairs(model)
     nested = {layer.name: fold_batch_norms(layer) for layer in model.layers
               if isinstance(layer, keras.Model)}  # e.g. a head's trainable body

@@ -37,6 +37,11 @@ class Backbone:
     # images smaller than default_size are upsampled this many times (ImageNet networks
     # expect larger objects; a CNN from scratch learns at the images' own size)
     upsample: int = 2
+    # frozen passes on a CPU through TFLite's XNNPACK kernels (comp.training.lite): for the
+    # depthwise-separable families, 1.4-4.4x TensorFlow's images per second here; the
+    # dense-convolution ones (VGG, ResNet, Inception, DenseNet, EfficientNetV2-B3/S) ran
+    # at 0.85-1.23x, which does not pay for a conversion of 2-22 s (bench/README.md)
+    lite: bool = False
 
 
 def _apps():
@@ -139,14 +144,15 @@ def _convnext_points(model: str) -> dict[str, str]:
 def _row(name: str, constructor, preprocess, *, size: int = 224, unfreeze: dict | None = None,
          default_unfreeze: str = "all", weight_file: Callable[[int], str] | None = None,
          md5: str | None = None, min_size: int = 32, top1: float | None = None,
-         gmacs: float = 0.0, family: str = "", upsample: int = 2) -> Backbone:
+         gmacs: float = 0.0, family: str = "", upsample: int = 2, lite: bool = False
+         ) -> Backbone:
     """One registry row, written with keywords (timm's `_cfg(...)` style).
 
-    Why thirteen parameters: one per field of `Backbone`, the table's columns; all but
+    Why fourteen parameters: one per field of `Backbone`, the table's columns; all but
     the first three are keywords whose defaults are the common values, so each row
     names only what sets it apart."""
     return Backbone(name, constructor, preprocess, size, dict(unfreeze or {}), default_unfreeze,
-                    weight_file, md5, min_size, top1, gmacs, family or name, upsample)
+                    weight_file, md5, min_size, top1, gmacs, family or name, upsample, lite)
 
 
 BACKBONES: dict[str, Backbone] = {
@@ -188,19 +194,20 @@ BACKBONES: dict[str, Backbone] = {
              md5="d19885ff4a710c122648d3b5c3b684e4", min_size=75, top1=80.3, gmacs=13.2),
         *[_row(f"mobilenet_{tag}", _mobilenet(alpha), _preprocess("mobilenet"),
                unfreeze=_MOBILENET_POINTS, default_unfreeze="block9",
-               weight_file=_mobilenet_file(text), top1=top1, gmacs=gmacs, family="mobilenet")
+               weight_file=_mobilenet_file(text), top1=top1, gmacs=gmacs, family="mobilenet",
+               lite=True)
           for tag, alpha, text, top1, gmacs in (
               ("025", 0.25, "2_5", 50.6, 0.041), ("050", 0.5, "5_0", 63.7, 0.149),
               ("075", 0.75, "7_5", 68.4, 0.325), ("100", 1.0, "1_0", 70.4, 0.569))],
         _row("mobilenet_v2", _app("MobileNetV2"), _preprocess("mobilenet_v2"),
              unfreeze={"block_16": "block_16_expand", "block_13": "block_13_expand"},
              default_unfreeze="block_13", weight_file=_mobilenet_v2_file, top1=71.3,
-             gmacs=0.30),
+             gmacs=0.30, lite=True),
         _row("efficientnet_b0", _app("EfficientNetB0"), _identity,
              unfreeze={"block7a": "block7a_expand_conv", "block6a": "block6a_expand_conv"},
              default_unfreeze="block6a", weight_file=_fixed("efficientnetb0_notop.h5"),
              md5="50bc09e76180e00e4465e1a485ddc09d", top1=77.1, gmacs=0.39,
-             family="efficientnet"),
+             family="efficientnet", lite=True),
         _row("densenet121", _app("DenseNet121"), _preprocess("densenet"),
              unfreeze={"conv5": "after:pool4_pool", "conv4": "after:pool3_pool"},
              default_unfreeze="conv5",
@@ -210,17 +217,17 @@ BACKBONES: dict[str, Backbone] = {
         *[_row(f"efficientnetv2_{tag}", _app_kw(f"EfficientNetV2{tag.upper()}"), _identity,
                size=size, unfreeze=_EFFICIENTNET_V2_POINTS, default_unfreeze="block6a",
                weight_file=_fixed(f"efficientnetv2-{tag}_notop.h5"), md5=md5, top1=top1,
-               gmacs=gmacs, family="efficientnetv2")
-          for tag, size, md5, top1, gmacs in (
-              ("b0", 224, "893217f2bb855e2983157299931e43ff", 78.7, 0.72),
-              ("b1", 240, "0e80663031ca32d657f9caa404b6ec37", 79.8, 1.2),
-              ("b2", 260, "1dfe2e7a5d45b6632553a8961ea609eb", 80.5, 1.7),
-              ("b3", 300, "f6abf7b5849ac99a89b50dd3fd532856", 82.0, 3.0),
-              ("s", 384, "af0682fb74e8c54910f2d4393339c070", 83.9, 8.8))],
+               gmacs=gmacs, family="efficientnetv2", lite=lite)
+          for tag, size, md5, top1, gmacs, lite in (
+              ("b0", 224, "893217f2bb855e2983157299931e43ff", 78.7, 0.72, True),
+              ("b1", 240, "0e80663031ca32d657f9caa404b6ec37", 79.8, 1.2, True),
+              ("b2", 260, "1dfe2e7a5d45b6632553a8961ea609eb", 80.5, 1.7, True),
+              ("b3", 300, "f6abf7b5849ac99a89b50dd3fd532856", 82.0, 3.0, False),
+              ("s", 384, "af0682fb74e8c54910f2d4393339c070", 83.9, 8.8, False))],
         *[_row(f"convnext_{tag}", _app_kw(f"ConvNeXt{tag.title()}"), _identity,
                unfreeze=_convnext_points(f"convnext_{tag}"), default_unfreeze="stage3",
                weight_file=_fixed(f"convnext_{tag}_notop.h5"), md5=sha, top1=top1,
-               gmacs=gmacs, family="convnext")
+               gmacs=gmacs, family="convnext", lite=True)
           for tag, sha, top1, gmacs in (
               ("tiny", "d547c096cabd03329d7be5562c5e14798aa39ed24b474157cef5e85ab9e49ef1",
                81.3, 4.5),
@@ -239,13 +246,13 @@ BACKBONES: dict[str, Backbone] = {
              default_unfreeze="block12",
              weight_file=_fixed("weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5"),
              md5="07fb09a5933dd0c8eaafa16978110389", top1=75.6, gmacs=0.22,
-             family="mobilenet_v3"),
+             family="mobilenet_v3", lite=True),
         _row("mobilenet_v3_small", _app("MobileNetV3Small"), _identity,
              unfreeze={"block8": "expanded_conv_8_expand", "block4": "expanded_conv_4_expand"},
              default_unfreeze="block8",
              weight_file=_fixed("weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"),
              md5="d3e8ec802a04aa4fc771ee12a9a9b836", top1=68.1, gmacs=0.056,
-             family="mobilenet_v3"),
+             family="mobilenet_v3", lite=True),
         _row("small_cnn", small_cnn, _identity, size=64,
              unfreeze={"block3": "block3_conv1", "block2": "block2_conv1"}, min_size=16,
              gmacs=0.155, upsample=1),

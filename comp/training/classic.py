@@ -38,6 +38,7 @@ from comp.training.embeddings import (
     pixel_encoder,
     pooled_model,
 )
+from comp.training.lite import lite_folder
 from comp.training.units import Unit, UnitResult
 from comp.workspace import DISTILL_SPLIT, FOLD_ESTIMATOR
 
@@ -117,7 +118,7 @@ def part_encoder(spec, name: str, size: int, lite_cache: Path | None = None):
     backbone = get_backbone(name)
     base = build_backbone(backbone, size, spec.weights, spec.seed)
     return backbone_encoder(pooled_model(base, backbone, list(spec.depths)),
-                            backbone.preprocess, lite_cache)
+                            backbone.preprocess, lite_folder(backbone, lite_cache))
 
 
 def embed_images(spec, paths: list[str], decoding, lite_cache: Path | None = None

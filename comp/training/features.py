@@ -81,7 +81,8 @@ class Encoder:
 
     prefix: object | None
     preprocess: Callable[[np.ndarray], np.ndarray]
-    lite_cache: Path | None = None  # where its TFLite form is kept (comp.training.lite)
+    # where its TFLite form is kept (comp.training.lite.lite_folder); None: TensorFlow runs it
+    lite_cache: Path | None = None
 
     @cached_property
     def outputs(self) -> Callable[[np.ndarray, int], np.ndarray]:
@@ -95,7 +96,7 @@ class Encoder:
             from comp.models.build import fold_batch_norms
 
             return frozen_forward(fold_batch_norms(self.prefix), self.preprocess,
-                                  cache=self.lite_cache)
+                                  lite_cache=self.lite_cache)
         identity = is_identity_preprocess(self.preprocess)
 
         def preprocessed(batch: np.ndarray, view: int) -> np.ndarray:
@@ -264,7 +265,7 @@ def read_rows(images: np.ndarray, start: int, stop: int) -> np.ndarray:
 
 
 def frozen_forward(model, preprocess: Callable, dtype: str = "float16",
-                   cache: Path | None = None) -> Callable[[np.ndarray, int], np.ndarray]:
+                   lite_cache: Path | None = None) -> Callable[[np.ndarray, int], np.ndarray]:
     """A function (uint8 batch, dihedral view) -> `model`'s outputs as `dtype`: the view,
     the float cast, `preprocess`, the forward pass and the cast run as one graph, traced
     once for every batch size and view (the view is a tensor). 1.2-1.3x the eager ops
@@ -272,15 +273,14 @@ def frozen_forward(model, preprocess: Callable, dtype: str = "float16",
     (bench/README.md, "The feature pass as one graph"). Graph optimisation may move a
     preprocessed value by one float32 ulp (`x / 127.5 - 1`), so features differ from
     NumPy's arithmetic in the last bit of a few float16 values; training and prediction
-    share this function. On a machine without a GPU the same function runs through
-    TFLite's XNNPACK kernels where the model converts and agrees with Keras on a probe
-    batch (comp.training.lite: about twice TensorFlow's views per second here), its
-    converted form kept in `cache` where given."""
-    from comp.training.compute import visible_gpus
-    from comp.training.lite import lite_forward, process_threads
+    share this function. With `lite_cache` (comp.training.lite.lite_folder: a CPU and a
+    backbone TFLite speeds up) the same function runs through TFLite's XNNPACK kernels,
+    where the model converts and agrees with Keras on a probe batch, its converted form
+    kept in that folder (about twice TensorFlow's views per second for MobileNet 0.25)."""
+    if lite_cache is not None:
+        from comp.training.lite import lite_forward, process_threads
 
-    if not visible_gpus():
-        lite = lite_forward(model, preprocess, dtype, process_threads(), cache)
+        lite = lite_forward(model, preprocess, dtype, process_threads(), lite_cache)
         if lite is not None:
             return lite
     import tensorflow as tf

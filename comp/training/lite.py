@@ -142,6 +142,16 @@ def _converted(model, preprocess: Callable, shape: tuple) -> bytes | None:
         return None
 
 
+def lite_folder(backbone, cache: Path | None) -> Path | None:
+    """Where `backbone`'s frozen passes keep their TFLite form (`cache`, the run's
+    `cache/lite/`), or None where TensorFlow runs them: on a machine with a GPU (TFLite's
+    kernels here are CPU kernels), for a backbone TFLite does not speed up
+    (`Backbone.lite`), or where nothing may be written (`cache` None)."""
+    from comp.training.compute import visible_gpus
+
+    return cache if backbone.lite and cache is not None and not visible_gpus() else None
+
+
 def process_threads() -> int:
     """Cores this process may use: TensorFlow's intra-op thread count where the
     environment sets it (a training worker's share, comp.training.workers), else the CPUs

@@ -44,6 +44,7 @@ from comp.predictions import SINGLE, probs_frame, read_table, write_prediction_s
 from comp.training.classic import ClassicFeatures, train_classic_fold
 from comp.training.compute import model_scope
 from comp.training.features import Encoder, FeatureStore, ViewPlan, ViewSet
+from comp.training.lite import lite_folder
 from comp.training.units import TrainOptions, Unit, UnitResult
 from comp.training.viewchoice import ALL, IDENTITY, PROBE_TOL, choose_views, unit_descriptors
 from comp.workspace import (
@@ -109,7 +110,8 @@ class FeaturedModel:
         # what the train split's features are, for the caches of choices made on them
         self.train_key = {**key, "train": prepared.split_key("train")}
         self.choice_cache = prepared.run.view_choice_cache
-        encoder = Encoder(self.split.prefix, backbone.preprocess, prepared.run.lite_cache)
+        encoder = Encoder(self.split.prefix, backbone.preprocess,
+                          lite_folder(backbone, prepared.run.lite_cache))
         self.features: dict[str, np.ndarray] = {}
         for split in SPLITS:
             images = prepared.images(split, spec.image_size)  # keyed by content hashes
