@@ -3,6 +3,7 @@
 import functools
 import re
 import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -184,8 +185,43 @@ def test_every_named_unfreeze_point_cuts_cleanly(name):
         assert split.body.count_params() > 0, point
         assert split.prefix.count_params() + split.body.count_params() == base.count_params()
         cuts.add(split.cut)
+        # TFLite's conversion (1.4-15 s) in the fast run for MobileNet 0.25 alone
+        _check_frozen_pass(backbone, split, lite=point == backbone.default_unfreeze and (
+            name in LARGE or name == "mobilenet_025"))
     assert len(cuts) == len(backbone.unfreeze_points)  # every named point cuts elsewhere
     assert backbone.default_unfreeze in backbone.unfreeze_points
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(name for name, backbone in BACKBONES.items()
+                                        if backbone.lite and name not in LARGE
+                                        and name != "mobilenet_025"))
+def test_small_backbones_frozen_pass_through_tflite(name):
+    backbone = get_backbone(name)
+    base = _random_base(name, max(backbone.min_size, 32))
+    _check_frozen_pass(backbone, split_backbone(base, backbone, None), lite=True)
+
+
+def _check_frozen_pass(backbone, split, lite: bool) -> None:
+    """The feature pass's encoder (the prefix's batch norms folded, comp.models.build;
+    TFLite where the backbone is marked for it, at its default cut) gives the prefix's
+    own outputs: before, ConvNeXt's Sequential stem stopped the folding with an
+    AttributeError, so its features could not be computed at all."""
+    import tempfile
+
+    from comp.training.features import Encoder
+
+    size = split.prefix.input_shape[1]
+    images = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+    expected = np.asarray(split.prefix.predict_on_batch(
+        backbone.preprocess(images.astype("float32"))))
+    with tempfile.TemporaryDirectory() as folder:
+        lite_cache = Path(folder) if lite and backbone.lite else None
+        got = Encoder(split.prefix, backbone.preprocess, lite_cache).outputs(images, 0)
+        assert (lite_cache is None) or any(lite_cache.iterdir()), backbone.name  # converted
+    np.testing.assert_allclose(got.astype("float32"), expected, rtol=1e-2,
+                               atol=1e-2 * max(1.0, float(np.abs(expected).max())),
+                               err_msg=backbone.name)
 
 
 def _randomise_batch_norms(model, rng) -> None:
