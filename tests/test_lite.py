@@ -46,7 +46,7 @@ def test_lite_pass_gives_keras_numbers_for_every_view_and_batch_size():
     np.testing.assert_allclose(half, _keras_outputs(model, images, 3), rtol=2e-3, atol=2e-3)
 
 
-def test_keras_runs_what_tflite_cannot(monkeypatch, comp_caplog):
+def test_keras_runs_what_tflite_cannot(tmp_path, monkeypatch, comp_caplog):
     """No interpreter, or outputs that disagree with Keras on the probe batch: None from
     lite_forward (the second with its reason in one line), and frozen_forward runs the
     network in TensorFlow with the same numbers."""
@@ -58,9 +58,13 @@ def test_keras_runs_what_tflite_cannot(monkeypatch, comp_caplog):
     assert lite.lite_forward(model, _preprocess, "float32", 1) is None
     monkeypatch.undo()
     monkeypatch.setattr(lite, "PROBE_TOLERANCE", -1.0)  # no difference passes
-    assert lite.lite_forward(model, _preprocess, "float32", 1) is None
+    assert lite.lite_forward(model, _preprocess, "float32", 1, tmp_path) is None
     assert any("TensorFlow runs it, not TFLite: its outputs differ from Keras's" in r.message
                for r in comp_caplog.records)
+    # remembered: a later pass neither converts nor probes again
+    assert [p.suffix for p in tmp_path.iterdir()] == [".tensorflow"]
+    monkeypatch.setattr(lite, "_converted", lambda *args: pytest.fail("converted again"))
+    assert lite.lite_forward(model, _preprocess, "float32", 1, tmp_path) is None
     images = np.random.default_rng(1).integers(0, 256, (3, 24, 24, 3), dtype=np.uint8)
     np.testing.assert_allclose(frozen_forward(model, _preprocess, "float32", None)(images, 6),
                                _keras_outputs(model, images, 6), rtol=1e-5, atol=1e-5)

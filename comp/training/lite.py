@@ -5,10 +5,11 @@ the same outputs every epoch and fold, so comp computes them once per image and 
 on a CPU TensorFlow's own kernels run MobileNet 0.25 at 224 px at 23-28% of this
 machine's matrix-product rate, TFLite's XNNPACK kernels at about 55% in calls of a few
 images (bench/README.md, "Frozen passes through TFLite"). The network, with its uint8
-input's float cast and the backbone's preprocessing, is converted once per process and
-pass; the dihedral view is taken in NumPy first. A network that does not convert to
-TFLite's built-in operators, or whose converted outputs differ from Keras's on a probe
-batch, is run by TensorFlow as before (None from `lite_forward`).
+input's float cast and the backbone's preprocessing, is converted once and kept in the
+run's `cache/lite/`; the dihedral view is taken in NumPy first. A network that does not
+convert to TFLite's built-in operators, or whose converted outputs differ from Keras's on
+a probe batch, is run by TensorFlow as before (None from `lite_forward`), and the cache
+remembers that, so later passes do not try again.
 """
 
 from __future__ import annotations
@@ -45,12 +46,17 @@ def lite_forward(model, preprocess: Callable, dtype: str, threads: int,
     shape = tuple(model.input_shape[1:])
     if interpreter_class is None or None in shape:
         return None
-    stored = cache / f"{network_key(model, preprocess)}.tflite" if cache is not None else None
+    key = network_key(model, preprocess) if cache is not None else None
+    stored = cache / f"{key}.tflite" if cache is not None else None
+    refused = cache / f"{key}.tensorflow" if cache is not None else None
+    if refused is not None and refused.exists():  # an earlier pass found it does not run
+        return None
     if stored is not None and stored.exists():
         content = stored.read_bytes()
     else:
         content = _converted(model, preprocess, shape)
         if content is None:
+            _remember_refusal(refused)
             return None
     try:
         # tf.lite.Interpreter's deprecation notice; XNNPACK's "Created delegate" line
@@ -90,6 +96,7 @@ def lite_forward(model, preprocess: Callable, dtype: str, threads: int,
         if (got.shape != expected.shape
                 or not np.abs(got - expected).max() <= PROBE_TOLERANCE * scale):
             _fallback(model, "its outputs differ from Keras's on a probe batch")
+            _remember_refusal(refused)
             return None
         if stored is not None:
             with atomic_path(stored) as tmp:
@@ -174,6 +181,13 @@ def _interpreter_class():
     import tensorflow as tf
 
     return getattr(getattr(tf, "lite", None), "Interpreter", None)
+
+
+def _remember_refusal(marker: Path | None) -> None:
+    """An empty `<key>.tensorflow` beside the converted networks: TensorFlow runs this one."""
+    if marker is not None:
+        with atomic_path(marker) as tmp:
+            tmp.write_bytes(b"")
 
 
 def _fallback(model, reason: str) -> None:
