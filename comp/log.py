@@ -79,17 +79,32 @@ def quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     if "tensorflow" not in sys.modules:
-        saved = os.dup(2)
         try:
-            with open(os.devnull, "w") as devnull:
-                os.dup2(devnull.fileno(), 2)
+            with silenced_output((2,)):
                 import tensorflow  # noqa: F401
         except Exception:  # noqa: S110 - re-imported below with stderr back, to show why
             pass
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
     import tensorflow  # noqa: F401, F811 - an import error shows here, stderr back
+
+
+@contextmanager
+def silenced_output(descriptors: tuple[int, ...] = (1, 2)) -> Iterator[None]:
+    """The file descriptors (stdout and stderr) pointed at /dev/null while the context
+    lasts: C++ code (TensorFlow's start-up, TFLite's converter and XNNPACK) writes to them
+    directly, where Python's redirections do not reach. Python's own buffers are flushed
+    first, so nothing written before is lost."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(fd) for fd in descriptors]
+    try:
+        with open(os.devnull, "w") as devnull:
+            for fd in descriptors:
+                os.dup2(devnull.fileno(), fd)
+            yield
+    finally:
+        for fd, copy in zip(descriptors, saved, strict=True):
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 @contextmanager

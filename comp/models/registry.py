@@ -38,7 +38,7 @@ class Backbone:
     # expect larger objects; a CNN from scratch learns at the images' own size)
     upsample: int = 2
     # frozen passes on a CPU through TFLite's XNNPACK kernels (comp.training.lite): for the
-    # depthwise-separable families, 1.4-4.4x TensorFlow's images per second here; the
+    # depthwise-separable families, 1.4-6.4x TensorFlow's images per second here; the
     # dense-convolution ones (VGG, ResNet, Inception, DenseNet, EfficientNetV2-B3/S) ran
     # at 0.85-1.23x, which does not pay for a conversion of 2-22 s (bench/README.md)
     lite: bool = False

@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from comp.artifacts import atomic_path
 from comp.data.views import dihedral_view
-from comp.log import get_logger
+from comp.log import get_logger, silenced_output
 
 LITE_ROWS = 4  # images per interpreter call: 3,200 views/s at 1-8, 2,270 at 32 (224 px)
 PROBE_TOLERANCE = 1e-3  # largest difference to Keras's outputs, relative to their scale
@@ -54,13 +52,14 @@ def lite_forward(model, preprocess: Callable, dtype: str, threads: int,
     if stored is not None and stored.exists():
         content = stored.read_bytes()
     else:
-        content = _converted(model, preprocess, shape)
+        network = _keras_network(model, preprocess, shape)
+        content = _converted(model, network)
         if content is None:
             _remember_refusal(refused)
             return None
     try:
         # tf.lite.Interpreter's deprecation notice; XNNPACK's "Created delegate" line
-        with warnings.catch_warnings(), _silenced_output():
+        with warnings.catch_warnings(), silenced_output():
             warnings.simplefilter("ignore")
             interpreter = interpreter_class(model_content=content, num_threads=threads)
             interpreter.allocate_tensors()
@@ -90,7 +89,7 @@ def lite_forward(model, preprocess: Callable, dtype: str, threads: int,
 
     if stored is None or not stored.exists():
         probe = np.random.default_rng(0).integers(0, 256, (LITE_ROWS, *shape), dtype=np.uint8)
-        expected = _keras_network(model, preprocess, shape).predict_on_batch(probe)
+        expected = network.predict_on_batch(probe)
         got = run(probe)
         scale = max(1.0, float(np.abs(expected).max()))
         if (got.shape != expected.shape
@@ -133,16 +132,16 @@ def _keras_network(model, preprocess: Callable, shape: tuple):
         lambda batch: preprocess(tf.cast(batch, tf.float32)))(images)))
 
 
-def _converted(model, preprocess: Callable, shape: tuple) -> bytes | None:
-    """The TFLite flatbuffer of `model` behind its preprocessing (TFLite's built-in
-    operators only); None, with the reason in one info line, where it does not convert."""
+def _converted(model, network) -> bytes | None:
+    """The TFLite flatbuffer of `network` (`model` behind its preprocessing,
+    _keras_network; TFLite's built-in operators only); None, with the reason in one info
+    line, where it does not convert."""
     import tensorflow as tf
 
     try:
-        converter = tf.lite.TFLiteConverter.from_keras_model(
-            _keras_network(model, preprocess, shape))
+        converter = tf.lite.TFLiteConverter.from_keras_model(network)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        with _silenced_output():
+        with silenced_output():
             return converter.convert()
     except Exception as error:  # noqa: BLE001 - any converter failure: Keras runs it
         _fallback(model, f"it does not convert ({type(error).__name__})")
@@ -193,22 +192,3 @@ def _remember_refusal(marker: Path | None) -> None:
 def _fallback(model, reason: str) -> None:
     get_logger().info(f"frozen pass of {getattr(model, 'name', 'the model')}: TensorFlow "
                       f"runs it, not TFLite: {reason}")
-
-
-@contextmanager
-def _silenced_output() -> Iterator[None]:
-    """stdout and stderr pointed at /dev/null at the file-descriptor level: TFLite's
-    converter prints from C++, which Python's redirections do not reach."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 1)
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for handle in saved:
-            os.close(handle)
