@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from comp.data.folder import check_id, read_competition
+from comp.data.folder import check_id, image_files, read_competition
 from comp.errors import CompError
 from tests.conftest import CLASSES, make_competition
 
@@ -98,3 +98,59 @@ def test_unlisted_images_warn(competition, comp_caplog):
     frame.to_csv(competition / "train.csv", index=False)
     read_competition(competition)
     assert "not in train.csv" in comp_caplog.text
+
+
+@pytest.mark.parametrize("layout", ["csv", "folders"])
+def test_kaggles_zips_unpacked_into_a_folder_of_their_own_name_are_read_through(tmp_path,
+                                                                                 layout):
+    """train.zip unpacks into train/train/ (test/test/, ...), maybe beside macOS's
+    __MACOSX/ and hidden files; such a wrapper is read through, a folder that holds
+    anything else beside it is not."""
+    root = make_competition(tmp_path / "k", layout=layout)
+    for split in ("train", "test", "unlabeled"):
+        (root / split).rename(root / f"{split}.tmp")
+        (root / split).mkdir()
+        (root / f"{split}.tmp").rename(root / split / split)
+    (root / "train" / "__MACOSX").mkdir()
+    (root / "test" / ".DS_Store").write_bytes(b"\0")
+    comp = read_competition(root)
+    assert comp.classes == CLASSES
+    assert len(comp.train) == 24 and len(comp.test) == 6 and len(comp.unlabeled) == 4
+    assert all("/train/train/" in p for p in comp.train.path)
+    assert all("/test/test/" in p for p in comp.test.path)
+    assert sorted(image_files(root / "test")) == sorted(comp.test["id"])  # predict.input=test
+    (root / "test" / "notes.txt").write_text("not a wrapper any more")
+    with pytest.raises(CompError, match="have no image in"):
+        read_competition(root)
+
+
+@pytest.mark.parametrize("separator", [".", "_", "-"])
+def test_train_images_named_after_their_class_are_labelled_by_name(tmp_path, comp_caplog,
+                                                                    separator):
+    """No train.csv and no class folders: Dogs vs Cats' cat.0.jpg names the class before
+    the first '.', '_' or '-', with one info line saying so."""
+    root = make_competition(tmp_path / "k")
+    (root / "train.csv").unlink()
+    for path in (root / "train").iterdir():  # alpha_000.png -> alpha<sep>000.png
+        path.rename(path.with_name(path.name.replace("_", separator, 1)))
+    comp = read_competition(root)
+    assert comp.classes == CLASSES and len(comp.train) == 24
+    assert all(i.split(separator)[0] == label for i, label in zip(comp.train.id,
+                                                                  comp.train.label,
+                                                                  strict=True))
+    assert "labels read from the file names" in comp_caplog.text
+    assert "alpha 8, beta 8, gamma 8" in comp_caplog.text
+
+
+@pytest.mark.parametrize("name", [lambda i: f"img_{i:03d}.png",  # one class only
+                                  lambda i: f"case{i:03d}.png",  # every image a class
+                                  lambda i: f"p{i % 24}_{i}.png"])  # 24 > MAX_NAMED_CLASSES
+def test_names_that_do_not_read_as_classes_give_one_clear_line(tmp_path, name):
+    root = make_competition(tmp_path / "k", per_class={"alpha": 24, "beta": 24})
+    (root / "train.csv").unlink()
+    for i, path in enumerate(sorted((root / "train").iterdir())):
+        path.rename(path.with_name(name(i)))
+    with pytest.raises(CompError) as info:
+        read_competition(root)
+    assert "nor files named <class>.<n>.jpg" in str(info.value)
+    assert "\n" not in str(info.value)

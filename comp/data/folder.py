@@ -14,6 +14,7 @@ are kept verbatim for the submissions.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,9 @@ SUBMISSION_VALUES = ("auto", "labels", "probability")
 # a class named so is the positive one of two, whose probability a one-column submission
 # holds (beside numbers: the larger of two numeric classes)
 POSITIVE_NAMES = ("true", "yes", "positive", "pos", "y")
+# train images labelled by their file names (no train.csv, no class folders): at most
+# this many classes, so that a folder of ids such as patient1_3.png is not read as labels
+MAX_NAMED_CLASSES = 20
 
 
 @dataclass(frozen=True)
@@ -207,11 +211,24 @@ def _check_ids(ids: pd.Series, source: Path) -> None:
 
 def image_folder(root: Path, split: str) -> Path:
     """The folder of `split`'s images: `<split>/`, or Kaggle's `<split>_images/` (APTOS,
-    Cassava) where only that exists; `<split>/` where neither does (for the error)."""
+    Cassava) where only that exists, read through a folder of its own name that it alone
+    holds (unwrapped); `<split>/` where neither exists (for the error)."""
     for folder in (root / split, root / f"{split}_images"):
         if folder.is_dir():
-            return folder
+            return unwrapped(folder)
     return root / split
+
+
+def unwrapped(folder: Path) -> Path:
+    """`folder/<its own name>/` where that folder is all `folder` holds (hidden files and
+    macOS's `__MACOSX/` aside), as Kaggle's train.zip unpacks into train/train/; else
+    `folder`."""
+    inner = folder / folder.name
+    if not inner.is_dir():
+        return folder
+    others = [p for p in folder.iterdir()
+              if p != inner and not p.name.startswith(".") and p.name != "__MACOSX"]
+    return folder if others else unwrapped(inner)
 
 
 def _not_found(folder: Path, what: str) -> CompError:
@@ -250,8 +267,10 @@ def _is_image(path: Path) -> bool:
 
 
 def image_files(folder: Path) -> dict[str, Path]:
-    """The images of `folder` by file name: every file with an image suffix or that
-    Pillow can open; other files and sub-folders are named in one warning line each."""
+    """The images of `folder` (unwrapped) by file name: every file with an image suffix
+    or that Pillow can open; other files and sub-folders are named in one warning line
+    each."""
+    folder = unwrapped(folder)
     files, skipped, nested = _scan(folder)
     _warn_skipped(folder, skipped, nested)
     return files
@@ -398,12 +417,16 @@ def _read_train(root: Path, id_column: str | None, label_column: str | None,
     if group_column is not None:
         raise CompError(f"config: data.group_column={group_column!r} needs a train.csv with "
                         f"that column; {folder} is read by its class folders")
-    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
+                        and p.name != "__MACOSX")
     if not class_dirs:
-        raise CompError(
-            f"{csv_path}: not found, and {folder} has no class sub-folders; give a train.csv "
-            "(id,label) or put images in train/<class>/"
-        )
+        named = _labelled_by_name(folder)
+        if named is None:
+            raise CompError(
+                f"{csv_path}: not found, and {folder} has no class sub-folders nor files named "
+                "<class>.<n>.jpg; give a train.csv (id,label) or put images in train/<class>/"
+            )
+        return named
     loose = [p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
     if loose:
         get_logger().warning("warning: %d file(s) directly in %s are not in a class folder "
@@ -424,6 +447,26 @@ def _read_train(root: Path, id_column: str | None, label_column: str | None,
         raise CompError(f"{folder}: the class sub-folders hold no images")
     _check_ids(frame["id"], folder)
     return frame
+
+
+def _labelled_by_name(folder: Path) -> pd.DataFrame | None:
+    """The train frame of a folder of images named `<class>.<n>.jpg` (or `<class>_<n>`,
+    `<class>-<n>`: Kaggle's Dogs vs Cats), the label being the name's part before its
+    first `.`, `_` or `-`; None where the names do not read so: fewer than two such
+    classes, more than MAX_NAMED_CLASSES, or a class of one image (ids, not classes).
+    One info line says what was read."""
+    files = image_files(folder)
+    labels = pd.Series({name: re.split(r"[._-]", name, maxsplit=1)[0].strip()
+                        for name in files}, dtype=object)
+    counts = labels.value_counts()
+    if (len(files) == 0 or (labels == "").any() or not 2 <= len(counts) <= MAX_NAMED_CLASSES
+            or counts.min() < 2):
+        return None
+    get_logger().info("train labels read from the file names of %s (the part before the "
+                      "first '.', '_' or '-'): %s; give a train.csv to label them otherwise",
+                      folder, ", ".join(f"{c} {n}" for c, n in sorted(counts.items())))
+    return pd.DataFrame({"id": list(files), "label": labels.loc[list(files)].to_numpy(),
+                         "path": [str(path) for path in files.values()]})
 
 
 def _read_sample(root: Path, classes: list[str], values: str,
