@@ -39,7 +39,7 @@ def test_kaggles_split_images_folders_are_read_as_they_come(tmp_path, layout):
     assert all("/test_images/" in p for p in comp.test.path)
     (root / "test_images").rename(root / "elsewhere")
     with pytest.raises(CompError, match=r"/test: test image folder not found \(nor "
-                                         r"test_images/\)"):
+                                         r"test_images/ or images/\)"):
         read_competition(root)
 
 
@@ -122,6 +122,23 @@ def test_kaggles_zips_unpacked_into_a_folder_of_their_own_name_are_read_through(
     (root / "test" / "notes.txt").write_text("not a wrapper any more")
     with pytest.raises(CompError, match="have no image in"):
         read_competition(root)
+
+
+def test_one_images_folder_of_train_and_test_is_read_by_both(tmp_path, comp_caplog):
+    """Plant Pathology's images/ holds the train and the test images, which train.csv and
+    the sample submission tell apart; no warning lists the other split's images."""
+    root = make_competition(tmp_path / "k")
+    (root / "images").mkdir()
+    for split in ("train", "test"):
+        for path in (root / split).iterdir():
+            path.rename(root / "images" / path.name)
+        (root / split).rmdir()
+    comp = read_competition(root)
+    assert comp.classes == CLASSES
+    assert len(comp.train) == 24 and len(comp.test) == 6 and len(comp.unlabeled) == 4
+    assert all("/images/" in p for p in [*comp.train.path, *comp.test.path])
+    assert not set(comp.train["id"]) & set(comp.test["id"])
+    assert "not in" not in comp_caplog.text
 
 
 @pytest.mark.parametrize("separator", [".", "_", "-"])

@@ -44,6 +44,9 @@ ID_COLUMNS = ("id", "image_id", "image", "id_code", "file", "filename", "file_na
 LABEL_COLUMNS = ("label", "target", "class", "category", "diagnosis", "labels", "class_name",
                  "species", "breed", "y")
 SPLITS = ("train", "test", "unlabeled")
+# one folder of the train and test images, which train.csv and the sample submission
+# tell apart (Kaggle's Plant Pathology); read where a split has no folder of its own
+SHARED_IMAGES = "images"
 # data.submission_values: what a sample submission's one value column holds
 SUBMISSION_VALUES = ("auto", "labels", "probability")
 # a class named so is the positive one of two, whose probability a one-column submission
@@ -211,9 +214,11 @@ def _check_ids(ids: pd.Series, source: Path) -> None:
 
 def image_folder(root: Path, split: str) -> Path:
     """The folder of `split`'s images: `<split>/`, or Kaggle's `<split>_images/` (APTOS,
-    Cassava) where only that exists, read through a folder of its own name that it alone
-    holds (unwrapped); `<split>/` where neither exists (for the error)."""
-    for folder in (root / split, root / f"{split}_images"):
+    Cassava) where only that exists, or for train and test one `images/` folder of both
+    (Plant Pathology) where neither does; read through a folder of its own name that it
+    alone holds (unwrapped); `<split>/` where none exists (for the error)."""
+    shared = (root / SHARED_IMAGES,) if split in ("train", "test") else ()
+    for folder in (root / split, root / f"{split}_images", *shared):
         if folder.is_dir():
             return unwrapped(folder)
     return root / split
@@ -232,8 +237,9 @@ def unwrapped(folder: Path) -> Path:
 
 
 def _not_found(folder: Path, what: str) -> CompError:
-    return CompError(f"{folder}: {what} image folder not found (nor {folder.name}_images/); "
-                     "see the README's layout")
+    shared = f" or {SHARED_IMAGES}/" if folder.name in ("train", "test") else ""
+    return CompError(f"{folder}: {what} image folder not found (nor {folder.name}_images/"
+                     f"{shared}); see the README's layout")
 
 
 def _group_keys(frame: pd.DataFrame, column: str, csv_path: Path) -> np.ndarray:
@@ -545,14 +551,15 @@ def _listed_images(listed: pd.Series, folder: Path, csv_path: Path, missing: str
                    unlisted: str) -> list[str]:
     """The file names of `folder` that `csv_path` lists (its `listed` id column, with or
     without the folder prefix or extension), in its order; a CompError with the `missing`
-    phrase where some have no file, one warning (`unlisted`) for files it does not list."""
+    phrase where some have no file, one warning (`unlisted`) for files it does not list
+    (none in a SHARED_IMAGES folder, where the other split's images are the rest)."""
     raw = _without_folder(listed, folder)
     _check_ids(raw, csv_path)
     files = image_files(folder)
     ids = _match_ids(raw, folder, files, csv_path, missing)
     _check_ids(pd.Series(ids), csv_path)
     extra = sorted(set(files) - set(ids))
-    if extra:
+    if extra and folder.name != SHARED_IMAGES:
         get_logger().warning("warning: %d image(s) in %s %s, e.g. %s", len(extra), folder,
                              unlisted, extra[:3])
     return ids
