@@ -2,8 +2,9 @@
 
 usage: python bench/throughput.py [--size 224] [--images 1024] [--backbone mobilenet_025]
        python bench/throughput.py --smoke      (32 px, 16 images: seconds, for CI)
-The same random-init network (no top, average pooling, a 4-class softmax) on the same
-random images, timed per setting after a warm-up call, each in a fresh subprocess so
+The same network (no top, with its ImageNet weights where comp finds them, as for
+MobileNet 0.25 in the bundled demo, else random init; average pooling, a 4-class softmax)
+on the same random images, timed per setting after a warm-up call, each in a fresh subprocess so
 threading and dtype policies never leak from one row into the next:
 - Keras `predict_on_batch` (what comp's feature pass calls) at batch 32, 128 and 256;
 - a `tf.function` of the model call, without and with XLA (`jit_compile=True`);
@@ -16,8 +17,10 @@ threading and dtype policies never leak from one row into the next:
   of the ai-edge-litert package); the conversion's seconds are in the set-up column, not in views/s;
 - comp's own feature pass (comp.training.features.frozen_forward on the folded network):
   uint8 images in, the dihedral view, float cast and preprocessing, float16 out; on a CPU
-  that is TFLite (comp.training.lite: the view in NumPy, the rest converted, 4 images a
-  call, whatever batch it is handed), else one TensorFlow graph; and the eager ops around
+  that is TFLite for the backbones marked `lite` (comp.training.lite: converted into a
+  temporary cache as a run's `cache/lite/`; the view in NumPy, the rest and the float16
+  cast converted, 4 images a call on one-thread interpreters side by side, whatever batch
+  it is handed), else one TensorFlow graph; and the eager ops around
   `predict_on_batch` comp ran before; these rows do more work per view than the others,
   which take the preprocessed float32 images.
 Against the FLOP bound: a float32 matrix product's GFLOP/s on every core, and the network's
@@ -30,6 +33,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -61,6 +65,17 @@ SETTINGS = [  # (name, call, batch, policy, inter, intra)
 ]
 
 
+def imagenet_file(backbone: str, size: int) -> Path | None:
+    """The backbone's ImageNet file where comp finds one (the bundled demo's folder first:
+    MobileNet 0.25), else None (random init). Measured with real weights: a random-init
+    MobileNet 0.25 cut at block 9 ran 2.5-4x slower through TFLite than the same network
+    with its ImageNet weights here, which no user runs."""
+    from comp.models.registry import get_backbone
+    from comp.models.weights import find_local_weights
+
+    return find_local_weights(get_backbone(backbone), size, str(ROOT / "comp/demo/weights"))
+
+
 def measure(backbone: str, size: int, n_images: int, call: str, batch: int, policy: str,
             inter: int, intra: int) -> dict:
     """Views per second of one setting (run inside its own process)."""
@@ -75,7 +90,9 @@ def measure(backbone: str, size: int, n_images: int, call: str, batch: int, poli
     from comp.models.registry import get_backbone
 
     keras.mixed_precision.set_global_policy(policy)
-    base = get_backbone(backbone).constructor(input_shape=(size, size, 3), weights=None)
+    weights = imagenet_file(backbone, size)
+    base = get_backbone(backbone).constructor(input_shape=(size, size, 3),
+                                              weights=str(weights) if weights else None)
     inputs = keras.Input((size, size, 3))
     pooled = keras.layers.GlobalAveragePooling2D()(base(inputs))
     model = keras.Model(inputs, keras.layers.Dense(4, activation="softmax",
@@ -91,8 +108,11 @@ def measure(backbone: str, size: int, n_images: int, call: str, batch: int, poli
         run = _tflite_runner(model, batch, size)
     elif call == "comp":
         from comp.training.features import frozen_forward
+        from comp.training.lite import lite_folder
 
-        forward = frozen_forward(model, get_backbone(backbone).preprocess)
+        row = get_backbone(backbone)  # its converted form kept where a run keeps it
+        cache = Path(tempfile.mkdtemp(prefix="comp-lite-"))
+        forward = frozen_forward(model, row.preprocess, lite_cache=lite_folder(row, cache))
         images = ((images + 1) * 127.5).astype("uint8")
         run = lambda x: forward(x, 5)  # noqa: E731
     elif call == "eager":  # the eager ops comp ran around predict_on_batch until stop 38
@@ -170,7 +190,9 @@ def main() -> None:
         rows.append((name, batch, policy, result["views_per_s"], result["views_per_s"] / bound,
                      result["flops"], result["setup_s"]))
     flops = rows[0][5]
-    print(f"\n{args.backbone} at {size} px, {n_images} random images, random init"
+    weights = imagenet_file(args.backbone, size)
+    print(f"\n{args.backbone} at {size} px, {n_images} random images, "
+          f"{'ImageNet weights (' + weights.name + ')' if weights else 'random init'}"
           f"{' (smoke: not a measurement)' if args.smoke else ''}; FLOP bound: float32 matmul "
           f"{gflops:.0f} GFLOP/s / {flops / 1e6:.1f} MFLOP per view = "
           f"{gflops * 1e9 / flops:.0f} views/s\n")

@@ -25,11 +25,13 @@ def _keras_outputs(model, batch, view):
     return model.predict_on_batch(_preprocess(dihedral_view(batch, view).astype(np.float32)))
 
 
-def test_lite_pass_gives_keras_numbers_for_every_view_and_batch_size():
+@pytest.mark.parametrize("threads", [1, 3])
+def test_lite_pass_gives_keras_numbers_for_every_view_and_batch_size(threads):
+    """One interpreter, or three side by side (each its share of the chunks)."""
     from comp.training.lite import LITE_ROWS, lite_forward
 
     model = _network()
-    forward = lite_forward(model, _preprocess, "float32", 1)
+    forward = lite_forward(model, _preprocess, "float32", threads)
     assert forward is not None
     images = np.random.default_rng(0).integers(0, 256, (2 * LITE_ROWS + 1, 24, 24, 3),
                                                dtype=np.uint8)
@@ -134,3 +136,7 @@ def test_a_converted_network_is_kept_and_read_back(tmp_path, monkeypatch):
     assert lite.network_key(other, _preprocess) != lite.network_key(model, _preprocess)
     lite.lite_forward(other, _preprocess, "float32", 1, tmp_path)
     assert len(list(tmp_path.iterdir())) == 2
+    # float16 outputs are cast inside the converted network: a file of their own
+    half = lite.lite_forward(model, _preprocess, "float16", 1, tmp_path)(images, 2)
+    assert half.dtype == np.float16 and len(list(tmp_path.iterdir())) == 3
+    np.testing.assert_array_equal(half, first.astype(np.float16))
