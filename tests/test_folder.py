@@ -124,6 +124,24 @@ def test_kaggles_zips_unpacked_into_a_folder_of_their_own_name_are_read_through(
         read_competition(root)
 
 
+@pytest.mark.parametrize("name", ["train_labels.csv", "trainLabels.csv", "labels.csv"])
+def test_the_train_csv_is_read_under_kaggles_other_names(tmp_path, name):
+    """Histopathologic Cancer's train_labels.csv, Diabetic Retinopathy's trainLabels.csv,
+    Dog Breed's labels.csv; train.csv first where there are two."""
+    root = make_competition(tmp_path / "k")
+    frame = pd.read_csv(root / "train.csv", dtype=str)
+    renamed = {i: f"img{n:03d}.png" for n, i in enumerate(frame["id"])}  # no class in names
+    for old, new in renamed.items():
+        (root / "train" / old).rename(root / "train" / new)
+    frame = frame.assign(id=frame["id"].map(renamed))
+    frame.to_csv(root / name, index=False)
+    (root / "train.csv").unlink()
+    comp = read_competition(root)
+    assert comp.classes == CLASSES and len(comp.train) == 24
+    frame.assign(label=frame["label"].str.upper()).to_csv(root / "train.csv", index=False)
+    assert read_competition(root).classes == [c.upper() for c in CLASSES]
+
+
 def test_one_images_folder_of_train_and_test_is_read_by_both(tmp_path, comp_caplog):
     """Plant Pathology's images/ holds the train and the test images, which train.csv and
     the sample submission tell apart; no warning lists the other split's images."""

@@ -44,6 +44,10 @@ ID_COLUMNS = ("id", "image_id", "image", "id_code", "file", "filename", "file_na
 LABEL_COLUMNS = ("label", "target", "class", "category", "diagnosis", "labels", "class_name",
                  "species", "breed", "y")
 SPLITS = ("train", "test", "unlabeled")
+# the train labels' CSV, under the names Kaggle downloads give it (Histopathologic
+# Cancer's train_labels.csv, Diabetic Retinopathy's trainLabels.csv, Dog Breed's
+# labels.csv): the first of these that exists
+TRAIN_CSVS = ("train.csv", "train_labels.csv", "trainLabels.csv", "labels.csv")
 # one folder of the train and test images, which train.csv and the sample submission
 # tell apart (Kaggle's Plant Pathology); read where a split has no folder of its own
 SHARED_IMAGES = "images"
@@ -210,6 +214,13 @@ def _check_ids(ids: pd.Series, source: Path) -> None:
             f"{source}: {len(duplicated)} duplicate id(s), e.g. {duplicated[:3]}; "
             "each image must be listed once"
         )
+
+
+def train_csv(root: Path) -> Path:
+    """The train labels' CSV of `root`: the first of TRAIN_CSVS there; train.csv where
+    none is (for the error)."""
+    return next((root / name for name in TRAIN_CSVS if (root / name).is_file()),
+                root / TRAIN_CSVS[0])
 
 
 def image_folder(root: Path, split: str) -> Path:
@@ -391,7 +402,7 @@ def _labels(frame: pd.DataFrame, id_column: str, label_column: str | None,
 
 def _read_train(root: Path, id_column: str | None, label_column: str | None,
                 group_column: str | None = None) -> pd.DataFrame:
-    csv_path, folder = root / "train.csv", image_folder(root, "train")
+    csv_path, folder = train_csv(root), image_folder(root, "train")
     if not folder.is_dir():
         raise _not_found(folder, "training")
     if csv_path.exists():
@@ -592,7 +603,7 @@ def _read_unlabeled(root: Path) -> pd.DataFrame:
 def is_pixel_layout(root: Path) -> bool:
     """Whether `root` is a pixel-CSV competition: no train/ folder, and a train.csv with
     pixel columns (comp.data.pixels)."""
-    csv_path = root / "train.csv"
+    csv_path = train_csv(root)
     return (not image_folder(root, "train").is_dir() and csv_path.is_file()
             and is_pixel_csv(csv_path))
 
@@ -605,7 +616,7 @@ def _read_pixel_train(root: Path, id_column: str | None, label_column: str | Non
                       pixel_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     """train.csv of pixel rows as the train frame (id, label, path, hash; ids are the
     id column's, else the row numbers 1..N) and its pixel columns."""
-    csv_path = root / "train.csv"
+    csv_path = train_csv(root)
     columns = _csv_header(csv_path)
     pixels = pixel_columns(columns)
     side = image_side(pixels, csv_path)
