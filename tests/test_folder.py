@@ -142,6 +142,15 @@ def test_the_train_csv_is_read_under_kaggles_other_names(tmp_path, name):
     assert read_competition(root).classes == [c.upper() for c in CLASSES]
 
 
+@pytest.mark.parametrize("name", ["sampleSubmission.csv", "submission_format.csv"])
+def test_the_sample_submission_is_read_under_its_other_names(tmp_path, name):
+    """Older Kaggle competitions' sampleSubmission.csv, DrivenData's submission_format.csv."""
+    root = make_competition(tmp_path / "k")
+    (root / "sample_submission.csv").rename(root / name)
+    comp = read_competition(root)
+    assert len(comp.test) == 6 and comp.submission_columns == ["id", "label"]
+
+
 def test_one_images_folder_of_train_and_test_is_read_by_both(tmp_path, comp_caplog):
     """Plant Pathology's images/ holds the train and the test images, which train.csv and
     the sample submission tell apart; no warning lists the other split's images."""

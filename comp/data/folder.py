@@ -48,6 +48,9 @@ SPLITS = ("train", "test", "unlabeled")
 # Cancer's train_labels.csv, Diabetic Retinopathy's trainLabels.csv, Dog Breed's
 # labels.csv): the first of these that exists
 TRAIN_CSVS = ("train.csv", "train_labels.csv", "trainLabels.csv", "labels.csv")
+# the sample submission, likewise (older Kaggle competitions: sampleSubmission.csv;
+# DrivenData: submission_format.csv)
+SAMPLE_CSVS = ("sample_submission.csv", "sampleSubmission.csv", "submission_format.csv")
 # one folder of the train and test images, which train.csv and the sample submission
 # tell apart (Kaggle's Plant Pathology); read where a split has no folder of its own
 SHARED_IMAGES = "images"
@@ -219,8 +222,17 @@ def _check_ids(ids: pd.Series, source: Path) -> None:
 def train_csv(root: Path) -> Path:
     """The train labels' CSV of `root`: the first of TRAIN_CSVS there; train.csv where
     none is (for the error)."""
-    return next((root / name for name in TRAIN_CSVS if (root / name).is_file()),
-                root / TRAIN_CSVS[0])
+    return _first_file(root, TRAIN_CSVS)
+
+
+def sample_csv(root: Path) -> Path:
+    """The sample submission of `root`: the first of SAMPLE_CSVS there;
+    sample_submission.csv where none is (for the error)."""
+    return _first_file(root, SAMPLE_CSVS)
+
+
+def _first_file(root: Path, names: tuple[str, ...]) -> Path:
+    return next((root / name for name in names if (root / name).is_file()), root / names[0])
 
 
 def image_folder(root: Path, split: str) -> Path:
@@ -490,7 +502,7 @@ def _read_sample(root: Path, classes: list[str], values: str,
                  positive: str | None) -> tuple[pd.DataFrame, dict[str, str]]:
     """sample_submission.csv, and each of its value columns that takes a probability,
     with its class (empty: one label column)."""
-    sample_path = root / "sample_submission.csv"
+    sample_path = sample_csv(root)
     if not sample_path.exists():
         raise CompError(
             f"{sample_path}: not found; it lists the test ids and the submission's columns"
@@ -580,7 +592,7 @@ def _read_test(root: Path, wanted: tuple) -> tuple[pd.DataFrame, list[str], dict
     """The test frame in sample-submission order, the sample's columns and its probability
     columns (`wanted`: the classes, data.submission_values and data.positive_class, for
     _read_sample)."""
-    sample_path, folder = root / "sample_submission.csv", image_folder(root, "test")
+    sample_path, folder = sample_csv(root), image_folder(root, "test")
     if sample_path.exists() and not folder.is_dir():
         raise _not_found(folder, "test")
     sample, probability_columns = _read_sample(root, *wanted)
@@ -656,7 +668,7 @@ def _read_pixel_test(root: Path, wanted: tuple, train_pixels: list[str],
                         "images as pixel rows in test.csv")
     sample, probability_columns = _read_sample(root, *wanted)
     columns = list(sample.columns)
-    sample_path = root / "sample_submission.csv"
+    sample_path = sample_csv(root)
     header = _csv_header(csv_path)
     pixels = pixel_columns(header)
     if pixels != train_pixels:
