@@ -36,11 +36,11 @@ PROBE_TOLERANCE = 1e-3  # largest difference to Keras's outputs, relative to the
 def lite_forward(model, preprocess: Callable, dtype: str, threads: int,
                  cache: Path | None = None) -> Callable[[np.ndarray, int], np.ndarray] | None:
     """A function (uint8 batch, dihedral view) -> `model`'s outputs as `dtype`, run by
-    TFLite interpreters side by side on `threads` cores (_interpreters); None where
-    TFLite is not installed, the
-    model's input size is not fixed, the conversion fails or its outputs on a probe batch
-    differ from Keras's by more than PROBE_TOLERANCE of their scale (the reason is one
-    info line; TensorFlow then runs the model). With `cache` (a folder), the converted
+    TFLite interpreters side by side on `threads` cores (_interpreters; one call at a
+    time: the interpreters are the function's own); None where TFLite is not installed,
+    the model's input size is not fixed, the conversion fails or its outputs on a probe
+    batch differ from Keras's by more than PROBE_TOLERANCE of their scale (the reason is
+    one info line; TensorFlow then runs the model). With `cache` (a folder), the converted
     network is kept there under a hash of its weights, layers and preprocessing
     (`network_key`), so the prediction after training, or a second run's pass, reads it
     instead of converting again (1-2 s a network)."""
@@ -117,8 +117,9 @@ def lite_forward(model, preprocess: Callable, dtype: str, threads: int,
 def _interpreters(interpreter_class, content: bytes, threads: int) -> list:
     """Interpreters of the converted network that share `threads` cores: one a core (up
     to MAX_INTERPRETERS), each on one thread, each run on its own chunks side by side.
-    Two one-thread interpreters ran MobileNet 0.25 at 1.67x one interpreter on two
-    threads here (4,600 against 2,760 views/s), which waits at every layer for both."""
+    Two one-thread interpreters ran MobileNet 0.25 at 1.5x one interpreter on two threads
+    here (3,420-3,560 against 2,340-2,370 views/s; its block-9 prefix 1.5-1.67x), which
+    waits at every layer for both threads."""
     count = max(1, min(threads, MAX_INTERPRETERS))
     out = []
     # tf.lite.Interpreter's deprecation notice; XNNPACK's "Created delegate" line
