@@ -182,8 +182,23 @@ def test_train_images_named_after_their_class_are_labelled_by_name(tmp_path, com
     assert all(i.split(separator)[0] == label for i, label in zip(comp.train.id,
                                                                   comp.train.label,
                                                                   strict=True))
-    assert "labels read from the file names" in comp_caplog.text
-    assert "alpha 8, beta 8, gamma 8" in comp_caplog.text
+    assert len(comp.notes) == 1 and "labels read from the file names" in comp.notes[0]
+    assert "alpha 8, beta 8, gamma 8" in comp.notes[0]
+    assert "labels read" not in comp_caplog.text  # said by the run that makes the folds
+
+
+def test_labels_read_from_names_are_said_once_by_the_run_that_makes_its_folds(
+        tmp_path, comp_caplog):
+    from comp.run import main
+    from tests.helpers import tiny_overrides
+
+    root = make_competition(tmp_path / "k")
+    (root / "train.csv").unlink()
+    overrides = [*tiny_overrides(tmp_path, root), "quiet=false"]  # info lines shown
+    assert main(["stage=prepare", *overrides]) == 0
+    assert comp_caplog.text.count("train labels read from the file names") == 1
+    assert main(["stage=prepare", *overrides]) == 0  # the folds are there: not again
+    assert comp_caplog.text.count("train labels read from the file names") == 1
 
 
 @pytest.mark.parametrize("name", [lambda i: f"img_{i:03d}.png",  # one class only

@@ -85,6 +85,9 @@ class CompetitionFolder:
     unlabeled: pd.DataFrame
     submission_columns: list[str]
     probability_columns: dict[str, str]
+    # how the folder was read where it is not plain to see (labels taken from file
+    # names): said once, by the run that prepares its folds (comp.data.prepared)
+    notes: tuple[str, ...] = ()
 
     @property
     def submits_labels(self) -> bool:
@@ -129,8 +132,9 @@ def read_competition(root: str | Path, id_column: str | None = None,
                         f"image files; {root} holds pixel rows")
     if pixels:
         train, train_pixels = _read_pixel_train(root, id_column, label_column, pixel_dir)
+        notes: tuple[str, ...] = ()
     else:
-        train = _read_train(root, id_column, label_column, group_column)
+        train, notes = _read_train(root, id_column, label_column, group_column)
     classes = sorted(train["label"].unique())
     lowered = pd.Series(classes).str.lower()
     if lowered.duplicated().any():
@@ -157,7 +161,7 @@ def read_competition(root: str | Path, id_column: str | None = None,
         if "hash" not in frame:
             frame["hash"] = content_hashes(frame["path"].tolist()) if len(frame) else []
     return CompetitionFolder(root, classes, train, test, unlabeled, columns,
-                             probability_columns)
+                             probability_columns, notes)
 
 
 def check_id(image_id: object, source: str) -> str:
@@ -413,7 +417,8 @@ def _labels(frame: pd.DataFrame, id_column: str, label_column: str | None,
 
 
 def _read_train(root: Path, id_column: str | None, label_column: str | None,
-                group_column: str | None = None) -> pd.DataFrame:
+                group_column: str | None = None) -> tuple[pd.DataFrame, tuple[str, ...]]:
+    """The train frame, and how it was read where that is not plain to see (notes)."""
     csv_path, folder = train_csv(root), image_folder(root, "train")
     if not folder.is_dir():
         raise _not_found(folder, "training")
@@ -442,7 +447,7 @@ def _read_train(root: Path, id_column: str | None, label_column: str | None,
                               "path": [str(folder / i) for i in ids]})
         if groups is not None:
             train["group_key"] = groups
-        return train
+        return train, ()
     if group_column is not None:
         raise CompError(f"config: data.group_column={group_column!r} needs a train.csv with "
                         f"that column; {folder} is read by its class folders")
@@ -475,15 +480,15 @@ def _read_train(root: Path, id_column: str | None, label_column: str | None,
     if frame.empty:
         raise CompError(f"{folder}: the class sub-folders hold no images")
     _check_ids(frame["id"], folder)
-    return frame
+    return frame, ()
 
 
-def _labelled_by_name(folder: Path) -> pd.DataFrame | None:
+def _labelled_by_name(folder: Path) -> tuple[pd.DataFrame, tuple[str, ...]] | None:
     """The train frame of a folder of images named `<class>.<n>.jpg` (or `<class>_<n>`,
     `<class>-<n>`: Kaggle's Dogs vs Cats), the label being the name's part before its
-    first `.`, `_` or `-`; None where the names do not read so: fewer than two such
-    classes, more than MAX_NAMED_CLASSES, or a class of one image (ids, not classes).
-    One info line says what was read."""
+    first `.`, `_` or `-`, and a note saying so; None where the names do not read so:
+    fewer than two such classes, more than MAX_NAMED_CLASSES, or a class of one image
+    (ids, not classes)."""
     files = image_files(folder)
     labels = pd.Series({name: re.split(r"[._-]", name, maxsplit=1)[0].strip()
                         for name in files}, dtype=object)
@@ -491,11 +496,11 @@ def _labelled_by_name(folder: Path) -> pd.DataFrame | None:
     if (len(files) == 0 or (labels == "").any() or not 2 <= len(counts) <= MAX_NAMED_CLASSES
             or counts.min() < 2):
         return None
-    get_logger().info("train labels read from the file names of %s (the part before the "
-                      "first '.', '_' or '-'): %s; give a train.csv to label them otherwise",
-                      folder, ", ".join(f"{c} {n}" for c, n in sorted(counts.items())))
+    note = (f"train labels read from the file names of {folder} (the part before the first "
+            f"'.', '_' or '-'): {', '.join(f'{c} {n}' for c, n in sorted(counts.items()))}; "
+            "give a train.csv to label them otherwise")
     return pd.DataFrame({"id": list(files), "label": labels.loc[list(files)].to_numpy(),
-                         "path": [str(path) for path in files.values()]})
+                         "path": [str(path) for path in files.values()]}), (note,)
 
 
 def _read_sample(root: Path, classes: list[str], values: str,

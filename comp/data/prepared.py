@@ -184,6 +184,8 @@ def prepare(cfg: DictConfig) -> Prepared:
     if run.folds_csv.exists() and run.data_json.exists():
         folds = _recorded_folds(cfg, competition, run)
     else:
+        for note in competition.notes:  # once, as the run's folds are made
+            get_logger().info("%s", note)
         folds = _write_folds(cfg, competition, run, images["train"])
     return Prepared(competition, folds, run, prepared.decoding)
 
