@@ -118,7 +118,7 @@ def _interpreters(interpreter_class, content: bytes, threads: int) -> list:
     """Interpreters of the converted network that share `threads` cores: one a core (up
     to MAX_INTERPRETERS), each on one thread, each run on its own chunks side by side.
     Two one-thread interpreters ran MobileNet 0.25 at 1.5x one interpreter on two threads
-    here (3,420-3,560 against 2,340-2,370 views/s; its block-9 prefix 1.5-1.67x), which
+    here (3,420-3,560 against 2,340-2,370 views/s; a prefix through block 9: 1.5-1.67x), which
     waits at every layer for both threads."""
     count = max(1, min(threads, MAX_INTERPRETERS))
     out = []
