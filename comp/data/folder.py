@@ -54,6 +54,7 @@ SAMPLE_CSVS = ("sample_submission.csv", "sampleSubmission.csv", "submission_form
 # one folder of the train and test images, which train.csv and the sample submission
 # tell apart (Kaggle's Plant Pathology); read where a split has no folder of its own
 SHARED_IMAGES = "images"
+SHARED_SPLITS = ("train", "test")  # the splits that may read SHARED_IMAGES
 # data.submission_values: what a sample submission's one value column holds
 SUBMISSION_VALUES = ("auto", "labels", "probability")
 # a class named so is the positive one of two, whose probability a one-column submission
@@ -244,7 +245,7 @@ def image_folder(root: Path, split: str) -> Path:
     Cassava) where only that exists, or for train and test one `images/` folder of both
     (Plant Pathology) where neither does; read through a folder of its own name that it
     alone holds (unwrapped); `<split>/` where none exists (for the error)."""
-    shared = (root / SHARED_IMAGES,) if split in ("train", "test") else ()
+    shared = (root / SHARED_IMAGES,) if split in SHARED_SPLITS else ()
     for folder in (root / split, root / f"{split}_images", *shared):
         if folder.is_dir():
             return unwrapped(folder)
@@ -264,7 +265,7 @@ def unwrapped(folder: Path) -> Path:
 
 
 def _not_found(folder: Path, what: str) -> CompError:
-    shared = f" or {SHARED_IMAGES}/" if folder.name in ("train", "test") else ""
+    shared = f" or {SHARED_IMAGES}/" if folder.name in SHARED_SPLITS else ""
     return CompError(f"{folder}: {what} image folder not found (nor {folder.name}_images/"
                      f"{shared}); see the README's layout")
 

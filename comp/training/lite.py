@@ -53,6 +53,7 @@ def lite_forward(model, preprocess: Callable, dtype: str, threads: int,
     refused = cache / f"{key}.tensorflow" if cache is not None else None
     if refused is not None and refused.exists():  # an earlier pass found it does not run
         return None
+    network = None  # made only where nothing stored: then probed against Keras below
     if stored is not None and stored.exists():
         content = stored.read_bytes()
     else:
@@ -98,7 +99,7 @@ def lite_forward(model, preprocess: Callable, dtype: str, threads: int,
                       [out] * used, [starts[i::used] for i in range(used)]))
         return out
 
-    if stored is None or not stored.exists():
+    if network is not None:
         probe = np.random.default_rng(0).integers(0, 256, (LITE_ROWS, *shape), dtype=np.uint8)
         expected = np.asarray(network.predict_on_batch(probe), np.float32)
         got = run(probe).astype(np.float32)
