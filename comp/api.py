@@ -319,11 +319,14 @@ class Competition:
         """Scores of the predictions on labelled images: a DataFrame (columns `image`,
         the paths, and `label`; default: from_frame's, else "image" and "label") or a
         folder of class sub-folders (<folder>/<class>/<image>). Returns accuracy,
-        macro_f1 and the submit.metric (comp.metrics.scores), and n (the images)."""
+        macro_f1 and the submit.metric (comp.metrics.scores; `auto`: as a stage resolves it,
+        comp.submission.submission_metric), and n (the images)."""
         import pandas as pd
 
+        from comp.data.prepared import load_competition
         from comp.metrics import scores
         from comp.predictions import class_indices
+        from comp.submission import submission_metric
 
         label = label or getattr(self, "label_column", "label")
         image = image or getattr(self, "image_column", "image")
@@ -347,7 +350,7 @@ class Competition:
                             f"({classes})")
         got = scores(class_indices(pd.Series(labels), classes),
                      frame[[f"p_{c}" for c in classes]].to_numpy(float), classes)
-        metric = self.config.submit.metric
+        metric = submission_metric(self.config.submit.metric, load_competition(self.config))
         return {"accuracy": got["accuracy"], "macro_f1": got["macro_f1"],
                 metric: got[metric], "n": len(labels)}
 

@@ -53,7 +53,7 @@ from comp.data.views import TTA_VIEWS
 from comp.ensemble import METHODS
 from comp.errors import CompError
 from comp.log import PROGRESS_MODES
-from comp.metrics import HIGHER_IS_BETTER, TUNING_METRICS
+from comp.metrics import AUTO_METRIC, HIGHER_IS_BETTER, TUNING_METRICS
 from comp.pseudo import POOL_SPLITS, TEACHERS
 from comp.training.compute import DISTRIBUTE, JIT_COMPILE, PRECISIONS
 from comp.training.optimizers import OPTIMIZERS
@@ -434,8 +434,11 @@ class OnlyConfig:
 class SubmitConfig:
     """How submissions are ranked."""
 
-    metric: str = setting(  # the competition's score: names files and CV figures (qwk: kappa)
-        "accuracy", Options(*HIGHER_IS_BETTER))
+    # the competition's score: names files and CV figures (qwk: kappa); auto: AUC where
+    # the submission holds probabilities, accuracy where it holds labels
+    # (comp.submission.submission_metric)
+    metric: str = setting(  # the competition's score (auto: auc or accuracy)
+        AUTO_METRIC, Options(AUTO_METRIC, *HIGHER_IS_BETTER))
     # the CV score that ranks the leaderboard and so picks rank 1 (submit, predict, export);
     # auto: submit.metric; log_loss: a steadier choice that favours calibrated ensembles
     rank_by: str = setting("auto", Options("auto", *HIGHER_IS_BETTER))

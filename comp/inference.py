@@ -22,6 +22,7 @@ from comp.data.prepared import decoding
 from comp.ensemble import METHODS
 from comp.errors import CompError
 from comp.log import progress
+from comp.metrics import AUTO_METRIC
 from comp.models.build import build_backbone, create_head, fold_batch_norms, split_backbone
 from comp.models.heads import view_average_proba
 from comp.models.registry import get_backbone
@@ -94,6 +95,16 @@ def _cv_info(folder: Path, metric: str) -> dict:
     """cv.json of a prediction set, its scores recomputed where it predates `metric`."""
     info = read_json(folder / CV_JSON)
     return info if metric in info["cv"] else read_prediction_set(folder).info
+
+
+def submitted_metric(run: RunDir, metric: str) -> str:
+    """submit.metric `metric`, with `auto` (comp.submission.submission_metric) as
+    stage=submit resolved it for this run (its selection.json; accuracy before any
+    submit): stage=predict and stage=export read the run directory, not the folder."""
+    if metric != AUTO_METRIC:
+        return metric
+    recorded = read_json(run.selection_json) if run.selection_json.exists() else {}
+    return recorded.get("metric", "accuracy")
 
 
 def best_prediction_set(run: RunDir, rank_by: str) -> str:

@@ -9,6 +9,10 @@ HIGHER_IS_BETTER = {
     "accuracy": True, "balanced_accuracy": True, "macro_f1": True, "auc": True, "log_loss": False,
     "qwk": True,
 }
+AUTO_METRIC = "auto"  # submit.metric: the competition's score from its submission's kind
+# how a log line names each (the key itself where it is not here)
+METRIC_NAMES = {"auc": "AUC", "macro_f1": "macro-F1", "log_loss": "log loss",
+                "balanced_accuracy": "balanced accuracy", "qwk": "QWK"}
 # what a tuning trial can score by: qwk needs the class names, so it is a submission metric
 TUNING_METRICS = tuple(name for name in HIGHER_IS_BETTER if name != "qwk")
 

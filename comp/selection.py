@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from comp.metrics import HIGHER_IS_BETTER, quadratic_kappa, scores
+from comp.metrics import HIGHER_IS_BETTER, METRIC_NAMES, quadratic_kappa, scores
 from comp.predictions import class_indices, is_ensemble, prob_columns
 
 FAST_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "log_loss")
+HEADLINE_METRICS = ("accuracy", "macro_f1")  # the selected pipeline's figures, always shown
 
 
 @dataclass(frozen=True)
@@ -217,7 +218,8 @@ def leaderboard_uncertainty(predictions: list, metric: str, rank_by: str,
     out["__selected__"] = {
         "metric": metric, "rank_by": rank_by, "chosen_per_fold": chosen, "final_choice": best,
         "cv": scores(y, selected, classes),
-        "se": {m: bootstrap_se(m, y, selected) for m in ("accuracy", "macro_f1")},
+        "se": {m: bootstrap_se(m, y, selected, classes=classes)
+               for m in dict.fromkeys((metric, *HEADLINE_METRICS))},
     }
     if first and margin is not None:
         out["__selected__"]["round_margin"] = margin
@@ -229,6 +231,7 @@ def selection_headline(selected: dict) -> str:
     `selected pipeline (nested CV over 5 folds): accuracy 0.8660 ± 0.0240, macro-F1
     0.8480 ± 0.0340; picks ensemble-mean-1a2b3c4d`."""
     cv, se = selected["cv"], selected["se"]
+    shown = [m for m in dict.fromkeys((selected.get("metric"), *HEADLINE_METRICS)) if m in se]
+    figures = ", ".join(f"{METRIC_NAMES.get(m, m)} {cv[m]:.4f} ± {se[m]:.4f}" for m in shown)
     return (f"selected pipeline (nested CV over {len(selected['chosen_per_fold'])} folds): "
-            f"accuracy {cv['accuracy']:.4f} ± {se['accuracy']:.4f}, macro-F1 "
-            f"{cv['macro_f1']:.4f} ± {se['macro_f1']:.4f}; picks {selected['final_choice']}")
+            f"{figures}; picks {selected['final_choice']}")

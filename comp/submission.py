@@ -11,7 +11,7 @@ import pandas as pd
 from comp.artifacts import write_csv
 from comp.data.folder import CompetitionFolder
 from comp.errors import CompError
-from comp.metrics import HIGHER_IS_BETTER
+from comp.metrics import AUTO_METRIC, HIGHER_IS_BETTER
 from comp.predictions import PredictionSet, read_table
 
 LEADERBOARD_METRICS = ["accuracy", "macro_f1", "balanced_accuracy", "auc", "log_loss"]
@@ -57,6 +57,16 @@ def submission_frame(competition: CompetitionFolder, predictions: PredictionSet)
     if frame[columns[0]].tolist() != competition.test["submission_id"].tolist():
         raise CompError(f"{name}: submission ids differ from the sample submission's")
     return frame
+
+
+def submission_metric(metric: str, competition: CompetitionFolder) -> str:
+    """The competition's score, `submit.metric`; `auto` stands for AUC where the
+    submission holds probabilities (a two-class sample of fractions, as Aerial Cactus's,
+    or one column per class), which such competitions score by AUC or log loss and which
+    accuracy does not rank, and for accuracy where it holds labels."""
+    if metric != AUTO_METRIC:
+        return metric
+    return "accuracy" if competition.submits_labels else "auc"
 
 
 def values_note(competition: CompetitionFolder, metric: str) -> str | None:

@@ -3,6 +3,8 @@ one-hot labels; the sample's ids and columns written back verbatim; values read 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -317,3 +319,51 @@ def test_a_group_column_beside_one_hot_labels_is_no_class(tmp_path):
     assert comp.classes == sorted(train["label"].unique())
     assert comp.train["label"].tolist() == train["label"].tolist()
     assert comp.train["group_key"].nunique() == 5
+
+
+def test_the_auto_metric_is_auc_where_the_submission_holds_probabilities(tmp_path):
+    from comp.submission import submission_metric
+
+    assert submission_metric("auto", read_competition(_binary(tmp_path))) == "auc"
+    labels = read_competition(_binary(tmp_path / "l", column="label", sample_value="0"))
+    assert submission_metric("auto", labels) == "accuracy"
+    assert submission_metric("log_loss", labels) == "log_loss"  # as set, where it is set
+
+
+def test_a_probability_submission_ranks_by_auc_unless_told(tmp_path):
+    """Entries that accuracy and AUC order the other way round: one right at 0.5 on 11 of
+    12 images with a positive ranked last (AUC 0.83), one below 0.5 on every image but
+    ranking every positive first (accuracy 0.5, AUC 1)."""
+    from comp.inference import submitted_metric
+    from comp.predictions import write_prediction_set
+    from comp.run import main
+    from comp.selection import selection_headline
+    from comp.workspace import RunDir
+    from tests.helpers import leaderboard, run_path, tiny_overrides
+
+    root = _binary(tmp_path)
+    train = pd.read_csv(root / "train.csv", dtype=str)
+    positive = (train["has_cactus"] == "1").to_numpy()
+    sure = np.where(positive, 0.9, 0.1)
+    sure[np.flatnonzero(positive)[0]] = 0.0
+    ranked = np.where(positive, 0.4, 0.1)
+    test_ids = sorted(p.name for p in (root / "test").iterdir())
+    for model_id, p1 in (("small_cnn-sure", sure), ("small_cnn-ranked", ranked)):
+        oof = probs_frame(train["id"].tolist(), np.c_[1 - p1, p1], ["0", "1"],
+                          fold=np.arange(len(train)) % 2, label=train["has_cactus"].tolist())
+        test = probs_frame(test_ids, np.full((len(test_ids), 2), 0.5), ["0", "1"])
+        write_prediction_set(run_path(tmp_path) / "preds" / model_id, oof, test, ["0", "1"],
+                             {"model_id": model_id, "kind": "single"})
+    overrides = tiny_overrides(tmp_path, root)
+    assert main(["stage=submit", *overrides]) == 0
+    board = leaderboard(tmp_path)
+    assert board["name"].tolist() == ["small_cnn-ranked", "small_cnn-sure"]
+    assert board["file"][0].endswith("__cv-auc1.0000.csv")
+    assert submitted_metric(RunDir(run_path(tmp_path)), "auto") == "auc"  # predict, export
+    selected = json.loads((run_path(tmp_path) / "selection.json").read_text())
+    assert selection_headline(selected).startswith(
+        f"selected pipeline (nested CV over 2 folds): AUC {selected['cv']['auc']:.4f} ± "
+        f"{selected['se']['auc']:.4f}, accuracy ")
+    assert main(["stage=submit", *overrides, "submit.metric=accuracy"]) == 0
+    assert leaderboard(tmp_path)["name"].tolist() == ["small_cnn-sure", "small_cnn-ranked"]
+    assert submitted_metric(RunDir(run_path(tmp_path)), "auto") == "accuracy"

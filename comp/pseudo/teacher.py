@@ -18,6 +18,7 @@ from comp.errors import CompError
 from comp.predictions import prob_columns, read_prediction_set, read_table
 from comp.pseudo.rules import Votes
 from comp.selection import pick_round, ranking_metric
+from comp.submission import submission_metric
 from comp.workspace import DISTILL_SPLIT
 
 ROUND_ZERO = "@round0"  # marks round 0's ensembles among a later round's candidates
@@ -47,7 +48,8 @@ class Teacher:
         """The teacher `cfg.pseudo.teacher` describes, over `voter_ids` (and round 0's
         `earlier_ids` under submit.round_margin where the voters are of round >= 1)."""
         return cls(prepared, voter_ids, cfg.pseudo.teacher,
-                   ranking_metric(cfg.submit.metric, cfg.submit.rank_by),
+                   ranking_metric(submission_metric(cfg.submit.metric, prepared.competition),
+                                  cfg.submit.rank_by),
                    list(cfg.ensemble.methods), int(cfg.tune.seed), earlier_ids,
                    cfg.submit.round_margin)
 

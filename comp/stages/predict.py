@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from comp.artifacts import write_csv
 from comp.errors import CompError
-from comp.inference import best_prediction_set, input_images, predict_paths
+from comp.inference import best_prediction_set, input_images, predict_paths, submitted_metric
 from comp.log import get_logger
 from comp.predictions import probs_frame
 from comp.selection import ranking_metric
@@ -23,7 +23,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     run = run_dir(cfg.runs_dir, cfg.name, writable=not cfg.predict.output)
     paths = input_images(Path(cfg.predict.input))
     using = cfg.predict.using or best_prediction_set(
-        run, ranking_metric(cfg.submit.metric, cfg.submit.rank_by))
+        run, ranking_metric(submitted_metric(run, cfg.submit.metric), cfg.submit.rank_by))
     probs, classes = predict_paths(cfg, run, using, paths)
     frame = probs_frame([p.name for p in paths], probs, classes)
     frame.insert(1, "label", [classes[i] for i in probs.argmax(1)])

@@ -15,6 +15,7 @@ from comp.selection import leaderboard_uncertainty, ranking_metric, selection_he
 from comp.submission import (
     SubmissionTarget,
     entry_settings,
+    submission_metric,
     values_note,
     write_leaderboard,
     write_submission,
@@ -35,7 +36,7 @@ def run(cfg: DictConfig):
                           "them)", len(finished) - len(sets))
     competition = load_competition(cfg)
     folder = submissions_folder(cfg.submissions_dir, cfg.name)
-    metric = cfg.submit.metric
+    metric = submission_metric(cfg.submit.metric, competition)
     rank_by = ranking_metric(metric, cfg.submit.rank_by)
     predictions = [read_prediction_set(s) for s in sets]
     if not any(p.gives_labels for p in predictions):
