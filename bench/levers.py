@@ -128,6 +128,8 @@ def table(run: Path, truth: Path | None) -> pd.DataFrame:
             row["test_acc"] = float(np.mean([truth_labels[i] == str(c)
                                              for i, c in zip(test["id"], predicted,
                                                              strict=True)]))
+            truth_index = np.array([classes.index(str(truth_labels[i])) for i in test["id"]])
+            row["test_auc"] = scores(truth_index, test[columns].to_numpy(float))["auc"]
         rows.append(row)
     frame = pd.DataFrame(rows)
     levers = []
@@ -140,15 +142,21 @@ def table(run: Path, truth: Path | None) -> pd.DataFrame:
         pairs["pseudo-label rounds (selected pipeline - round 0 selected)"] = (
             "selected pipeline (nested)", "round 0: selected (nested)")
     for lever, (a, b) in pairs.items():
-        for m in ("accuracy", "macro_f1"):
+        for m in lever_metrics(rank_by):
             diff, se = paired_difference(m, y, extra[a], extra[b])
             levers.append(f"{lever}: {m} {diff:+.4f} ± {se:.4f}")
     frame.attrs["levers"] = levers
     frame.attrs.update(
-        y=y, reference=ref, selected=extra["selected pipeline (nested)"],
+        y=y, reference=ref, rank_by=rank_by, selected=extra["selected pipeline (nested)"],
         chosen=selection["chosen_per_fold"],
         tuned={e["name"]: probs[e["name"]] for e in singles if e["info"].get("tuned")})
     return frame
+
+
+def lever_metrics(rank_by: str) -> tuple[str, ...]:
+    """The scores a lever's gain is given in: the one that picks rank 1 (AUC where the
+    submission holds probabilities, submit.metric=auto), accuracy and macro-F1."""
+    return tuple(dict.fromkeys((rank_by, "accuracy", "macro_f1")))
 
 
 def _selected_oof(selection: dict, probs: dict, folds: np.ndarray) -> np.ndarray:
@@ -231,7 +239,7 @@ def selected_gain(lever: str, before: pd.DataFrame, after: pd.DataFrame) -> list
     lever against the selected pipeline of the defaults, and the choices per fold."""
     y = after.attrs["y"]
     out = []
-    for m in ("accuracy", "macro_f1"):
+    for m in lever_metrics(after.attrs["rank_by"]):
         diff, se = paired_difference(m, y, after.attrs["selected"], before.attrs["selected"])
         out.append(f"{lever} (selected, with the lever - defaults): {m} {diff:+.4f} ± {se:.4f}")
     out.append(f"selected per fold, defaults: {before.attrs['chosen']}")

@@ -117,6 +117,10 @@ def test_the_levers_table_compares_a_rounds_models_with_the_ones_they_replace():
     # with the round: a1 and b1 (a0 and b0 replaced); without it: a0 and b0
     assert (row["entries with"], row["entries without"]) == (2, 2)
     assert row["gain accuracy"].startswith("+0.5000")
+    assert "gain auc" not in rows.columns
+    by_auc = lever_rows(entries, "auc").set_index("lever")  # a probability submission's
+    assert list(by_auc.columns[2:]) == ["gain auc", "gain accuracy", "gain macro_f1"]
+    assert by_auc.loc["pseudo-label round 1", "gain auc"].startswith("+0.5000")
 
 
 def test_an_ensemble_is_picked_only_by_more_than_one_standard_error():
