@@ -23,7 +23,13 @@ from comp.ensemble import METHODS
 from comp.errors import CompError
 from comp.log import progress
 from comp.metrics import AUTO_METRIC
-from comp.models.build import build_backbone, create_head, fold_batch_norms, split_backbone
+from comp.models.build import (
+    build_backbone,
+    create_head,
+    fold_batch_norms,
+    refold_batch_norms,
+    split_backbone,
+)
 from comp.models.heads import view_average_proba
 from comp.models.registry import get_backbone
 from comp.models.spec import ClassicSpec, ModelSpec, spec_class
@@ -180,6 +186,7 @@ def predict_images(spec: ModelSpec, model_dir: Path, images: np.ndarray,
     folds = list(fold_paths(model_dir))
     total = np.zeros((len(images), n_classes))
     shared: dict[str, tuple] = {}
+    heads: dict[tuple, tuple] = {}  # one head (and folded copy) for folds of one build
     for fold in progress(folds, desc=f"predict {model_dir.name}"):
         fold_spec = spec.for_fold(fold)
         plan = ViewPlan.from_augment(fold_spec.augment)
@@ -194,14 +201,22 @@ def predict_images(spec: ModelSpec, model_dir: Path, images: np.ndarray,
                                 lite_folder(backbone, lite_cache)),
                 ViewSet(plan.tta)))
         split, features = shared[key]
-        with model_scope(spec.compute):
-            head = create_head(split, fold_spec, n_classes, 0, online=False)
-        head.load_weights(fold_path(model_dir, fold) / FOLD_WEIGHTS)
-        head = fold_batch_norms(head)  # the trained body's batch norms too: it predicts only
+        # the head's build: what its layers and weights' shapes depend on (not dropout)
+        build = (key, fold_spec.model.pooling, fold_spec.model.dense_units)
+        if build not in heads:
+            with model_scope(spec.compute):
+                trained = create_head(split, fold_spec, n_classes, 0, online=False)
+            trained.load_weights(fold_path(model_dir, fold) / FOLD_WEIGHTS)
+            # the trained body's batch norms too: it predicts only
+            heads[build] = (trained, fold_batch_norms(trained))
+        else:  # the same model, this fold's weights: no new copy, no new trace
+            heads[build][0].load_weights(fold_path(model_dir, fold) / FOLD_WEIGHTS)
+            refold_batch_norms(*heads[build])
+        folded = heads[build][1]
         positions = list(range(len(plan.tta)))  # view 0, the image itself, comes first
         if recorded_views(fold_path(model_dir, fold)) == IDENTITY:
             positions = positions[:1]
-        total += predict_tta(head, features, positions)
+        total += predict_tta(folded, features, positions)
     return total / len(folds)
 
 

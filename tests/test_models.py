@@ -288,7 +288,7 @@ def test_folded_batch_norms_give_the_prefix_outputs():
 def test_a_heads_trained_body_folds_too():
     import keras
 
-    from comp.models.build import fold_batch_norms
+    from comp.models.build import fold_batch_norms, refold_batch_norms
 
     backbone = get_backbone("mobilenet_025")
     split = split_backbone(build_backbone(backbone, 32, RANDOM, 0), backbone, None)
@@ -306,6 +306,15 @@ def test_a_heads_trained_body_folds_too():
     assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in body.layers)
     x = rng.normal(size=(4, *split.feature_shape)).astype("float32")
     np.testing.assert_allclose(folded.predict_on_batch(x), head.predict_on_batch(x), atol=1e-5)
+    # another fold's weights (statistics, kernels, classifier) reach the same folded copy
+    before = np.asarray(folded.predict_on_batch(x))
+    head.set_weights([w + rng.normal(0, 0.2, w.shape).astype(w.dtype) if w.ndim > 1
+                      else w * rng.uniform(0.8, 1.25, w.shape).astype(w.dtype)
+                      for w in head.get_weights()])
+    refold_batch_norms(head, folded)
+    after = np.asarray(folded.predict_on_batch(x))
+    assert np.abs(after - before).max() > 1e-3
+    np.testing.assert_allclose(after, head.predict_on_batch(x), atol=1e-5)
 
 
 def test_a_convolution_read_elsewhere_is_not_folded():

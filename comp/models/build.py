@@ -289,15 +289,42 @@ def fold_batch_norms(model):
         return layer.__class__.from_config(config)
 
     copy = keras.models.clone_model(model, clone_function=clone)
+    _copy_own_weights(model, copy, pairs)
+    return copy
+
+
+def refold_batch_norms(model, folded) -> None:
+    """Give `folded` (what fold_batch_norms made of a model with `model`'s architecture)
+    `model`'s present weights, folded the same way: another fold's weights loaded into
+    `model` reach the folded copy without a new copy and a new trace of its predict
+    function (0.3-0.6 s a fold of MobileNet 0.25's head here)."""
+    import keras
+
+    if folded is model:
+        return
     for layer in model.layers:
-        if layer.name in folded_bns or layer.name in nested or not layer.weights:
+        if isinstance(layer, keras.Model):
+            refold_batch_norms(layer, folded.get_layer(layer.name))
+    _copy_own_weights(model, folded, _foldable_pairs(model))
+
+
+def _copy_own_weights(model, folded, pairs: list) -> None:
+    """Set the weights of `folded`'s own layers (not those of nested models) from
+    `model`'s, each convolution of `pairs` (batch norm, convolution) with its batch norm
+    folded in."""
+    import keras
+
+    convs = {conv.name: bn for bn, conv in pairs}
+    folded_bns = {bn.name for bn, _ in pairs}
+    for layer in model.layers:
+        if (layer.name in folded_bns or isinstance(layer, keras.Model)
+                or not layer.weights):
             continue
-        target = copy.get_layer(layer.name)
+        target = folded.get_layer(layer.name)
         if layer.name in convs:
             target.set_weights(_folded_weights(layer, convs[layer.name]))
         else:
             target.set_weights(layer.get_weights())
-    return copy
 
 
 def _foldable_pairs(model) -> list:
