@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from comp.metrics import HIGHER_IS_BETTER, METRIC_NAMES, quadratic_kappa, scores
+from comp.metrics import HIGHER_IS_BETTER, METRIC_NAMES, macro_auc, quadratic_kappa, scores
 from comp.predictions import class_indices, is_ensemble, prob_columns
 
 FAST_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "log_loss")
@@ -61,6 +61,8 @@ def metric_value(metric: str, y: np.ndarray, probs: np.ndarray,
     names `classes` (the grades' order)."""
     if metric in FAST_METRICS:
         return _fast(metric, y, probs)
+    if metric == "auc":  # not all of scores(): an AUC ranking bootstraps it per entry
+        return macro_auc(y, probs)
     if metric == "qwk":
         if classes is None:
             raise ValueError("qwk needs the class names (classes=...)")

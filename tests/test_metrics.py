@@ -3,6 +3,8 @@ numbers; a submit.metric, ranked higher-is-better."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score
@@ -72,3 +74,23 @@ def test_a_prediction_set_written_before_qwk_gets_it(tmp_path):
         write_json(cv_json, old)
     assert read_prediction_set(run.preds_dir("good")).info["cv"]["qwk"] == pytest.approx(1.0)
     assert best_prediction_set(run, "qwk") == "good"
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_macro_auc_is_scikit_learns_with_ties_and_absent_classes(n_classes):
+    """The rank (Mann-Whitney) form of the one-vs-rest AUC against roc_auc_score: rounded
+    probabilities make ties; class 0 absent from the rows is left out of the mean."""
+    from sklearn.metrics import roc_auc_score
+
+    from comp.metrics import macro_auc
+
+    rng = np.random.default_rng(n_classes)
+    probs = np.round(rng.dirichlet(np.ones(n_classes), 300), 1)
+    y = rng.integers(1 if n_classes > 2 else 0, n_classes, 300)
+    present = np.unique(y)
+    expected = np.mean([roc_auc_score(y == c, probs[:, c]) for c in present])
+    assert macro_auc(y, probs) == pytest.approx(expected, abs=1e-12)
+    with warnings.catch_warnings():  # balanced accuracy on the rows without class 0
+        warnings.simplefilter("ignore", UserWarning)
+        assert metric_value("auc", y, probs) == macro_auc(y, probs) == scores(y, probs)["auc"]
+    assert np.isnan(macro_auc(np.full(5, 1), probs[:5]))  # one class: no AUC
