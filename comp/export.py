@@ -67,9 +67,9 @@ class Exported:
 def export_model(cfg: DictConfig) -> Path:
     """Export `export.using` (default: the entry stage=submit ranks first, or the best
     fine-tuned model where that is an ensemble or a classic head); the folder."""
-    run = run_dir(cfg.runs_dir, cfg.name, writable=not cfg.export.output)
     from comp.inference import submitted_metric
 
+    run = run_dir(cfg.runs_dir, cfg.name, writable=not cfg.export.output)
     model_id, note = (cfg.export.using, None) if cfg.export.using else export_choice(
         run, ranking_metric(submitted_metric(run, cfg.submit.metric), cfg.submit.rank_by))
     if note:
