@@ -437,7 +437,7 @@ class SubmitConfig:
     # the competition's score: names files and CV figures (qwk: kappa); auto: AUC where
     # the submission holds probabilities, accuracy where it holds labels
     # (comp.submission.submission_metric)
-    metric: str = setting(  # the competition's score (auto: auc or accuracy)
+    metric: str = setting(  # the competition's score; auto: auc for probabilities, else accuracy
         AUTO_METRIC, Options(AUTO_METRIC, *HIGHER_IS_BETTER))
     # the CV score that ranks the leaderboard and so picks rank 1 (submit, predict, export);
     # auto: submit.metric; log_loss: a steadier choice that favours calibrated ensembles
