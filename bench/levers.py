@@ -40,7 +40,7 @@ from proctree import run_measured  # noqa: E402 (bench/proctree.py)
 
 from comp.metrics import scores
 from comp.predictions import is_ensemble
-from comp.selection import bootstrap_se, nested_selection, paired_difference
+from comp.selection import bootstrap_se, nested_selection, paired_difference, shown_metrics
 
 
 def run_comp(overrides: list[str]) -> tuple[float, float]:
@@ -142,7 +142,7 @@ def table(run: Path, truth: Path | None) -> pd.DataFrame:
         pairs["pseudo-label rounds (selected pipeline - round 0 selected)"] = (
             "selected pipeline (nested)", "round 0: selected (nested)")
     for lever, (a, b) in pairs.items():
-        for m in lever_metrics(rank_by):
+        for m in shown_metrics(rank_by):
             diff, se = paired_difference(m, y, extra[a], extra[b])
             levers.append(f"{lever}: {m} {diff:+.4f} ± {se:.4f}")
     frame.attrs["levers"] = levers
@@ -151,12 +151,6 @@ def table(run: Path, truth: Path | None) -> pd.DataFrame:
         chosen=selection["chosen_per_fold"],
         tuned={e["name"]: probs[e["name"]] for e in singles if e["info"].get("tuned")})
     return frame
-
-
-def lever_metrics(rank_by: str) -> tuple[str, ...]:
-    """The scores a lever's gain is given in: the one that picks rank 1 (AUC where the
-    submission holds probabilities, submit.metric=auto), accuracy and macro-F1."""
-    return tuple(dict.fromkeys((rank_by, "accuracy", "macro_f1")))
 
 
 def _selected_oof(selection: dict, probs: dict, folds: np.ndarray) -> np.ndarray:
@@ -239,7 +233,7 @@ def selected_gain(lever: str, before: pd.DataFrame, after: pd.DataFrame) -> list
     lever against the selected pipeline of the defaults, and the choices per fold."""
     y = after.attrs["y"]
     out = []
-    for m in lever_metrics(after.attrs["rank_by"]):
+    for m in shown_metrics(after.attrs["rank_by"]):
         diff, se = paired_difference(m, y, after.attrs["selected"], before.attrs["selected"])
         out.append(f"{lever} (selected, with the lever - defaults): {m} {diff:+.4f} ± {se:.4f}")
     out.append(f"selected per fold, defaults: {before.attrs['chosen']}")

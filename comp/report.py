@@ -187,7 +187,7 @@ def lever_rows(entries: dict[str, dict], rank_by: str,
     replace their teachers, comp.predictions.superseded, and round 0's pick stays where
     the round's is not ahead by `round_margin` standard errors, comp.selection.pick_round),
     tuning (tuned vs untuned models)."""
-    from comp.selection import nested_selection, paired_difference
+    from comp.selection import nested_selection, paired_difference, shown_metrics
 
     if not entries:
         return pd.DataFrame()
@@ -226,7 +226,7 @@ def lever_rows(entries: dict[str, dict], rank_by: str,
         without_oof, _ = nested_selection(b, y, folds, rank_by, classes, ensembles,
                                           round_zero(keep_without), round_margin)
         row = {"lever": lever, "entries with": len(a), "entries without": len(b)}
-        for m in dict.fromkeys((rank_by, "accuracy", "macro_f1")):  # rank 1's score first
+        for m in shown_metrics(rank_by):  # rank 1's score first
             diff, se = paired_difference(m, y, with_oof, without_oof, classes=classes)
             row[f"gain {m}"] = f"{diff:+.4f} ± {se:.4f}"
         rows.append(row)

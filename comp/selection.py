@@ -22,6 +22,12 @@ FAST_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "log_loss")
 HEADLINE_METRICS = ("accuracy", "macro_f1")  # the selected pipeline's figures, always shown
 
 
+def shown_metrics(metric: str | None) -> tuple[str, ...]:
+    """The scores a line or table gives: `metric` (the one that ranks) first, then
+    HEADLINE_METRICS."""
+    return tuple(m for m in dict.fromkeys((metric, *HEADLINE_METRICS)) if m is not None)
+
+
 @dataclass(frozen=True)
 class Bootstrap:
     """Resamples of the rows: `n` of them (a quarter as many for the metrics outside
@@ -221,7 +227,7 @@ def leaderboard_uncertainty(predictions: list, metric: str, rank_by: str,
         "metric": metric, "rank_by": rank_by, "chosen_per_fold": chosen, "final_choice": best,
         "cv": scores(y, selected, classes),
         "se": {m: bootstrap_se(m, y, selected, classes=classes)
-               for m in dict.fromkeys((metric, *HEADLINE_METRICS))},
+               for m in shown_metrics(metric)},
     }
     if first and margin is not None:
         out["__selected__"]["round_margin"] = margin
@@ -233,7 +239,7 @@ def selection_headline(selected: dict) -> str:
     `selected pipeline (nested CV over 5 folds): accuracy 0.8660 ± 0.0240, macro-F1
     0.8480 ± 0.0340; picks ensemble-mean-1a2b3c4d`."""
     cv, se = selected["cv"], selected["se"]
-    shown = [m for m in dict.fromkeys((selected.get("metric"), *HEADLINE_METRICS)) if m in se]
+    shown = [m for m in shown_metrics(selected.get("metric")) if m in se]
     figures = ", ".join(f"{METRIC_NAMES.get(m, m)} {cv[m]:.4f} ± {se[m]:.4f}" for m in shown)
     return (f"selected pipeline (nested CV over {len(selected['chosen_per_fold'])} folds): "
             f"{figures}; picks {selected['final_choice']}")
