@@ -97,8 +97,8 @@ def confident_mistakes(oof: pd.DataFrame, classes: list[str], paths: dict[str, s
     wrong = oof.assign(predicted=predicted, confidence=probs.max(1))
     wrong = wrong[wrong["predicted"] != wrong["label"]].nlargest(count, "confidence")
     cells = []
-    for row in wrong.itertuples():
-        thumb = out / f"thumb_{Path(row.id).stem}.png"
+    for n, row in enumerate(wrong.itertuples()):
+        thumb = out / f"thumb_{n}.png"  # ids may share a stem (a.png, a.jpg) or hold a /
         with Image.open(paths[row.id]) as img:
             img.convert("RGB").resize((96, 96)).save(thumb)
         cells.append(f"<figure><img src='{thumb.name}' width=96><figcaption>"

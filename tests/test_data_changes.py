@@ -133,6 +133,23 @@ def test_class_folders_take_every_image_and_name_the_rest(tmp_path, comp_caplog)
                for r in comp_caplog.records)
 
 
+
+def test_class_folders_with_the_same_file_names_take_the_folder_into_the_id(tmp_path):
+    """An export that numbers each class folder's images from 0001.jpg: every image is
+    read, its id <class>/<file name>, instead of a duplicate-id error."""
+    root = make_competition(tmp_path / "c", layout="folders")
+    for folder in (root / "train").iterdir():
+        for i, path in enumerate(sorted(folder.iterdir())):
+            path.rename(folder / f"{i:04d}.png")
+    comp = read_competition(root)
+    assert len(comp.train) == 24 and comp.train["id"].is_unique
+    assert set(comp.train["id"]) == {f"{c}/{i:04d}.png" for c in ("alpha", "beta", "gamma")
+                                     for i in range(8)}
+    assert (comp.train["id"].str.split("/").str[0] == comp.train["label"]).all()
+    assert all(Path(p).is_file() and Path(p).name == i.split("/")[1]
+               for i, p in zip(comp.train["id"], comp.train["path"], strict=True))
+
+
 # ---- slow: the rerun after a data change equals a fresh run on the new data ----------
 
 def _run_all(tmp_path: Path, root: Path, where: str) -> pd.DataFrame:

@@ -130,3 +130,26 @@ def test_report_fits_a_browser_window_and_shows_the_headline(tmp_path, competiti
     measured = json.loads(html.unescape(title.group(1)))
     assert 0 < measured["right"] <= measured["width"] <= 1400
     assert measured["headline"] and "selected pipeline" in measured["headline"]
+
+
+def test_confident_mistakes_gives_every_image_its_own_thumbnail(tmp_path):
+    """Ids that share a stem (a.png, a.jpg) or hold a class folder (b/a.png) are three
+    mistakes and three thumbnails, none drawn over another."""
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    from comp.report import confident_mistakes
+
+    paths = {}
+    for n, image_id in enumerate(["a.png", "a.jpg", "b/a.png"]):
+        paths[image_id] = str(tmp_path / f"src{n}.png")
+        Image.fromarray(np.full((8, 8, 3), 40 * n, np.uint8)).save(paths[image_id])
+    oof = pd.DataFrame({"id": list(paths), "label": ["x"] * 3,
+                        "p_x": [0.1, 0.2, 0.3], "p_y": [0.9, 0.8, 0.7]})
+    out = tmp_path / "report"
+    out.mkdir()
+    page = confident_mistakes(oof, ["x", "y"], paths, out)
+    thumbs = sorted(out.glob("thumb_*.png"))
+    assert len(thumbs) == 3 and page.count("<figure>") == 3
+    assert {int(np.asarray(Image.open(t))[0, 0, 0]) for t in thumbs} == {0, 40, 80}
