@@ -146,6 +146,7 @@ def test_class_folders_with_the_same_file_names_take_the_folder_into_the_id(tmp_
     assert set(comp.train["id"]) == {f"{c}/{i:04d}.png" for c in ("alpha", "beta", "gamma")
                                      for i in range(8)}
     assert (comp.train["id"].str.split("/").str[0] == comp.train["label"]).all()
+    assert any("<class folder>/<file name>" in note for note in comp.notes)  # said once
     assert all(Path(p).is_file() and Path(p).name == i.split("/")[1]
                for i, p in zip(comp.train["id"], comp.train["path"], strict=True))
 

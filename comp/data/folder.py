@@ -482,11 +482,10 @@ def _read_train(root: Path, id_column: str | None, label_column: str | None,
         raise CompError(f"{folder}: the class sub-folders hold no images")
     repeated = frame["id"][frame["id"].duplicated()].unique().tolist()
     if repeated:  # 0001.jpg in every class folder: a common export, each file an image
-        get_logger().info(
-            "%d file name(s) occur in several class folders of %s (e.g. %s): every train "
-            "id is <class folder>/<file name>", len(repeated), folder, repeated[0])
-        frame["id"] = [str(Path(path).relative_to(folder).as_posix()) for path in frame["path"]]
-        return frame, ()
+        frame["id"] = [Path(path).relative_to(folder).as_posix() for path in frame["path"]]
+        return frame, (f"{len(repeated)} file name(s) occur in several class folders of "
+                       f"{folder} (e.g. {repeated[0]}): every train id is "
+                       "<class folder>/<file name>",)
     _check_ids(frame["id"], folder)
     return frame, ()
 
