@@ -1,3 +1,5 @@
+import shutil
+
 import pandas as pd
 import pytest
 
@@ -73,7 +75,10 @@ def _edit_train(root, frame):
     (lambda r, f: (r / "train.csv").write_text(""), "file is empty"),
     (lambda r, f: (r / "train.csv").write_text("id,label\n"), "no rows"),
     (lambda r, f: _edit_train(r, f.assign(label="alpha")), "only one class"),
-    (lambda r, f: (r / "sample_submission.csv").unlink(), "sample_submission.csv: not found"),
+    (lambda r, f: ((r / "sample_submission.csv").unlink(),
+                   [p.unlink() for p in (r / "test").iterdir()]), "holds no image to predict"),
+    (lambda r, f: ((r / "sample_submission.csv").unlink(), shutil.rmtree(r / "test")),
+     "sample_submission.csv: not found"),
     (lambda r, f: pd.DataFrame({"id": ["nope.png"], "label": ["a"]}).to_csv(
         r / "sample_submission.csv", index=False), "have no image"),
     (lambda r, f: _edit_train(r, f.assign(label=f.label.where(f.index != 0, ""))), "empty label"),
@@ -84,6 +89,22 @@ def test_bad_folders_give_one_clear_line(competition, mutate, needle):
     with pytest.raises(CompError) as info:
         read_competition(competition)
     assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_without_a_sample_submission_every_test_image_is_predicted(competition):
+    """An in-house folder (train + test, no sample): the submission is id,label over the
+    test folder's images, ids their file names, said in a note; one probability column per
+    class with data.submission_values=probability."""
+    (competition / "sample_submission.csv").unlink()
+    folder = read_competition(competition)
+    names = sorted(p.name for p in (competition / "test").iterdir())
+    assert folder.test["id"].tolist() == names == folder.test["submission_id"].tolist()
+    assert folder.submission_columns == ["id", "label"] and folder.submits_labels
+    assert any("no sample_submission.csv" in note and "id,label" in note
+               for note in folder.notes)
+    probabilities = read_competition(competition, submission_values="probability")
+    assert probabilities.submission_columns == ["id", *CLASSES]
+    assert probabilities.probability_columns == {c: c for c in CLASSES}
 
 
 def test_missing_folder(tmp_path):

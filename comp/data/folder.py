@@ -158,6 +158,10 @@ def read_competition(root: str | Path, id_column: str | None = None,
     else:
         test, columns, probability_columns = _read_test(root, wanted)
         unlabeled = _read_unlabeled(root)
+        if not sample_csv(root).exists():
+            notes += (f"no {sample_csv(root).name}: each submission is "
+                      f"{','.join(columns)} for the {len(test)} images of "
+                      f"{Path(test['path'].iloc[0]).parent}, ids their file names",)
     for frame in (train, test, unlabeled):
         if "hash" not in frame:
             frame["hash"] = content_hashes(frame["path"].tolist()) if len(frame) else []
@@ -605,6 +609,8 @@ def _read_test(root: Path, wanted: tuple) -> tuple[pd.DataFrame, list[str], dict
     columns (`wanted`: the classes, data.submission_values and data.positive_class, for
     _read_sample)."""
     sample_path, folder = sample_csv(root), image_folder(root, "test")
+    if not sample_path.exists() and folder.is_dir() and folder.name != SHARED_IMAGES:
+        return _unlisted_test(folder, sample_path, *wanted)
     if sample_path.exists() and not folder.is_dir():
         raise _not_found(folder, "test")
     sample, probability_columns = _read_sample(root, *wanted)
@@ -614,6 +620,25 @@ def _read_test(root: Path, wanted: tuple) -> tuple[pd.DataFrame, list[str], dict
     test = pd.DataFrame({"id": ids, "submission_id": sample[id_column].to_numpy(),
                          "path": [str(folder / i) for i in ids]})
     return test, list(sample.columns), probability_columns
+
+
+def _unlisted_test(folder: Path, sample_path: Path, classes: list[str], values: str,
+                   positive: str | None) -> tuple[pd.DataFrame, list[str], dict[str, str]]:
+    """The test frame of a folder with no sample submission (an in-house competition):
+    every image of `folder` by file name, the submission `id,label`, or `id,<class>...`
+    with data.submission_values=probability. A folder with no image directly in it (its
+    images in class folders, say) is the missing sample's error."""
+    files = image_files(folder)
+    if not files:
+        raise CompError(f"{sample_path}: not found, and {folder} holds no image to predict; "
+                        "add the sample submission (the test ids and the submission's "
+                        "columns) or the test images")
+    ids = sorted(files)
+    test = pd.DataFrame({"id": ids, "submission_id": ids,
+                         "path": [str(files[i]) for i in ids]})
+    if values == "probability":
+        return test, ["id", *classes], {c: c for c in classes}
+    return test, ["id", "label"], {}
 
 
 def _read_unlabeled(root: Path) -> pd.DataFrame:
