@@ -220,3 +220,50 @@ def test_an_ensemble_with_new_members_is_a_new_entry_and_boards_stay_per_run(tmp
     assert leaderboard(tmp_path, "other")["rank"].tolist() == list(range(1, 6))
     assert leaderboard(tmp_path).equals(board)
     assert not (tmp_path / "submissions" / "leaderboard.csv").exists()
+
+
+def _two_rounds(tmp_path, competition) -> dict[str, str]:
+    """Fake prediction sets (as training writes them) of two round-0 models, each right
+    on every other row, whose mean is right on all, and of their round-1 successors, right
+    on three rows in four, all wrong on the same rows; their names."""
+    from tests.helpers import fake_prediction_set, run_path
+
+    train = pd.read_csv(competition / "train.csv", dtype=str)
+    classes = sorted(train["label"].unique())
+    y = np.array([classes.index(label) for label in train["label"]])
+    rows, n = np.arange(len(y)), len(classes)
+
+    def probs(right: np.ndarray) -> np.ndarray:
+        out = np.full((len(y), n), 0.2)
+        out[rows, y] = np.where(right, 0.6, 0.35)
+        out[rows, (y + 1) % n] = np.where(right, 0.2, 0.4)
+        return out / out.sum(1, keepdims=True)
+
+    sets = {"a0": (rows % 2 == 0, 0, "small_cnn-a0"), "b0": (rows % 2 == 1, 0, "small_cnn-b0"),
+            "a1": (rows % 4 != 3, 1, "small_cnn-a0"), "b1": (rows % 4 != 3, 1, "small_cnn-b0")}
+    for seed, (name, (right, round_, lineage)) in enumerate(sets.items()):
+        fake_prediction_set(run_path(tmp_path), competition, f"small_cnn-{name}", seed,
+                            oof_probs=probs(right), round=round_, lineage=lineage)
+    return {name: f"small_cnn-{name}" for name in sets}
+
+
+def test_round_zeros_ensembles_compete_with_the_latest_rounds(tmp_path, competition):
+    """stage=ensemble (as stage=all runs it) after a pseudo-label round: of the round-1
+    models and of the round-0 models too, so round 0's pick may be its ensemble (here the
+    only entry right on every row) and the round's gain is measured against it, not
+    against round 0's singles."""
+    from tests.helpers import run_path
+
+    names = _two_rounds(tmp_path, competition)
+    overrides = tiny_overrides(tmp_path, competition)
+    assert run_comp("stage=ensemble", *overrides) == 0
+    built = {tuple(info["models"]): info for info in
+             (json.loads(p.read_text()) for p in run_path(tmp_path).glob("ensemble/*/cv.json"))}
+    assert set(built) == {(names["a0"], names["b0"]), (names["a1"], names["b1"])}
+    round0 = built[(names["a0"], names["b0"])]
+    assert round0["round"] == 0 and round0["cv"]["accuracy"] == 1.0
+    assert built[(names["a1"], names["b1"])]["round"] == 1
+    assert run_comp("stage=submit", *overrides) == 0
+    selection = json.loads((run_path(tmp_path) / "selection.json").read_text())
+    assert selection["final_choice"] == round0["name"]
+    assert leaderboard(tmp_path)["name"][0] == round0["name"]

@@ -19,7 +19,8 @@ headline = submit.headline  # stage=all ends with the selected pipeline's nested
 
 def run(cfg: DictConfig):
     """prepare -> train (round 0) -> [pseudo -> train (round r)] x pseudo.rounds ->
-    tune -> train with the tuned settings (last round) -> ensemble -> submit -> report."""
+    tune -> train with the tuned settings (last round) -> ensemble (round 0's models too,
+    where a later round finished) -> submit -> report."""
     prepared = prepare(cfg)
     deadline = Deadline.start(cfg.time_limit)
     train_round(cfg, prepared, 0, deadline)
@@ -49,7 +50,7 @@ def run(cfg: DictConfig):
         tuned.params, tuned.backbones = "best", chosen
         train_round(tuned, prepared, last, deadline)
     if len(current_sets(prepared.run.single_sets())) > 1 and cfg.ensemble.methods:
-        ensemble.run(cfg)
+        ensemble.run(cfg)  # round 0's ensembles too, where a later round finished
     if deadline.reached and not prepared.run.prediction_sets():
         raise CompError(f"time_limit={cfg.time_limit} s was spent before any model finished "
                         "(nothing to ensemble or submit); raise time_limit or unset it, and "

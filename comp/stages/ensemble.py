@@ -20,6 +20,7 @@ from comp.predictions import (
     mark_unfinished,
     probs_frame,
     read_prediction_set,
+    round_zero_sets,
     superseded,
     write_prediction_set,
 )
@@ -43,22 +44,38 @@ class _Members:
 
 
 def run(cfg: DictConfig) -> list[dict]:
-    """Build each method in ensemble.methods over the chosen finished single models."""
+    """stage=ensemble: each method in ensemble.methods over the chosen finished single
+    models, each at its latest pseudo-label round; where a later round finished (and
+    ensemble.members names none), over round 0's models too, so that round 0's pick in
+    the choice of rank 1 (comp.selection.pick_round) and the levers table's round 0 have
+    their ensembles as the latest round has (without them a round's measured gain would
+    hold the ensembles' own). The latest round's records."""
     prepared = prepare(cfg)
-    members = _members(prepared, _chosen_sets(cfg, prepared.run))
+    if not cfg.ensemble.members and len(round_zero_sets(prepared.run.single_sets())) > 1:
+        build(cfg, prepared, last_round=0)
+    return build(cfg, prepared)
+
+
+def build(cfg: DictConfig, prepared, last_round: int | None = None) -> list[dict]:
+    """Each method in ensemble.methods over the chosen finished single models: each at its
+    latest pseudo-label round, or with `last_round` as it stood after that round."""
+    members = _members(prepared, _chosen_sets(cfg, prepared.run, last_round))
     results = [_build(cfg, prepared, name, members) for name in cfg.ensemble.methods]
     best_single = max(s.info["cv"]["accuracy"] for s in members.sets)
-    get_logger().info("ensemble: %d models; best single model CV accuracy %.4f",
-                      len(members.sets), best_single)
+    get_logger().info("ensemble: %d models%s; best single model CV accuracy %.4f",
+                      len(members.sets), "" if last_round is None else
+                      f" as after round {last_round}", best_single)
     return results
 
 
-def _chosen_sets(cfg: DictConfig, run) -> list:
+def _chosen_sets(cfg: DictConfig, run, last_round: int | None = None) -> list:
     """The run's finished single models' prediction sets that ensemble.members names (all
-    where it is empty), each model at its latest pseudo-label round unless named by its
-    id; at least two."""
+    where it is empty), each model at its latest pseudo-label round (up to `last_round`)
+    unless named by its id; at least two."""
     chosen = set(cfg.ensemble.members)
     sets = [read_prediction_set(p) for p in run.single_sets()]
+    if last_round is not None:
+        sets = [s for s in sets if int(s.info.get("round", 0)) <= last_round]
     known = {s.info["model_id"] for s in sets} | {s.info.get("backbone") for s in sets}
     unknown = sorted(chosen - known)
     if unknown:
