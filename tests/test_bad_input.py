@@ -58,8 +58,9 @@ def _rm(path):
 CASES = {
     "missing train.csv": (_without_labels, [], "train.csv: not found"),
     "missing test folder": (lambda r: _rm(r / "test"), [], "test image folder not found"),
-    "missing sample submission": (lambda r: _rm(r / "sample_submission.csv"), [],
-                                  "sample_submission.csv: not found"),
+    "missing sample submission, no test image": (
+        lambda r: [_rm(p) for p in (r / "sample_submission.csv", *(r / "test").iterdir())], [],
+        "sample_submission.csv: not found, and"),
     "missing data folder": (lambda r: None, ["data.dir=/nonexistent/comp"],
                             "competition folder not found"),
     "empty train.csv": (lambda r: (r / "train.csv").write_text(""), [], "file is empty"),

@@ -36,7 +36,7 @@ def test_a_missing_folder_writes_no_run_directory_and_keeps_the_record(tmp_path,
 
 
 def test_a_folder_that_fails_its_check_leaves_nothing(tmp_path, competition, capsys):
-    (competition / "sample_submission.csv").unlink()  # no test ids: not a competition
+    (competition / "sample_submission.csv").write_text("id,label\nnope.png,alpha\n")  # no image
     assert main(["stage=prepare", *tiny_overrides(tmp_path, competition)]) == 2
     assert capsys.readouterr().err.startswith("comp: error: ")
     assert not run_path(tmp_path).exists()
