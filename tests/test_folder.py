@@ -234,3 +234,18 @@ def test_names_that_do_not_read_as_classes_give_one_clear_line(tmp_path, name):
         read_competition(root)
     assert "nor files named <class>.<n>.jpg" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_an_unnamed_label_column_is_suggested_by_its_few_values(competition):
+    """HAM10000's metadata (image_id, dx, sex, age...): the label column has no name comp
+    knows, so the error line asks for data.label_column and names the columns that read
+    like labels, with their counts; ids and constant columns are not among them."""
+    frame = pd.read_csv(competition / "train.csv")
+    frame = frame.rename(columns={"id": "image_id", "label": "lesion_type"}).assign(
+        site="back", age=[str(20 + i) for i in range(len(frame))])
+    frame.to_csv(competition / "train.csv", index=False)
+    with pytest.raises(CompError) as info:
+        read_competition(competition)
+    message = str(info.value)
+    assert "data.label_column" in message and "lesion_type (3 values)" in message
+    assert "site (" not in message and "age (" not in message and "\n" not in message

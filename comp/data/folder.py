@@ -401,9 +401,15 @@ def _labels(frame: pd.DataFrame, id_column: str, label_column: str | None,
     onehot = frame[others].apply(lambda col: col.str.strip())
     binary = onehot.isin(["0", "1", "0.0", "1.0"]).all().all() and len(others) >= 2
     if not binary:
+        # columns of a few repeated values read like labels (HAM10000's dx beside sex and
+        # localization): named with their counts, for the user to choose
+        counts = {c: onehot[c].nunique() for c in others}
+        likely = [f"{c} ({n} values)" for c, n in counts.items()
+                  if 2 <= n <= min(50, len(frame) // 2)]
         raise CompError(
             f"{source}: cannot tell which column holds the labels in {list(frame.columns)}; "
             "set data.label_column=<column> (or give one 0/1 column per class)"
+            + (f"; columns of few values: {', '.join(likely[:4])}" if likely else "")
         )
     hot = onehot.astype(float).astype(int)
     empty = [c for c in others if hot[c].sum() == 0]
