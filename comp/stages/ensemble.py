@@ -60,12 +60,11 @@ def build(cfg: DictConfig, prepared, last_round: int | None = None) -> list[dict
     """Each method in ensemble.methods over the chosen finished single models: each at its
     latest pseudo-label round, or with `last_round` as it stood after that round."""
     members = _members(prepared, _chosen_sets(cfg, prepared.run, last_round))
-    results = [_build(cfg, prepared, name, members) for name in cfg.ensemble.methods]
     best_single = max(s.info["cv"]["accuracy"] for s in members.sets)
     get_logger().info("ensemble: %d models%s; best single model CV accuracy %.4f",
                       len(members.sets), "" if last_round is None else
-                      f" as after round {last_round}", best_single)
-    return results
+                      f" as after round {last_round}", best_single)  # says whose, first
+    return [_build(cfg, prepared, name, members) for name in cfg.ensemble.methods]
 
 
 def _chosen_sets(cfg: DictConfig, run, last_round: int | None = None) -> list:
