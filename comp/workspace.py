@@ -11,7 +11,7 @@ from pathlib import Path
 
 import portalocker
 
-from comp.artifacts import write_text
+from comp.artifacts import read_json, write_text
 from comp.errors import CompError
 
 # portalocker: flock on POSIX, LockFileEx on Windows; shared and exclusive modes
@@ -160,14 +160,15 @@ class RunDir:
 
     def find_ensemble(self, entry: str) -> Path:
         """The folder of entry `ensemble-<method>-<members_key>`, or for
-        `ensemble-<method>` that method's most recently built ensemble (where none is
-        finished: the folder it would have, for the caller's error message)."""
+        `ensemble-<method>` that method's ensemble of the latest pseudo-label round, the
+        most recently built of them (where none is finished: the folder it would have,
+        for the caller's error message)."""
         name = entry.removeprefix("ensemble-")
         exact = self.root / "ensemble" / name
         if (exact / CV_JSON).exists():
             return exact
-        built = sorted(self.root.glob(f"ensemble/{name}-*/cv.json"),
-                       key=lambda p: p.stat().st_mtime_ns)
+        built = sorted(self.root.glob(f"ensemble/{name}-*/cv.json"),  # round 0's beside
+                       key=lambda p: (int(read_json(p).get("round", 0)), p.stat().st_mtime_ns))
         return built[-1].parent if built else exact
 
     def pseudo_csv(self, round_: int, fold: int) -> Path:

@@ -1,6 +1,7 @@
 """Ensemble maths on synthetic OOF, and stage=ensemble on a tiny run."""
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -263,6 +264,14 @@ def test_round_zeros_ensembles_compete_with_the_latest_rounds(tmp_path, competit
     round0 = built[(names["a0"], names["b0"])]
     assert round0["round"] == 0 and round0["cv"]["accuracy"] == 1.0
     assert built[(names["a1"], names["b1"])]["round"] == 1
+    # `ensemble-mean` (predict.using, export.using) is the latest round's, even where
+    # round 0's was written last
+    from comp.workspace import RunDir
+
+    run = RunDir(run_path(tmp_path))
+    os.utime(run.find_ensemble(round0["name"]) / "cv.json")
+    latest = built[(names["a1"], names["b1"])]["name"].removeprefix("ensemble-")
+    assert run.find_ensemble("ensemble-mean").name == latest
     assert run_comp("stage=submit", *overrides) == 0
     selection = json.loads((run_path(tmp_path) / "selection.json").read_text())
     assert selection["final_choice"] == round0["name"]
