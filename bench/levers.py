@@ -89,9 +89,6 @@ def table(run: Path, truth: Path | None) -> pd.DataFrame:
     if truth is not None:
         frame = pd.read_csv(truth, dtype=str, keep_default_na=False)
         truth_labels = dict(zip(frame.iloc[:, 0], frame.iloc[:, 1], strict=True))
-        # the run's test ids are file names; a truth file may leave out the extension,
-        # as Kaggle's sample submissions do
-        truth_labels.update({Path(i).stem: label for i, label in list(truth_labels.items())})
     rows = []
     folds = found[0]["oof"]["fold"].to_numpy()
     selection = json.loads((run / "selection.json").read_text())
@@ -128,6 +125,8 @@ def table(run: Path, truth: Path | None) -> pd.DataFrame:
         if truth_labels is not None and e["test"] is not None and labels_ok:
             test = e["test"]
             predicted = np.array(classes)[test[columns].to_numpy().argmax(1)]
+            # the run's test ids are file names; a truth file may leave out the extension,
+            # as Kaggle's sample submissions do
             truth = [truth_labels.get(i, truth_labels.get(Path(i).stem)) for i in test["id"]]
             row["test_acc"] = float(np.mean([t == str(c)
                                              for t, c in zip(truth, predicted, strict=True)]))

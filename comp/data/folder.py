@@ -156,12 +156,9 @@ def read_competition(root: str | Path, id_column: str | None = None,
                                                               pixel_dir)
         unlabeled = pd.DataFrame(columns=["id", "path", "hash"])
     else:
-        test, columns, probability_columns = _read_test(root, wanted)
+        test, columns, probability_columns, test_notes = _read_test(root, wanted)
+        notes += test_notes
         unlabeled = _read_unlabeled(root)
-        if not sample_csv(root).exists():
-            notes += (f"no {sample_csv(root).name}: each submission is "
-                      f"{','.join(columns)} for the {len(test)} images of "
-                      f"{Path(test['path'].iloc[0]).parent}, ids their file names",)
     for frame in (train, test, unlabeled):
         if "hash" not in frame:
             frame["hash"] = content_hashes(frame["path"].tolist()) if len(frame) else []
@@ -610,10 +607,11 @@ def _listed_images(listed: pd.Series, folder: Path, csv_path: Path, missing: str
     return ids
 
 
-def _read_test(root: Path, wanted: tuple) -> tuple[pd.DataFrame, list[str], dict[str, str]]:
-    """The test frame in sample-submission order, the sample's columns and its probability
+def _read_test(root: Path, wanted: tuple
+               ) -> tuple[pd.DataFrame, list[str], dict[str, str], tuple[str, ...]]:
+    """The test frame in sample-submission order, the sample's columns, its probability
     columns (`wanted`: the classes, data.submission_values and data.positive_class, for
-    _read_sample)."""
+    _read_sample) and how it was read where that is not plain to see (notes)."""
     sample_path, folder = sample_csv(root), image_folder(root, "test")
     if not sample_path.exists() and folder.is_dir() and folder.name != SHARED_IMAGES:
         return _unlisted_test(folder, sample_path, *wanted)
@@ -625,15 +623,17 @@ def _read_test(root: Path, wanted: tuple) -> tuple[pd.DataFrame, list[str], dict
                          "are not in sample_submission.csv and are not predicted")
     test = pd.DataFrame({"id": ids, "submission_id": sample[id_column].to_numpy(),
                          "path": [str(folder / i) for i in ids]})
-    return test, list(sample.columns), probability_columns
+    return test, list(sample.columns), probability_columns, ()
 
 
 def _unlisted_test(folder: Path, sample_path: Path, classes: list[str], values: str,
-                   positive: str | None) -> tuple[pd.DataFrame, list[str], dict[str, str]]:
+                   positive: str | None
+                   ) -> tuple[pd.DataFrame, list[str], dict[str, str], tuple[str, ...]]:
     """The test frame of a folder with no sample submission (an in-house competition):
     every image of `folder` by file name, the submission `id,label`, or `id,<class>...`
-    with data.submission_values=probability. A folder with no image directly in it (its
-    images in class folders, say) is the missing sample's error."""
+    with data.submission_values=probability, and the note that says so. A folder with no
+    image directly in it (its images in class folders, say) is the missing sample's
+    error."""
     files = image_files(folder)
     if not files:
         raise CompError(f"{sample_path}: not found, and {folder} holds no image to predict; "
@@ -642,9 +642,11 @@ def _unlisted_test(folder: Path, sample_path: Path, classes: list[str], values: 
     ids = sorted(files)
     test = pd.DataFrame({"id": ids, "submission_id": ids,
                          "path": [str(files[i]) for i in ids]})
-    if values == "probability":
-        return test, ["id", *classes], {c: c for c in classes}
-    return test, ["id", "label"], {}
+    columns, probability_columns = ((["id", *classes], {c: c for c in classes})
+                                    if values == "probability" else (["id", "label"], {}))
+    note = (f"no {sample_path.name}: each submission is {','.join(columns)} for the "
+            f"{len(test)} images of {folder}, ids their file names")
+    return test, columns, probability_columns, (note,)
 
 
 def _read_unlabeled(root: Path) -> pd.DataFrame:

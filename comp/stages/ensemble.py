@@ -20,7 +20,6 @@ from comp.predictions import (
     mark_unfinished,
     probs_frame,
     read_prediction_set,
-    round_zero_sets,
     superseded,
     write_prediction_set,
 )
@@ -51,15 +50,19 @@ def run(cfg: DictConfig) -> list[dict]:
     their ensembles as the latest round has (without them a round's measured gain would
     hold the ensembles' own). The latest round's records."""
     prepared = prepare(cfg)
-    if not cfg.ensemble.members and len(round_zero_sets(prepared.run.single_sets())) > 1:
-        build(cfg, prepared, last_round=0)
-    return build(cfg, prepared)
+    finished = [read_prediction_set(p) for p in prepared.run.single_sets()]  # read once
+    rounds = [int(s.info.get("round", 0)) for s in finished]
+    if not cfg.ensemble.members and max(rounds, default=0) > 0 and rounds.count(0) > 1:
+        build(cfg, prepared, finished, last_round=0)
+    return build(cfg, prepared, finished)
 
 
-def build(cfg: DictConfig, prepared, last_round: int | None = None) -> list[dict]:
-    """Each method in ensemble.methods over the chosen finished single models: each at its
-    latest pseudo-label round, or with `last_round` as it stood after that round."""
-    members = _members(prepared, _chosen_sets(cfg, prepared.run, last_round))
+def build(cfg: DictConfig, prepared, finished: list,
+          last_round: int | None = None) -> list[dict]:
+    """Each method in ensemble.methods over the chosen models of `finished` (the run's
+    single models' prediction sets): each at its latest pseudo-label round, or with
+    `last_round` as it stood after that round."""
+    members = _members(prepared, _chosen_sets(cfg, prepared.run, finished, last_round))
     best_single = max(s.info["cv"]["accuracy"] for s in members.sets)
     get_logger().info("ensemble: %d models%s; best single model CV accuracy %.4f",
                       len(members.sets), "" if last_round is None else
@@ -67,14 +70,13 @@ def build(cfg: DictConfig, prepared, last_round: int | None = None) -> list[dict
     return [_build(cfg, prepared, name, members) for name in cfg.ensemble.methods]
 
 
-def _chosen_sets(cfg: DictConfig, run, last_round: int | None = None) -> list:
-    """The run's finished single models' prediction sets that ensemble.members names (all
-    where it is empty), each model at its latest pseudo-label round (up to `last_round`)
-    unless named by its id; at least two."""
+def _chosen_sets(cfg: DictConfig, run, finished: list, last_round: int | None) -> list:
+    """The prediction sets of `finished` that ensemble.members names (all where it is
+    empty), each model at its latest pseudo-label round (up to `last_round`) unless named
+    by its id; at least two."""
     chosen = set(cfg.ensemble.members)
-    sets = [read_prediction_set(p) for p in run.single_sets()]
-    if last_round is not None:
-        sets = [s for s in sets if int(s.info.get("round", 0)) <= last_round]
+    sets = [s for s in finished
+            if last_round is None or int(s.info.get("round", 0)) <= last_round]
     known = {s.info["model_id"] for s in sets} | {s.info.get("backbone") for s in sets}
     unknown = sorted(chosen - known)
     if unknown:
