@@ -10,9 +10,29 @@ from pathlib import Path
 
 import pytest
 
-from comp.crashpoints import ENV as CRASH_ENV
-from comp.log import get_logger
-from tests.helpers import (  # noqa: F401  (re-exported: bench/ and older tests import these)
+
+def _share_the_cores_between_workers() -> None:
+    """Each pytest-xdist worker gets its share of the cores for TensorFlow, OpenMP and BLAS
+    (read as each library starts, so before comp or its tests import them) instead of
+    every worker's libraries using every core: the fast suite on 2 cores, runs with and
+    without it interleaved, 56.5-58.6 s against 61.3-62.2 s. Settings already in the
+    environment win."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers < 2:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+    share = str(max(1, cores // workers))
+    for variable in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS",
+                     "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, share)
+
+
+_share_the_cores_between_workers()  # before the imports below start those libraries
+
+from comp.crashpoints import ENV as CRASH_ENV  # noqa: E402
+from comp.log import get_logger  # noqa: E402
+from tests.helpers import (  # noqa: F401, E402  (re-exported: bench/ and older tests import these)
     CLASSES,
     TINT,
     copy_tree,

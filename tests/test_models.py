@@ -73,10 +73,10 @@ def test_real_weights_load_and_split_matches_the_whole_network():
     split = split_backbone(base, backbone, "block12")
     pixels = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
     x = backbone.preprocess(pixels)
-    whole = base.predict(x, verbose=0)
-    parts = split.body.predict(split.prefix.predict(x, verbose=0), verbose=0)
+    whole = base(x, training=False)
+    parts = split.body(split.prefix(x, training=False), training=False)
     assert np.allclose(whole, parts, atol=1e-5)
-    assert not np.allclose(whole, build_backbone(backbone, 64, RANDOM, 0).predict(x, verbose=0))
+    assert not np.allclose(whole, build_backbone(backbone, 64, RANDOM, 0)(x, training=False))
 
 
 @pytest.mark.parametrize("spec, label", [
@@ -213,8 +213,9 @@ def _check_frozen_pass(backbone, split, lite: bool) -> None:
 
     size = split.prefix.input_shape[1]
     images = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
-    expected = np.asarray(split.prefix.predict_on_batch(
-        backbone.preprocess(images.astype("float32"))))
+    # an eager call: no trace of its own (predict_on_batch traced one a cut, ~0.7 s)
+    expected = np.asarray(split.prefix(backbone.preprocess(images.astype("float32")),
+                                       training=False))
     with tempfile.TemporaryDirectory() as folder:
         lite_cache = Path(folder) if lite and backbone.lite else None
         got = Encoder(split.prefix, backbone.preprocess, lite_cache).outputs(images, 0)
@@ -261,8 +262,8 @@ def test_a_residual_block_folds_what_it_can():
             if isinstance(layer, keras.layers.BatchNormalization)}
     assert kept == {"b3"}  # b1, b2 and bs folded into c1, d2 and cs
     x = np.random.default_rng(3).normal(size=(2, 8, 8, 3)).astype("float32")
-    expected = np.asarray(model.predict_on_batch(x))
-    np.testing.assert_allclose(np.asarray(folded.predict_on_batch(x)), expected,
+    expected = np.asarray(model(x, training=False))
+    np.testing.assert_allclose(np.asarray(folded(x, training=False)), expected,
                                atol=1e-5 * np.abs(expected).max())
 
 
@@ -279,8 +280,8 @@ def test_folded_batch_norms_give_the_prefix_outputs():
     kinds = [type(layer).__name__ for layer in folded.layers]
     assert "BatchNormalization" not in kinds and "Folded" in kinds
     x = backbone.preprocess(rng.uniform(0, 255, (3, 32, 32, 3)).astype("float32"))
-    expected = np.asarray(prefix.predict_on_batch(x))
-    np.testing.assert_allclose(np.asarray(folded.predict_on_batch(x)), expected,
+    expected = np.asarray(prefix(x, training=False))
+    np.testing.assert_allclose(np.asarray(folded(x, training=False)), expected,
                                atol=1e-4 * np.abs(expected).max())
     assert fold_batch_norms(folded) is folded  # nothing left to fold
 
@@ -305,16 +306,16 @@ def test_a_heads_trained_body_folds_too():
     body = next(layer for layer in folded.layers if isinstance(layer, keras.Model))
     assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in body.layers)
     x = rng.normal(size=(4, *split.feature_shape)).astype("float32")
-    np.testing.assert_allclose(folded.predict_on_batch(x), head.predict_on_batch(x), atol=1e-5)
+    np.testing.assert_allclose(folded(x, training=False), head(x, training=False), atol=1e-5)
     # another fold's weights (statistics, kernels, classifier) reach the same folded copy
-    before = np.asarray(folded.predict_on_batch(x))
+    before = np.asarray(folded(x, training=False))
     head.set_weights([w + rng.normal(0, 0.2, w.shape).astype(w.dtype) if w.ndim > 1
                       else w * rng.uniform(0.8, 1.25, w.shape).astype(w.dtype)
                       for w in head.get_weights()])
     refold_batch_norms(head, folded)
-    after = np.asarray(folded.predict_on_batch(x))
+    after = np.asarray(folded(x, training=False))
     assert np.abs(after - before).max() > 1e-3
-    np.testing.assert_allclose(after, head.predict_on_batch(x), atol=1e-5)
+    np.testing.assert_allclose(after, head(x, training=False), atol=1e-5)
 
 
 def test_a_convolution_read_elsewhere_is_not_folded():
@@ -348,6 +349,6 @@ def test_a_sequential_block_inside_is_kept_as_it_is():
     assert folded.get_layer("stem") is stem
     assert {type(layer).__name__ for layer in folded.layers} >= {"Folded", "Sequential"}
     x = np.random.default_rng(5).normal(size=(2, 8, 8, 3)).astype("float32")
-    expected = np.asarray(model.predict_on_batch(x))
-    np.testing.assert_allclose(np.asarray(folded.predict_on_batch(x)), expected,
+    expected = np.asarray(model(x, training=False))
+    np.testing.assert_allclose(np.asarray(folded(x, training=False)), expected,
                                atol=1e-5 * np.abs(expected).max())
