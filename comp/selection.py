@@ -237,9 +237,15 @@ def leaderboard_uncertainty(predictions: list, metric: str, rank_by: str,
 def selection_headline(selected: dict) -> str:
     """One short line of the selected pipeline's nested CV (selection.json), e.g.
     `selected pipeline (nested CV over 5 folds): accuracy 0.8660 ± 0.0240, macro-F1
-    0.8480 ± 0.0340; picks ensemble-mean-1a2b3c4d`."""
+    0.8480 ± 0.0340; picks ensemble-mean-1a2b3c4d`, and its pick's scores on the labelled
+    test images where the folder has them (`holdout`, comp.stages.submit)."""
     cv, se = selected["cv"], selected["se"]
     shown = [m for m in shown_metrics(selected.get("metric")) if m in se]
     figures = ", ".join(f"{METRIC_NAMES.get(m, m)} {cv[m]:.4f} ± {se[m]:.4f}" for m in shown)
-    return (f"selected pipeline (nested CV over {len(selected['chosen_per_fold'])} folds): "
+    line = (f"selected pipeline (nested CV over {len(selected['chosen_per_fold'])} folds): "
             f"{figures}; picks {selected['final_choice']}")
+    held_out = selected.get("holdout")  # the test images' own labels (test/<class>/)
+    if held_out:
+        line += "; on the {} labelled test images: {}".format(held_out["n"], ", ".join(
+            f"{METRIC_NAMES.get(m, m)} {held_out[m]:.4f}" for m in shown if m in held_out))
+    return line

@@ -6,20 +6,22 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from comp.artifacts import write_csv
 from comp.data.folder import CompetitionFolder
 from comp.errors import CompError
-from comp.metrics import AUTO_METRIC, HIGHER_IS_BETTER
-from comp.predictions import PredictionSet, read_table
+from comp.metrics import AUTO_METRIC, HIGHER_IS_BETTER, scores
+from comp.predictions import PredictionSet, class_indices, read_table
 
 LEADERBOARD_METRICS = ["accuracy", "macro_f1", "balanced_accuracy", "auc", "log_loss"]
 
 
-def submission_frame(competition: CompetitionFolder, predictions: PredictionSet) -> pd.DataFrame:
-    """The submission: the sample's ids and column names verbatim, and either labels or
-    class probabilities, joined to the test predictions by id (never by position).
+def test_probabilities(competition: CompetitionFolder, predictions: PredictionSet
+                       ) -> np.ndarray:
+    """(test images, classes) probabilities of `predictions` in the sample's order, joined
+    to the test predictions by id (never by position).
 
     Predictions that lack some of the sample's ids, or that were made from other test
     images (their recorded `test_key` differs), are a CompError, never a silently
@@ -46,7 +48,23 @@ def submission_frame(competition: CompetitionFolder, predictions: PredictionSet)
             "(and stage=ensemble)"
         )
     probs = test.set_index("id").loc[wanted, [f"p_{c}" for c in predictions.classes]]
-    probs = probs.to_numpy(dtype=float)
+    return probs.to_numpy(dtype=float)
+
+
+def holdout_scores(competition: CompetitionFolder, predictions: PredictionSet) -> dict | None:
+    """Scores (comp.metrics.scores, with `n`) of `predictions` on the test images' own
+    labels where the folder gives them (competition.test_labels); None where it does not."""
+    if not competition.test_labels:
+        return None
+    truth = class_indices(pd.Series(competition.test_labels), predictions.classes)
+    return {**scores(truth, test_probabilities(competition, predictions),
+                     predictions.classes), "n": len(truth)}
+
+
+def submission_frame(competition: CompetitionFolder, predictions: PredictionSet) -> pd.DataFrame:
+    """The submission: the sample's ids and column names verbatim, and either labels or
+    class probabilities (test_probabilities)."""
+    probs = test_probabilities(competition, predictions)
     columns = competition.submission_columns
     frame = pd.DataFrame({columns[0]: competition.test["submission_id"].to_numpy()})
     if competition.submits_labels:
@@ -55,7 +73,8 @@ def submission_frame(competition: CompetitionFolder, predictions: PredictionSet)
         for column, label in competition.probability_columns.items():
             frame[column] = probs[:, predictions.classes.index(label)]
     if frame[columns[0]].tolist() != competition.test["submission_id"].tolist():
-        raise CompError(f"{name}: submission ids differ from the sample submission's")
+        raise CompError(f"{predictions.name}: submission ids differ from the sample "
+                        "submission's")
     return frame
 
 

@@ -241,23 +241,27 @@ def make_pixel_competition(root: Path, side: int = 8, per_class: int = 10, n_tes
 
 def fake_prediction_set(run: Path, competition: Path, model_id: str = "small_cnn-fake",
                         seed: int = 0, oof_probs: np.ndarray | None = None,
-                        **info: object) -> Path:
+                        test_probs: np.ndarray | None = None, **info: object) -> Path:
     """Write preds/<model_id>/ into run directory `run` as training would (oof.csv,
     test.csv, cv.json last), with random probabilities for `competition`'s images (or
-    `oof_probs` for the train rows, in train.csv's order) and `info` added to cv.json:
-    enough for stage=submit, ensemble and the leaderboard without training a model."""
+    `oof_probs` for the train rows, in train.csv's order, and `test_probs` for the test
+    images in read_competition's order) and `info` added to cv.json: enough for
+    stage=submit, ensemble and the leaderboard without training a model."""
+    from comp.data.folder import read_competition
     from comp.predictions import probs_frame, write_prediction_set
 
     rng = np.random.default_rng(seed)
     train = pd.read_csv(competition / "train.csv", dtype=str)
-    test_ids = sorted(p.name for p in (competition / "test").iterdir())
+    test_ids = read_competition(competition).test["id"].tolist()
     classes = sorted(train["label"].unique())
     folds = np.arange(len(train)) % 2
     if oof_probs is None:
         oof_probs = rng.dirichlet(np.ones(len(classes)), len(train))
     oof = probs_frame(train["id"].tolist(), oof_probs, classes, fold=folds,
                       label=train["label"].tolist())
-    test = probs_frame(test_ids, rng.dirichlet(np.ones(len(classes)), len(test_ids)), classes)
+    if test_probs is None:
+        test_probs = rng.dirichlet(np.ones(len(classes)), len(test_ids))
+    test = probs_frame(test_ids, test_probs, classes)
     folder = run / "preds" / model_id
     write_prediction_set(folder, oof, test, classes,
                          {"model_id": model_id, "kind": "single", **info})

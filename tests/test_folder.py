@@ -1,5 +1,7 @@
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -105,6 +107,71 @@ def test_without_a_sample_submission_every_test_image_is_predicted(competition):
     probabilities = read_competition(competition, submission_values="probability")
     assert probabilities.submission_columns == ["id", *CLASSES]
     assert probabilities.probability_columns == {c: c for c in CLASSES}
+
+
+def _test_in_class_folders(root: Path) -> list[str]:
+    """Move test/'s images into test/<class>/ by the class make_competition drew each as
+    (image i: class i mod 3), drop the sample submission; the labels in test order."""
+    (root / "sample_submission.csv").unlink()
+    labels = []
+    for i, path in enumerate(sorted((root / "test").iterdir())):
+        labels.append(CLASSES[i % len(CLASSES)])
+        (root / "test" / labels[-1]).mkdir(exist_ok=True)
+        path.rename(root / "test" / labels[-1] / path.name)
+    return labels
+
+
+def test_a_test_folder_of_class_folders_is_a_labelled_holdout(competition):
+    """test/<class>/<image> without a sample (an in-house split into train and test class
+    folders): every image is predicted, ids <class>/<file name>, the labels kept apart
+    (test_labels, for stage=submit's score), said in a note; a sub-folder that is no class
+    is one error line."""
+    labels = _test_in_class_folders(competition)
+    folder = read_competition(competition)
+    ids = [f"{label}/{path.name}" for label in CLASSES
+           for path in sorted((competition / "test" / label).iterdir())]
+    assert folder.test["id"].tolist() == ids == folder.test["submission_id"].tolist()
+    assert list(folder.test_labels) == [i.split("/")[0] for i in ids]
+    assert sorted(folder.test_labels) == sorted(labels) and "label" not in folder.test
+    assert folder.submission_columns == ["id", "label"]
+    assert any("labelled holdout" in note for note in folder.notes)
+    (competition / "test" / "zeta").mkdir()
+    with pytest.raises(CompError) as info:
+        read_competition(competition)
+    assert "'zeta'" in str(info.value) and "not classes" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_submit_scores_rank_1_on_the_labelled_test_images(tmp_path, competition):
+    """stage=submit scores its rank 1 on test/<class>/'s labels, after choosing it: the
+    entry whose OOF is right everywhere is rank 1 (its test predictions right too), the
+    other one's test predictions are right everywhere but its OOF is random."""
+    from comp.artifacts import read_json
+    from comp.run import main
+    from comp.selection import selection_headline
+    from tests.helpers import fake_prediction_set, run_path, tiny_overrides
+
+    _test_in_class_folders(competition)
+    truth = read_competition(competition)
+    train = pd.read_csv(competition / "train.csv")
+    one_hot = lambda labels: np.eye(len(CLASSES))[[CLASSES.index(c) for c in labels]]  # noqa: E731
+    fake_prediction_set(run_path(tmp_path), competition, "small_cnn-good",
+                        oof_probs=one_hot(train["label"]) * 0.9 + 0.1 / len(CLASSES),
+                        test_probs=np.where(np.arange(6)[:, None] % 2 == 0,
+                                            one_hot(truth.test_labels),
+                                            np.roll(one_hot(truth.test_labels), 1, axis=1)))
+    fake_prediction_set(run_path(tmp_path), competition, "small_cnn-lucky", seed=1,
+                        test_probs=one_hot(truth.test_labels))
+    assert main(["stage=submit", *tiny_overrides(tmp_path, competition)]) == 0
+    board = pd.read_csv(tmp_path / "submissions" / "tiny" / "leaderboard.csv")
+    assert board["name"].iloc[0] == "small_cnn-good"
+    submission = pd.read_csv(tmp_path / "submissions" / "tiny" / board["file"].iloc[0])
+    assert submission["id"].tolist() == truth.test["id"].tolist()
+    selected = read_json(run_path(tmp_path) / "selection.json")
+    # rank 1's test predictions are right on every other image (the other entry's on all)
+    assert selected["holdout"]["n"] == len(truth.test_labels) == 6
+    assert selected["holdout"]["accuracy"] == 0.5
+    assert "on the 6 labelled test images: accuracy 0.5000" in selection_headline(selected)
 
 
 def test_missing_folder(tmp_path):

@@ -89,6 +89,10 @@ class CompetitionFolder:
     # how the folder was read where it is not plain to see (labels taken from file
     # names): said once, by the run that prepares its folds (comp.data.prepared)
     notes: tuple[str, ...] = ()
+    # the test images' labels, in test order, where the folder gives them (test/<class>/
+    # folders, no sample submission): a holdout stage=submit scores rank 1 on; nothing
+    # trains, tunes or chooses with them. Empty: the test labels are not known here.
+    test_labels: tuple[str, ...] = ()
 
     @property
     def submits_labels(self) -> bool:
@@ -154,16 +158,18 @@ def read_competition(root: str | Path, id_column: str | None = None,
     if pixels:
         test, columns, probability_columns = _read_pixel_test(root, wanted, train_pixels,
                                                               pixel_dir)
+        test_labels = ()
         unlabeled = pd.DataFrame(columns=["id", "path", "hash"])
     else:
         test, columns, probability_columns, test_notes = _read_test(root, wanted)
         notes += test_notes
+        test_labels = tuple(test.pop("label")) if "label" in test else ()
         unlabeled = _read_unlabeled(root)
     for frame in (train, test, unlabeled):
         if "hash" not in frame:
             frame["hash"] = content_hashes(frame["path"].tolist()) if len(frame) else []
     return CompetitionFolder(root, classes, train, test, unlabeled, columns,
-                             probability_columns, notes)
+                             probability_columns, notes, test_labels)
 
 
 def check_id(image_id: object, source: str) -> str:
@@ -459,8 +465,7 @@ def _read_train(root: Path, id_column: str | None, label_column: str | None,
     if group_column is not None:
         raise CompError(f"config: data.group_column={group_column!r} needs a train.csv with "
                         f"that column; {folder} is read by its class folders")
-    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
-                        and p.name != "__MACOSX")
+    class_dirs = _class_folders(folder)
     if not class_dirs:
         named = _labelled_by_name(folder)
         if named is None:
@@ -631,22 +636,61 @@ def _unlisted_test(folder: Path, sample_path: Path, classes: list[str], values: 
                    ) -> tuple[pd.DataFrame, list[str], dict[str, str], tuple[str, ...]]:
     """The test frame of a folder with no sample submission (an in-house competition):
     every image of `folder` by file name, the submission `id,label`, or `id,<class>...`
-    with data.submission_values=probability, and the note that says so. A folder with no
-    image directly in it (its images in class folders, say) is the missing sample's
-    error."""
-    files = image_files(folder)
-    if not files:
+    with data.submission_values=probability, and the note that says so. Where the images
+    sit in class folders instead (test/<class>/<image>, a labelled holdout), the ids are
+    `<class>/<file name>` and the frame's `label` column holds the class; a folder with
+    neither is the missing sample's error."""
+    files, skipped, nested = _scan(folder)
+    labelled = None if files else _labelled_test(folder, classes)
+    if labelled is None:
+        _warn_skipped(folder, skipped, nested)
+    if not files and labelled is None:
         raise CompError(f"{sample_path}: not found, and {folder} holds no image to predict; "
                         "add the sample submission (the test ids and the submission's "
                         "columns) or the test images")
-    ids = sorted(files)
-    test = pd.DataFrame({"id": ids, "submission_id": ids,
-                         "path": [str(files[i]) for i in ids]})
+    test = labelled if labelled is not None else pd.DataFrame(
+        {"id": sorted(files), "path": [str(files[i]) for i in sorted(files)]})
+    test.insert(1, "submission_id", test["id"])
     columns, probability_columns = ((["id", *classes], {c: c for c in classes})
                                     if values == "probability" else (["id", "label"], {}))
     note = (f"no {sample_path.name}: each submission is {','.join(columns)} for the "
             f"{len(test)} images of {folder}, ids their file names")
+    if labelled is not None:
+        note = (f"no {sample_path.name}: the {len(test)} images of {folder}'s class folders "
+                f"are a labelled holdout; each submission is {','.join(columns)} over them, "
+                "ids <class>/<file name>, and stage=submit scores rank 1 on their labels "
+                "(nothing trains, tunes or chooses with them)")
     return test, columns, probability_columns, (note,)
+
+
+def _class_folders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
+                  and p.name != "__MACOSX")
+
+
+def _labelled_test(folder: Path, classes: list[str]) -> pd.DataFrame | None:
+    """id (`<class>/<file name>`), path and label of the images in `folder`'s class
+    folders (test/<class>/<image>); None where it has no class folder. A folder not named
+    after a training class is a CompError: its images could not be scored."""
+    class_dirs = _class_folders(folder)
+    if not class_dirs:
+        return None
+    unknown = [d.name for d in class_dirs if d.name.strip() not in classes]
+    if unknown:
+        raise CompError(f"{folder}: sub-folder(s) {unknown[:3]} are not classes of the "
+                        f"training images ({classes[:8]}); rename or remove them (a test "
+                        "folder of class folders is a labelled holdout)")
+    rows, skipped, nested = [], [], []
+    for d in class_dirs:
+        files, d_skipped, d_nested = _scan(d, prefix=f"{d.name}/")
+        rows += [{"id": f"{d.name}/{name}", "path": str(path), "label": d.name.strip()}
+                 for name, path in files.items()]
+        skipped += d_skipped
+        nested += d_nested
+    _warn_skipped(folder, skipped, nested)
+    if not rows:
+        return None
+    return pd.DataFrame(rows, columns=["id", "path", "label"])
 
 
 def _read_unlabeled(root: Path) -> pd.DataFrame:

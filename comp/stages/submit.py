@@ -11,10 +11,16 @@ from comp.data.prepared import load_competition
 from comp.errors import CompError
 from comp.log import get_logger
 from comp.predictions import current_sets, is_ensemble, read_prediction_set, round_zero_sets
-from comp.selection import leaderboard_uncertainty, ranking_metric, selection_headline
+from comp.selection import (
+    HEADLINE_METRICS,
+    leaderboard_uncertainty,
+    ranking_metric,
+    selection_headline,
+)
 from comp.submission import (
     SubmissionTarget,
     entry_settings,
+    holdout_scores,
     submission_metric,
     values_note,
     write_leaderboard,
@@ -65,6 +71,10 @@ def run(cfg: DictConfig):
     board = write_leaderboard(leaderboard_path(cfg.submissions_dir, cfg.name), rows, rank_by,
                               selected["final_choice"])
     best = board.iloc[0]
+    held_out = holdout_scores(competition, next(p for p in shown if p.name == best["name"]))
+    if held_out is not None:  # after the choice: these labels never reach it
+        selected = {**selected, "holdout": {m: held_out[m] for m in
+                                            (*HEADLINE_METRICS, metric, "n")}}
     write_json(run.selection_json, selected)
     note = values_note(competition, metric)
     if note:
@@ -73,6 +83,10 @@ def run(cfg: DictConfig):
                       "leaderboard: %s",
                       rank_by, best["name"], best["kind"], metric, best[f"cv_{metric}"],
                       folder / best["file"], leaderboard_path(cfg.submissions_dir, cfg.name))
+    if held_out is not None:
+        get_logger().info("submit: rank 1 on the labelled test images (%d, test/<class>/): "
+                          "%s %.4f (CV %.4f)", held_out["n"], metric, held_out[metric],
+                          best[f"cv_{metric}"])
     return board
 
 
