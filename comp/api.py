@@ -434,14 +434,10 @@ def _write_competition(folder: Path, paths: list[Path], labels: list[str],
 
 def _class_folder_images(folder: Path) -> tuple[list[Path], list[str]]:
     """The images of <folder>/<class>/ and their classes (the sub-folders' names)."""
-    from comp.data.folder import image_files
+    from comp.data.folder import subfolder_images
 
-    paths, labels = [], []
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = list(image_files(sub).values())
-        paths += files
-        labels += [sub.name.strip()] * len(files)
-    if not paths:
+    files = subfolder_images(folder)
+    if not files:
         raise CompError(f"evaluate: {folder} has no class sub-folders with images; give "
                         "<folder>/<class>/<image> or a DataFrame")
-    return paths, labels
+    return list(files.values()), [i.partition("/")[0].strip() for i in files]

@@ -390,7 +390,7 @@ class EnsembleConfig:
 class PredictConfig:
     """stage=predict: new images through a finished model or ensemble."""
 
-    input: str | None = None  # an image file or a folder of images
+    input: str | None = None  # an image file or a folder of images (or of sub-folders of them)
     using: str | None = None  # model id or ensemble-<method>; None: rank 1 (submit.rank_by)
     output: str | None = setting(  # CSV path; None: runs/<name>/predictions/<input>__<using>.csv
         None, NotAFolder())

@@ -16,7 +16,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from comp.artifacts import read_json
-from comp.data.folder import check_id, image_files
+from comp.data.folder import check_id, images_in
 from comp.data.images import load_images
 from comp.data.prepared import decoding
 from comp.ensemble import METHODS
@@ -82,19 +82,21 @@ def predict_paths(cfg: DictConfig, run: RunDir, using: str, paths: list[Path]
     return METHODS[info["method"]].apply(members, state), classes
 
 
-def input_images(path: Path) -> list[Path]:
-    """The image files of `path` (a file or a folder), checked to be plain names."""
+def input_images(path: Path) -> dict[str, Path]:
+    """The image files of `path` by id: a file (its name), a folder (its images' names)
+    or a folder of sub-folders only (test/<class>/<image>: `<sub-folder>/<file name>`),
+    the names checked to be plain."""
     if path.is_file():
-        files = [path]
+        files = {path.name: path}
     elif path.is_dir():
-        files = sorted(image_files(path).values())
+        files = images_in(path)
     else:
         raise CompError(f"predict.input={path}: no such file or folder")
     if not files:
         raise CompError(f"predict.input={path}: no image files in it")
-    for file in files:
+    for file in files.values():
         check_id(file.name, str(path))
-    return files
+    return dict(sorted(files.items()))
 
 
 def _cv_info(folder: Path, metric: str) -> dict:

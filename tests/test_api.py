@@ -167,6 +167,25 @@ def test_load_predicts_files_arrays_and_pil_images_alike(trained, tmp_path, comp
     assert len(logged) == 7 and all(Path(p).is_file() for p in logged), logged
 
 
+def test_a_folder_of_sub_folders_is_predicted_by_sub_folder_and_name(trained, tmp_path):
+    """predict.input=test/ where the images sit in sub-folders (test/<class>/<image>, a
+    labelled holdout): ids `<sub-folder>/<file name>`, the same probabilities as the
+    images in one folder."""
+    import numpy as np
+
+    comp = Competition.load(tmp_path / "runs" / "tiny")
+    flat = comp.predict(trained / "test").set_index("id")
+    nested = tmp_path / "nested"
+    for i, path in enumerate(sorted((trained / "test").iterdir())):
+        (nested / CLASSES[i % 3]).mkdir(parents=True, exist_ok=True)
+        path.rename(nested / CLASSES[i % 3] / path.name)
+    got = comp.predict(nested)
+    assert got["id"].tolist() == sorted(f"{p.parent.name}/{p.name}"
+                                        for p in nested.glob("*/*.png"))
+    names = [i.split("/")[1] for i in got["id"]]
+    assert np.abs(got[P_COLS].to_numpy() - flat.loc[names, P_COLS].to_numpy()).max() < 1e-6
+
+
 @pytest.mark.slow
 def test_evaluate_a_frame_or_class_folders(trained, tmp_path):
     import shutil

@@ -680,17 +680,31 @@ def _labelled_test(folder: Path, classes: list[str]) -> pd.DataFrame | None:
         raise CompError(f"{folder}: sub-folder(s) {unknown[:3]} are not classes of the "
                         f"training images ({classes[:8]}); rename or remove them (a test "
                         "folder of class folders is a labelled holdout)")
-    rows, skipped, nested = [], [], []
-    for d in class_dirs:
-        files, d_skipped, d_nested = _scan(d, prefix=f"{d.name}/")
-        rows += [{"id": f"{d.name}/{name}", "path": str(path), "label": d.name.strip()}
-                 for name, path in files.items()]
+    files = subfolder_images(folder)
+    if not files:
+        return None
+    return pd.DataFrame({"id": list(files), "path": [str(p) for p in files.values()],
+                         "label": [i.partition("/")[0].strip() for i in files]})
+
+
+def images_in(folder: Path) -> dict[str, Path]:
+    """The images directly in `folder` by file name (image_files) where it holds any,
+    else those of its sub-folders by `<sub-folder>/<file name>` (subfolder_images)."""
+    folder = unwrapped(folder)
+    return image_files(folder) if _scan(folder)[0] else subfolder_images(folder)
+
+
+def subfolder_images(folder: Path) -> dict[str, Path]:
+    """The images of `folder`'s sub-folders (test/<class>/<image>) by `<sub-folder>/<file
+    name>`; other files and deeper folders are named in one warning line each."""
+    files, skipped, nested = {}, [], []
+    for d in _class_folders(folder):
+        found, d_skipped, d_nested = _scan(d, prefix=f"{d.name}/")
+        files.update({f"{d.name}/{name}": path for name, path in found.items()})
         skipped += d_skipped
         nested += d_nested
     _warn_skipped(folder, skipped, nested)
-    if not rows:
-        return None
-    return pd.DataFrame(rows, columns=["id", "path", "label"])
+    return files
 
 
 def _read_unlabeled(root: Path) -> pd.DataFrame:

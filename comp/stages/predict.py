@@ -21,11 +21,11 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     if not cfg.predict.input:
         raise CompError("config: predict.input is not set; give an image file or a folder")
     run = run_dir(cfg.runs_dir, cfg.name, writable=not cfg.predict.output)
-    paths = input_images(Path(cfg.predict.input))
+    images = input_images(Path(cfg.predict.input))
     using = cfg.predict.using or best_prediction_set(
         run, ranking_metric(submitted_metric(run, cfg.submit.metric), cfg.submit.rank_by))
-    probs, classes = predict_paths(cfg, run, using, paths)
-    frame = probs_frame([p.name for p in paths], probs, classes)
+    probs, classes = predict_paths(cfg, run, using, list(images.values()))
+    frame = probs_frame(list(images), probs, classes)
     frame.insert(1, "label", [classes[i] for i in probs.argmax(1)])
     file_name = f"{Path(cfg.predict.input).stem}__{using}.csv"
     output = cfg.predict.output
