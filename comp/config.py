@@ -305,7 +305,8 @@ class PseudoConfig:
     # on wbc and the glyphs (bench/README.md, levers.py); 0 halves the training time
     rounds: int = setting(1, Int(0))  # pseudo-label rounds that stage=all runs after round 0
     # the test images too by default (common Kaggle practice; fold k's pool never holds a
-    # twin of a fold-k validation image, so CV stays honest)
+    # twin of a fold-k validation image, so CV stays honest), unless the folder labels
+    # them (test/<class>/: a holdout, comp.pseudo.files.pool_splits)
     splits: list[str] = setting(  # pools labelled
         allowed=Each(Options(*POOL_SPLITS)), factory=lambda: ["unlabeled", "test"])
     # quota: per class the most confident rows, round(fraction x pool x class prior) of

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from comp.pseudo.rules import Votes, pseudo_table, select_pseudo_labels, sharpen
-from tests.helpers import P_COLS, leaderboard, run_comp, tiny_overrides
+from tests.helpers import CLASSES, P_COLS, leaderboard, run_comp, tiny_overrides
 
 PROBS = np.array([
     [0.95, 0.05], [0.90, 0.10], [0.85, 0.15], [0.60, 0.40],  # class 0
@@ -370,3 +370,43 @@ def test_a_warm_started_round_starts_from_round_zero_and_runs_its_last_epochs(tm
     for fold in (0, 1):
         history = pd.read_csv(run / "models" / round1 / f"fold{fold}" / "history.csv")
         assert history["epoch"].tolist() == [spec1["train"]["epochs"] - 1]
+
+
+def test_a_labelled_test_folder_never_enters_the_pool(competition):
+    """pseudo.splits keeps `test` unless the folder labels the test images (test/<class>/,
+    a holdout): its score must be that of images the models never trained on."""
+    from comp.data.folder import read_competition
+    from comp.pseudo.files import pool_splits
+
+    assert pool_splits(["unlabeled", "test"], read_competition(competition)) == [
+        "unlabeled", "test"]
+    (competition / "sample_submission.csv").unlink()
+    for i, path in enumerate(sorted((competition / "test").iterdir())):
+        (competition / "test" / CLASSES[i % 3]).mkdir(exist_ok=True)
+        path.rename(competition / "test" / CLASSES[i % 3] / path.name)
+    assert pool_splits(["unlabeled", "test"], read_competition(competition)) == ["unlabeled"]
+    assert pool_splits(["test"], read_competition(competition)) == []
+
+
+@pytest.mark.slow
+def test_a_holdout_is_not_pseudo_labelled_and_an_empty_pool_skips_the_round(
+        tmp_path, competition, comp_caplog):
+    """With test/<class>/ folders the round's pseudo-labels come from unlabeled/ alone;
+    without unlabeled images there is nothing to label, and stage=all says so and trains
+    no round (it would retrain every model on the same rows)."""
+    (competition / "sample_submission.csv").unlink()
+    for i, path in enumerate(sorted((competition / "test").iterdir())):
+        (competition / "test" / CLASSES[i % 3]).mkdir(exist_ok=True)
+        path.rename(competition / "test" / CLASSES[i % 3] / path.name)
+    overrides = tiny_overrides(tmp_path, competition, **{
+        "pseudo.rounds": "1", "pseudo.rule": "threshold", "pseudo.threshold": "0.0"})
+    assert run_comp("stage=all", *overrides) == 0
+    run = tmp_path / "runs" / "tiny"
+    tables = [pd.read_csv(p) for p in sorted((run / "pseudo" / "round1").glob("fold*.csv"))]
+    assert tables and all(set(t["split"]) == {"unlabeled"} for t in tables)
+    shutil.rmtree(competition / "unlabeled")
+    shutil.rmtree(tmp_path / "runs")
+    assert run_comp("stage=all", *overrides, "quiet=false") == 0  # its lines at INFO
+    assert not (run / "pseudo").exists()
+    assert any(r.getMessage().startswith("pseudo-label rounds skipped: no image to label")
+               for r in comp_caplog.records)

@@ -659,7 +659,7 @@ def _unlisted_test(folder: Path, sample_path: Path, classes: list[str], values: 
         note = (f"no {sample_path.name}: the {len(test)} images of {folder}'s class folders "
                 f"are a labelled holdout; each submission is {','.join(columns)} over them, "
                 "ids <class>/<file name>, and stage=submit scores rank 1 on their labels "
-                "(nothing trains, tunes or chooses with them)")
+                "(nothing trains, tunes or chooses with them; never pseudo-labelled)")
     return test, columns, probability_columns, (note,)
 
 

@@ -30,6 +30,13 @@ from comp.training.trainer import fold_done, split_keys
 from comp.workspace import DISTILL_SPLIT
 
 
+def pool_splits(splits: list[str], competition) -> list[str]:
+    """The splits pseudo-labels come from: pseudo.splits, less `test` where the folder
+    labels the test images (competition.test_labels): a holdout the models never train
+    on, so that its score stays that of new images, not a transductive one."""
+    return [s for s in splits if not (s == "test" and competition.test_labels)]
+
+
 def make_pseudo_labels(cfg: DictConfig, prepared: Prepared, round_: int) -> dict:
     """Vote with unit u's round r-1 models on the pseudo splits; select; write per unit."""
     rules = cfg.pseudo
@@ -38,7 +45,8 @@ def make_pseudo_labels(cfg: DictConfig, prepared: Prepared, round_: int) -> dict
     # from round 2 on, round 0's models compete as the selection lets them (pick_round)
     earlier_ids = _voter_ids(cfg, prepared, 1) if round_ >= 2 else None
     teacher = Teacher.of(cfg, prepared, voter_ids, earlier_ids)
-    settings = _round_settings(rules, teacher, prepared)
+    pool = pool_splits(list(rules.splits), prepared.competition)
+    settings = _round_settings(rules, teacher, prepared, pool)
     summary_path = run.pseudo_summary(round_)
     if summary_path.exists() and read_json(summary_path).get("settings") == settings:
         return read_json(summary_path)  # same voters and rules: the files stand
@@ -48,8 +56,7 @@ def make_pseudo_labels(cfg: DictConfig, prepared: Prepared, round_: int) -> dict
     counts = prepared.folds["label"].value_counts().reindex(classes).fillna(0).to_numpy()
     truth = _truth(rules.truth)
     per_fold = {}
-    twins = pool_twins(cfg, prepared, list(rules.splits))
-    pool = list(rules.splits)
+    twins = pool_twins(cfg, prepared, pool)
     for fold in range(prepared.n_units):
         votes = teacher.votes(fold, pool + ([DISTILL_SPLIT] if rules.distill else []))
         table = _unit_table(prepared, rules, votes.of_splits(pool), fold, twins)
@@ -88,7 +95,7 @@ def _voter_ids(cfg: DictConfig, prepared: Prepared, round_: int) -> list[str]:
     return voter_ids
 
 
-def _round_settings(rules, teacher: Teacher, prepared: Prepared) -> dict:
+def _round_settings(rules, teacher: Teacher, prepared: Prepared, pool: list[str]) -> dict:
     """What a round's files depend on: its voters and teacher, the rules and the pool
     images."""
     plain = OmegaConf.to_container(rules)
@@ -96,7 +103,7 @@ def _round_settings(rules, teacher: Teacher, prepared: Prepared) -> dict:
     return {"voters": teacher.voter_ids, **teacher.settings(), **{k: plain[k] for k in (
         "splits", "rule", "fraction", "min_confidence", "threshold", "top_fraction",
         "class_cap", "soft", "temperature")}, **distill, "twins": "excluded",
-        "pool": {s: prepared.split_key(s) for s in rules.splits}}
+        "pool": {s: prepared.split_key(s) for s in pool}}
 
 
 def _unit_table(prepared: Prepared, rules, votes: Votes, unit: int,

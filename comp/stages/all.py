@@ -8,8 +8,9 @@ from comp.artifacts import write_json
 from comp.data.prepared import prepare
 from comp.deadline import Deadline
 from comp.errors import CompError
+from comp.log import get_logger
 from comp.predictions import current_sets
-from comp.pseudo.files import make_pseudo_labels
+from comp.pseudo.files import make_pseudo_labels, pool_splits
 from comp.rounds import round_seconds, train_round, unit_workers
 from comp.stages import ensemble, report, submit
 from comp.tuning.search import tune_backbone, tuned_backbones
@@ -25,6 +26,13 @@ def run(cfg: DictConfig):
     deadline = Deadline.start(cfg.time_limit)
     train_round(cfg, prepared, 0, deadline)
     last = cfg.pseudo.rounds
+    pool = pool_splits(list(cfg.pseudo.splits), prepared.competition)
+    if last and not any(len(prepared.competition.frame(s)) for s in pool):
+        get_logger().info("pseudo-label rounds skipped: no image to label in %s "
+                          "(pseudo.splits%s)", pool or "the pool",
+                          "; a labelled test folder is a holdout, never in it"
+                          if prepared.competition.test_labels else "")
+        last = 0
     for round_ in range(1, last + 1):
         if deadline.passed("pseudo-label round"):
             break
