@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from comp.artifacts import read_json, write_csv, write_json
 from comp.crashpoints import crash_point
+from comp.data.folder import CompetitionFolder
 from comp.data.prepared import Prepared
 from comp.errors import CompError
 from comp.log import get_logger
@@ -30,7 +31,7 @@ from comp.training.trainer import fold_done, split_keys
 from comp.workspace import DISTILL_SPLIT
 
 
-def pool_splits(splits: list[str], competition) -> list[str]:
+def pool_splits(splits: list[str], competition: CompetitionFolder) -> list[str]:
     """The splits pseudo-labels come from: pseudo.splits, less `test` where the folder
     labels the test images (competition.test_labels): a holdout the models never train
     on, so that its score stays that of new images, not a transductive one."""
