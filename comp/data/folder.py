@@ -691,7 +691,11 @@ def images_in(folder: Path) -> dict[str, Path]:
     """The images directly in `folder` by file name (image_files) where it holds any,
     else those of its sub-folders by `<sub-folder>/<file name>` (subfolder_images)."""
     folder = unwrapped(folder)
-    return image_files(folder) if _scan(folder)[0] else subfolder_images(folder)
+    files, skipped, nested = _scan(folder)
+    if not files:
+        return subfolder_images(folder)
+    _warn_skipped(folder, skipped, nested)
+    return files
 
 
 def subfolder_images(folder: Path) -> dict[str, Path]:
