@@ -17,7 +17,8 @@ which makes the first run round 0 alone): what the lever does
 in stage=all, so its rows are on the same folds; then the table again with the lever's
 paired gain (the selected pipeline with the lever against the defaults' selected
 pipeline, same rows) and, for tuning, each tuned fine-tune against the untuned one.
---truth scores each submission's test predictions against held-back labels.
+--truth scores each submission's test predictions against held-back labels; without it,
+a labelled test folder's labels (test/<class>/<image>, read as comp reads it) are used.
     python bench/levers.py --smoke
 runs the defaults' table on a tiny synthetic competition made in a temporary folder
 (bundled weights, 32 px, 2 folds, 1 epoch): seconds, for CI, not a measurement.
@@ -71,8 +72,31 @@ def entries(run: Path) -> list[dict]:
     return out
 
 
-def table(run: Path, truth: Path | None) -> pd.DataFrame:
-    """The lever table of a finished run directory."""
+def read_truth(path: Path) -> dict[str, str]:
+    """{test id: label} of a truth CSV (its first two columns)."""
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return dict(zip(frame.iloc[:, 0], frame.iloc[:, 1], strict=True))
+
+
+def holdout_truth(data_dir: Path) -> dict[str, str] | None:
+    """{test id: label} of a competition folder's labelled test images (test/<class>/
+    <image>, comp's labelled holdout); None where its test labels are withheld."""
+    from comp.data.folder import read_competition
+    from comp.errors import CompError
+
+    try:
+        folder = read_competition(data_dir)
+    except CompError as exc:  # read with overrides the run had: no test columns then
+        print(f"levers.py: no test labels read ({exc})")
+        return None
+    if not folder.test_labels:
+        return None
+    return dict(zip(folder.test["id"], folder.test_labels, strict=True))
+
+
+def table(run: Path, truth_labels: dict[str, str] | None) -> pd.DataFrame:
+    """The lever table of a finished run directory (test columns where `truth_labels`,
+    {test id: label}, are given)."""
     found = entries(run)
     classes = found[0]["info"]["classes"]
     ids = found[0]["oof"]["id"].tolist()
@@ -85,10 +109,6 @@ def table(run: Path, truth: Path | None) -> pd.DataFrame:
                       and e["info"].get("round", 0) == 0 and not e["info"].get("tuned")),
                      singles[0])
     ref = probs[reference["name"]]
-    truth_labels = None
-    if truth is not None:
-        frame = pd.read_csv(truth, dtype=str, keep_default_na=False)
-        truth_labels = dict(zip(frame.iloc[:, 0], frame.iloc[:, 1], strict=True))
     rows = []
     folds = found[0]["oof"]["fold"].to_numpy()
     selection = json.loads((run / "selection.json").read_text())
@@ -192,9 +212,11 @@ def main() -> None:
             *args.extra]
     run = Path(args.runs_dir) / name
     wall, peak = run_comp(["stage=all", *base])
+    # after the run, which has said in one line what is wrong with the folder, if anything
+    truth = read_truth(args.truth) if args.truth else holdout_truth(args.data_dir)
     print(f"\nstage=all defaults: {wall:.0f} s wall, peak memory {peak:.0f} MiB "
           "(PSS of the process tree)")
-    before = table(run, args.truth)
+    before = table(run, truth)
     print_table(before)
     if sum(map(bool, (args.tuned, args.pseudo, args.lever))) > 1:
         raise SystemExit("levers.py: measure one lever per run: --tuned, --pseudo or --lever")
@@ -207,7 +229,7 @@ def main() -> None:
         lever_wall, lever_peak = run_comp(["stage=all", *base, lever])
         print(f"\nstage=all {lever} (after the defaults): {lever_wall:.0f} s wall, peak "
               f"memory {lever_peak:.0f} MiB (PSS of the process tree)")
-        after = table(run, args.truth)
+        after = table(run, truth)
         after.attrs["levers"] = selected_gain(lever, before, after)
         if args.tuned:
             after.attrs["levers"] += tuning_levers(before, after)

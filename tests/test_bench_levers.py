@@ -43,6 +43,21 @@ def test_tuned_runs_stage_all_again_with_trials_and_keeps_overrides(tmp_path, mo
     assert "tuning line" in out and "gain line" in out and out.count("lever line") == 1
 
 
+def test_test_labels_come_from_a_labelled_test_folder_without_truth(tmp_path):
+    levers = load_levers()
+    plain = make_competition(tmp_path / "plain")
+    assert levers.holdout_truth(plain) is None  # Kaggle's layout: test labels withheld
+    held = make_competition(tmp_path / "held", n_test=4)
+    (held / "sample_submission.csv").unlink()
+    for i, path in enumerate(sorted((held / "test").iterdir())):
+        label = ("alpha", "beta")[i % 2]
+        (held / "test" / label).mkdir(exist_ok=True)
+        path.rename(held / "test" / label / path.name)
+    truth = levers.holdout_truth(held)
+    assert truth == {"alpha/test_000.png": "alpha", "beta/test_001.png": "beta",
+                     "alpha/test_002.png": "alpha", "beta/test_003.png": "beta"}
+
+
 @pytest.mark.slow
 def test_tuned_lever_table_on_a_tiny_competition(tmp_path, monkeypatch, capsys):
     competition = make_competition(tmp_path / "comp")

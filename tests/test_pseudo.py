@@ -388,6 +388,25 @@ def test_a_labelled_test_folder_never_enters_the_pool(competition):
     assert pool_splits(["test"], read_competition(competition)) == []
 
 
+def test_stage_pseudo_on_an_empty_pool_is_one_clear_line(tmp_path, competition, capsys):
+    """A manual stage=pseudo with nothing to label said nothing and wrote empty files."""
+    from comp.data.folder import read_competition
+    from comp.pseudo.files import empty_pool
+
+    assert empty_pool(["unlabeled", "test"], read_competition(competition)) is None
+    assert empty_pool(["unlabeled"], read_competition(competition)) is None
+    shutil.rmtree(competition / "unlabeled")
+    (competition / "unlabeled").mkdir()
+    assert empty_pool(["test"], read_competition(competition)) is None
+    assert run_comp("stage=pseudo", *tiny_overrides(tmp_path, competition),
+                    "pseudo.splits=[unlabeled]") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["comp: error: stage=pseudo: no image to label in ['unlabeled'] "
+                   "(pseudo.splits=['unlabeled']); add images to unlabeled/ or set "
+                   "pseudo.splits to a split that has some"]
+    assert not (tmp_path / "runs" / "tiny" / "pseudo").exists()
+
+
 @pytest.mark.slow
 def test_a_holdout_is_not_pseudo_labelled_and_an_empty_pool_skips_the_round(
         tmp_path, competition, comp_caplog):

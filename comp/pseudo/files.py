@@ -38,6 +38,17 @@ def pool_splits(splits: list[str], competition: CompetitionFolder) -> list[str]:
     return [s for s in splits if not (s == "test" and competition.test_labels)]
 
 
+def empty_pool(splits: list[str], competition: CompetitionFolder) -> str | None:
+    """Why pseudo-labels cannot be made from `splits` (pseudo.splits) of `competition`:
+    no image in the pool (pool_splits); None where it holds one."""
+    pool = pool_splits(splits, competition)
+    if any(len(competition.frame(s)) for s in pool):
+        return None
+    holdout = ("; a labelled test folder is a holdout, never in it"
+               if competition.test_labels else "")
+    return f"no image to label in {pool or 'the pool'} (pseudo.splits={splits}{holdout})"
+
+
 def make_pseudo_labels(cfg: DictConfig, prepared: Prepared, round_: int) -> dict:
     """Vote with unit u's round r-1 models on the pseudo splits; select; write per unit."""
     rules = cfg.pseudo

@@ -10,7 +10,7 @@ from comp.deadline import Deadline
 from comp.errors import CompError
 from comp.log import get_logger
 from comp.predictions import current_sets
-from comp.pseudo.files import make_pseudo_labels, pool_splits
+from comp.pseudo.files import empty_pool, make_pseudo_labels
 from comp.rounds import round_seconds, train_round, unit_workers
 from comp.stages import ensemble, report, submit
 from comp.tuning.search import tune_backbone, tuned_backbones
@@ -26,12 +26,9 @@ def run(cfg: DictConfig):
     deadline = Deadline.start(cfg.time_limit)
     train_round(cfg, prepared, 0, deadline)
     last = cfg.pseudo.rounds
-    pool = pool_splits(list(cfg.pseudo.splits), prepared.competition)
-    if last and not any(len(prepared.competition.frame(s)) for s in pool):
-        get_logger().info("pseudo-label rounds skipped: no image to label in %s "
-                          "(pseudo.splits%s)", pool or "the pool",
-                          "; a labelled test folder is a holdout, never in it"
-                          if prepared.competition.test_labels else "")
+    empty = empty_pool(list(cfg.pseudo.splits), prepared.competition) if last else None
+    if empty:
+        get_logger().info("pseudo-label rounds skipped: %s", empty)
         last = 0
     for round_ in range(1, last + 1):
         if deadline.passed("pseudo-label round"):
