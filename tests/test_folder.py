@@ -142,6 +142,34 @@ def test_a_test_folder_of_class_folders_is_a_labelled_holdout(competition):
     assert "\n" not in str(info.value)
 
 
+def test_a_sample_submission_lists_a_labelled_holdout_by_file_name(competition,
+                                                                    comp_caplog):
+    """test/<class>/<image> beside a sample submission of plain file names (was: "id(s)
+    have no image"): the sample's order and ids, the labels kept apart; a name in two
+    class folders is one error line, an image the sample leaves out one warning."""
+    sample = pd.read_csv(competition / "sample_submission.csv")
+    _test_in_class_folders(competition)
+    listed = sample.iloc[::-1].assign(id=lambda f: f["id"].str.replace(".png", ""))
+    listed.to_csv(competition / "sample_submission.csv", index=False)
+    folder = read_competition(competition)
+    assert folder.test["submission_id"].tolist() == listed["id"].tolist()
+    assert [i.split("/")[1] for i in folder.test["id"]] == [f"{i}.png" for i in listed["id"]]
+    assert list(folder.test_labels) == [i.split("/")[0] for i in folder.test["id"]]
+    assert set(folder.test_labels) == set(CLASSES) and "label" not in folder.test
+    assert any("lists the 6 images" in note and "labelled holdout" in note
+               for note in folder.notes)
+    listed.iloc[1:].to_csv(competition / "sample_submission.csv", index=False)
+    assert len(read_competition(competition).test) == 5
+    assert "are neither predicted nor scored" in comp_caplog.text
+    first = sorted((competition / "test" / "alpha").iterdir())[0]
+    first.rename(competition / "test" / "beta" / first.name)
+    (competition / "test" / "alpha" / first.name).write_bytes(
+        (competition / "test" / "beta" / first.name).read_bytes())
+    with pytest.raises(CompError) as info:
+        read_competition(competition)
+    assert f"['{first.name}']" in str(info.value) and "\n" not in str(info.value)
+
+
 def test_submit_scores_rank_1_on_the_labelled_test_images(tmp_path, competition):
     """stage=submit scores its rank 1 on test/<class>/'s labels, after choosing it: the
     entry whose OOF is right everywhere is rank 1 (its test predictions right too), the

@@ -624,6 +624,18 @@ def _read_test(root: Path, wanted: tuple
         raise _not_found(folder, "test")
     sample, probability_columns = _read_sample(root, *wanted)
     id_column = sample.columns[0]
+    # class folders and no image beside them: a labelled holdout the sample lists (a
+    # folder that is no class, e.g. an unpacked zip's, is left to the sample's error)
+    holdout = (_labelled_test(folder, wanted[0])
+               if folder.is_dir() and not _scan(folder)[0] and _class_folders(folder)
+               and all(d.name.strip() in wanted[0] for d in _class_folders(folder))
+               else None)
+    if holdout is not None:
+        test = _listed_holdout(sample[id_column], holdout, folder, sample_path)
+        note = (f"{sample_path.name} lists the {len(test)} images of {folder}'s class "
+                "folders: a labelled holdout; stage=submit scores rank 1 on their labels "
+                "(nothing trains, tunes or chooses with them; never pseudo-labelled)")
+        return test, list(sample.columns), probability_columns, (note,)
     ids = _listed_images(sample[id_column], folder, sample_path, "id(s) have no image in",
                          "are not in sample_submission.csv and are not predicted")
     test = pd.DataFrame({"id": ids, "submission_id": sample[id_column].to_numpy(),
@@ -661,6 +673,34 @@ def _unlisted_test(folder: Path, sample_path: Path, classes: list[str], values: 
                 "ids <class>/<file name>, and stage=submit scores rank 1 on their labels "
                 "(nothing trains, tunes or chooses with them; never pseudo-labelled)")
     return test, columns, probability_columns, (note,)
+
+
+def _listed_holdout(listed: pd.Series, holdout: pd.DataFrame, folder: Path,
+                    sample_path: Path) -> pd.DataFrame:
+    """The labelled holdout `holdout` (_labelled_test) in the order of the sample's ids
+    `listed`: plain file names (or their stems) of the images in `folder`'s class
+    folders; `submission_id` is each id as the sample writes it. A file name in two class
+    folders and an id with no image are CompErrors; images it leaves out, one warning."""
+    names = holdout["id"].str.partition("/")[2]
+    repeated = sorted(names[names.duplicated()].unique())
+    if repeated:
+        raise CompError(f"{folder}: {len(repeated)} file name(s) in two class folders, e.g. "
+                        f"{repeated[:3]}, which {sample_path.name}'s ids cannot tell apart; "
+                        f"rename them, or remove {sample_path.name} (ids are then "
+                        "<class>/<file name>)")
+    raw = _without_folder(listed, folder)
+    _check_ids(raw, sample_path)
+    files = dict(zip(names, holdout["path"].map(Path), strict=True))
+    found = _match_ids(raw, folder, files, sample_path, "id(s) have no image in the class "
+                       "folders of")
+    unlisted = sorted(set(files) - set(found))
+    if unlisted:
+        get_logger().warning("warning: %d image(s) in %s's class folders are not in %s and "
+                             "are neither predicted nor scored, e.g. %s", len(unlisted),
+                             folder, sample_path.name, unlisted[:3])
+    rows = holdout.set_index(names).loc[found]
+    return pd.DataFrame({"id": rows["id"].to_numpy(), "submission_id": listed.to_numpy(),
+                         "path": rows["path"].to_numpy(), "label": rows["label"].to_numpy()})
 
 
 def _class_folders(folder: Path) -> list[Path]:
