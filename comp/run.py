@@ -12,7 +12,9 @@ import difflib
 import errno
 import importlib
 import logging
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -219,14 +221,41 @@ def main(argv: list[str] | None = None) -> int:
         return _print(usage_text())
     try:
         _check_arguments(argv)
-        run_stage(argv)
+        with _terminate_as_interrupt():
+            run_stage(argv)
         return 0
     except CompError as exc:
         print(f"comp: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("comp: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"comp: {'terminated' if terminated else 'interrupted'}; run the same command "
+              "again to resume", file=sys.stderr)
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a `kill`, a job scheduler's or a notebook host's stop) taken as Ctrl-C."""
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises Terminated in the main thread while the stage runs: finished work
+    is kept, the training workers are stopped, and the run says how to resume, as on
+    Ctrl-C (by default SIGTERM ended the process at once and left its workers behind).
+    Only in the main thread (where Python lets a handler be set), for the stage alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise Terminated
+
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _print(text: str) -> int:

@@ -9,6 +9,11 @@ import io
 import json
 import os
 import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -16,8 +21,8 @@ import pytest
 from comp.crashpoints import ENV as CRASH_ENV
 from comp.errors import CompError
 from comp.training.compute import WORKER_MEMORY, check, worker_count
-from comp.training.workers import next_unit_index, serve
-from tests.helpers import run_comp, tiny_overrides
+from comp.training.workers import _WORKER_MAIN, next_unit_index, serve
+from tests.helpers import ROOT, comp_process, run_comp, tiny_overrides
 
 
 def test_auto_is_one_worker_per_core_on_a_cpu_and_one_with_gpus():
@@ -152,6 +157,61 @@ def test_a_worker_that_dies_is_one_line_and_a_rerun_resumes(tmp_path, competitio
     assert run_comp("stage=train", *overrides) == 0
     assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # not trained again
     assert len(list((tmp_path / "runs/tiny/preds").iterdir())) == 1
+
+
+def test_a_worker_whose_main_process_is_gone_ends_without_a_traceback():
+    """A worker read EOF (or wrote into a closed pipe) as a traceback on the user's
+    terminal when the main process had been killed."""
+    worker = subprocess.run([sys.executable, "-c", _WORKER_MAIN], stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert worker.returncode == 1 and "Traceback" not in worker.stderr, worker.stderr
+
+
+def _processes_with(marker: str) -> list[int]:
+    """Pids of the processes whose environment holds `marker` (Linux's /proc)."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker.encode() in environ.read_bytes():
+                found.append(int(environ.parent.name))
+        except OSError:  # gone, or not ours
+            continue
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux's /proc")
+def test_sigterm_stops_the_run_and_its_workers_and_a_rerun_resumes(tmp_path, competition,
+                                                                   monkeypatch):
+    """`kill` (a scheduler's or a notebook host's stop) ended the main process at once:
+    no line, and its training workers went on, each ending in a BrokenPipeError
+    traceback. Now it is Ctrl-C's line with exit code 143, no worker outlives it, and
+    the same command resumes."""
+    marker = f"COMP_TEST_RUN={tmp_path.name}"
+    monkeypatch.setenv("COMP_TEST_RUN", tmp_path.name)  # inherited by the workers
+    overrides = tiny_overrides(tmp_path, competition, **{
+        "compute.workers": "2", "quiet": "false", "progress": "lines",
+        "train.epochs": "30", "backbone_overrides.small_cnn.train.epochs": "30"})
+    child = comp_process("stage=train", *overrides)
+    lines = []
+    for line in child.stderr:  # until the training workers have units
+        lines.append(line)
+        if "units on 2 workers" in line:
+            break
+    time.sleep(3)
+    assert len(_processes_with(marker)) == 3  # comp and its two workers
+    child.send_signal(signal.SIGTERM)
+    rest = child.stderr.read()
+    assert child.wait(timeout=120) == 143
+    assert rest.strip().splitlines()[-1] == (
+        "comp: terminated; run the same command again to resume")
+    assert "Traceback" not in "".join(lines) + rest
+    deadline = time.time() + 30
+    while _processes_with(marker) and time.time() < deadline:
+        time.sleep(0.5)
+    assert _processes_with(marker) == []
+    assert run_comp("stage=train", *overrides) == 0
+    assert len(list((tmp_path / "runs/tiny/models").glob("*/fold*/metrics.json"))) == 2
 
 
 def test_frozen_batches_are_small_on_a_cpu_and_larger_with_a_gpu(monkeypatch):

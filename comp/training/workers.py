@@ -94,9 +94,12 @@ def train_in_workers(units: list[tuple], setup: WorkerSetup, workers: int, cpus:
                 return None
             return spec, unit
 
+    live: dict[int, Worker] = {}  # for the main thread to stop on an interrupt
+
     def drive(index: int) -> None:
         try:
             with Worker(setup, threads, index) as worker:
+                live[index] = worker
                 while (task := next_unit(index)) is not None:
                     spec, unit = task
                     worker.request("train", task, f"{spec.model_id} fold {unit}")
@@ -109,8 +112,10 @@ def train_in_workers(units: list[tuple], setup: WorkerSetup, workers: int, cpus:
         futures = [pool.submit(drive, index) for index in range(1, workers + 1)]
         try:
             errors = [f.exception() for f in futures]
-        except BaseException:  # Ctrl-C here: the workers had it too; take no new units
-            stop.set()
+        except BaseException:  # Ctrl-C or SIGTERM here: take no new units, and stop the
+            stop.set()  # units in flight (Ctrl-C reached the workers too; SIGTERM did not)
+            for worker in list(live.values()):
+                worker.stop()
             raise
     raised = next((e for e in errors if e is not None), None)
     if raised is not None:
@@ -155,7 +160,9 @@ class Worker:
     def __enter__(self) -> Worker:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, *exc) -> None:
+        if kind is not None and not issubclass(kind, Exception):  # an interrupt: at once
+            self.stop()
         self.close()
 
     def request(self, method: str, args: tuple, what: str) -> None:
@@ -174,6 +181,12 @@ class Worker:
             raise CompError(detail[0])
         if kind == "failed":
             raise RuntimeError(f"training worker {self.index} failed on {what}:\n{detail[0]}")
+
+    def stop(self) -> None:
+        """End the worker now, its unit unfinished (an interrupt; its files are written
+        atomically, so a rerun trains that unit again and nothing else)."""
+        if self.process.poll() is None:
+            self.process.terminate()
 
     def close(self) -> None:
         """Ask the worker to end, and make sure it has."""
@@ -228,11 +241,14 @@ class _Collected(logging.Handler):
 
 def main() -> None:
     """A worker process's entry (see _WORKER_MAIN); Ctrl-C ends it quietly (the whole
-    process group has it: the parent says what to do)."""
+    process group has it: the parent says what to do), and so does a parent that has
+    gone (its pipes closed)."""
     try:
         _serve_requests()
     except KeyboardInterrupt:
         sys.exit(130)
+    except (EOFError, BrokenPipeError):  # the main process is gone: nobody to tell
+        sys.exit(1)
 
 
 def _serve_requests() -> None:
