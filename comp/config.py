@@ -875,6 +875,14 @@ def _short_message(exc: Exception, overrides: list[str] = ()) -> str:
         close = close_key(given)
         hint = f" (did you mean {close}?)" if close else ""
         return f"unknown key '{key}'{hint}; see `comp --help` for the keys"
+    missing = re.search(r"Could not find '([^/']+)/(.*)'", first)
+    if missing:  # a config group's option that is not there (experiment=fast)
+        group, value = missing.groups()
+        listed = text.partition(f"Available options in '{group}':")[2]
+        options = re.findall(r"^\t(\S+)$", listed.partition("Config search path")[0], re.M)
+        hint = (f"; a competition folder is data=folder data.dir={value}"
+                if group == "data" and ("/" in value or Path(value).is_dir()) else "")
+        return f"{group}={value}: not one of {options}{hint}"
     key = _full_key(text)
     if key and key not in first:
         first = f"{key}: {first}"

@@ -276,7 +276,9 @@ def _check_arguments(argv: list[str]) -> None:
         if "=" not in arg:
             close = difflib.get_close_matches(arg, list(STAGES), n=1)
             stage = arg if arg in STAGES else close[0] if close else None
-            hint = f"did you mean stage={stage}?" if stage else "settings are key=value"
+            hint = (f"did you mean stage={stage}?" if stage
+                    else f"a competition folder is data=folder data.dir={arg}"
+                    if Path(arg).is_dir() else "settings are key=value")
             raise CompError(f"{arg!r} is not a key=value setting: {hint} "
                             "(comp --help lists the stages and keys)")
 def _reads_only(cfg) -> bool:

@@ -146,8 +146,17 @@ def test_version(capsys):
     (["trian.epochs=3"], "unknown key 'trian' (did you mean train.epochs?)"),
     (["train.epoch=3"], "unknown key 'train.epoch' (did you mean train.epochs?)"),
     (["stage=trian"], "unknown stage 'trian' (did you mean stage=train?)"),
+    # a config group's option that is not there was Hydra's "Could not find 'experiment/fast'"
+    (["experiment=fast"], "config: experiment=fast: not one of ['best', 'medium', 'quick']"),
+    (["data=kaggle"], "config: data=kaggle: not one of ['demo', 'folder']"),
+    # a competition folder given as the group, or bare
+    (["data=comp/demo/wbc"], "not one of ['demo', 'folder']; a competition folder is "
+                             "data=folder data.dir=comp/demo/wbc"),
+    (["comp/demo/wbc"], "'comp/demo/wbc' is not a key=value setting: a competition folder "
+                        "is data=folder data.dir=comp/demo/wbc"),
 ])
-def test_mistakes_get_did_you_mean(argv, needle, tmp_path, capsys):
+def test_mistakes_get_did_you_mean(argv, needle, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the demo's folder by a relative path
     assert main([*argv, f"runs_dir={tmp_path / 'runs'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("comp: error: "), err
