@@ -152,6 +152,8 @@ def _run_stage(cfg):
     check_output_paths(cfg, reads_only)
     if cfg.stage in DATA_STAGES and not Path(cfg.data.dir).is_dir():
         raise CompError(f"{cfg.data.dir}: competition folder not found; set data.dir=<folder>")
+    if cfg.stage in DATA_STAGES:
+        _note_the_demo_in_a_competition(cfg, Path.cwd())
     try:
         stage_started(started)  # time_limit counts from here
         if cfg.stage in TF_STAGES:
@@ -172,6 +174,24 @@ def _run_stage(cfg):
     if text:
         log.info("%s", text)
     return result
+
+
+def _note_the_demo_in_a_competition(cfg, here: Path) -> None:
+    """Without data.dir comp runs its bundled demo; where the working folder `here` looks
+    like a competition of its own (a train CSV, or train images in their folder), one
+    line says how to run that one instead (a user who typed `comp stage=all` in it got
+    the demo's results and no word why)."""
+    from comp.config import DEMO_DIR
+    from comp.data.folder import image_folder, train_csv
+
+    demo = (DEMO_DIR / "wbc").resolve()
+    if Path(cfg.data.dir).resolve() != demo or here.resolve() == demo:
+        return
+    found = (train_csv(here) if train_csv(here).is_file() else image_folder(here, "train"))
+    if found.exists():
+        get_logger().warning("note: no data.dir given, so this is comp's bundled demo; this "
+                             "folder looks like a competition (%s): `comp stage=%s "
+                             "data=folder data.dir=.` runs it", found.name, cfg.stage)
 
 
 def _stage_config(overrides: list[str]):

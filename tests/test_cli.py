@@ -244,3 +244,21 @@ def test_a_stage_gives_the_callers_process_settings_back(tmp_path, competition):
     assert warnings.filters == filters
     assert tf_logger.level == tf_level and log.get_logger().level == comp_level
     assert log._progress_mode == "auto"  # not the stage's `lines`
+
+
+def test_the_demo_run_inside_a_competition_folder_says_how_to_run_that_folder(
+        tmp_path, monkeypatch, comp_caplog):
+    """`comp stage=all` typed in a competition folder ran the bundled demo without a word."""
+    competition = make_competition(tmp_path / "mine")
+    runs = f"runs_dir={tmp_path / 'runs'}"
+    monkeypatch.chdir(competition)
+    assert main(["stage=prepare", runs]) == 0
+    notes = [r.getMessage() for r in comp_caplog.records if "bundled demo" in r.getMessage()]
+    assert notes == ["note: no data.dir given, so this is comp's bundled demo; this folder "
+                     "looks like a competition (train.csv): `comp stage=prepare data=folder "
+                     "data.dir=.` runs it"]
+    comp_caplog.clear()
+    assert main(["stage=prepare", runs, "data=folder", "data.dir=.", "name=mine"]) == 0
+    monkeypatch.chdir(tmp_path)  # no competition here: the demo, and nothing to say
+    assert main(["stage=prepare", runs]) == 0
+    assert not any("bundled demo" in r.getMessage() for r in comp_caplog.records)
