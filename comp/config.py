@@ -680,11 +680,23 @@ def _quote_non_ascii(override: str) -> str:
     return f"{key}={hydra_quote(value)}"
 
 
+def _home_expanded(override: str) -> str:
+    """`key=~/folder` with the home folder written out, and any other value holding a `~`
+    quoted: a shell leaves the `~` of `data.dir=~/x` as it is (not a variable
+    assignment), and Hydra's lexer rejects a `~` in a value that is not quoted."""
+    key, sep, value = override.partition("=")
+    if not sep or "~" not in value or value[:1] in "'\"[{" or "${" in value:
+        return override
+    if value == "~" or value.startswith("~/"):
+        value = os.path.expanduser(value)
+    return f"{key}={hydra_quote(value)}"
+
+
 def load_config(overrides: list[str], config_dir=CONFIG_DIR) -> DictConfig:
     """Compose the config from `configs/` and `key=value` overrides; raise CompError."""
     _register()
     overrides = [_as_backbones(f"{o}") for o in overrides]
-    overrides = [_quote_non_ascii(o) for o in overrides]
+    overrides = [_quote_non_ascii(_home_expanded(o)) for o in overrides]
     try:
         with config_dir_path(config_dir) as folder, initialize_config_dir(
                 config_dir=str(folder), version_base="1.3"):

@@ -108,3 +108,13 @@ def test_the_demo_folder_is_written_without_a_global_resolver():
     named = load_config(["data.dir=${comp_demo:}/wbc", "name=demo"])
     assert named.data.dir == str(DEMO_DIR / "wbc")
     assert not OmegaConf.has_resolver("comp_demo")
+
+
+def test_a_home_folder_written_with_a_tilde_is_expanded(tmp_path, monkeypatch):
+    """The shell passes `data.dir=~/x` as it is (not an assignment), and Hydra's lexer
+    failed on it: `config: LexerNoViableAltException: data.dir=~/x`."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home dir"))
+    cfg = load_config(["data=folder", "data.dir=~/my comp", "runs_dir=~", "name=x~y"])
+    assert cfg.data.dir == str(tmp_path / "home dir" / "my comp")
+    assert cfg.runs_dir == str(tmp_path / "home dir")
+    assert cfg.name == "x~y"  # a tilde inside a value is left alone
