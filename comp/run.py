@@ -298,7 +298,10 @@ def _check_arguments(argv: list[str]) -> None:
             stage = arg if arg in STAGES else close[0] if close else None
             hint = (f"did you mean stage={stage}?" if stage
                     else f"a competition folder is data=folder data.dir={arg}"
-                    if Path(arg).is_dir() else "settings are key=value")
+                    if Path(arg).is_dir()
+                    else "a list is one argument: write it without spaces "
+                    "(backbones=[a,b]) or quote it" if arg.rstrip().endswith(("]", "}"))
+                    else "settings are key=value")
             raise CompError(f"{arg!r} is not a key=value setting: {hint} "
                             "(comp --help lists the stages and keys)")
 def _reads_only(cfg) -> bool:

@@ -154,6 +154,9 @@ def test_version(capsys):
                              "data=folder data.dir=comp/demo/wbc"),
     (["comp/demo/wbc"], "'comp/demo/wbc' is not a key=value setting: a competition folder "
                         "is data=folder data.dir=comp/demo/wbc"),
+    # the shell split a list written with a space
+    (["backbones=[mobilenet_025,", "small_cnn]"], "'small_cnn]' is not a key=value setting: "
+                                                  "a list is one argument"),
 ])
 def test_mistakes_get_did_you_mean(argv, needle, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)  # the demo's folder by a relative path
