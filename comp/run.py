@@ -187,7 +187,8 @@ def _note_the_demo_in_a_competition(cfg, here: Path) -> None:
     demo = (DEMO_DIR / "wbc").resolve()
     if Path(cfg.data.dir).resolve() != demo or here.resolve() == demo:
         return
-    found = (train_csv(here) if train_csv(here).is_file() else image_folder(here, "train"))
+    labels = train_csv(here)
+    found = labels if labels.is_file() else image_folder(here, "train")
     if found.exists():
         get_logger().warning("note: no data.dir given, so this is comp's bundled demo; this "
                              "folder looks like a competition (%s): `comp stage=%s "
@@ -304,6 +305,8 @@ def _check_arguments(argv: list[str]) -> None:
                     else "settings are key=value")
             raise CompError(f"{arg!r} is not a key=value setting: {hint} "
                             "(comp --help lists the stages and keys)")
+
+
 def _reads_only(cfg) -> bool:
     """predict and export with their output set elsewhere only read the run directory."""
     return (cfg.stage == "predict" and bool(cfg.predict.output)) or (
