@@ -896,6 +896,15 @@ def _short_message(exc: Exception, overrides: list[str] = ()) -> str:
                 if group == "data" and ("/" in value or Path(value).is_dir()) else "")
         return f"{group}={value}: not one of {options}{hint}"
     key = _full_key(text)
+    wrong = re.search(r"Value '(.*)' (?:of type '\w+' could not be converted to (\w+)|"
+                      r"is not a valid (bool))", first)
+    if key and wrong:  # OmegaConf's words for a value of the wrong type
+        value, kind = wrong.group(1), wrong.group(2) or wrong.group(3)
+        wanted = {"Integer": "a whole number", "Float": "a number",
+                  "bool": "true or false"}.get(kind, kind)
+        return f"{key}={value}: must be {wanted}"
+    if key and "is not a ListConfig, list or tuple" in first:
+        return f"{key}: must be a list, e.g. {key}=[a,b]"
     if key and key not in first:
         first = f"{key}: {first}"
     return first

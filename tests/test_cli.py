@@ -154,6 +154,11 @@ def test_version(capsys):
                              "data=folder data.dir=comp/demo/wbc"),
     (["comp/demo/wbc"], "'comp/demo/wbc' is not a key=value setting: a competition folder "
                         "is data=folder data.dir=comp/demo/wbc"),
+    # OmegaConf's type errors, in the words of the rules
+    (["train.lr=abc"], "config: train.lr=abc: must be a number"),
+    (["train.epochs=2.5"], "config: train.epochs=2.5: must be a whole number"),
+    (["quiet=maybe"], "config: quiet=maybe: must be true or false"),
+    (["classic.models=3"], "config: classic.models: must be a list, e.g. classic.models=[a,b]"),
     # the shell split a list written with a space
     (["backbones=[mobilenet_025,", "small_cnn]"], "'small_cnn]' is not a key=value setting: "
                                                   "a list is one argument"),
