@@ -53,6 +53,19 @@ def test_missing_imagenet_file_names_the_file(tmp_path, monkeypatch):
     assert "weights_dir" in str(info.value)
 
 
+def test_the_search_order_names_each_folder_once(tmp_path, monkeypatch):
+    """The demo's weights_dir is the bundled folder: the missing file's line listed it
+    twice ("comp/demo/weights, then ~/.keras/models, then comp/demo/weights")."""
+    from comp.models.weights import bundled_weights_dir, keras_cache_dir, search_folders
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    assert search_folders(str(bundled_weights_dir())) == [bundled_weights_dir(),
+                                                           keras_cache_dir()]
+    assert search_folders(str(tmp_path / "w")) == [tmp_path / "w", keras_cache_dir(),
+                                                   bundled_weights_dir()]
+    assert search_folders(None) == [keras_cache_dir(), bundled_weights_dir()]
+
+
 def test_damaged_file_fails_its_md5(tmp_path):
     (tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5").write_bytes(b"junk")
     with pytest.raises(CompError, match="md5"):

@@ -42,9 +42,12 @@ def bundled_weights_dir() -> Path:
 
 
 def search_folders(weights_dir: str | None) -> list[Path]:
-    """Where weights=imagenet looks, in order: weights_dir, Keras cache, comp's bundled."""
-    return (([Path(weights_dir).expanduser()] if weights_dir else [])
-            + [keras_cache_dir(), bundled_weights_dir()])
+    """Where weights=imagenet looks, in order: weights_dir, Keras cache, comp's bundled;
+    each folder once (the demo's weights_dir is the bundled folder)."""
+    folders = (([Path(weights_dir).expanduser()] if weights_dir else [])
+               + [keras_cache_dir(), bundled_weights_dir()])
+    return [f for i, f in enumerate(folders) if f.resolve() not in
+            {earlier.resolve() for earlier in folders[:i]}]
 
 
 def search_order_text() -> str:
