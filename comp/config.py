@@ -626,7 +626,6 @@ def close_key(key: str) -> str | None:
 
 
 @cache
-@cache
 def _register() -> None:
     """Put the schema into Hydra's ConfigStore, once a process (Hydra finds a structured
     schema nowhere else; its name, comp_schema, is comp's own). Cached: turning the schema
@@ -692,9 +691,29 @@ def _home_expanded(override: str) -> str:
     return f"{key}={hydra_quote(value)}"
 
 
+def _check_added_key(override: str) -> None:
+    """`+key=value` adds a key: only backbone_overrides takes new keys. Hydra adds any
+    other one too, where comp never reads it (`+trian.epochs=3` was taken in silence), and
+    refuses one that exists in its own words; either is a CompError here."""
+    if not override.startswith("+") or override.startswith("++"):  # ++ sets a key
+        return  # whether or not it is there (Competition.load's saved settings)
+    key, _, value = override[1:].partition("=")
+    if key.startswith("backbone_overrides.") or key.startswith("hydra."):
+        return
+    if key in key_descriptions():
+        raise CompError(f"config: {key} is a key already: set it without the leading +"
+                        f" ({key}={value})")
+    close = close_key(key)
+    hint = f" (did you mean {close}?)" if close else ""
+    raise CompError(f"config: unknown key '{key}'{hint}; a leading + adds keys only under "
+                    "backbone_overrides.<backbone>")
+
+
 def load_config(overrides: list[str], config_dir=CONFIG_DIR) -> DictConfig:
     """Compose the config from `configs/` and `key=value` overrides; raise CompError."""
     _register()
+    for override in overrides:
+        _check_added_key(str(override))
     overrides = [_as_backbones(f"{o}") for o in overrides]
     overrides = [_quote_non_ascii(_home_expanded(o)) for o in overrides]
     try:
@@ -903,6 +922,15 @@ def _short_message(exc: Exception, overrides: list[str] = ()) -> str:
         wanted = {"Integer": "a whole number", "Float": "a number",
                   "bool": "true or false"}.get(kind, kind)
         return f"{key}={value}: must be {wanted}"
+    section = re.search(r"is not a subclass of (\w+)Config", first)
+    if key and section:  # `train=1`: a whole section given one value
+        return f"{key} is a section: set its keys, e.g. {key}.<key>=<value> (comp --help)"
+    parse = re.search(r"(?:no viable alternative at input|mismatched input) '(.*)'", first)
+    if parse:  # Hydra's grammar: name the override it could not read
+        given = next((o for o in overrides if parse.group(1) in o.partition("=")[2]),
+                     parse.group(1))
+        return (f"cannot read {given!r} ({first}); close its brackets, and quote a value "
+                "that holds spaces, '=' or brackets")
     if key and "is not a ListConfig, list or tuple" in first:
         return f"{key}: must be a list, e.g. {key}=[a,b]"
     if key and key not in first:

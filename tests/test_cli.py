@@ -159,6 +159,15 @@ def test_version(capsys):
     (["train.epochs=2.5"], "config: train.epochs=2.5: must be a whole number"),
     (["quiet=maybe"], "config: quiet=maybe: must be true or false"),
     (["classic.models=3"], "config: classic.models: must be a list, e.g. classic.models=[a,b]"),
+    # a section given one value, and what Hydra's grammar cannot read, named
+    (["train=1"], "config: train is a section: set its keys, e.g. train.<key>=<value>"),
+    (["backbones=[mobilenet_025"], "config: cannot read 'backbones=[mobilenet_025'"),
+    (["train.lr=0.01=2"], "config: cannot read 'train.lr=0.01=2'"),
+    # a leading + adds keys only under backbone_overrides (Hydra took +trian.epochs=3)
+    (["+trian.epochs=3"], "config: unknown key 'trian.epochs' (did you mean train.epochs?); "
+                          "a leading + adds keys only under backbone_overrides.<backbone>"),
+    (["+train.epochs=3"], "config: train.epochs is a key already: set it without the "
+                          "leading + (train.epochs=3)"),
     # the shell split a list written with a space
     (["backbones=[mobilenet_025,", "small_cnn]"], "'small_cnn]' is not a key=value setting: "
                                                   "a list is one argument"),
