@@ -59,8 +59,8 @@ def prediction_folder(run: RunDir, using: str) -> Path:
     folder = run.find_ensemble(using) if using.startswith("ensemble-") else run.preds_dir(
         using)
     if not (folder / CV_JSON).exists():
-        raise CompError(f"{folder}: no finished model or ensemble {using!r}; see "
-                        "submissions/<name>/leaderboard.csv for the names")
+        raise CompError(f"{folder}: no finished model or ensemble {using!r}; finished: "
+                        f"{run.finished_names()}")
     return folder
 
 

@@ -201,6 +201,15 @@ class RunDir:
         """Finished prediction sets (single models and ensembles) with a cv.json."""
         return self.single_sets() + self.ensemble_sets()
 
+    def finished_names(self, ensembles: bool = True) -> str:
+        """The finished entries' names as text for a message: model ids, then
+        `ensemble-<method>-<members>` (with `ensembles`), at most eight shown."""
+        names = [p.name for p in self.single_sets()] + (
+            [f"ensemble-{p.name}" for p in self.ensemble_sets()] if ensembles else [])
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8
+                                         else "")
+        return shown or "none yet"
+
     def single_sets(self) -> list[Path]:
         """Finished single models' prediction sets (preds/<model_id>/ with a cv.json)."""
         return self._finished(self.preds_root)

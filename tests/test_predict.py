@@ -47,6 +47,26 @@ def test_predict_needs_an_input(tmp_path, competition, capsys):
     assert len(err) == 1 and err[0].startswith("comp: error: ") and "predict.input" in err[0]
 
 
+def test_an_unknown_model_names_the_finished_ones(tmp_path, competition, capsys):
+    """predict.using= and export.using= with a name that is not there said 'see
+    submissions/<name>/leaderboard.csv' (a path with a placeholder); they list the names."""
+    from tests.helpers import fake_prediction_set, run_path
+
+    fake_prediction_set(run_path(tmp_path), competition, "small_cnn-one")
+    fake_prediction_set(run_path(tmp_path), competition, "small_cnn-two", seed=1)
+    overrides = tiny_overrides(tmp_path, competition)
+    assert run_comp("stage=predict", "predict.using=small_cnn-three",
+                    f"predict.input={competition / 'test'}", *overrides) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith(
+        "no finished model or ensemble 'small_cnn-three'; finished: small_cnn-one, "
+        "small_cnn-two"), err
+    assert run_comp("stage=export", "export.using=small_cnn-three", *overrides) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith(
+        "no finished model 'small_cnn-three'; finished: small_cnn-one, small_cnn-two"), err
+
+
 def _oriented_competition(root):
     """Two classes told apart only by where a bright bar is (top or bottom): a flip or a
     half turn makes one class the other."""
