@@ -150,10 +150,10 @@ def test_version(capsys):
     (["experiment=fast"], "config: experiment=fast: not one of ['best', 'medium', 'quick']"),
     (["data=kaggle"], "config: data=kaggle: not one of ['demo', 'folder']"),
     # a competition folder given as the group, or bare
-    (["data=comp/demo/wbc"], "not one of ['demo', 'folder']; a competition folder is "
-                             "data=folder data.dir=comp/demo/wbc"),
-    (["comp/demo/wbc"], "'comp/demo/wbc' is not a key=value setting: a competition folder "
-                        "is data=folder data.dir=comp/demo/wbc"),
+    (["data=comps/cells"], "not one of ['demo', 'folder']; a competition folder is "
+                           "data=folder data.dir=comps/cells"),
+    (["comps/cells"], "'comps/cells' is not a key=value setting: a competition folder "
+                      "is data=folder data.dir=comps/cells"),
     # OmegaConf's type errors, in the words of the rules
     (["train.lr=abc"], "config: train.lr=abc: must be a number"),
     (["train.epochs=2.5"], "config: train.epochs=2.5: must be a whole number"),
@@ -173,12 +173,13 @@ def test_version(capsys):
                                                   "a list is one argument"),
 ])
 def test_mistakes_get_did_you_mean(argv, needle, tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(ROOT)  # the demo's folder by a relative path
+    (tmp_path / "comps" / "cells").mkdir(parents=True)  # a folder by a relative path
+    monkeypatch.chdir(tmp_path)  # where a mistake taken as a run would write, if one were
     assert main([*argv, f"runs_dir={tmp_path / 'runs'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("comp: error: "), err
     assert needle in err[0], err
-    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "submissions").exists()
 
 
 def test_help_describes_every_key_and_lists_the_stages(capsys):
