@@ -626,10 +626,10 @@ def _read_test(root: Path, wanted: tuple
     id_column = sample.columns[0]
     # class folders and no image beside them: a labelled holdout the sample lists (a
     # folder that is no class, e.g. an unpacked zip's, is left to the sample's error)
+    class_dirs = _class_folders(folder) if folder.is_dir() else []
     holdout = (_labelled_test(folder, wanted[0])
-               if folder.is_dir() and not _scan(folder)[0] and _class_folders(folder)
-               and all(d.name.strip() in wanted[0] for d in _class_folders(folder))
-               else None)
+               if class_dirs and all(d.name.strip() in wanted[0] for d in class_dirs)
+               and not _scan(folder)[0] else None)  # the costly scan last: rarely reached
     if holdout is not None:
         test = _listed_holdout(sample[id_column], holdout, folder, sample_path)
         note = (f"{sample_path.name} lists the {len(test)} images of {folder}'s class "
