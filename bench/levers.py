@@ -10,7 +10,8 @@ difference to the round-0 fine-tuned model.
 The table of the defaults ends with the ensembling lever (the selection among round-0
 entries with their ensembles against the selection among single models only) and, where
 stage=all ran pseudo-label rounds (pseudo.rounds=1 by default), the rounds' lever: the
-selected pipeline against the selection among round-0 entries, on the same rows.
+selected pipeline against the selection among round-0 entries, on the same rows (or a
+line saying the round is off, and why: its teacher's labels below pseudo.min_precision).
 --tuned N / --pseudo N then run stage=all again in the same run directory with
 tune.n_trials=N / pseudo.rounds=N (given last: it wins over `-- pseudo.rounds=0`,
 which makes the first run round 0 alone): what the lever does
@@ -167,12 +168,26 @@ def table(run: Path, truth_labels: dict[str, str] | None) -> pd.DataFrame:
         for m in shown_metrics(rank_by):
             diff, se = paired_difference(m, y, extra[a], extra[b])
             levers.append(f"{lever}: {m} {diff:+.4f} ± {se:.4f}")
+    levers += rounds_off(run)
     frame.attrs["levers"] = levers
     frame.attrs.update(
         y=y, reference=ref, rank_by=rank_by, selected=extra["selected pipeline (nested)"],
         chosen=selection["chosen_per_fold"],
         tuned={e["name"]: probs[e["name"]] for e in singles if e["info"].get("tuned")})
     return frame
+
+
+def rounds_off(run: Path) -> list[str]:
+    """A line for each pseudo-label round stage=all did not train because its teacher's
+    labels were too often wrong (pseudo.min_precision): the lever off, and why."""
+    from comp.report import skipped_round
+
+    out = []
+    for note in sorted(run.glob("pseudo/round*/not_trained.json")):
+        skipped = json.loads(note.read_text())
+        if "min_precision" in skipped:
+            out.append(f"pseudo-label {note.parent.name}: off; {skipped_round(skipped)}")
+    return out
 
 
 def _selected_oof(selection: dict, probs: dict, folds: np.ndarray) -> np.ndarray:

@@ -324,6 +324,12 @@ class PseudoConfig:
     soft: bool = False  # soft targets (the vote, sharpened) instead of hard labels
     temperature: float = setting(1.0, POSITIVE)  # sharpening of soft targets: p ** (1 / T)
     weight: float = setting(0.5, Interval(0, None))  # sample weight of a pseudo-labelled image
+    # stage=all trains a round only where its teacher's labels are right at least this
+    # often: the rule applied to the teacher's out-of-fold predictions on each unit's
+    # training rows, scored on their labels. 0.98: on the bench folders every round
+    # whose teacher scored below it gained nothing or lost (bench/README.md); None: always
+    min_precision: float | None = setting(  # least share of right teacher labels to train a round
+        0.98, Optional(FRACTION))
     # knowledge distillation in a round's fine-tunes: each labelled training row of unit
     # u trains twice, on its label and (with this sample weight) on unit u's teacher's
     # probabilities for it, sharpened by `temperature`; the teacher's models trained on

@@ -247,7 +247,8 @@ def build_report(run: RunDir, leaderboard: pd.DataFrame, paths: dict[str, str],
     trained_rounds = {int(read_json(p / CV_JSON).get("round", 0)) for p in sets.values()}
     ensembles = {f"ensemble-{p.name}": p for p in run.ensemble_sets()}
     sections = [*_leaderboard_section(leaderboard, metric, rank_by),
-                *_lever_section({**sets, **ensembles}, rank_by, record.get("round_margin")),
+                *_lever_section({**sets, **ensembles}, rank_by, record.get("round_margin"),
+                                _rounds_off(run, trained_rounds)),
                 *_oof_sections(leaderboard, sets, ensembles, paths, out),
                 *_curve_section(run, sets, out),
                 *_pseudo_sections(run, trained_rounds, out),
@@ -265,18 +266,32 @@ def _leaderboard_section(leaderboard: pd.DataFrame, metric: str, rank_by: str) -
             "nested CV above chooses the same way.</p>"]
 
 
+def _rounds_off(run: RunDir, trained_rounds: set[int]) -> list[str]:
+    """A line for each pseudo-label round stage=all left untrained for its teacher's
+    labels (pseudo.min_precision): the lever off, and why."""
+    lines = []
+    for round_ in run.pseudo_rounds():
+        note = run.pseudo_not_trained(round_)
+        if round_ not in trained_rounds and note.exists() and "min_precision" in (
+                skipped := read_json(note)):
+            lines.append(f"pseudo-label round {round_}: off; {skipped_round(skipped)}")
+    return lines
+
+
 def _lever_section(folders: dict[str, Path], rank_by: str,
-                   round_margin: float | None) -> list[str]:
-    """The levers table of the run's finished prediction sets (`folders`: name -> set)."""
+                   round_margin: float | None, off: list[str]) -> list[str]:
+    """The levers table of the run's finished prediction sets (`folders`: name -> set),
+    and the levers stage=all left `off` (one line each, with the reason)."""
     found = {}
     for name, folder in folders.items():
         prediction = read_prediction_set(folder)
         found[name] = {"oof": prediction.oof, "classes": prediction.classes,
                        "info": prediction.info}
     levers = lever_rows(found, rank_by, round_margin)
+    off_lines = [f"<p>{html.escape(line)}.</p>" for line in off]
     if levers.empty:
-        return []
-    return ["<h2>Levers: what each gained on the same folds</h2>",
+        return ["<h2>Levers: what each gained on the same folds</h2>", *off_lines] if off else []
+    return ["<h2>Levers: what each gained on the same folds</h2>", *off_lines,
             "<p>The nested selection (rank 1 chosen on the other folds) with the "
             "lever's entries against the same selection without them; paired "
             "bootstrap standard errors. A pseudo-label round's models replace their "
@@ -338,6 +353,11 @@ def _untrained_round(run: RunDir, round_: int, trained_rounds: set[int]) -> list
     if round_ in trained_rounds:
         return []
     note = run.pseudo_not_trained(round_)
+    if note.exists() and "min_precision" in read_json(note):
+        skipped = read_json(note)
+        return [f"<p><b>No model was trained on these labels</b>: {skipped_round(skipped)}."
+                " Lower pseudo.min_precision (or set it to null) and rerun to train the "
+                "round: finished work is kept.</p>"]
     if note.exists():
         skipped = read_json(note)
         return [f"<p><b>No model was trained on these labels</b>: the round should have "
@@ -347,6 +367,14 @@ def _untrained_round(run: RunDir, round_: int, trained_rounds: set[int]) -> list
                 "finished work is kept.</p>"]
     return [f"<p><b>No model has been trained on these labels yet</b> (run stage=train "
             f"pseudo.round={round_}).</p>"]
+
+
+def skipped_round(skipped: dict) -> str:
+    """Why stage=all left a round untrained for its teacher's labels (`skipped`: the
+    round's not_trained.json), in words."""
+    return (f"its teacher's labels were right on {skipped['right']} of {skipped['checked']} "
+            f"labelled images ({skipped['share']:.3f}) it had not trained on, below "
+            f"pseudo.min_precision={skipped['min_precision']:g}, so stage=all did not train it")
 
 
 def _weight_sections(ensembles: dict[str, Path], out: Path) -> list[str]:

@@ -66,8 +66,9 @@ def make_competition(root: Path, per_class: dict[str, int] | None = None, n_test
 def tiny_overrides(tmp_path: Path, data_dir: Path, **extra: str) -> list[str]:
     """Overrides for a fast run: small CNN at 32 px, 2 folds, 2 epochs, random init, and
     stage=all without pseudo-label rounds, tuning, classic heads or the Optuna ensemble
-    unless `extra` asks for them; units one at a time in this process (no worker
-    processes: tests/test_workers.py runs those)."""
+    unless `extra` asks for them (a round asked for is trained whatever its tiny
+    teacher's precision: pseudo.min_precision=null); units one at a time in this process
+    (no worker processes: tests/test_workers.py runs those)."""
     settings = {
         "data.dir": str(data_dir), "runs_dir": str(tmp_path / "runs"),
         "submissions_dir": str(tmp_path / "submissions"), "name": "tiny",
@@ -75,7 +76,7 @@ def tiny_overrides(tmp_path: Path, data_dir: Path, **extra: str) -> list[str]:
         "train.epochs": "2", "train.patience": "2", "train.batch_size": "8",
         "augment.tta": "flips", "quiet": "true", "pseudo.rounds": "0", "tune.n_trials": "0",
         "backbone_overrides.small_cnn.model.image_size": "32", "classic.models": "[]",
-        "ensemble.methods": "[mean]", "compute.workers": "1",
+        "ensemble.methods": "[mean]", "compute.workers": "1", "pseudo.min_precision": "null",
     }
     settings.update(extra)
     for key in ("epochs", "patience"):  # else small_cnn's own schedule (config.yaml, 40) wins

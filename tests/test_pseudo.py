@@ -2,13 +2,15 @@
 
 import json
 import shutil
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from comp.pseudo.rules import Votes, pseudo_table, select_pseudo_labels, sharpen
+from comp.pseudo.rules import Votes, pseudo_table, right_labels, select_pseudo_labels, sharpen
 from tests.helpers import CLASSES, P_COLS, leaderboard, run_comp, tiny_overrides
 
 PROBS = np.array([
@@ -277,6 +279,101 @@ def test_a_later_rounds_teacher_keeps_round_zeros_pick_as_the_selection_does(
     # the pool file of the chosen model's unit 0: a sorts first ([0.9, 0.1]), r0 does not
     assert votes.probs.tolist() == ([[0.9, 0.1]] if expected == "a" else [[0.1, 0.9]])
     assert teacher.settings().get("round_margin") == margin  # part of the round's files' key
+
+
+def test_a_units_teacher_labels_are_checked_on_the_training_rows_it_chose_on(tmp_path):
+    """The votes carry the chosen teacher's out-of-fold probabilities on the unit's
+    training rows (never its validation rows), and the rule picked there is scored on
+    their labels: how often the teacher's pseudo-labels would be right."""
+    from comp.pseudo.files import _checked_labels, _pooled_precision
+    from comp.pseudo.teacher import Teacher
+
+    right = np.eye(2)[[0, 1] * 4] * 0.8 + 0.1
+    a, b = right.copy(), right.copy()
+    a[4:] = a[4:, ::-1]  # a wrong on fold 1, b wrong on fold 0, c wrong on one row
+    b[:4] = b[:4, ::-1]
+    c = right.copy()
+    c[5] = [0.7, 0.3]
+    prepared = _teacher_run(tmp_path, {"a": a, "b": b, "c": c})
+    rules = SimpleNamespace(rule="threshold", threshold=0.0, top_fraction=1.0, class_cap=10.0)
+    teacher = Teacher(prepared, ["a", "b", "c"], "selected", "accuracy", [])
+    unit0 = teacher.votes(0, ["unlabeled"])  # chosen on fold 1's rows: b (c is wrong once)
+    assert unit0.teacher == "b" and unit0.labelled.tolist() == b[4:].tolist()
+    assert unit0.of_splits(["unlabeled"]).labelled is unit0.labelled
+    assert _checked_labels(prepared, rules, unit0, 0) == {"checked": 4, "checked_right": 4}
+    mean = Teacher(prepared, ["a", "c"], "mean", "accuracy", []).votes(1, ["unlabeled"])
+    assert mean.labelled == pytest.approx((a[:4] + c[:4]) / 2)  # fold 0's rows, for unit 1
+    only_c = Teacher(prepared, ["c"], "selected", "accuracy", []).votes(0, ["unlabeled"])
+    checked = _checked_labels(prepared, rules, only_c, 0)
+    assert checked == {"checked": 4, "checked_right": 3}  # c's row 5 is wrong
+    assert _pooled_precision({0: checked, 1: {"checked": 4, "checked_right": 4}}) == {
+        "checked": 8, "right": 7, "share": 7 / 8}
+    assert _pooled_precision({0: {}})["share"] is None
+    assert right_labels(c, np.array([0, 1] * 4), np.array([5, 6])) == 1
+
+
+def test_a_round_is_skipped_where_its_teachers_labels_are_right_too_rarely():
+    from comp.pseudo.files import weak_teacher
+
+    def summary(right, checked):
+        return {"settings": {"rule": "quota"}, "label_precision": {
+            "checked": checked, "right": right, "share": right / checked if checked else None}}
+
+    assert weak_teacher(summary(97, 100), None) is None  # pseudo.min_precision=null
+    assert weak_teacher(summary(98, 100), 0.98) is None
+    assert weak_teacher(summary(0, 0), 0.98) is None  # nothing checked: no evidence
+    assert weak_teacher({"settings": {"rule": "quota"}}, 0.98) is None  # files of old
+    reason = weak_teacher(summary(97, 100), 0.98)
+    assert reason.startswith("its teacher's labels were right on 97 of 100 labelled images "
+                             "(0.970) where the rule (quota) picked them")
+    assert "below pseudo.min_precision=0.98" in reason and reason.endswith("to train it)")
+
+
+@pytest.mark.slow
+def test_stage_all_skips_a_round_whose_teacher_is_too_often_wrong_and_says_why(
+        tmp_path, competition, comp_caplog):
+    """Six of the 24 training labels swapped to another class: no teacher can label
+    them right out of fold, so its checked precision is at most 18/24, below
+    pseudo.min_precision=0.99. stage=all writes the round's files, trains no model on
+    them, and says why in its log, in not_trained.json, in the report's levers and in
+    levers.py's lines; with pseudo.min_precision=null the same command trains the round
+    on the same files."""
+    train = pd.read_csv(competition / "train.csv")
+    swapped = train.index[::4]
+    train.loc[swapped, "label"] = train.loc[swapped, "label"].map(
+        {CLASSES[0]: CLASSES[1], CLASSES[1]: CLASSES[2], CLASSES[2]: CLASSES[0]})
+    train.to_csv(competition / "train.csv", index=False)
+    overrides = tiny_overrides(tmp_path, competition, **{
+        "pseudo.rounds": "1", "pseudo.rule": "threshold", "pseudo.threshold": "0.0",
+        "pseudo.class_cap": "10", "pseudo.min_precision": "0.99", "quiet": "false"})
+    assert run_comp("stage=all", *overrides) == 0
+    run = tmp_path / "runs" / "tiny"
+    summary = json.loads((run / "pseudo/round1/summary.json").read_text())
+    precision = summary["label_precision"]
+    assert precision["checked"] == 24 and precision["right"] <= 18
+    skipped = [r.getMessage() for r in comp_caplog.records
+               if r.getMessage().startswith("pseudo-label round 1 skipped: ")]
+    assert len(skipped) == 1 and f"right on {precision['right']} of 24" in skipped[0]
+    assert leaderboard(tmp_path)["round"].tolist() == [0]  # no model trained on the labels
+    note = json.loads((run / "pseudo/round1/not_trained.json").read_text())
+    assert note == {"min_precision": 0.99, **precision}
+    report = (run / "report/index.html").read_text()
+    assert "pseudo-label round 1: off; its teacher&#x27;s labels were right on" in report
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from levers import rounds_off
+
+    assert rounds_off(run) == [f"pseudo-label round1: off; its teacher's labels were right "
+                               f"on {precision['right']} of 24 labelled images "
+                               f"({precision['share']:.3f}) it had not trained on, below "
+                               "pseudo.min_precision=0.99, so stage=all did not train it"]
+    files = sorted(p.stat().st_mtime_ns for p in (run / "pseudo/round1").glob("fold*.csv"))
+    assert run_comp("stage=all", *overrides, "pseudo.min_precision=null") == 0
+    # the round's model is trained; round 0's pick stays beside it (submit.round_margin)
+    assert sorted(leaderboard(tmp_path)["round"].tolist()) == [0, 1]
+    assert not (run / "pseudo/round1/not_trained.json").exists()
+    assert sorted(p.stat().st_mtime_ns for p in (run / "pseudo/round1").glob("fold*.csv")) \
+        == files  # the same files trained the round
 
 
 def test_with_two_folds_the_teacher_leaves_out_ensembles_it_cannot_score_nested(tmp_path):

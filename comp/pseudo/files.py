@@ -24,7 +24,13 @@ from comp.data.prepared import Prepared
 from comp.errors import CompError
 from comp.log import get_logger
 from comp.predictions import read_table
-from comp.pseudo.rules import Votes, pseudo_table, select_by_quota, select_pseudo_labels
+from comp.pseudo.rules import (
+    Votes,
+    pseudo_table,
+    right_labels,
+    select_by_quota,
+    select_pseudo_labels,
+)
 from comp.pseudo.teacher import Teacher
 from comp.rounds import specs_for_round
 from comp.training.trainer import fold_done, split_keys
@@ -72,7 +78,8 @@ def make_pseudo_labels(cfg: DictConfig, prepared: Prepared, round_: int) -> dict
     for fold in range(prepared.n_units):
         votes = teacher.votes(fold, pool + ([DISTILL_SPLIT] if rules.distill else []))
         table = _unit_table(prepared, rules, votes.of_splits(pool), fold, twins)
-        per_fold[fold] = {**_fold_summary(table, classes, truth), "teacher": votes.teacher}
+        per_fold[fold] = {**_fold_summary(table, classes, truth), "teacher": votes.teacher,
+                          **_checked_labels(prepared, rules, votes, fold)}
         if rules.distill:  # every training row of the unit, its teacher's soft target
             labelled = votes.of_splits([DISTILL_SPLIT])
             table = pd.concat([table, pseudo_table(labelled, classes,
@@ -82,7 +89,8 @@ def make_pseudo_labels(cfg: DictConfig, prepared: Prepared, round_: int) -> dict
         write_csv(run.pseudo_csv(round_, fold), table)
         crash_point(f"pseudo:{fold}")  # tests: a kill between two units' files
     summary = {"round": round_, "settings": settings, "folds": per_fold,
-               "labelled_counts": dict(zip(classes, counts.tolist(), strict=True))}
+               "labelled_counts": dict(zip(classes, counts.tolist(), strict=True)),
+               "label_precision": _pooled_precision(per_fold)}
     write_json(summary_path, summary)
     _log_round(round_, voter_ids, per_fold)
     return summary
@@ -115,7 +123,50 @@ def _round_settings(rules, teacher: Teacher, prepared: Prepared, pool: list[str]
     return {"voters": teacher.voter_ids, **teacher.settings(), **{k: plain[k] for k in (
         "splits", "rule", "fraction", "min_confidence", "threshold", "top_fraction",
         "class_cap", "soft", "temperature")}, **distill, "twins": "excluded",
-        "pool": {s: prepared.split_key(s) for s in pool}}
+        "pool": {s: prepared.split_key(s) for s in pool},
+        "label_precision": "the rule on the teacher's out-of-fold training rows"}
+
+
+def weak_teacher(summary: dict, min_precision: float | None) -> str | None:
+    """Why a round's pseudo-labels (`summary`, make_pseudo_labels's) should not train a
+    round: its teacher's labels, the rule applied to the labelled rows it did not train
+    on, were right less often than `min_precision` (pseudo.min_precision); None where
+    they were not, or where nothing could be checked."""
+    precision = summary.get("label_precision") or {}
+    if min_precision is None or not precision.get("checked"):
+        return None
+    if precision["share"] >= min_precision:
+        return None
+    return (f"its teacher's labels were right on {precision['right']} of "
+            f"{precision['checked']} labelled images ({precision['share']:.3f}) where the "
+            f"rule ({summary['settings']['rule']}) picked them from the teacher's "
+            f"out-of-fold predictions, below pseudo.min_precision={min_precision:g}; wrong "
+            "labels would teach the round the teacher's mistakes (lower "
+            "pseudo.min_precision, or set it to null, to train it)")
+
+
+def _checked_labels(prepared: Prepared, rules, votes: Votes, unit: int) -> dict:
+    """How often unit `unit`'s teacher's labels would be right: the rule applied to its
+    out-of-fold probabilities on the unit's training rows (`votes.labelled`), scored on
+    their labels. Rows the teacher's models never trained on, none of the unit's
+    validation rows."""
+    if votes.labelled is None:
+        return {}
+    rows = ~prepared.unit_val_mask(unit)
+    labels = prepared.labels[rows]
+    counts = np.bincount(labels, minlength=len(prepared.competition.classes))
+    picked = _pick(rules, votes.labelled, counts.astype(float))
+    return {"checked": len(picked), "checked_right": right_labels(votes.labelled, labels,
+                                                                   picked)}
+
+
+def _pooled_precision(per_fold: dict) -> dict:
+    """The units' checked labels together: how many, how many right, the share right
+    (None where no unit checked any)."""
+    checked = sum(v.get("checked", 0) for v in per_fold.values())
+    right = sum(v.get("checked_right", 0) for v in per_fold.values())
+    return {"checked": checked, "right": right,
+            "share": right / checked if checked else None}
 
 
 def _unit_table(prepared: Prepared, rules, votes: Votes, unit: int,

@@ -21,20 +21,23 @@ if TYPE_CHECKING:
 class Votes:
     """The teacher's class probabilities `probs` (N, C) on the pool images: image i is
     `ids[i]` of split `splits[i]`. `voters` are the model ids behind them and `teacher`
-    names what combined them (a model id, `mean` or `ensemble-<method>`)."""
+    names what combined them (a model id, `mean` or `ensemble-<method>`). `labelled`:
+    the same teacher's out-of-fold probabilities on the unit's training rows (folds.csv
+    order), where known: what tells how often its labels are right."""
 
     ids: list[str]
     splits: list[str]
     probs: np.ndarray
     voters: list[str]
     teacher: str = "mean"
+    labelled: np.ndarray | None = None
 
     def of_splits(self, splits: list[str]) -> Votes:
         """These votes on the images of `splits` only."""
         keep = np.array([s in splits for s in self.splits], dtype=bool)
         return Votes([i for i, k in zip(self.ids, keep, strict=True) if k],
                      [s for s, k in zip(self.splits, keep, strict=True) if k],
-                     self.probs[keep], self.voters, self.teacher)
+                     self.probs[keep], self.voters, self.teacher, self.labelled)
 
 
 def sharpen(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -86,6 +89,12 @@ def select_by_quota(probs: np.ndarray, prior: np.ndarray, fraction: float,
         chosen.append(rows[:max(quota, 1 if len(rows) and prior[cls] > 0 else 0)])
     picked = np.concatenate(chosen) if chosen else np.zeros(0, dtype=int)
     return picked[np.argsort(-confidence[picked], kind="stable")]
+
+
+def right_labels(probs: np.ndarray, labels: np.ndarray, picked: np.ndarray) -> int:
+    """How many of the `picked` rows of `probs` (N, C) have their top class equal to
+    `labels` (N,): the pseudo-labels a rule would have got right on labelled rows."""
+    return int((probs[picked].argmax(axis=1) == labels[picked]).sum())
 
 
 def pseudo_table(votes: Votes, classes: list[str], picked: np.ndarray, soft: bool,

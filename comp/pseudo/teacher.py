@@ -39,7 +39,7 @@ class Teacher:
         selected = rule == "selected"
         self.earlier_ids = list(earlier_ids or []) if selected and margin is not None else []
         self.margin = margin if self.earlier_ids else None
-        self.oof = _voter_oof(prepared, voter_ids) if selected else None
+        self.oof = _voter_oof(prepared, voter_ids)
         self.earlier_oof = _voter_oof(prepared, self.earlier_ids) if self.earlier_ids else None
 
     @classmethod
@@ -70,8 +70,10 @@ class Teacher:
                                         unit, splits, classes)
         pool, earlier_pool = probs[:len(self.voter_ids)], probs[len(self.voter_ids):]
         if self.rule != "selected" or (len(self.voter_ids) < 2 and not self.earlier_ids):
+            rows = ~self.prepared.unit_val_mask(unit)
             return Votes(ids, names, pool.mean(axis=0), self.voter_ids, "mean"
-                         if len(self.voter_ids) > 1 else self.voter_ids[0])
+                         if len(self.voter_ids) > 1 else self.voter_ids[0],
+                         self.oof[:, rows].mean(axis=0))
         candidates = self._candidates(unit, self.voter_ids, self.oof, pool)
         earlier = (self._candidates(unit, self.earlier_ids, self.earlier_oof, earlier_pool,
                                     ROUND_ZERO) if self.earlier_ids else {})
@@ -84,7 +86,7 @@ class Teacher:
         entries = {**candidates, **earlier}
         chosen_from = self.earlier_ids if best in earlier else self.voter_ids
         voters = [best] if best in chosen_from else chosen_from
-        return Votes(ids, names, entries[best][1], voters, best)
+        return Votes(ids, names, entries[best][1], voters, best, entries[best][0])
 
     def _candidates(self, unit: int, voter_ids: list[str], voter_oof: np.ndarray,
                     pool: np.ndarray, tag: str = "") -> dict[str, tuple]:

@@ -10,7 +10,7 @@ from comp.deadline import Deadline
 from comp.errors import CompError
 from comp.log import get_logger
 from comp.predictions import current_sets
-from comp.pseudo.files import empty_pool, make_pseudo_labels
+from comp.pseudo.files import empty_pool, make_pseudo_labels, weak_teacher
 from comp.rounds import round_seconds, train_round, unit_workers
 from comp.stages import ensemble, report, submit
 from comp.tuning.search import tune_backbone, tuned_backbones
@@ -19,7 +19,8 @@ headline = submit.headline  # stage=all ends with the selected pipeline's nested
 
 
 def run(cfg: DictConfig):
-    """prepare -> train (round 0) -> [pseudo -> train (round r)] x pseudo.rounds ->
+    """prepare -> train (round 0) -> [pseudo -> train (round r), unless its teacher's
+    labels are right less often than pseudo.min_precision] x pseudo.rounds ->
     tune -> train with the tuned settings (last round) -> ensemble (round 0's models too,
     where a later round finished) -> submit -> report."""
     prepared = prepare(cfg)
@@ -33,8 +34,14 @@ def run(cfg: DictConfig):
     for round_ in range(1, last + 1):
         if deadline.passed("pseudo-label round"):
             break
-        make_pseudo_labels(cfg, prepared, round_)
+        summary = make_pseudo_labels(cfg, prepared, round_)
         not_trained = prepared.run.pseudo_not_trained(round_)
+        weak = weak_teacher(summary, cfg.pseudo.min_precision)
+        if weak:
+            get_logger().info("pseudo-label round %d skipped: %s", round_, weak)
+            write_json(not_trained, {"min_precision": cfg.pseudo.min_precision,  # the report's
+                                     **summary["label_precision"]})
+            break
         seconds, workers = round_seconds(cfg, prepared, round_), unit_workers(cfg)
         if seconds is not None:
             seconds /= workers  # units run side by side (compute.workers)
