@@ -186,7 +186,8 @@ def rounds_off(run: Path) -> list[str]:
     for note in sorted(run.glob("pseudo/round*/not_trained.json")):
         skipped = json.loads(note.read_text())
         if "min_precision" in skipped:
-            out.append(f"pseudo-label {note.parent.name}: off; {skipped_round(skipped)}")
+            out.append(f"pseudo-label round {note.parent.name.removeprefix('round')}: off; "
+                       f"{skipped_round(skipped)}")
     return out
 
 

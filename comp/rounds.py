@@ -139,6 +139,14 @@ def round_seconds(cfg: DictConfig, prepared: Prepared, round_: int) -> float | N
     return sum(seconds) if seconds else (0.0 if left == 0 else None)
 
 
+def round_trained(cfg: DictConfig, prepared: Prepared, round_: int) -> bool:
+    """Whether every model of round `round_` has finished every unit."""
+    run, splits = prepared.run, split_keys(prepared)
+    return all(fold_done(run.fold_dir(spec.model_id, unit), splits)
+               for spec in specs_for_round(cfg, prepared, round_)
+               for unit in range(prepared.n_units))
+
+
 def only_specs(cfg: DictConfig, specs: list[ModelSpec]) -> list[ModelSpec]:
     """The specs `only.model` selects (all when it is not set)."""
     if cfg.only.model is None:

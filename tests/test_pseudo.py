@@ -326,7 +326,8 @@ def test_a_round_is_skipped_where_its_teachers_labels_are_right_too_rarely():
     reason = weak_teacher(summary(97, 100), 0.98)
     assert reason.startswith("its teacher's labels were right on 97 of 100 labelled images "
                              "(0.970) where the rule (quota) picked them")
-    assert "below pseudo.min_precision=0.98" in reason and reason.endswith("to train it)")
+    assert reason.endswith("from the teacher's out-of-fold predictions, below "
+                           "pseudo.min_precision=0.98")
 
 
 @pytest.mark.slow
@@ -363,7 +364,7 @@ def test_stage_all_skips_a_round_whose_teacher_is_too_often_wrong_and_says_why(
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
     from levers import rounds_off
 
-    assert rounds_off(run) == [f"pseudo-label round1: off; its teacher's labels were right "
+    assert rounds_off(run) == [f"pseudo-label round 1: off; its teacher's labels were right "
                                f"on {precision['right']} of 24 labelled images "
                                f"({precision['share']:.3f}) it had not trained on, below "
                                "pseudo.min_precision=0.99, so stage=all did not train it"]
@@ -374,6 +375,16 @@ def test_stage_all_skips_a_round_whose_teacher_is_too_often_wrong_and_says_why(
     assert not (run / "pseudo/round1/not_trained.json").exists()
     assert sorted(p.stat().st_mtime_ns for p in (run / "pseudo/round1").glob("fold*.csv")) \
         == files  # the same files trained the round
+    # back to the minimum: the trained round is kept (finished work stands), and said so
+    comp_caplog.clear()
+    assert run_comp("stage=all", *overrides) == 0
+    assert sorted(leaderboard(tmp_path)["round"].tolist()) == [0, 1]
+    kept = [r.getMessage() for r in comp_caplog.records
+            if r.getMessage().startswith("pseudo-label round 1")]
+    assert len(kept) == 1 and kept[0].endswith(
+        "below pseudo.min_precision=0.99; its models, trained by an earlier run, stay in "
+        "the choice")
+    assert not (run / "pseudo/round1/not_trained.json").exists()
 
 
 def test_with_two_folds_the_teacher_leaves_out_ensembles_it_cannot_score_nested(tmp_path):
@@ -412,11 +423,12 @@ def test_a_round_without_known_labels_logs_no_empty_mean(comp_caplog):
     some_known = {"0": unit(3, 0.9, 0.5), "1": unit(2, 0.7, float("nan"))}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _log_round(1, ["m"], nothing_known)
-        _log_round(1, ["m"], some_known)
+        _log_round(1, ["m"], nothing_known, {"checked": 0, "right": 0, "share": None})
+        _log_round(1, ["m"], some_known, {"checked": 8, "right": 7, "share": 7 / 8})
     first, second = comp_caplog.messages[-2:]
     assert "mean confidence 0.900; accuracy vs truth n/a" in first
-    assert "mean confidence 0.800; accuracy vs truth 0.500" in second
+    assert ("mean confidence 0.800; right on 7 of 8 labelled images (0.875) where the rule "
+            "picks from its out-of-fold predictions; accuracy vs truth 0.500") in second
 
 
 def test_a_warm_start_loads_the_replaced_units_weights_and_runs_the_schedules_end(tmp_path):

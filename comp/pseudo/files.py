@@ -92,7 +92,7 @@ def make_pseudo_labels(cfg: DictConfig, prepared: Prepared, round_: int) -> dict
                "labelled_counts": dict(zip(classes, counts.tolist(), strict=True)),
                "label_precision": _pooled_precision(per_fold)}
     write_json(summary_path, summary)
-    _log_round(round_, voter_ids, per_fold)
+    _log_round(round_, voter_ids, per_fold, summary["label_precision"])
     return summary
 
 
@@ -140,9 +140,7 @@ def weak_teacher(summary: dict, min_precision: float | None) -> str | None:
     return (f"its teacher's labels were right on {precision['right']} of "
             f"{precision['checked']} labelled images ({precision['share']:.3f}) where the "
             f"rule ({summary['settings']['rule']}) picked them from the teacher's "
-            f"out-of-fold predictions, below pseudo.min_precision={min_precision:g}; wrong "
-            "labels would teach the round the teacher's mistakes (lower "
-            "pseudo.min_precision, or set it to null, to train it)")
+            f"out-of-fold predictions, below pseudo.min_precision={min_precision:g}")
 
 
 def _checked_labels(prepared: Prepared, rules, votes: Votes, unit: int) -> dict:
@@ -196,7 +194,7 @@ def _pick(rules, probs: np.ndarray, counts: np.ndarray) -> np.ndarray:
                                 rules.class_cap)
 
 
-def _log_round(round_: int, voter_ids: list[str], per_fold: dict) -> None:
+def _log_round(round_: int, voter_ids: list[str], per_fold: dict, precision: dict) -> None:
     chosen = pd.DataFrame({k: v["per_class"] for k, v in per_fold.items()}).mean(axis=1)
     # a unit that chose no image has no confidence, and no accuracy vs truth where none of
     # its chosen images has a known label (nan in its summary): the means leave it out
@@ -206,10 +204,14 @@ def _log_round(round_: int, voter_ids: list[str], per_fold: dict) -> None:
     teachers = pd.Series([v["teacher"] for v in per_fold.values()]).value_counts()
     get_logger().info(
         "pseudo: round %d, %d voter model(s), teacher %s; mean chosen per unit: %s; "
-        "mean confidence %s%s", round_, len(voter_ids),
+        "mean confidence %s%s%s", round_, len(voter_ids),
         ", ".join(f"{name} ({n} unit{'s' if n > 1 else ''})" for name, n in teachers.items()),
         ", ".join(f"{c} {n:.1f}" for c, n in chosen.items()),
         "n/a (no image chosen)" if confidence is None else f"{confidence:.3f}",
+        "" if not precision["checked"] else (
+            f"; right on {precision['right']} of {precision['checked']} labelled images "
+            f"({precision['share']:.3f}) where the rule picks from its out-of-fold "
+            "predictions"),
         "" if not scored else "; accuracy vs truth " + (
             "n/a (no chosen image has a known label)" if accuracy is None
             else f"{accuracy:.3f}"),

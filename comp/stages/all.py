@@ -11,7 +11,7 @@ from comp.errors import CompError
 from comp.log import get_logger
 from comp.predictions import current_sets
 from comp.pseudo.files import empty_pool, make_pseudo_labels, weak_teacher
-from comp.rounds import round_seconds, train_round, unit_workers
+from comp.rounds import round_seconds, round_trained, train_round, unit_workers
 from comp.stages import ensemble, report, submit
 from comp.tuning.search import tune_backbone, tuned_backbones
 
@@ -37,8 +37,13 @@ def run(cfg: DictConfig):
         summary = make_pseudo_labels(cfg, prepared, round_)
         not_trained = prepared.run.pseudo_not_trained(round_)
         weak = weak_teacher(summary, cfg.pseudo.min_precision)
-        if weak:
-            get_logger().info("pseudo-label round %d skipped: %s", round_, weak)
+        if weak and round_trained(cfg, prepared, round_):  # by a run with a lower minimum
+            get_logger().info("pseudo-label round %d: %s; its models, trained by an earlier "
+                              "run, stay in the choice", round_, weak)
+        elif weak:
+            get_logger().info("pseudo-label round %d skipped: %s; wrong labels would teach "
+                              "the round the teacher's mistakes (lower pseudo.min_precision, "
+                              "or set it to null, to train it)", round_, weak)
             write_json(not_trained, {"min_precision": cfg.pseudo.min_precision,  # the report's
                                      **summary["label_precision"]})
             break
