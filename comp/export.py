@@ -79,8 +79,8 @@ def export_model(cfg: DictConfig) -> Path:
                         "export.using=<model_id> of a single model (see the leaderboard)")
     info_path = run.preds_dir(model_id) / CV_JSON
     if not info_path.exists():
-        raise CompError(f"{info_path}: no finished model {model_id!r}; finished: "
-                        f"{run.finished_names(ensembles=False)}")
+        raise CompError(f"{info_path}: no finished model {model_id!r}; finished fine-tuned "
+                        f"models: {run.finished_names(is_keras_model)}")
     info = read_json(info_path)
     if not is_keras_model(info):
         raise CompError(f"export.using={model_id}: only single fine-tuned models are exported "

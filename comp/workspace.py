@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,11 +202,14 @@ class RunDir:
         """Finished prediction sets (single models and ensembles) with a cv.json."""
         return self.single_sets() + self.ensemble_sets()
 
-    def finished_names(self, ensembles: bool = True) -> str:
+    def finished_names(self, keep: Callable[[dict], bool] | None = None) -> str:
         """The finished entries' names as text for a message: model ids, then
-        `ensemble-<method>-<members>` (with `ensembles`), at most eight shown."""
-        names = [p.name for p in self.single_sets()] + (
-            [f"ensemble-{p.name}" for p in self.ensemble_sets()] if ensembles else [])
+        `ensemble-<method>-<members>`, those whose cv.json `keep` accepts (None: all), at
+        most eight shown."""
+        entries = [(p.name, p) for p in self.single_sets()] + [
+            (f"ensemble-{p.name}", p) for p in self.ensemble_sets()]
+        names = [name for name, folder in entries
+                 if keep is None or keep(read_json(folder / CV_JSON))]
         shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8
                                          else "")
         return shown or "none yet"

@@ -54,17 +54,20 @@ def test_an_unknown_model_names_the_finished_ones(tmp_path, competition, capsys)
 
     fake_prediction_set(run_path(tmp_path), competition, "small_cnn-one")
     fake_prediction_set(run_path(tmp_path), competition, "small_cnn-two", seed=1)
+    fake_prediction_set(run_path(tmp_path), competition, "pixels@32+logreg-x", seed=2,
+                        model_kind="classic")
     overrides = tiny_overrides(tmp_path, competition)
     assert run_comp("stage=predict", "predict.using=small_cnn-three",
                     f"predict.input={competition / 'test'}", *overrides) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].endswith(
-        "no finished model or ensemble 'small_cnn-three'; finished: small_cnn-one, "
-        "small_cnn-two"), err
+        "no finished model or ensemble 'small_cnn-three'; finished: pixels@32+logreg-x, "
+        "small_cnn-one, small_cnn-two"), err
     assert run_comp("stage=export", "export.using=small_cnn-three", *overrides) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].endswith(
-        "no finished model 'small_cnn-three'; finished: small_cnn-one, small_cnn-two"), err
+        "no finished model 'small_cnn-three'; finished fine-tuned models: small_cnn-one, "
+        "small_cnn-two"), err  # a classic head is not exported: not listed
 
 
 def _oriented_competition(root):
