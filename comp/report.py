@@ -353,13 +353,12 @@ def _untrained_round(run: RunDir, round_: int, trained_rounds: set[int]) -> list
     if round_ in trained_rounds:
         return []
     note = run.pseudo_not_trained(round_)
-    if note.exists() and "min_precision" in read_json(note):
-        skipped = read_json(note)
+    skipped = read_json(note) if note.exists() else None
+    if skipped and "min_precision" in skipped:
         return [f"<p><b>No model was trained on these labels</b>: {skipped_round(skipped)}."
                 " Lower pseudo.min_precision (or set it to null) and rerun to train the "
                 "round: finished work is kept.</p>"]
-    if note.exists():
-        skipped = read_json(note)
+    if skipped:
         return [f"<p><b>No model was trained on these labels</b>: the round should have "
                 f"taken about {skipped['estimated_seconds']} s and "
                 f"time_limit={skipped['time_limit']} s left {skipped['seconds_left']} s, "

@@ -360,6 +360,8 @@ def test_stage_all_skips_a_round_whose_teacher_is_too_often_wrong_and_says_why(
     assert note == {"min_precision": 0.99, **precision}
     report = (run / "report/index.html").read_text()
     assert "pseudo-label round 1: off; its teacher&#x27;s labels were right on" in report
+    assert ("<b>No model was trained on these labels</b>: its teacher's labels were right "
+            "on") in report  # the round's own section
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
     from levers import rounds_off
