@@ -55,7 +55,8 @@ def fold_paths(model_dir: Path, holding: str | None = None) -> dict[int, Path]:
 
 @dataclass(frozen=True)
 class RunDir:
-    """Paths of one experiment's run directory (see DESIGN.md's layout)."""
+    """Paths of one experiment's run directory (README.md's "Stages and outputs" shows
+    the layout)."""
 
     root: Path
 
@@ -182,7 +183,8 @@ class RunDir:
         return self.pseudo_dir(round_) / PSEUDO_SUMMARY
 
     def pseudo_not_trained(self, round_: int) -> Path:
-        """Why stage=all did not train round `round_` on its pseudo-labels (time_limit)."""
+        """Why stage=all did not train round `round_` on its pseudo-labels (time_limit, or
+        its teacher's labels right less often than pseudo.min_precision)."""
         return self.pseudo_dir(round_) / PSEUDO_NOT_TRAINED
 
     def pseudo_rounds(self) -> list[int]:
