@@ -927,6 +927,10 @@ def _short_message(exc: Exception, overrides: list[str] = ()) -> str:
         value, kind = wrong.group(1), wrong.group(2) or wrong.group(3)
         wanted = {"Integer": "a whole number", "Float": "a number",
                   "bool": "true or false"}.get(kind, kind)
+        allowed = describe_constraint(key) or ""
+        if value.lower() == "none" and allowed.startswith("None or "):  # Python's word
+            return (f"{key}={value}: write {key}=null for none (YAML reads None as text); "
+                    f"else {allowed.removeprefix('None or ')}")
         return f"{key}={value}: must be {wanted}"
     section = re.search(r"is not a subclass of (\w+)Config", first)
     if key and section:  # `train=1`: a whole section given one value

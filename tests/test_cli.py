@@ -158,6 +158,10 @@ def test_version(capsys):
     (["train.lr=abc"], "config: train.lr=abc: must be a number"),
     (["train.epochs=2.5"], "config: train.epochs=2.5: must be a whole number"),
     (["quiet=maybe"], "config: quiet=maybe: must be true or false"),
+    # Python's None for a key that takes none: YAML's word for it is null
+    (["pseudo.distill=None"], "config: pseudo.distill=None: write pseudo.distill=null for "
+                              "none (YAML reads None as text); else a number > 0"),
+    (["train.epochs=None"], "config: train.epochs=None: must be a whole number"),
     (["classic.models=3"], "config: classic.models: must be a list, e.g. classic.models=[a,b]"),
     # a section given one value, and what Hydra's grammar cannot read, named
     (["train=1"], "config: train is a section: set its keys, e.g. train.<key>=<value>"),
