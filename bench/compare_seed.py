@@ -112,7 +112,8 @@ def main() -> None:
     for stage, label, only in (
         ("train", "comp stage=train mobilenet_025 fine-tuned (round 0)",
          ["backbones=[mobilenet_025]", "classic.models=[]"]),
-        ("all", "comp stage=all defaults (fine-tunes, classic heads, ensembles, a pseudo round), "
+        ("all", "comp stage=all defaults (fine-tunes, classic heads, ensembles, a pseudo round "
+                "where its teacher is right often enough), "
                 "selected pipeline (nested)", []),
     ):
         name = f"bench_{stage}"
