@@ -2,8 +2,6 @@
 
 import json
 import shutil
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -363,13 +361,12 @@ def test_stage_all_skips_a_round_whose_teacher_is_too_often_wrong_and_says_why(
     assert ("<b>No model was trained on these labels</b>: its teacher's labels were right "
             "on") in report  # the round's own section
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-    from levers import rounds_off
+    from tests.test_bench_levers import load_levers
 
-    assert rounds_off(run) == [f"pseudo-label round 1: off; its teacher's labels were right "
-                               f"on {precision['right']} of 24 labelled images "
-                               f"({precision['share']:.3f}) it had not trained on, below "
-                               "pseudo.min_precision=0.99, so stage=all did not train it"]
+    assert load_levers().rounds_off(run) == [
+        f"pseudo-label round 1: off; its teacher's labels were right on {precision['right']} "
+        f"of 24 labelled images ({precision['share']:.3f}) it had not trained on, below "
+        "pseudo.min_precision=0.99, so stage=all did not train it"]
     files = sorted(p.stat().st_mtime_ns for p in (run / "pseudo/round1").glob("fold*.csv"))
     assert run_comp("stage=all", *overrides, "pseudo.min_precision=null") == 0
     # the round's model is trained; round 0's pick stays beside it (submit.round_margin)
