@@ -87,6 +87,16 @@ def fit_weights(members: np.ndarray, y: np.ndarray, seed: int = 0) -> np.ndarray
     return softmax(result.x)
 
 
+WEIGHT_STUDY = "-ensemble-optuna-"  # in the name of every Optuna ensemble-weight study
+
+
+def weight_study_name(run_name: str, members_key: str, rows: str) -> str:
+    """The name of the Optuna ensemble's weight study of run `run_name` over the members
+    `members_key` fitted on the rows `rows` (a fingerprint): one per outer fold's
+    training rows and one on every row."""
+    return f"{run_name}{WEIGHT_STUDY}{members_key}-{rows}"
+
+
 def optuna_weights(members: np.ndarray, y: np.ndarray, seed: int = 0,
                    n_trials: int = 150, storage=None,
                    study_name: str | None = None) -> np.ndarray:

@@ -13,6 +13,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from comp.artifacts import atomic_path, read_json, write_text
+from comp.ensemble import WEIGHT_STUDY
 from comp.predictions import (
     class_indices,
     is_ensemble,
@@ -108,8 +109,9 @@ def confident_mistakes(oof: pd.DataFrame, classes: list[str], paths: dict[str, s
     return "<div class='thumbs'>" + "".join(cells) + "</div>" if cells else "<p>none</p>"
 
 
-def optuna_plots(storage_url: str, out: Path) -> list[str]:
-    """Optimisation history (and parameter importances where possible) per study.
+def optuna_plots(storage_url: str, out: Path) -> dict[str, list[str]]:
+    """Study name -> its plots: optimisation history (and parameter importances where
+    possible), for each study with a finished trial.
 
     Optuna's matplotlib plots are flagged experimental: that warning is ignored while
     they are drawn (warnings.catch_warnings), not for the rest of the process."""
@@ -128,7 +130,7 @@ def _optuna_plots(storage_url: str, out: Path) -> list[str]:
 
     from comp.tuning.studies import optuna_storage
 
-    pngs = []
+    plots = {}
     storage = optuna_storage(storage_url)
     for summary in optuna.get_all_study_summaries(storage):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
@@ -136,7 +138,8 @@ def _optuna_plots(storage_url: str, out: Path) -> list[str]:
         if not complete:
             continue
         ax = ovm.plot_optimization_history(study)
-        pngs.append(_save(ax.figure, out / f"optuna_history_{summary.study_name}.png"))
+        pngs = plots[summary.study_name] = [
+            _save(ax.figure, out / f"optuna_history_{summary.study_name}.png")]
         if len(complete) >= 3:
             try:
                 ax = ovm.plot_param_importances(study)
@@ -145,7 +148,7 @@ def _optuna_plots(storage_url: str, out: Path) -> list[str]:
                 import matplotlib.pyplot as plt
 
                 plt.close("all")
-    return pngs
+    return plots
 
 
 def bar_chart(values: dict, title: str, target: Path) -> str:
@@ -388,10 +391,26 @@ def _weight_sections(ensembles: dict[str, Path], out: Path) -> list[str]:
 
 
 def _tuning_section(storage_url: str | None, out: Path) -> list[str]:
+    """The run's Optuna studies: the fine-tunes' tuning studies, then the Optuna
+    ensemble's weight studies, each under its own heading."""
     if not storage_url:
         return []
-    pngs = optuna_plots(storage_url, out)
-    return (["<h2>Tuning</h2>"] + [f"<img src='{p}'>" for p in pngs]) if pngs else []
+    plots = optuna_plots(storage_url, out)
+    weights = {name: pngs for name, pngs in plots.items() if WEIGHT_STUDY in name}
+    tuning = {name: pngs for name, pngs in plots.items() if name not in weights}
+    sections = []
+    for studies, heading, text in (
+            (tuning, "Tuning", "The fine-tunes' Optuna studies (tune.n_trials), one per "
+             "backbone and outer fold; each trial scored by an inner K-fold of that fold's "
+             "training rows (tune.inner_folds)."),
+            (weights, "Optuna ensemble: the weight studies", "One study per outer fold's "
+             "training rows (its nested CV) and one on every row (the submission's "
+             "weights); each trial is a set of member weights, scored by the weighted "
+             "mean's log loss on those rows.")):
+        if studies:
+            sections += [f"<h2>{heading}</h2>", f"<p>{text}</p>",
+                         *(f"<img src='{png}'>" for pngs in studies.values() for png in pngs)]
+    return sections
 
 
 def _page(run_name: str, headline: str | None, sections: list[str]) -> str:

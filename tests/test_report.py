@@ -153,3 +153,28 @@ def test_confident_mistakes_gives_every_image_its_own_thumbnail(tmp_path):
     thumbs = sorted(out.glob("thumb_*.png"))
     assert len(thumbs) == 3 and page.count("<figure>") == 3
     assert {int(np.asarray(Image.open(t))[0, 0, 0]) for t in thumbs} == {0, 40, 80}
+
+
+def test_optuna_studies_are_shown_as_tuning_or_as_the_ensembles_weight_studies(tmp_path):
+    """The Optuna ensemble's weight studies were drawn under "Tuning", even where no
+    fine-tune was tuned (the demo: 12 plots under that heading with tune.n_trials=0)."""
+    import optuna
+
+    from comp.ensemble import weight_study_name
+    from comp.report import _tuning_section
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    names = {"tuning": "tiny-small_cnn-abc-fold0", "weights": weight_study_name("tiny", "k", "r")}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for name in names.values():
+        study = optuna.create_study(study_name=name, storage=url)
+        study.optimize(lambda t: t.suggest_float("x", 0, 1) ** 2, n_trials=3)
+    sections = _tuning_section(url, tmp_path)
+    headings = [s for s in sections if s.startswith("<h2>")]
+    assert headings == ["<h2>Tuning</h2>", "<h2>Optuna ensemble: the weight studies</h2>"]
+    second = sections.index(headings[1])
+    assert all(names["tuning"] in s for s in sections[2:second])  # its two plots
+    assert sections[second + 2:] and all(names["weights"] in s for s in sections[second + 2:])
+    optuna.delete_study(study_name=names["tuning"], storage=url)
+    only_weights = [s for s in _tuning_section(url, tmp_path) if s.startswith("<h2>")]
+    assert only_weights == ["<h2>Optuna ensemble: the weight studies</h2>"]  # no "Tuning"

@@ -11,7 +11,13 @@ from omegaconf import DictConfig
 from comp.artifacts import atomic_path, fingerprint
 from comp.crashpoints import crash_point
 from comp.data.prepared import prepare
-from comp.ensemble import METHODS, fit_method, member_weights, nested_predictions
+from comp.ensemble import (
+    METHODS,
+    fit_method,
+    member_weights,
+    nested_predictions,
+    weight_study_name,
+)
 from comp.errors import CompError
 from comp.log import get_logger
 from comp.metrics import scores
@@ -156,7 +162,7 @@ def _method(cfg: DictConfig, prepared, name: str, members_key: str):
 
     def fit(members, y, seed):
         rows = fingerprint([members.shape, y.tolist(), float(members.sum())])
-        study = f"{cfg.name}-ensemble-optuna-{members_key}-{rows}"
+        study = weight_study_name(cfg.name, members_key, rows)
         return method.fit(members, y, seed, n_trials=cfg.ensemble.optuna_trials,
                           storage=storage, study_name=study)
 
