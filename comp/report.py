@@ -342,9 +342,9 @@ def _pseudo_sections(run: RunDir, trained_rounds: set[int], out: Path) -> list[s
         summary = read_json(summary_path)
         counts = pd.DataFrame({k: v["per_class"] for k, v in summary["folds"].items()})
         name = run.pseudo_dir(round_).name
-        png = bar_chart(counts.mean(axis=1).to_dict(), f"pseudo-labels {name}: "
+        png = bar_chart(counts.mean(axis=1).to_dict(), f"pseudo-labels, round {round_}: "
                         "mean chosen per fold", out / f"pseudo_{name}.png")
-        sections += [f"<h2>Pseudo-labels {name}</h2>",
+        sections += [f"<h2>Pseudo-labels, round {round_}</h2>",
                      *_untrained_round(run, round_, trained_rounds),
                      f"<img src='{png}'>", counts.T.to_html()]
     return sections

@@ -165,7 +165,7 @@ def test_a_pseudo_round_that_cannot_finish_in_time_is_not_started(tmp_path, trai
     assert main(["stage=train", *overrides, "pseudo.round=1"]) == 0  # trained after all
     assert main(["stage=report", *overrides]) == 0
     page = (run_path(tmp_path) / "report" / "index.html").read_text()
-    assert "Pseudo-labels round1" in page and "No model was trained" not in page
+    assert "Pseudo-labels, round 1" in page and "No model was trained" not in page
 
 
 @pytest.mark.slow  # the session's trained fixture trains

@@ -26,7 +26,7 @@ def test_report_page_and_its_images(tmp_path, trained):
     text = page.read_text()
     images = re.findall(r"<img src='([^']+)'", text)
     assert images and all((page.parent / name).exists() for name in images)
-    for needle in ("Leaderboard", "out-of-fold", "Learning curves", "Pseudo-labels round1",
+    for needle in ("Leaderboard", "out-of-fold", "Learning curves", "Pseudo-labels, round 1",
                    "Ensemble weights", "Tuning", "confusion_", "reliability_", "curves_"):
         assert needle in text, needle
     board = leaderboard(tmp_path)
