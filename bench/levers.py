@@ -11,7 +11,8 @@ The table of the defaults ends with the ensembling lever (the selection among ro
 entries with their ensembles against the selection among single models only) and, where
 stage=all ran pseudo-label rounds (pseudo.rounds=1 by default), the rounds' lever: the
 selected pipeline against the selection among round-0 entries, on the same rows (or a
-line saying the round is off, and why: its teacher's labels below pseudo.min_precision).
+line saying the round is off, and why: its teacher's labels below pseudo.min_precision;
+`--lever pseudo.min_precision=null` then trains it and prints what it would have gained).
 --tuned N / --pseudo N then run stage=all again in the same run directory with
 tune.n_trials=N / pseudo.rounds=N (given last: it wins over `-- pseudo.rounds=0`,
 which makes the first run round 0 alone): what the lever does
