@@ -37,7 +37,14 @@ from comp.data.folder import SPLITS
 from comp.errors import CompError
 from comp.log import get_logger, progress, quiet_tensorflow, unit_done
 from comp.metrics import scores
-from comp.models.build import build_backbone, create_head, split_backbone, weight_bytes
+from comp.models.build import (
+    build_backbone,
+    create_head,
+    load_weights,
+    save_weights,
+    split_backbone,
+    weight_bytes,
+)
 from comp.models.registry import get_backbone
 from comp.models.spec import ClassicSpec, ModelSpec, lineage
 from comp.predictions import SINGLE, probs_frame, read_table, write_prediction_set
@@ -410,7 +417,7 @@ def _train_fold(featured: FeaturedModel, spec: ModelSpec, unit: Unit, out: Path)
                                                        data.tta_views, rows)
     ensure_free_space(out / FOLD_WEIGHTS, weight_bytes(model))
     with atomic_path(out / FOLD_WEIGHTS, suffix=".weights.h5") as tmp:
-        model.save_weights(tmp)
+        save_weights(model, tmp)
     write_csv(out / FOLD_HISTORY, history)
     optimistic = int(history["val_monitor"].idxmax())
     return UnitResult(val_probs, split_probs, {
@@ -439,7 +446,7 @@ def warm_start(model, spec: ModelSpec, run, fold: int) -> int:
         raise CompError(f"{weights}: missing; pseudo.warm_epochs starts round "
                         f"{spec.pseudo['round']}'s {spec.backbone} from it: train round "
                         f"{spec.pseudo['round'] - 1} first, or unset pseudo.warm_epochs")
-    model.load_weights(weights)
+    load_weights(model, weights)
     return max(0, spec.train.epochs - warm["epochs"])
 
 
