@@ -208,10 +208,10 @@ def _fold_head(split, fold_spec, n_classes: int, fold_dir: Path, fold: int):
     """Unit `fold`'s trained body and head (its weights from `fold_dir`), named fold<u>."""
     import keras
 
-    from comp.models.build import create_head, load_weights
+    from comp.models.build import create_head
 
     head = create_head(split, fold_spec, n_classes, 0, online=False)
-    load_weights(head, fold_dir / FOLD_WEIGHTS)
+    head.load_weights(fold_dir / FOLD_WEIGHTS)
     return keras.Model(head.input, head.output, name=f"fold{fold}")
 
 

@@ -27,7 +27,6 @@ from comp.models.build import (
     build_backbone,
     create_head,
     fold_batch_norms,
-    load_weights,
     refold_batch_norms,
     split_backbone,
 )
@@ -209,11 +208,11 @@ def predict_images(spec: ModelSpec, model_dir: Path, images: np.ndarray,
         if build not in heads:
             with model_scope(spec.compute):
                 trained = create_head(split, fold_spec, n_classes, 0, online=False)
-            load_weights(trained, fold_path(model_dir, fold) / FOLD_WEIGHTS)
+            trained.load_weights(fold_path(model_dir, fold) / FOLD_WEIGHTS)
             # the trained body's batch norms too: it predicts only
             heads[build] = (trained, fold_batch_norms(trained))
         else:  # the same model, this fold's weights: no new copy, no new trace
-            load_weights(heads[build][0], fold_path(model_dir, fold) / FOLD_WEIGHTS)
+            heads[build][0].load_weights(fold_path(model_dir, fold) / FOLD_WEIGHTS)
             refold_batch_norms(*heads[build])
         folded = heads[build][1]
         positions = list(range(len(plan.tta)))  # view 0, the image itself, comes first

@@ -22,8 +22,6 @@ from comp.models.registry import Backbone
 from comp.models.weights import ResolvedWeights
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from comp.config import AugmentSettings
     from comp.models.spec import ModelSpec
 
@@ -255,42 +253,6 @@ def online_augmentation(augment: AugmentSettings, seed: int,
 def weight_bytes(model) -> int:
     """The bytes of a Keras model's weights (what its weights file needs, less overhead)."""
     return sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights)
-
-
-def load_weights(model, path: Path) -> None:
-    """`model.load_weights(path)` (a `.weights.h5` file), with Keras's cache of the
-    attributes its walk over a model skips in use (`_cache_keras_skipsets`)."""
-    _cache_keras_skipsets()
-    model.load_weights(path)
-
-
-def save_weights(model, path: Path) -> None:
-    """`model.save_weights(path)`, with the same cache in use (`_cache_keras_skipsets`)."""
-    _cache_keras_skipsets()
-    model.save_weights(path)
-
-
-# Every object type Keras 3's saving walk asks a skip-set for (saving_lib.get_attr_skipset).
-_SKIPSET_TYPES = ("Layer", "Functional", "Sequential", "Operation")
-
-
-def _cache_keras_skipsets() -> None:
-    # Keras 3 (3.15.1) reads its per-type skip-set cache under `saving_attr_skiplist_<type>`
-    # but writes it under `saving_attr_skipset_<type>`, so every layer of every weight
-    # load or save builds a throwaway Layer() to recompute the same set: a quarter of a
-    # fine-tuned MobileNet 0.25 head's load_weights (0.156 -> 0.115 s here, stop 48).
-    # Storing the set Keras computes under the key it reads gives the same walk without
-    # that work; Keras's clear_session empties both, so this runs before each load. A
-    # Keras without these names (or with the keys fixed) is left as it is.
-    try:
-        from keras.src.backend.common import global_state
-        from keras.src.saving.saving_lib import get_attr_skipset
-    except ImportError:
-        return
-    for obj_type in _SKIPSET_TYPES:
-        key = f"saving_attr_skiplist_{obj_type}"
-        if global_state.get_global_attribute(key) is None:
-            global_state.set_global_attribute(key, get_attr_skipset(obj_type))
 
 
 def fold_batch_norms(model):

@@ -37,14 +37,7 @@ from comp.data.folder import SPLITS
 from comp.errors import CompError
 from comp.log import get_logger, progress, quiet_tensorflow, unit_done
 from comp.metrics import scores
-from comp.models.build import (
-    build_backbone,
-    create_head,
-    load_weights,
-    save_weights,
-    split_backbone,
-    weight_bytes,
-)
+from comp.models.build import build_backbone, create_head, split_backbone, weight_bytes
 from comp.models.registry import get_backbone
 from comp.models.spec import ClassicSpec, ModelSpec, lineage
 from comp.predictions import SINGLE, probs_frame, read_table, write_prediction_set
@@ -417,7 +410,7 @@ def _train_fold(featured: FeaturedModel, spec: ModelSpec, unit: Unit, out: Path)
                                                        data.tta_views, rows)
     ensure_free_space(out / FOLD_WEIGHTS, weight_bytes(model))
     with atomic_path(out / FOLD_WEIGHTS, suffix=".weights.h5") as tmp:
-        save_weights(model, tmp)
+        model.save_weights(tmp)
     write_csv(out / FOLD_HISTORY, history)
     optimistic = int(history["val_monitor"].idxmax())
     return UnitResult(val_probs, split_probs, {
@@ -446,7 +439,7 @@ def warm_start(model, spec: ModelSpec, run, fold: int) -> int:
         raise CompError(f"{weights}: missing; pseudo.warm_epochs starts round "
                         f"{spec.pseudo['round']}'s {spec.backbone} from it: train round "
                         f"{spec.pseudo['round'] - 1} first, or unset pseudo.warm_epochs")
-    load_weights(model, weights)
+    model.load_weights(weights)
     return max(0, spec.train.epochs - warm["epochs"])
 
 
