@@ -1,5 +1,6 @@
 """Pseudo-label selection rules, and that no fold's validation images feed its labels."""
 
+import dataclasses
 import json
 import shutil
 from types import SimpleNamespace
@@ -299,6 +300,10 @@ def test_a_units_teacher_labels_are_checked_on_the_training_rows_it_chose_on(tmp
     assert unit0.teacher == "b" and unit0.labelled.tolist() == b[4:].tolist()
     assert unit0.of_splits(["unlabeled"]).labelled is unit0.labelled
     assert _checked_labels(prepared, rules, unit0, 0) == {"checked": 4, "checked_right": 4}
+    # unit 0's validation rows (fold 0) relabelled: its check reads its training rows alone
+    relabelled = dataclasses.replace(prepared, folds=prepared.folds.assign(
+        label=["y", "x", "y", "x", "x", "y", "x", "y"]))
+    assert _checked_labels(relabelled, rules, unit0, 0) == {"checked": 4, "checked_right": 4}
     mean = Teacher(prepared, ["a", "c"], "mean", "accuracy", []).votes(1, ["unlabeled"])
     assert mean.labelled == pytest.approx((a[:4] + c[:4]) / 2)  # fold 0's rows, for unit 1
     only_c = Teacher(prepared, ["c"], "selected", "accuracy", []).votes(0, ["unlabeled"])
