@@ -180,16 +180,14 @@ def table(run: Path, truth_labels: dict[str, str] | None) -> pd.DataFrame:
 
 def rounds_off(run: Path) -> list[str]:
     """A line for each pseudo-label round stage=all did not train because its teacher's
-    labels were too often wrong (pseudo.min_precision): the lever off, and why."""
-    from comp.report import skipped_round
+    labels were too often wrong (pseudo.min_precision): the lever off, and why, as the
+    run's report says it (comp.report.rounds_off)."""
+    from comp.report import rounds_off as report_rounds_off
+    from comp.workspace import RunDir
 
-    out = []
-    for note in sorted(run.glob("pseudo/round*/not_trained.json")):
-        skipped = json.loads(note.read_text())
-        if "min_precision" in skipped:
-            out.append(f"pseudo-label round {note.parent.name.removeprefix('round')}: off; "
-                       f"{skipped_round(skipped)}")
-    return out
+    trained = {json.loads(p.read_text()).get("round", 0)
+               for p in (run / "preds").glob("*/cv.json")}
+    return report_rounds_off(RunDir(run), trained)
 
 
 def _selected_oof(selection: dict, probs: dict, folds: np.ndarray) -> np.ndarray:

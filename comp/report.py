@@ -251,7 +251,7 @@ def build_report(run: RunDir, leaderboard: pd.DataFrame, paths: dict[str, str],
     ensembles = {f"ensemble-{p.name}": p for p in run.ensemble_sets()}
     sections = [*_leaderboard_section(leaderboard, metric, rank_by),
                 *_lever_section({**sets, **ensembles}, rank_by, record.get("round_margin"),
-                                _rounds_off(run, trained_rounds)),
+                                rounds_off(run, trained_rounds)),
                 *_oof_sections(leaderboard, sets, ensembles, paths, out),
                 *_curve_section(run, sets, out),
                 *_pseudo_sections(run, trained_rounds, out),
@@ -269,9 +269,10 @@ def _leaderboard_section(leaderboard: pd.DataFrame, metric: str, rank_by: str) -
             "nested CV above chooses the same way.</p>"]
 
 
-def _rounds_off(run: RunDir, trained_rounds: set[int]) -> list[str]:
+def rounds_off(run: RunDir, trained_rounds: set[int]) -> list[str]:
     """A line for each pseudo-label round stage=all left untrained for its teacher's
-    labels (pseudo.min_precision): the lever off, and why."""
+    labels (pseudo.min_precision), none of `trained_rounds`: the lever off, and why (the
+    report's levers section, bench/levers.py)."""
     lines = []
     for round_ in run.pseudo_rounds():
         note = run.pseudo_not_trained(round_)
