@@ -85,6 +85,34 @@ def test_mixed_float16_trains_and_predicts_on_this_cpu(tmp_path, competition):
     assert np.isfinite(probs).all() and np.allclose(probs.sum(1), 1, atol=1e-3)
 
 
+def test_prediction_batches_hold_about_two_million_numbers_on_a_cpu(monkeypatch):
+    """A CPU's prediction batch shrinks as the rows grow (MobileNet 0.25's 224 px
+    features, 14 x 14 x 128 a row: 64 rows; its 128 px ones: 256; 28 px images: 512, the
+    most), within 32-512 rows; with a GPU it is 512 whatever the rows; predict_views
+    reads its chunks so when no batch is given."""
+    from comp.training import callbacks, compute
+
+    monkeypatch.setattr(compute, "visible_gpus", lambda: 0)
+    rows = compute.prediction_batch_rows
+    assert [rows(14 * 14 * 128), rows(8 * 8 * 128), rows(28 * 28 * 3)] == [64, 256, 512]
+    assert rows(1) == 512 and rows(10**8) == 32
+    monkeypatch.setattr(compute, "visible_gpus", lambda: 1)
+    assert rows(14 * 14 * 128) == 512
+    monkeypatch.setattr(compute, "visible_gpus", lambda: 0)
+
+    class Recorder:  # predict_on_batch's batch sizes, one probability column
+        sizes: list[int] = []
+
+        def predict_on_batch(self, batch):
+            self.sizes.append(len(batch))
+            return np.ones((len(batch), 1))
+
+    model = Recorder()
+    features = np.zeros((1, 200, 64, 64, 8), np.float16)  # 32,768 numbers a row: 64 rows
+    assert callbacks.predict_views(model, features, [0]).shape == (200, 1)
+    assert model.sizes == [64, 64, 64, 8]
+
+
 def test_a_gpu_driver_is_told_by_its_device_files(tmp_path):
     from comp.training.compute import gpu_driver_present
 

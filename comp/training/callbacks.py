@@ -9,6 +9,7 @@ import keras
 import numpy as np
 
 from comp.metrics import scores
+from comp.training.compute import prediction_batch_rows
 from comp.training.features import unmap
 
 if TYPE_CHECKING:
@@ -64,10 +65,14 @@ def _monitor(result: dict) -> float:
 
 
 def predict_views(model, features: np.ndarray, views: list[int],
-                  rows: np.ndarray | None = None, batch_size: int = 512) -> np.ndarray:
+                  rows: np.ndarray | None = None, batch_size: int | None = None
+                  ) -> np.ndarray:
     """Mean class probabilities over `views` of (V, N, ...) `features` (all rows, or
-    `rows`), read chunk by chunk so a memory-mapped cache is never copied whole."""
+    `rows`), read chunk by chunk so a memory-mapped cache is never copied whole; chunks of
+    `batch_size` rows (None: comp.training.compute.prediction_batch_rows)."""
     n = features.shape[1] if rows is None else len(rows)
+    if batch_size is None:
+        batch_size = prediction_batch_rows(int(np.prod(features.shape[2:])))
     per_view = []
     for view in views:
         # predict_on_batch per chunk: no per-call data-adapter set-up, which dominates for

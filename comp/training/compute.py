@@ -10,6 +10,7 @@ CPU (where it made the fine-tune's training steps 2-9x slower here, bench/README
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -96,6 +97,25 @@ def frozen_batch_size() -> int:
     against 1,137 at 128 for MobileNet 0.25 at 224 px here, bench/README.md "The feature
     pass as one graph"), 128 where a GPU wants larger batches."""
     return 128 if visible_gpus() else 32
+
+
+# input numbers in a batch of a trained model's prediction on a CPU (prediction_batch_rows)
+PREDICTION_BATCH_VALUES = 2**21
+
+
+def prediction_batch_rows(row_values: int) -> int:
+    """Rows per batch where a trained model predicts cached features or images whose rows
+    hold `row_values` numbers each (validation every epoch, out-of-fold and test
+    probabilities, stage=predict's heads): 512 where a GPU runs it; on a CPU the power of
+    two nearest PREDICTION_BATCH_VALUES / `row_values`, from 32 to 512, so that a batch's
+    activations stay in the caches. MobileNet 0.25's head predicted 2,048 views of its
+    224 px features (14 x 14 x 128 a row) in 1.42 s at 64-128 rows against 1.56-1.59 s
+    at 512, and of its 128 px features (8 x 8 x 128) in 0.92-0.96 s at 512 against
+    0.96-0.98 s at 128 (bench/README.md, "Prediction batches")."""
+    if visible_gpus():
+        return 512
+    nearest = 2 ** round(math.log2(PREDICTION_BATCH_VALUES / max(1, row_values)))
+    return int(min(512, max(32, nearest)))
 
 
 def jit_compile(compute: dict | None) -> bool | str:
