@@ -879,6 +879,38 @@ def model_settings(cfg: DictConfig, backbone: str) -> DictConfig:
     return merged
 
 
+def given_settings(overrides: list[str]) -> frozenset[str]:
+    """The model/train/augment keys that `overrides` (key=value, as the command line and
+    the API pass them) set by name: {"train.epochs", ...}. `++key=value` is left out: it
+    is how `Competition.load` replays every key of a run's saved config, which are not
+    settings this run chose."""
+    keys = (str(o).lstrip("+~").split("=", 1)[0].strip() for o in overrides
+            if not str(o).startswith("++"))
+    return frozenset(k for k in keys if k.split(".", 1)[0] in _OVERRIDABLE_SECTIONS)
+
+
+def shadowed_settings(cfg: DictConfig, backbone: str, given: frozenset[str]
+                      ) -> dict[str, tuple]:
+    """The model/train/augment keys the run's overrides set (`given`, given_settings)
+    that `backbone` does not train with, because its backbone_overrides (comp's own, e.g.
+    small_cnn's 40 epochs of Adam, or the user's) set them otherwise:
+    {"section.key": (the run's value, the backbone's value, the backbone_overrides entry
+    that sets it)}. A global key never reaches a backbone whose overrides hold it, so
+    `train.epochs=3` alone leaves small_cnn at 40; the run says so in one line (comp.run)
+    instead of training it silently for longer."""
+    base, _, tag = backbone.partition("-")
+    entries = [base, backbone] if tag else [base]
+    merged = model_settings(cfg, backbone)
+    out = {}
+    for entry in entries:  # a variant's own entry after its base's: it wins
+        for section, values in (cfg.backbone_overrides.get(entry) or {}).items():
+            for key in values:
+                run_value, value = cfg[section][key], merged[section][key]
+                if f"{section}.{key}" in given and value != run_value:
+                    out[f"{section}.{key}"] = (run_value, value, entry)
+    return out
+
+
 @cache
 def _section_schema(section: str) -> DictConfig:
     """The schema of an overridable section as a struct config node, made once: merge

@@ -123,9 +123,11 @@ def run_stage(overrides: list[str]):
     log level: `_stage_settings`) is given back when it returns or raises, so a script
     or notebook that calls it keeps its own settings.
     """
+    from comp.config import given_settings
+
     cfg = _stage_config(overrides)
     with _stage_settings(cfg):
-        return _run_stage(cfg)
+        return _run_stage(cfg, given_settings(overrides))
 
 
 @contextmanager
@@ -141,7 +143,7 @@ def _stage_settings(cfg) -> Iterator[None]:
         log.setLevel(level)
 
 
-def _run_stage(cfg):
+def _run_stage(cfg, given: frozenset[str]):
     log = get_logger()
     started = time.time()
     from comp.artifacts import disk_full
@@ -159,7 +161,7 @@ def _run_stage(cfg):
         if cfg.stage in TF_STAGES:
             quiet_tensorflow()
         module = importlib.import_module(STAGES[cfg.stage][0])
-        result = _run_module(module, cfg, reads_only, created)
+        result = _run_module(module, cfg, reads_only, created, given)
     except OSError as exc:
         if exc.errno not in _WRITE_ERRORS and not disk_full(exc):
             raise
@@ -208,7 +210,7 @@ def _stage_config(overrides: list[str]):
     return cfg
 
 
-def _run_module(module, cfg, reads_only: bool, created: bool):
+def _run_module(module, cfg, reads_only: bool, created: bool, given: frozenset[str]):
     """The stage `module`'s run(cfg) under the run directory's lock (shared by workers,
     see _is_worker), with the config recorded (`created`: the directory is new); a stage
     that only reads (`reads_only`) takes a reader's lock instead."""
@@ -222,7 +224,7 @@ def _run_module(module, cfg, reads_only: bool, created: bool):
     shared = _is_worker(cfg)
     with run_lock(run, cfg.stage, shared=shared):
         if cfg.stage in CHOOSING_STAGES:
-            _choose_backbones(cfg)  # before the record: it records the choice
+            _choose_backbones(cfg, given)  # before the record: it records the choice
         # a password in tune.storage never reaches the run directory
         with config_record(run, cfg.stage, masked_yaml(cfg), created,
                            exclusive=not shared), log_over_bars():
@@ -334,15 +336,41 @@ def _is_worker(cfg) -> bool:
         cfg.stage == "train" and (cfg.only.model is not None or cfg.only.fold is not None))
 
 
-def _choose_backbones(cfg) -> None:
-    """`backbones=auto` becomes the chosen entries (comp.models.choice), said in one line."""
+def _choose_backbones(cfg, given: frozenset[str]) -> None:
+    """`backbones=auto` becomes the chosen entries (comp.models.choice), said in one line;
+    then, outside workers, a line for each chosen backbone whose own settings keep from it
+    a model/train/augment key the overrides set (`given`, comp.config.shadowed_settings)."""
+    from comp.config import shadowed_settings
     from comp.data.prepared import load_competition
     from comp.models.choice import AUTO, resolve_auto
 
-    if AUTO not in cfg.backbones:
+    if AUTO in cfg.backbones:
+        choice = resolve_auto(cfg, load_competition(cfg).train["path"].tolist())
+        get_logger().info("%s", choice.line())
+    if _is_worker(cfg):
         return
-    choice = resolve_auto(cfg, load_competition(cfg).train["path"].tolist())
-    get_logger().info("%s", choice.line())
+    for backbone in cfg.backbones:
+        if shadowed := shadowed_settings(cfg, backbone, given):
+            get_logger().info(
+                "%s keeps its own %s (backbone_overrides), not the run's %s; to give it the "
+                "run's, add %s", backbone,
+                ", ".join(f"{key}={own}" for key, (_, own, _) in shadowed.items()),
+                ", ".join(f"{key}={value}" for key, (value, _, _) in shadowed.items()),
+                " ".join(f"backbone_overrides.{entry}.{key}={_override_text(value)}"
+                         for key, (value, _, entry) in shadowed.items()))
+
+
+def _override_text(value) -> str:
+    """`value` as a key=value override writes it: null, true/false, [a,b]."""
+    from omegaconf import ListConfig
+
+    if isinstance(value, ListConfig | list | tuple):
+        return "[" + ",".join(map(_override_text, value)) + "]"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
 
 
 if __name__ == "__main__":

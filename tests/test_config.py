@@ -70,6 +70,47 @@ def test_backbone_overrides_merge_over_defaults():
     assert model_settings(cfg, "mobilenet_025").train.lr == 0.5
 
 
+def test_a_run_setting_that_a_backbone_keeps_from_it_is_named():
+    """train.epochs=3 never reaches small_cnn, whose own settings (config.yaml) hold 40
+    epochs: shadowed_settings names each such key the overrides set, with both values and
+    the entry that holds it; a key given to the backbone too, or not set by the overrides
+    (the demo's model.image_size=128 comes from its data config), is not named."""
+    from comp.config import given_settings, shadowed_settings
+
+    def shadowed(overrides: list[str], backbone: str = "small_cnn") -> dict:
+        cfg = load_config(["weights=none", *overrides])
+        return shadowed_settings(cfg, backbone, given_settings(overrides))
+
+    overrides = ["train.epochs=3", "train.lr=0.05", "augment.tta=none", "pseudo.rounds=0",
+                 "+backbone_overrides.small_cnn-b.train.lr=0.05"]
+    assert given_settings(overrides) == {"train.epochs", "train.lr", "augment.tta"}
+    assert given_settings(["++train.lr=0.1"]) == set()  # Competition.load's saved keys
+    assert shadowed(overrides) == {"train.epochs": (3, 40, "small_cnn"),
+                                   "train.lr": (0.05, 0.001, "small_cnn")}
+    # the variant's own entry gives it the run's lr; its base's 40 epochs stay
+    assert shadowed(overrides, "small_cnn-b") == {"train.epochs": (3, 40, "small_cnn")}
+    assert shadowed(overrides, "mobilenet_025") == {}  # no overrides of its own
+    assert shadowed([]) == {}  # the demo's 128 px is not the run's own setting
+    assert shadowed(["train.epochs=3", "backbone_overrides.small_cnn.train.epochs=3"]) == {}
+
+
+def test_the_run_says_which_of_its_settings_a_backbone_keeps_from_it(tmp_path, competition,
+                                                                      caplog):
+    from tests.helpers import run_comp, tiny_overrides
+
+    # the tiny run's own augment.tta=flips is one of them: small_cnn's entry says none
+    overrides = [*tiny_overrides(tmp_path, competition), "train.lr=0.05",
+                 "model.image_size=48", "quiet=false", f"plan.output={tmp_path / 'plan.sh'}"]
+    with caplog.at_level("INFO", logger="comp"):
+        assert run_comp("stage=plan", *overrides) == 0
+    assert [m for m in caplog.messages if "keeps its own" in m] == [
+        "small_cnn keeps its own model.image_size=32, train.lr=0.001, augment.tta=none "
+        "(backbone_overrides), not the run's model.image_size=48, train.lr=0.05, "
+        "augment.tta=flips; to give it the run's, add "
+        "backbone_overrides.small_cnn.model.image_size=48 "
+        "backbone_overrides.small_cnn.train.lr=0.05 backbone_overrides.small_cnn.augment.tta=flips"]
+
+
 def test_experiment_files_are_short_override_lists():
     quick = load_config(["experiment=quick"])
     assert quick.name == "demo-quick" and quick.tune.n_trials == 0 and quick.pseudo.rounds == 0
