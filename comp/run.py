@@ -224,7 +224,9 @@ def _run_module(module, cfg, reads_only: bool, created: bool, given: frozenset[s
     shared = _is_worker(cfg)
     with run_lock(run, cfg.stage, shared=shared):
         if cfg.stage in CHOOSING_STAGES:
-            _choose_backbones(cfg, given)  # before the record: it records the choice
+            _choose_backbones(cfg)  # before the record: it records the choice
+            if not shared:  # said once, by the run a user started, not by its workers
+                _say_kept_settings(cfg, given)
         # a password in tune.storage never reaches the run directory
         with config_record(run, cfg.stage, masked_yaml(cfg), created,
                            exclusive=not shared), log_over_bars():
@@ -336,19 +338,22 @@ def _is_worker(cfg) -> bool:
         cfg.stage == "train" and (cfg.only.model is not None or cfg.only.fold is not None))
 
 
-def _choose_backbones(cfg, given: frozenset[str]) -> None:
-    """`backbones=auto` becomes the chosen entries (comp.models.choice), said in one line;
-    then, outside workers, a line for each chosen backbone whose own settings keep from it
-    a model/train/augment key the overrides set (`given`, comp.config.shadowed_settings)."""
-    from comp.config import shadowed_settings
+def _choose_backbones(cfg) -> None:
+    """`backbones=auto` becomes the chosen entries (comp.models.choice), said in one line."""
     from comp.data.prepared import load_competition
     from comp.models.choice import AUTO, resolve_auto
 
-    if AUTO in cfg.backbones:
-        choice = resolve_auto(cfg, load_competition(cfg).train["path"].tolist())
-        get_logger().info("%s", choice.line())
-    if _is_worker(cfg):
+    if AUTO not in cfg.backbones:
         return
+    choice = resolve_auto(cfg, load_competition(cfg).train["path"].tolist())
+    get_logger().info("%s", choice.line())
+
+
+def _say_kept_settings(cfg, given: frozenset[str]) -> None:
+    """A line for each of the run's backbones whose own settings keep from it a
+    model/train/augment key the overrides set (`given`, comp.config.shadowed_settings)."""
+    from comp.config import shadowed_settings
+
     for backbone in cfg.backbones:
         if shadowed := shadowed_settings(cfg, backbone, given):
             get_logger().info(
