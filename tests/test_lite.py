@@ -8,13 +8,21 @@ from comp.data.views import DIHEDRAL, dihedral_view
 
 
 def _network(size=24, channels=3):
+    """A small frozen network with a batch norm that folds into its convolution (random
+    statistics, so a folding that went wrong would show)."""
     import keras
 
     inputs = keras.Input((size, size, channels))
     x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(inputs)
-    x = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu6")(x)
-    x = keras.layers.BatchNormalization()(x)
-    return keras.Model(inputs, keras.layers.Conv2D(4, 1)(x))
+    x = keras.layers.DepthwiseConv2D(3, padding="same")(x)
+    norm = keras.layers.BatchNormalization()
+    x = keras.layers.ReLU(6.0)(norm(x))
+    model = keras.Model(inputs, keras.layers.Conv2D(4, 1)(x))
+    rng = np.random.default_rng(7)
+    gamma, beta, mean, variance = norm.get_weights()
+    norm.set_weights([rng.uniform(0.5, 2.0, gamma.shape), rng.normal(0, 0.5, beta.shape),
+                      rng.normal(0, 0.5, mean.shape), rng.uniform(0.5, 2.0, variance.shape)])
+    return model
 
 
 def _preprocess(x):
@@ -116,8 +124,10 @@ def test_process_threads_follow_the_workers_share(monkeypatch):
 
 def test_a_converted_network_is_kept_and_read_back(tmp_path, monkeypatch):
     """With a cache folder the converted network is written once, under a key of its
-    weights; a second pass reads it back without converting (a converter that fails
-    proves it) and gives the same numbers; other weights get a file of their own."""
+    weights as built; a second pass reads it back without converting or folding its
+    batch norms (a converter and a folding that fail prove it) and gives the same
+    numbers; other weights get a file of their own."""
+    import comp.models.build as build
     import comp.training.lite as lite
 
     model = _network()
@@ -129,6 +139,7 @@ def test_a_converted_network_is_kept_and_read_back(tmp_path, monkeypatch):
         raise AssertionError("converted again")
 
     monkeypatch.setattr(lite, "_converted", no_conversion)
+    monkeypatch.setattr(build, "fold_batch_norms", no_conversion)
     again = lite.lite_forward(model, _preprocess, "float32", 1, tmp_path)(images, 2)
     np.testing.assert_array_equal(again, first)
     monkeypatch.undo()

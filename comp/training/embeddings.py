@@ -52,16 +52,15 @@ def _depth_tensor(base, backbone, depth: str):
 
 
 def pooled_model(base, backbone, depths: list[str]):
-    """A Keras model: image -> the concatenated global averages at `depths` (its batch
-    norms folded into their convolutions: comp.models.build.fold_batch_norms)."""
+    """A Keras model: image -> the concatenated global averages at `depths` (frozen
+    passes fold its batch norms into their convolutions: comp.training.features.
+    frozen_forward)."""
     import keras
-
-    from comp.models.build import fold_batch_norms
 
     outputs = [keras.layers.GlobalAveragePooling2D()(_depth_tensor(base, backbone, depth))
                for depth in depths]
     merged = outputs[0] if len(outputs) == 1 else keras.layers.Concatenate()(outputs)
-    return fold_batch_norms(keras.Model(base.input, merged))
+    return keras.Model(base.input, merged)
 
 
 def depth_widths(backbone, size: int, depths: list[str]) -> list[int]:

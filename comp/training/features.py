@@ -86,17 +86,13 @@ class Encoder:
 
     @cached_property
     def outputs(self) -> Callable[[np.ndarray, int], np.ndarray]:
-        """(uint8 batch, dihedral view) -> the batch's features: the prefix with its batch
-        norms folded into their convolutions for speed (comp.models.build.
-        fold_batch_norms), run by frozen_forward; or with no prefix the preprocessed view
+        """(uint8 batch, dihedral view) -> the batch's features: the prefix run by
+        frozen_forward (its batch norms folded); or with no prefix the preprocessed view
         (uint8 where preprocessing is the identity: the model rescales its input itself).
         Made on first use, so a run whose features are cached never builds the folded
         copy, and kept, so every split this encoder computes shares one copy and trace."""
         if self.prefix is not None:
-            from comp.models.build import fold_batch_norms
-
-            return frozen_forward(fold_batch_norms(self.prefix), self.preprocess,
-                                  lite_cache=self.lite_cache)
+            return frozen_forward(self.prefix, self.preprocess, lite_cache=self.lite_cache)
         identity = is_identity_preprocess(self.preprocess)
 
         def preprocessed(batch: np.ndarray, view: int) -> np.ndarray:
@@ -266,7 +262,9 @@ def read_rows(images: np.ndarray, start: int, stop: int) -> np.ndarray:
 
 def frozen_forward(model, preprocess: Callable, dtype: str = "float16",
                    lite_cache: Path | None = None) -> Callable[[np.ndarray, int], np.ndarray]:
-    """A function (uint8 batch, dihedral view) -> `model`'s outputs as `dtype`: the view,
+    """A function (uint8 batch, dihedral view) -> the outputs as `dtype` of `model`, a
+    frozen network, with its batch norms folded into their convolutions (comp.models.
+    build.fold_batch_norms: about 1.8x the views per second): the view,
     the float cast, `preprocess`, the forward pass and the cast run as one graph, traced
     once for every batch size and view (the view is a tensor). 1.2-1.3x the eager ops
     around `predict_on_batch` at 224 px, and one trace instead of one per batch shape
@@ -276,7 +274,8 @@ def frozen_forward(model, preprocess: Callable, dtype: str = "float16",
     share this function. With `lite_cache` (comp.training.lite.lite_folder: a CPU and a
     backbone TFLite speeds up) the same function runs through TFLite's XNNPACK kernels,
     where the model converts and agrees with Keras on a probe batch, its converted form
-    kept in that folder (about twice TensorFlow's views per second for MobileNet 0.25)."""
+    kept in that folder (about twice TensorFlow's views per second for MobileNet 0.25)
+    under a hash of `model` as given, so a stored form is read without folding it."""
     if lite_cache is not None:
         from comp.training.lite import lite_forward, process_threads
 
@@ -284,6 +283,10 @@ def frozen_forward(model, preprocess: Callable, dtype: str = "float16",
         if lite is not None:
             return lite
     import tensorflow as tf
+
+    from comp.models.build import fold_batch_norms
+
+    model = fold_batch_norms(model)
 
     channels = model.input_shape[-1]
 
