@@ -248,16 +248,20 @@ def _two_rounds(tmp_path, competition) -> dict[str, str]:
     return {name: f"small_cnn-{name}" for name in sets}
 
 
-def test_round_zeros_ensembles_compete_with_the_latest_rounds(tmp_path, competition):
+def test_round_zeros_ensembles_compete_with_the_latest_rounds(tmp_path, competition,
+                                                             comp_caplog):
     """stage=ensemble (as stage=all runs it) after a pseudo-label round: of the round-1
     models and of the round-0 models too, so round 0's pick may be its ensemble (here the
     only entry right on every row) and the round's gain is measured against it, not
-    against round 0's singles."""
+    against round 0's singles; each set's log line names its round."""
     from tests.helpers import run_path
 
     names = _two_rounds(tmp_path, competition)
-    overrides = tiny_overrides(tmp_path, competition)
+    overrides = tiny_overrides(tmp_path, competition, quiet="false")
     assert run_comp("stage=ensemble", *overrides) == 0
+    said = [r.getMessage().split(";")[0] for r in comp_caplog.records
+            if r.getMessage().startswith("ensemble: 2 models")]
+    assert said == ["ensemble: 2 models as after round 0", "ensemble: 2 models as after round 1"]
     built = {tuple(info["models"]): info for info in
              (json.loads(p.read_text()) for p in run_path(tmp_path).glob("ensemble/*/cv.json"))}
     assert set(built) == {(names["a0"], names["b0"]), (names["a1"], names["b1"])}

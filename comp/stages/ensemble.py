@@ -70,9 +70,12 @@ def build(cfg: DictConfig, prepared, finished: list,
     `last_round` as it stood after that round."""
     members = _members(prepared, _chosen_sets(cfg, prepared.run, finished, last_round))
     best_single = max(s.info["cv"]["accuracy"] for s in members.sets)
+    stood = (last_round if last_round is not None
+             else max(int(s.info.get("round", 0)) for s in members.sets))
+    # says whose, first: after a pseudo-label round both rounds' ensembles are built
     get_logger().info("ensemble: %d models%s; best single model CV accuracy %.4f",
-                      len(members.sets), "" if last_round is None else
-                      f" as after round {last_round}", best_single)  # says whose, first
+                      len(members.sets), f" as after round {stood}"
+                      if last_round is not None or stood else "", best_single)
     return [_build(cfg, prepared, name, members) for name in cfg.ensemble.methods]
 
 
