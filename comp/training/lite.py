@@ -31,7 +31,7 @@ from comp.log import get_logger, silenced_output
 LITE_ROWS = 4  # images per interpreter call: 3,200 views/s at 1-8, 2,270 at 32 (224 px)
 MAX_INTERPRETERS = 8  # side by side, one thread each (more cores: more threads each)
 PROBE_TOLERANCE = 1e-3  # largest difference to Keras's outputs, relative to their scale
-# what a converted network is made of the model network_key hashes (a new form: new keys)
+# how a converted network is made from the model network_key hashes (a new form: new keys)
 NETWORK_FORM = "batch-norms-folded"
 
 
