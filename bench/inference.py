@@ -90,6 +90,14 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true",
                         help="a tiny synthetic competition, 32 px, 16 images (CI)")
     args = parser.parse_args()
+    # the run and the one-fold copy go when the bench ends (a 224 px run is about 150 MB)
+    with tempfile.TemporaryDirectory(prefix="comp-infer-") as scratch:
+        measure(args, Path(scratch))
+
+
+def measure(args: argparse.Namespace, runs: Path) -> None:
+    """Train the bench's model in `runs` (a scratch folder), time both sides, print the
+    table and the FLOP bound's arithmetic."""
     n_images, size = (16, 32) if args.smoke else (args.n_images, args.size)
     args.repeats = 1 if args.smoke else args.repeats
     from comp.config import load_config
@@ -103,7 +111,6 @@ def main() -> None:
     from comp.training.compute import frozen_batch_size
     from comp.workspace import RunDir
 
-    runs = Path(tempfile.mkdtemp(prefix="comp-infer-"))
     test_dir = ROOT / "comp/demo/wbc/test"
     # a fine-tuned model only, named here: the defaults' classic models are not this bench's
     overrides = [f"runs_dir={runs}", "name=infer", "backbones=[mobilenet_025]",
@@ -127,8 +134,8 @@ def main() -> None:
     decoded = load_images(test_paths, size, cfg.data.max_image_pixels)
     images = decoded[np.arange(n_images) % len(decoded)]
     n_classes = len(load_competition(cfg).classes)
-    one_fold = Path(tempfile.mkdtemp(prefix="one-fold-")) / model_dir.name
-    one_fold.mkdir()
+    one_fold = runs / "one-fold" / model_dir.name
+    one_fold.mkdir(parents=True)
     (one_fold / "fold0").symlink_to(model_dir / "fold0")
 
     backbone = get_backbone("mobilenet_025")
