@@ -13,7 +13,9 @@ the class prior: seconds, for CI, not a comparison.
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -88,6 +90,7 @@ def smoke_arguments(work: Path) -> list[str]:
 
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="compare_seed_"))
+    atexit.register(shutil.rmtree, work, True)  # scratch: gone when the bench ends
     argv = smoke_arguments(work) if sys.argv[1:2] == ["--smoke"] else sys.argv[1:]
     if len(argv) < 3:
         raise SystemExit(__doc__)

@@ -18,7 +18,9 @@ runs it on a tiny synthetic folder in a temporary directory: seconds, for CI.
 from __future__ import annotations
 
 import argparse
+import atexit
 import io
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -125,6 +127,7 @@ def main() -> None:
                         help="a tiny synthetic folder in a temporary directory (CI)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="comp-dedup-"))
+    atexit.register(shutil.rmtree, tmp, True)  # scratch: gone when the bench ends
     if args.smoke:
         from tests.helpers import make_competition
 

@@ -29,7 +29,9 @@ runs the defaults' table on a tiny synthetic competition made in a temporary fol
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -258,6 +260,7 @@ def smoke_arguments() -> list[str]:
     from tests.helpers import make_competition
 
     work = Path(tempfile.mkdtemp(prefix="levers-smoke-"))
+    atexit.register(shutil.rmtree, work, True)  # scratch: gone when the bench ends
     data = make_competition(work / "tiny")
     truth = work / "test_labels.csv"
     ids = sorted(p.name for p in (data / "test").iterdir())

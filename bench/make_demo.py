@@ -8,6 +8,7 @@ the CSVs are copied unchanged. Provenance and licence: comp/demo/README.md.
 """
 
 import argparse
+import atexit
 import shutil
 import sys
 import tempfile
@@ -47,6 +48,7 @@ def main() -> None:
         from tests.helpers import make_competition
 
         work = Path(tempfile.mkdtemp(prefix="make-demo-"))
+        atexit.register(shutil.rmtree, work, True)  # scratch: gone when the bench ends
         args.source, args.target = make_competition(work / "source"), work / "wbc"
         args.target.mkdir()
     elif args.source is None:

@@ -11,6 +11,8 @@ upscaled with bilinear interpolation. Prints the class counts of each split.
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -29,6 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.out = Path(tempfile.mkdtemp(prefix="make-digits-")) / "digits"
+        atexit.register(shutil.rmtree, args.out.parent, True)  # scratch: gone when the bench ends
     elif args.out is None:
         parser.error("OUT is required (or --smoke)")
     digits = load_digits()

@@ -19,6 +19,8 @@ per letter into a temporary folder.
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import string
 import tempfile
 from pathlib import Path
@@ -87,6 +89,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.out = Path(tempfile.mkdtemp(prefix="make-glyphs-")) / "glyphs"
+        atexit.register(shutil.rmtree, args.out.parent, True)  # scratch: gone when the bench ends
         args.per_class = 4
     elif args.out is None:
         parser.error("OUT is required (or --smoke)")

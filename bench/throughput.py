@@ -30,7 +30,9 @@ FLOP per image from its layers' shapes (bench/inference.py's `model_flops`). Pri
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -112,6 +114,7 @@ def measure(backbone: str, size: int, n_images: int, call: str, batch: int, poli
 
         row = get_backbone(backbone)  # its converted form kept where a run keeps it
         cache = Path(tempfile.mkdtemp(prefix="comp-lite-"))
+        atexit.register(shutil.rmtree, cache, True)  # scratch: gone when the bench ends
         forward = frozen_forward(model, row.preprocess, lite_cache=lite_folder(row, cache))
         images = ((images + 1) * 127.5).astype("uint8")
         run = lambda x: forward(x, 5)  # noqa: E731

@@ -10,6 +10,8 @@ validation AUC, and the ratio.
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import sys
 import tempfile
 import time
@@ -36,7 +38,9 @@ def main() -> None:
     if argv[:1] == ["--smoke"]:
         from tests.helpers import make_competition
 
-        smoke = make_competition(Path(tempfile.mkdtemp(prefix="trial-cost-")) / "data")
+        scratch = Path(tempfile.mkdtemp(prefix="trial-cost-"))
+        atexit.register(shutil.rmtree, scratch, True)  # scratch: gone when the bench ends
+        smoke = make_competition(scratch / "data")
         argv = [str(smoke), str(ROOT / "comp/demo/weights"), "32", "2", "none"]
         extra = ["data.folds=2", "train.batch_size=8"]
     elif len(argv) < 2:
@@ -45,8 +49,10 @@ def main() -> None:
     size = int(argv[2]) if len(argv) > 2 else 128
     epochs = int(argv[3]) if len(argv) > 3 else 25
     cuts = argv[4].split(",") if len(argv) > 4 else ["block9"]
+    runs = tempfile.mkdtemp(prefix="trial-cost-runs-")
+    atexit.register(shutil.rmtree, runs, True)  # scratch: gone when the bench ends
     cfg = load_config(["data=folder", f"data.dir={data}", f"weights_dir={weights_dir}",
-                       f"runs_dir={tempfile.mkdtemp()}", "name=trialcost",
+                       f"runs_dir={runs}", "name=trialcost",
                        f"model.image_size={size}", *extra])
     prepared = prepare(cfg)
     classes = prepared.competition.classes

@@ -12,6 +12,8 @@ where PostgreSQL is missing it says so and exits 0, as its tests skip).
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -79,6 +81,7 @@ def main() -> None:
     if reason:
         raise SystemExit(f"bench/tune_workers.py: {reason}")
     out = Path(tempfile.mkdtemp(prefix="comp-workers-"))
+    atexit.register(shutil.rmtree, out, True)  # scratch: gone when the bench ends
     data = make_competition(out / "data")
     rows = []
     with postgres_server() as url:

@@ -21,6 +21,8 @@ CI, not a measurement.
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import sys
 import tempfile
 import time
@@ -112,6 +114,7 @@ def smoke(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, list[str
     from tests.helpers import make_competition
 
     work = Path(tempfile.mkdtemp(prefix="view-choice-smoke-"))
+    atexit.register(shutil.rmtree, work, True)  # scratch: gone when the bench ends
     data = make_competition(work / "tiny")
     args = parser.parse_args([str(data), "--runs-dir", str(work / "runs"), "--weights-dir",
                               str(ROOT / "comp/demo/weights"), "--backbones", "mobilenet_025"])
