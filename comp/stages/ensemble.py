@@ -57,7 +57,7 @@ def run(cfg: DictConfig) -> list[dict]:
     hold the ensembles' own). The latest round's records."""
     prepared = prepare(cfg)
     finished = [read_prediction_set(p) for p in prepared.run.single_sets()]  # read once
-    rounds = [int(s.info.get("round", 0)) for s in finished]
+    rounds = [_round(s) for s in finished]
     if not cfg.ensemble.members and max(rounds, default=0) > 0 and rounds.count(0) > 1:
         build(cfg, prepared, finished, last_round=0)
     return build(cfg, prepared, finished)
@@ -70,13 +70,17 @@ def build(cfg: DictConfig, prepared, finished: list,
     `last_round` as it stood after that round."""
     members = _members(prepared, _chosen_sets(cfg, prepared.run, finished, last_round))
     best_single = max(s.info["cv"]["accuracy"] for s in members.sets)
-    stood = (last_round if last_round is not None
-             else max(int(s.info.get("round", 0)) for s in members.sets))
-    # says whose, first: after a pseudo-label round both rounds' ensembles are built
+    # says whose, first: where a pseudo-label round finished, each round's set is built
+    whose = (f" as after round {max(_round(s) for s in members.sets)}"
+             if any(_round(s) for s in finished) else "")
     get_logger().info("ensemble: %d models%s; best single model CV accuracy %.4f",
-                      len(members.sets), f" as after round {stood}"
-                      if last_round is not None or stood else "", best_single)
+                      len(members.sets), whose, best_single)
     return [_build(cfg, prepared, name, members) for name in cfg.ensemble.methods]
+
+
+def _round(prediction_set) -> int:
+    """The pseudo-label round a finished model's prediction set was trained in."""
+    return int(prediction_set.info.get("round", 0))
 
 
 def _chosen_sets(cfg: DictConfig, run, finished: list, last_round: int | None) -> list:
@@ -85,7 +89,7 @@ def _chosen_sets(cfg: DictConfig, run, finished: list, last_round: int | None) -
     by its id; at least two."""
     chosen = set(cfg.ensemble.members)
     sets = [s for s in finished
-            if last_round is None or int(s.info.get("round", 0)) <= last_round]
+            if last_round is None or _round(s) <= last_round]
     known = {s.info["model_id"] for s in sets} | {s.info.get("backbone") for s in sets}
     unknown = sorted(chosen - known)
     if unknown:
@@ -144,7 +148,7 @@ def _info(name: str, method, state, members: _Members, prepared) -> dict:
     return {
         "kind": ENSEMBLE, "name": f"ensemble-{name}-{members.key}", "method": name,
         "labels": method.labels, "models": model_ids,
-        "round": max(s.info.get("round", 0) for s in members.sets),
+        "round": max(_round(s) for s in members.sets),
         "repeats": prepared.n_repeats,
         "weights": None if weights is None else dict(zip(model_ids, weights.tolist(),
                                                          strict=True)),
