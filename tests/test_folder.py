@@ -240,6 +240,29 @@ def test_kaggles_zips_unpacked_into_a_folder_of_their_own_name_are_read_through(
         read_competition(root)
 
 
+@pytest.mark.parametrize("layout", ["csv", "folders"])
+def test_what_the_os_leaves_in_a_folder_is_skipped_without_a_warning(tmp_path, layout,
+                                                                      comp_caplog):
+    """Windows's Thumbs.db and desktop.ini, macOS's .DS_Store and ._ resource forks, in the
+    class folders, the test folder and beside them: never images, never a warning line;
+    another file that is no image still gets one."""
+    root = make_competition(tmp_path / "k", layout=layout)
+    folders = [p for p in (root / "train").rglob("*") if p.is_dir()] + [root / "train",
+                                                                        root / "test"]
+    for folder in folders:
+        (folder / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0" + bytes(60))
+        (folder / "desktop.ini").write_text("[.ShellClassInfo]\n")
+        (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (root / "train" / "__MACOSX").mkdir()
+    comp = read_competition(root)
+    assert comp.classes == CLASSES and len(comp.train) == 24 and len(comp.test) == 6
+    assert not [r.getMessage() for r in comp_caplog.records if r.levelname == "WARNING"]
+    (root / "test" / "notes.txt").write_text("not an image")
+    assert sorted(image_files(root / "test")) == sorted(comp.test["id"])
+    warned = [r.getMessage() for r in comp_caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "['notes.txt']" in warned[0]
+
+
 @pytest.mark.parametrize("name", ["train_labels.csv", "trainLabels.csv", "labels.csv"])
 def test_the_train_csv_is_read_under_kaggles_other_names(tmp_path, name):
     """Histopathologic Cancer's train_labels.csv, Diabetic Retinopathy's trainLabels.csv,

@@ -63,6 +63,10 @@ POSITIVE_NAMES = ("true", "yes", "positive", "pos", "y")
 # train images labelled by their file names (no train.csv, no class folders): at most
 # this many classes, so that a folder of ids such as patient1_3.png is not read as labels
 MAX_NAMED_CLASSES = 20
+# what operating systems and archivers leave in a folder (beside hidden files): Windows's
+# thumbnail caches and folder settings, macOS's zip resource forks; never data, so never
+# read nor warned about
+SYSTEM_FILES = frozenset({"Thumbs.db", "ehthumbs.db", "desktop.ini", "__MACOSX"})
 
 
 @dataclass(frozen=True)
@@ -266,9 +270,14 @@ def unwrapped(folder: Path) -> Path:
     inner = folder / folder.name
     if not inner.is_dir():
         return folder
-    others = [p for p in folder.iterdir()
-              if p != inner and not p.name.startswith(".") and p.name != "__MACOSX"]
+    others = [p for p in folder.iterdir() if p != inner and not is_system_file(p)]
     return folder if others else unwrapped(inner)
+
+
+def is_system_file(path: Path) -> bool:
+    """Whether `path` is a hidden file or folder or one that an operating system or
+    archiver leaves beside data (SYSTEM_FILES): skipped without a word."""
+    return path.name.startswith(".") or path.name in SYSTEM_FILES
 
 
 def _not_found(folder: Path, what: str) -> CompError:
@@ -320,7 +329,7 @@ def image_files(folder: Path) -> dict[str, Path]:
 def _scan(folder: Path, prefix: str = "") -> tuple[dict[str, Path], list[str], list[str]]:
     files, skipped, nested = {}, [], []
     for p in sorted(folder.iterdir()):
-        if p.name.startswith("."):
+        if is_system_file(p):
             continue
         if p.is_dir():
             nested.append(prefix + p.name)
@@ -474,7 +483,7 @@ def _read_train(root: Path, id_column: str | None, label_column: str | None,
                 "<class>.<n>.jpg; give a train.csv (id,label) or put images in train/<class>/"
             )
         return named
-    loose = [p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    loose = [p.name for p in folder.iterdir() if p.is_file() and not is_system_file(p)]
     if loose:
         get_logger().warning("warning: %d file(s) directly in %s are not in a class folder "
                              "and are ignored, e.g. %s", len(loose), folder, sorted(loose)[:3])
@@ -704,8 +713,7 @@ def _listed_holdout(listed: pd.Series, holdout: pd.DataFrame, folder: Path,
 
 
 def _class_folders(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
-                  and p.name != "__MACOSX")
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not is_system_file(p))
 
 
 def _labelled_test(folder: Path, classes: list[str]) -> pd.DataFrame | None:
