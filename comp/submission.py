@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from comp.artifacts import write_csv
-from comp.data.folder import CompetitionFolder
+from comp.data.folder import CompetitionFolder, sample_csv
 from comp.errors import CompError
 from comp.metrics import AUTO_METRIC, HIGHER_IS_BETTER, scores
 from comp.predictions import PredictionSet, class_indices, read_table
@@ -88,16 +88,22 @@ def submission_metric(metric: str, competition: CompetitionFolder) -> str:
     return "accuracy" if competition.submits_labels else "auc"
 
 
-def values_note(competition: CompetitionFolder, metric: str) -> str | None:
-    """One line on what a two-class competition's one submission column holds and how to
-    change it (None for other competitions): labels lose to probabilities on AUC."""
+def values_note(competition: CompetitionFolder, metric: str,
+                submission_values: str = "auto") -> str | None:
+    """One line on what a two-class competition's one submission column holds, why, and
+    how to change it (None for other competitions): labels lose to probabilities on AUC.
+    `submission_values` is data.submission_values, the setting the folder was read with."""
     columns = competition.submission_columns
     if len(columns) != 2 or len(competition.classes) != 2:
         return None
     column = columns[1]
     if competition.submits_labels:
-        return (f"submit: {column!r} holds labels (the sample's values are not fractions); "
-                "for an AUC-scored competition set data.submission_values=probability")
+        why = ("data.submission_values=labels" if submission_values == "labels"
+               else "the sample's values are not fractions"
+               if sample_csv(competition.root).exists()
+               else f"no {sample_csv(competition.root).name}: id,label by default")
+        return (f"submit: {column!r} holds labels ({why}); for an AUC-scored competition "
+                "set data.submission_values=probability")
     ranked = "" if metric == "auc" else "; submit.metric=auc ranks the entries by AUC"
     return (f"submit: {column!r} holds the probability of class "
             f"{competition.probability_columns[column]!r} (data.submission_values=labels "

@@ -304,7 +304,16 @@ def test_a_two_class_submission_says_what_its_column_holds(tmp_path):
         "labels writes labels); submit.metric=auc ranks the entries by AUC")
     assert values_note(probability, "auc").endswith("writes labels)")
     labels = read_competition(_binary(tmp_path / "l", column="label", sample_value="0"))
-    assert "set data.submission_values=probability" in values_note(labels, "auc")
+    assert values_note(labels, "auc") == (
+        "submit: 'label' holds labels (the sample's values are not fractions); for an "
+        "AUC-scored competition set data.submission_values=probability")
+    told = read_competition(_binary(tmp_path / "t"), submission_values="labels")
+    assert "(data.submission_values=labels)" in values_note(told, "auc", "labels")
+    (tmp_path / "l" / "b" / "sample_submission.csv").unlink()  # in-house: no sample at all
+    unlisted = read_competition(tmp_path / "l" / "b")
+    assert values_note(unlisted, "auc") == (
+        "submit: 'label' holds labels (no sample_submission.csv: id,label by default); for "
+        "an AUC-scored competition set data.submission_values=probability")
     assert values_note(read_competition(make_competition(tmp_path / "m")), "auc") is None
 
 

@@ -76,7 +76,7 @@ def run(cfg: DictConfig):
         selected = {**selected, "holdout": {m: held_out[m] for m in
                                             (*HEADLINE_METRICS, metric, "n")}}
     write_json(run.selection_json, selected)
-    note = values_note(competition, metric)
+    note = values_note(competition, metric, cfg.data.get("submission_values", "auto"))
     if note:
         get_logger().info(note)
     get_logger().info("submit: rank 1 (picked by CV %s) %s (%s) CV %s %.4f -> %s ; "
