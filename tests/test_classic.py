@@ -84,6 +84,32 @@ def test_colour_histograms_are_view_invariant_fractions():
 
 
 
+def test_prediction_makes_colour_histograms_in_one_view_as_training_does(tmp_path,
+                                                                         monkeypatch):
+    """The histograms are the same in every view: stage=predict's embeddings make them once
+    and repeat them, in the (V, N, D) layout the heads were fitted on; pixels in every
+    view."""
+    from PIL import Image
+
+    import comp.training.classic as classic
+    from comp.data.images import Decoding
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for index in range(3):
+        paths.append(str(tmp_path / f"{index}.png"))
+        Image.fromarray(rng.integers(0, 255, (8, 12, 3), dtype=np.uint8)).save(paths[-1])
+    made = []
+    monkeypatch.setattr(classic, "embed",
+                        lambda images, views, *a, **k: made.append(views) or embed(
+                            images, views, *a, **k))
+    spec = SimpleNamespace(parts=[("color", 8), ("pixels", 8)], views="dihedral")
+    features = classic.embed_images(spec, paths, Decoding(10**6))
+    assert made == [(0,), tuple(range(8))] and features.shape == (8, 3, 160 + 8 * 8 * 3)
+    assert np.array_equal(features[5, :, :160], features[0, :, :160])
+    assert not np.array_equal(features[5, :, 160:], features[0, :, 160:])
+
+
 @pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="Linux /proc")
 def test_embedding_a_memory_mapped_decode_leaves_none_of_it_in_the_process(tmp_path):
     """The embedding pass reads a memory-mapped image cache, not maps it: a 448 px decode

@@ -61,8 +61,7 @@ class ClassicFeatures:
                 if name == PIXELS:
                     parts.append(pixel_embeddings(images, self.views))
                     continue
-                # colour histograms are the same in every dihedral view: made once
-                views = self.views[:1] if name == COLOR else self.views
+                views = part_views(name, self.views)
                 key = {"source": name, "size": size, "views_kind": spec.views,
                        **part_identity(spec, name), "n": len(images),
                        "data": prepared.split_key(split), "comp_embeddings": 4}
@@ -130,10 +129,18 @@ def embed_images(spec, paths: list[str], decoding, lite_cache: Path | None = Non
     for name, size in spec.parts:
         images = load_images(paths, size, decoding.max_pixels, desc=f"decode {size}px",
                              intensity_range=decoding.intensity_range)
-        parts.append(embed(images, TTA_VIEWS[spec.views],
-                           part_encoder(spec, name, size, lite_cache),
-                           desc=f"embed {name}"))
+        views = TTA_VIEWS[spec.views]
+        made = part_views(name, views)
+        part = embed(images, made, part_encoder(spec, name, size, lite_cache),
+                     desc=f"embed {name}")
+        parts.append(np.repeat(part, len(views) // len(made), axis=0))
     return np.concatenate(parts, axis=-1)
+
+
+def part_views(name: str, views: tuple[int, ...]) -> tuple[int, ...]:
+    """The views a part's embeddings are made in, of the spec's `views`: colour
+    histograms are the same in every dihedral view, so made in the first and repeated."""
+    return views[:1] if name == COLOR else views
 
 
 @dataclass(frozen=True)
