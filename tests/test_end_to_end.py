@@ -172,3 +172,13 @@ def test_tensorboard_event_files(tmp_path, trained):
     assert run_comp("stage=train", *tiny_overrides(tmp_path, trained), "tensorboard=true") == 0
     assert list(fold0.glob("logs/train/events.out.tfevents*"))
     assert not list(run_path(tmp_path).glob("models/*/fold1/logs"))  # fold 1 was not redone
+
+
+def test_a_warning_about_the_folder_is_said_once_a_run(finished_run, comp_caplog):
+    """stage=all reads the folder once: its later stages (ensemble, submit, report) take
+    what it read, so a file skipped in train/ is one warning line, not one a stage."""
+    tmp_path, competition, _ = finished_run
+    (competition / "train" / "notes.txt").write_text("not an image")
+    assert run_comp("stage=all", *tiny_overrides(tmp_path, competition, quiet="false")) == 0
+    warned = [r.getMessage() for r in comp_caplog.records if "notes.txt" in r.getMessage()]
+    assert len(warned) == 1, warned

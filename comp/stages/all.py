@@ -67,11 +67,11 @@ def run(cfg: DictConfig):
         tuned.params, tuned.backbones = "best", chosen
         train_round(tuned, prepared, last, deadline)
     if len(current_sets(prepared.run.single_sets())) > 1 and cfg.ensemble.methods:
-        ensemble.run(cfg)  # round 0's ensembles too, where a later round finished
+        ensemble.run(cfg, prepared)  # round 0's ensembles too, where a later round finished
     if deadline.reached and not prepared.run.prediction_sets():
         raise CompError(f"time_limit={cfg.time_limit} s was spent before any model finished "
                         "(nothing to ensemble or submit); raise time_limit or unset it, and "
                         "rerun: finished units are kept")
-    board = submit.run(cfg)
-    report.run(cfg)
+    board = submit.run(cfg, prepared.competition)  # the folder read once: one warning
+    report.run(cfg, prepared)
     return board

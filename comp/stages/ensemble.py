@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from comp.artifacts import atomic_path, fingerprint
 from comp.crashpoints import crash_point
-from comp.data.prepared import prepare
+from comp.data.prepared import Prepared, prepare
 from comp.ensemble import (
     METHODS,
     fit_method,
@@ -48,14 +48,15 @@ class _Members:
         return [s.info["model_id"] for s in self.sets]
 
 
-def run(cfg: DictConfig) -> list[dict]:
+def run(cfg: DictConfig, prepared: Prepared | None = None) -> list[dict]:
     """stage=ensemble: each method in ensemble.methods over the chosen finished single
     models, each at its latest pseudo-label round; where a later round finished (and
     ensemble.members names none), over round 0's models too, so that round 0's pick in
     the choice of rank 1 (comp.selection.pick_round) and the levers table's round 0 have
     their ensembles as the latest round has (without them a round's measured gain would
-    hold the ensembles' own). The latest round's records."""
-    prepared = prepare(cfg)
+    hold the ensembles' own). The latest round's records. `prepared`: the run's data as
+    stage=all read it (None: read here)."""
+    prepared = prepare(cfg) if prepared is None else prepared
     finished = [read_prediction_set(p) for p in prepared.run.single_sets()]  # read once
     rounds = [_round(s) for s in finished]
     if not cfg.ensemble.members and max(rounds, default=0) > 0 and rounds.count(0) > 1:

@@ -7,7 +7,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from comp.artifacts import read_json
-from comp.data.prepared import prepare
+from comp.data.prepared import Prepared, prepare
 from comp.errors import CompError
 from comp.log import get_logger
 from comp.report import build_report
@@ -16,9 +16,10 @@ from comp.submission import read_leaderboard
 from comp.workspace import leaderboard_path
 
 
-def run(cfg: DictConfig) -> Path:
-    """Build the report from the run directory and the leaderboard."""
-    prepared = prepare(cfg)
+def run(cfg: DictConfig, prepared: Prepared | None = None) -> Path:
+    """Build the report from the run directory and the leaderboard. `prepared`: the run's
+    data as stage=all read it (None: read here)."""
+    prepared = prepare(cfg) if prepared is None else prepared
     board_path = leaderboard_path(cfg.submissions_dir, cfg.name)
     if not board_path.exists():
         raise CompError(f"{board_path}: no leaderboard yet; run stage=submit first")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from comp.artifacts import read_json, write_json
+from comp.data.folder import CompetitionFolder
 from comp.data.prepared import load_competition
 from comp.errors import CompError
 from comp.log import get_logger
@@ -29,8 +30,9 @@ from comp.submission import (
 from comp.workspace import SPEC_JSON, leaderboard_path, run_dir, submissions_folder
 
 
-def run(cfg: DictConfig):
-    """Write submissions for every finished prediction set of this experiment."""
+def run(cfg: DictConfig, competition: CompetitionFolder | None = None):
+    """Write submissions for every finished prediction set of this experiment.
+    `competition`: the folder as stage=all read it (None: read here)."""
     run = run_dir(cfg.runs_dir, cfg.name)
     finished = run.prediction_sets()
     if not finished:
@@ -40,7 +42,7 @@ def run(cfg: DictConfig):
         get_logger().info("submit: %d entries of earlier pseudo-label rounds are replaced by "
                           "their later rounds' models (the report's levers table compares "
                           "them)", len(finished) - len(sets))
-    competition = load_competition(cfg)
+    competition = load_competition(cfg) if competition is None else competition
     folder = submissions_folder(cfg.submissions_dir, cfg.name)
     metric = submission_metric(cfg.submit.metric, competition)
     rank_by = ranking_metric(metric, cfg.submit.rank_by)
