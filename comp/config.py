@@ -219,6 +219,11 @@ class TrainConfig:
     # which the head keeps; None: one rate for all
     lr_depth_ratio: float | None = setting(
         None, Optional(Interval(0, 1, closed="neither")))
+    # after the fit, recompute the trainable BatchNorm layers' moving statistics from the
+    # kept weights on up to this many (training row, view) pairs (precise BN); None: keep
+    # the fit's moving averages, which trail the weights by about a hundred steps: a fold
+    # of 48 images fell to one class in inference mode (bench/README.md, stop 51)
+    precise_bn: int | None = setting(4096, Optional(Int(1)), before=None)
     seed: int = setting(0, SEED)  # random seed of the fits
     # which rows choose the kept epoch: last (the end of the step-decay schedule; every
     # training row trains: honest, and the default since it scored best on wbc and digits),

@@ -14,10 +14,17 @@ from comp.errors import CompError
 from comp.models.spec import ModelSpec, make_spec, with_params
 
 # float32 is what `auto` gives on a CPU, and leaves the precision out of the id. The
-# default ids changed once on purpose, when train.clipnorm=10 changed how every fine-tune
-# trains; `train.clipnorm=null` gives the ids before it (PINNED_BEFORE_CLIPNORM, computed
-# before ModelSpec held typed settings, when its model/train/augment were dicts)
+# default ids changed on purpose twice, each time a setting changed how every fine-tune
+# trains: train.clipnorm=10 (`train.clipnorm=null` gives the ids before it,
+# PINNED_BEFORE_CLIPNORM, computed before ModelSpec held typed settings, when its
+# model/train/augment were dicts) and train.precise_bn=4096 (`train.precise_bn=null`
+# gives PINNED_BEFORE_PRECISE_BN)
 PINNED = {
+    "small_cnn": "small_cnn-75d5b484",
+    "mobilenet_025": "mobilenet_025-00619044",
+    "mobilenet_025-block12": "mobilenet_025-block12-472f919e",
+}
+PINNED_BEFORE_PRECISE_BN = {
     "small_cnn": "small_cnn-6ab9c8f2",
     "mobilenet_025": "mobilenet_025-fadbb69c",
     "mobilenet_025-block12": "mobilenet_025-block12-a174ba54",
@@ -31,7 +38,7 @@ PINNED_BEFORE_CLIPNORM = {
 NEWER = {
     "train": ("max_batches", "weight_decay", "warmup", "ema", "ema_momentum", "average_last",
               "average_top", "mixup", "cutmix", "lr_depth_ratio", "epoch_choice",
-              "stop_fraction", "clipnorm"),
+              "stop_fraction", "clipnorm", "precise_bn"),
     "augment": ("shift", "choose_views", "online_shift", "online_rotation", "online_zoom",
                 "online_randaugment"),
 }
@@ -47,9 +54,16 @@ def test_the_default_configs_model_ids_are_pinned(cfg, backbone):
     assert make_spec(cfg, backbone, "folds0").model_id == PINNED[backbone]
 
 
+@pytest.mark.parametrize("backbone", sorted(PINNED_BEFORE_PRECISE_BN))
+def test_precise_bn_off_gives_the_ids_from_before_it(backbone):
+    cfg = load_config(["compute.precision=float32", "train.precise_bn=null"])
+    assert make_spec(cfg, backbone, "folds0").model_id == PINNED_BEFORE_PRECISE_BN[backbone]
+
+
 @pytest.mark.parametrize("backbone", sorted(PINNED_BEFORE_CLIPNORM))
 def test_clipnorm_off_gives_the_ids_from_before_it(backbone):
-    cfg = load_config(["compute.precision=float32", "train.clipnorm=null"])
+    cfg = load_config(["compute.precision=float32", "train.clipnorm=null",
+                       "train.precise_bn=null"])
     assert make_spec(cfg, backbone, "folds0").model_id == PINNED_BEFORE_CLIPNORM[backbone]
 
 
@@ -57,10 +71,10 @@ def test_tuned_params_and_pseudo_labels_keep_their_ids(cfg):
     spec = make_spec(cfg, "mobilenet_025", "folds0")
     tuned = with_params(spec, {"train.lr": 0.02, "model.unfreeze": "block12",
                                "augment.random_views": 4})
-    assert tuned.model_id == "mobilenet_025-c943d63a"
+    assert tuned.model_id == "mobilenet_025-41bd5488"
     assert spec.model_id == PINNED["mobilenet_025"]  # with_params leaves `spec` alone
     pseudo = make_spec(cfg, "small_cnn", "folds0", pseudo={"round": 1, "source": "x"})
-    assert pseudo.model_id == "small_cnn-583d9223"
+    assert pseudo.model_id == "small_cnn-0c52548a"
 
 
 def test_a_spec_json_reads_back_with_its_id(cfg):
@@ -80,6 +94,7 @@ def test_an_older_spec_json_keeps_its_recorded_id_and_settings(cfg):
     loaded = ModelSpec.from_json(old, spec.weights, {})
     assert loaded.model_id == "mobilenet_025-07413f19"  # as it was hashed when written
     assert loaded.train.clipnorm is None  # trained before clipping: read back without it
+    assert loaded.train.precise_bn is None  # and before precise BN
     described = loaded.describe()
     for section in ("model", "train", "augment"):
         assert described[section] == old[section]  # no key added to the recording

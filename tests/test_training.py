@@ -416,3 +416,61 @@ def test_a_fit_traces_its_train_step_once(monkeypatch):
         model = _nested_model() if train.lr_depth_ratio else _model()
         fit_fold(model, _data(), replace(train, epochs=2), seed=0)
         assert len(traced) == 1 and traced[0] > 1, (train.optimizer, traced)
+
+
+def _batch_norm_model(dim=6, seed=0):
+    """A dense layer and a BatchNormalization inside a nested body (as a backbone's trained
+    part is), then a seeded softmax; the body's two layers are returned too."""
+    inputs = keras.Input((dim,))
+    dense = keras.layers.Dense(4, kernel_initializer=keras.initializers.GlorotUniform(seed))
+    norm = keras.layers.BatchNormalization(name="norm")
+    body = keras.Model(inputs, norm(dense(inputs)), name="body")
+    outer = keras.Input((dim,))
+    top = keras.layers.Dense(3, activation="softmax",
+                             kernel_initializer=keras.initializers.GlorotUniform(seed + 1))
+    return keras.Model(outer, top(body(outer))), dense, norm
+
+
+def test_precise_batch_norms_end_with_the_training_rows_statistics_of_the_weights():
+    """The moving mean is the mean over the training rows read (never a validation row) of
+    the layer's input under the kept weights, the variance the mean of equal chunks'
+    variances; the layer's momentum is restored; a layer that does not train keeps its."""
+    from comp.training.fit import PRECISE_BN_ROWS, precise_batch_norms
+
+    data = _data(n=(3 * PRECISE_BN_ROWS - 3) // 3, views=3)  # three equal chunks
+    model, dense, norm = _batch_norm_model()
+    frozen_model, _, frozen = _batch_norm_model()
+    frozen.trainable = False
+    assert precise_batch_norms(frozen_model, data, 10**6, seed=4) == 0
+    np.testing.assert_array_equal(frozen.moving_mean.numpy(), np.zeros(4))
+    assert precise_batch_norms(model, data, 10**6, seed=4) == 3 * len(data.rows)
+    pairs = np.arange(len(data.rows) * 3)  # every row in each of its 3 views
+    inputs = dense(data.gather(data.rows[pairs // 3], pairs % 3)).numpy()
+    pairs = np.random.default_rng(4).permutation(len(pairs))  # the chunks' order
+    inputs = inputs[pairs]
+    np.testing.assert_allclose(norm.moving_mean.numpy(), inputs.mean(0), atol=1e-5)
+    chunks = np.array_split(inputs, 3)
+    np.testing.assert_allclose(norm.moving_variance.numpy(),
+                               np.mean([c.var(0) for c in chunks], axis=0), rtol=1e-4)
+    assert norm.momentum == 0.99
+    assert precise_batch_norms(_model(), data, 10**6, seed=4) == 0  # nothing to recompute
+
+
+def test_fit_fold_with_precise_bn_ends_with_recomputed_statistics():
+    from comp.training.callbacks import score_rows
+    from comp.training.fit import precise_batch_norms
+
+    data = _data()
+    precise, _, norm = _batch_norm_model()
+    history, best = fit_fold(precise, data, replace(TRAIN, epochs=2, precise_bn=40), seed=0)
+    kept = norm.moving_mean.numpy()
+    # the kept epoch's row scores the weights as kept, recomputed statistics included
+    assert history["val_log_loss"][best] == pytest.approx(
+        score_rows(precise, data, data.val_rows, data.val_labels)["log_loss"], rel=1e-6)
+    precise_batch_norms(precise, data, 40, seed=0)
+    np.testing.assert_allclose(norm.moving_mean.numpy(), kept, atol=1e-6)
+    plain, _, plain_norm = _batch_norm_model()
+    fit_fold(plain, data, replace(TRAIN, epochs=2), seed=0)
+    trailing = plain_norm.moving_mean.numpy()
+    precise_batch_norms(plain, data, 40, seed=0)
+    assert np.abs(plain_norm.moving_mean.numpy() - trailing).max() > 1e-3

@@ -43,23 +43,29 @@ class ValidationScores(keras.callbacks.Callback):
         result = self._score(data.val_rows, data.val_labels)
         for key, value in result.items():
             logs[f"val_{key}"] = value
-        logs["val_monitor"] = _monitor(result)
+        logs["val_monitor"] = monitor_value(result)
         if data.stop_rows is None or data.stop_rows is data.val_rows:
             logs["stop_monitor"] = logs["val_monitor"]
         else:
-            logs["stop_monitor"] = _monitor(self._score(data.stop_rows, data.stop_labels))
+            logs["stop_monitor"] = monitor_value(self._score(data.stop_rows, data.stop_labels))
         logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         if self.on_epoch is not None:
             self.on_epoch(epoch, logs)
 
 
     def _score(self, rows: np.ndarray, labels: np.ndarray) -> dict:
-        data = self.fold_data
-        views = data.tta_views if data.stop_rows is not None else data.tta_views[:1]
-        return scores(labels, predict_views(self.model, data.features, views, rows))
+        return score_rows(self.model, self.fold_data, rows, labels)
 
 
-def _monitor(result: dict) -> float:
+def score_rows(model, data: FoldData, rows: np.ndarray, labels: np.ndarray) -> dict:
+    """`model`'s scores on `rows` of `data` against `labels`, as ValidationScores takes
+    them each epoch: TTA-averaged where the epoch is chosen, else on the first view."""
+    views = data.tta_views if data.stop_rows is not None else data.tta_views[:1]
+    return scores(labels, predict_views(model, data.features, views, rows))
+
+
+def monitor_value(result: dict) -> float:
+    """`val_monitor` of a `score_rows` result (see ValidationScores)."""
     auc = 0.0 if np.isnan(result["auc"]) else result["auc"]
     return auc - 1e-6 * result["log_loss"]
 

@@ -16,7 +16,9 @@ from comp.training.callbacks import (
     LastEpochsAverage,
     TopEpochsAverage,
     ValidationScores,
+    monitor_value,
     predict_views,
+    score_rows,
 )
 from comp.training.compute import jit_compile, model_scope
 from comp.training.features import unmap
@@ -183,7 +185,56 @@ def fit_fold(model, data: FoldData, train: TrainSettings, seed: int,
         history.insert(0, "epoch", first_epoch + np.arange(len(history)))
         best = (len(history) - 1 if stopper is None
                 else int(stopper.best_epoch) - first_epoch)  # Keras counts from epoch 0
+        if train.precise_bn is not None and precise_batch_norms(model, data,
+                                                                 train.precise_bn, seed):
+            # the kept epoch's row scores the weights as kept (a tuning trial reads it)
+            result = score_rows(model, data, data.val_rows, data.val_labels)
+            for key, value in result.items():
+                history.loc[best, f"val_{key}"] = value
+            history.loc[best, "val_monitor"] = monitor_value(result)
         return history, best
+
+
+PRECISE_BN_ROWS = 256  # rows a forward pass while the statistics are recomputed
+
+
+def precise_batch_norms(model, data: FoldData, max_rows: int, seed: int) -> int:
+    """Recompute the moving mean and variance of `model`'s trainable BatchNormalization
+    layers from its kept weights, on up to `max_rows` of the fold's training rows in
+    their training views (pairs of a row and a view, drawn by `seed` where there are
+    more): equal chunks run in training mode, each layer's momentum set so that its
+    moving statistics end as the chunks' mean. A fit's moving averages (momentum 0.99)
+    trail the weights by about a hundred steps; a fold of a small folder takes fewer
+    than that, and its inference-mode predictions collapsed to one class while its
+    training loss went to zero (bench/README.md, "Precise BatchNorm statistics"). Only
+    training rows are read; layers that do not train (model.bn_trainable=false) keep
+    theirs. Returns the (row, view) pairs read (0: no such layer)."""
+    norms = list(_trainable_batch_norms(model))
+    if not norms or len(data.rows) == 0:
+        return 0
+    views = len(data.train_views)
+    pairs = np.random.default_rng(seed).permutation(len(data.rows) * views)[:max_rows]
+    rows, draws = data.rows[pairs // views], pairs % views  # gather's view draws
+    chunks = np.array_split(np.arange(len(rows)), -(-len(rows) // PRECISE_BN_ROWS))
+    momenta = [layer.momentum for layer in norms]
+    try:
+        for index, chunk in enumerate(chunks):
+            for layer in norms:  # moving = the mean of the chunks so far
+                layer.momentum = index / (index + 1)
+            model(data.gather(rows[chunk], draws[chunk]), training=True)
+    finally:
+        for layer, momentum in zip(norms, momenta, strict=True):
+            layer.momentum = momentum
+    return len(rows)
+
+
+def _trainable_batch_norms(layer):
+    for inner in getattr(layer, "layers", []):
+        if isinstance(inner, keras.layers.BatchNormalization):
+            if inner.trainable:
+                yield inner
+        else:
+            yield from _trainable_batch_norms(inner)
 
 
 def epoch_batches(n_rows: int, batch_size: int, max_batches: int | None) -> int:
