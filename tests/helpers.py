@@ -154,6 +154,15 @@ def leaderboard(tmp_path: Path, name: str = "tiny") -> pd.DataFrame:
     return pd.read_csv(submissions(tmp_path, name) / "leaderboard.csv")
 
 
+def round_entries(board: pd.DataFrame, last_round: int = 1) -> pd.DataFrame:
+    """The leaderboard's entries of `last_round`, once any other entry is checked to be
+    round 0's pick kept at rank 1 (submit.round_margin: a round that does not lead it by
+    half a paired standard error leaves it there, as a tiny run's round may)."""
+    earlier = board[board["round"] != last_round]
+    assert len(earlier) <= 1 and (earlier.empty or earlier["rank"].iloc[0] == 1), earlier
+    return board[board["round"] == last_round]
+
+
 def ensemble_dir(run: Path, method: str) -> Path:
     """The one ensemble/<method>-<members>/ folder of run directory `run`."""
     (folder,) = run.glob(f"ensemble/{method}-*/")
