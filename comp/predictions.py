@@ -31,6 +31,12 @@ def is_ensemble(info: dict) -> bool:
     return info.get("kind", SINGLE) == ENSEMBLE
 
 
+def info_round(info: dict) -> int:
+    """The pseudo-label round of the cv.json `info` (0: trained without pseudo-labels, or
+    an ensemble of such models; older cv.json files have no key)."""
+    return int(info.get("round", 0))
+
+
 def is_keras_model(info: dict) -> bool:
     """Whether the cv.json `info` is one fine-tuned model's (a Keras model that stage=export
     can ship), not an ensemble's or a classic head's."""
@@ -47,9 +53,9 @@ def superseded(infos: dict[str, dict]) -> set[str]:
     for name, info in infos.items():
         if not is_ensemble(info):
             lineage = info.get("lineage", name)
-            latest[lineage] = max(latest.get(lineage, 0), int(info.get("round", 0)))
+            latest[lineage] = max(latest.get(lineage, 0), info_round(info))
     old = {name for name, info in infos.items() if not is_ensemble(info)
-           and int(info.get("round", 0)) < latest[info.get("lineage", name)]}
+           and info_round(info) < latest[info.get("lineage", name)]}
     return old | {name for name, info in infos.items()
                   if is_ensemble(info) and set(info.get("models", [])) & old}
 
@@ -70,7 +76,7 @@ def round_zero_sets(folders: list[Path]) -> list[Path]:
     ensembles of them) where a later pseudo-label round finished too; else none. They
     compete with the latest rounds' entries in the choice of rank 1
     (comp.selection.pick_round)."""
-    rounds = {folder: int(read_json(folder / CV_JSON).get("round", 0)) for folder in folders}
+    rounds = {folder: info_round(read_json(folder / CV_JSON)) for folder in folders}
     if not any(rounds.values()):
         return []
     return [folder for folder, round_ in rounds.items() if round_ == 0]

@@ -16,6 +16,7 @@ from comp.artifacts import atomic_path, read_json, write_text
 from comp.ensemble import WEIGHT_STUDY
 from comp.predictions import (
     class_indices,
+    info_round,
     is_ensemble,
     prob_columns,
     read_prediction_set,
@@ -209,12 +210,12 @@ def lever_rows(entries: dict[str, dict], rank_by: str,
         return {n: probs[n] for n in names if n not in gone}
 
     def round_zero(keep) -> dict[str, np.ndarray]:
-        return {n: probs[n] for n, i in info.items() if keep(i) and not int(i.get("round", 0))}
+        return {n: probs[n] for n, i in info.items() if keep(i) and not info_round(i)}
 
-    rounds = sorted({int(i.get("round", 0)) for i in info.values()})
+    rounds = sorted({info_round(i) for i in info.values()})
     levers = [("ensembling", lambda i: True, lambda i: not is_ensemble(i))]
-    levers += [(f"pseudo-label round {r}", lambda i, r=r: int(i.get("round", 0)) <= r,
-                lambda i, r=r: int(i.get("round", 0)) < r) for r in rounds if r > 0]
+    levers += [(f"pseudo-label round {r}", lambda i, r=r: info_round(i) <= r,
+                lambda i, r=r: info_round(i) < r) for r in rounds if r > 0]
     levers.append(("tuning", lambda i: True, lambda i: not i.get("tuned", False)))
     ensembles = frozenset(n for n in probs if is_ensemble(info[n]))
     rows = []
@@ -247,7 +248,7 @@ def build_report(run: RunDir, leaderboard: pd.DataFrame, paths: dict[str, str],
     metric = record.get("metric", "accuracy")
     rank_by = record.get("rank_by", metric)  # selection.json before submit.rank_by
     sets = {p.name: p for p in run.single_sets()}
-    trained_rounds = {int(read_json(p / CV_JSON).get("round", 0)) for p in sets.values()}
+    trained_rounds = {info_round(read_json(p / CV_JSON)) for p in sets.values()}
     ensembles = {f"ensemble-{p.name}": p for p in run.ensemble_sets()}
     sections = [*_leaderboard_section(leaderboard, metric, rank_by),
                 *_lever_section({**sets, **ensembles}, rank_by, record.get("round_margin"),

@@ -13,7 +13,7 @@ from comp.artifacts import write_csv
 from comp.data.folder import CompetitionFolder, sample_csv
 from comp.errors import CompError
 from comp.metrics import AUTO_METRIC, HIGHER_IS_BETTER, scores
-from comp.predictions import PredictionSet, class_indices, read_table
+from comp.predictions import PredictionSet, class_indices, info_round, read_table
 
 LEADERBOARD_METRICS = ["accuracy", "macro_f1", "balanced_accuracy", "auc", "log_loss"]
 
@@ -98,10 +98,10 @@ def values_note(competition: CompetitionFolder, metric: str,
         return None
     column = columns[1]
     if competition.submits_labels:
+        sample = sample_csv(competition.root)
         why = ("data.submission_values=labels" if submission_values == "labels"
-               else "the sample's values are not fractions"
-               if sample_csv(competition.root).exists()
-               else f"no {sample_csv(competition.root).name}: id,label by default")
+               else "the sample's values are not fractions" if sample.exists()
+               else f"no {sample.name}: id,label by default")
         return (f"submit: {column!r} holds labels ({why}); for an AUC-scored competition "
                 "set data.submission_values=probability")
     ranked = "" if metric == "auc" else "; submit.metric=auc ranks the entries by AUC"
@@ -147,7 +147,7 @@ def write_submission(target: SubmissionTarget, predictions: PredictionSet,
     return {
         "experiment": target.experiment, "kind": info.get("kind", "single"), "name": name,
         "settings": settings,
-        "models": " ".join(info.get("models", [name])), "round": info.get("round", 0),
+        "models": " ".join(info.get("models", [name])), "round": info_round(info),
         "tuned": bool(info.get("tuned", False)),
         **{f"cv_{m}": round(cv[m], 5)
            for m in dict.fromkeys([*LEADERBOARD_METRICS, metric, target.rank_by or metric])},

@@ -23,6 +23,7 @@ from comp.log import get_logger
 from comp.metrics import scores
 from comp.predictions import (
     ENSEMBLE,
+    info_round,
     mark_unfinished,
     probs_frame,
     read_prediction_set,
@@ -58,7 +59,7 @@ def run(cfg: DictConfig, prepared: Prepared | None = None) -> list[dict]:
     stage=all read it (None: read here)."""
     prepared = prepare(cfg) if prepared is None else prepared
     finished = [read_prediction_set(p) for p in prepared.run.single_sets()]  # read once
-    rounds = [_round(s) for s in finished]
+    rounds = [info_round(s.info) for s in finished]
     if not cfg.ensemble.members and max(rounds, default=0) > 0 and rounds.count(0) > 1:
         build(cfg, prepared, finished, last_round=0)
     return build(cfg, prepared, finished)
@@ -72,16 +73,11 @@ def build(cfg: DictConfig, prepared, finished: list,
     members = _members(prepared, _chosen_sets(cfg, prepared.run, finished, last_round))
     best_single = max(s.info["cv"]["accuracy"] for s in members.sets)
     # says whose, first: where a pseudo-label round finished, each round's set is built
-    whose = (f" as after round {max(_round(s) for s in members.sets)}"
-             if any(_round(s) for s in finished) else "")
+    whose = (f" as after round {max(info_round(s.info) for s in members.sets)}"
+             if any(info_round(s.info) for s in finished) else "")
     get_logger().info("ensemble: %d models%s; best single model CV accuracy %.4f",
                       len(members.sets), whose, best_single)
     return [_build(cfg, prepared, name, members) for name in cfg.ensemble.methods]
-
-
-def _round(prediction_set) -> int:
-    """The pseudo-label round a finished model's prediction set was trained in."""
-    return int(prediction_set.info.get("round", 0))
 
 
 def _chosen_sets(cfg: DictConfig, run, finished: list, last_round: int | None) -> list:
@@ -90,7 +86,7 @@ def _chosen_sets(cfg: DictConfig, run, finished: list, last_round: int | None) -
     by its id; at least two."""
     chosen = set(cfg.ensemble.members)
     sets = [s for s in finished
-            if last_round is None or _round(s) <= last_round]
+            if last_round is None or info_round(s.info) <= last_round]
     known = {s.info["model_id"] for s in sets} | {s.info.get("backbone") for s in sets}
     unknown = sorted(chosen - known)
     if unknown:
@@ -149,7 +145,7 @@ def _info(name: str, method, state, members: _Members, prepared) -> dict:
     return {
         "kind": ENSEMBLE, "name": f"ensemble-{name}-{members.key}", "method": name,
         "labels": method.labels, "models": model_ids,
-        "round": max(_round(s) for s in members.sets),
+        "round": max(info_round(s.info) for s in members.sets),
         "repeats": prepared.n_repeats,
         "weights": None if weights is None else dict(zip(model_ids, weights.tolist(),
                                                          strict=True)),
