@@ -49,6 +49,7 @@ from comp.constraints import (
     check_setting,
 )
 from comp.data.folder import SUBMISSION_VALUES
+from comp.data.pixels import PIXEL_ORDERS
 from comp.data.views import TTA_VIEWS
 from comp.ensemble import METHODS
 from comp.errors import CompError
@@ -149,6 +150,11 @@ class DataConfig:
     # None: [0, 1] when every value lies there, else clipped to 0..255 as they are
     intensity_range: list[float] | None = setting(  # range mapped to 0..255 (16-bit/float)
         None, LowHigh())
+    # a pixel CSV's colour rows (3 x side^2 columns): interleaved (RGBRGB..., HAM10000's
+    # hmnist CSVs) | planar (every red, then green, then blue: CIFAR's arrays) | auto
+    # (the order whose neighbouring pixels are alike, said in one line; an error if unclear)
+    pixel_order: str = setting(  # a colour pixel CSV's value order
+        "auto", Options(*PIXEL_ORDERS))
 
 
 @dataclass

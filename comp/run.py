@@ -152,9 +152,10 @@ def _run_stage(cfg, given: frozenset[str]):
     created = not run_root(cfg.runs_dir, cfg.name).exists()
     reads_only = _reads_only(cfg)
     check_output_paths(cfg, reads_only)
-    if cfg.stage in DATA_STAGES and not Path(cfg.data.dir).is_dir():
-        raise CompError(f"{cfg.data.dir}: competition folder not found; set data.dir=<folder>")
     if cfg.stage in DATA_STAGES:
+        from comp.data.folder import checked_root
+
+        checked_root(cfg.data.dir)  # before any work
         _note_the_demo_in_a_competition(cfg, Path.cwd())
     try:
         stage_started(started)  # time_limit counts from here

@@ -220,19 +220,30 @@ def study_of(url: str, prefix: str, fold: int) -> str:
 
 
 def make_pixel_competition(root: Path, side: int = 8, per_class: int = 10, n_test: int = 6,
-                           test_ids: bool = False, seed: int = 0) -> Path:
+                           test_ids: bool = False, seed: int = 0,
+                           colour: str | None = None) -> Path:
     """Write a pixel-CSV competition (Digit Recognizer layout): train.csv =
     label,pixel0,...; test.csv = pixel rows (with an `id` column when `test_ids`, as
     Kannada-MNIST); sample_submission.csv = ImageId,Label (ImageId 1..N, or the ids).
-    Labels 0, 1, 2: noise over a bright row band whose place is the class."""
+    Labels 0, 1, 2: noise over a bright row band whose place is the class. With `colour`
+    (interleaved or planar) each row is a colour image (a bluish background of little
+    noise, a yellow band), its 3 x side^2 values in that order; the images as
+    (N, side, side, 3) are kept in `colour_images.npy` (train rows, then test rows)."""
     rng = np.random.default_rng(seed)
-    columns = [f"pixel{i}" for i in range(side * side)]
+    channels = 3 if colour else 1
+    columns = [f"pixel{i}" for i in range(channels * side * side)]
+    images: list[np.ndarray] = []
 
     def image(label: int) -> np.ndarray:
-        array = rng.integers(0, 60, size=(side, side))
         band = slice(label * side // 3, (label + 1) * side // 3)
-        array[band] += 180
-        return array.reshape(-1)
+        if colour:
+            array = rng.integers(0, 20, size=(side, side, 3)) + np.array([30, 90, 150])
+            array[band] += np.array([200, 140, 0])
+        else:
+            array = rng.integers(0, 60, size=(side, side, 1))
+            array[band] += 180
+        images.append(array.astype(np.uint8))
+        return (array.transpose(2, 0, 1) if colour == "planar" else array).reshape(-1)
 
     labels = [k for k in range(3) for _ in range(per_class)]
     root.mkdir(parents=True)
@@ -246,6 +257,8 @@ def make_pixel_competition(root: Path, side: int = 8, per_class: int = 10, n_tes
     test.to_csv(root / "test.csv", index=False)
     name = "id" if test_ids else "ImageId"
     pd.DataFrame({name: ids, "Label": 0}).to_csv(root / "sample_submission.csv", index=False)
+    if colour:
+        np.save(root / "colour_images.npy", np.stack(images))
     return root
 
 

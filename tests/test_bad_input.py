@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 
 import pandas as pd
 import pytest
@@ -63,6 +64,11 @@ CASES = {
         "sample_submission.csv: not found, and"),
     "missing data folder": (lambda r: None, ["data.dir=/nonexistent/comp"],
                             "competition folder not found"),
+    "a zip, not a folder": (lambda r: shutil.make_archive(str(r.parent / "afile"), "zip", r),
+                            ["data.dir=AFILE.zip"], "afile.zip: a zip archive, not a folder; "
+                            "unzip it"),
+    "a file, not a folder": (lambda r: (r.parent / "afile").write_text("x"),
+                             ["data.dir=AFILE"], "afile: not a folder; set data.dir"),
     "empty train.csv": (lambda r: (r / "train.csv").write_text(""), [], "file is empty"),
     "header only": (lambda r: (r / "train.csv").write_text("id,label\n"), [], "no rows"),
     "wrong columns": (lambda r: _write_train(r, _train(r).rename(columns={"id": "picture"})),

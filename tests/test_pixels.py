@@ -57,6 +57,30 @@ def test_sample_ids_follow_the_test_id_column(tmp_path):
     assert (images == pixels[::-1]).all()  # each id gets its own row's pixels
 
 
+@pytest.mark.parametrize("order", ["interleaved", "planar"])
+def test_colour_rows_are_read_in_their_order(order, tmp_path, caplog):
+    root = make_pixel_competition(tmp_path / "colour", side=12, colour=order)
+    truth = np.load(root / "colour_images.npy")
+    overrides = [*tiny_overrides(tmp_path, root), 'quiet="false"']
+    assert main(["stage=prepare", *overrides]) == 0
+    other = {"interleaved": "planar", "planar": "interleaved"}[order]
+    said = [r.getMessage() for r in caplog.records if "pixel columns read as" in r.getMessage()]
+    assert len(said) == 1 and f"12x12 colour images with the values {order}" in said[0], said
+    assert f"set data.pixel_order={other} if" in said[0]
+    prepared = prepare(load_config(overrides))
+    assert (np.asarray(prepared.images("train", 12)) == truth[:30]).all()
+    assert (np.asarray(prepared.images("test", 12)) == truth[30:]).all()
+
+
+def test_a_colour_order_set_is_read_as_set(tmp_path):
+    root = make_pixel_competition(tmp_path / "colour", side=12, colour="planar")
+    truth = np.load(root / "colour_images.npy")
+    # read the other way, as told: each image is the planar values laid out interleaved
+    told = [*tiny_overrides(tmp_path, root), "data.pixel_order=interleaved"]
+    flat = truth.transpose(0, 3, 1, 2).reshape(len(truth), 12, 12, 3)
+    assert (np.asarray(prepare(load_config(told)).images("train", 12)) == flat[:30]).all()
+
+
 def test_images_are_written_once(tmp_path):
     root = make_pixel_competition(tmp_path / "digits")
     overrides = tiny_overrides(tmp_path, root)
@@ -79,12 +103,19 @@ def _set(name, column, value):
         f.index != 2, value)))
 
 
+def _noise_columns(frame, count):
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        frame[f"pixel{i}"] = rng.integers(0, 256, len(frame))
+
+
 BAD = {
     "not a square": (lambda r: _edit(r, "train.csv", lambda f: f.pop("pixel63")),
-                     "train.csv: 63 pixel columns is not a square number"),
-    "colour layout": (lambda r: _edit(r, "train.csv", lambda f: [
-        f.__setitem__(f"pixel{i}", "0") for i in range(64, 192)]),
-                      "colour pixel CSVs are not read"),
+                     "train.csv: 63 pixel columns is neither a square number of pixels"),
+    "colour order unclear": (lambda r: [_edit(r, name, lambda f: _noise_columns(f, 192))
+                                        for name in ("train.csv", "test.csv")],
+                             "train.csv: 192 pixel columns are 8x8 colour images, and "
+                             "whether each pixel's 3 values"),
     "text pixel": (_set("train.csv", "pixel5", "x"),
                    "train.csv line 4: pixel5='x' is not a number"),
     "above 255": (_set("train.csv", "pixel7", "256"), "train.csv line 4: pixel7=256 is outside"),

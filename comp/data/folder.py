@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,9 @@ from PIL import Image, UnidentifiedImageError
 from comp.artifacts import fingerprint
 from comp.data.images import content_hashes
 from comp.data.pixels import (
-    image_side,
+    arranged,
+    choose_pixel_order,
+    image_shape,
     is_pixel_csv,
     pixel_columns,
     pixel_hashes,
@@ -118,7 +121,8 @@ def read_competition(root: str | Path, id_column: str | None = None,
                      label_column: str | None = None,
                      pixel_dir: Path | None = None, submission_values: str = "auto",
                      positive_class: str | None = None,
-                     group_column: str | None = None) -> CompetitionFolder:
+                     group_column: str | None = None,
+                     pixel_order: str = "auto") -> CompetitionFolder:
     """Read `root` as a competition folder; raise CompError on the first problem.
 
     `id_column` / `label_column` name train.csv's columns (None: found by name).
@@ -129,10 +133,9 @@ def read_competition(root: str | Path, id_column: str | None = None,
     `group_column` names a train.csv column of groups (patient, slide) whose images share
     a fold: the train frame's `group_key`.
     A folder in the pixel-CSV layout (no train/ folder, pixel columns in train.csv; see
-    comp.data.pixels) has its rows written as PNG images under `pixel_dir` once."""
-    root = Path(root)
-    if not root.is_dir():
-        raise CompError(f"{root}: competition folder not found; set data.dir=<folder>")
+    comp.data.pixels) has its rows written as PNG images under `pixel_dir` once, a colour
+    row's values in `pixel_order` order (auto: told from the images)."""
+    root = checked_root(root)
     pixels = is_pixel_layout(root)
     if pixels and pixel_dir is None:
         raise ValueError(f"{root} holds pixel CSVs: give pixel_dir, where their images go")
@@ -140,8 +143,8 @@ def read_competition(root: str | Path, id_column: str | None = None,
         raise CompError(f"config: data.group_column={group_column!r} needs a train.csv of "
                         f"image files; {root} holds pixel rows")
     if pixels:
-        train, train_pixels = _read_pixel_train(root, id_column, label_column, pixel_dir)
-        notes: tuple[str, ...] = ()
+        train, layout, notes = _read_pixel_train(root, id_column, label_column, pixel_dir,
+                                                 pixel_order)
     else:
         train, notes = _read_train(root, id_column, label_column, group_column)
     classes = sorted(train["label"].unique())
@@ -160,8 +163,7 @@ def read_competition(root: str | Path, id_column: str | None = None,
                         f"{root}; the classes are {classes}")
     wanted = (classes, submission_values, positive_class)  # _read_sample's
     if pixels:
-        test, columns, probability_columns = _read_pixel_test(root, wanted, train_pixels,
-                                                              pixel_dir)
+        test, columns, probability_columns = _read_pixel_test(root, wanted, layout, pixel_dir)
         test_labels = ()
         unlabeled = pd.DataFrame(columns=["id", "path", "hash"])
     else:
@@ -174,6 +176,23 @@ def read_competition(root: str | Path, id_column: str | None = None,
             frame["hash"] = content_hashes(frame["path"].tolist()) if len(frame) else []
     return CompetitionFolder(root, classes, train, test, unlabeled, columns,
                              probability_columns, notes, test_labels)
+
+
+def checked_root(root: str | Path) -> Path:
+    """`root` as a Path where it is a folder; else a CompError saying what it is and what
+    to do (a Kaggle download's zip archive: the unzip command)."""
+    root = Path(root)
+    if root.is_dir():
+        return root
+    if root.is_file() and zipfile.is_zipfile(root):
+        folder = root.with_suffix("")
+        raise CompError(f"{root}: a zip archive, not a folder; unzip it (unzip {root} -d "
+                        f"{folder}) and set data.dir to the folder that holds train.csv or "
+                        "train/")
+    if root.exists():
+        raise CompError(f"{root}: not a folder; set data.dir to the folder that holds "
+                        "train.csv or train/")
+    raise CompError(f"{root}: competition folder not found; set data.dir=<folder>")
 
 
 def check_id(image_id: object, source: str) -> str:
@@ -779,14 +798,31 @@ def _csv_header(path: Path) -> list[str]:
     return [str(c).strip() for c in pd.read_csv(path, nrows=0).columns]
 
 
+@dataclass(frozen=True)
+class PixelLayout:
+    """How train.csv's pixel rows make images, which test.csv's must share: its pixel
+    `columns`, the images' `side` and `channels`, a colour row's value `order`."""
+
+    columns: list[str]
+    side: int
+    channels: int
+    order: str
+
+    def images(self, pixels: np.ndarray) -> np.ndarray:
+        """(N, P) pixel rows as images (comp.data.pixels.arranged)."""
+        return arranged(pixels, self.side, self.channels, self.order)
+
+
 def _read_pixel_train(root: Path, id_column: str | None, label_column: str | None,
-                      pixel_dir: Path) -> tuple[pd.DataFrame, list[str]]:
+                      pixel_dir: Path, order_setting: str
+                      ) -> tuple[pd.DataFrame, PixelLayout, tuple[str, ...]]:
     """train.csv of pixel rows as the train frame (id, label, path, hash; ids are the
-    id column's, else the row numbers 1..N) and its pixel columns."""
+    id column's, else the row numbers 1..N), its PixelLayout and how a colour row's value
+    order was told (notes)."""
     csv_path = train_csv(root)
     columns = _csv_header(csv_path)
     pixels = pixel_columns(columns)
-    side = image_side(pixels, csv_path)
+    side, channels = image_shape(pixels, csv_path)
     others = [c for c in columns if c not in pixels]
     label_col = _find_column(others, label_column, LABEL_COLUMNS, "data.label_column", csv_path)
     if label_col is None and len(others) == 1:
@@ -804,15 +840,17 @@ def _read_pixel_train(root: Path, id_column: str | None, label_column: str | Non
     ids = (text[id_col].str.strip() if id_col
            else pd.Series([str(i) for i in range(1, len(text) + 1)]))
     _check_ids(ids, csv_path)
-    hashes = pixel_hashes(array)
-    paths = write_pixel_images(pixel_dir, "train", [f"{i}.png" for i in ids], array, side,
-                               hashes)
+    order, note = choose_pixel_order(array, side, channels, order_setting, csv_path)
+    layout = PixelLayout(pixels, side, channels, order)
+    images = layout.images(array)
+    hashes = pixel_hashes(images)
+    paths = write_pixel_images(pixel_dir, "train", [f"{i}.png" for i in ids], images, hashes)
     frame = pd.DataFrame({"id": ids.to_numpy(), "label": labels.to_numpy(), "path": paths,
                           "hash": hashes})
-    return frame, pixels
+    return frame, layout, (note,) if note else ()
 
 
-def _read_pixel_test(root: Path, wanted: tuple, train_pixels: list[str],
+def _read_pixel_test(root: Path, wanted: tuple, layout: PixelLayout,
                      pixel_dir: Path) -> tuple[pd.DataFrame, list[str], dict[str, str]]:
     """test.csv of pixel rows as the test frame in sample-submission order, the sample's
     columns and its probability columns (`wanted`: as for _read_test). The sample's ids
@@ -826,10 +864,10 @@ def _read_pixel_test(root: Path, wanted: tuple, train_pixels: list[str],
     sample_path = sample_csv(root)
     header = _csv_header(csv_path)
     pixels = pixel_columns(header)
-    if pixels != train_pixels:
+    if pixels != layout.columns:
         raise CompError(f"{csv_path}: {len(pixels)} pixel columns "
                         f"({', '.join(pixels[:1] + pixels[-1:])}) differ from train.csv's "
-                        f"{len(train_pixels)} ({train_pixels[0]}, {train_pixels[-1]}); "
+                        f"{len(layout.columns)} ({layout.columns[0]}, {layout.columns[-1]}); "
                         "train and test images must have the same size")
     others = [c for c in header if c not in pixels]
     id_col = (columns[0] if columns[0] in others
@@ -857,10 +895,9 @@ def _read_pixel_test(root: Path, wanted: tuple, train_pixels: list[str],
     if len(rows) < len(text):
         get_logger().warning("warning: %d row(s) of %s are not in sample_submission.csv and "
                              "are not predicted", len(text) - len(rows), csv_path)
-    chosen = array[rows]
+    chosen = layout.images(array[rows])
     hashes = pixel_hashes(chosen)
-    paths = write_pixel_images(pixel_dir, "test", [f"{i}.png" for i in wanted], chosen,
-                               image_side(pixels, csv_path), hashes)
+    paths = write_pixel_images(pixel_dir, "test", [f"{i}.png" for i in wanted], chosen, hashes)
     test = pd.DataFrame({"id": wanted.to_numpy(), "submission_id": sample[columns[0]].to_numpy(),
                          "path": paths, "hash": hashes})
     return test, columns, probability_columns

@@ -2,11 +2,16 @@
 Language MNIST, Kannada-MNIST): `train.csv` = label,pixel0,...,pixel783 (one square
 grayscale image per row, row-major), `test.csv` = pixel rows (maybe with an id column),
 `sample_submission.csv` = ImageId,Label (ImageId 1..N: test.csv's rows in order, or
-test.csv's id column). There are no train/ or test/ image folders.
+test.csv's id column). There are no train/ or test/ image folders. A row of 3 x side^2
+pixel columns is a colour image (HAM10000's hmnist_28_28_RGB.csv), its values either
+interleaved (RGBRGB...) or planar (every red value, then green, then blue: CIFAR's
+arrays): `data.pixel_order`, or told apart by which order makes neighbouring pixels
+alike (`choose_pixel_order`).
 
-Each pixel row is written once as a grayscale PNG into a folder of the run directory
-(keyed by the rows' content), so the rest of comp reads these images like any other
-competition's files; each image's content hash is the hash of its pixel bytes.
+Each pixel row is written once as a PNG into a folder of the run directory (keyed by the
+rows' content), so the rest of comp reads these images like any other competition's
+files; each image's content hash is the hash of its pixel bytes, row by row and pixel by
+pixel (a grayscale row's bytes as they are).
 """
 
 from __future__ import annotations
@@ -28,6 +33,11 @@ from comp.errors import CompError
 from comp.log import progress
 
 PIXEL_COLUMN = re.compile(r"pixel_?(\d+)", re.IGNORECASE)
+# data.pixel_order: how a colour row's values are laid out (auto: told from the images)
+PIXEL_ORDERS = ("auto", "interleaved", "planar")
+# auto takes the order whose neighbouring pixels differ at most this share of the other's
+ORDER_MARGIN = 0.8
+ORDER_SAMPLE = 512  # rows auto reads
 
 
 def pixel_columns(columns: list[str]) -> list[str]:
@@ -45,24 +55,66 @@ def is_pixel_csv(path: Path) -> bool:
     return bool(pixel_columns([str(c) for c in header]))
 
 
-def image_side(columns: list[str], source: Path) -> int:
-    """The side of the square images whose pixels are `columns`; CompError otherwise."""
+def image_shape(columns: list[str], source: Path) -> tuple[int, int]:
+    """(side, channels) of the square images whose pixels are `columns`: side^2 columns
+    are grayscale, 3 x side^2 colour; CompError otherwise or where a column is missing."""
     count = len(columns)
-    side = math.isqrt(count)
+    side, channels = math.isqrt(count), 1
     if side * side != count:
-        colour = math.isqrt(count // 3)
-        hint = (f" ({count} = 3 x {colour}x{colour}: colour pixel CSVs are not read, since "
-                "planar and interleaved channel orders cannot be told apart)"
-                if count % 3 == 0 and 3 * colour * colour == count else "")
-        raise CompError(f"{source}: {count} pixel columns is not a square number of pixels"
-                        f"{hint}; give one grayscale side x side image per row")
+        side, channels = math.isqrt(count // 3), 3
+        if count % 3 or 3 * side * side != count:
+            raise CompError(f"{source}: {count} pixel columns is neither a square number of "
+                            "pixels (side x side grayscale) nor 3 times one (colour); give "
+                            "one square image per row")
     numbers = [int(PIXEL_COLUMN.fullmatch(c.strip()).group(1)) for c in columns]
     start = numbers[0]
     if numbers != list(range(start, start + count)):
         gap = next(n for i, n in enumerate(numbers) if n != start + i)
         raise CompError(f"{source}: pixel columns do not run {start}..{start + count - 1} "
                         f"without a gap (first odd one: pixel{gap}); give every pixel column")
-    return side
+    return side, channels
+
+
+def arranged(pixels: np.ndarray, side: int, channels: int, order: str) -> np.ndarray:
+    """(N, side, side) grayscale or (N, side, side, 3) colour images of (N, P) pixel
+    rows, a colour row's values `order`ed interleaved or planar."""
+    if channels == 1:
+        return pixels.reshape(-1, side, side)
+    if order == "planar":
+        return np.ascontiguousarray(pixels.reshape(-1, channels, side, side)
+                                    .transpose(0, 2, 3, 1))
+    return pixels.reshape(-1, side, side, channels)
+
+
+def roughness(images: np.ndarray) -> float:
+    """Mean absolute difference of vertically and of horizontally neighbouring pixels of
+    (N, H, W[, C]) images: small where the pixels are where they belong."""
+    values = images.astype(np.float32)
+    return float(np.abs(np.diff(values, axis=1)).mean() + np.abs(np.diff(values, axis=2)).mean())
+
+
+def choose_pixel_order(pixels: np.ndarray, side: int, channels: int, setting: str,
+                source: Path) -> tuple[str, str | None]:
+    """(the order of colour rows' values, a note saying how auto chose it or None) for
+    (N, P) pixel rows: `setting` where it is not auto (or the rows are grayscale), else
+    the order whose images are at most ORDER_MARGIN as rough as the other's (on up to
+    ORDER_SAMPLE rows); a CompError naming data.pixel_order where neither is."""
+    if channels == 1 or setting != "auto":
+        return ("interleaved" if setting == "auto" else setting), None
+    sample = pixels[:ORDER_SAMPLE]
+    rough = {order: roughness(arranged(sample, side, channels, order))
+             for order in ("interleaved", "planar")}
+    chosen, other = sorted(rough, key=rough.get)
+    if not rough[chosen] <= ORDER_MARGIN * rough[other]:
+        raise CompError(
+            f"{source}: {pixels.shape[1]} pixel columns are {side}x{side} colour images, and "
+            "whether each pixel's 3 values sit side by side (interleaved, RGBRGB...) or each "
+            "colour's values follow the other's (planar: every red, then green, then blue) "
+            "cannot be told from the images; set data.pixel_order=interleaved or planar")
+    return chosen, (f"{source.name}: {pixels.shape[1]} pixel columns read as {side}x{side} "
+                    f"colour images with the values {chosen} (neighbouring pixels differ "
+                    f"{rough[other] / max(rough[chosen], 1e-9):.1f}x less than read "
+                    f"{other}); set data.pixel_order={other} if that is wrong")
 
 
 def read_pixel_rows(path: Path, columns: list[str], text_columns: list[str]
@@ -92,16 +144,18 @@ def read_pixel_rows(path: Path, columns: list[str], text_columns: list[str]
     return frame[text_columns], array.astype(np.uint8)
 
 
-def pixel_hashes(pixels: np.ndarray) -> list[str]:
-    """The BLAKE2b hash (128 bits, hex) of each row's pixel bytes: the image's identity."""
-    return [hashlib.blake2b(row.tobytes(), digest_size=16).hexdigest() for row in pixels]
+def pixel_hashes(images: np.ndarray) -> list[str]:
+    """The BLAKE2b hash (128 bits, hex) of each image's pixel bytes (`arranged`; a
+    grayscale image's are its row's): the image's identity."""
+    return [hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest() for image in images]
 
 
-def write_pixel_images(folder: Path, split: str, names: list[str], pixels: np.ndarray,
-                       side: int, hashes: list[str]) -> list[str]:
-    """The paths of `pixels`' rows as grayscale PNGs named `names` in a sub-folder of
+def write_pixel_images(folder: Path, split: str, names: list[str], images: np.ndarray,
+                       hashes: list[str]) -> list[str]:
+    """The paths of `images` (`arranged`) as PNGs named `names` in a sub-folder of
     `folder` keyed by their content; written once (into a temporary folder renamed into
     place), reused as long as the rows stay the same."""
+    side = images.shape[1]
     target = folder / f"{split}_{side}_{fingerprint({'names': names, 'hashes': hashes}, 16)}"
     paths = [str(target / name) for name in names]
     if target.is_dir():
@@ -109,9 +163,9 @@ def write_pixel_images(folder: Path, split: str, names: list[str], pixels: np.nd
     folder.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=folder))
     try:
-        for name, row in progress(zip(names, pixels, strict=True), total=len(names),
-                                  desc=f"write {split} pixel images"):
-            Image.fromarray(row.reshape(side, side)).save(tmp / name)
+        for name, image in progress(zip(names, images, strict=True), total=len(names),
+                                    desc=f"write {split} pixel images"):
+            Image.fromarray(image).save(tmp / name)
         try:
             os.rename(tmp, target)
         except OSError:

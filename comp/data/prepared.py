@@ -105,13 +105,14 @@ def decoding(cfg: DictConfig) -> Decoding:
 
 def load_competition(cfg: DictConfig) -> CompetitionFolder:
     """The competition folder of `cfg` (data.dir, data.id_column, data.label_column,
-    data.submission_values, data.positive_class); a pixel-CSV competition's images are
-    written into the run directory's cache."""
+    data.submission_values, data.positive_class, data.group_column, data.pixel_order); a
+    pixel-CSV competition's images are written into the run directory's cache."""
     return read_competition(cfg.data.dir, cfg.data.get("id_column"),
                             cfg.data.get("label_column"),
                             RunDir(run_root(cfg.runs_dir, cfg.name)).pixel_images,
                             cfg.data.get("submission_values", "auto"),
-                            cfg.data.get("positive_class"), cfg.data.get("group_column"))
+                            cfg.data.get("positive_class"), cfg.data.get("group_column"),
+                            cfg.data.get("pixel_order", "auto"))
 
 
 def train_key(train: pd.DataFrame) -> str:
