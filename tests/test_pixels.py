@@ -81,6 +81,20 @@ def test_a_colour_order_set_is_read_as_set(tmp_path):
     assert (np.asarray(prepare(load_config(told)).images("train", 12)) == flat[:30]).all()
 
 
+def test_row_by_column_names_are_pixel_columns(tmp_path):
+    """mnist-in-csv's header: label,1x1,1x2,...,8x8 (row x column, from 1)."""
+    root = make_pixel_competition(tmp_path / "grid", side=8)
+    names = {f"pixel{i}": f"{i // 8 + 1}x{i % 8 + 1}" for i in range(64)}
+    for name in ("train.csv", "test.csv"):
+        _edit(root, name, lambda f: f.rename(columns=names, inplace=True))
+    frame = pd.read_csv(root / "train.csv")
+    shuffled = ["label", *np.random.default_rng(0).permutation(list(names.values()))]
+    frame[shuffled].to_csv(root / "train.csv", index=False)  # any column order
+    prepared = prepare(load_config(tiny_overrides(tmp_path, root)))
+    gray = frame[list(names.values())].to_numpy(np.uint8).reshape(30, 8, 8)
+    assert (np.asarray(prepared.images("train", 8))[..., 0] == gray).all()
+
+
 def test_images_are_written_once(tmp_path):
     root = make_pixel_competition(tmp_path / "digits")
     overrides = tiny_overrides(tmp_path, root)
@@ -116,6 +130,15 @@ BAD = {
                                         for name in ("train.csv", "test.csv")],
                              "train.csv: 192 pixel columns are 8x8 colour images, and "
                              "whether each pixel's 3 values"),
+    "a gap": (lambda r: [_edit(r, name, lambda f: f.rename(columns={"pixel9": "pixel64"},
+                                                             inplace=True))
+                         for name in ("train.csv", "test.csv")],
+              "pixel columns pixel0..pixel64 have a gap (first odd one: pixel10)"),
+    "no header": (lambda r: (r / "train.csv").write_text(
+        "\n".join((r / "train.csv").read_text().splitlines()[1:]) + "\n"),
+                  "train.csv: its first line is 65 numbers, not column names: a pixel CSV "
+                  "without a header (EMNIST's layout); add the header line "
+                  "label,pixel0,...,pixel63"),
     "text pixel": (_set("train.csv", "pixel5", "x"),
                    "train.csv line 4: pixel5='x' is not a number"),
     "above 255": (_set("train.csv", "pixel7", "256"), "train.csv line 4: pixel7=256 is outside"),

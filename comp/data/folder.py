@@ -463,6 +463,12 @@ def _read_train(root: Path, id_column: str | None, label_column: str | None,
     """The train frame, and how it was read where that is not plain to see (notes)."""
     csv_path, folder = train_csv(root), image_folder(root, "train")
     if not folder.is_dir():
+        if csv_path.is_file() and is_headerless_numbers(csv_path):
+            width = len(_csv_header(csv_path))
+            raise CompError(f"{csv_path}: its first line is {width} numbers, not column "
+                            "names: a pixel CSV without a header (EMNIST's layout); add "
+                            f"the header line label,pixel0,...,pixel{width - 2} (label "
+                            "first) to train.csv, and pixel0,... to test.csv")
         raise _not_found(folder, "training")
     if csv_path.exists():
         frame = _read_csv(csv_path, [])
@@ -792,6 +798,17 @@ def is_pixel_layout(root: Path) -> bool:
     csv_path = train_csv(root)
     return (not image_folder(root, "train").is_dir() and csv_path.is_file()
             and is_pixel_csv(csv_path))
+
+
+def is_headerless_numbers(path: Path) -> bool:
+    """Whether the CSV at `path` starts with a line of 16 or more numbers instead of
+    column names (a pixel CSV without its header)."""
+    try:
+        header = _csv_header(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
+        return False
+    # pandas renames a repeated name: 0, 0.1, 0.2 for three zeros
+    return len(header) >= 16 and all(re.fullmatch(r"-?\d+(\.\d+)?", c) for c in header)
 
 
 def _csv_header(path: Path) -> list[str]:

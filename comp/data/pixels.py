@@ -2,7 +2,8 @@
 Language MNIST, Kannada-MNIST): `train.csv` = label,pixel0,...,pixel783 (one square
 grayscale image per row, row-major), `test.csv` = pixel rows (maybe with an id column),
 `sample_submission.csv` = ImageId,Label (ImageId 1..N: test.csv's rows in order, or
-test.csv's id column). There are no train/ or test/ image folders. A row of 3 x side^2
+test.csv's id column). There are no train/ or test/ image folders. Pixel columns may be
+named `<row>x<column>` instead (mnist-in-csv's 1x1 ... 28x28). A row of 3 x side^2
 pixel columns is a colour image (HAM10000's hmnist_28_28_RGB.csv), its values either
 interleaved (RGBRGB...) or planar (every red value, then green, then blue: CIFAR's
 arrays): `data.pixel_order`, or told apart by which order makes neighbouring pixels
@@ -33,6 +34,7 @@ from comp.errors import CompError
 from comp.log import progress
 
 PIXEL_COLUMN = re.compile(r"pixel_?(\d+)", re.IGNORECASE)
+GRID_COLUMN = re.compile(r"(\d+)x(\d+)")  # mnist-in-csv's 1x1 ... 28x28: row x column
 # data.pixel_order: how a colour row's values are laid out (auto: told from the images)
 PIXEL_ORDERS = ("auto", "interleaved", "planar")
 # auto takes the order whose neighbouring pixels differ at most this share of the other's
@@ -40,14 +42,30 @@ ORDER_MARGIN = 0.8
 ORDER_SAMPLE = 512  # rows auto reads
 
 
+def pixel_numbers(columns: list[str]) -> dict[str, int]:
+    """Each pixel column of a header and its place in the row-major image: `pixel<k>` or
+    `pixel_<k>` (any case) at k, or else `<row>x<column>` (mnist-in-csv's 1x1 ... 28x28)
+    at row x width + column; {} where there are none."""
+    named = {c: int(m.group(1)) for c in columns if (m := PIXEL_COLUMN.fullmatch(c.strip()))}
+    if named:
+        return named
+    grid = {c: (int(m.group(1)), int(m.group(2))) for c in columns
+            if (m := GRID_COLUMN.fullmatch(c.strip()))}
+    if not grid:
+        return {}
+    first = min(column for _, column in grid.values())
+    width = max(column for _, column in grid.values()) - first + 1
+    return {c: row * width + column - first for c, (row, column) in grid.items()}
+
+
 def pixel_columns(columns: list[str]) -> list[str]:
-    """The pixel columns (`pixel<k>` or `pixel_<k>`, any case) of a header, by k."""
-    found = [c for c in columns if PIXEL_COLUMN.fullmatch(c.strip())]
-    return sorted(found, key=lambda c: int(PIXEL_COLUMN.fullmatch(c.strip()).group(1)))
+    """The pixel columns of a header (pixel_numbers), in the image's row-major order."""
+    numbers = pixel_numbers(columns)
+    return sorted(numbers, key=numbers.get)
 
 
 def is_pixel_csv(path: Path) -> bool:
-    """Whether the CSV at `path` has pixel columns in its header."""
+    """Whether the CSV at `path` has pixel columns (pixel_numbers) in its header."""
     try:
         header = pd.read_csv(path, nrows=0).columns
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
@@ -66,12 +84,13 @@ def image_shape(columns: list[str], source: Path) -> tuple[int, int]:
             raise CompError(f"{source}: {count} pixel columns is neither a square number of "
                             "pixels (side x side grayscale) nor 3 times one (colour); give "
                             "one square image per row")
-    numbers = [int(PIXEL_COLUMN.fullmatch(c.strip()).group(1)) for c in columns]
+    place = pixel_numbers(columns)
+    numbers = [place[c] for c in columns]
     start = numbers[0]
     if numbers != list(range(start, start + count)):
-        gap = next(n for i, n in enumerate(numbers) if n != start + i)
-        raise CompError(f"{source}: pixel columns do not run {start}..{start + count - 1} "
-                        f"without a gap (first odd one: pixel{gap}); give every pixel column")
+        gap = next(c for i, c in enumerate(columns) if place[c] != start + i)
+        raise CompError(f"{source}: pixel columns {columns[0]}..{columns[-1]} have a gap "
+                        f"(first odd one: {gap}); give every pixel column")
     return side, channels
 
 
