@@ -86,6 +86,10 @@ def input_images(path: Path) -> dict[str, Path]:
     """The image files of `path` by id: a file (its name), a folder (its images' names)
     or a folder of sub-folders only (test/<class>/<image>: `<sub-folder>/<file name>`),
     the names checked to be plain."""
+    if path.is_file() and path.suffix.lower() == ".csv":
+        raise CompError(f"predict.input={path}: a CSV, not an image; give an image file or a "
+                        "folder of them (a pixel-CSV competition's test.csv rows are "
+                        "predicted by stage=all, into its submissions)")
     if path.is_file():
         files = {path.name: path}
     elif path.is_dir():

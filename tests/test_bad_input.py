@@ -161,3 +161,13 @@ def test_a_second_process_on_the_same_run_is_refused(tmp_path, competition, caps
     with run_lock(run_dir(str(tmp_path / "runs"), "tiny"), "train"):
         assert main(["stage=prepare", *tiny_overrides(tmp_path, competition)]) == 2
     assert "already in use" in capsys.readouterr().err
+
+
+def test_a_csv_to_predict_is_one_line(tmp_path):
+    from comp.errors import CompError
+    from comp.inference import input_images
+
+    rows = tmp_path / "new_rows.csv"
+    rows.write_text("pixel0,pixel1,pixel2,pixel3\n0,1,2,3\n")
+    with pytest.raises(CompError, match="new_rows.csv: a CSV, not an image; give an image"):
+        input_images(rows)
