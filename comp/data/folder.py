@@ -26,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from comp.artifacts import fingerprint
 from comp.data.images import content_hashes
 from comp.data.pixels import (
-    arranged,
+    PixelLayout,
     choose_pixel_order,
     image_shape,
     is_pixel_csv,
@@ -813,21 +813,6 @@ def is_headerless_numbers(path: Path) -> bool:
 
 def _csv_header(path: Path) -> list[str]:
     return [str(c).strip() for c in pd.read_csv(path, nrows=0).columns]
-
-
-@dataclass(frozen=True)
-class PixelLayout:
-    """How train.csv's pixel rows make images, which test.csv's must share: its pixel
-    `columns`, the images' `side` and `channels`, a colour row's value `order`."""
-
-    columns: list[str]
-    side: int
-    channels: int
-    order: str
-
-    def images(self, pixels: np.ndarray) -> np.ndarray:
-        """(N, P) pixel rows as images (comp.data.pixels.arranged)."""
-        return arranged(pixels, self.side, self.channels, self.order)
 
 
 def _read_pixel_train(root: Path, id_column: str | None, label_column: str | None,

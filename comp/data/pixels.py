@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,21 @@ def arranged(pixels: np.ndarray, side: int, channels: int, order: str) -> np.nda
     return pixels.reshape(-1, side, side, channels)
 
 
+@dataclass(frozen=True)
+class PixelLayout:
+    """How train.csv's pixel rows make images, which test.csv's must share: its pixel
+    `columns`, the images' `side` and `channels`, a colour row's value `order`."""
+
+    columns: list[str]
+    side: int
+    channels: int
+    order: str
+
+    def images(self, pixels: np.ndarray) -> np.ndarray:
+        """(N, P) pixel rows as images (`arranged`)."""
+        return arranged(pixels, self.side, self.channels, self.order)
+
+
 def roughness(images: np.ndarray) -> float:
     """Mean absolute difference of vertically and of horizontally neighbouring pixels of
     (N, H, W[, C]) images: small where the pixels are where they belong."""
@@ -113,7 +129,7 @@ def roughness(images: np.ndarray) -> float:
 
 
 def choose_pixel_order(pixels: np.ndarray, side: int, channels: int, setting: str,
-                source: Path) -> tuple[str, str | None]:
+                       source: Path) -> tuple[str, str | None]:
     """(the order of colour rows' values, a note saying how auto chose it or None) for
     (N, P) pixel rows: `setting` where it is not auto (or the rows are grayscale), else
     the order whose images are at most ORDER_MARGIN as rough as the other's (on up to
