@@ -16,8 +16,9 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from comp.artifacts import read_json
-from comp.data.folder import check_id, images_in
+from comp.data.folder import check_id, images_in, pixel_csv_images
 from comp.data.images import load_images
+from comp.data.pixels import is_pixel_csv
 from comp.data.prepared import decoding
 from comp.ensemble import METHODS
 from comp.errors import CompError
@@ -82,14 +83,20 @@ def predict_paths(cfg: DictConfig, run: RunDir, using: str, paths: list[Path]
     return METHODS[info["method"]].apply(members, state), classes
 
 
-def input_images(path: Path) -> dict[str, Path]:
+def input_images(path: Path, pixel_dir: Path | None = None,
+                 pixel_order: str = "auto") -> dict[str, Path]:
     """The image files of `path` by id: a file (its name), a folder (its images' names)
     or a folder of sub-folders only (test/<class>/<image>: `<sub-folder>/<file name>`),
-    the names checked to be plain."""
+    the names checked to be plain; or a pixel CSV's rows (comp.data.pixels), written as
+    PNGs under `pixel_dir` once, by its ids (comp.data.folder.pixel_csv_images)."""
     if path.is_file() and path.suffix.lower() == ".csv":
-        raise CompError(f"predict.input={path}: a CSV, not an image; give an image file or a "
-                        "folder of them (a pixel-CSV competition's test.csv rows are "
-                        "predicted by stage=all, into its submissions)")
+        if not is_pixel_csv(path):
+            raise CompError(f"predict.input={path}: a CSV without pixel columns "
+                            "(pixel0,... or 1x1,...); give an image file, a folder of them "
+                            "or a CSV of pixel rows")
+        if pixel_dir is None:
+            raise ValueError(f"{path} holds pixel rows: give pixel_dir, where their images go")
+        return pixel_csv_images(path, pixel_dir, pixel_order)
     if path.is_file():
         files = {path.name: path}
     elif path.is_dir():

@@ -163,11 +163,11 @@ def test_a_second_process_on_the_same_run_is_refused(tmp_path, competition, caps
     assert "already in use" in capsys.readouterr().err
 
 
-def test_a_csv_to_predict_is_one_line(tmp_path):
+def test_a_csv_to_predict_without_pixels_is_one_line(tmp_path):
     from comp.errors import CompError
     from comp.inference import input_images
 
     rows = tmp_path / "new_rows.csv"
-    rows.write_text("pixel0,pixel1,pixel2,pixel3\n0,1,2,3\n")
-    with pytest.raises(CompError, match="new_rows.csv: a CSV, not an image; give an image"):
-        input_images(rows)
+    rows.write_text("id,label\na.png,0\n")
+    with pytest.raises(CompError, match="new_rows.csv: a CSV without pixel columns"):
+        input_images(rows, tmp_path / "pixels")

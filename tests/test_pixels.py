@@ -9,9 +9,11 @@ import hashlib
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from comp.config import load_config
 from comp.data.prepared import prepare
+from comp.inference import input_images
 from comp.run import main
 from tests.helpers import make_pixel_competition, run_path, tiny_overrides
 
@@ -176,3 +178,23 @@ def test_stage_all_writes_the_samples_ids_and_integer_labels(tmp_path):
     rows = [line.split(",") for line in text[1:]]
     assert [r[0] for r in rows] == [str(i) for i in range(1, 7)]
     assert all(r[1] in {"0", "1", "2"} for r in rows)  # integers, as in train.csv
+    # the same rows given to stage=predict: the rank-1 model's labels, by the row numbers
+    overrides = tiny_overrides(tmp_path, root, **{"submit.metric": "qwk"})
+    using = board["name"].iloc[0]
+    assert main(["stage=predict", *overrides, f"predict.input={root / 'test.csv'}",
+                 f"predict.using={using}"]) == 0
+    predicted = pd.read_csv(run_path(tmp_path) / "predictions" / f"test__{using}.csv",
+                            dtype=str)
+    assert predicted["id"].tolist() == [r[0] for r in rows]
+    assert predicted["label"].tolist() == [r[1] for r in rows]
+
+
+@pytest.mark.parametrize("ids", [False, True])
+def test_pixel_rows_to_predict_are_images_by_their_ids(ids, tmp_path):
+    root = make_pixel_competition(tmp_path / "colour", side=12, colour="planar", test_ids=ids)
+    images = input_images(root / "test.csv", tmp_path / "pixels")
+    assert list(images) == ([f"t{i}" for i in range(6)] if ids else
+                            [str(i) for i in range(1, 7)])
+    truth = np.load(root / "colour_images.npy")[30:]
+    assert all((np.asarray(Image.open(path)) == image).all()
+               for path, image in zip(images.values(), truth, strict=True))

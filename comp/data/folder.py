@@ -852,6 +852,32 @@ def _read_pixel_train(root: Path, id_column: str | None, label_column: str | Non
     return frame, layout, (note,) if note else ()
 
 
+def pixel_csv_images(csv_path: Path, pixel_dir: Path, pixel_order: str = "auto"
+                     ) -> dict[str, Path]:
+    """The rows of a pixel CSV given to predict (a competition's test.csv, or new rows
+    in its layout) as PNGs written once under `pixel_dir`, by id: the id column's (a
+    known id name, or the one column that is neither pixels nor a label), else the row
+    numbers 1..N; a colour row's values in `pixel_order` order (auto: told from these
+    rows, said in one line)."""
+    header = _csv_header(csv_path)
+    pixels = pixel_columns(header)
+    side, channels = image_shape(pixels, csv_path)
+    others = [c for c in header if c not in pixels and c.lower() not in LABEL_COLUMNS]
+    id_col = (_find_column(others, None, ID_COLUMNS, "", csv_path)
+              or (others[0] if len(others) == 1 else None))
+    text, array = read_pixel_rows(csv_path, pixels, [id_col] if id_col else [])
+    ids = (text[id_col].str.strip() if id_col
+           else pd.Series([str(i) for i in range(1, len(text) + 1)]))
+    _check_ids(ids, csv_path)
+    order, note = choose_pixel_order(array, side, channels, pixel_order, csv_path)
+    if note:
+        get_logger().info(note)
+    images = PixelLayout(pixels, side, channels, order).images(array)
+    paths = write_pixel_images(pixel_dir, "predict", [f"{i}.png" for i in ids], images,
+                               pixel_hashes(images))
+    return {image_id: Path(path) for image_id, path in zip(ids, paths, strict=True)}
+
+
 def _read_pixel_test(root: Path, wanted: tuple, layout: PixelLayout,
                      pixel_dir: Path) -> tuple[pd.DataFrame, list[str], dict[str, str]]:
     """test.csv of pixel rows as the test frame in sample-submission order, the sample's

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 
 import pandas as pd
@@ -19,12 +21,18 @@ from comp.workspace import is_folder_target, run_dir
 def run(cfg: DictConfig) -> pd.DataFrame:
     """Predict `predict.input` with `predict.using` (default: the leaderboard's rank 1)."""
     if not cfg.predict.input:
-        raise CompError("config: predict.input is not set; give an image file or a folder")
+        raise CompError("config: predict.input is not set; give an image file, a folder or "
+                        "a CSV of pixel rows")
     run = run_dir(cfg.runs_dir, cfg.name, writable=not cfg.predict.output)
-    images = input_images(Path(cfg.predict.input))
     using = cfg.predict.using or best_prediction_set(
         run, ranking_metric(submitted_metric(run, cfg.submit.metric), cfg.submit.rank_by))
-    probs, classes = predict_paths(cfg, run, using, list(images.values()))
+    # a pixel CSV's rows become PNGs: in the run's cache, or with predict.output set (the
+    # run directory may be read-only) in a temporary folder for this prediction alone
+    with ExitStack() as scratch:
+        pixel_dir = (run.pixel_images if not cfg.predict.output
+                     else Path(scratch.enter_context(tempfile.TemporaryDirectory())))
+        images = input_images(Path(cfg.predict.input), pixel_dir, cfg.data.pixel_order)
+        probs, classes = predict_paths(cfg, run, using, list(images.values()))
     frame = probs_frame(list(images), probs, classes)
     frame.insert(1, "label", [classes[i] for i in probs.argmax(1)])
     file_name = f"{Path(cfg.predict.input).stem}__{using}.csv"
