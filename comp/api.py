@@ -269,9 +269,10 @@ class Competition:
 
     def predict(self, images, using: str | None = None):
         """Class probabilities and labels (a DataFrame: id, label, p_<class>...) for an
-        image file, a folder, a list of image files, a numpy array (H,W[,C] or N,H,W[,C],
-        uint8 or float in [0, 1]) or a PIL image (or a list of them). Ids are the file
-        names (the paths given, where two share a name) or, for arrays and PIL images,
+        image file, a folder, a CSV of pixel rows, a list of image files, a numpy array
+        (H,W[,C] or N,H,W[,C], uint8 or float in [0, 1]) or a PIL image (or a list of
+        them). Ids are the file names (the paths given, where two share a name), a pixel
+        CSV's id column (or its row numbers 1..N) or, for arrays and PIL images,
         their positions 0..N-1 (a 3-D array whose last axis is 1, 3 or 4 is one H,W,C
         image, any other a stack N,H,W). `using`: a model id or ensemble-<method>
         (default: the leaderboard's rank 1)."""

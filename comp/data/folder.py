@@ -839,9 +839,7 @@ def _read_pixel_train(root: Path, id_column: str | None, label_column: str | Non
     empty = np.flatnonzero((labels == "").to_numpy())
     if len(empty):
         raise CompError(f"{csv_path} line {empty[0] + 2}: empty label; give every row a label")
-    ids = (text[id_col].str.strip() if id_col
-           else pd.Series([str(i) for i in range(1, len(text) + 1)]))
-    _check_ids(ids, csv_path)
+    ids = _row_ids(text, id_col, csv_path)
     order, note = choose_pixel_order(array, side, channels, order_setting, csv_path)
     layout = PixelLayout(pixels, side, channels, order)
     images = layout.images(array)
@@ -850,6 +848,15 @@ def _read_pixel_train(root: Path, id_column: str | None, label_column: str | Non
     frame = pd.DataFrame({"id": ids.to_numpy(), "label": labels.to_numpy(), "path": paths,
                           "hash": hashes})
     return frame, layout, (note,) if note else ()
+
+
+def _row_ids(text: pd.DataFrame, id_col: str | None, source: Path) -> pd.Series:
+    """The ids of a pixel CSV's rows: its `id_col`'s, else the row numbers 1..N; checked
+    to be plain, unique file names."""
+    ids = (text[id_col].str.strip() if id_col
+           else pd.Series([str(i) for i in range(1, len(text) + 1)]))
+    _check_ids(ids, source)
+    return ids
 
 
 def pixel_csv_images(csv_path: Path, pixel_dir: Path, pixel_order: str = "auto"
@@ -866,9 +873,7 @@ def pixel_csv_images(csv_path: Path, pixel_dir: Path, pixel_order: str = "auto"
     id_col = (_find_column(others, None, ID_COLUMNS, "", csv_path)
               or (others[0] if len(others) == 1 else None))
     text, array = read_pixel_rows(csv_path, pixels, [id_col] if id_col else [])
-    ids = (text[id_col].str.strip() if id_col
-           else pd.Series([str(i) for i in range(1, len(text) + 1)]))
-    _check_ids(ids, csv_path)
+    ids = _row_ids(text, id_col, csv_path)
     order, note = choose_pixel_order(array, side, channels, pixel_order, csv_path)
     if note:
         get_logger().info(note)
