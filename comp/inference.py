@@ -83,12 +83,14 @@ def predict_paths(cfg: DictConfig, run: RunDir, using: str, paths: list[Path]
     return METHODS[info["method"]].apply(members, state), classes
 
 
-def input_images(path: Path, pixel_dir: Path | None = None,
-                 pixel_order: str = "auto") -> dict[str, Path]:
+def input_images(path: Path, pixel_dir: Path | None = None, pixel_order: str = "auto",
+                 trained_order: str | None = None) -> dict[str, Path]:
     """The image files of `path` by id: a file (its name), a folder (its images' names)
     or a folder of sub-folders only (test/<class>/<image>: `<sub-folder>/<file name>`),
     the names checked to be plain; or a pixel CSV's rows (comp.data.pixels), written as
-    PNGs under `pixel_dir` once, by its ids (comp.data.folder.pixel_csv_images)."""
+    PNGs under `pixel_dir` once, by its ids, a colour row's values in the order the run
+    read its own rows in (`trained_order`) unless `pixel_order` says otherwise
+    (comp.data.folder.pixel_csv_images)."""
     if path.is_file() and path.suffix.lower() == ".csv":
         if not is_pixel_csv(path):
             raise CompError(f"predict.input={path}: a CSV without pixel columns "
@@ -96,7 +98,7 @@ def input_images(path: Path, pixel_dir: Path | None = None,
                             "or a CSV of pixel rows")
         if pixel_dir is None:
             raise ValueError(f"{path} holds pixel rows: give pixel_dir, where their images go")
-        return pixel_csv_images(path, pixel_dir, pixel_order)
+        return pixel_csv_images(path, pixel_dir, pixel_order, trained_order)
     if path.is_file():
         files = {path.name: path}
     elif path.is_dir():

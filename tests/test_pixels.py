@@ -12,7 +12,9 @@ import pytest
 from PIL import Image
 
 from comp.config import load_config
+from comp.data.pixels import recorded_order
 from comp.data.prepared import prepare
+from comp.errors import CompError
 from comp.inference import input_images
 from comp.run import main
 from tests.helpers import make_pixel_competition, run_path, tiny_overrides
@@ -198,3 +200,22 @@ def test_pixel_rows_to_predict_are_images_by_their_ids(ids, tmp_path):
     truth = np.load(root / "colour_images.npy")[30:]
     assert all((np.asarray(Image.open(path)) == image).all()
                for path, image in zip(images.values(), truth, strict=True))
+
+
+def test_rows_to_predict_are_read_in_the_order_training_took(tmp_path):
+    root = make_pixel_competition(tmp_path / "colour", side=12, colour="planar")
+    prepared = prepare(load_config(tiny_overrides(tmp_path, root)))
+    pixel_dir = prepared.run.pixel_images
+    assert recorded_order(pixel_dir) == "planar"
+    # two noisy rows alone cannot tell their order; the run's record can
+    rows = pd.read_csv(root / "test.csv").head(2)
+    pixels = [c for c in rows.columns if c.startswith("pixel")]
+    rows[pixels] = np.random.default_rng(0).integers(0, 256, (2, len(pixels)))
+    rows.to_csv(tmp_path / "new.csv", index=False)
+    with pytest.raises(CompError, match="cannot be told from the images"):
+        input_images(tmp_path / "new.csv", tmp_path / "predict")
+    images = input_images(tmp_path / "new.csv", tmp_path / "predict", "auto",
+                          recorded_order(pixel_dir))
+    planar = rows[pixels].to_numpy(np.uint8).reshape(2, 3, 12, 12).transpose(0, 2, 3, 1)
+    assert all((np.asarray(Image.open(path)) == image).all()
+               for path, image in zip(images.values(), planar, strict=True))

@@ -33,6 +33,7 @@ from comp.data.pixels import (
     pixel_columns,
     pixel_hashes,
     read_pixel_rows,
+    record_order,
     write_pixel_images,
 )
 from comp.errors import CompError
@@ -841,6 +842,8 @@ def _read_pixel_train(root: Path, id_column: str | None, label_column: str | Non
         raise CompError(f"{csv_path} line {empty[0] + 2}: empty label; give every row a label")
     ids = _row_ids(text, id_col, csv_path)
     order, note = choose_pixel_order(array, side, channels, order_setting, csv_path)
+    if channels > 1:
+        record_order(pixel_dir, order)
     layout = PixelLayout(pixels, side, channels, order)
     images = layout.images(array)
     hashes = pixel_hashes(images)
@@ -859,13 +862,14 @@ def _row_ids(text: pd.DataFrame, id_col: str | None, source: Path) -> pd.Series:
     return ids
 
 
-def pixel_csv_images(csv_path: Path, pixel_dir: Path, pixel_order: str = "auto"
-                     ) -> dict[str, Path]:
+def pixel_csv_images(csv_path: Path, pixel_dir: Path, pixel_order: str = "auto",
+                     trained_order: str | None = None) -> dict[str, Path]:
     """The rows of a pixel CSV given to predict (a competition's test.csv, or new rows
     in its layout) as PNGs written once under `pixel_dir`, by id: the id column's (a
     known id name, or the one column that is neither pixels nor a label), else the row
-    numbers 1..N; a colour row's values in `pixel_order` order (auto: told from these
-    rows, said in one line)."""
+    numbers 1..N; a colour row's values in `pixel_order` order, where that is auto in
+    `trained_order` (the order the run read its train.csv in, recorded_order), else told
+    from these rows and said in one line."""
     header = _csv_header(csv_path)
     pixels = pixel_columns(header)
     side, channels = image_shape(pixels, csv_path)
@@ -874,6 +878,8 @@ def pixel_csv_images(csv_path: Path, pixel_dir: Path, pixel_order: str = "auto"
               or (others[0] if len(others) == 1 else None))
     text, array = read_pixel_rows(csv_path, pixels, [id_col] if id_col else [])
     ids = _row_ids(text, id_col, csv_path)
+    if pixel_order == "auto" and trained_order is not None:
+        pixel_order = trained_order
     order, note = choose_pixel_order(array, side, channels, pixel_order, csv_path)
     if note:
         get_logger().info(note)

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from comp.artifacts import fingerprint
+from comp.artifacts import fingerprint, read_json, write_json
 from comp.errors import CompError
 from comp.log import progress
 
@@ -41,6 +41,8 @@ PIXEL_ORDERS = ("auto", "interleaved", "planar")
 # auto takes the order whose neighbouring pixels differ at most this share of the other's
 ORDER_MARGIN = 0.8
 ORDER_SAMPLE = 512  # rows auto reads
+# beside the PNGs: the order train.csv's colour rows were read in, for stage=predict's rows
+ORDER_RECORD = "colour_order.json"
 
 
 def pixel_numbers(columns: list[str]) -> dict[str, int]:
@@ -150,6 +152,21 @@ def choose_pixel_order(pixels: np.ndarray, side: int, channels: int, setting: st
                     f"colour images with the values {chosen} (neighbouring pixels differ "
                     f"{rough[other] / max(rough[chosen], 1e-9):.1f}x less than read "
                     f"{other}); set data.pixel_order={other} if that is wrong")
+
+
+def record_order(pixel_dir: Path, order: str) -> None:
+    """Keep the order train.csv's colour rows were first read in under `pixel_dir` (the
+    run's), so rows given to predict later are read as its models' were; a later other
+    order is not kept: the run refuses the changed images as other training data."""
+    if recorded_order(pixel_dir) is None:
+        pixel_dir.mkdir(parents=True, exist_ok=True)
+        write_json(pixel_dir / ORDER_RECORD, {"order": order})
+
+
+def recorded_order(pixel_dir: Path) -> str | None:
+    """The order record_order kept under `pixel_dir`; None where there is none."""
+    path = pixel_dir / ORDER_RECORD
+    return read_json(path)["order"] if path.is_file() else None
 
 
 def read_pixel_rows(path: Path, columns: list[str], text_columns: list[str]

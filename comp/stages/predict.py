@@ -10,6 +10,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from comp.artifacts import write_csv
+from comp.data.pixels import recorded_order
 from comp.errors import CompError
 from comp.inference import best_prediction_set, input_images, predict_paths, submitted_metric
 from comp.log import get_logger
@@ -31,7 +32,8 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     with ExitStack() as scratch:
         pixel_dir = (run.pixel_images if not cfg.predict.output
                      else Path(scratch.enter_context(tempfile.TemporaryDirectory())))
-        images = input_images(Path(cfg.predict.input), pixel_dir, cfg.data.pixel_order)
+        images = input_images(Path(cfg.predict.input), pixel_dir, cfg.data.pixel_order,
+                              recorded_order(run.pixel_images))
         probs, classes = predict_paths(cfg, run, using, list(images.values()))
     frame = probs_frame(list(images), probs, classes)
     frame.insert(1, "label", [classes[i] for i in probs.argmax(1)])
