@@ -219,3 +219,14 @@ def test_rows_to_predict_are_read_in_the_order_training_took(tmp_path):
     planar = rows[pixels].to_numpy(np.uint8).reshape(2, 3, 12, 12).transpose(0, 2, 3, 1)
     assert all((np.asarray(Image.open(path)) == image).all()
                for path, image in zip(images.values(), planar, strict=True))
+
+
+def test_a_label_column_in_test_csv_is_not_taken_for_ids(tmp_path):
+    """A labelled test.csv (EMNIST's test rows carry their labels): the rows are still
+    numbered 1..N for the sample's ImageId, not named by their labels."""
+    root = make_pixel_competition(tmp_path / "digits")
+    _edit(root, "test.csv", lambda f: f.insert(0, "label", [str(i % 3) for i in range(6)]))
+    prepared = prepare(load_config(tiny_overrides(tmp_path, root)))
+    assert prepared.competition.test["submission_id"].tolist() == [str(i) for i in range(1, 7)]
+    assert (np.asarray(prepared.images("test", 8))[..., 0]
+            == _pixels(root, "test.csv").reshape(6, 8, 8)).all()

@@ -853,6 +853,19 @@ def _read_pixel_train(root: Path, id_column: str | None, label_column: str | Non
     return frame, layout, (note,) if note else ()
 
 
+def _pixel_id_column(header: list[str], pixels: list[str], source: Path,
+                     preferred: str | None = None) -> str | None:
+    """The id column of a pixel CSV of rows to predict (test.csv, or stage=predict's
+    input), among those that are neither pixels nor a label: `preferred` (the sample
+    submission's id column) where it is one, else a known id name, else the only one;
+    None: the rows are numbered 1..N."""
+    others = [c for c in header if c not in pixels and c.lower() not in LABEL_COLUMNS]
+    if preferred in others:
+        return preferred
+    return (_find_column(others, None, ID_COLUMNS, "", source)
+            or (others[0] if len(others) == 1 else None))
+
+
 def _row_ids(text: pd.DataFrame, id_col: str | None, source: Path) -> pd.Series:
     """The ids of a pixel CSV's rows: its `id_col`'s, else the row numbers 1..N; checked
     to be plain, unique file names."""
@@ -873,9 +886,7 @@ def pixel_csv_images(csv_path: Path, pixel_dir: Path, pixel_order: str = "auto",
     header = _csv_header(csv_path)
     pixels = pixel_columns(header)
     side, channels = image_shape(pixels, csv_path)
-    others = [c for c in header if c not in pixels and c.lower() not in LABEL_COLUMNS]
-    id_col = (_find_column(others, None, ID_COLUMNS, "", csv_path)
-              or (others[0] if len(others) == 1 else None))
+    id_col = _pixel_id_column(header, pixels, csv_path)
     text, array = read_pixel_rows(csv_path, pixels, [id_col] if id_col else [])
     ids = _row_ids(text, id_col, csv_path)
     if pixel_order == "auto" and trained_order is not None:
@@ -908,10 +919,7 @@ def _read_pixel_test(root: Path, wanted: tuple, layout: PixelLayout,
                         f"({', '.join(pixels[:1] + pixels[-1:])}) differ from train.csv's "
                         f"{len(layout.columns)} ({layout.columns[0]}, {layout.columns[-1]}); "
                         "train and test images must have the same size")
-    others = [c for c in header if c not in pixels]
-    id_col = (columns[0] if columns[0] in others
-              else _find_column(others, None, ID_COLUMNS, "", csv_path)
-              or (others[0] if len(others) == 1 else None))
+    id_col = _pixel_id_column(header, pixels, csv_path, preferred=columns[0])
     text, array = read_pixel_rows(csv_path, pixels, [id_col] if id_col else [])
     wanted = sample[columns[0]].str.strip()
     _check_ids(wanted, sample_path)
