@@ -10,11 +10,15 @@ counting every view as an image:
   timed end to end, building the backbone and loading each fold's head included; on a
   CPU its frozen prefix runs through TFLite, converted by the training's feature pass
   and read from the run's cache (`cache/lite/`), as in stage=predict;
+- comp loaded: `comp.inference.FinetunedPredictor` (what `Competition.predictor()`
+  holds), built and called once before the clock starts, as raw Keras's model is: the
+  time of a later call in a script or service that predicts again and again;
 - raw Keras: the same network as one `keras.Model` (frozen prefix + trained head, the
   fold's weights) and `model.predict(batch_size=batch)` on the preprocessed views, the
-  model built before the clock starts.
+  model built and called once before the clock starts.
 The FLOP bound's share is printed for one fold (prefix + head a view) and for all folds
-(the work they need: the shared prefix once and every fold's head).
+(the work they need: the shared prefix once and every fold's head), for both of comp's
+rows.
 Both with 1 fold and with all folds (the submission case), each side timed `--repeats`
 times (default 3), comp and raw Keras interleaved so that a slow spell of the machine
 slows both; the table shows the median times and each repeat's ratio.
@@ -104,7 +108,7 @@ def measure(args: argparse.Namespace, runs: Path) -> None:
     from comp.data.images import load_images
     from comp.data.prepared import load_competition
     from comp.data.views import dihedral_view
-    from comp.inference import load_spec, predict_images
+    from comp.inference import FinetunedPredictor, load_spec, predict_images
     from comp.models.build import build_backbone, create_head, split_backbone
     from comp.models.registry import get_backbone
     from comp.run import main as comp_main
@@ -158,19 +162,25 @@ def measure(args: argparse.Namespace, runs: Path) -> None:
             full = keras.Model(inputs, head(split.prefix(inputs)))
             full.predict(views[:8], batch_size=batch, verbose=0)
             fulls.append(full)
-        comp_times, raw_times = [], []
-        for _ in range(args.repeats):  # interleaved: a slow spell of the machine hits both
+        loaded = FinetunedPredictor(spec, folder, n_classes, lite_cache)
+        loaded(images[:8])
+        comp_times, loaded_times, raw_times = [], [], []
+        for _ in range(args.repeats):  # interleaved: a slow spell of the machine hits all
             started = time.time()
             comp_probs = predict_images(spec, folder, images, n_classes, lite_cache)
             comp_times.append(time.time() - started)
+            started = time.time()
+            loaded_probs = loaded(images)
+            loaded_times.append(time.time() - started)
             started = time.time()
             raw_total = sum(full.predict(views, batch_size=batch, verbose=0)
                             .reshape(8, n_images, -1).mean(axis=0) for full in fulls)
             raw_times.append(time.time() - started)
         raw_total /= len(fulls)
         n_views = 8 * n_images
-        rows.append((label, float(np.median(comp_times)), float(np.median(raw_times)), n_views,
-                     np.abs(comp_probs - raw_total).max(),
+        assert np.array_equal(loaded_probs, comp_probs), "a loaded predictor predicts otherwise"
+        rows.append((label, float(np.median(comp_times)), float(np.median(loaded_times)),
+                     float(np.median(raw_times)), n_views, np.abs(comp_probs - raw_total).max(),
                      [r / c for c, r in zip(comp_times, raw_times, strict=True)]))
         flops = model_flops(fulls[0])
         prefix_flops = model_flops(split.prefix)  # run once for every fold that shares it
@@ -180,29 +190,34 @@ def measure(args: argparse.Namespace, runs: Path) -> None:
           f"TF {__import__('tensorflow').__version__}, {spec.model.unfreeze or 'default'} cut, "
           f"median of {args.repeats} interleaved repeats"
           f"{' (smoke: a tiny synthetic competition, not a measurement)' if args.smoke else ''}\n")
-    print("| folds | comp s | comp images/s | raw Keras predict s | raw images/s | comp / raw "
-          "throughput | each repeat's ratio | max abs prob diff |")
-    print("|---|---|---|---|---|---|---|---|")
-    for label, comp_s, raw_s, n_views, diff, ratios in rows:
-        print(f"| {label} | {comp_s:.2f} | {n_views / comp_s:.0f} | {raw_s:.2f} | "
-              f"{n_views / raw_s:.0f} | {raw_s / comp_s:.2f}x | "
-              f"{' '.join(f'{r:.2f}' for r in ratios)} | {diff:.1e} |")
+    print("| folds | comp s | comp images/s | comp loaded s | loaded images/s | raw Keras "
+          "predict s | raw images/s | comp / raw throughput | each repeat's ratio | loaded / "
+          "raw | max abs prob diff |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for label, comp_s, loaded_s, raw_s, n_views, diff, ratios in rows:
+        print(f"| {label} | {comp_s:.2f} | {n_views / comp_s:.0f} | {loaded_s:.2f} | "
+              f"{n_views / loaded_s:.0f} | {raw_s:.2f} | {n_views / raw_s:.0f} | "
+              f"{raw_s / comp_s:.2f}x | {' '.join(f'{r:.2f}' for r in ratios)} | "
+              f"{raw_s / loaded_s:.2f}x | {diff:.1e} |")
     gflops = matmul_gflops(256 if args.smoke else 2048)
     bound = gflops * 1e9 / flops
-    one_fold = rows[0][3] / rows[0][1]
+    one_fold, one_loaded = rows[0][4] / rows[0][1], rows[0][4] / rows[0][2]
     print(f"\nFLOP bound: a {256 if args.smoke else 2048}^2 float32 matmul runs at "
           f"{gflops:.0f} GFLOP/s here; one view (prefix + head) is {flops / 1e6:.1f} MFLOP "
           f"(2 per multiply-add of every Conv2D, DepthwiseConv2D and Dense layer), so at most "
           f"{gflops:.0f}e9 / {flops / 1e6:.1f}e6 = {bound:.0f} views/s per fold; comp's "
           f"1-fold {one_fold:.0f} views/s is {one_fold / bound:.0%} of it "
-          f"({one_fold * flops / 1e9:.1f} GFLOP/s)")
+          f"({one_fold * flops / 1e9:.1f} GFLOP/s), loaded {one_loaded:.0f} views/s "
+          f"{one_loaded / bound:.0%} ({one_loaded * flops / 1e9:.1f} GFLOP/s)")
     # the submission case: the work it needs is the shared prefix once and every head
-    label, seconds, n_views = rows[1][0], rows[1][1], rows[1][3]
+    label, n_views = rows[1][0], rows[1][4]
     needed = prefix_flops + n_folds * (flops - prefix_flops)
-    print(f"{label}: the prefix ({prefix_flops / 1e6:.1f} MFLOP) once and {n_folds} heads "
-          f"({(flops - prefix_flops) / 1e6:.1f} MFLOP each) = {needed / 1e6:.1f} MFLOP a "
-          f"view, {n_views} views in {seconds:.2f} s = {n_views * needed / seconds / 1e9:.1f} "
-          f"GFLOP/s, {n_views * needed / seconds / 1e9 / gflops:.0%} of the bound")
+    for what, seconds in (("comp", rows[1][1]), ("loaded", rows[1][2])):
+        print(f"{label}, {what}: the prefix ({prefix_flops / 1e6:.1f} MFLOP) once and "
+              f"{n_folds} heads ({(flops - prefix_flops) / 1e6:.1f} MFLOP each) = "
+              f"{needed / 1e6:.1f} MFLOP a view, {n_views} views in {seconds:.2f} s = "
+              f"{n_views * needed / seconds / 1e9:.1f} GFLOP/s, "
+              f"{n_views * needed / seconds / 1e9 / gflops:.0%} of the bound")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -275,45 +276,27 @@ class Competition:
         CSV's id column (or its row numbers 1..N) or, for arrays and PIL images,
         their positions 0..N-1 (a 3-D array whose last axis is 1, 3 or 4 is one H,W,C
         image, any other a stack N,H,W). `using`: a model id or ensemble-<method>
-        (default: the leaderboard's rank 1)."""
+        (default: the leaderboard's rank 1). Each call builds the models again and
+        writes its predictions under runs/<name>/predictions/; `predictor()` builds them
+        once for many calls."""
         extra = [] if using is None else [f"predict.using={_value(using)}"]
         if isinstance(images, str | Path):
             return self.run("predict", f"predict.input={_value(str(Path(images).resolve()))}",
                             *extra)
-        arrays = _array_images(images)
-        paths = None
-        if arrays is None and isinstance(images, list | tuple) and images and all(
-                isinstance(p, str | Path) for p in images):
-            paths = [Path(p) for p in images]
-        if arrays is None and paths is None:
-            raise CompError(f"predict: cannot predict a {type(images).__name__}; give "
-                            f"{IMAGE_TYPES}")
-        with tempfile.TemporaryDirectory(prefix="comp-predict-") as tmp:
-            # a folder named for what it holds: the predictions are written to
-            # runs/<name>/predictions/<that name>__<using>.csv, a file that stays
-            folder = Path(tmp) / ("api-files" if paths is not None else "api-arrays")
-            folder.mkdir()
-            if paths is not None:
-                ids = _place_files(paths, folder)
-            else:
-                from PIL import Image
-
-                ids = {}
-                for i, item in enumerate(arrays):
-                    image = item if isinstance(item, Image.Image) else Image.fromarray(item)
-                    image.save(folder / f"{i:06d}.png")
-                    ids[f"{i:06d}.png"] = i
+        with _placed_images(images) as (folder, ids):
             frame = self.run("predict", f"predict.input={_value(str(folder))}", *extra)
-        frame = frame.set_index("id").loc[list(ids)].reset_index()
-        frame["id"] = list(ids.values())
-        return frame
+        return _as_given(frame, ids)
+
+    def predictor(self, using: str | None = None) -> Predictor:
+        """The model or ensemble `using` (a model id or ensemble-<method>; default: the
+        leaderboard's rank 1) built once, to predict any number of times in this process
+        (a script's loop, a service): see Predictor."""
+        return Predictor(self._compose("stage=predict"), using)
 
     def predict_proba(self, images, using: str | None = None):
         """Class probabilities only: a DataFrame indexed by id, one column per class (see
         predict for what `images` may be)."""
-        frame = self.predict(images, using)
-        columns = [c for c in frame.columns if c.startswith("p_")]
-        return frame.set_index("id")[columns].rename(columns=lambda c: c[2:])
+        return _probabilities(self.predict(images, using))
 
     def evaluate(self, data, label: str | None = None, image: str | None = None,
                  using: str | None = None) -> dict[str, float]:
@@ -371,6 +354,12 @@ class Competition:
         return Path(self.run("export", *extra))
 
 
+def _probabilities(frame):
+    """A prediction frame's probabilities, indexed by id, a column per class."""
+    columns = [c for c in frame.columns if c.startswith("p_")]
+    return frame.set_index("id")[columns].rename(columns=lambda c: c[2:])
+
+
 def _frame_paths(frame, column: str, what: str) -> list[Path]:
     """The existing image files of `frame[column]`, resolved; CompError naming the first
     missing one."""
@@ -390,6 +379,101 @@ def _file_names(paths: list[Path]) -> list[str]:
     if len(set(names)) == len(names):
         return names
     return [f"{i:06d}_{name}" for i, name in enumerate(names)]
+
+
+@contextmanager
+def _placed_images(images) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """A list of image files, a numpy array or PIL images (see Competition.predict) in a
+    temporary folder, and {file name there: the id to report}, in the order given."""
+    arrays = _array_images(images)
+    paths = None
+    if arrays is None and isinstance(images, list | tuple) and images and all(
+            isinstance(p, str | Path) for p in images):
+        paths = [Path(p) for p in images]
+    if arrays is None and paths is None:
+        raise CompError(f"predict: cannot predict a {type(images).__name__}; give "
+                        f"{IMAGE_TYPES}")
+    with tempfile.TemporaryDirectory(prefix="comp-predict-") as tmp:
+        # a folder named for what it holds: stage=predict writes its predictions to
+        # runs/<name>/predictions/<that name>__<using>.csv, a file that stays
+        folder = Path(tmp) / ("api-files" if paths is not None else "api-arrays")
+        folder.mkdir()
+        if paths is not None:
+            ids = _place_files(paths, folder)
+        else:
+            from PIL import Image
+
+            ids = {}
+            for i, item in enumerate(arrays):
+                image = item if isinstance(item, Image.Image) else Image.fromarray(item)
+                image.save(folder / f"{i:06d}.png")
+                ids[f"{i:06d}.png"] = i
+        yield folder, ids
+
+
+def _as_given(frame, ids: dict[str, Any]):
+    """`frame` (by file name) in the order of `ids`, its ids the ones given."""
+    frame = frame.set_index("id").loc[list(ids)].reset_index()
+    frame["id"] = list(ids.values())
+    return frame
+
+
+class Predictor:
+    """A finished run's model or ensemble, built once (Competition.predictor): `predict`
+    and `predict_proba` take what Competition.predict takes and give the same frames and
+    probabilities, without building the models again or writing predictions into the run
+    directory; on a CPU the frozen networks' converted forms are read from (and, where
+    the run directory is writable, kept in) its cache. The models are read under the run
+    directory's reader lock, so a run training beside it never hands them over half
+    written; a later fit() is not seen: make a new predictor."""
+
+    def __init__(self, config, using: str | None = None):
+        from comp.inference import best_prediction_set, prediction_set, submitted_metric
+        from comp.selection import ranking_metric
+        from comp.workspace import reader_lock, run_dir
+
+        self.config = config
+        self.run_dir = run_dir(config.runs_dir, config.name, writable=False)
+        with self._settings(), reader_lock(self.run_dir):
+            self.using = using or best_prediction_set(self.run_dir, ranking_metric(
+                submitted_metric(self.run_dir, config.submit.metric), config.submit.rank_by))
+            lite_cache = (self.run_dir.lite_cache
+                          if os.access(self.run_dir.root, os.W_OK) else None)
+            self._predict, self.classes = prediction_set(config, self.run_dir, self.using,
+                                                         lite_cache)
+
+    def __repr__(self) -> str:
+        return f"Predictor({self.config.name!r}, using={self.using!r})"
+
+    def _settings(self):
+        from comp.log import quiet_tensorflow
+        from comp.run import stage_settings
+
+        quiet_tensorflow()
+        return stage_settings(self.config)
+
+    def predict(self, images):
+        """Class probabilities and labels (a DataFrame: id, label, p_<class>...) of
+        `images` (what Competition.predict takes; its ids)."""
+        from comp.data.pixels import recorded_order
+        from comp.inference import input_images, prediction_frame
+
+        with ExitStack() as scratch, self._settings():
+            if isinstance(images, str | Path):
+                pixel_dir = Path(scratch.enter_context(tempfile.TemporaryDirectory()))
+                files = input_images(Path(images).expanduser().resolve(), pixel_dir,
+                                     self.config.data.pixel_order,
+                                     recorded_order(self.run_dir.pixel_images))
+                ids = {name: name for name in files}
+            else:
+                folder, ids = scratch.enter_context(_placed_images(images))
+                files = {path.name: path for path in sorted(folder.iterdir())}
+            probs = self._predict([files[name] for name in ids])
+        return _as_given(prediction_frame(list(ids), probs, self.classes), ids)
+
+    def predict_proba(self, images):
+        """Class probabilities only: a DataFrame indexed by id, one column per class."""
+        return _probabilities(self.predict(images))
 
 
 def _place_files(paths: list[Path], folder: Path) -> dict[str, str]:

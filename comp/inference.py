@@ -9,10 +9,12 @@ are combined with their saved method and state.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import joblib
 import numpy as np
+import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from comp.artifacts import read_json
@@ -25,6 +27,7 @@ from comp.errors import CompError
 from comp.log import progress
 from comp.metrics import AUTO_METRIC
 from comp.models.build import (
+    SplitBackbone,
     build_backbone,
     create_head,
     fold_batch_norms,
@@ -35,7 +38,13 @@ from comp.models.heads import view_average_proba
 from comp.models.registry import get_backbone
 from comp.models.spec import ClassicSpec, ModelSpec, spec_class
 from comp.models.weights import ResolvedWeights, resolve_weights
-from comp.predictions import current_sets, is_ensemble, read_prediction_set, round_zero_sets
+from comp.predictions import (
+    current_sets,
+    is_ensemble,
+    probs_frame,
+    read_prediction_set,
+    round_zero_sets,
+)
 from comp.selection import best_entry
 from comp.training.compute import model_scope
 from comp.training.features import Encoder, ViewPlan, ViewSet, compute_features
@@ -53,6 +62,9 @@ from comp.workspace import (
     fold_paths,
 )
 
+# image files -> probabilities (N, classes), of a model or ensemble built once
+PathPredictor = Callable[[list[Path]], np.ndarray]
+
 
 def prediction_folder(run: RunDir, using: str) -> Path:
     """The folder of a finished model (`<model_id>`) or ensemble
@@ -65,9 +77,13 @@ def prediction_folder(run: RunDir, using: str) -> Path:
     return folder
 
 
-def predict_paths(cfg: DictConfig, run: RunDir, using: str, paths: list[Path]
-                  ) -> tuple[np.ndarray, list[str]]:
-    """(probabilities, classes) of `using` (a model id or an ensemble entry) on `paths`."""
+def prediction_set(cfg: DictConfig, run: RunDir, using: str, lite_cache: Path | None
+                   ) -> tuple[PathPredictor, list[str]]:
+    """(a function image files -> probabilities, classes) of `using` (a model id or an
+    ensemble entry), its models built once: every call predicts with the same built
+    folds (the API's `Competition.predictor`), where stage=predict makes one call.
+    Converted frozen networks are kept in `lite_cache` (None: converted again each
+    time they are built)."""
     folder = prediction_folder(run, using)
     info = read_json(folder / CV_JSON)
     classes = info["classes"]
@@ -76,11 +92,31 @@ def predict_paths(cfg: DictConfig, run: RunDir, using: str, paths: list[Path]
                         "probabilities (AUC only, never a submission); use another ensemble "
                         "method or a model")
     if not is_ensemble(info):
-        return predict_model(cfg, run, using, paths, len(classes)), classes
-    members = np.stack([predict_model(cfg, run, m, paths, len(classes))
-                        for m in info["models"]])
-    state = joblib.load(folder / ENSEMBLE_STATE)
-    return METHODS[info["method"]].apply(members, state), classes
+        return model_predictor(cfg, run, using, len(classes), lite_cache), classes
+    members = [model_predictor(cfg, run, m, len(classes), lite_cache) for m in info["models"]]
+    method, state = METHODS[info["method"]], joblib.load(folder / ENSEMBLE_STATE)
+
+    def predict(paths: list[Path]) -> np.ndarray:
+        return method.apply(np.stack([member(paths) for member in members]), state)
+
+    return predict, classes
+
+
+def predict_paths(cfg: DictConfig, run: RunDir, using: str, paths: list[Path]
+                  ) -> tuple[np.ndarray, list[str]]:
+    """(probabilities, classes) of `using` (a model id or an ensemble entry) on `paths`."""
+    # with predict.output set nothing is written into the run directory (it may be
+    # read-only): the frozen networks are converted again instead of kept there
+    predict, classes = prediction_set(cfg, run, using,
+                                      None if cfg.predict.output else run.lite_cache)
+    return predict(paths), classes
+
+
+def prediction_frame(ids: list, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """Predictions as a frame: id, label (the most probable class), p_<class>... ."""
+    frame = probs_frame(ids, probs, classes)
+    frame.insert(1, "label", [classes[i] for i in probs.argmax(1)])
+    return frame
 
 
 def input_images(path: Path, pixel_dir: Path | None = None, pixel_order: str = "auto",
@@ -149,90 +185,120 @@ def best_prediction_set(run: RunDir, rank_by: str) -> str:
     return best_entry(sets, rank_by)
 
 
-def predict_model(cfg: DictConfig, run: RunDir, model_id: str, paths: list[Path],
-                  n_classes: int) -> np.ndarray:
-    """Fold-averaged TTA probabilities of one trained model on `paths`."""
+def model_predictor(cfg: DictConfig, run: RunDir, model_id: str, n_classes: int,
+                    lite_cache: Path | None) -> PathPredictor:
+    """One trained model's saved folds, built once: a function image files ->
+    fold-averaged TTA probabilities."""
     spec = load_spec(cfg, run, model_id)
-    # with predict.output set nothing is written into the run directory (it may be
-    # read-only): the frozen networks are converted again instead of kept there
-    lite_cache = None if cfg.predict.output else run.lite_cache
-    return PREDICTORS[type(spec)](cfg, spec, run.model_dir(model_id), paths, n_classes,
-                                  lite_cache)
+    return PREDICTORS[type(spec)](cfg, spec, run.model_dir(model_id), n_classes, lite_cache)
 
 
-def _predict_finetuned(cfg: DictConfig, spec: ModelSpec, model_dir: Path, paths: list[Path],
-                       n_classes: int, lite_cache: Path | None) -> np.ndarray:
+def _finetuned_predictor(cfg: DictConfig, spec: ModelSpec, model_dir: Path, n_classes: int,
+                         lite_cache: Path | None) -> PathPredictor:
     settings = decoding(cfg)
-    images = load_images([str(p) for p in paths], spec.image_size, settings.max_pixels,
-                         desc=f"decode {spec.image_size}px",
-                         intensity_range=settings.intensity_range)
-    return predict_images(spec, model_dir, images, n_classes, lite_cache)
+    predictor = FinetunedPredictor(spec, model_dir, n_classes, lite_cache)
+
+    def predict(paths: list[Path]) -> np.ndarray:
+        return predictor(load_images([str(p) for p in paths], spec.image_size,
+                                     settings.max_pixels, desc=f"decode {spec.image_size}px",
+                                     intensity_range=settings.intensity_range))
+
+    return predict
 
 
-def _predict_classic(cfg: DictConfig, spec: ClassicSpec, model_dir: Path, paths: list[Path],
-                     n_classes: int, lite_cache: Path | None) -> np.ndarray:
-    from comp.training.classic import embed_images
+def _classic_predictor(cfg: DictConfig, spec: ClassicSpec, model_dir: Path, n_classes: int,
+                       lite_cache: Path | None) -> PathPredictor:
+    from comp.training.classic import embed_images, part_encoders
 
-    features = embed_images(spec, [str(p) for p in paths], decoding(cfg), lite_cache)
-    return predict_classic(model_dir, features, n_classes)
+    settings = decoding(cfg)
+    encoders = part_encoders(spec, lite_cache)
+    estimators = [joblib.load(path / FOLD_ESTIMATOR)
+                  for path in fold_paths(model_dir, FOLD_ESTIMATOR).values()]
+
+    def predict(paths: list[Path]) -> np.ndarray:
+        features = embed_images(spec, [str(p) for p in paths], settings, encoders=encoders)
+        return classic_probabilities(estimators, features, n_classes)
+
+    return predict
 
 
-def predict_classic(model_dir: Path, features: np.ndarray, n_classes: int) -> np.ndarray:
-    """Fold-averaged, view-averaged probabilities of a classic model's saved folds on
-    (V, N, D) embeddings."""
-    folds = [p / FOLD_ESTIMATOR for p in fold_paths(model_dir, FOLD_ESTIMATOR).values()]
+def classic_probabilities(estimators: list, features: np.ndarray, n_classes: int
+                          ) -> np.ndarray:
+    """The mean over a classic model's fold `estimators` of their view-averaged
+    probabilities on (V, N, D) embeddings."""
     total = np.zeros((features.shape[1], n_classes))
-    for path in folds:
-        estimator = joblib.load(path)
+    for estimator in estimators:
         total += view_average_proba(estimator, features, n_classes,
                                     np.asarray(estimator.classes_))
-    return total / len(folds)
+    return total / len(estimators)
+
+
+class FinetunedPredictor:
+    """A fine-tuned model's saved folds, built once, to predict decoded images any number
+    of times: the backbone's frozen prefix for each cut its folds use (all of them, unless
+    tuning gave folds different unfreeze points; on a CPU its TFLite form from
+    `lite_cache` where stored) and one head per build with its batch norms folded, each
+    fold's weights read once and swapped in where folds share a head (no new copy, no new
+    trace: comp.models.build.refold_batch_norms). A call runs the prefix once per image
+    and view for every fold that shares it, then each fold's head on those features."""
+
+    def __init__(self, spec: ModelSpec, model_dir: Path, n_classes: int,
+                 lite_cache: Path | None = None):
+        backbone = get_backbone(spec.backbone)
+        self.n_classes = n_classes
+        # per cut and TTA views: the split backbone, its prefix's encoder, the views
+        self.encoders: dict[str, tuple[SplitBackbone, Encoder, tuple[int, ...]]] = {}
+        self.heads: dict[tuple, list] = {}  # per build: [trained, folded, fold it holds]
+        self.folds: list[tuple[str, tuple, list, list[int]]] = []
+        for fold in progress(list(fold_paths(model_dir)), desc=f"load {model_dir.name}"):
+            fold_spec = spec.for_fold(fold)
+            plan = ViewPlan.from_augment(fold_spec.augment)
+            key = f"{fold_spec.model.unfreeze}|{plan.tta}"
+            if key not in self.encoders:
+                with model_scope(spec.compute):
+                    base = build_backbone(backbone, spec.image_size, spec.weights,
+                                          spec.train.seed)
+                    split = split_backbone(base, backbone, fold_spec.model.unfreeze)
+                self.encoders[key] = (split, Encoder(split.prefix, backbone.preprocess,
+                                                     lite_folder(backbone, lite_cache)),
+                                      plan.tta)
+            split = self.encoders[key][0]
+            # the head's build: what its layers and weights' shapes depend on (not dropout)
+            build = (key, fold_spec.model.pooling, fold_spec.model.dense_units)
+            if build not in self.heads:
+                with model_scope(spec.compute):
+                    trained = create_head(split, fold_spec, n_classes, 0, online=False)
+                trained.load_weights(fold_path(model_dir, fold) / FOLD_WEIGHTS)
+                # the trained body's batch norms too: it predicts only
+                self.heads[build] = [trained, fold_batch_norms(trained), fold]
+            else:
+                self.heads[build][0].load_weights(fold_path(model_dir, fold) / FOLD_WEIGHTS)
+                self.heads[build][2] = None  # holds this fold's weights, unfolded
+            positions = list(range(len(plan.tta)))  # view 0, the image itself, comes first
+            if recorded_views(fold_path(model_dir, fold)) == IDENTITY:
+                positions = positions[:1]
+            self.folds.append((fold, build, self.heads[build][0].get_weights(), positions))
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """Fold-averaged TTA probabilities on decoded `images` (N, size, size, 3)."""
+        features = {key: compute_features(images, encoder, ViewSet(tta))
+                    for key, (_, encoder, tta) in self.encoders.items()}
+        total = np.zeros((len(images), self.n_classes))
+        for fold, build, weights, positions in self.folds:
+            head = self.heads[build]
+            if head[2] != fold:  # another fold's weights: this fold's, folded the same way
+                head[0].set_weights(weights)
+                refold_batch_norms(head[0], head[1])
+                head[2] = fold
+            total += predict_tta(head[1], features[build[0]], positions)
+        return total / len(self.folds)
 
 
 def predict_images(spec: ModelSpec, model_dir: Path, images: np.ndarray,
                    n_classes: int, lite_cache: Path | None = None) -> np.ndarray:
-    """Fold-averaged TTA probabilities of the model in `model_dir` on decoded `images`.
-
-    The frozen prefix runs once per image and view for every fold that shares its cut
-    (all of them, unless tuning gave folds different unfreeze points); each fold's head
-    then runs on those features.
-    """
-    backbone = get_backbone(spec.backbone)
-    folds = list(fold_paths(model_dir))
-    total = np.zeros((len(images), n_classes))
-    shared: dict[str, tuple] = {}
-    heads: dict[tuple, tuple] = {}  # one head (and folded copy) for folds of one build
-    for fold in progress(folds, desc=f"predict {model_dir.name}"):
-        fold_spec = spec.for_fold(fold)
-        plan = ViewPlan.from_augment(fold_spec.augment)
-        key = f"{fold_spec.model.unfreeze}|{plan.tta}"
-        if key not in shared:
-            with model_scope(spec.compute):
-                base = build_backbone(backbone, spec.image_size, spec.weights,
-                                      spec.train.seed)
-                split = split_backbone(base, backbone, fold_spec.model.unfreeze)
-            shared[key] = (split, compute_features(
-                images, Encoder(split.prefix, backbone.preprocess,
-                                lite_folder(backbone, lite_cache)),
-                ViewSet(plan.tta)))
-        split, features = shared[key]
-        # the head's build: what its layers and weights' shapes depend on (not dropout)
-        build = (key, fold_spec.model.pooling, fold_spec.model.dense_units)
-        if build not in heads:
-            with model_scope(spec.compute):
-                trained = create_head(split, fold_spec, n_classes, 0, online=False)
-            trained.load_weights(fold_path(model_dir, fold) / FOLD_WEIGHTS)
-            # the trained body's batch norms too: it predicts only
-            heads[build] = (trained, fold_batch_norms(trained))
-        else:  # the same model, this fold's weights: no new copy, no new trace
-            heads[build][0].load_weights(fold_path(model_dir, fold) / FOLD_WEIGHTS)
-            refold_batch_norms(*heads[build])
-        folded = heads[build][1]
-        positions = list(range(len(plan.tta)))  # view 0, the image itself, comes first
-        if recorded_views(fold_path(model_dir, fold)) == IDENTITY:
-            positions = positions[:1]
-        total += predict_tta(folded, features, positions)
-    return total / len(folds)
+    """Fold-averaged TTA probabilities of the model in `model_dir` on decoded `images`
+    (FinetunedPredictor, built for this one call)."""
+    return FinetunedPredictor(spec, model_dir, n_classes, lite_cache)(images)
 
 
 def load_spec(cfg: DictConfig, run: RunDir, model_id: str) -> ModelSpec | ClassicSpec:
@@ -253,5 +319,5 @@ def load_spec(cfg: DictConfig, run: RunDir, model_id: str) -> ModelSpec | Classi
     return kind.from_json(recorded, weights, OmegaConf.to_container(cfg.compute, resolve=True))
 
 
-# per spec class: how its finished folds predict new images
-PREDICTORS = {ModelSpec: _predict_finetuned, ClassicSpec: _predict_classic}
+# per spec class: how its finished folds are built to predict new images
+PREDICTORS = {ModelSpec: _finetuned_predictor, ClassicSpec: _classic_predictor}

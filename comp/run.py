@@ -120,18 +120,18 @@ def run_stage(overrides: list[str]):
     The one code path of the CLI and the Python API. Raises CompError for bad input,
     a busy run directory or a run directory that cannot be written. What it sets for the
     stage (the progress mode, the `comp` logger's level, warning filters and TensorFlow's
-    log level: `_stage_settings`) is given back when it returns or raises, so a script
+    log level: `stage_settings`) is given back when it returns or raises, so a script
     or notebook that calls it keeps its own settings.
     """
     from comp.config import given_settings
 
     cfg = _stage_config(overrides)
-    with _stage_settings(cfg):
+    with stage_settings(cfg):
         return _run_stage(cfg, given_settings(overrides))
 
 
 @contextmanager
-def _stage_settings(cfg) -> Iterator[None]:
+def stage_settings(cfg) -> Iterator[None]:
     """The process settings of one stage, each back to the caller's afterwards."""
     log = get_logger()
     level = log.level

@@ -133,6 +133,11 @@ def test_predict_refuses_what_is_not_images(tmp_path, competition):
     assert not (tmp_path / "runs").exists()
 
 
+def _stored_model(run: Path) -> str:
+    (model,) = [p.name for p in (run / "preds").iterdir()]
+    return model
+
+
 def _stored_test_predictions(run: Path) -> pd.DataFrame:
     (model,) = [p for p in (run / "preds").iterdir()]
     return pd.read_csv(model / "test.csv").set_index("id")
@@ -165,6 +170,47 @@ def test_load_predicts_files_arrays_and_pil_images_alike(trained, tmp_path, comp
     logged = [r.getMessage().rsplit("-> ", 1)[1] for r in comp_caplog.records
               if r.getMessage().startswith("predict:")]
     assert len(logged) == 7 and all(Path(p).is_file() for p in logged), logged
+
+
+def test_a_predictor_is_built_once_and_predicts_as_predict_does(trained, tmp_path,
+                                                                 monkeypatch):
+    """Competition.predictor: the models built once (a second call builds nothing), the
+    same frames as Competition.predict for files, a folder and arrays, and nothing
+    written under the run's predictions/."""
+    import numpy as np
+    from PIL import Image
+
+    import comp.inference as inference
+
+    comp = Competition.load(tmp_path / "runs" / "tiny")
+    files = sorted((trained / "test").iterdir())[:3]
+    expected = comp.predict([str(f) for f in files])
+    written = sorted((tmp_path / "runs" / "tiny" / "predictions").iterdir())
+    predictor = comp.predictor()
+    assert predictor.using == _stored_model(tmp_path / "runs" / "tiny")
+    assert predictor.classes == CLASSES
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a loaded predictor built a model again")
+
+    monkeypatch.setattr(inference, "build_backbone", no_build)
+    monkeypatch.setattr(inference, "create_head", no_build)
+    by_files = predictor.predict([str(f) for f in files])
+    assert by_files["id"].tolist() == [f.name for f in files]
+    assert by_files["label"].tolist() == expected["label"].tolist()
+    assert np.abs(by_files[P_COLS].to_numpy() - expected[P_COLS].to_numpy()).max() < 1e-6
+    arrays = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    again = predictor.predict(arrays[::-1])
+    assert again["id"].tolist() == [0, 1, 2]
+    assert np.abs(again[P_COLS].to_numpy() - expected[P_COLS].to_numpy()[::-1]).max() < 1e-6
+    folder = predictor.predict_proba(trained / "test")
+    assert list(folder.columns) == CLASSES
+    assert folder.index.tolist() == sorted(p.name for p in (trained / "test").iterdir())
+    assert np.abs(folder.loc[[f.name for f in files]].to_numpy()
+                  - expected[P_COLS].to_numpy()).max() < 1e-6
+    assert sorted((tmp_path / "runs" / "tiny" / "predictions").iterdir()) == written
+    with pytest.raises(CompError, match="cannot predict a dict"):
+        predictor.predict({"a": 1})
 
 
 def test_a_folder_of_sub_folders_is_predicted_by_sub_folder_and_name(trained, tmp_path):

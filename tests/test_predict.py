@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from comp import Competition
 from tests.helpers import CLASSES, leaderboard, run_comp, tiny_overrides
 
 
@@ -39,6 +40,12 @@ def test_predict_matches_test_predictions_from_a_moved_run(tmp_path, competition
         assert sorted(got.index) == sorted(expected.index)
         assert np.allclose(got.loc[expected.index, cols], expected[cols], atol=1e-5)
         assert (got.label == got[cols].idxmax(axis=1).str[2:]).all()
+        # the API's predictor: the same models built once, called twice, the same numbers
+        predictor = Competition.load(moved / "tiny").predictor(using)
+        for _ in range(2):
+            loaded = predictor.predict_proba(competition / "test")
+            assert np.allclose(loaded.loc[expected.index].to_numpy(),
+                               got.loc[expected.index, cols].to_numpy(), atol=1e-6)
 
 
 def test_predict_needs_an_input(tmp_path, competition, capsys):

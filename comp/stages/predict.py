@@ -12,9 +12,14 @@ from omegaconf import DictConfig
 from comp.artifacts import write_csv
 from comp.data.pixels import recorded_order
 from comp.errors import CompError
-from comp.inference import best_prediction_set, input_images, predict_paths, submitted_metric
+from comp.inference import (
+    best_prediction_set,
+    input_images,
+    predict_paths,
+    prediction_frame,
+    submitted_metric,
+)
 from comp.log import get_logger
-from comp.predictions import probs_frame
 from comp.selection import ranking_metric
 from comp.workspace import is_folder_target, run_dir
 
@@ -35,8 +40,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
         images = input_images(Path(cfg.predict.input), pixel_dir, cfg.data.pixel_order,
                               recorded_order(run.pixel_images))
         probs, classes = predict_paths(cfg, run, using, list(images.values()))
-    frame = probs_frame(list(images), probs, classes)
-    frame.insert(1, "label", [classes[i] for i in probs.argmax(1)])
+    frame = prediction_frame(list(images), probs, classes)
     file_name = f"{Path(cfg.predict.input).stem}__{using}.csv"
     output = cfg.predict.output
     target = (run.predictions_dir / file_name if not output

@@ -8,6 +8,7 @@ predicts as the average over the TTA views. A fold takes seconds.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -120,19 +121,27 @@ def part_encoder(spec, name: str, size: int, lite_cache: Path | None = None):
                             backbone.preprocess, lite_folder(backbone, lite_cache))
 
 
-def embed_images(spec, paths: list[str], decoding, lite_cache: Path | None = None
-                 ) -> np.ndarray:
-    """(V, N, D) embeddings of image files for a classic spec (for prediction)."""
+def part_encoders(spec, lite_cache: Path | None = None) -> dict[tuple[str, int], Callable]:
+    """The encoder of each embedding part of a classic spec (part_encoder), by (name, size):
+    built once, for every prediction of a loaded model."""
+    return {(name, size): part_encoder(spec, name, size, lite_cache)
+            for name, size in spec.parts}
+
+
+def embed_images(spec, paths: list[str], decoding, lite_cache: Path | None = None,
+                 encoders: dict[tuple[str, int], Callable] | None = None) -> np.ndarray:
+    """(V, N, D) embeddings of image files for a classic spec (for prediction), with its
+    `encoders` (part_encoders; None: built for this call)."""
     from comp.data.images import load_images
 
+    encoders = encoders if encoders is not None else part_encoders(spec, lite_cache)
     parts = []
     for name, size in spec.parts:
         images = load_images(paths, size, decoding.max_pixels, desc=f"decode {size}px",
                              intensity_range=decoding.intensity_range)
         views = TTA_VIEWS[spec.views]
         made = part_views(name, views)
-        part = embed(images, made, part_encoder(spec, name, size, lite_cache),
-                     desc=f"embed {name}")
+        part = embed(images, made, encoders[name, size], desc=f"embed {name}")
         parts.append(np.repeat(part, len(views) // len(made), axis=0))
     return np.concatenate(parts, axis=-1)
 
