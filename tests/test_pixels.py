@@ -111,9 +111,10 @@ def test_images_are_written_once(tmp_path):
 
 
 def _edit(root, name, change):
+    """Rewrite competition file `name` after `change` (in place, or returning a new frame)."""
     frame = pd.read_csv(root / name, dtype=str)
-    change(frame)
-    frame.to_csv(root / name, index=False)
+    changed = change(frame)
+    (changed if isinstance(changed, pd.DataFrame) else frame).to_csv(root / name, index=False)
 
 
 def _set(name, column, value):
@@ -122,9 +123,13 @@ def _set(name, column, value):
 
 
 def _noise_columns(frame, count):
+    """`frame` with `count` noise pixel columns in place of its own (one concat, not one
+    insert a column: pandas warns of a fragmented frame)."""
     rng = np.random.default_rng(0)
-    for i in range(count):
-        frame[f"pixel{i}"] = rng.integers(0, 256, len(frame))
+    noise = pd.DataFrame(rng.integers(0, 256, (len(frame), count)), index=frame.index,
+                         columns=[f"pixel{i}" for i in range(count)])
+    return pd.concat([frame.drop(columns=[c for c in frame if c.startswith("pixel")]), noise],
+                     axis=1)
 
 
 BAD = {
