@@ -1,15 +1,19 @@
 """Time and memory of stage=prepare and of one fold's stage=train as the data grows.
 
-usage: python bench/scale.py [N ...] [--size 224] [--epochs 2]
-       (default N: 100 400 1600 6400)
+usage: python bench/scale.py [N ...] [--size 224] [--epochs 2] [--classic MODEL]
+       (default N: 100 400 1600 6400; MODEL default mobilenet_025+logreg, none: no
+       classic model)
        python bench/scale.py --smoke   (N=40 at 32 px, 1 epoch: seconds, for CI)
 Makes a synthetic 4-class competition of N training images (JPEG, `--size` px; N/8 test
 images) for each N, then runs, in a fresh child process per N, `stage=prepare` and
 `stage=train only.fold=0` (5 folds; mobilenet_025 with the bundled ImageNet weights, its
-default cut, 8 dihedral views) and prints a table: seconds of each stage, seconds per
-image, peak RSS (getrusage: anonymous memory plus the file pages mapped from the
-caches) and the peak of anonymous memory alone (sampled every 0.1 s), and the run
-directory's disk use after both stages, in total and per image (train + test).
+default cut, 8 dihedral views, and the classic model `--classic` on its embeddings:
+frozen features + logistic regression unless told otherwise) and prints a table: seconds
+of each stage, seconds per image, peak RSS of the child (getrusage: anonymous memory
+plus the file pages mapped from the caches), the peak of its anonymous memory alone
+(sampled every 0.1 s) and the peak summed PSS of its whole process tree (its training
+workers included: bench/proctree.py), and the run directory's disk use after both
+stages, in total and per image (train + test).
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+sys.path.insert(0, str(ROOT / "bench"))
+from proctree import run_measured  # noqa: E402 (bench/proctree.py)
+
 CLASSES = ["alpha", "beta", "gamma", "delta"]
 TINT = np.array([(200, 60, 60), (60, 200, 60), (60, 60, 200), (180, 180, 60)])
 
@@ -70,7 +77,7 @@ def _anon_kib() -> int:
     return 0
 
 
-def child(data: Path, runs: Path, size: int, epochs: int) -> None:
+def child(data: Path, runs: Path, size: int, epochs: int, classic: str) -> None:
     """Run prepare and one fold's train in this process; print one JSON line."""
     from comp.run import main
 
@@ -85,7 +92,8 @@ def child(data: Path, runs: Path, size: int, epochs: int) -> None:
     threading.Thread(target=sample, daemon=True).start()
     common = ["data=folder", f"data.dir={data}", f"runs_dir={runs}", "name=scale",
               f"weights_dir={ROOT / 'comp/demo/weights'}", "backbones=[mobilenet_025]",
-              "classic.models=[]",  # the fine-tune alone, whatever the defaults add
+              # the fine-tune and `classic` alone, whatever the defaults add
+              f"classic.models=[{'' if classic == 'none' else classic}]",
               f"model.image_size={size}", f"train.epochs={epochs}", "quiet=true"]
     started = time.time()
     assert main(["stage=prepare", *common]) == 0
@@ -103,6 +111,9 @@ def main() -> None:
     parser.add_argument("n", nargs="*", type=int, default=[100, 400, 1600, 6400])
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--classic", default="mobilenet_025+logreg",
+                        help="the classic model trained beside the fine-tune (none: no "
+                             "classic model)")
     parser.add_argument("--child", nargs=2)
     parser.add_argument("--work", default=None)
     parser.add_argument("--smoke", action="store_true",
@@ -111,7 +122,7 @@ def main() -> None:
     if args.smoke:
         args.n, args.size, args.epochs = [40], 32, 1
     if args.child:
-        child(Path(args.child[0]), Path(args.child[1]), args.size, args.epochs)
+        child(Path(args.child[0]), Path(args.child[1]), args.size, args.epochs, args.classic)
         return
     work = Path(args.work or tempfile.mkdtemp(prefix="comp-scale-"))
     if not args.work:
@@ -120,25 +131,31 @@ def main() -> None:
     for n in args.n:
         data = make_data(work / f"data{n}", n, args.size)
         runs = Path(tempfile.mkdtemp(prefix="runs-", dir=work))
-        done = subprocess.run([sys.executable, __file__, "--child", str(data), str(runs),
-                               "--size", str(args.size), "--epochs", str(args.epochs)],
-                              capture_output=True, text=True, cwd=ROOT)
-        if done.returncode:
-            raise SystemExit(done.stderr[-3000:])
+        log = work / f"child{n}.log"
+        with open(log, "w") as out:
+            code, _, tree_peak = run_measured(
+                [sys.executable, __file__, "--child", str(data), str(runs), "--size",
+                 str(args.size), "--epochs", str(args.epochs), "--classic", args.classic],
+                stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        if code:
+            raise SystemExit(log.read_text()[-3000:])
         disk = sum(f.stat().st_size for f in runs.rglob("*") if f.is_file())
         n_images = len(list((data / "train").iterdir())) + len(list((data / "test").iterdir()))
-        rows.append({"n": n, **json.loads(done.stdout.strip().splitlines()[-1]),
+        result = [line for line in log.read_text().splitlines() if line.startswith("{")][-1]
+        rows.append({"n": n, **json.loads(result), "tree_peak_mib": tree_peak,
                      "disk_mb": disk / 1e6, "disk_mb_per_image": disk / 1e6 / n_images})
+    classic = "no classic model" if args.classic == "none" else f"classic {args.classic}"
     print(f"\nmobilenet_025 (ImageNet), {args.size} px, 5 folds, train = fold 0, "
-          f"{args.epochs} epochs, 8 dihedral views; test = N/8 images\n")
+          f"{args.epochs} epochs, 8 dihedral views; {classic}; test = N/8 images\n")
     print("| train images | prepare s | prepare ms/image | train fold 0 s | train ms/image"
-          " | peak RSS MiB | peak anonymous MiB | run dir MB | MB / image |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          " | peak RSS MiB | peak anonymous MiB | peak PSS of the process tree MiB | run dir MB"
+          " | MB / image |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['n']} | {r['prepare_s']:.1f} | {1000 * r['prepare_s'] / r['n']:.1f} | "
               f"{r['train_s']:.1f} | {1000 * r['train_s'] / r['n']:.1f} | "
-              f"{r['peak_rss_mib']:.0f} | {r['peak_anon_mib']:.0f} | {r['disk_mb']:.1f} | "
-              f"{r['disk_mb_per_image']:.3f} |")
+              f"{r['peak_rss_mib']:.0f} | {r['peak_anon_mib']:.0f} | "
+              f"{r['tree_peak_mib']:.0f} | {r['disk_mb']:.1f} | {r['disk_mb_per_image']:.3f} |")
     if len(rows) > 1:
         n = np.array([r["n"] for r in rows], dtype=float)
         for stage in ("prepare_s", "train_s"):

@@ -6,6 +6,7 @@
     comp.leaderboard()            # DataFrame, best first
     comp.predict("new_images/")   # DataFrame: id, label, p_<class>...
     comp.predict_proba(array)     # DataFrame of probabilities, one column per class
+    comp.predictor().predict(x)   # the same frames from models built once, for many calls
     comp.evaluate(frame)          # {"accuracy": ..., "macro_f1": ..., <submit.metric>: ...}
     comp.report()                 # Path of the HTML report
     comp.export()                 # Path of the exported Keras model folder
