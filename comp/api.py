@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -426,7 +427,9 @@ class Predictor:
     directory; on a CPU the frozen networks' converted forms are read from (and, where
     the run directory is writable, kept in) its cache. The models are read under the run
     directory's reader lock, so a run training beside it never hands them over half
-    written; a later fit() is not seen: make a new predictor."""
+    written; a later fit() is not seen: make a new predictor. Calls from several threads
+    (a web service's) take turns: the built models and TFLite interpreters serve one
+    call at a time."""
 
     def __init__(self, config, using: str | None = None):
         from comp.inference import best_prediction_set, prediction_set, submitted_metric
@@ -442,6 +445,7 @@ class Predictor:
                           if os.access(self.run_dir.root, os.W_OK) else None)
             self._predict, self.classes = prediction_set(config, self.run_dir, self.using,
                                                          lite_cache)
+        self._turn = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Predictor({self.config.name!r}, using={self.using!r})"
@@ -469,7 +473,8 @@ class Predictor:
             else:
                 folder, ids = scratch.enter_context(_placed_images(images))
                 files = {path.name: path for path in sorted(folder.iterdir())}
-            probs = self._predict([files[name] for name in ids])
+            with self._turn:
+                probs = self._predict([files[name] for name in ids])
         return _as_given(prediction_frame(list(ids), probs, self.classes), ids)
 
     def predict_proba(self, images):

@@ -211,6 +211,32 @@ def test_a_predictor_is_built_once_and_predicts_as_predict_does(trained, tmp_pat
     assert sorted((tmp_path / "runs" / "tiny" / "predictions").iterdir()) == written
     with pytest.raises(CompError, match="cannot predict a dict"):
         predictor.predict({"a": 1})
+    _calls_take_turns(predictor, [str(f) for f in files])
+
+
+def _calls_take_turns(predictor, files: list[str]) -> None:
+    """Four threads predicting at once: the built models serve one call at a time."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    inside, most, lock, predict = [0], [0], threading.Lock(), predictor._predict
+
+    def watched(paths):
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.05)
+        try:
+            return predict(paths)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    predictor._predict = watched
+    with ThreadPoolExecutor(4) as pool:
+        frames = list(pool.map(lambda _: predictor.predict(files), range(4)))
+    assert most[0] == 1 and all(f.equals(frames[0]) for f in frames)
 
 
 def test_a_folder_of_sub_folders_is_predicted_by_sub_folder_and_name(trained, tmp_path):
