@@ -199,6 +199,22 @@ def _selected_oof(selection: dict, probs: dict, folds: np.ndarray) -> np.ndarray
     return out
 
 
+# comp overrides the bench sets itself: the table reads the run where these put it
+OWN_KEYS = {"runs_dir": "--runs-dir", "submissions_dir": "--runs-dir", "name": "--name",
+            "data": "DATA_DIR", "data.dir": "DATA_DIR"}
+
+
+def check_extra(extra: list[str]) -> None:
+    """Refuse, before the run, a comp override of a key the bench sets itself (a run of
+    hours whose table then found no run directory where it looked)."""
+    for override in extra:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if key in OWN_KEYS:
+            raise SystemExit(f"levers.py: {override!r}: give {OWN_KEYS[key]} instead of a "
+                             f"comp override of {key} (the table reads the run where the "
+                             "bench puts it)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data_dir", type=Path)
@@ -222,6 +238,7 @@ def main() -> None:
     after = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:after])
     args.extra += argv[after + 1:]
+    check_extra(args.extra)
     name = args.name or args.data_dir.name
     base = ["data=folder", f"data.dir={args.data_dir}", f"name={name}",
             f"runs_dir={args.runs_dir}", f"submissions_dir={args.runs_dir}/../submissions",

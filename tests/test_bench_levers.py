@@ -43,6 +43,22 @@ def test_tuned_runs_stage_all_again_with_trials_and_keeps_overrides(tmp_path, mo
     assert "tuning line" in out and "gain line" in out and out.count("lever line") == 1
 
 
+@pytest.mark.parametrize("override", ["runs_dir=/elsewhere", "++name=other",
+                                      "submissions_dir=/x", "data.dir=/y"])
+def test_an_override_of_what_the_bench_sets_is_refused_before_the_run(tmp_path, monkeypatch,
+                                                                      override):
+    """`-- runs_dir=...` ran stage=all for two hours, then the table found no run where
+    the bench looks (IndexError): now one line, before the run."""
+    levers = load_levers()
+    calls = []
+    monkeypatch.setattr(levers, "run_comp", lambda overrides: calls.append(overrides) or (1, 1))
+    monkeypatch.setattr(sys, "argv", ["levers.py", str(tmp_path), "--", "train.epochs=2",
+                                      override])
+    with pytest.raises(SystemExit, match="give (--runs-dir|--name|DATA_DIR) instead"):
+        levers.main()
+    assert calls == []
+
+
 def test_test_labels_come_from_a_labelled_test_folder_without_truth(tmp_path):
     levers = load_levers()
     plain = make_competition(tmp_path / "plain")
