@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, also when im
 from proctree import run_measured  # noqa: E402 (bench/proctree.py)
 
 from comp.metrics import scores
-from comp.predictions import is_ensemble
+from comp.predictions import combines_models
 from comp.selection import bootstrap_se, nested_selection, paired_difference, shown_metrics
 
 
@@ -124,7 +124,7 @@ def table(run: Path, truth_labels: dict[str, str] | None) -> pd.DataFrame:
               if e["info"].get("labels", True) and e["info"].get("round", 0) == 0}
     round0_singles = {e["name"]: probs[e["name"]] for e in singles
                       if e["info"].get("round", 0) == 0}
-    ensembles = frozenset(e["name"] for e in found if is_ensemble(e["info"]))
+    ensembles = frozenset(e["name"] for e in found if combines_models(e["info"]))
     extra["round 0: selected (nested)"] = nested_selection(round0, y, folds, rank_by, None,
                                                            ensembles)[0]
     extra["round 0: selected among single models (nested)"] = nested_selection(

@@ -169,13 +169,15 @@ def best_prediction_set(run: RunDir, rank_by: str) -> str:
     it picked (selection.json, comp.selection.pick_round) where that is still a current
     entry or round 0's, else the best CV `rank_by` score (comp.selection.ranking_metric) among those
     that give probabilities, each model at its latest pseudo-label round."""
+    selected = read_json(run.selection_json) if run.selection_json.exists() else None
+    current = current_sets(run.prediction_sets(),  # the entries stage=submit ranked
+                           averaged=bool(selected and selected.get("average_fits")))
     sets = {info.get("model_id") or info["name"]: info["cv"]
-            for info in (_cv_info(p, rank_by) for p in current_sets(run.prediction_sets()))
+            for info in (_cv_info(p, rank_by) for p in current)
             if info.get("labels", True)}
     if not sets:
         raise CompError(f"{run.root}: no finished models; run stage=train first")
-    if run.selection_json.exists():
-        selected = read_json(run.selection_json)
+    if selected is not None:
         kept = {info.get("model_id") or info["name"]  # round 0's pick, where it stayed
                 for info in map(read_json, (p / CV_JSON for p in
                                             round_zero_sets(run.prediction_sets())))}

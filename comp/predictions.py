@@ -43,12 +43,29 @@ def is_keras_model(info: dict) -> bool:
     return not is_ensemble(info) and info.get("model_kind", "finetune") == "finetune"
 
 
-def superseded(infos: dict[str, dict]) -> set[str]:
+def is_model_fits(info: dict) -> bool:
+    """Whether the cv.json `info` is one model's fits over its pseudo-label rounds
+    averaged (an ensemble entry that stands for that model, `fits_of` its lineage:
+    pseudo.average_fits), not an ensemble of several models."""
+    return is_ensemble(info) and bool(info.get("fits_of"))
+
+
+def combines_models(info: dict) -> bool:
+    """Whether the cv.json `info` is an ensemble of several models: the entries the
+    one-standard-error rule holds to a clear lead (comp.selection.pick_entry)."""
+    return is_ensemble(info) and not is_model_fits(info)
+
+
+def superseded(infos: dict[str, dict], averaged: bool = False) -> set[str]:
     """The entries (name -> cv.json) that a later pseudo-label round replaced: a single
     model of round r whose `lineage` (the id its settings have without pseudo-labels) has
-    a finished model of a later round, and an ensemble with such a member. A round's
-    models are their teachers' successors: ensembles, ranking and the selection take the
-    latest round of each model, and the levers table compares the two."""
+    a finished model of a later round, and an ensemble with such a member (a model's
+    averaged fits only where its newest fit is replaced). A round's models are their
+    teachers' successors: ensembles, ranking and the selection take the latest round of
+    each model, and the levers table compares the two. With `averaged` (the choice of
+    rank 1 under pseudo.average_fits), also a latest-round model whose fits over the
+    rounds are averaged in an entry of that round (is_model_fits): the model's entry is
+    then that mean; without it, every such mean."""
     latest: dict[str, int] = {}
     for name, info in infos.items():
         if not is_ensemble(info):
@@ -56,17 +73,26 @@ def superseded(infos: dict[str, dict]) -> set[str]:
             latest[lineage] = max(latest.get(lineage, 0), info_round(info))
     old = {name for name, info in infos.items() if not is_ensemble(info)
            and info_round(info) < latest[info.get("lineage", name)]}
-    return old | {name for name, info in infos.items()
-                  if is_ensemble(info) and set(info.get("models", [])) & old}
+    gone = old | {name for name, info in infos.items() if combines_models(info)
+                  and set(info.get("models", [])) & old}
+    gone |= {name for name, info in infos.items() if is_model_fits(info)
+             and info_round(info) < latest.get(info["fits_of"], 0)}
+    if not averaged:
+        return gone | {name for name, info in infos.items() if is_model_fits(info)}
+    fits = {(info["fits_of"], info_round(info)) for name, info in infos.items()
+            if is_model_fits(info) and name not in gone}
+    return gone | {name for name, info in infos.items() if not is_ensemble(info)
+                   and (info.get("lineage", name), info_round(info)) in fits}
 
 
-def current_sets(folders: list[Path]) -> list[Path]:
+def current_sets(folders: list[Path], averaged: bool = False) -> list[Path]:
     """The finished prediction sets in `folders` that no later pseudo-label round
-    replaced (superseded)."""
+    replaced (superseded; `averaged`: the choice of rank 1's entries, each model's
+    averaged fits in place of its latest fit)."""
     infos = {folder: read_json(folder / CV_JSON) for folder in folders}
     named = {info.get("model_id") or info.get("name") or str(folder): info
              for folder, info in infos.items()}
-    gone = superseded(named)
+    gone = superseded(named, averaged)
     return [folder for folder, info in infos.items()
             if (info.get("model_id") or info.get("name") or str(folder)) not in gone]
 

@@ -16,8 +16,8 @@ from comp.artifacts import atomic_path, read_json, write_text
 from comp.ensemble import WEIGHT_STUDY
 from comp.predictions import (
     class_indices,
+    combines_models,
     info_round,
-    is_ensemble,
     prob_columns,
     read_prediction_set,
     read_table,
@@ -181,7 +181,7 @@ def shown_leaderboard(leaderboard: pd.DataFrame, metric: str = "accuracy",
 
 
 def lever_rows(entries: dict[str, dict], rank_by: str,
-               round_margin: float | None = None) -> pd.DataFrame:
+               round_margin: float | None = None, averaged: bool = False) -> pd.DataFrame:
     """What each lever the run used gained, on the same folds: the nested selection (by
     the CV `rank_by` score, as stage=submit chooses) with
     the lever's entries against the same selection without them (paired bootstrap
@@ -189,8 +189,9 @@ def lever_rows(entries: dict[str, dict], rank_by: str,
     Levers: ensembling (ensembles vs single models), each pseudo-label round r (entries
     of rounds <= r vs rounds < r, each model at its latest round there: a round's models
     replace their teachers, comp.predictions.superseded, and round 0's pick stays where
-    the round's is not ahead by `round_margin` standard errors, comp.selection.pick_round),
-    tuning (tuned vs untuned models)."""
+    the round's is not ahead by `round_margin` standard errors, comp.selection.pick_round;
+    `averaged`: each model's fits averaged over the rounds stand for it, as stage=submit
+    chose under pseudo.average_fits), tuning (tuned vs untuned models)."""
     from comp.selection import nested_selection, paired_difference, shown_metrics
 
     if not entries:
@@ -206,18 +207,18 @@ def lever_rows(entries: dict[str, dict], rank_by: str,
 
     def current(keep) -> dict[str, np.ndarray]:
         names = {n: i for n, i in info.items() if keep(i)}
-        gone = superseded(names)
+        gone = superseded(names, averaged)
         return {n: probs[n] for n in names if n not in gone}
 
     def round_zero(keep) -> dict[str, np.ndarray]:
         return {n: probs[n] for n, i in info.items() if keep(i) and not info_round(i)}
 
     rounds = sorted({info_round(i) for i in info.values()})
-    levers = [("ensembling", lambda i: True, lambda i: not is_ensemble(i))]
+    levers = [("ensembling", lambda i: True, lambda i: not combines_models(i))]
     levers += [(f"pseudo-label round {r}", lambda i, r=r: info_round(i) <= r,
                 lambda i, r=r: info_round(i) < r) for r in rounds if r > 0]
     levers.append(("tuning", lambda i: True, lambda i: not i.get("tuned", False)))
-    ensembles = frozenset(n for n in probs if is_ensemble(info[n]))
+    ensembles = frozenset(n for n in probs if combines_models(info[n]))
     rows = []
     for lever, keep_with, keep_without in levers:
         a, b = current(keep_with), current(keep_without)
@@ -252,6 +253,7 @@ def build_report(run: RunDir, leaderboard: pd.DataFrame, paths: dict[str, str],
     ensembles = {f"ensemble-{p.name}": p for p in run.ensemble_sets()}
     sections = [*_leaderboard_section(leaderboard, metric, rank_by),
                 *_lever_section({**sets, **ensembles}, rank_by, record.get("round_margin"),
+                                record.get("average_fits", False),
                                 rounds_off(run, trained_rounds)),
                 *_oof_sections(leaderboard, sets, ensembles, paths, out),
                 *_curve_section(run, sets, out),
@@ -283,8 +285,8 @@ def rounds_off(run: RunDir, trained_rounds: set[int]) -> list[str]:
     return lines
 
 
-def _lever_section(folders: dict[str, Path], rank_by: str,
-                   round_margin: float | None, off: list[str]) -> list[str]:
+def _lever_section(folders: dict[str, Path], rank_by: str, round_margin: float | None,
+                   averaged: bool, off: list[str]) -> list[str]:
     """The levers table of the run's finished prediction sets (`folders`: name -> set),
     and the levers stage=all left `off` (one line each, with the reason)."""
     found = {}
@@ -292,7 +294,7 @@ def _lever_section(folders: dict[str, Path], rank_by: str,
         prediction = read_prediction_set(folder)
         found[name] = {"oof": prediction.oof, "classes": prediction.classes,
                        "info": prediction.info}
-    levers = lever_rows(found, rank_by, round_margin)
+    levers = lever_rows(found, rank_by, round_margin, averaged)
     off_lines = [f"<p>{html.escape(line)}.</p>" for line in off]
     if levers.empty:
         return ["<h2>Levers: what each gained on the same folds</h2>", *off_lines] if off else []

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from comp.metrics import HIGHER_IS_BETTER, METRIC_NAMES, macro_auc, quadratic_kappa, scores
-from comp.predictions import class_indices, is_ensemble, prob_columns
+from comp.predictions import class_indices, combines_models, prob_columns
 
 FAST_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "log_loss")
 HEADLINE_METRICS = ("accuracy", "macro_f1")  # the selected pipeline's figures, always shown
@@ -213,7 +213,7 @@ def leaderboard_uncertainty(predictions: list, metric: str, rank_by: str,
         return {p.name: probs[p.name] for p in sets if p.gives_labels or metric == "auc"}
 
     latest, first = labelled(predictions), labelled(earlier)
-    ensembles = frozenset(name for name, p in every.items() if is_ensemble(p.info))
+    ensembles = frozenset(name for name, p in every.items() if combines_models(p.info))
     best = pick_round(latest, first, y, rank_by, classes, ensembles, margin)
     out = {}
     for name in {p.name for p in predictions} | {best}:

@@ -192,9 +192,13 @@ def entry_settings(specs: dict[str, dict], ensembles: dict[str, dict]) -> dict[s
         for i in ids:
             out[i] = " ".join(f"{k}={flat[i].get(k)}" for k in differing)
     for name, info in ensembles.items():
+        if info.get("fits_of"):  # one model's fits (pseudo.average_fits)
+            out[name] = f"mean of {info['fits_of']}'s fits in rounds 0-{info.get('round', 0)}"
+            continue
         members = set(info.get("models", []))
         others = [set(o.get("models", [])) for n, o in ensembles.items()
-                  if n != name and o.get("method") == info.get("method")]
+                  if n != name and o.get("method") == info.get("method")
+                  and not o.get("fits_of")]
         extra = sorted(members - set.intersection(*others)) if others else []
         out[name] = " ".join([f"{info.get('method')} of {len(members)} models",
                               *[f"+{m}" for m in extra]])

@@ -257,7 +257,8 @@ def test_round_zeros_ensembles_compete_with_the_latest_rounds(tmp_path, competit
     from tests.helpers import run_path
 
     names = _two_rounds(tmp_path, competition)
-    overrides = tiny_overrides(tmp_path, competition, quiet="false")
+    overrides = tiny_overrides(tmp_path, competition, quiet="false",
+                               **{"pseudo.average_fits": "false"})
     assert run_comp("stage=ensemble", *overrides) == 0
     said = [r.getMessage().split(";")[0] for r in comp_caplog.records
             if r.getMessage().startswith("ensemble: 2 models")]
@@ -280,3 +281,73 @@ def test_round_zeros_ensembles_compete_with_the_latest_rounds(tmp_path, competit
     selection = json.loads((run_path(tmp_path) / "selection.json").read_text())
     assert selection["final_choice"] == round0["name"]
     assert leaderboard(tmp_path)["name"][0] == round0["name"]
+
+
+def _fits_over_rounds(tmp_path, competition) -> dict[str, str]:
+    """Fake prediction sets of one fine-tuned model fitted in round 0 and round 1 (the same
+    lineage), each right on two rows in three but not the same rows, so that their mean is
+    right on every row, and of a classic head fitted in both rounds, right on every other
+    row; their names."""
+    from tests.helpers import fake_prediction_set, run_path
+
+    train = pd.read_csv(competition / "train.csv", dtype=str)
+    classes = sorted(train["label"].unique())
+    y = np.array([classes.index(label) for label in train["label"]])
+    rows, n = np.arange(len(y)), len(classes)
+
+    def probs(right: np.ndarray) -> np.ndarray:
+        out = np.full((len(y), n), 0.2)
+        out[rows, y] = np.where(right, 0.6, 0.35)
+        out[rows, (y + 1) % n] = np.where(right, 0.2, 0.4)
+        return out / out.sum(1, keepdims=True)
+
+    sets = {"small_cnn-f0": (rows % 3 != 0, 0, "small_cnn-f0", "finetune"),
+            "small_cnn-f1": (rows % 3 != 1, 1, "small_cnn-f0", "finetune"),
+            "pixels+logreg-h0": (rows % 2 == 0, 0, "pixels+logreg-h0", "classic"),
+            "pixels+logreg-h1": (rows % 2 == 1, 1, "pixels+logreg-h0", "classic")}
+    for seed, (name, (right, round_, lineage, kind)) in enumerate(sets.items()):
+        fake_prediction_set(run_path(tmp_path), competition, name, seed,
+                            oof_probs=probs(right), round=round_, lineage=lineage,
+                            model_kind=kind)
+    return {name[-2:]: name for name in sets}
+
+
+def test_a_models_fits_over_the_rounds_are_averaged_and_stand_for_it(tmp_path, competition):
+    """After a pseudo-label round, stage=ensemble averages each model's fits of every round
+    (pseudo.average_fits, the default) into an entry of the latest round, and stage=submit
+    ranks that mean in place of the round's fit alone: here it is right on every row where
+    each fit is right on two in three. A classic head's fits are not averaged (its
+    round's fit replaces round 0's); with pseudo.average_fits=false no mean is built or
+    ranked, and the round's fit is ranked."""
+    from tests.helpers import run_path
+
+    names = _fits_over_rounds(tmp_path, competition)
+    overrides = tiny_overrides(tmp_path, competition)
+    assert run_comp("stage=ensemble", *overrides) == 0
+    fits = [json.loads(p.read_text()) for p in run_path(tmp_path).glob("ensemble/fits-*/cv.json")]
+    assert [(f["models"], f["fits_of"], f["round"], f["method"]) for f in fits] == [
+        ([names["f0"], names["f1"]], names["f0"], 1, "mean")]
+    assert fits[0]["cv"]["accuracy"] == 1.0
+    assert fits[0]["name"].startswith("ensemble-fits-")
+    assert run_comp("stage=submit", *overrides) == 0
+    board = leaderboard(tmp_path)
+    assert board["name"][0] == fits[0]["name"]  # rank 1: the mean of the two fits
+    assert names["f1"] not in set(board["name"])  # the round's fit alone is not ranked
+    assert names["h1"] in set(board["name"]) and names["h0"] not in set(board["name"])
+    row = board.set_index("name").loc[fits[0]["name"]]
+    assert row["settings"] == f"mean of {names['f0']}'s fits in rounds 0-1"
+    selection = json.loads((run_path(tmp_path) / "selection.json").read_text())
+    assert selection["final_choice"] == fits[0]["name"] and selection["average_fits"]
+    # turned off after the means were built: they are not ranked, the round's fit is
+    off = tiny_overrides(tmp_path, competition, **{"pseudo.average_fits": "false"})
+    assert run_comp("stage=submit", *off) == 0
+    names_off = set(leaderboard(tmp_path)["name"])
+    assert names["f1"] in names_off and fits[0]["name"] not in names_off
+
+    plain = tmp_path / "plain"
+    _fits_over_rounds(plain, competition)
+    overrides = tiny_overrides(plain, competition, **{"pseudo.average_fits": "false"})
+    assert run_comp("stage=ensemble", *overrides) == 0
+    assert not list(run_path(plain).glob("ensemble/fits-*"))
+    assert run_comp("stage=submit", *overrides) == 0
+    assert names["f1"] in set(leaderboard(plain)["name"])

@@ -89,6 +89,17 @@ def test_a_later_pseudo_label_round_replaces_its_models_and_their_ensembles():
     assert superseded(infos) == {"cnn-a", "ensemble-mean-0"}
     # among round-0 entries alone nothing is replaced
     assert superseded({k: v for k, v in infos.items() if v["round"] == 0}) == set()
+    # cnn-a's fits of rounds 0 and 1 averaged (pseudo.average_fits): in the choice of rank
+    # 1 the mean stands for the model, while ensembles keep its round-1 fit as a member
+    fits = {"kind": "ensemble", "round": 1, "models": ["cnn-a", "cnn-b"], "fits_of": "cnn-a"}
+    averaged = {**infos, "ensemble-fits-1": fits}
+    assert superseded(averaged, averaged=True) == {"cnn-a", "cnn-b", "ensemble-mean-0"}
+    # pseudo.average_fits=false: the mean stands for nothing, the round's fit is the model
+    assert superseded(averaged) == {"cnn-a", "ensemble-mean-0", "ensemble-fits-1"}
+    # a later round's fit replaces the mean of the earlier ones
+    later = {**averaged, "cnn-c": {"kind": "single", "round": 2, "lineage": "cnn-a"}}
+    assert superseded(later, averaged=True) == {"cnn-a", "cnn-b", "ensemble-mean-0",
+                                                 "ensemble-mean-1", "ensemble-fits-1"}
 
 
 def test_the_levers_table_compares_a_rounds_models_with_the_ones_they_replace():

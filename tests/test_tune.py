@@ -146,10 +146,12 @@ def test_all_runs_every_stage_on_a_tiny_competition(tmp_path, competition):
         "model.image_size": "32", "ensemble.methods": "[mean,greedy]"})
     assert run_comp("stage=all", *overrides) == 0
     board = leaderboard(tmp_path)
-    # 2 backbones at round 1 (each replaces its round 0) + the first one tuned + 2 ensembles
+    # 2 backbones at round 1, each ranked as the mean of its round-0 and round-1 fits
+    # (pseudo.average_fits), + the first one tuned (round 1 only) + 2 ensembles
     current = round_entries(board)
     assert len(current) == 5 and set(current.kind) == {"single", "ensemble"}
-    assert current.loc[current.kind == "single", "name"].str.startswith("small_cnn").sum() == 2
+    assert current["name"].str.startswith("ensemble-fits-").sum() == 2
+    assert current.loc[current.kind == "single", "name"].str.startswith("small_cnn").sum() == 1
     stamps = {p: p.stat().st_mtime_ns for p in fold_metrics(tmp_path)}
     assert len(stamps) == 5 * 2  # 5 models x 2 folds
     assert run_comp("stage=all", *overrides) == 0  # rerun: nothing trained again

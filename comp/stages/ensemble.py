@@ -24,6 +24,7 @@ from comp.metrics import scores
 from comp.predictions import (
     ENSEMBLE,
     info_round,
+    is_keras_model,
     mark_unfinished,
     probs_frame,
     read_prediction_set,
@@ -31,6 +32,8 @@ from comp.predictions import (
     write_prediction_set,
 )
 from comp.workspace import ENSEMBLE_STATE
+
+FITS = "fits"  # the entry name of one model's fits averaged: ensemble-fits-<members key>
 
 
 @dataclass(frozen=True)
@@ -55,14 +58,44 @@ def run(cfg: DictConfig, prepared: Prepared | None = None) -> list[dict]:
     ensemble.members names none), over round 0's models too, so that round 0's pick in
     the choice of rank 1 (comp.selection.pick_round) and the levers table's round 0 have
     their ensembles as the latest round has (without them a round's measured gain would
-    hold the ensembles' own). The latest round's records. `prepared`: the run's data as
-    stage=all read it (None: read here)."""
+    hold the ensembles' own), and each fine-tune's fits over the rounds averaged
+    (average_fits). The latest round's records. `prepared`: the run's data as stage=all
+    read it (None: read here)."""
     prepared = prepare(cfg) if prepared is None else prepared
     finished = [read_prediction_set(p) for p in prepared.run.single_sets()]  # read once
     rounds = [info_round(s.info) for s in finished]
-    if not cfg.ensemble.members and max(rounds, default=0) > 0 and rounds.count(0) > 1:
-        build(cfg, prepared, finished, last_round=0)
+    if not cfg.ensemble.members and max(rounds, default=0) > 0:
+        if rounds.count(0) > 1:
+            build(cfg, prepared, finished, last_round=0)
+        if cfg.pseudo.average_fits:
+            average_fits(cfg, prepared, finished)
     return build(cfg, prepared, finished)
+
+
+def average_fits(cfg: DictConfig, prepared, finished: list) -> list[dict]:
+    """For each fine-tuned model fitted in more than one pseudo-label round (the same
+    `lineage`), the mean of its fits in every round (pseudo.average_fits): the records of
+    those entries, which stand for the model in the choice of rank 1
+    (comp.predictions.superseded). Only fine-tunes: two fits of a network differ by their
+    random steps as well as by the pseudo-labels, and their mean gained on every bench
+    folder; a classic head fits its cached features the same way each time, so its mean
+    only dilutes what the round taught it (the glyphs' heads: -0.002 to -0.010 against
+    the round's fit, bench/README.md)."""
+    fits: dict[str, dict[int, object]] = {}
+    for s in finished:
+        if s.info.get("lineage") and is_keras_model(s.info):
+            fits.setdefault(s.info["lineage"], {})[info_round(s.info)] = s
+    out = []
+    for lineage, by_round in fits.items():
+        if len(by_round) < 2:
+            continue
+        members = _members(prepared, [by_round[r] for r in sorted(by_round)])
+        out.append(_build(cfg, prepared, "mean", members, fits_of=lineage))
+    if out:
+        get_logger().info("ensemble: %d fine-tuned model(s) fitted in several rounds: each "
+                          "one's fits averaged, its entry in the choice of rank 1 "
+                          "(pseudo.average_fits)", len(out))
+    return out
 
 
 def build(cfg: DictConfig, prepared, finished: list,
@@ -111,16 +144,21 @@ def _members(prepared, sets: list) -> _Members:
     return _Members(sets, oof, test, key)
 
 
-def _build(cfg: DictConfig, prepared, name: str, members: _Members) -> dict:
+def _build(cfg: DictConfig, prepared, name: str, members: _Members,
+           fits_of: str | None = None) -> dict:
     """Fit the method `name` on the members' OOF, write its state and its (nested) OOF
-    and test predictions; the prediction set's record."""
+    and test predictions; the prediction set's record. `fits_of`: the members are one
+    model's fits over pseudo-label rounds, this lineage's (entry `ensemble-fits-...`)."""
     classes, y = prepared.competition.classes, prepared.labels
     folds = prepared.folds["fold"].to_numpy()
     method = _method(cfg, prepared, name, members.key)
     state = fit_method(method, members.oof, y, cfg.tune.seed)
     honest = nested_predictions(method, members.oof, y, folds, cfg.tune.seed)
     info = _info(name, method, state, members, prepared)
-    target = prepared.run.ensemble_dir(name, members.key)
+    entry = FITS if fits_of else name
+    if fits_of:
+        info.update(name=f"ensemble-{entry}-{members.key}", fits_of=fits_of)
+    target = prepared.run.ensemble_dir(entry, members.key)
     mark_unfinished(target)
     with atomic_path(target / ENSEMBLE_STATE, suffix=".joblib") as tmp:
         joblib.dump(state, tmp)

@@ -37,11 +37,13 @@ def run(cfg: DictConfig, competition: CompetitionFolder | None = None):
     finished = run.prediction_sets()
     if not finished:
         raise CompError(f"{run.root}: no finished models to submit; run stage=train first")
-    sets = current_sets(finished)
+    averaged = cfg.pseudo.average_fits  # each model's fits averaged over the rounds, if any
+    sets = current_sets(finished, averaged)
     if len(sets) < len(finished):
         get_logger().info("submit: %d entries of earlier pseudo-label rounds are replaced by "
-                          "their later rounds' models (the report's levers table compares "
-                          "them)", len(finished) - len(sets))
+                          "their later rounds' models, or by their fits averaged over the "
+                          "rounds (the report's levers table compares them)",
+                          len(finished) - len(sets))
     competition = load_competition(cfg) if competition is None else competition
     folder = submissions_folder(cfg.submissions_dir, cfg.name)
     metric = submission_metric(cfg.submit.metric, competition)
@@ -77,6 +79,7 @@ def run(cfg: DictConfig, competition: CompetitionFolder | None = None):
     if held_out is not None:  # after the choice: these labels never reach it
         selected = {**selected, "holdout": {m: held_out[m] for m in
                                             (*HEADLINE_METRICS, metric, "n")}}
+    selected["average_fits"] = averaged  # for the report's levers and predict's default
     write_json(run.selection_json, selected)
     note = values_note(competition, metric, cfg.data.get("submission_values", "auto"))
     if note:
