@@ -223,12 +223,9 @@ def test_an_ensemble_with_new_members_is_a_new_entry_and_boards_stay_per_run(tmp
     assert not (tmp_path / "submissions" / "leaderboard.csv").exists()
 
 
-def _two_rounds(tmp_path, competition) -> dict[str, str]:
-    """Fake prediction sets (as training writes them) of two round-0 models, each right
-    on every other row, whose mean is right on all, and of their round-1 successors, right
-    on three rows in four, all wrong on the same rows; their names."""
-    from tests.helpers import fake_prediction_set, run_path
-
+def _rows_and_probs(competition):
+    """The train rows' indices and a maker of OOF probabilities for them: right (the label
+    on top, 0.6) where `right`, else the next class on top (0.4 against 0.35)."""
     train = pd.read_csv(competition / "train.csv", dtype=str)
     classes = sorted(train["label"].unique())
     y = np.array([classes.index(label) for label in train["label"]])
@@ -240,6 +237,16 @@ def _two_rounds(tmp_path, competition) -> dict[str, str]:
         out[rows, (y + 1) % n] = np.where(right, 0.2, 0.4)
         return out / out.sum(1, keepdims=True)
 
+    return rows, probs
+
+
+def _two_rounds(tmp_path, competition) -> dict[str, str]:
+    """Fake prediction sets (as training writes them) of two round-0 models, each right
+    on every other row, whose mean is right on all, and of their round-1 successors, right
+    on three rows in four, all wrong on the same rows; their names."""
+    from tests.helpers import fake_prediction_set, run_path
+
+    rows, probs = _rows_and_probs(competition)
     sets = {"a0": (rows % 2 == 0, 0, "small_cnn-a0"), "b0": (rows % 2 == 1, 0, "small_cnn-b0"),
             "a1": (rows % 4 != 3, 1, "small_cnn-a0"), "b1": (rows % 4 != 3, 1, "small_cnn-b0")}
     for seed, (name, (right, round_, lineage)) in enumerate(sets.items()):
@@ -290,17 +297,7 @@ def _fits_over_rounds(tmp_path, competition) -> dict[str, str]:
     row; their names."""
     from tests.helpers import fake_prediction_set, run_path
 
-    train = pd.read_csv(competition / "train.csv", dtype=str)
-    classes = sorted(train["label"].unique())
-    y = np.array([classes.index(label) for label in train["label"]])
-    rows, n = np.arange(len(y)), len(classes)
-
-    def probs(right: np.ndarray) -> np.ndarray:
-        out = np.full((len(y), n), 0.2)
-        out[rows, y] = np.where(right, 0.6, 0.35)
-        out[rows, (y + 1) % n] = np.where(right, 0.2, 0.4)
-        return out / out.sum(1, keepdims=True)
-
+    rows, probs = _rows_and_probs(competition)
     sets = {"small_cnn-f0": (rows % 3 != 0, 0, "small_cnn-f0", "finetune"),
             "small_cnn-f1": (rows % 3 != 1, 1, "small_cnn-f0", "finetune"),
             "pixels+logreg-h0": (rows % 2 == 0, 0, "pixels+logreg-h0", "classic"),
