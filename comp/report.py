@@ -302,9 +302,10 @@ def _lever_section(folders: dict[str, Path], rank_by: str, round_margin: float |
             "<p>The nested selection (rank 1 chosen on the other folds) with the "
             "lever's entries against the same selection without them; paired "
             "bootstrap standard errors. A pseudo-label round's models replace their "
-            "earlier rounds' (the leaderboard ranks the latest), except that round 0's "
-            "pick stays rank 1 where the round's is not clearly ahead "
-            "(submit.round_margin).</p>",
+            "earlier rounds' (the leaderboard ranks the latest, or, for a fine-tune, "
+            "the mean of its fits in every round where pseudo.average_fits is on), "
+            "except that round 0's pick stays rank 1 where the round's is not clearly "
+            "ahead (submit.round_margin).</p>",
             levers.to_html(index=False)]
 
 
