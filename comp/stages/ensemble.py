@@ -154,10 +154,10 @@ def _build(cfg: DictConfig, prepared, name: str, members: _Members,
     method = _method(cfg, prepared, name, members.key)
     state = fit_method(method, members.oof, y, cfg.tune.seed)
     honest = nested_predictions(method, members.oof, y, folds, cfg.tune.seed)
-    info = _info(name, method, state, members, prepared)
     entry = FITS if fits_of else name
+    info = _info(name, entry, method, state, members, prepared)
     if fits_of:
-        info.update(name=f"ensemble-{entry}-{members.key}", fits_of=fits_of)
+        info["fits_of"] = fits_of
     target = prepared.run.ensemble_dir(entry, members.key)
     mark_unfinished(target)
     with atomic_path(target / ENSEMBLE_STATE, suffix=".joblib") as tmp:
@@ -176,12 +176,13 @@ def _build(cfg: DictConfig, prepared, name: str, members: _Members,
     return result
 
 
-def _info(name: str, method, state, members: _Members, prepared) -> dict:
-    """The ensemble's cv.json record, before its CV scores are added."""
+def _info(name: str, entry: str, method, state, members: _Members, prepared) -> dict:
+    """The cv.json record of the ensemble by method `name` named `ensemble-<entry>-<key>`,
+    before its CV scores are added."""
     model_ids = members.model_ids
     weights = member_weights(method, state, len(members.sets))
     return {
-        "kind": ENSEMBLE, "name": f"ensemble-{name}-{members.key}", "method": name,
+        "kind": ENSEMBLE, "name": f"ensemble-{entry}-{members.key}", "method": name,
         "labels": method.labels, "models": model_ids,
         "round": max(info_round(s.info) for s in members.sets),
         "repeats": prepared.n_repeats,
