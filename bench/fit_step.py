@@ -1,15 +1,18 @@
 """A fine-tune's training step on this machine under compute.precision and jit_compile.
 
-usage: python bench/fit_step.py [--sizes 96 224] [--rows 1024] [--repeats 2]
+usage: python bench/fit_step.py [--backbone mobilenet_025] [--sizes 96 224] [--rows 1024]
+           [--repeats 2] [--precisions float32 mixed_bfloat16 mixed_float16] [--no-xla]
        python bench/fit_step.py --smoke      (32 px, 64 rows: seconds, for CI)
-What comp's fit trains: the trainable body and head of mobilenet_025 after its default
+What comp's fit trains: the trainable body and head of `--backbone` after its default
 cut (`create_head`, random-init weights: the step's cost does not depend on them), fed
-the frozen prefix's feature maps (random numbers of the right shape), SGD with momentum,
+the frozen prefix's feature maps (random numbers of the right shape; small_cnn has no
+prefix: the image, through its online augmentation layers), SGD with momentum,
 batch 32, one epoch over `--rows` rows after a warm-up epoch, compiled with each setting:
 - `jit_compile=False` (what Keras's `auto` picks on a CPU-only machine) and `True` (XLA,
   what `auto` picks where a GPU is seen);
-- the dtype policies `compute.precision` can name (`auto` is mixed_float16 with a GPU,
-  float32 without).
+- the dtype policies `compute.precision` can name (`auto` is mixed_float16 with a GPU;
+  without one mixed_bfloat16 for a backbone marked `amx_bfloat16` on a CPU with AMX,
+  else float32).
 Rows alternate between the settings `--repeats` times, so a slow spell of the machine
 hits all of them. Prints ms per step (median over the repeats).
 """
@@ -35,8 +38,8 @@ SETTINGS = [  # (jit_compile, precision)
 ]
 
 
-def step_ms(size: int, rows: int, jit: bool, precision: str) -> float:
-    """Milliseconds per training step of the body and head at `size` px."""
+def step_ms(name: str, size: int, rows: int, jit: bool, precision: str) -> float:
+    """Milliseconds per training step of backbone `name`'s body and head at `size` px."""
     import keras
 
     from comp.config import AugmentSettings, ModelSettings
@@ -45,7 +48,7 @@ def step_ms(size: int, rows: int, jit: bool, precision: str) -> float:
     from comp.models.weights import ResolvedWeights
     from comp.training.compute import model_scope
 
-    backbone = get_backbone("mobilenet_025")
+    backbone = get_backbone(name)
     spec = SimpleNamespace(model=ModelSettings(pooling="avg", dense_units=0, dropout=0.2,
                                                bn_trainable=True),
                            augment=AugmentSettings(), backbone=backbone.name)
@@ -69,25 +72,31 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[96, 224])
     parser.add_argument("--rows", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--backbone", default="mobilenet_025")
+    parser.add_argument("--precisions", nargs="+", default=[p for _, p in SETTINGS[1:]])
+    parser.add_argument("--no-xla", action="store_true", help="leave out jit_compile=True")
     parser.add_argument("--smoke", action="store_true", help="32 px, 64 rows (CI)")
     args = parser.parse_args()
     sizes, rows, repeats = ([32], 64, 1) if args.smoke else (args.sizes, args.rows,
                                                                args.repeats)
+    settings = [(jit, precision) for jit, precision in SETTINGS
+                if (precision == "float32" or precision in args.precisions)
+                and not (jit and args.no_xla)]
     times: dict[tuple, list[float]] = {}
     for _ in range(repeats):
         for size in sizes:
-            for jit, precision in SETTINGS:
-                ms = step_ms(size, rows, jit, precision)
+            for jit, precision in settings:
+                ms = step_ms(args.backbone, size, rows, jit, precision)
                 times.setdefault((size, jit, precision), []).append(ms)
                 print(f"measured: {size} px, jit_compile={jit}, {precision}: {ms:.1f} ms/step",
                       flush=True)
-    print(f"\nmobilenet_025 body + head after the default cut, batch 32, {rows} rows, "
+    print(f"\n{args.backbone} body + head after the default cut, batch 32, {rows} rows, "
           f"median of {repeats}{' (smoke: not a measurement)' if args.smoke else ''}\n")
     print("| size | jit_compile | precision | ms / step | vs no XLA, float32 |")
     print("|---|---|---|---|---|")
     for size in sizes:
         base = float(np.median(times[size, False, "float32"]))
-        for jit, precision in SETTINGS:
+        for jit, precision in settings:
             ms = float(np.median(times[size, jit, precision]))
             print(f"| {size} | {jit} | {precision} | {ms:.1f} | {ms / base:.2f}x |")
 

@@ -51,25 +51,72 @@ def test_precision_auto_is_mixed_float16_with_a_gpu_and_float32_without():
     from comp.training.compute import check
 
     assert check({"precision": "auto"}, gpus=1)["precision"] == "mixed_float16"
-    assert check({"precision": "auto"}, gpus=0)["precision"] == "float32"
+    assert check({"precision": "auto"}, gpus=0, amx=False)["precision"] == "float32"
     assert check(None, gpus=2)["precision"] == "mixed_float16"  # auto is the default
     assert check({"precision": "mixed_bfloat16"}, gpus=0)["precision"] == "mixed_bfloat16"
     assert check({"precision": "float32"}, gpus=1)["precision"] == "float32"
 
 
-def test_the_default_precision_keeps_a_cpu_runs_model_ids():
-    """On this CPU machine `auto` resolves to float32, which the model id leaves out: the
-    same id as an explicit float32, another one with mixed float16."""
+def test_precision_auto_is_bfloat16_on_an_amx_cpu_only_for_models_it_speeds_up():
+    from comp.training.compute import check
+
+    def auto(**machine) -> str:
+        return check({"precision": "auto"}, **machine)["precision"]
+
+    assert auto(gpus=0, amx=True, amx_bfloat16=True) == "mixed_bfloat16"
+    assert auto(gpus=0, amx=True, amx_bfloat16=False) == "float32"  # MobileNet's row
+    assert auto(gpus=0, amx=False, amx_bfloat16=True) == "float32"  # no AMX
+    assert auto(gpus=1, amx=True, amx_bfloat16=True) == "mixed_float16"  # a GPU first
+    assert check({"precision": "float32"}, gpus=0, amx=True,
+                 amx_bfloat16=True)["precision"] == "float32"  # a set value stays
+
+
+def test_amx_is_read_from_the_cpu_flags(tmp_path):
+    from comp.training.compute import cpu_has_amx
+
+    def flags(line: str) -> bool:
+        cpuinfo = tmp_path / f"cpuinfo{len(list(tmp_path.iterdir()))}"
+        cpuinfo.write_text(f"processor\t: 0\nmodel name\t: x\n{line}\n\n")
+        return cpu_has_amx(cpuinfo)
+
+    assert flags("flags\t\t: fpu avx512f amx_bf16 amx_tile amx_int8")
+    assert not flags("flags\t\t: fpu avx512f avx512_bf16")  # bfloat16 without AMX tiles
+    assert not flags("model name\t: amx_bf16")  # only the flags line counts
+    assert not cpu_has_amx(tmp_path / "missing")
+
+
+def _default_model_id(monkeypatch, backbone: str, amx: bool, *overrides: str) -> str:
     from comp.config import load_config
     from comp.models.spec import make_spec
 
-    def model_id(*overrides: str) -> str:
-        cfg = load_config(["weights=none", "backbones=[small_cnn]", *overrides])
-        return make_spec(cfg, "small_cnn", "folds0").model_id
+    monkeypatch.setattr("comp.training.compute.cpu_has_amx", lambda: amx)
+    cfg = load_config(["weights=none", f"backbones=[{backbone}]", *overrides])
+    return make_spec(cfg, backbone, "folds0").model_id
 
-    default = model_id()
-    assert default == model_id("compute.precision=float32")
-    assert default != model_id("compute.precision=mixed_float16")
+
+def test_the_default_precision_keeps_a_cpu_runs_model_ids(monkeypatch):
+    """On a CPU without AMX `auto` resolves to float32, which the model id leaves out: the
+    same id as an explicit float32, another one with mixed float16."""
+    default = _default_model_id(monkeypatch, "small_cnn", False)
+    assert default == _default_model_id(monkeypatch, "small_cnn", False,
+                                        "compute.precision=float32")
+    assert default != _default_model_id(monkeypatch, "small_cnn", False,
+                                        "compute.precision=mixed_float16")
+
+
+def test_an_amx_cpu_trains_small_cnn_in_bfloat16_and_mobilenet_in_float32(monkeypatch):
+    """With AMX, small_cnn's default spec is its mixed-bfloat16 one (another model id);
+    MobileNet's stays float32, the id it has without AMX."""
+    from comp.config import load_config
+    from comp.models.spec import make_spec
+
+    assert _default_model_id(monkeypatch, "small_cnn", True) == _default_model_id(
+        monkeypatch, "small_cnn", False, "compute.precision=mixed_bfloat16")
+    assert _default_model_id(monkeypatch, "mobilenet_025", True) == _default_model_id(
+        monkeypatch, "mobilenet_025", False)
+    monkeypatch.setattr("comp.training.compute.cpu_has_amx", lambda: True)
+    cfg = load_config(["weights=none", "backbones=[small_cnn]"])
+    assert make_spec(cfg, "small_cnn", "folds0").precision == "mixed_bfloat16"
 
 
 @pytest.mark.slow
@@ -137,3 +184,17 @@ def test_the_main_process_plans_a_run_without_loading_tensorflow():
     out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
                          check=True).stdout.split()
     assert out[0] == ("True" if gpu_driver_present() else "False")
+
+
+def test_the_train_line_names_the_models_that_do_not_train_in_float32():
+    from types import SimpleNamespace
+
+    from comp.training.workers import precision_note
+
+    def unit(backbone: str, precision: str) -> tuple:
+        return SimpleNamespace(backbone=backbone, precision=precision), 0
+
+    assert precision_note([unit("small_cnn", "mixed_bfloat16"), unit("small_cnn", "mixed_bfloat16"),
+                           unit("mobilenet_025", "float32")]) == "; small_cnn in mixed_bfloat16"
+    classic = SimpleNamespace(model_id="pixels@32+svm_rbf-1")  # no precision: a classic head
+    assert precision_note([unit("mobilenet_025", "float32"), (classic, 0)]) == ""

@@ -42,6 +42,11 @@ class Backbone:
     # dense-convolution ones (VGG, ResNet, Inception, DenseNet, EfficientNetV2-B3/S) ran
     # at 0.85-1.23x, which does not pay for a conversion of 2-22 s (bench/README.md)
     lite: bool = False
+    # training steps in mixed bfloat16 where the CPU has AMX (compute.precision=auto,
+    # comp.training.compute): small_cnn's dense 3x3 convolutions ran 1.65x as many images
+    # a second as in float32 on one core here; MobileNet 0.25's depthwise ones ran at
+    # half the speed, so a row is marked only where its fit was measured (bench/fit_step.py)
+    amx_bfloat16: bool = False
 
 
 def _apps():
@@ -144,15 +149,16 @@ def _convnext_points(model: str) -> dict[str, str]:
 def _row(name: str, constructor, preprocess, *, size: int = 224, unfreeze: dict | None = None,
          default_unfreeze: str = "all", weight_file: Callable[[int], str] | None = None,
          md5: str | None = None, min_size: int = 32, top1: float | None = None,
-         gmacs: float = 0.0, family: str = "", upsample: int = 2, lite: bool = False
-         ) -> Backbone:
+         gmacs: float = 0.0, family: str = "", upsample: int = 2, lite: bool = False,
+         amx_bfloat16: bool = False) -> Backbone:
     """One registry row, written with keywords (timm's `_cfg(...)` style).
 
-    Why fourteen parameters: one per field of `Backbone`, the table's columns; all but
+    Why fifteen parameters: one per field of `Backbone`, the table's columns; all but
     the first three are keywords whose defaults are the common values, so each row
     names only what sets it apart."""
     return Backbone(name, constructor, preprocess, size, dict(unfreeze or {}), default_unfreeze,
-                    weight_file, md5, min_size, top1, gmacs, family or name, upsample, lite)
+                    weight_file, md5, min_size, top1, gmacs, family or name, upsample, lite,
+                    amx_bfloat16)
 
 
 BACKBONES: dict[str, Backbone] = {
@@ -255,7 +261,7 @@ BACKBONES: dict[str, Backbone] = {
              family="mobilenet_v3", lite=True),
         _row("small_cnn", small_cnn, _identity, size=64,
              unfreeze={"block3": "block3_conv1", "block2": "block2_conv1"}, min_size=16,
-             gmacs=0.155, upsample=1),
+             gmacs=0.155, upsample=1, amx_bfloat16=True),
     ]
 }
 

@@ -171,7 +171,8 @@ def make_spec(cfg: DictConfig, backbone_name: str, folds_key: str,
     size = sections["model"].image_size or backbone_size(backbone, native)
     weights = resolve_weights(backbone, size, cfg.weights, cfg.weights_dir)
     return ModelSpec(backbone_name, int(size), weights, folds_key=folds_key, pseudo=pseudo,
-                     compute=check(OmegaConf.to_container(cfg.compute, resolve=True)),
+                     compute=check(OmegaConf.to_container(cfg.compute, resolve=True),
+                                   amx_bfloat16=backbone.amx_bfloat16),
                      **sections)
 
 

@@ -3,9 +3,10 @@
 The same code runs on CPU and GPU; `compute.*` only picks Keras's dtype policy, the
 compile's `jit_compile` and, with `distribute=mirrored`, a MirroredStrategy over every
 visible GPU (one replica on a CPU machine). The defaults follow the machine: mixed
-float16 where TensorFlow sees a GPU (`precision=auto`, resolved when a model's spec is
-made), and Keras's own `jit_compile="auto"`, which turns XLA on with a GPU and off on a
-CPU (where it made the fine-tune's training steps 2-9x slower here, bench/README.md).
+float16 where TensorFlow sees a GPU, mixed bfloat16 for small_cnn on a CPU with AMX
+(`precision=auto`, resolved when a model's spec is made), and Keras's own
+`jit_compile="auto"`, which turns XLA on with a GPU and off on a CPU (where it made the
+fine-tune's training steps 2-9x slower here, bench/README.md).
 """
 
 from __future__ import annotations
@@ -26,17 +27,38 @@ MODEL_KEYS = ("precision", "jit_compile", "distribute")  # what a model's spec r
 WORKER_MEMORY = 1.5 * 2**30  # bytes a training worker may grow to (TensorFlow + one model)
 
 
-def check(compute: dict | None, gpus: int | None = None) -> dict:
+def check(compute: dict | None, gpus: int | None = None, amx_bfloat16: bool = False,
+          amx: bool | None = None) -> dict:
     """`compute` with defaults filled in (its values are checked with the config) and
-    `precision=auto` resolved for a machine with `gpus` GPUs (None: those TensorFlow sees):
-    mixed_float16 with a GPU, float32 without (a CPU's float16 and bfloat16 kernels were
-    slower than float32 here, bench/README.md "throughput.py")."""
+    `precision=auto` resolved for a machine with `gpus` GPUs (None: those TensorFlow sees)
+    and a CPU with or without AMX's bfloat16 tiles (`amx`; None: `cpu_has_amx`):
+    mixed_float16 with a GPU; without one, mixed_bfloat16 for a model whose registry row
+    says AMX speeds its fit (`amx_bfloat16`: small_cnn) where the CPU has AMX, else
+    float32 (a CPU's float16 kernels were 69x slower than float32, bfloat16 without AMX or
+    for MobileNet's depthwise convolutions slower too, bench/README.md "fit_step.py")."""
     given = {k: v for k, v in (compute or {}).items() if k in MODEL_KEYS}
     filled = {"precision": "auto", "jit_compile": "auto", "distribute": "none", **given}
     if filled["precision"] == "auto":
         has_gpu = visible_gpus() if gpus is None else gpus
-        filled["precision"] = "mixed_float16" if has_gpu else "float32"
+        if has_gpu:
+            filled["precision"] = "mixed_float16"
+        elif amx_bfloat16 and (cpu_has_amx() if amx is None else amx):
+            filled["precision"] = "mixed_bfloat16"
+        else:
+            filled["precision"] = "float32"
     return filled
+
+
+@cache
+def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU has Intel AMX's bfloat16 tiles (Linux's `amx_bf16` flag), on which
+    oneDNN runs TensorFlow's bfloat16 convolutions; False where that cannot be told."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return False
+    return any(line.startswith("flags") and "amx_bf16" in line.split()
+               for line in text.splitlines())
 
 
 def worker_count(setting: str | int, gpus: int, cpus: int, distribute: str = "none",

@@ -59,6 +59,18 @@ class WorkerSetup:
     log_level: int
 
 
+def precision_note(units: list[tuple]) -> str:
+    """'; <models> in <policy>' for the units' models that do not train in float32 (a
+    CPU with AMX runs small_cnn in mixed bfloat16 by default), else ''."""
+    policies: dict[str, set[str]] = {}
+    for spec, _ in units:
+        precision = getattr(spec, "precision", "float32")
+        if precision != "float32":
+            policies.setdefault(precision, set()).add(spec.backbone)
+    return "".join(f"; {', '.join(sorted(names))} in {policy}"
+                   for policy, names in sorted(policies.items()))
+
+
 def train_in_workers(units: list[tuple], setup: WorkerSetup, workers: int, cpus: int,
                      deadline=None) -> None:
     """Train `units` ((spec, unit) pairs) on `workers` worker processes sharing `cpus`
@@ -77,8 +89,8 @@ def train_in_workers(units: list[tuple], setup: WorkerSetup, workers: int, cpus:
     queue, lock, stop = list(units), threading.Lock(), threading.Event()
     holding: dict[int, str] = {}  # worker index -> the model whose features it holds
     timed = deadline is not None and deadline.end is not None  # a time_limit: in order
-    get_logger().info("train: %d units on %d workers of %d thread%s each", len(units),
-                      workers, threads, "" if threads == 1 else "s")
+    get_logger().info("train: %d units on %d workers of %d thread%s each%s", len(units),
+                      workers, threads, "" if threads == 1 else "s", precision_note(units))
     bar = progress(total=len(units), desc=f"train round {setup.round_}")
 
     def next_unit(index: int):
