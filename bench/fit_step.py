@@ -2,6 +2,7 @@
 
 usage: python bench/fit_step.py [--backbone mobilenet_025] [--sizes 96 224] [--rows 1024]
            [--repeats 2] [--precisions float32 mixed_bfloat16 mixed_float16] [--no-xla]
+           [--threads N]
        python bench/fit_step.py --smoke      (32 px, 64 rows: seconds, for CI)
 What comp's fit trains: the trainable body and head of `--backbone` after its default
 cut (`create_head`, random-init weights: the step's cost does not depend on them), fed
@@ -14,12 +15,15 @@ batch 32, one epoch over `--rows` rows after a warm-up epoch, compiled with each
   without one mixed_bfloat16 for a backbone marked `amx_bfloat16` on a CPU with AMX,
   else float32).
 Rows alternate between the settings `--repeats` times, so a slow spell of the machine
-hits all of them. Prints ms per step (median over the repeats).
+hits all of them. `--threads N` gives TensorFlow N threads, as comp's training workers
+have cores / workers each (default: TensorFlow's choice, every core). Prints ms per
+step (median over the repeats).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -75,8 +79,12 @@ def main() -> None:
     parser.add_argument("--backbone", default="mobilenet_025")
     parser.add_argument("--precisions", nargs="+", default=[p for _, p in SETTINGS[1:]])
     parser.add_argument("--no-xla", action="store_true", help="leave out jit_compile=True")
+    parser.add_argument("--threads", type=int, default=0, help="TensorFlow's threads; 0: all")
     parser.add_argument("--smoke", action="store_true", help="32 px, 64 rows (CI)")
     args = parser.parse_args()
+    if args.threads:  # read when TensorFlow starts, as in comp's workers (workers.py)
+        for variable in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+            os.environ[variable] = str(args.threads)
     sizes, rows, repeats = ([32], 64, 1) if args.smoke else (args.sizes, args.rows,
                                                                args.repeats)
     settings = [(jit, precision) for jit, precision in SETTINGS
@@ -91,6 +99,7 @@ def main() -> None:
                 print(f"measured: {size} px, jit_compile={jit}, {precision}: {ms:.1f} ms/step",
                       flush=True)
     print(f"\n{args.backbone} body + head after the default cut, batch 32, {rows} rows, "
+          f"{args.threads or 'all'} thread(s), "
           f"median of {repeats}{' (smoke: not a measurement)' if args.smoke else ''}\n")
     print("| size | jit_compile | precision | ms / step | vs no XLA, float32 |")
     print("|---|---|---|---|---|")

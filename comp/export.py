@@ -15,7 +15,11 @@ Writes `model.keras`, `saved_model/` (Keras 3 `Model.export`), optionally
 `model.tflite`, `classes.json`, `MODEL_CARD.md` and `exported.json` (the model and
 settings inside, so a second call with the same ones does nothing), into a temporary
 folder that then takes the export folder's place (artifacts.atomic_dir: an interrupted
-export leaves the earlier one whole). Ensembles are not exported yet.
+export leaves the earlier one whole). An ensemble whose members are all fine-tunes of one
+backbone at one input size (a model's fits averaged over the pseudo-label rounds,
+`pseudo.average_fits`, the usual rank 1 after a round) is exported the same way: each
+member's fold average, then the ensemble's weights over the members, the frozen prefix
+run once. Other ensembles (classic heads, several backbones) are not exported yet.
 """
 
 from __future__ import annotations
@@ -62,6 +66,11 @@ class Exported:
     size: int
     views: tuple[int, ...]
     out: Path
+    members: tuple[str, ...] = ()  # the fine-tuned models inside; () : model_id alone
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return self.members or (self.model_id,)
 
 
 def export_model(cfg: DictConfig) -> Path:
@@ -74,17 +83,7 @@ def export_model(cfg: DictConfig) -> Path:
         run, ranking_metric(submitted_metric(run, cfg.submit.metric), cfg.submit.rank_by))
     if note:
         get_logger().info("export: %s", note)
-    if model_id.startswith("ensemble-"):
-        raise CompError(f"export.using={model_id}: ensembles are not exported yet; give "
-                        "export.using=<model_id> of a single model (see the leaderboard)")
-    info_path = run.preds_dir(model_id) / CV_JSON
-    if not info_path.exists():
-        raise CompError(f"{info_path}: no finished model {model_id!r}; finished fine-tuned "
-                        f"models: {run.finished_names(is_keras_model)}")
-    info = read_json(info_path)
-    if not is_keras_model(info):
-        raise CompError(f"export.using={model_id}: only single fine-tuned models are exported "
-                        "as Keras models (classic heads are scikit-learn: use stage=predict)")
+    info, members, weights = export_members(run, model_id)
     suffix = "" if cfg.export.tta else "-notta"
     out = Path(cfg.export.output) if cfg.export.output else (
         run.export_dir(f"{model_id}{suffix}"))
@@ -94,8 +93,8 @@ def export_model(cfg: DictConfig) -> Path:
         get_logger().info("export: %s is already there (the same model and settings); "
                           "delete it to export again", out)
         return out
-    model, size, views = build_export_model(cfg, run, model_id, len(info["classes"]),
-                                            cfg.export.tta)
+    model, size, views = build_export_model(cfg, run, members, len(info["classes"]),
+                                            cfg.export.tta, weights)
     from comp.models.build import weight_bytes
 
     ensure_free_space(out, 3 * weight_bytes(model))  # .keras, SavedModel, TFLite
@@ -106,12 +105,48 @@ def export_model(cfg: DictConfig) -> Path:
             _write_tflite(folder / "saved_model", folder / "model.tflite")
         write_json(folder / "classes.json", info["classes"])
         write_text(folder / "MODEL_CARD.md",
-                   model_card(run, info, Exported(model_id, size, views, folder), note))
+                   model_card(run, info, Exported(model_id, size, views, folder,
+                                                  tuple(members) if members != [model_id]
+                                                  else ()), note))
         write_json(folder / EXPORTED_JSON, what)  # what is inside, for the next call
-    get_logger().info("export: %s (%d folds%s) -> %s", model_id,
-                      len(_folds(run.model_dir(model_id))),
-                      f", TTA over {len(views)} views" if len(views) > 1 else "", out)
+    folds = sum(len(_folds(run.model_dir(member))) for member in members)
+    get_logger().info("export: %s (%s%d folds%s) -> %s", model_id,
+                      f"{len(members)} fine-tuned models, " if len(members) > 1 else "",
+                      folds, f", TTA over {len(views)} views" if len(views) > 1 else "", out)
     return out
+
+
+def export_members(run: RunDir, name: str) -> tuple[dict, list[str], list[float]]:
+    """What exporting entry `name` takes: (its cv.json, the fine-tuned models inside, their
+    weights). A fine-tuned model is itself; an ensemble its members and weights where
+    every member is a fine-tuned model of one backbone at one input size (a model's fits
+    over the rounds, `ensemble-fits-...`); anything else is refused in one line."""
+    from comp.inference import prediction_folder
+
+    if not name.startswith("ensemble-") and not (run.preds_dir(name) / CV_JSON).exists():
+        raise CompError(f"{run.preds_dir(name) / CV_JSON}: no finished model {name!r}; "
+                        f"finished fine-tuned models: {run.finished_names(is_keras_model)}")
+    info = read_json(prediction_folder(run, name) / CV_JSON)
+    if not is_ensemble(info):
+        if not is_keras_model(info):
+            raise CompError(f"export.using={name}: only fine-tuned models are exported as "
+                            "Keras models (classic heads are scikit-learn: use stage=predict)")
+        return info, [name], [1.0]
+    members = list(info.get("models", []))
+    found = {m: read_json(p) for m in members if (p := run.preds_dir(m) / CV_JSON).exists()}
+    specs = {m: read_json(run.model_dir(m) / SPEC_JSON) for m in members
+             if m in found and is_keras_model(found[m])
+             and (run.model_dir(m) / SPEC_JSON).exists()}
+    shapes = {(spec["backbone"], spec["image_size"]) for spec in specs.values()}
+    if not members or len(specs) < len(members) or len(shapes) != 1:
+        kinds = sorted({found[m].get("model_kind", "?") if m in found else "missing"
+                        for m in members} | {b for b, _ in shapes})
+        raise CompError(f"export.using={name}: an ensemble is exported only where its members "
+                        f"are fine-tunes of one backbone at one input size (this one holds "
+                        f"{', '.join(kinds)}); give export.using=<model_id> of a fine-tuned "
+                        "model (see the leaderboard) or use stage=predict")
+    weights = info.get("weights") or {}
+    return info, members, [float(weights.get(m, 1.0 / len(members))) for m in members]
 
 
 def export_choice(run: RunDir, metric: str) -> tuple[str, str | None]:
@@ -123,9 +158,13 @@ def export_choice(run: RunDir, metric: str) -> tuple[str, str | None]:
 
     first = best_prediction_set(run, metric)
     info = read_json(prediction_folder(run, first) / CV_JSON)
-    if is_keras_model(info):
+    try:
+        export_members(run, first)
         return first, None
-    what = "an ensemble" if is_ensemble(info) else "a classic (scikit-learn) head"
+    except CompError:
+        pass
+    what = ("an ensemble of other models than fine-tunes of one backbone" if is_ensemble(info)
+            else "a classic (scikit-learn) head")
     best = best_single_model(run, metric)
     return best, (f"rank 1 on the leaderboard is {first}, {what}, which is not a Keras model; "
                   f"exported the best fine-tuned model {best} instead "
@@ -148,47 +187,85 @@ def _folds(model_dir: Path) -> list[int]:
     return list(fold_paths(model_dir, FOLD_WEIGHTS))
 
 
-def build_export_model(cfg: DictConfig, run: RunDir, model_id: str, n_classes: int,
-                       tta: bool):
-    """The fold-averaged Keras model of `model_id`; (model, input size, dihedral views)."""
+def build_export_model(cfg: DictConfig, run: RunDir, members: list[str], n_classes: int,
+                       tta: bool, weights: list[float] | None = None):
+    """The Keras model of fine-tuned models `members` (one backbone, one input size): each
+    one's fold average, then their mean weighted by `weights` (None: equal); (model,
+    input size, dihedral views)."""
     import keras
     from keras import layers
 
     from comp.data.views import TTA_VIEWS
     from comp.inference import load_spec
-    from comp.models.build import build_backbone, split_backbone
-    from comp.models.registry import get_backbone
-    from comp.training.viewchoice import IDENTITY, recorded_views
 
-    spec = load_spec(cfg, run, model_id)
-    backbone = get_backbone(spec.backbone)
-    folds = _folds(run.model_dir(model_id))
-    if not folds:
-        raise CompError(f"{run.model_dir(model_id)}: no trained fold weights to export")
+    specs = [load_spec(cfg, run, member) for member in members]
+    spec = specs[0]
     views = tuple(TTA_VIEWS[spec.augment.tta]) if tta else (0,)
     size = spec.image_size
     image = keras.Input((size, size, 3), name="image")
+    backbone = _backbone(spec)
     x = _preprocess_layer(backbone.preprocess, backbone.name)
     x = image if x is None else x(image)
     flip = _FlipW(size)
-    round_features = not is_identity_preprocess(backbone.preprocess)
     shared: dict[str, list] = {}  # cut -> features per view: the frozen prefix runs once
-    flat = []
+    per_model = [_folds_average(run, member, member_spec, n_classes, (x, flip, views),
+                                shared, "" if len(members) == 1 else f"fit{i}_")
+                 for i, (member, member_spec) in enumerate(zip(members, specs, strict=True))]
+    if len(per_model) == 1:
+        probs = per_model[0]
+    elif weights is None or len(set(weights)) == 1:
+        probs = layers.Average(name="members")(per_model)
+    else:
+        total = sum(weights)
+        probs = layers.Add(name="members")([
+            layers.Rescaling(w / total, name=f"fit{i}_weight")(p)
+            for i, (w, p) in enumerate(zip(weights, per_model, strict=True))])
+    probs = layers.Identity(name="probabilities", dtype="float32")(probs)
+    return keras.Model(image, probs, name=f"comp_{spec.backbone}"), size, views
+
+
+def _backbone(spec):
+    from comp.models.registry import get_backbone
+
+    return get_backbone(spec.backbone)
+
+
+def _folds_average(run: RunDir, model_id: str, spec, n_classes: int, inputs: tuple,
+                   shared: dict[str, list], prefix: str):
+    """`model_id`'s fold-averaged probabilities on the preprocessed image: each fold's
+    views averaged first, then the folds, as stage=predict does (a fold that chose the
+    image alone weighs as much as one that averages 8 views). `inputs` is (the
+    preprocessed image, the width mirror, the views); `shared` holds each cut's frozen
+    prefix features per view, built once for all the models."""
+    from keras import layers
+
+    from comp.models.build import build_backbone, split_backbone
+    from comp.training.viewchoice import IDENTITY, recorded_views
+
+    x, flip, views = inputs
+    backbone = _backbone(spec)
+    folds = _folds(run.model_dir(model_id))
+    if not folds:
+        raise CompError(f"{run.model_dir(model_id)}: no trained fold weights to export")
+    round_features = not is_identity_preprocess(backbone.preprocess)
+    per_fold = []
     for fold in folds:
         fold_spec = spec.for_fold(fold)
-        base = build_backbone(backbone, size, spec.weights, spec.train.seed)
+        base = build_backbone(backbone, spec.image_size, spec.weights, spec.train.seed)
         split = split_backbone(base, backbone, fold_spec.model.unfreeze)
         if split.cut not in shared:
             shared[split.cut] = [_prefix_features(_dihedral(x, view, flip), split, round_features)
                                  for view in views]
-        head = _fold_head(split, fold_spec, n_classes, run.fold_dir(model_id, fold), fold)
+        head = _fold_head(split, fold_spec, n_classes, run.fold_dir(model_id, fold),
+                          f"{prefix}fold{fold}")
         fold_views = shared[split.cut]  # view 0, the image itself, comes first
         if recorded_views(run.fold_dir(model_id, fold)) == IDENTITY:
             fold_views = fold_views[:1]
-        flat += [head(features) for features in fold_views]
-    probs = flat[0] if len(flat) == 1 else layers.Average(name="average")(flat)
-    probs = layers.Identity(name="probabilities", dtype="float32")(probs)
-    return keras.Model(image, probs, name=f"comp_{spec.backbone}"), size, views
+        fold_probs = [head(features) for features in fold_views]
+        per_fold.append(fold_probs[0] if len(fold_probs) == 1
+                        else layers.Average(name=f"{prefix}fold{fold}_views")(fold_probs))
+    return per_fold[0] if len(per_fold) == 1 else layers.Average(
+        name=f"{prefix}average")(per_fold)
 
 
 def _prefix_features(features, split, round_features: bool):
@@ -204,15 +281,15 @@ def _prefix_features(features, split, round_features: bool):
     return features
 
 
-def _fold_head(split, fold_spec, n_classes: int, fold_dir: Path, fold: int):
-    """Unit `fold`'s trained body and head (its weights from `fold_dir`), named fold<u>."""
+def _fold_head(split, fold_spec, n_classes: int, fold_dir: Path, name: str):
+    """A unit's trained body and head (its weights from `fold_dir`), named `name`."""
     import keras
 
     from comp.models.build import create_head
 
     head = create_head(split, fold_spec, n_classes, 0, online=False)
     head.load_weights(fold_dir / FOLD_WEIGHTS)
-    return keras.Model(head.input, head.output, name=f"fold{fold}")
+    return keras.Model(head.input, head.output, name=name)
 
 
 def _preprocess_layer(preprocess, name: str):
@@ -277,9 +354,9 @@ def _write_tflite(saved_model: Path, target: Path) -> None:
 
 def model_card(run: RunDir, info: dict, exported: Exported, note: str | None = None) -> str:
     """MODEL_CARD.md: what the model is, how good (CV), how to call it."""
-    spec = read_json(run.model_dir(exported.model_id) / SPEC_JSON)
-    folds = _folds(run.model_dir(exported.model_id))
-    return (_card_summary(spec, info, exported, len(folds), note)
+    spec = read_json(run.model_dir(exported.models[0]) / SPEC_JSON)
+    folds = {member: _folds(run.model_dir(member)) for member in exported.models}
+    return (_card_summary(spec, info, exported, len(folds[exported.models[0]]), note)
             + _card_hashes(run, spec, exported, folds) + _card_versions()
             + _card_usage(exported))
 
@@ -291,11 +368,17 @@ def _card_summary(spec: dict, info: dict, exported: Exported, n_folds: int,
     repeats = int(info.get("repeats", 1))
     scheme = f"{n_folds // repeats}-fold CV" + (
         f" repeated {repeats} times" if repeats > 1 else "")
+    what = (f"A {spec['backbone']} fine-tuned by comp {__version__} with {scheme}, exported\n"
+            f"as one Keras model that averages the {n_folds} fold models")
+    if exported.members:
+        fits = ", ".join(f"`{m}`" for m in exported.members)
+        what = (f"{len(exported.members)} fits of a {spec['backbone']} fine-tuned by comp "
+                f"{__version__} ({fits}), each with {scheme}, exported\nas one Keras model "
+                f"that averages each fit's {n_folds} fold models, then the fits "
+                f"(weights {info.get('weights') or 'equal'})")
     return f"""# {exported.model_id}
 
-A {spec['backbone']} fine-tuned by comp {__version__} with {scheme}, exported
-as one Keras model that averages the {n_folds} fold models{
-    f" over {len(views)} TTA views (dihedral ids {list(views)})" if len(views) > 1 else ""}.
+{what}{f" over {len(views)} TTA views (dihedral ids {list(views)})" if len(views) > 1 else ""}.
 
 - **Input**: RGB images, shape `(N, {size}, {size}, 3)`, values 0..255 (uint8 or float);
   resize to {size}x{size} first. Preprocessing is inside the model.
@@ -309,11 +392,12 @@ as one Keras model that averages the {n_folds} fold models{
 """
 
 
-def _card_hashes(run: RunDir, spec: dict, exported: Exported, folds: list[int]) -> str:
+def _card_hashes(run: RunDir, spec: dict, exported: Exported,
+                 folds: dict[str, list[int]]) -> str:
     fold_hashes = "\n".join(
-        f"| fold{k}/{FOLD_WEIGHTS} | "
-        f"`{file_sha256(run.fold_dir(exported.model_id, k) / FOLD_WEIGHTS)[:16]}` |"
-        for k in folds)
+        f"| {f'{member}/' if exported.members else ''}fold{k}/{FOLD_WEIGHTS} | "
+        f"`{file_sha256(run.fold_dir(member, k) / FOLD_WEIGHTS)[:16]}` |"
+        for member, member_folds in folds.items() for k in member_folds)
     return f"""## Hashes
 | file | sha256 |
 |---|---|

@@ -37,6 +37,11 @@ def _plain_keras(folder, images, size):
     return np.array(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
+def model_id(tmp_path) -> str:
+    (model,) = (tmp_path / "runs/tiny/models").iterdir()
+    return model.name
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("tta", ["flips", "none"])
 def test_export_reproduces_predict_in_plain_keras(tmp_path, competition, tta):
@@ -69,6 +74,20 @@ def test_export_reproduces_predict_in_plain_keras(tmp_path, competition, tta):
     assert result.returncode == 0, result.stderr[-2000:]
     card_probs = np.array(json.loads(result.stdout.strip().splitlines()[-1]))
     assert np.abs(card_probs - expected[0]).max() < 1e-4
+    if tta == "flips":  # a fold that chose the image alone weighs as much as the others
+        metrics = tmp_path / "runs/tiny/models" / model_id(tmp_path) / "fold0/metrics.json"
+        recorded = json.loads(metrics.read_text())
+        assert recorded["views"] != "identity"
+        write_json(metrics, {**recorded, "views": "identity"})
+        assert main(["stage=predict", *overrides, f"predict.input={competition / 'test'}",
+                     f"predict.output={output}"]) == 0
+        mixed = pd.read_csv(output)[[f"p_{c}" for c in CLASSES]].to_numpy()
+        assert np.abs(mixed - expected).max() > 1e-4  # fold 0's views did count
+        assert main(["stage=export", *overrides, f"export.output={tmp_path / 'mixed'}"]) == 0
+        probs = _plain_keras(tmp_path / "mixed", [competition / "test" / i
+                                                  for i in predicted.id], 32)
+        assert np.abs(probs - mixed).max() < 1e-4
+        write_json(metrics, recorded)
     # the same export again: nothing redone; other settings: exported again
     written = {p: p.stat().st_mtime_ns for p in export.rglob("*")}
     assert main(["stage=export", *overrides, f"export.tflite={tta == 'none'}",
@@ -80,12 +99,54 @@ def test_export_reproduces_predict_in_plain_keras(tmp_path, competition, tta):
     assert (export / "model.keras").stat().st_mtime_ns != written[export / "model.keras"]
 
 
-def test_export_refuses_an_ensemble_in_one_line(tmp_path, competition, capsys):
-    overrides = tiny_overrides(tmp_path, competition)
-    assert main(["stage=export", *overrides, "export.using=ensemble-mean"]) == 2
+def test_export_refuses_an_ensemble_in_one_line(tmp_path, capsys):
+    overrides = [f"runs_dir={tmp_path / 'runs'}", "name=tiny", "weights=none"]
+    run = RunDir(tmp_path / "runs/tiny")
+    _fine_tune(run, "small_cnn-a", 0.7)
+    _finished(run.preds_dir("pixels+logreg-c"), 0.85, model_id="pixels+logreg-c",
+              model_kind="classic")
+    _finished(run.ensemble_dir("mean", "k"), 0.90, kind="ensemble", name="ensemble-mean-k",
+              models=["small_cnn-a", "pixels+logreg-c"])
+    assert main(["stage=export", *overrides, "export.using=ensemble-mean-k"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("comp: error: export.using=ensemble-mean: ensembles are not")
-    assert len(err.splitlines()) == 1
+    assert err.startswith("comp: error: export.using=ensemble-mean-k: an ensemble is exported "
+                          "only where its members are fine-tunes of one backbone")
+    assert "classic" in err and len(err.splitlines()) == 1
+
+
+def _fine_tune(run: RunDir, model_id: str, cv: float, backbone: str = "small_cnn",
+               size: int = 32) -> None:
+    _finished(run.preds_dir(model_id), cv, model_id=model_id, model_kind="finetune")
+    write_json(run.model_dir(model_id) / "spec.json", {"backbone": backbone,
+                                                       "image_size": size})
+
+
+def test_an_ensemble_of_one_backbones_fits_is_exported_with_its_weights(tmp_path):
+    from comp.errors import CompError
+    from comp.export import export_members
+
+    run = RunDir(tmp_path / "run")
+    _fine_tune(run, "small_cnn-a", 0.80)
+    _fine_tune(run, "small_cnn-b", 0.81)
+    _finished(run.ensemble_dir("fits", "k"), 0.83, kind="ensemble", name="ensemble-fits-k",
+              models=["small_cnn-a", "small_cnn-b"], fits_of="small_cnn-a", method="mean",
+              weights={"small_cnn-a": 0.5, "small_cnn-b": 0.5})
+    info, members, weights = export_members(run, "ensemble-fits-k")
+    assert members == ["small_cnn-a", "small_cnn-b"] and weights == [0.5, 0.5]
+    assert info["cv"]["accuracy"] == 0.83
+    write_json(run.selection_json, {"average_fits": True})  # stage=submit ranked the means
+    assert export_choice(run, "accuracy") == ("ensemble-fits-k", None)  # rank 1, exported
+    assert export_members(run, "small_cnn-b")[1:] == (["small_cnn-b"], [1.0])
+    _fine_tune(run, "small_cnn-c", 0.79, size=64)  # another input size: not one model
+    _finished(run.ensemble_dir("optuna", "j"), 0.84, kind="ensemble",
+              name="ensemble-optuna-j", models=["small_cnn-a", "small_cnn-c"],
+              weights={"small_cnn-a": 0.7, "small_cnn-c": 0.3})
+    with pytest.raises(CompError, match="one backbone at one input size"):
+        export_members(run, "ensemble-optuna-j")
+    model, note = export_choice(run, "accuracy")
+    assert model == "small_cnn-b" and "ensemble-optuna-j, an ensemble of other" in note
+    with pytest.raises(CompError, match="no finished model 'small_cnn-z'"):
+        export_members(run, "small_cnn-z")
 
 
 def _finished(folder, cv: float, **info) -> None:
@@ -104,7 +165,47 @@ def test_export_takes_rank_1_or_says_why_it_takes_the_best_fine_tuned_model(tmp_
     model, note = export_choice(run, "accuracy")
     assert model == "small_cnn-b"
     assert "rank 1 on the leaderboard is pixels+logreg-c, a classic" in note
-    _finished(run.ensemble_dir("mean", "k"), 0.90, kind="ensemble", name="ensemble-mean-k")
+    _finished(run.ensemble_dir("mean", "k"), 0.90, kind="ensemble", name="ensemble-mean-k",
+              models=["small_cnn-b", "pixels+logreg-c"])
     model, note = export_choice(run, "accuracy")
     assert model == "small_cnn-b" and "ensemble-mean-k, an ensemble" in note
     assert "0.8000 against 0.9000" in note
+
+
+@pytest.mark.slow
+def test_a_models_fits_over_the_rounds_export_as_one_model_giving_predicts_probabilities(
+        tmp_path, trained):
+    """After a pseudo-label round rank 1 is the mean of small_cnn's two fits
+    (pseudo.average_fits); stage=export ships that mean, and plain Keras gives
+    stage=predict's probabilities for it."""
+    overrides = tiny_overrides(tmp_path, trained, **{
+        "pseudo.rounds": "1", "pseudo.rule": "threshold", "pseudo.threshold": "0.0",
+        "pseudo.class_cap": "10", "pseudo.splits": "[unlabeled,test]"})
+    assert main(["stage=all", *overrides]) == 0
+    (fits,) = [json.loads(p.read_text()) for p in
+               (tmp_path / "runs/tiny/ensemble").glob("fits-*/cv.json")]
+    assert len(fits["models"]) == 2
+    output = tmp_path / "pred.csv"
+    assert main(["stage=predict", *overrides, f"predict.input={trained / 'test'}",
+                 f"predict.output={output}", f"predict.using={fits['name']}"]) == 0
+    predicted = pd.read_csv(output)
+    export = tmp_path / "export"
+    assert main(["stage=export", *overrides, f"export.using={fits['name']}",
+                 f"export.output={export}"]) == 0
+    card = (export / "MODEL_CARD.md").read_text()
+    assert all(f"`{m}`" in card for m in fits["models"]) and "2 fits of a small_cnn" in card
+    assert all(f"{m}/fold1/" in card for m in fits["models"])  # every fit's weights hashed
+    probs = _plain_keras(export, [trained / "test" / i for i in predicted.id], 32)
+    expected = predicted[[f"p_{c}" for c in CLASSES]].to_numpy()
+    assert np.abs(probs - expected).max() < 1e-4
+    singles = [_plain_keras(_export_one(overrides, tmp_path, m), [trained / "test" / i
+                                                                 for i in predicted.id], 32)
+               for m in fits["models"]]
+    assert np.abs(probs - np.mean(singles, axis=0)).max() < 1e-4
+    assert np.abs(singles[0] - singles[1]).max() > 1e-3  # two fits, not one twice
+
+
+def _export_one(overrides: list[str], tmp_path, model: str):
+    assert main(["stage=export", *overrides, f"export.using={model}",
+                 f"export.output={tmp_path / model}"]) == 0
+    return tmp_path / model
