@@ -68,7 +68,9 @@ def tiny_overrides(tmp_path: Path, data_dir: Path, **extra: str) -> list[str]:
     stage=all without pseudo-label rounds, tuning, classic heads or the Optuna ensemble
     unless `extra` asks for them (a round asked for is trained whatever its tiny
     teacher's precision: pseudo.min_precision=null); units one at a time in this process
-    (no worker processes: tests/test_workers.py runs those)."""
+    (no worker processes: tests/test_workers.py runs those); float32 on every machine
+    (`auto` trains small_cnn in bfloat16 on a CPU with AMX: tests/test_compute.py), so
+    the tests' tolerances hold wherever they run."""
     settings = {
         "data.dir": str(data_dir), "runs_dir": str(tmp_path / "runs"),
         "submissions_dir": str(tmp_path / "submissions"), "name": "tiny",
@@ -77,6 +79,7 @@ def tiny_overrides(tmp_path: Path, data_dir: Path, **extra: str) -> list[str]:
         "augment.tta": "flips", "quiet": "true", "pseudo.rounds": "0", "tune.n_trials": "0",
         "backbone_overrides.small_cnn.model.image_size": "32", "classic.models": "[]",
         "ensemble.methods": "[mean]", "compute.workers": "1", "pseudo.min_precision": "null",
+        "compute.precision": "float32",
     }
     settings.update(extra)
     for key in ("epochs", "patience"):  # else small_cnn's own schedule (config.yaml, 40) wins

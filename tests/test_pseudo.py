@@ -54,11 +54,14 @@ def test_round_trip_and_no_fold_sees_its_own_validation_images(tmp_path, trained
     run = tmp_path / "runs" / "tiny"
     folds = pd.read_csv(run / "folds.csv")
     board = leaderboard(tmp_path)
-    # the round-1 model replaces its round-0 teacher: one model left, nothing to ensemble
+    # the round-1 fit joins its round-0 teacher's: their mean (pseudo.average_fits) stands
+    # for the one model, also where no other model is there to ensemble
     current = round_entries(board)
-    assert current["kind"].tolist() == ["single"]
-    round1 = current["name"].item()
-    round0 = next(p.name for p in (run / "preds").iterdir() if p.name != round1)
+    assert current["kind"].tolist() == ["ensemble"]
+    (fits,) = [json.loads(p.read_text()) for p in (run / "ensemble").glob("fits-*/cv.json")]
+    assert current["name"].item() == fits["name"]
+    round0, round1 = fits["models"]
+    assert fits["fits_of"] == round0
     assert json.loads((run / "preds" / round1 / "cv.json").read_text())["lineage"] == round0
     spec1 = json.loads((run / "models" / round1 / "spec.json").read_text())
     assert spec1["pseudo"]["round"] == 1
@@ -476,9 +479,9 @@ def test_a_warm_started_round_starts_from_round_zero_and_runs_its_last_epochs(tm
         "pseudo.warm_epochs": "1"})
     assert run_comp("stage=all", *overrides) == 0
     run = tmp_path / "runs" / "tiny"
-    board = leaderboard(tmp_path)
-    round1 = board.loc[board["round"] == 1, "name"].item()
-    round0 = json.loads((run / "preds" / round1 / "cv.json").read_text())["lineage"]
+    (fits,) = [json.loads(p.read_text()) for p in (run / "ensemble").glob("fits-*/cv.json")]
+    round0, round1 = fits["models"]  # the model's round-0 and round-1 fits, averaged
+    assert json.loads((run / "preds" / round1 / "cv.json").read_text())["lineage"] == round0
     spec1 = json.loads((run / "models" / round1 / "spec.json").read_text())
     assert spec1["pseudo"]["warm_start"] == {"from": round0, "epochs": 1}
     for fold in (0, 1):

@@ -9,7 +9,6 @@ from comp.data.prepared import prepare
 from comp.deadline import Deadline
 from comp.errors import CompError
 from comp.log import get_logger
-from comp.predictions import current_sets
 from comp.pseudo.files import empty_pool, make_pseudo_labels, weak_teacher
 from comp.rounds import round_seconds, round_trained, train_round, unit_workers
 from comp.stages import ensemble, report, submit
@@ -66,7 +65,7 @@ def run(cfg: DictConfig):
         tuned = cfg.copy()
         tuned.params, tuned.backbones = "best", chosen
         train_round(tuned, prepared, last, deadline)
-    if len(current_sets(prepared.run.single_sets())) > 1 and cfg.ensemble.methods:
+    if cfg.ensemble.methods and ensemble.has_work(cfg, prepared.run):
         ensemble.run(cfg, prepared)  # round 0's ensembles too, where a later round finished
     if deadline.reached and not prepared.run.prediction_sets():
         raise CompError(f"time_limit={cfg.time_limit} s was spent before any model finished "

@@ -8,7 +8,7 @@ import joblib
 import numpy as np
 from omegaconf import DictConfig
 
-from comp.artifacts import atomic_path, fingerprint
+from comp.artifacts import atomic_path, fingerprint, read_json
 from comp.crashpoints import crash_point
 from comp.data.prepared import Prepared, prepare
 from comp.ensemble import (
@@ -23,6 +23,7 @@ from comp.log import get_logger
 from comp.metrics import scores
 from comp.predictions import (
     ENSEMBLE,
+    current_sets,
     info_round,
     is_keras_model,
     mark_unfinished,
@@ -31,7 +32,7 @@ from comp.predictions import (
     superseded,
     write_prediction_set,
 )
-from comp.workspace import ENSEMBLE_STATE
+from comp.workspace import CV_JSON, ENSEMBLE_STATE
 
 FITS = "fits"  # the entry name of one model's fits averaged: ensemble-fits-<members key>
 
@@ -64,12 +65,29 @@ def run(cfg: DictConfig, prepared: Prepared | None = None) -> list[dict]:
     prepared = prepare(cfg) if prepared is None else prepared
     finished = [read_prediction_set(p) for p in prepared.run.single_sets()]  # read once
     rounds = [info_round(s.info) for s in finished]
+    averaged = []
     if not cfg.ensemble.members and max(rounds, default=0) > 0:
         if rounds.count(0) > 1:
             build(cfg, prepared, finished, last_round=0)
         if cfg.pseudo.average_fits:
-            average_fits(cfg, prepared, finished)
+            averaged = average_fits(cfg, prepared, finished)
+    if averaged and len(current_sets(prepared.run.single_sets())) < 2:
+        return averaged  # one model, fitted in several rounds: its mean is the ensemble
     return build(cfg, prepared, finished)
+
+
+def has_work(cfg: DictConfig, run) -> bool:
+    """Whether stage=ensemble has something to build in `run`: two or more current single
+    models, or (pseudo.average_fits) a fine-tune fitted in several rounds, whose fits it
+    averages even where it is the only model."""
+    singles = run.single_sets()
+    if len(current_sets(singles)) > 1:
+        return True
+    if not cfg.pseudo.average_fits or cfg.ensemble.members:
+        return False
+    infos = [read_json(p / CV_JSON) for p in singles]
+    return any(info_round(info) > 0 and info.get("lineage") and is_keras_model(info)
+               for info in infos)
 
 
 def average_fits(cfg: DictConfig, prepared, finished: list) -> list[dict]:
