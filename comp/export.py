@@ -371,11 +371,12 @@ def _card_summary(spec: dict, info: dict, exported: Exported, n_folds: int,
     what = (f"A {spec['backbone']} fine-tuned by comp {__version__} with {scheme}, exported\n"
             f"as one Keras model that averages the {n_folds} fold models")
     if exported.members:
-        fits = ", ".join(f"`{m}`" for m in exported.members)
-        what = (f"{len(exported.members)} fits of a {spec['backbone']} fine-tuned by comp "
-                f"{__version__} ({fits}), each with {scheme}, exported\nas one Keras model "
-                f"that averages each fit's {n_folds} fold models, then the fits "
-                f"(weights {info.get('weights') or 'equal'})")
+        weights = info.get("weights") or {}
+        fits = ", ".join(f"`{m}`" + (f" (weight {weights[m]:.3g})" if m in weights else "")
+                         for m in exported.members)
+        what = (f"{len(exported.members)} fits of a {spec['backbone']} trained by comp "
+                f"{__version__}: {fits}, each with {scheme}, exported\nas one Keras model "
+                f"that averages each fit's {n_folds} fold models, then the fits by these weights")
     return f"""# {exported.model_id}
 
 {what}{f" over {len(views)} TTA views (dihedral ids {list(views)})" if len(views) > 1 else ""}.

@@ -43,9 +43,9 @@ class Backbone:
     # at 0.85-1.23x, which does not pay for a conversion of 2-22 s (bench/README.md)
     lite: bool = False
     # training steps in mixed bfloat16 where the CPU has AMX (compute.precision=auto,
-    # comp.training.compute): small_cnn's dense 3x3 convolutions ran 1.65x as many images
-    # a second as in float32 on one core here; MobileNet 0.25's depthwise ones ran at
-    # half the speed, so a row is marked only where its fit was measured (bench/fit_step.py)
+    # comp.training.compute): small_cnn's dense 3x3 convolutions took 0.64-0.66x of
+    # float32's step time on one core here; MobileNet 0.25's depthwise ones 1.2-2.9x, so a
+    # row is marked only where its fit was measured faster (bench/fit_step.py)
     amx_bfloat16: bool = False
 
 
