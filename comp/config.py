@@ -426,8 +426,8 @@ class ExportConfig:
     """stage=export: a trained model as plain Keras files (no comp needed to use them)."""
 
     # model id, or an ensemble of one backbone's fine-tunes (ensemble-fits-...); None:
-    # rank 1 (submit.rank_by), or the best fine-tuned model where rank 1 is another
-    # ensemble or a classic head
+    # rank 1 (submit.rank_by), or where rank 1 is another ensemble or a classic head the
+    # best entry that exports (a fine-tuned model or such an ensemble)
     using: str | None = None
     # average the model's TTA views inside the graph, as comp's own predictions do
     tta: bool = True

@@ -150,37 +150,52 @@ def export_members(run: RunDir, name: str) -> tuple[dict, list[str], list[float]
 
 
 def export_choice(run: RunDir, metric: str) -> tuple[str, str | None]:
-    """The model stage=export takes by default: (model id, None) where the leaderboard's
+    """The entry stage=export takes by default: (rank 1, None) where the leaderboard's
     rank 1 (best by the CV `metric` that ranks, comp.selection.ranking_metric, under the
-    one-SE rule: comp.inference.best_prediction_set) is a fine-tuned model; else (the best
-    fine-tuned model, a sentence saying why rank 1 was not exported)."""
+    one-SE rule: comp.inference.best_prediction_set) exports as one Keras model
+    (`export_members`); else (the best entry that does, a sentence saying why rank 1 was
+    not exported)."""
     from comp.inference import best_prediction_set, prediction_folder
 
     first = best_prediction_set(run, metric)
     info = read_json(prediction_folder(run, first) / CV_JSON)
-    try:
-        export_members(run, first)
+    exportable = exportable_entries(run)
+    if first in exportable:
         return first, None
-    except CompError:
-        pass
     what = ("an ensemble of other models than fine-tunes of one backbone" if is_ensemble(info)
             else "a classic (scikit-learn) head")
-    best = best_single_model(run, metric)
-    return best, (f"rank 1 on the leaderboard is {first}, {what}, which is not a Keras model; "
-                  f"exported the best fine-tuned model {best} instead "
-                  f"(CV {metric} {read_json(run.preds_dir(best) / 'cv.json')['cv'][metric]:.4f}"
-                  f" against {info['cv'][metric]:.4f})")
-
-
-def best_single_model(run: RunDir, metric: str) -> str:
-    """The finished fine-tuned model with the best CV `metric` (each model at its latest
-    pseudo-label round)."""
-    sets = [read_json(p / CV_JSON) for p in current_sets(run.prediction_sets())]
-    singles = [s for s in sets if is_keras_model(s) and s.get("model_id")]
-    if not singles:
+    if not exportable:
         raise CompError(f"{run.root}: no finished fine-tuned model to export; set backbones "
                         "and run stage=train")
-    return best_entry({s["model_id"]: s["cv"] for s in singles}, metric)
+    best = best_entry(exportable, metric)
+    return best, (f"rank 1 on the leaderboard is {first}, {what}, which is not one Keras "
+                  f"model; exported the best entry that is, {best}, instead "
+                  f"(CV {metric} {exportable[best][metric]:.4f} against "
+                  f"{info['cv'][metric]:.4f})")
+
+
+def exportable_entries(run: RunDir) -> dict[str, dict]:
+    """{name: CV scores} of the leaderboard's entries (as stage=submit ranked them: each
+    model at its latest round, a fine-tune's fits averaged where selection.json says so)
+    that export as one Keras model: fine-tuned models, and ensembles of one backbone's
+    fine-tunes (`export_members`)."""
+    selected = read_json(run.selection_json) if run.selection_json.exists() else None
+    out = {}
+    for folder in current_sets(run.prediction_sets(),
+                               averaged=bool(selected and selected.get("average_fits"))):
+        info = read_json(folder / CV_JSON)
+        name = info.get("model_id") or info.get("name")
+        if not info.get("labels", True) or not name:
+            continue
+        if is_keras_model(info) and info.get("model_id"):
+            out[name] = info["cv"]
+        elif is_ensemble(info):
+            try:
+                export_members(run, name)
+            except CompError:
+                continue
+            out[name] = info["cv"]
+    return out
 
 
 def _folds(model_dir: Path) -> list[int]:

@@ -144,8 +144,9 @@ def test_an_ensemble_of_one_backbones_fits_is_exported_with_its_weights(tmp_path
               weights={"small_cnn-a": 0.7, "small_cnn-c": 0.3})
     with pytest.raises(CompError, match="one backbone at one input size"):
         export_members(run, "ensemble-optuna-j")
-    model, note = export_choice(run, "accuracy")
-    assert model == "small_cnn-b" and "ensemble-optuna-j, an ensemble of other" in note
+    model, note = export_choice(run, "accuracy")  # the best entry that exports instead
+    assert model == "ensemble-fits-k" and "ensemble-optuna-j, an ensemble of other" in note
+    assert "0.8300 against 0.8400" in note
     with pytest.raises(CompError, match="no finished model 'small_cnn-z'"):
         export_members(run, "small_cnn-z")
 
