@@ -157,11 +157,14 @@ def export_choice(run: RunDir, metric: str) -> tuple[str, str | None]:
     not exported)."""
     from comp.inference import best_prediction_set, prediction_folder
 
-    first = best_prediction_set(run, metric)
+    first = best_prediction_set(run, metric)  # round 0's pick where it stayed rank 1
     info = read_json(prediction_folder(run, first) / CV_JSON)
-    exportable = exportable_entries(run)
-    if first in exportable:
+    try:
+        export_members(run, first)
         return first, None
+    except CompError:
+        pass
+    exportable = exportable_entries(run)
     what = ("an ensemble of other models than fine-tunes of one backbone" if is_ensemble(info)
             else "a classic (scikit-learn) head")
     if not exportable:

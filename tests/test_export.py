@@ -116,10 +116,24 @@ def test_export_refuses_an_ensemble_in_one_line(tmp_path, capsys):
 
 
 def _fine_tune(run: RunDir, model_id: str, cv: float, backbone: str = "small_cnn",
-               size: int = 32) -> None:
-    _finished(run.preds_dir(model_id), cv, model_id=model_id, model_kind="finetune")
+               size: int = 32, **info) -> None:
+    _finished(run.preds_dir(model_id), cv, model_id=model_id, model_kind="finetune", **info)
     write_json(run.model_dir(model_id) / "spec.json", {"backbone": backbone,
                                                        "image_size": size})
+
+
+def test_export_takes_round_zeros_pick_where_it_stayed_rank_1(tmp_path):
+    """submit.round_margin kept round 0's fine-tune at rank 1, although the model's fits
+    mean stands for it in the current entries: export ships round 0's pick as is."""
+    run = RunDir(tmp_path / "run")
+    _fine_tune(run, "small_cnn-a", 0.80)
+    _fine_tune(run, "small_cnn-b", 0.80, round=1, lineage="small_cnn-a")
+    _finished(run.ensemble_dir("fits", "k"), 0.805, kind="ensemble", name="ensemble-fits-k",
+              models=["small_cnn-a", "small_cnn-b"], fits_of="small_cnn-a", method="mean",
+              round=1)
+    write_json(run.selection_json, {"average_fits": True, "final_choice": "small_cnn-a",
+                                    "rank_by": "accuracy"})
+    assert export_choice(run, "accuracy") == ("small_cnn-a", None)
 
 
 def test_an_ensemble_of_one_backbones_fits_is_exported_with_its_weights(tmp_path):
