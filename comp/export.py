@@ -43,6 +43,7 @@ from comp.artifacts import (
 )
 from comp.errors import CompError
 from comp.log import get_logger
+from comp.models.registry import get_backbone
 from comp.predictions import current_sets, is_ensemble, is_keras_model
 from comp.selection import best_entry, ranking_metric
 from comp.training.features import is_identity_preprocess
@@ -106,7 +107,7 @@ def export_model(cfg: DictConfig) -> Path:
         write_json(folder / "classes.json", info["classes"])
         write_text(folder / "MODEL_CARD.md",
                    model_card(run, info, Exported(model_id, size, views, folder,
-                                                  tuple(members) if members != [model_id]
+                                                  tuple(members) if is_ensemble(info)
                                                   else ()), note))
         write_json(folder / EXPORTED_JSON, what)  # what is inside, for the next call
     folds = sum(len(_folds(run.model_dir(member))) for member in members)
@@ -221,7 +222,7 @@ def build_export_model(cfg: DictConfig, run: RunDir, members: list[str], n_class
     views = tuple(TTA_VIEWS[spec.augment.tta]) if tta else (0,)
     size = spec.image_size
     image = keras.Input((size, size, 3), name="image")
-    backbone = _backbone(spec)
+    backbone = get_backbone(spec.backbone)
     x = _preprocess_layer(backbone.preprocess, backbone.name)
     x = image if x is None else x(image)
     flip = _FlipW(size)
@@ -242,12 +243,6 @@ def build_export_model(cfg: DictConfig, run: RunDir, members: list[str], n_class
     return keras.Model(image, probs, name=f"comp_{spec.backbone}"), size, views
 
 
-def _backbone(spec):
-    from comp.models.registry import get_backbone
-
-    return get_backbone(spec.backbone)
-
-
 def _folds_average(run: RunDir, model_id: str, spec, n_classes: int, inputs: tuple,
                    shared: dict[str, list], prefix: str):
     """`model_id`'s fold-averaged probabilities on the preprocessed image: each fold's
@@ -261,7 +256,7 @@ def _folds_average(run: RunDir, model_id: str, spec, n_classes: int, inputs: tup
     from comp.training.viewchoice import IDENTITY, recorded_views
 
     x, flip, views = inputs
-    backbone = _backbone(spec)
+    backbone = get_backbone(spec.backbone)
     folds = _folds(run.model_dir(model_id))
     if not folds:
         raise CompError(f"{run.model_dir(model_id)}: no trained fold weights to export")

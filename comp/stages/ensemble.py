@@ -71,7 +71,8 @@ def run(cfg: DictConfig, prepared: Prepared | None = None) -> list[dict]:
             build(cfg, prepared, finished, last_round=0)
         if cfg.pseudo.average_fits:
             averaged = average_fits(cfg, prepared, finished)
-    if averaged and len(current_sets(prepared.run.single_sets())) < 2:
+    gone = superseded({s.info["model_id"]: s.info for s in finished})
+    if averaged and len(finished) - len(gone) < 2:
         return averaged  # one model, fitted in several rounds: its mean is the ensemble
     return build(cfg, prepared, finished)
 
@@ -85,9 +86,14 @@ def has_work(cfg: DictConfig, run) -> bool:
         return True
     if not cfg.pseudo.average_fits or cfg.ensemble.members:
         return False
-    infos = [read_json(p / CV_JSON) for p in singles]
-    return any(info_round(info) > 0 and info.get("lineage") and is_keras_model(info)
-               for info in infos)
+    return any(info_round(info) > 0 and _refitted(info)
+               for info in (read_json(p / CV_JSON) for p in singles))
+
+
+def _refitted(info: dict) -> bool:
+    """Whether a single model's fits over the rounds are averaged (average_fits): a
+    fine-tune in a lineage of pseudo-label rounds."""
+    return bool(info.get("lineage")) and is_keras_model(info)
 
 
 def average_fits(cfg: DictConfig, prepared, finished: list) -> list[dict]:
@@ -101,7 +107,7 @@ def average_fits(cfg: DictConfig, prepared, finished: list) -> list[dict]:
     the round's fit, bench/README.md)."""
     fits: dict[str, dict[int, object]] = {}
     for s in finished:
-        if s.info.get("lineage") and is_keras_model(s.info):
+        if _refitted(s.info):
             fits.setdefault(s.info["lineage"], {})[info_round(s.info)] = s
     out = []
     for lineage, by_round in fits.items():
