@@ -161,8 +161,8 @@ class DataConfig:
 class ModelConfig:
     """Settings of one fine-tuned model (backbone + head)."""
 
-    # None: automatic: the backbone's default input size, or for smaller images twice
-    # their median side (at least the backbone's minimum)
+    # None: automatic: the backbone's default input size, or for smaller images 3 times
+    # their median side for an ImageNet backbone (at least its minimum; Backbone.upsample)
     image_size: int | None = setting(  # input size of the fine-tuned model; None: automatic
         None, Optional(Int(16)))
     unfreeze: str | None = None  # where training starts: point, layer, index, fraction

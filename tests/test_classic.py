@@ -51,13 +51,18 @@ def test_entries_name_their_features(entry, source):
 
 
 def test_automatic_sizes_follow_small_images():
-    # small_cnn keeps the images' own side (no upsampling), then @2x doubles it
+    # small_cnn keeps the images' own side (no upsampling), then @2x doubles it; an
+    # ImageNet backbone sees small images at 3 times their side (Backbone.upsample)
     assert make_classic_spec(_cfg(), "small_cnn@2x+logreg", "k", native=24).source == (
         "small_cnn@48")
     assert make_classic_spec(_cfg(), "mobilenet_025+logreg", "k", native=24).source == (
-        "mobilenet_025@48")
-    assert auto_size(224, 32, 500) == 224 and auto_size(224, 32, 32) == 64
-    assert auto_size(224, 75, 20) == 75
+        "mobilenet_025@72")
+    assert make_classic_spec(_cfg(), "mobilenet_025@2x+logreg", "k", native=24).source == (
+        "mobilenet_025@144")
+    assert make_classic_spec(_cfg(), "mobilenet_025+logreg", "k", native=100).source == (
+        "mobilenet_025@224")
+    assert auto_size(224, 32, 500, 3) == 224 and auto_size(224, 32, 32, 3) == 96
+    assert auto_size(224, 32, 32, 2) == 64 and auto_size(224, 75, 20, 3) == 75
 
 
 @pytest.mark.parametrize("entry, needle", [

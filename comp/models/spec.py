@@ -143,7 +143,7 @@ def native_side(paths: list[str], sample: int = 200) -> int | None:
     return int(np.median(sides)) if sides else None
 
 
-def auto_size(default: int, minimum: int, native: int | None, upsample: int = 2) -> int:
+def auto_size(default: int, minimum: int, native: int | None, upsample: int) -> int:
     """The input size when none is set: the backbone's default, or for images smaller
     than that, `upsample` times their side (at least the backbone's minimum): a 32 px
     image is not upsampled 7 times to feed a 224 px network."""
