@@ -64,6 +64,13 @@ def test_only_the_bundled_file_gives_two_depths_of_it():
     assert choice.skipped["mobilenet_v3_large"] == "no weight file here and no network"
 
 
+def test_beside_the_cnn_from_scratch_one_backbone_gets_one_depth():
+    # grayscale images: MobileNet and small_cnn are the two fine-tunes, no second depth
+    choice = _choose(ImageTraits(28, True, 2000), CPU2, available={"mobilenet_025"})
+    assert choice.names == ["mobilenet_025", FROM_SCRATCH]
+    assert "second unfreeze depth" not in choice.line()
+
+
 def test_grayscale_images_add_the_cnn_from_scratch_and_small_colour_ones_do_not():
     assert _choose(ImageTraits(224, True, 500), CPU2).names[-1] == FROM_SCRATCH
     assert _choose(ImageTraits(28, True, 500), CPU2).names[-1] == FROM_SCRATCH
@@ -148,7 +155,7 @@ def test_backbones_auto_on_the_command_line_is_the_list():
 def test_stage_plan_with_auto_says_what_it_chose_and_plans_it(tmp_path, comp_caplog,
                                                               capsys, monkeypatch):
     """Through the command line: small grayscale images, only the bundled MobileNet file, no
-    network: two depths of MobileNet 0.25 and the CNN from scratch, said in one line."""
+    network: MobileNet 0.25 and the CNN from scratch, said in one line."""
     from PIL import Image
 
     from comp.models import weights
@@ -166,9 +173,9 @@ def test_stage_plan_with_auto_says_what_it_chose_and_plans_it(tmp_path, comp_cap
     lines = [r.getMessage() for r in comp_caplog.records
              if r.getMessage().startswith("backbones=auto: ")]
     assert len(lines) == 1
-    assert lines[0].startswith("backbones=auto: mobilenet_025, mobilenet_025-block12, small_cnn")
+    assert lines[0].startswith("backbones=auto: mobilenet_025, small_cnn (")
     planned = {line.split()[0].split("=", 1)[1].rsplit("-", 1)[0]
                for line in capsys.readouterr().out.splitlines()}
-    assert planned == {"mobilenet_025", "mobilenet_025-block12", "small_cnn"}
+    assert planned == {"mobilenet_025", "small_cnn"}
     recorded = (tmp_path / "runs" / "tiny" / "config.yaml").read_text()
-    assert "- mobilenet_025-block12" in recorded and "- auto" not in recorded
+    assert "- small_cnn" in recorded and "- auto" not in recorded

@@ -9,13 +9,16 @@ The rule (one function, `choose_backbones`, pure given its inputs):
    hundred million on a small CPU, ~9 G on a GPU), or when its estimated training time
    passes its share of `time_limit`.
 3. Up to `Hardware.n_pretrained` of them are taken, one per family (MobileNet,
-   EfficientNetV2, ConvNeXt, ...). Where only one is left, a second unfreeze depth of it
-   (`<backbone>-<point>`, its first other named point) is added, so the run still has
-   several fine-tuned models to ensemble.
+   EfficientNetV2, ConvNeXt, ...).
 4. `small_cnn` (trained from scratch, with online shifts) is added where ImageNet
    features are weak: grayscale images, or where no ImageNet backbone is left. Small
    colour images do not get it: on the 48 px colour glyphs (26 classes, 100 a class) it
    stayed at chance while MobileNet features scored 0.99+ AUC (bench/README.md).
+5. Where one ImageNet backbone is left and no `small_cnn`, a second unfreeze depth of it
+   (`<backbone>-<point>`, its first other named point) is added, so the run still has
+   several fine-tuned models to ensemble. Beside `small_cnn` it is not: on both grayscale
+   bench folders it was the weakest fine-tune and no pick's member, and its folds took
+   182 of the 2,207 unit-seconds of 2,000 MNIST digits' two rounds (bench/README.md).
 The choice and its reasons are one log line at the start of the run.
 """
 
@@ -171,14 +174,15 @@ def choose_backbones(
             continue
         chosen.append(backbone.name)
         families.add(backbone.family)
-    if len(chosen) == 1:
+    from_scratch = not chosen or traits.grayscale
+    if len(chosen) == 1 and not from_scratch:
         other = [p for p in BACKBONES[chosen[0]].unfreeze_points
                  if p != BACKBONES[chosen[0]].default_unfreeze]
         if other:
             chosen.append(f"{chosen[0]}-{other[0]}")
             reasons.append(f"only {chosen[0]} qualifies, so also a second unfreeze depth "
                            f"({other[0]})")
-    if not chosen or traits.grayscale:
+    if from_scratch:
         why = "grayscale images" if traits.grayscale else "no ImageNet backbone qualifies"
         chosen.append(FROM_SCRATCH)
         reasons.append(f"{FROM_SCRATCH} from scratch: {why}")
