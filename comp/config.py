@@ -352,6 +352,12 @@ class PseudoConfig:
     # many epochs of train.epochs' schedule; None: from the ImageNet weights, every epoch
     warm_epochs: int | None = setting(  # warm-started rounds: the schedule's last epochs
         None, Optional(Int(1)))
+    # the rows whose batches make an epoch of a round's fine-tunes: `all` one pass over the
+    # labelled and the pseudo-labelled rows (a round with the quota's half of a pool as
+    # large as the training rows takes 1.3x round 0's steps); `labelled` as many batches
+    # as the labelled rows make, drawn from all of them, so a round costs what round 0 did
+    epoch_rows: str = setting(  # a round's fine-tune epoch: all rows' batches or the labelled's
+        "all", Options("all", "labelled"))
     # a round's fit of a fine-tuned model joins the model's earlier fits: stage=ensemble
     # averages its fits of rounds 0..r (each trained without the unit's validation rows)
     # and that mean is the model's entry in the choice of rank 1, in place of its round-r

@@ -50,6 +50,9 @@ def specs_for_round(cfg: DictConfig, prepared: Prepared, round_: int) -> list[Mo
     if round_ > 0 and cfg.pseudo.warm_epochs is not None:
         finetuned = warm_started(finetuned, specs_for_round(cfg, prepared, round_ - 1),
                                  int(cfg.pseudo.warm_epochs))
+    if round_ > 0 and cfg.pseudo.epoch_rows != "all":  # in the id; `all` keeps old ids
+        finetuned = [replace(spec, pseudo={**spec.pseudo, "epoch_rows": cfg.pseudo.epoch_rows})
+                     for spec in finetuned]
     return finetuned + classic
 
 
@@ -113,7 +116,9 @@ def round_seconds(cfg: DictConfig, prepared: Prepared, round_: int) -> float | N
     """About how many seconds training round `round_` (>= 1, its pseudo-labels written)
     still needs: for each unit of each round `round_ - 1` model that round `round_` has
     not finished, the seconds the unit took then (its metrics.json), times the unit's
-    training rows now (labelled + pseudo-labelled) over its rows then. 0 when the round
+    training rows now (labelled + pseudo-labelled) over its rows then (a fine-tune whose
+    epochs are the labelled rows' batches, pseudo.epoch_rows=labelled: its seconds
+    then, as its steps stay those of round `round_ - 1`). 0 when the round
     is done; None when no unit left recorded its seconds. In proportion to the rows is
     on the safe side for `time_limit`: a unit's fixed costs (model, features,
     predictions) do not grow with them (wbc, 2026-12-03: 866 s estimated, 668 s taken)."""
@@ -132,8 +137,11 @@ def round_seconds(cfg: DictConfig, prepared: Prepared, round_: int) -> float | N
             try:
                 before = read_json(run.fold_dir(spec.model_id, unit) / FOLD_METRICS)
                 labelled = len(prepared.unit_train_rows(unit))
-                seconds.append(float(before["seconds"]) * (labelled + pseudo_rows[unit])
-                               / (labelled + int(before.get("n_pseudo", 0))))
+                same_steps = (replacement is not None and
+                              (replacement.pseudo or {}).get("epoch_rows") == "labelled")
+                seconds.append(float(before["seconds"]) * (1.0 if same_steps else (
+                    (labelled + pseudo_rows[unit])
+                    / (labelled + int(before.get("n_pseudo", 0))))))
             except (OSError, ValueError, KeyError, TypeError):
                 continue  # never trained, or written by an older comp: no figure
     return sum(seconds) if seconds else (0.0 if left == 0 else None)

@@ -187,6 +187,9 @@ def test_the_round_estimate_scales_the_units_the_round_has_left(tmp_path, traine
         assert added > 0
         share.append(30.0 * (labelled + added) / labelled)
     assert round_seconds(cfg, prepared, 1) == pytest.approx(sum(share))
+    same_steps = load_config(tiny_overrides(tmp_path, trained, **{
+        "pseudo.rounds": "1", "pseudo.epoch_rows": "labelled"}))
+    assert round_seconds(same_steps, prepared, 1) == pytest.approx(2 * 30.0)  # unscaled
     [again] = specs_for_round(cfg, prepared, 1)
     shutil.copytree(units[0].parent, prepared.run.fold_dir(again.model_id, 0))
     assert round_seconds(cfg, prepared, 1) == pytest.approx(share[1])  # unit 0 is done

@@ -489,6 +489,42 @@ def test_a_warm_started_round_starts_from_round_zero_and_runs_its_last_epochs(tm
         assert history["epoch"].tolist() == [spec1["train"]["epochs"] - 1]
 
 
+@pytest.mark.slow
+def test_a_round_with_labelled_epochs_takes_round_zeros_batches_an_epoch(tmp_path, trained):
+    """pseudo.epoch_rows=labelled: a round's fine-tune draws from its labelled and
+    pseudo-labelled rows but takes as many batches an epoch as round 0 (the default,
+    `all`, one pass over both)."""
+    run = tmp_path / "runs" / "tiny"
+
+    def specs():  # model id -> its spec.json
+        return {p.parent.name: json.loads(p.read_text())
+                for p in (run / "models").glob("*/spec.json")}
+
+    fixture = specs()  # the trained fixture's round 0, at another batch size
+    for value in ("all", "labelled"):
+        assert run_comp("stage=all", *tiny_overrides(tmp_path, trained, **{
+            "pseudo.rounds": "1", "pseudo.splits": "[unlabeled,test]",
+            "pseudo.epoch_rows": value, "train.batch_size": "4"})) == 0
+        if value == "all":
+            all_ids = {m: spec for m, spec in specs().items() if m not in fixture}
+    (round0,) = [m for m, spec in all_ids.items() if spec["pseudo"] is None]
+    (all_rows,) = [m for m in all_ids if m != round0]
+    (labelled,) = [m for m in specs() if m not in {**fixture, **all_ids}]  # in the id
+    assert specs()[labelled]["pseudo"]["epoch_rows"] == "labelled"
+    assert "epoch_rows" not in specs()[all_rows]["pseudo"]
+    # the model's fits averaged (pseudo.average_fits): every fit, both round-1 ones too
+    fits = [json.loads(p.read_text())["models"]
+            for p in (run / "ensemble").glob("fits-*/cv.json")]
+    assert sorted(fits, key=len)[-1] == [round0, *sorted([all_rows, labelled])]
+    for fold in (0, 1):
+        metrics = {m: json.loads((run / "models" / m / f"fold{fold}" / "metrics.json")
+                                 .read_text()) for m in (round0, all_rows, labelled)}
+        assert metrics[all_rows]["n_train"] > metrics[round0]["n_train"]
+        assert metrics[labelled]["n_train"] == metrics[all_rows]["n_train"]
+        assert metrics[all_rows]["epoch_batches"] > metrics[round0]["epoch_batches"]
+        assert metrics[labelled]["epoch_batches"] == metrics[round0]["epoch_batches"]
+
+
 def test_a_labelled_test_folder_never_enters_the_pool(competition):
     """pseudo.splits keeps `test` unless the folder labels the test images (test/<class>/,
     a holdout): its score must be that of images the models never trained on."""

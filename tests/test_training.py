@@ -216,6 +216,11 @@ def test_max_batches_caps_an_epoch_and_draws_fresh_rows_across_epochs():
                              data.weights, data.val_rows, data.val_labels, [0]),
              replace(last, max_batches=None), seed=0)
     assert int(plain.optimizer.iterations) == 3 * 4  # every row once an epoch
+    labelled = _model()  # pseudo.epoch_rows=labelled: the labelled rows' batches
+    fit_fold(labelled, FoldData(data.features, data.train_views, data.rows, data.targets,
+                                data.weights, data.val_rows, data.val_labels, [0],
+                                epoch_rows=30), replace(last, max_batches=None), seed=0)
+    assert int(labelled.optimizer.iterations) == 3 * 2  # 30 rows: 2 batches of 16
 
 
 def test_a_training_stream_does_not_keep_its_rows_alive_after_the_fit():

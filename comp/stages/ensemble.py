@@ -104,16 +104,20 @@ def average_fits(cfg: DictConfig, prepared, finished: list) -> list[dict]:
     random steps as well as by the pseudo-labels, and their mean gained on every bench
     folder; a classic head fits its cached features the same way each time, so its mean
     only dilutes what the round taught it (the glyphs' heads: -0.002 to -0.010 against
-    the round's fit, bench/README.md)."""
-    fits: dict[str, dict[int, object]] = {}
+    the round's fit, bench/README.md). A round trained again with other settings in the
+    same run directory (pseudo.epoch_rows, pseudo.soft, ...) left a second fit of that
+    round: every fit of the model is averaged, in the order of their rounds and ids, not
+    one of them picked by the order the folders were read."""
+    fits: dict[str, list] = {}
     for s in finished:
         if _refitted(s.info):
-            fits.setdefault(s.info["lineage"], {})[info_round(s.info)] = s
+            fits.setdefault(s.info["lineage"], []).append(s)
     out = []
-    for lineage, by_round in fits.items():
-        if len(by_round) < 2:
+    for lineage, sets in fits.items():
+        if len({info_round(s.info) for s in sets}) < 2:
             continue
-        members = _members(prepared, [by_round[r] for r in sorted(by_round)])
+        members = _members(prepared, sorted(
+            sets, key=lambda s: (info_round(s.info), s.info["model_id"])))
         out.append(_build(cfg, prepared, "mean", members, fits_of=lineage))
     if out:
         get_logger().info("ensemble: %d fine-tuned model(s) fitted in several rounds: each "

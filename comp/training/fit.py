@@ -55,6 +55,14 @@ class FoldData:
     pseudo: np.ndarray | None = None
     stop_rows: np.ndarray | None = None
     stop_labels: np.ndarray | None = None
+    # the rows whose batches make an epoch (pseudo.epoch_rows=labelled: the labelled
+    # training rows' count); None: every row of `rows` once an epoch
+    epoch_rows: int | None = None
+
+    def epoch_batches(self, batch_size: int, max_batches: int | None) -> int:
+        """The batches of an epoch of this fold's fit (`epoch_batches` of its rows)."""
+        rows = len(self.rows) if self.epoch_rows is None else self.epoch_rows
+        return epoch_batches(rows, batch_size, max_batches)
 
     def gather(self, rows: np.ndarray, draws: np.ndarray) -> np.ndarray:
         """float32 features of `rows`, each in view `draws % len(train_views)`."""
@@ -171,7 +179,7 @@ def fit_fold(model, data: FoldData, train: TrainSettings, seed: int,
         model.optimizer.build(model.trainable_variables)
         stopper = _early_stopping(data, train)
         dataset = training_dataset(data, train.batch_size, seed, mixing_layers(train, seed))
-        steps = epoch_batches(len(data.rows), train.batch_size, train.max_batches)
+        steps = data.epoch_batches(train.batch_size, train.max_batches)
         result = model.fit(
             dataset,
             epochs=train.epochs,

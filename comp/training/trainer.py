@@ -164,6 +164,7 @@ def fold_data(featured: FeaturedModel, spec: ModelSpec, split: RowSplit,
     targets = np.eye(n_classes)[labels]
     weights = per_class[labels]
     pseudo_features = None
+    labelled = len(rows)
     if pseudo is not None and len(pseudo.targets):
         pseudo_features = pseudo.features
         rows = np.concatenate([rows, len(labels) + np.arange(len(pseudo.targets))])
@@ -171,9 +172,10 @@ def fold_data(featured: FeaturedModel, spec: ModelSpec, split: RowSplit,
         soft_class = pseudo.targets.argmax(1)
         weights = np.concatenate([weights, pseudo.weights * per_class[soft_class]])
     train_views, tta_views = view_arms(plan, spec.augment)[views]
+    epoch_rows = labelled if (spec.pseudo or {}).get("epoch_rows") == "labelled" else None
     return fit.FoldData(featured.features["train"], train_views, rows, targets[rows],
                     weights[rows], val, labels[val], tta_views, pseudo_features, stop,
-                    None if stop is None else labels[stop])
+                    None if stop is None else labels[stop], epoch_rows)
 
 
 def unit_views(featured: FeaturedModel, spec: ModelSpec, labels: np.ndarray,
@@ -417,6 +419,7 @@ def _train_fold(featured: FeaturedModel, spec: ModelSpec, unit: Unit, out: Path)
         "best_epoch": best_epoch, "epochs_run": len(history),
         "epoch_choice": spec.train.epoch_choice, "views": views,
         "n_train": int(len(data.rows)),
+        "epoch_batches": data.epoch_batches(spec.train.batch_size, spec.train.max_batches),
         "n_stop": 0 if data.stop_rows is None else int(len(data.stop_rows)),
         "optimistic": {"epoch": optimistic, **{
             k: float(history[f"val_{k}"][optimistic])
