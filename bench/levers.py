@@ -18,7 +18,10 @@ tune.n_trials=N / pseudo.rounds=N (given last: it wins over `-- pseudo.rounds=0`
 which makes the first run round 0 alone): what the lever does
 in stage=all, so its rows are on the same folds; then the table again with the lever's
 paired gain (the selected pipeline with the lever against the defaults' selected
-pipeline, same rows) and, for tuning, each tuned fine-tune against the untuned one.
+pipeline, same rows) and, for tuning, each tuned fine-tune against the untuned one. A
+`--lever pseudo.<key>=...` (other than --pseudo's rounds) runs in a copy of the run
+directory holding round 0 alone (`<name>-lever`: the same folds and round-0 models), so
+that the defaults' round-1 models, trained under other ids, do not join its ensembles.
 --truth scores each submission's test predictions against held-back labels; without it,
 a labelled test folder's labels (test/<class>/<image>, read as comp reads it) are used.
     python bench/levers.py --smoke
@@ -255,10 +258,15 @@ def main() -> None:
     if sum(map(bool, (args.tuned, args.pseudo, args.lever))) > 1:
         raise SystemExit("levers.py: measure one lever per run: --tuned, --pseudo or --lever")
     if args.tuned or args.pseudo or args.lever:
-        # the lever as stage=all runs it, in the same run directory (same folds): no copy
-        # of the chain here to fall out of step with it
+        # the lever as stage=all runs it, on the same folds: no copy of the chain here to
+        # fall out of step with it
         lever = (f"tune.n_trials={args.tuned}" if args.tuned else
                  f"pseudo.rounds={args.pseudo}" if args.pseudo else args.lever)
+        if lever.startswith("pseudo.") and not args.pseudo:
+            # a lever on the rounds retrains them under new ids; in the same directory
+            # the defaults' round-1 models would join its ensembles and its choice
+            run = round_zero_copy(run, Path(args.runs_dir) / f"{name}-lever")
+            base = [*base, f"name={run.name}"]
         # last, so that it wins over the same key in `-- overrides`
         lever_wall, lever_peak = run_comp(["stage=all", *base, lever])
         print(f"\nstage=all {lever} (after the defaults): {lever_wall:.0f} s wall, peak "
@@ -268,6 +276,27 @@ def main() -> None:
         if args.tuned:
             after.attrs["levers"] += tuning_levers(before, after)
         print_table(after)
+
+
+def round_zero_copy(run: Path, copy: Path) -> Path:
+    """A copy of the finished run directory `run` at `copy` (replaced) holding its round
+    0 alone: the folds, caches, round-0 models and the pseudo-label files, without the
+    later rounds' models, any ensemble or the selection, which stage=all builds again."""
+    from comp.predictions import info_round
+
+    if copy.exists():
+        shutil.rmtree(copy)
+    shutil.copytree(run, copy)
+    for preds in sorted((copy / "preds").iterdir()):
+        if info_round(json.loads((preds / "cv.json").read_text())) > 0:
+            shutil.rmtree(preds)
+            shutil.rmtree(copy / "models" / preds.name, ignore_errors=True)
+    for gone in (copy / "ensemble", copy / "selection.json"):
+        if gone.is_dir():
+            shutil.rmtree(gone)
+        elif gone.exists():
+            gone.unlink()
+    return copy
 
 
 def smoke_arguments() -> list[str]:
