@@ -277,17 +277,18 @@ class Competition:
         them). Ids are the file names (the paths given, where two share a name), a pixel
         CSV's id column (or its row numbers 1..N) or, for arrays and PIL images,
         their positions 0..N-1 (a 3-D array whose last axis is 1, 3 or 4 is one H,W,C
-        image, any other a stack N,H,W). `using`: a model id or ensemble-<method>
-        (default: the leaderboard's rank 1). Each call builds the models again and
+        image, any other a stack N,H,W); ids and labels that are all plain integers
+        (ImageId 1..N, classes 0-9) come back as integers. `using`: a model id or
+        ensemble-<method> (default: the leaderboard's rank 1). Each call builds the models again and
         writes its predictions under runs/<name>/predictions/; `predictor()` builds them
         once for many calls."""
         extra = [] if using is None else [f"predict.using={_value(using)}"]
         if isinstance(images, str | Path):
-            return self.run("predict", f"predict.input={_value(str(Path(images).resolve()))}",
-                            *extra)
+            return _typed(self.run(
+                "predict", f"predict.input={_value(str(Path(images).resolve()))}", *extra))
         with _placed_images(images) as (folder, ids):
             frame = self.run("predict", f"predict.input={_value(str(folder))}", *extra)
-        return _as_given(frame, ids)
+        return _typed(_as_given(frame, ids))
 
     def predictor(self, using: str | None = None) -> Predictor:
         """The model or ensemble `using` (a model id or ensemble-<method>; default: the
@@ -413,6 +414,22 @@ def _placed_images(images) -> Iterator[tuple[Path, dict[str, Any]]]:
         yield folder, ids
 
 
+_PLAIN_INTEGER = r"0|-?[1-9][0-9]{0,17}"
+
+
+def _typed(frame):
+    """`frame` (a prediction frame) with its `id` and `label` columns as integers where
+    each of their values is an integer written plainly (`12`; not `012`, `1.0` or
+    `a.png`), as pandas reads them from a CSV: a pixel CSV's ImageId 1..N or classes
+    0-9 then merge with the sample submission and compare with labels a script read,
+    which as strings they silently never equal. Other values stay as they are."""
+    for column in ("id", "label"):
+        text = frame[column].astype(str)
+        if len(text) and text.str.fullmatch(_PLAIN_INTEGER).all():
+            frame[column] = text.astype("int64")
+    return frame
+
+
 def _as_given(frame, ids: dict[str, Any]):
     """`frame` (by file name) in the order of `ids`, its ids the ones given."""
     frame = frame.set_index("id").loc[list(ids)].reset_index()
@@ -475,7 +492,7 @@ class Predictor:
                 files = {path.name: path for path in sorted(folder.iterdir())}
             with self._turn:
                 probs = self._predict([files[name] for name in ids])
-        return _as_given(prediction_frame(list(ids), probs, self.classes), ids)
+        return _typed(_as_given(prediction_frame(list(ids), probs, self.classes), ids))
 
     def predict_proba(self, images):
         """Class probabilities only: a DataFrame indexed by id, one column per class."""

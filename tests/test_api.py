@@ -78,6 +78,25 @@ def test_fit_leaderboard_predict_report(tmp_path, competition):
     assert len(comp.fit(["train", "submit"]).leaderboard()) == 1
 
 
+def test_predicted_ids_and_labels_written_as_integers_are_integers():
+    """A pixel CSV's ImageId 1..N and classes 0-9 come back as integers, as pandas reads
+    the competition's CSVs (as strings, `frame.label == y` was silently all False and a
+    merge with the sample submission failed); other ids and labels stay strings."""
+    import pandas as pd
+
+    from comp.api import _typed
+
+    frame = _typed(pd.DataFrame({"id": ["1", "2", "10"], "label": ["0", "9", "-3"]}))
+    assert frame["id"].tolist() == [1, 2, 10] and frame["id"].dtype == "int64"
+    assert frame["label"].tolist() == [0, 9, -3]
+    sample = pd.DataFrame({"ImageId": [10, 1], "Label": [0, 0]})
+    assert sample.merge(frame, left_on="ImageId", right_on="id")["label"].tolist() == [-3, 0]
+    for ids in (["007", "8"], ["a.png", "2"], ["1.0", "2"], ["1", "x/2"]):
+        kept = _typed(pd.DataFrame({"id": ids, "label": ["cat", "7"]}))
+        assert kept["id"].tolist() == ids and kept["label"].tolist() == ["cat", "7"]
+    assert _typed(pd.DataFrame({"id": [0, 1], "label": ["b", "c"]}))["id"].tolist() == [0, 1]
+
+
 def test_nested_dicts_are_settings(tmp_path):
     comp = Competition(runs_dir=tmp_path / "runs", train={"epochs": 3, "lr": 0.01},
                        model={"dropout": 0.1}, **{"augment.tta": "flips"},
