@@ -279,9 +279,9 @@ class Competition:
         their positions 0..N-1 (a 3-D array whose last axis is 1, 3 or 4 is one H,W,C
         image, any other a stack N,H,W); ids and labels that are all plain integers
         (ImageId 1..N, classes 0-9) come back as integers. `using`: a model id or
-        ensemble-<method> (default: the leaderboard's rank 1). Each call builds the models again and
-        writes its predictions under runs/<name>/predictions/; `predictor()` builds them
-        once for many calls."""
+        ensemble-<method> (default: the leaderboard's rank 1). Each call builds the
+        models again and writes its predictions under runs/<name>/predictions/;
+        `predictor()` builds them once for many calls."""
         extra = [] if using is None else [f"predict.using={_value(using)}"]
         if isinstance(images, str | Path):
             return _typed(self.run(

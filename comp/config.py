@@ -353,9 +353,10 @@ class PseudoConfig:
     warm_epochs: int | None = setting(  # warm-started rounds: the schedule's last epochs
         None, Optional(Int(1)))
     # the rows whose batches make an epoch of a round's fine-tunes: `all` one pass over the
-    # labelled and the pseudo-labelled rows (a round with the quota's half of a pool as
-    # large as the training rows takes 1.3x round 0's steps); `labelled` as many batches
-    # as the labelled rows make, drawn from all of them, so a round costs what round 0 did
+    # labelled and the pseudo-labelled rows (1.3-1.5x round 0's steps on the bench's
+    # digit folders); `labelled` as many batches as the labelled rows make, drawn from
+    # all of them, so a round costs what round 0 did. `all`: `labelled` took 28-37% less
+    # of the round's fine-tune time and its fits scored 1-4 images lower (bench/README.md)
     epoch_rows: str = setting(  # a round's fine-tune epoch: all rows' batches or the labelled's
         "all", Options("all", "labelled"))
     # a round's fit of a fine-tuned model joins the model's earlier fits: stage=ensemble

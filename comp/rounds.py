@@ -18,7 +18,13 @@ from comp.deadline import Deadline
 from comp.errors import CompError
 from comp.log import get_logger, progress, progress_mode, quiet_tensorflow
 from comp.models.choice import Hardware, detect_hardware
-from comp.models.spec import ModelSpec, make_classic_spec, make_spec, native_side
+from comp.models.spec import (
+    ModelSpec,
+    labelled_epochs,
+    make_classic_spec,
+    make_spec,
+    native_side,
+)
 from comp.predictions import read_table
 from comp.pseudo.rows import pseudo_identity
 from comp.training.compute import available_memory, worker_count
@@ -129,6 +135,7 @@ def round_seconds(cfg: DictConfig, prepared: Prepared, round_: int) -> float | N
     seconds, left = [], 0
     for spec in specs_for_round(cfg, prepared, round_ - 1):
         replacement = again.get(spec.backbone)
+        same_steps = replacement is not None and labelled_epochs(replacement)
         for unit in range(prepared.n_units):
             if replacement is not None and fold_done(
                     run.fold_dir(replacement.model_id, unit), splits):
@@ -137,8 +144,6 @@ def round_seconds(cfg: DictConfig, prepared: Prepared, round_: int) -> float | N
             try:
                 before = read_json(run.fold_dir(spec.model_id, unit) / FOLD_METRICS)
                 labelled = len(prepared.unit_train_rows(unit))
-                same_steps = (replacement is not None and
-                              (replacement.pseudo or {}).get("epoch_rows") == "labelled")
                 seconds.append(float(before["seconds"]) * (1.0 if same_steps else (
                     (labelled + pseudo_rows[unit])
                     / (labelled + int(before.get("n_pseudo", 0))))))

@@ -116,6 +116,13 @@ def lineage(spec: ModelSpec | ClassicSpec) -> str:
     return replace(spec, pseudo=None).model_id
 
 
+def labelled_epochs(spec: ModelSpec | ClassicSpec) -> bool:
+    """Whether `spec` (a pseudo-label round's fine-tune) takes as many batches an epoch
+    as its labelled rows make (pseudo.epoch_rows=labelled; comp.rounds marks it in the
+    spec's pseudo settings, so in its id), not one pass over all its rows."""
+    return (spec.pseudo or {}).get("epoch_rows") == "labelled"
+
+
 def with_params(spec: ModelSpec, params: dict) -> ModelSpec:
     """`spec` with flat {"section.key": value} settings (model/train/augment) replaced
     (dataclasses.replace: `spec` itself is left as it is)."""

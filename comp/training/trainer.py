@@ -39,7 +39,7 @@ from comp.log import get_logger, progress, quiet_tensorflow, unit_done
 from comp.metrics import scores
 from comp.models.build import build_backbone, create_head, split_backbone, weight_bytes
 from comp.models.registry import get_backbone
-from comp.models.spec import ClassicSpec, ModelSpec, lineage
+from comp.models.spec import ClassicSpec, ModelSpec, labelled_epochs, lineage
 from comp.predictions import SINGLE, probs_frame, read_table, write_prediction_set
 from comp.training.classic import ClassicFeatures, train_classic_fold
 from comp.training.compute import model_scope
@@ -172,10 +172,10 @@ def fold_data(featured: FeaturedModel, spec: ModelSpec, split: RowSplit,
         soft_class = pseudo.targets.argmax(1)
         weights = np.concatenate([weights, pseudo.weights * per_class[soft_class]])
     train_views, tta_views = view_arms(plan, spec.augment)[views]
-    epoch_rows = labelled if (spec.pseudo or {}).get("epoch_rows") == "labelled" else None
     return fit.FoldData(featured.features["train"], train_views, rows, targets[rows],
                     weights[rows], val, labels[val], tta_views, pseudo_features, stop,
-                    None if stop is None else labels[stop], epoch_rows)
+                    None if stop is None else labels[stop],
+                    labelled if labelled_epochs(spec) else None)
 
 
 def unit_views(featured: FeaturedModel, spec: ModelSpec, labels: np.ndarray,
