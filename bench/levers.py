@@ -266,7 +266,7 @@ def main() -> None:
             # a lever on the rounds retrains them under new ids; in the same directory
             # the defaults' round-1 models would join its ensembles and its choice
             run = round_zero_copy(run, Path(args.runs_dir) / f"{name}-lever")
-            base = [*base, f"name={run.name}"]
+            base = [f"name={run.name}" if o == f"name={name}" else o for o in base]
         # last, so that it wins over the same key in `-- overrides`
         lever_wall, lever_peak = run_comp(["stage=all", *base, lever])
         print(f"\nstage=all {lever} (after the defaults): {lever_wall:.0f} s wall, peak "
@@ -282,20 +282,21 @@ def round_zero_copy(run: Path, copy: Path) -> Path:
     """A copy of the finished run directory `run` at `copy` (replaced) holding its round
     0 alone: the folds, caches, round-0 models and the pseudo-label files, without the
     later rounds' models, any ensemble or the selection, which stage=all builds again."""
+    from comp.artifacts import read_json
     from comp.predictions import info_round
+    from comp.workspace import CV_JSON, RunDir
 
     if copy.exists():
         shutil.rmtree(copy)
     shutil.copytree(run, copy)
-    for preds in sorted((copy / "preds").iterdir()):
-        if info_round(json.loads((preds / "cv.json").read_text())) > 0:
+    copied = RunDir(copy)
+    for preds in copied.single_sets():
+        if info_round(read_json(preds / CV_JSON)) > 0:
             shutil.rmtree(preds)
-            shutil.rmtree(copy / "models" / preds.name, ignore_errors=True)
-    for gone in (copy / "ensemble", copy / "selection.json"):
-        if gone.is_dir():
-            shutil.rmtree(gone)
-        elif gone.exists():
-            gone.unlink()
+            shutil.rmtree(copied.model_dir(preds.name), ignore_errors=True)
+    for ensemble in copied.ensemble_sets():
+        shutil.rmtree(ensemble)
+    copied.selection_json.unlink(missing_ok=True)
     return copy
 
 

@@ -43,6 +43,43 @@ def test_tuned_runs_stage_all_again_with_trials_and_keeps_overrides(tmp_path, mo
     assert "tuning line" in out and "gain line" in out and out.count("lever line") == 1
 
 
+def test_a_pseudo_lever_runs_in_a_copy_holding_round_zero_alone(tmp_path, monkeypatch):
+    """A lever on the rounds in the defaults' directory had the defaults' round-1 models
+    in its ensembles and choice: it runs in `<name>-lever`, round 0 alone."""
+    import json
+
+    levers = load_levers()
+    run = tmp_path / "runs" / "n"
+    for model, round_ in (("cnn-a", 0), ("cnn-b", 1)):
+        for folder in ("preds", "models"):
+            (run / folder / model).mkdir(parents=True)
+        (run / "preds" / model / "cv.json").write_text(json.dumps({"round": round_}))
+    (run / "ensemble" / "mean-k").mkdir(parents=True)
+    (run / "ensemble" / "mean-k" / "cv.json").write_text("{}")
+    (run / "pseudo" / "round1").mkdir(parents=True)
+    (run / "pseudo" / "round1" / "fold0.csv").write_text("id\n")
+    (run / "selection.json").write_text("{}")
+    calls = []
+    monkeypatch.setattr(levers, "run_comp", lambda overrides: calls.append(overrides) or (1, 1))
+    frame = pd.DataFrame({"entry": ["x"]})
+    frame.attrs.update(levers=[], chosen={"0": "x"})
+    tables = []
+    monkeypatch.setattr(levers, "table", lambda run, truth: tables.append(run) or frame.copy())
+    monkeypatch.setattr(levers, "selected_gain", lambda lever, before, after: [])
+    monkeypatch.setattr(sys, "argv", ["levers.py", str(tmp_path), "--name", "n", "--runs-dir",
+                                      str(tmp_path / "runs"), "--lever",
+                                      "pseudo.epoch_rows=labelled"])
+    levers.main()
+    copy = tmp_path / "runs" / "n-lever"
+    assert tables == [run, copy] and "name=n-lever" in calls[1] and "name=n" not in calls[1]
+    assert calls[1][-1] == "pseudo.epoch_rows=labelled"
+    assert sorted(p.name for p in (copy / "preds").iterdir()) == ["cnn-a"]
+    assert sorted(p.name for p in (copy / "models").iterdir()) == ["cnn-a"]
+    assert not list((copy / "ensemble").iterdir()) and not (copy / "selection.json").exists()
+    assert (copy / "pseudo" / "round1" / "fold0.csv").exists()
+    assert (run / "preds" / "cnn-b").exists()  # the defaults' directory is left as it was
+
+
 @pytest.mark.parametrize("override", ["runs_dir=/elsewhere", "++name=other",
                                       "submissions_dir=/x", "data.dir=/y"])
 def test_an_override_of_what_the_bench_sets_is_refused_before_the_run(tmp_path, monkeypatch,
