@@ -365,3 +365,48 @@ def test_a_sequential_block_inside_is_kept_as_it_is():
     expected = np.asarray(model(x, training=False))
     np.testing.assert_allclose(np.asarray(folded(x, training=False)), expected,
                                atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_fused_batch_norm_matches_keras_and_exports_as_keras(policy):
+    import keras
+    import tensorflow as tf
+
+    from comp.models.build import fused_batch_norm_class, plain_batch_norms
+
+    fused_class = fused_batch_norm_class()
+    x = tf.constant(np.random.default_rng(0).normal(1.0, 3.0, (6, 5, 5, 4)), "float32")
+    grad_weights = tf.range(4, dtype="float32")
+    results = []
+    for kind in (keras.layers.BatchNormalization, fused_class):
+        layer = kind(momentum=0.9, dtype=policy)
+        layer.build(x.shape)
+        layer.gamma.assign([0.5, 1.0, 1.5, 2.0])
+        layer.beta.assign([0.1, 0.2, 0.3, 0.4])
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(tf.cast(y, "float32") ** 2 * grad_weights)
+        grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+        results.append([tf.cast(t, "float32").numpy() for t in (y, *grads, layer(x))]
+                       + [layer.moving_mean.numpy(), layer.moving_variance.numpy()])
+        assert y.dtype == layer.compute_dtype
+    tolerance = 1e-4 if policy == "float32" else 2e-2
+    for keras_result, fused_result in zip(*results, strict=True):
+        scale = max(1.0, float(np.abs(keras_result).max()))
+        assert np.abs(keras_result - fused_result).max() <= tolerance * scale
+    # the moving variance takes the batch's plain variance, as Keras's layer does
+    seen = tf.cast(tf.cast(x, layer.compute_dtype), "float64")  # what the layer read
+    plain = seen.numpy().reshape(-1, 4).var(axis=0)
+    np.testing.assert_allclose(results[1][-1], 0.9 + 0.1 * plain, rtol=1e-4)
+
+    inputs = keras.Input((5, 5, 4))
+    body = keras.Model(inputs, fused_class(name="bn")(keras.layers.Conv2D(4, 1)(inputs)))
+    outer_in = keras.Input((5, 5, 4))
+    model = keras.Model(outer_in, keras.layers.Dense(2)(body(outer_in)))
+    model.get_layer(body.name).get_layer("bn").moving_mean.assign([1.0, 2.0, 3.0, 4.0])
+    copy = plain_batch_norms(model)
+    norm = copy.get_layer(body.name).get_layer("bn")
+    assert type(norm) is keras.layers.BatchNormalization
+    np.testing.assert_allclose(copy(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-5)
+    assert plain_batch_norms(copy) is copy

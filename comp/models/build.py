@@ -389,3 +389,71 @@ def _folded_layer_class():
             return inputs
 
     return Folded
+
+
+@functools.cache
+def fused_batch_norm_class():
+    """keras.layers.BatchNormalization whose training step runs TensorFlow's fused kernel.
+
+    The same weights, config, moving-statistics update (Keras's uncorrected batch
+    variance) and outputs to float rounding; Keras 3 builds the layer from moments and
+    affine ops, several passes over the activations each way where the fused kernel makes
+    one. small_cnn's training steps in mixed bfloat16 took 0.56x the time on this 2-core
+    CPU (bench/README.md, "small_cnn's batch norms fused"). Other calls (a mask, renorm,
+    synchronized, not 4-D channels-last) run Keras's own. An export holds the Keras layer
+    instead (`plain_batch_norms`), so plain Keras loads it without comp.
+    """
+    import keras
+    import tensorflow as tf
+
+    class FusedBatchNormalization(keras.layers.BatchNormalization):
+        def call(self, inputs, training=None, mask=None):
+            if (mask is not None or self.renorm or self.synchronized
+                    or len(inputs.shape) != 4 or self.axis not in (-1, 3)
+                    or not (self.center and self.scale)):
+                return super().call(inputs, training=training, mask=mask)
+            gamma, beta = tf.cast(self.gamma, "float32"), tf.cast(self.beta, "float32")
+            if not (training and self.trainable):
+                outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                    inputs, gamma, beta, mean=self.moving_mean,
+                    variance=self.moving_variance, epsilon=self.epsilon, is_training=False)
+                return tf.cast(outputs, self.compute_dtype)
+            outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+                inputs, gamma, beta, epsilon=self.epsilon, is_training=True)
+            # the kernel's variance has Bessel's correction n/(n-1); Keras keeps the plain one
+            n = tf.cast(tf.reduce_prod(tf.shape(inputs)[:-1]), "float32")
+            variance = variance * tf.maximum(n - 1.0, 1.0) / n
+            momentum = self.momentum
+            self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
+            self.moving_variance.assign(
+                self.moving_variance * momentum + variance * (1.0 - momentum))
+            return tf.cast(outputs, self.compute_dtype)
+
+    return FusedBatchNormalization
+
+
+def plain_batch_norms(model):
+    """A copy of `model` (a Keras functional model; nested ones too) with
+    keras.layers.BatchNormalization in place of each fused one (`fused_batch_norm_class`)
+    and the same weights; `model` itself where it holds none."""
+    import keras
+
+    fused = fused_batch_norm_class()
+    if not hasattr(model, "_nodes_by_depth"):
+        return model
+    nested = {layer.name: plain_batch_norms(layer) for layer in model.layers
+              if isinstance(layer, keras.Model)}
+    if (not any(isinstance(layer, fused) for layer in model.layers)
+            and all(nested[name] is model.get_layer(name) for name in nested)):
+        return model
+
+    def clone(layer):
+        if layer.name in nested:
+            return nested[layer.name]
+        kind = keras.layers.BatchNormalization if isinstance(layer, fused) else layer.__class__
+        return kind.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
