@@ -2,7 +2,7 @@
 
 usage: python bench/fit_step.py [--backbone mobilenet_025] [--sizes 96 224] [--rows 1024]
            [--repeats 2] [--precisions float32 mixed_bfloat16 mixed_float16] [--no-xla]
-           [--threads N]
+           [--threads N] [--keras-norms]
        python bench/fit_step.py --smoke      (32 px, 64 rows: seconds, for CI)
 What comp's fit trains: the trainable body and head of `--backbone` after its default
 cut (`create_head`, random-init weights: the step's cost does not depend on them), fed
@@ -17,7 +17,9 @@ batch 32, one epoch over `--rows` rows after a warm-up epoch, compiled with each
 Rows alternate between the settings `--repeats` times, so a slow spell of the machine
 hits all of them. `--threads N` gives TensorFlow N threads, as comp's training workers
 have cores / workers each (default: TensorFlow's choice, every core). Prints ms per
-step (median over the repeats).
+step (median over the repeats). `--keras-norms` adds each setting again with Keras's own
+BatchNormalization in place of the fused one a backbone builds (small_cnn's,
+`comp.models.build.fused_batch_norm_class`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
+NORMS = {False: "as built", True: "Keras's"}  # --keras-norms
 SETTINGS = [  # (jit_compile, precision)
     (False, "float32"),
     (True, "float32"),
@@ -42,12 +45,15 @@ SETTINGS = [  # (jit_compile, precision)
 ]
 
 
-def step_ms(name: str, size: int, rows: int, jit: bool, precision: str) -> float:
-    """Milliseconds per training step of backbone `name`'s body and head at `size` px."""
+def step_ms(name: str, size: int, rows: int, jit: bool, precision: str,
+            keras_norms: bool = False) -> float:
+    """Milliseconds per training step of backbone `name`'s body and head at `size` px
+    (`keras_norms`: with Keras's BatchNormalization where it builds fused ones)."""
     import keras
 
     from comp.config import AugmentSettings, ModelSettings
-    from comp.models.build import build_backbone, create_head, split_backbone
+    from comp.models.build import (build_backbone, create_head, plain_batch_norms,
+                                   split_backbone)
     from comp.models.registry import get_backbone
     from comp.models.weights import ResolvedWeights
     from comp.training.compute import model_scope
@@ -58,6 +64,8 @@ def step_ms(name: str, size: int, rows: int, jit: bool, precision: str) -> float
                            augment=AugmentSettings(), backbone=backbone.name)
     with model_scope({"precision": precision}):
         base = build_backbone(backbone, size, ResolvedWeights(None, "random-init"), 0)
+        if keras_norms:
+            base = plain_batch_norms(base)
         split = split_backbone(base, backbone, None)
         model = create_head(split, spec, 4, 0)
         model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
@@ -80,6 +88,8 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", default=[p for _, p in SETTINGS[1:]])
     parser.add_argument("--no-xla", action="store_true", help="leave out jit_compile=True")
     parser.add_argument("--threads", type=int, default=0, help="TensorFlow's threads; 0: all")
+    parser.add_argument("--keras-norms", action="store_true",
+                        help="each setting also with Keras's own BatchNormalization")
     parser.add_argument("--smoke", action="store_true", help="32 px, 64 rows (CI)")
     args = parser.parse_args()
     if args.threads:  # read when TensorFlow starts, as in comp's workers (workers.py)
@@ -87,27 +97,30 @@ def main() -> None:
             os.environ[variable] = str(args.threads)
     sizes, rows, repeats = ([32], 64, 1) if args.smoke else (args.sizes, args.rows,
                                                                args.repeats)
-    settings = [(jit, precision) for jit, precision in SETTINGS
+    settings = [(jit, precision, keras_norms) for jit, precision in SETTINGS
+                for keras_norms in ((False, True) if args.keras_norms or args.smoke
+                                    else (False,))
                 if (precision == "float32" or precision in args.precisions)
                 and not (jit and args.no_xla)]
     times: dict[tuple, list[float]] = {}
     for _ in range(repeats):
         for size in sizes:
-            for jit, precision in settings:
-                ms = step_ms(args.backbone, size, rows, jit, precision)
-                times.setdefault((size, jit, precision), []).append(ms)
-                print(f"measured: {size} px, jit_compile={jit}, {precision}: {ms:.1f} ms/step",
-                      flush=True)
+            for setting in settings:
+                ms = step_ms(args.backbone, size, rows, *setting)
+                times.setdefault((size, *setting), []).append(ms)
+                print(f"measured: {size} px, jit_compile={setting[0]}, {setting[1]}, "
+                      f"{NORMS[setting[2]]} batch norms: {ms:.1f} ms/step", flush=True)
     print(f"\n{args.backbone} body + head after the default cut, batch 32, {rows} rows, "
           f"{args.threads or 'all'} thread(s), "
           f"median of {repeats}{' (smoke: not a measurement)' if args.smoke else ''}\n")
-    print("| size | jit_compile | precision | ms / step | vs no XLA, float32 |")
-    print("|---|---|---|---|---|")
+    print("| size | jit_compile | precision | batch norms | ms / step | vs no XLA, float32 |")
+    print("|---|---|---|---|---|---|")
     for size in sizes:
-        base = float(np.median(times[size, False, "float32"]))
-        for jit, precision in settings:
-            ms = float(np.median(times[size, jit, precision]))
-            print(f"| {size} | {jit} | {precision} | {ms:.1f} | {ms / base:.2f}x |")
+        base = float(np.median(times[size, False, "float32", False]))
+        for jit, precision, keras_norms in settings:
+            ms = float(np.median(times[size, jit, precision, keras_norms]))
+            print(f"| {size} | {jit} | {precision} | {NORMS[keras_norms]} | {ms:.1f} | "
+                  f"{ms / base:.2f}x |")
 
 
 if __name__ == "__main__":
