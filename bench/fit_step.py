@@ -52,8 +52,7 @@ def step_ms(name: str, size: int, rows: int, jit: bool, precision: str,
     import keras
 
     from comp.config import AugmentSettings, ModelSettings
-    from comp.models.build import (build_backbone, create_head, plain_batch_norms,
-                                   split_backbone)
+    from comp.models.build import build_backbone, create_head, plain_batch_norms, split_backbone
     from comp.models.registry import get_backbone
     from comp.models.weights import ResolvedWeights
     from comp.training.compute import model_scope
