@@ -368,7 +368,7 @@ def test_a_sequential_block_inside_is_kept_as_it_is():
 
 
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
-def test_fused_batch_norm_matches_keras_and_exports_as_keras(policy):
+def test_fused_batch_norm_matches_keras_and_exports_as_keras(policy, tmp_path):
     import keras
     import tensorflow as tf
 
@@ -410,3 +410,11 @@ def test_fused_batch_norm_matches_keras_and_exports_as_keras(policy):
     assert type(norm) is keras.layers.BatchNormalization
     np.testing.assert_allclose(copy(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-5)
     assert plain_batch_norms(copy) is copy
+    # weights saved with either layer load into the other (Keras names them by class)
+    copy.get_layer(body.name).get_layer("bn").moving_mean.assign([4.0, 3.0, 2.0, 1.0])
+    copy.save_weights(tmp_path / "plain.weights.h5")
+    model.load_weights(tmp_path / "plain.weights.h5")
+    np.testing.assert_allclose(model.get_layer(body.name).get_layer("bn").moving_mean.numpy(),
+                               [4.0, 3.0, 2.0, 1.0])
+    model.save_weights(tmp_path / "fused.weights.h5")
+    plain_batch_norms(model).load_weights(tmp_path / "fused.weights.h5")

@@ -406,7 +406,9 @@ def fused_batch_norm_class():
     import keras
     import tensorflow as tf
 
-    class FusedBatchNormalization(keras.layers.BatchNormalization):
+    # Keras names a layer's group in a weights file after its class: the same class name
+    # keeps weights saved with either layer loadable into the other
+    class BatchNormalization(keras.layers.BatchNormalization):
         def call(self, inputs, training=None, mask=None):
             if (mask is not None or self.renorm or self.synchronized
                     or len(inputs.shape) != 4 or self.axis not in (-1, 3)
@@ -429,7 +431,7 @@ def fused_batch_norm_class():
                 self.moving_variance * momentum + variance * (1.0 - momentum))
             return tf.cast(outputs, self.compute_dtype)
 
-    return FusedBatchNormalization
+    return BatchNormalization
 
 
 def plain_batch_norms(model):
