@@ -17,9 +17,9 @@ batch 32, one epoch over `--rows` rows after a warm-up epoch, compiled with each
 Rows alternate between the settings `--repeats` times, so a slow spell of the machine
 hits all of them. `--threads N` gives TensorFlow N threads, as comp's training workers
 have cores / workers each (default: TensorFlow's choice, every core). Prints ms per
-step (median over the repeats). `--keras-norms` adds each setting again with Keras's own
-BatchNormalization in place of the fused one a backbone builds (small_cnn's,
-`comp.models.build.fused_batch_norm_class`).
+step (median over the repeats). The body's batch norms are fused as in comp's fit
+(`comp.models.build.for_training`); `--keras-norms` adds each setting again with Keras's
+own BatchNormalization.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-NORMS = {False: "as built", True: "Keras's"}  # --keras-norms
+NORMS = {False: "fused", True: "Keras's"}  # --keras-norms
 SETTINGS = [  # (jit_compile, precision)
     (False, "float32"),
     (True, "float32"),
@@ -48,11 +48,11 @@ SETTINGS = [  # (jit_compile, precision)
 def step_ms(name: str, size: int, rows: int, jit: bool, precision: str,
             keras_norms: bool = False) -> float:
     """Milliseconds per training step of backbone `name`'s body and head at `size` px
-    (`keras_norms`: with Keras's BatchNormalization where it builds fused ones)."""
+    (`keras_norms`: with Keras's BatchNormalization, not the fused one comp trains)."""
     import keras
 
     from comp.config import AugmentSettings, ModelSettings
-    from comp.models.build import build_backbone, create_head, plain_batch_norms, split_backbone
+    from comp.models.build import build_backbone, create_head, for_training, split_backbone
     from comp.models.registry import get_backbone
     from comp.models.weights import ResolvedWeights
     from comp.training.compute import model_scope
@@ -63,9 +63,9 @@ def step_ms(name: str, size: int, rows: int, jit: bool, precision: str,
                            augment=AugmentSettings(), backbone=backbone.name)
     with model_scope({"precision": precision}):
         base = build_backbone(backbone, size, ResolvedWeights(None, "random-init"), 0)
-        if keras_norms:
-            base = plain_batch_norms(base)
         split = split_backbone(base, backbone, None)
+        if not keras_norms:  # as comp's fit trains it
+            split = for_training(split)
         model = create_head(split, spec, 4, 0)
         model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
                       loss="categorical_crossentropy", jit_compile=jit)

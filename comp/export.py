@@ -298,11 +298,10 @@ def _fold_head(split, fold_spec, n_classes: int, fold_dir: Path, name: str):
     """A unit's trained body and head (its weights from `fold_dir`), named `name`."""
     import keras
 
-    from comp.models.build import create_head, plain_batch_norms
+    from comp.models.build import create_head
 
     head = create_head(split, fold_spec, n_classes, 0, online=False)
     head.load_weights(fold_dir / FOLD_WEIGHTS)
-    head = plain_batch_norms(head)  # model.keras loads in plain Keras
     return keras.Model(head.input, head.output, name=name)
 
 

@@ -368,11 +368,11 @@ def test_a_sequential_block_inside_is_kept_as_it_is():
 
 
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
-def test_fused_batch_norm_matches_keras_and_exports_as_keras(policy, tmp_path):
+def test_fused_batch_norm_matches_keras_and_loads_its_weights(policy, tmp_path):
     import keras
     import tensorflow as tf
 
-    from comp.models.build import fused_batch_norm_class, plain_batch_norms
+    from comp.models.build import fused_batch_norm_class, fused_batch_norms
 
     fused_class = fused_batch_norm_class()
     x = tf.constant(np.random.default_rng(0).normal(1.0, 3.0, (6, 5, 5, 4)), "float32")
@@ -400,21 +400,22 @@ def test_fused_batch_norm_matches_keras_and_exports_as_keras(policy, tmp_path):
     plain = seen.numpy().reshape(-1, 4).var(axis=0)
     np.testing.assert_allclose(results[1][-1], 0.9 + 0.1 * plain, rtol=1e-4)
 
+    # a nested body's Keras layers swapped for fused ones, the weights kept
     inputs = keras.Input((5, 5, 4))
-    body = keras.Model(inputs, fused_class(name="bn")(keras.layers.Conv2D(4, 1)(inputs)))
+    body = keras.Model(inputs, keras.layers.BatchNormalization(name="bn")(
+        keras.layers.Conv2D(4, 1)(inputs)))
     outer_in = keras.Input((5, 5, 4))
     model = keras.Model(outer_in, keras.layers.Dense(2)(body(outer_in)))
     model.get_layer(body.name).get_layer("bn").moving_mean.assign([1.0, 2.0, 3.0, 4.0])
-    copy = plain_batch_norms(model)
-    norm = copy.get_layer(body.name).get_layer("bn")
-    assert type(norm) is keras.layers.BatchNormalization
+    copy = fused_batch_norms(model)
+    assert type(copy.get_layer(body.name).get_layer("bn")) is fused_class
     np.testing.assert_allclose(copy(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-5)
-    assert plain_batch_norms(copy) is copy
+    assert fused_batch_norms(copy) is copy
     # weights saved with either layer load into the other (Keras names them by class)
     copy.get_layer(body.name).get_layer("bn").moving_mean.assign([4.0, 3.0, 2.0, 1.0])
-    copy.save_weights(tmp_path / "plain.weights.h5")
-    model.load_weights(tmp_path / "plain.weights.h5")
+    copy.save_weights(tmp_path / "fused.weights.h5")
+    model.load_weights(tmp_path / "fused.weights.h5")
     np.testing.assert_allclose(model.get_layer(body.name).get_layer("bn").moving_mean.numpy(),
                                [4.0, 3.0, 2.0, 1.0])
-    model.save_weights(tmp_path / "fused.weights.h5")
-    plain_batch_norms(model).load_weights(tmp_path / "fused.weights.h5")
+    model.save_weights(tmp_path / "plain.weights.h5")
+    fused_batch_norms(model).load_weights(tmp_path / "plain.weights.h5")

@@ -8,6 +8,7 @@ fraction of the cost.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import random
 from collections.abc import Iterator
@@ -391,6 +392,15 @@ def _folded_layer_class():
     return Folded
 
 
+
+def for_training(split: SplitBackbone) -> SplitBackbone:
+    """`split` with its body's BatchNormalization layers fused (`fused_batch_norm_class`):
+    what the fit trains; the prefix, which only predicts, is kept as it is."""
+    if split.body is None:
+        return split
+    return dataclasses.replace(split, body=fused_batch_norms(split.body))
+
+
 @functools.cache
 def fused_batch_norm_class():
     """keras.layers.BatchNormalization whose training step runs TensorFlow's fused kernel.
@@ -398,10 +408,9 @@ def fused_batch_norm_class():
     The same weights, config, moving-statistics update (Keras's uncorrected batch
     variance) and outputs to float rounding; Keras 3 builds the layer from moments and
     affine ops, several passes over the activations each way where the fused kernel makes
-    one. small_cnn's training steps in mixed bfloat16 took 0.56x the time on this 2-core
-    CPU (bench/README.md, "small_cnn's batch norms fused"). Other calls (a mask, renorm,
-    synchronized, not 4-D channels-last) run Keras's own. An export holds the Keras layer
-    instead (`plain_batch_norms`), so plain Keras loads it without comp.
+    one: 0.55x small_cnn's training step in mixed bfloat16 and 0.65x MobileNet 0.25's in
+    float32 on this 2-core CPU (bench/README.md, "Batch norms fused"). Other calls (a mask,
+    renorm, synchronized, not 4-D channels-last) run Keras's own.
     """
     import keras
     import tensorflow as tf
@@ -434,28 +443,28 @@ def fused_batch_norm_class():
     return BatchNormalization
 
 
-def plain_batch_norms(model):
-    """A copy of `model` (a Keras functional model; nested ones too) with
-    keras.layers.BatchNormalization in place of each fused one (`fused_batch_norm_class`)
+def fused_batch_norms(model):
+    """A copy of `model` (a Keras functional model; nested functional ones too) with the
+    fused layer (`fused_batch_norm_class`) in place of each keras.layers.BatchNormalization
     and the same weights; `model` itself where it holds none."""
     import keras
 
-    fused = fused_batch_norm_class()
-    if not hasattr(model, "_nodes_by_depth"):
+    if not hasattr(model, "_nodes_by_depth"):  # a Sequential block: kept as it is
         return model
-    nested = {layer.name: plain_batch_norms(layer) for layer in model.layers
+    nested = {layer.name: fused_batch_norms(layer) for layer in model.layers
               if isinstance(layer, keras.Model)}
-    if (not any(isinstance(layer, fused) for layer in model.layers)
-            and all(nested[name] is model.get_layer(name) for name in nested)):
+    plain = [layer for layer in model.layers
+             if type(layer) is keras.layers.BatchNormalization]
+    if not plain and all(nested[name] is model.get_layer(name) for name in nested):
         return model
 
     def clone(layer):
         if layer.name in nested:
             return nested[layer.name]
-        kind = keras.layers.BatchNormalization if isinstance(layer, fused) else layer.__class__
+        kind = (fused_batch_norm_class() if type(layer) is keras.layers.BatchNormalization
+                else layer.__class__)
         return kind.from_config(layer.get_config())
 
     copy = keras.models.clone_model(model, clone_function=clone)
     copy.set_weights(model.get_weights())
     return copy
-

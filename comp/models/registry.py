@@ -124,16 +124,13 @@ def small_cnn(input_shape, weights):
     import keras
     from keras import layers
 
-    from comp.models.build import fused_batch_norm_class
-
-    norm = fused_batch_norm_class()
     inputs = keras.Input(input_shape)
     x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
     for block, filters in enumerate((32, 64, 128), start=1):
         for conv in (1, 2):
             x = layers.Conv2D(filters, 3, padding="same", use_bias=False,
                               name=f"block{block}_conv{conv}")(x)
-            x = norm(momentum=0.9, name=f"block{block}_bn{conv}")(x)
+            x = layers.BatchNormalization(momentum=0.9, name=f"block{block}_bn{conv}")(x)
             x = layers.Activation("relu", name=f"block{block}_relu{conv}")(x)
         x = layers.MaxPooling2D(name=f"block{block}_pool")(x)
     return keras.Model(inputs, x, name="small_cnn")

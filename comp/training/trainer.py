@@ -37,7 +37,13 @@ from comp.data.folder import SPLITS
 from comp.errors import CompError
 from comp.log import get_logger, progress, quiet_tensorflow, unit_done
 from comp.metrics import scores
-from comp.models.build import build_backbone, create_head, split_backbone, weight_bytes
+from comp.models.build import (
+    build_backbone,
+    create_head,
+    for_training,
+    split_backbone,
+    weight_bytes,
+)
 from comp.models.registry import get_backbone
 from comp.models.spec import ClassicSpec, ModelSpec, labelled_epochs, lineage
 from comp.predictions import SINGLE, probs_frame, read_table, write_prediction_set
@@ -97,7 +103,7 @@ class FeaturedModel:
         backbone = get_backbone(spec.backbone)
         with model_scope(spec.compute):
             base = build_backbone(backbone, spec.image_size, spec.weights, spec.train.seed)
-            self.split = split_backbone(base, backbone, spec.model.unfreeze)
+            self.split = for_training(split_backbone(base, backbone, spec.model.unfreeze))
         self.initial_body = self.split.body.get_weights() if self.split.body is not None else []
         self.plan = ViewPlan.from_augment(spec.augment)
         key = {"backbone": spec.backbone, "size": spec.image_size,
