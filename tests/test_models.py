@@ -201,8 +201,44 @@ def test_every_named_unfreeze_point_cuts_cleanly(name):
         # TFLite's conversion (1.4-15 s) in the fast run for MobileNet 0.25 alone
         _check_frozen_pass(backbone, split, lite=point == backbone.default_unfreeze and (
             name in LARGE or name == "mobilenet_025"))
+        if point == backbone.default_unfreeze:
+            _check_trained_body(split)
     assert len(cuts) == len(backbone.unfreeze_points)  # every named point cuts elsewhere
     assert backbone.default_unfreeze in backbone.unfreeze_points
+
+
+def _check_trained_body(split):
+    """The body the fit trains (`for_training`) is the body's function with its batch
+    norms fused, the same weights."""
+    import keras
+
+    from comp.models.build import for_training, fused_batch_norm_class
+
+    trained = for_training(split).body
+    norms = [layer for layer in _all_layers(split.body)
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    fused = [layer for layer in _all_layers(trained)
+             if isinstance(layer, fused_batch_norm_class())]
+    assert len(fused) == len([n for n in norms if _in_functional(split.body, n)])
+    assert trained.count_params() == split.body.count_params()
+    x = np.random.default_rng(0).uniform(0, 2, (2, *split.feature_shape)).astype("float32")
+    np.testing.assert_allclose(trained(x).numpy(), split.body(x).numpy(), rtol=1e-3, atol=1e-3)
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
+
+
+def _in_functional(model, layer) -> bool:
+    """Whether `layer` sits in `model`'s functional graphs (not inside a Sequential block,
+    which the swap keeps as it is)."""
+    if not hasattr(model, "_nodes_by_depth"):
+        return False
+    return any(inner is layer or (hasattr(inner, "layers") and _in_functional(inner, layer))
+               for inner in model.layers)
 
 
 @pytest.mark.slow
