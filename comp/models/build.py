@@ -392,7 +392,6 @@ def _folded_layer_class():
     return Folded
 
 
-
 def for_training(split: SplitBackbone) -> SplitBackbone:
     """`split` with its body's BatchNormalization layers fused (`fused_batch_norm_class`):
     what the fit trains; the prefix, which only predicts, is kept as it is."""
@@ -408,9 +407,9 @@ def fused_batch_norm_class():
     The same weights, config, moving-statistics update (Keras's uncorrected batch
     variance) and outputs to float rounding; Keras 3 builds the layer from moments and
     affine ops, several passes over the activations each way where the fused kernel makes
-    one: 0.55x small_cnn's training step in mixed bfloat16 and 0.65x MobileNet 0.25's in
-    float32 on this 2-core CPU (bench/README.md, "Batch norms fused"). Other calls (a mask,
-    renorm, synchronized, not 4-D channels-last) run Keras's own.
+    one: 0.55-0.61x small_cnn's training step in mixed bfloat16 and about 0.8x MobileNet
+    0.25's in float32 on this 2-core CPU (bench/README.md, "Batch norms fused"). Other calls
+    (a mask, renorm, synchronized, not 4-D channels-last) run Keras's own.
     """
     import keras
     import tensorflow as tf
@@ -453,9 +452,8 @@ def fused_batch_norms(model):
         return model
     nested = {layer.name: fused_batch_norms(layer) for layer in model.layers
               if isinstance(layer, keras.Model)}
-    plain = [layer for layer in model.layers
-             if type(layer) is keras.layers.BatchNormalization]
-    if not plain and all(nested[name] is model.get_layer(name) for name in nested):
+    own = any(type(layer) is keras.layers.BatchNormalization for layer in model.layers)
+    if not own and all(nested[name] is model.get_layer(name) for name in nested):
         return model
 
     def clone(layer):
