@@ -4,16 +4,19 @@ CV accuracy and macro-F1 of each with bootstrap standard errors, the paired diff
 to the defaults on the same rows, and the seconds its folds took.
 
     python bench/recipe.py DATA_DIR [--name NAME] [--runs-dir DIR] [--backbone B]
-        [--weights-dir DIR] --option KEY=VALUE[,KEY=VALUE] [--option ...]
+        [--weights-dir DIR] [--seeds N] --option KEY=VALUE[,KEY=VALUE] [--option ...]
         [-- extra comp overrides for every row]
 
 Each --option is one row: comma-separated overrides applied together (e.g.
 `--option train.mixup=0.2` or `--option train.epoch_choice=inner,train.average_top=3`).
 Every row trains with `stage=train backbones=[B] classic.models=[]` and the -- overrides;
 a row finished by an earlier run of the same run directory is read back, not retrained.
+With `--seeds N` each row is also trained with `train.seed=1..N-1`: a line for each seed
+(how far one fit's CV moves with its random steps alone) and one for the mean of the N
+fits' probabilities (a seed ensemble), all paired against the defaults' first seed.
     python bench/recipe.py --smoke
-runs two rows on a tiny synthetic competition in a temporary folder (bundled weights,
-32 px, 2 folds, 1 epoch): seconds, for CI, not a measurement.
+runs two rows of two seeds on a tiny synthetic competition in a temporary folder
+(bundled weights, 32 px, 2 folds, 1 epoch): seconds, for CI, not a measurement.
 """
 
 from __future__ import annotations
@@ -61,9 +64,20 @@ def model_row(run: Path, model_id: str) -> tuple[np.ndarray, np.ndarray, list[st
     return y, oof[[f"p_{c}" for c in classes]].to_numpy(float), classes, seconds
 
 
-def table(rows: list[tuple[str, str]], run: Path) -> pd.DataFrame:
-    """One line per (label, model id), paired against the first (the defaults)."""
-    found = {label: model_row(run, model_id) for label, model_id in rows}
+def seed_mean(run: Path, model_ids: list[str]) -> tuple[np.ndarray, np.ndarray, list[str],
+                                                         float]:
+    """model_row of the mean of several fits' probabilities (their seconds summed)."""
+    fits = [model_row(run, model_id) for model_id in model_ids]
+    y, _, classes, _ = fits[0]
+    assert all((fit[0] == y).all() for fit in fits), "fits must be on the same images"
+    return (y, np.mean([fit[1] for fit in fits], axis=0), classes,
+            sum(fit[3] for fit in fits))
+
+
+def table(rows: list[tuple[str, list[str]]], run: Path) -> pd.DataFrame:
+    """One line per (label, model ids: the mean of their probabilities), paired against
+    the first (the defaults)."""
+    found = {label: seed_mean(run, model_ids) for label, model_ids in rows}
     y, reference = found[rows[0][0]][0], found[rows[0][0]][1]
     out = []
     for label, (labels, probs, _, seconds) in found.items():
@@ -89,6 +103,8 @@ def main() -> None:
     parser.add_argument("--backbone", default="mobilenet_025")
     parser.add_argument("--weights-dir", default=None)
     parser.add_argument("--option", action="append", default=[])
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="fits of each row (train.seed 0..N-1) and their mean")
     parser.add_argument("--smoke", action="store_true")
     argv = sys.argv[1:]
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -104,9 +120,16 @@ def main() -> None:
     run = Path(args.runs_dir) / args.name
     rows = []
     for label, option in [("defaults", []), *((o, o.split(",")) for o in args.option)]:
-        model_id, seconds = train([*common, *option])
-        rows.append((label, model_id))
-        print(f"recipe: {label}: {model_id} ({seconds:.0f} s wall)", flush=True)
+        model_ids = []
+        for seed in range(max(1, args.seeds)):
+            name = f"{label}, seed {seed}" if args.seeds > 1 else label
+            seeded = [f"train.seed={seed}"] if seed else []  # seed 0: the row as it is
+            model_id, seconds = train([*common, *option, *seeded])
+            model_ids.append(model_id)
+            rows.append((name, [model_id]))
+            print(f"recipe: {name}: {model_id} ({seconds:.0f} s wall)", flush=True)
+        if len(model_ids) > 1:
+            rows.append((f"{label}, mean of {len(model_ids)} seeds", model_ids))
     frame = table(rows, run)
     with pd.option_context("display.width", 250, "display.max_columns", 20,
                            "display.max_colwidth", 60):
@@ -114,7 +137,7 @@ def main() -> None:
 
 
 def smoke(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, list[str]]:
-    """Two rows on a tiny synthetic competition (--smoke)."""
+    """Two rows of two seeds each on a tiny synthetic competition (--smoke)."""
     root = Path(__file__).resolve().parent.parent
     sys.path.insert(0, str(root))
     from tests.helpers import make_competition
@@ -124,7 +147,8 @@ def smoke(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, list[str
     data = make_competition(work / "tiny")
     args = parser.parse_args([str(data), "--runs-dir", str(work / "runs"), "--weights-dir",
                               str(root / "comp/demo/weights"),
-                              "--option", "train.mixup=0.2,train.cutmix=1.0"])
+                              "--option", "train.mixup=0.2,train.cutmix=1.0",
+                              "--seeds", "2"])
     return args, ["model.image_size=32", "data.folds=2", "train.epochs=1",
                   "train.batch_size=8", "quiet=true"]
 
