@@ -91,6 +91,7 @@ def test_report_shows_the_levers_and_a_leaderboard_that_fits(tmp_path, competiti
     assert "Levers: what each gained on the same folds" in text
     section = text.split("Levers: what each gained")[1]
     assert "<td>ensembling</td>" in section and " ± " in section
+    assert "leave out the training's own randomness" in section  # what the ± covers
     board = text.split("<h2>Leaderboard</h2>")[1].split("</div>")[0]
     assert board.strip().startswith("<div class='wide'>")
     headers = re.findall(r"<th>([^<]+)</th>", board)
