@@ -304,11 +304,11 @@ def _lever_section(folders: dict[str, Path], rank_by: str, round_margin: float |
             "bootstrap standard errors over the images. They leave out the training's "
             "own randomness: fits of one fine-tune with other seeds differed by up to "
             "14 images of 2,600 on comp's bench folders, so a lever within a few "
-            "images of zero is not settled by one run. A pseudo-label round's models replace their "
-            "earlier rounds' (the leaderboard ranks the latest, or, for a fine-tune, "
-            "the mean of its fits in every round where pseudo.average_fits is on), "
-            "except that round 0's pick stays rank 1 where the round's is not clearly "
-            "ahead (submit.round_margin).</p>",
+            "images of zero is not settled by one run. A pseudo-label round's models "
+            "replace their earlier rounds' (the leaderboard ranks the latest, or, for a "
+            "fine-tune, the mean of its fits in every round where pseudo.average_fits "
+            "is on), except that round 0's pick stays rank 1 where the round's is not "
+            "clearly ahead (submit.round_margin).</p>",
             levers.to_html(index=False)]
 
 
